@@ -1,0 +1,212 @@
+"""Core: the one object every front end talks to (in-process, or through the control API).
+
+It ties config, flavors, pools, registry and store together and exposes the operations of
+opsbot as plain methods that take the calling user and raise OpsbotError subclasses.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opsbot.core import events
+from opsbot.core import services as services_mod
+from opsbot.core.admission import CheckedSpec, check_spec
+from opsbot.core.clock import Clock, SystemClock
+from opsbot.core.config import Config, load_config
+from opsbot.core.errors import FieldError, PermissionDenied
+from opsbot.core.examples import EXAMPLES, build_all
+from opsbot.core.flavors import FlavorStatus, load_flavors
+from opsbot.core.hardware import HardwareProbe, LocalProbe
+from opsbot.core.identity import User, link_slack, slack_user_name
+from opsbot.core.identity import user as make_user
+from opsbot.core.pools import PUBLIC, Pools
+from opsbot.core.registry import ModelVersion, Registry, Source
+from opsbot.core.services import Created, Service
+from opsbot.core.spec import DeploySpec, parse_spec
+from opsbot.core.store import Store
+
+DB_NAME = "opsbot.db"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The outcome of validating a spec: the normalised spec and its warnings."""
+
+    spec: DeploySpec
+    warnings: list[FieldError]
+    registry_checked: bool
+
+
+class Core:
+    """The headless application: one per OPSBOT_HOME."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        config: Config | None = None,
+        probe: HardwareProbe | None = None,
+        clock: Clock | None = None,
+    ):
+        self.home = Path(home)
+        self.config = config if config is not None else load_config(self.home)
+        flavors_file = self.config.flavors_file
+        local_flavors = self.home / "flavors.toml"
+        path = (
+            Path(flavors_file)
+            if flavors_file
+            else (local_flavors if local_flavors.exists() else None)
+        )
+        self.flavors = load_flavors(path)
+        self.probe = probe or LocalProbe()
+        self.clock = clock or SystemClock()
+        self.pools = Pools(self.config, self.flavors, self.probe)
+        self._store: Store | None = None
+
+    # The store is opened on first use, so commands that need none (flavors) create nothing.
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.home / DB_NAME)
+        return self._store
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.store, self.home, self.clock)
+
+    def has_store(self) -> bool:
+        return self._store is not None or (self.home / DB_NAME).exists()
+
+    def user(self, name: str) -> User:
+        return make_user(name, self.config)
+
+    def slack_user(self, slack_id: str) -> User:
+        return self.user(slack_user_name(self.store, slack_id))
+
+    def link_slack(self, actor: User, local_name: str, slack_id: str) -> None:
+        if not (actor.is_admin or actor.name == local_name):
+            raise PermissionDenied("only an admin may link a Slack user to another account")
+        link_slack(self.store, self.clock, local_name, slack_id)
+
+    # -- flavors and pools -----------------------------------------------------------------
+
+    def flavor_statuses(self, pool: str = PUBLIC) -> list[FlavorStatus]:
+        """Every flavor, with whether it can run in the pool and why not."""
+        return [self.pools.flavor_status(f, pool) for f in self.flavors]
+
+    # -- specs -----------------------------------------------------------------------------
+
+    def validate(self, actor: User, data: Any, *, use_registry: bool | None = None) -> Validation:
+        """Validate a spec against every rule that does not change with time.
+
+        The registry is consulted when the store exists (or when asked); otherwise model
+        versions are not checked and ``registry_checked`` says so. Raises SpecInvalid.
+        """
+        spec = parse_spec(data)
+        consult = self.has_store() if use_registry is None else use_registry
+        checked = check_spec(spec, actor.name, self.registry if consult else None, self.pools)
+        return Validation(spec, list(checked.warnings), consult)
+
+    def check(self, actor: User, data: Any) -> CheckedSpec:
+        return check_spec(parse_spec(data), actor.name, self.registry, self.pools)
+
+    # -- services --------------------------------------------------------------------------
+
+    def create_service(self, actor: User, data: Any) -> Created:
+        """Validate and record a new Deploying service; the API key comes back only here."""
+        checked = self.check(actor, data)
+        return services_mod.create_service(
+            self.store, self.clock, self.pools, checked, actor.name, self.config.quota
+        )
+
+    def services(self, actor: User, *, everyone: bool = False) -> list[Service]:
+        return services_mod.list_services(self.store.db, None if everyone else actor.name)
+
+    def service(self, actor: User, name: str, owner: str | None = None) -> Service:
+        return services_mod.get_service(self.store.db, owner or actor.name, name)
+
+    def quota_used(self, actor: User) -> tuple[int, int]:
+        return services_mod.count_services(self.store.db, actor.name), self.config.quota
+
+    def events(self, actor: User, **filters: Any) -> list[events.Event]:
+        if not actor.is_admin:
+            filters["owner"] = actor.name
+        return events.query(self.store.db, **filters)
+
+    # -- models ----------------------------------------------------------------------------
+
+    def create_model(
+        self,
+        actor: User,
+        name: str,
+        version: str,
+        path: Path,
+        fmt: str,
+        *,
+        origin: str = "custom",
+        entry: str | None = None,
+        description: str = "",
+        on_building: Callable[[ModelVersion], None] | None = None,
+    ) -> ModelVersion:
+        """Register a model version and check it (Building -> Normal or Failed)."""
+        mv = self.registry.create(
+            actor.name,
+            name,
+            version,
+            path,
+            fmt,
+            origin=origin,
+            entry=entry,
+            description=description,
+        )
+        if on_building:
+            on_building(mv)
+        return self.registry.check(mv)
+
+    def models(self, actor: User, source: Source | None = None) -> list[tuple[str, ModelVersion]]:
+        return self.registry.listing(actor.name, source)
+
+    def delete_model(
+        self, actor: User, name: str, version: str | None = None
+    ) -> list[ModelVersion]:
+        return self.registry.delete(actor.name, name, version)
+
+    def publish_model(self, actor: User, name: str, public: bool = True) -> None:
+        self.registry.publish(actor.name, name, public)
+
+    def subscribe(self, actor: User, ref: str) -> None:
+        self.registry.subscribe(actor.name, ref)
+
+    def create_examples(
+        self, actor: User, on_progress: Callable[[str], None] | None = None
+    ) -> list[ModelVersion]:
+        """Create the iris example models for the user (skipping those that exist), published."""
+        have = {(v.name, v.version) for v in self.registry.mine(actor.name)}
+        wanted = [e for e in EXAMPLES if (e.name, e.version) not in have]
+        out: list[ModelVersion] = []
+        if wanted:
+            built = build_all()
+            try:
+                for example, path in built:
+                    if (example.name, example.version) not in have:
+                        if on_progress:
+                            on_progress(f"{example.name} {example.version} ({example.format})")
+                        out.append(
+                            self.create_model(
+                                actor,
+                                example.name,
+                                example.version,
+                                path,
+                                example.format,
+                                description=example.description,
+                            )
+                        )
+            finally:
+                shutil.rmtree(built[0][1].parent, ignore_errors=True)
+        for name in sorted({e.name for e in EXAMPLES}):
+            self.registry.publish(actor.name, name)
+        return out

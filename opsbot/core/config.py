@@ -1,0 +1,133 @@
+"""Where opsbot keeps its data, and the admin's config file ($OPSBOT_HOME/config.toml)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from opsbot.core.errors import ConfigInvalid, FieldError
+
+HOME_ENV = "OPSBOT_HOME"
+CONFIG_NAME = "config.toml"
+
+
+def default_home() -> Path:
+    """$OPSBOT_HOME, else the user's data directory (~/.local/share/opsbot on Linux)."""
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("opsbot", appauthor=False))
+
+
+class PoolConfig(BaseModel):
+    """A dedicated resource pool: capacity set aside for some users and some flavors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    cpus: float = Field(..., gt=0, description="vCPUs the pool may hand out")
+    memory_gib: float = Field(..., gt=0, description="memory the pool may hand out, in GiB")
+    accelerators: dict[str, int] = Field(
+        default_factory=dict,
+        description="accelerators by kind, e.g. {nvidia = 2, ascend = 0}",
+    )
+    flavors: list[str] = Field(
+        default_factory=list, description="flavor ids allowed in this pool; empty means all"
+    )
+    members: list[str] = Field(
+        default_factory=list, description="user names who may deploy here; empty means everyone"
+    )
+    nodes: list[str] = Field(
+        default_factory=list,
+        description="node names (Swarm node labels) the pool's instances run on; empty: any",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_public(cls, value: str) -> str:
+        if value == "public":
+            raise ValueError('"public" is the shared pool; give a dedicated pool another name')
+        return value
+
+
+class PublicPoolConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_overcommit: float = Field(
+        4.0,
+        gt=0,
+        le=64,
+        description="the public pool offers the nodes' vCPUs times this factor",
+    )
+    memory_overcommit: float = Field(
+        2.0, gt=0, le=16, description="the public pool offers the nodes' memory times this factor"
+    )
+
+
+class Config(BaseModel):
+    """Everything the admin can set in config.toml; every key has a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    admins: list[str] = Field(
+        default_factory=list, description="local user names who may act on any service"
+    )
+    quota: int = Field(20, ge=1, le=10_000, description="services one user may hold")
+    runtime: Literal["process", "docker", "swarm"] = "process"
+    public_pool: PublicPoolConfig = Field(default_factory=PublicPoolConfig)
+    pools: list[PoolConfig] = Field(default_factory=list)
+    deploy_timeout_s: int = Field(1200, ge=10, description="Deploying longer than this: Failed")
+    reminder_minutes: int = Field(10, ge=1, le=1440)
+    event_retention_days: int = Field(30, ge=1)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8780, ge=0, le=65535)
+    flavors_file: str | None = Field(
+        None, description="path to a flavors.toml that replaces the built-in list"
+    )
+
+    @field_validator("pools")
+    @classmethod
+    def _unique_pools(cls, pools: list[PoolConfig]) -> list[PoolConfig]:
+        names = [p.name for p in pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool names must be unique; {', '.join(dupes)} repeats")
+        return pools
+
+    def is_admin(self, user: str) -> bool:
+        return user in self.admins
+
+    def pool(self, name: str) -> PoolConfig | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
+def load_config(home: Path) -> Config:
+    """Read $OPSBOT_HOME/config.toml; a missing file means every default.
+
+    Raises ConfigInvalid naming the key and the fix when the file breaks a rule.
+    """
+    path = home / CONFIG_NAME
+    if not path.exists():
+        return Config()
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigInvalid([FieldError(str(path), f"cannot read it: {exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigInvalid([FieldError(str(path), f"not valid TOML: {exc}")]) from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for d in exc.errors(include_url=False):
+            key = ".".join(str(p) for p in d["loc"]) or "config"
+            msg = str(d["msg"]).removeprefix("Value error, ")
+            if d["type"] == "extra_forbidden":
+                msg = "unknown key; see the configuration section of the README"
+            errors.append(FieldError(f"{path.name}: {key}", msg))
+        raise ConfigInvalid(errors) from None

@@ -1,0 +1,401 @@
+"""The model registry: models and their versions under $OPSBOT_HOME/models.
+
+A version is Building until it has been loaded once and has answered a sample, then Normal, or
+Failed with the reason. Only Normal versions can be deployed. A model is private to its owner
+until published; others subscribe to a published model and find it under My Subscriptions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from opsbot.core.clock import Clock
+from opsbot.core.errors import Conflict, FieldError, InvalidInput, ModelInvalid, NotFound
+from opsbot.core.spec import NAME_PATTERN
+from opsbot.core.store import Store, table
+
+Source = Literal["mine", "subscribed"]
+FORMATS = ("sklearn", "onnx", "python")
+ORIGINS = ("custom", "exeml")
+BUILDING, NORMAL, FAILED = "building", "normal", "failed"
+MANIFEST = "opsbot-model.json"
+CHECK_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of one model, as the registry knows it."""
+
+    id: int
+    model_id: int
+    owner: str
+    name: str
+    version: str
+    format: str
+    origin: str
+    status: str
+    reason: str
+    path: str
+    entry: str | None
+    public: bool
+    description: str
+    created_at: float
+
+    @property
+    def ref(self) -> str:
+        """OWNER/NAME, how others name the model."""
+        return f"{self.owner}/{self.name}"
+
+    def as_dict(self, source: str | None = None) -> dict[str, Any]:
+        out = asdict(self)
+        out["public"] = bool(self.public)
+        if source:
+            out["source"] = source
+        return out
+
+
+_SELECT = """
+SELECT v.id, v.model_id, m.owner, m.name, v.version, v.format, v.origin, v.status, v.reason,
+       v.path, v.entry, m.public, m.description, v.created_at
+FROM model_versions v JOIN models m ON m.id = v.model_id
+"""
+
+
+def _row(row: tuple[Any, ...]) -> ModelVersion:
+    (mid, model_id, owner, name, version, fmt, origin, status, reason, path, entry) = row[:11]
+    return ModelVersion(
+        mid,
+        model_id,
+        owner,
+        name,
+        version,
+        fmt,
+        origin,
+        status,
+        reason,
+        path,
+        entry,
+        bool(row[11]),
+        row[12],
+        row[13],
+    )
+
+
+class Registry:
+    def __init__(self, store: Store, home: Path, clock: Clock):
+        self.store = store
+        self.root = home / "models"
+        self.clock = clock
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _query(self, where: str, params: tuple[Any, ...]) -> list[ModelVersion]:
+        sql = f"{_SELECT} WHERE {where} ORDER BY m.owner, m.name, v.created_at, v.version"
+        return [_row(r) for r in self.store.db.execute(sql, params).fetchall()]
+
+    def mine(self, user: str) -> list[ModelVersion]:
+        """My Models: every version of every model the user owns."""
+        return self._query("m.owner = ?", (user,))
+
+    def subscribed(self, user: str) -> list[ModelVersion]:
+        """My Subscriptions: versions of published models the user subscribed to."""
+        return self._query(
+            "m.public = 1 AND m.id IN (SELECT model_id FROM subscriptions WHERE user = ?)",
+            (user,),
+        )
+
+    def published(self) -> list[ModelVersion]:
+        return self._query("m.public = 1", ())
+
+    def listing(self, user: str, source: Source | None = None) -> list[tuple[str, ModelVersion]]:
+        """What the Deploy form offers: (source, version) pairs, mine first."""
+        out: list[tuple[str, ModelVersion]] = []
+        if source in (None, "mine"):
+            out += [("mine", v) for v in self.mine(user)]
+        if source in (None, "subscribed"):
+            out += [("subscribed", v) for v in self.subscribed(user)]
+        return out
+
+    def resolve(self, user: str, source: Source, model: str, version: str) -> ModelVersion:
+        """The version a form entry names. Raises NotFound with what to do."""
+        if source == "mine":
+            if "/" in model:
+                owner, _, name = model.partition("/")
+                if owner != user:
+                    raise NotFound(
+                        f"{model} belongs to {owner}: set source to subscribed",
+                        field="model",
+                    )
+                model = name
+            found = self._query("m.owner = ? AND m.name = ?", (user, model))
+            where = "My Models"
+        else:
+            owner, sep, name = model.partition("/")
+            if not sep:
+                raise NotFound(
+                    f'name a subscribed model as OWNER/NAME, e.g. "alice/{model}"', field="model"
+                )
+            found = [v for v in self.subscribed(user) if v.owner == owner and v.name == name]
+            where = "My Subscriptions"
+        if not found:
+            hint = (
+                "create it with `opsbot model create` (or `opsbot model examples`)"
+                if source == "mine"
+                else f"subscribe with `opsbot model subscribe {model}`"
+            )
+            raise NotFound(f"no model {model!r} in {where}: {hint}", field="model")
+        match = [v for v in found if v.version == version]
+        if not match:
+            versions = ", ".join(v.version for v in found)
+            raise NotFound(
+                f"{model} has no version {version!r}; it has: {versions}", field="version"
+            )
+        return match[0]
+
+    def get(self, owner: str, name: str, version: str) -> ModelVersion:
+        found = self._query("m.owner = ? AND m.name = ? AND v.version = ?", (owner, name, version))
+        if not found:
+            raise NotFound(f"no model {owner}/{name} version {version}")
+        return found[0]
+
+    # -- creating --------------------------------------------------------------------------
+
+    def create(
+        self,
+        owner: str,
+        name: str,
+        version: str,
+        path: Path,
+        fmt: str,
+        *,
+        origin: str = "custom",
+        entry: str | None = None,
+        description: str = "",
+    ) -> ModelVersion:
+        """Register a version: copy the directory in and record it as Building.
+
+        Bad input (name, version, format, a directory without the format's files, a version
+        that exists) raises before anything is copied or stored.
+        """
+        from opsbot.serving.loaders import required_files
+
+        errors = []
+        if not NAME_PATTERN.match(name):
+            errors.append(
+                FieldError("name", "use 1-64 letters, digits, - or _, starting with a letter")
+            )
+        if not version or len(version) > 64 or not all(c.isalnum() or c in "._-" for c in version):
+            errors.append(
+                FieldError("version", "use letters, digits, '.', '_' and '-', like 1.0.0")
+            )
+        if fmt not in FORMATS:
+            errors.append(FieldError("format", f"use one of {', '.join(FORMATS)}"))
+        if origin not in ORIGINS:
+            errors.append(FieldError("origin", f"use one of {', '.join(ORIGINS)}"))
+        if len(description) > 100:
+            errors.append(FieldError("description", "at most 100 characters"))
+        if errors:
+            raise InvalidInput(errors, title="Invalid model")
+        path = Path(path).expanduser().resolve()
+        problem = required_files(path, fmt, entry)
+        if problem:
+            raise ModelInvalid(problem, field="path")
+        existing = self._query(
+            "m.owner = ? AND m.name = ? AND v.version = ?", (owner, name, version)
+        )
+        if existing:
+            raise Conflict(
+                f"{name} {version} exists; choose a new version or delete it first",
+                field="version",
+            )
+
+        target = self.root / _safe(owner) / name / version
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            copy = staging / "model"
+            shutil.copytree(path, copy, symlinks=False)
+            now = self.clock.now()
+            with self.store.write() as db:
+                row = db.execute(
+                    "SELECT id FROM models WHERE owner = ? AND name = ?", (owner, name)
+                ).fetchone()
+                if row:
+                    model_id = row[0]
+                else:
+                    model_id = (
+                        table(db, "models")
+                        .insert(
+                            {
+                                "owner": owner,
+                                "name": name,
+                                "description": description,
+                                "public": 0,
+                                "created_at": now,
+                            }
+                        )
+                        .last_pk
+                    )
+                version_id = (
+                    table(db, "model_versions")
+                    .insert(
+                        {
+                            "model_id": model_id,
+                            "version": version,
+                            "format": fmt,
+                            "origin": origin,
+                            "status": BUILDING,
+                            "reason": "",
+                            "path": str(target),
+                            "entry": entry,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    )
+                    .last_pk
+                )
+                manifest = {
+                    "owner": owner,
+                    "name": name,
+                    "version": version,
+                    "format": fmt,
+                    "origin": origin,
+                    "entry": entry,
+                    "created_at": now,
+                }
+                (copy / MANIFEST).write_text(json.dumps(manifest, indent=2))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():  # left by a crash between copy and commit
+                    shutil.rmtree(target)
+                os.replace(copy, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self._query("v.id = ?", (version_id,))[0]
+
+    def check(self, mv: ModelVersion, timeout: float = CHECK_TIMEOUT_S) -> ModelVersion:
+        """Load the version once in a child process and predict its sample: Normal or Failed."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "opsbot.serving.check",
+            "--path",
+            mv.path,
+            "--format",
+            mv.format,
+        ]
+        if mv.entry:
+            cmd += ["--entry", mv.entry]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            lines = proc.stdout.strip().splitlines()
+            result = json.loads(lines[-1]) if lines else None
+            if not isinstance(result, dict):
+                tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+                result = {"ok": False, "reason": f"the check crashed: {tail[0]}"}
+        except subprocess.TimeoutExpired:
+            result = {"ok": False, "reason": f"loading took longer than {timeout:.0f} s"}
+        except ValueError:
+            result = {"ok": False, "reason": "the check printed something that is not JSON"}
+        status = NORMAL if result.get("ok") else FAILED
+        reason = "" if result.get("ok") else str(result.get("reason", "unknown"))
+        with self.store.write() as db:
+            db.execute(
+                "UPDATE model_versions SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
+                (status, reason, self.clock.now(), mv.id),
+            )
+            if result.get("ok"):
+                manifest_path = Path(mv.path) / MANIFEST
+                manifest = json.loads(manifest_path.read_text())
+                manifest["framework"] = result.get("framework", {})
+                manifest_path.write_text(json.dumps(manifest, indent=2))
+                db.execute(
+                    "UPDATE model_versions SET manifest = ? WHERE id = ?",
+                    (json.dumps(manifest), mv.id),
+                )
+        return self._query("v.id = ?", (mv.id,))[0]
+
+    # -- changing --------------------------------------------------------------------------
+
+    def delete(self, owner: str, name: str, version: str | None = None) -> list[ModelVersion]:
+        """Delete one version, or the whole model. Refused while a service uses a version."""
+        where = "m.owner = ? AND m.name = ?" + (" AND v.version = ?" if version else "")
+        params: tuple[Any, ...] = (owner, name, version) if version else (owner, name)
+        with self.store.write() as db:
+            targets = self._query(where, params)
+            if not targets:
+                what = f"{name} {version}" if version else name
+                raise NotFound(f"no model {what} in My Models: see `opsbot model list`")
+            ids = [v.id for v in targets]
+            marks = ",".join("?" * len(ids))
+            users = db.execute(
+                f"""SELECT s.owner, s.name, v.version FROM service_versions sv
+                    JOIN services s ON s.id = sv.service_id
+                    JOIN model_versions v ON v.id = sv.model_version_id
+                    WHERE sv.model_version_id IN ({marks})""",
+                ids,
+            ).fetchall()
+            if users:
+                used = ", ".join(f"{o}/{s} (version {v})" for o, s, v in users)
+                raise Conflict(f"in use by {used}: delete those services first")
+            db.execute(f"DELETE FROM model_versions WHERE id IN ({marks})", ids)
+            model_id = targets[0].model_id
+            left = db.execute(
+                "SELECT COUNT(*) FROM model_versions WHERE model_id = ?", (model_id,)
+            ).fetchone()[0]
+            if not left:
+                db.execute("DELETE FROM subscriptions WHERE model_id = ?", (model_id,))
+                db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        for v in targets:
+            shutil.rmtree(v.path, ignore_errors=True)
+        return targets
+
+    def _model_id(self, owner: str, name: str) -> int:
+        row = self.store.db.execute(
+            "SELECT id FROM models WHERE owner = ? AND name = ?", (owner, name)
+        ).fetchone()
+        if not row:
+            raise NotFound(f"no model {owner}/{name}: see `opsbot model list`")
+        return int(row[0])
+
+    def publish(self, owner: str, name: str, public: bool = True) -> None:
+        """Make a model visible to every user (or private again)."""
+        model_id = self._model_id(owner, name)
+        with self.store.write() as db:
+            db.execute("UPDATE models SET public = ? WHERE id = ?", (int(public), model_id))
+
+    def subscribe(self, user: str, ref: str) -> None:
+        """Add a published model (OWNER/NAME) to the user's subscriptions."""
+        owner, sep, name = ref.partition("/")
+        if not sep or not owner or not name:
+            raise InvalidInput([FieldError("model", f"name it OWNER/NAME, not {ref!r}")])
+        if owner == user:
+            raise Conflict(f"{name} is yours: it is under My Models already", field="model")
+        model_id = self._model_id(owner, name)
+        with self.store.write() as db:
+            public = db.execute("SELECT public FROM models WHERE id = ?", (model_id,)).fetchone()
+            if not public or not public[0]:
+                raise NotFound(f"{ref} is not published: ask {owner} to publish it", field="model")
+            db.execute(
+                "INSERT OR IGNORE INTO subscriptions (user, model_id, created_at) VALUES (?, ?, ?)",
+                (user, model_id, self.clock.now()),
+            )
+
+    def unsubscribe(self, user: str, ref: str) -> None:
+        owner, _, name = ref.partition("/")
+        model_id = self._model_id(owner, name)
+        with self.store.write() as db:
+            db.execute(
+                "DELETE FROM subscriptions WHERE user = ? AND model_id = ?", (user, model_id)
+            )
+
+
+def _safe(owner: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in owner)

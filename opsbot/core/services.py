@@ -1,0 +1,230 @@
+"""Services as the store holds them, and their creation under quota and capacity."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from opsbot.core import events
+from opsbot.core.admission import CheckedSpec
+from opsbot.core.autostop import format_auto_stop
+from opsbot.core.clock import Clock
+from opsbot.core.errors import CapacityExceeded, Conflict, NotFound, QuotaExceeded
+from opsbot.core.events import Kind, Level
+from opsbot.core.keys import hash_key, key_prefix, new_key
+from opsbot.core.pools import Pools
+from opsbot.core.spec import DeploySpec, masked_env, parse_spec
+from opsbot.core.status import Status
+from opsbot.core.store import Store, table
+
+
+@dataclass(frozen=True)
+class Service:
+    id: int
+    uid: str
+    owner: str
+    name: str
+    status: Status
+    progress: int
+    reason: str
+    spec: DeploySpec
+    due_time: float | None
+    created_at: float
+    updated_at: float
+
+    def as_dict(self, *, gateway_url: str = "") -> dict[str, Any]:
+        """The service as every front end shows it; secret-looking env values masked."""
+        spec = self.spec.model_dump(mode="json")
+        for entry in spec["models"]:
+            entry["env"] = masked_env(entry["env"])
+        return {
+            "id": self.uid,
+            "name": self.name,
+            "owner": self.owner,
+            "status": self.status.value,
+            "progress": self.progress,
+            "reason": self.reason,
+            "url": f"{gateway_url}/v1/infers/{self.uid}"
+            if gateway_url
+            else f"/v1/infers/{self.uid}",
+            "auto_stop": format_auto_stop(self.spec.auto_stop),
+            "due_time": self.due_time,
+            "resource_pool": self.spec.resource_pool,
+            "traffic_limit": self.spec.traffic_limit,
+            "description": self.spec.description,
+            "models": spec["models"],
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+_COLUMNS = "id, uid, owner, name, status, progress, reason, spec, due_time, created_at, updated_at"
+
+
+def _service(row: tuple[Any, ...]) -> Service:
+    return Service(
+        id=row[0],
+        uid=row[1],
+        owner=row[2],
+        name=row[3],
+        status=Status(row[4]),
+        progress=row[5],
+        reason=row[6],
+        spec=parse_spec(json.loads(row[7])),
+        due_time=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def list_services(db: sqlite_utils.Database, owner: str | None = None) -> list[Service]:
+    if owner is None:
+        rows = db.execute(f"SELECT {_COLUMNS} FROM services ORDER BY owner, name").fetchall()
+    else:
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM services WHERE owner = ? ORDER BY name", (owner,)
+        ).fetchall()
+    return [_service(r) for r in rows]
+
+
+def get_service(db: sqlite_utils.Database, owner: str, name: str) -> Service:
+    row = db.execute(
+        f"SELECT {_COLUMNS} FROM services WHERE owner = ? AND name = ?", (owner, name)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"{owner} has no service {name!r}: see `opsbot services`")
+    return _service(row)
+
+
+def count_services(db: sqlite_utils.Database, owner: str) -> int:
+    """Services the owner holds: every state counts until the service is deleted."""
+    return int(db.execute("SELECT COUNT(*) FROM services WHERE owner = ?", (owner,)).fetchone()[0])
+
+
+@dataclass(frozen=True)
+class Created:
+    service: Service
+    api_key: str
+
+
+def create_service(
+    store: Store, clock: Clock, pools: Pools, checked: CheckedSpec, owner: str, quota: int
+) -> Created:
+    """Insert a Deploying service: quota, name and capacity checked in one BEGIN IMMEDIATE.
+
+    A refusal (quota or capacity) is recorded as an abnormal event and raised; nothing else
+    changes.
+    """
+    spec = checked.spec
+    try:
+        with store.write() as db:
+            if db.execute(
+                "SELECT 1 FROM services WHERE owner = ? AND name = ?", (owner, spec.name)
+            ).fetchone():
+                raise Conflict(
+                    f"you already have a service named {spec.name}; choose another name",
+                    field="name",
+                )
+            held = count_services(db, owner)
+            if held >= quota:
+                raise QuotaExceeded(
+                    f"{owner} holds {held} of {quota} services; delete one "
+                    "(`opsbot delete NAME`) before deploying another",
+                    field="name",
+                )
+            needed = pools.sum_demand((m.flavor, m.instances) for m in spec.models)
+            pools.admit(db, spec.resource_pool, needed)
+            service = _insert(db, clock.now(), checked, owner)
+            key = new_key()
+            table(db, "api_keys").insert(
+                {
+                    "service_id": service.id,
+                    "key_hash": hash_key(key),
+                    "prefix": key_prefix(key),
+                    "created_at": clock.now(),
+                }
+            )
+            events.record(
+                db,
+                time=clock.now(),
+                kind=Kind.CREATED,
+                actor=owner,
+                service_id=service.id,
+                service=service.name,
+                owner=owner,
+                message=f"deploy requested: {_summary(spec)}",
+            )
+    except (QuotaExceeded, CapacityExceeded) as exc:
+        kind = Kind.QUOTA_REFUSED if isinstance(exc, QuotaExceeded) else Kind.CAPACITY_REFUSED
+        _refused(store, clock, owner, spec.name, kind, exc.message)
+        raise
+    return Created(service, key)
+
+
+def _refused(store: Store, clock: Clock, owner: str, name: str, kind: Kind, message: str) -> None:
+    with store.write() as db:
+        events.record(
+            db,
+            time=clock.now(),
+            kind=kind,
+            level=Level.ABNORMAL,
+            actor=owner,
+            service=name,
+            owner=owner,
+            message=message,
+        )
+
+
+def _summary(spec: DeploySpec) -> str:
+    parts = [
+        f"{m.model} {m.version} {m.traffic_ratio}% on {m.instances} x {m.flavor}"
+        for m in spec.models
+    ]
+    return "; ".join(parts)
+
+
+def _insert(db: sqlite_utils.Database, now: float, checked: CheckedSpec, owner: str) -> Service:
+    spec = checked.spec
+    body = json.dumps(spec.model_dump(mode="json"))
+    service_id = (
+        table(db, "services")
+        .insert(
+            {
+                "uid": secrets.token_hex(8),
+                "owner": owner,
+                "name": spec.name,
+                "status": Status.DEPLOYING.value,
+                "progress": 0,
+                "reason": "",
+                "spec": body,
+                "resource_pool": spec.resource_pool,
+                "traffic_limit": spec.traffic_limit,
+                "auto_stop_minutes": spec.auto_stop.minutes if spec.auto_stop.enabled else None,
+                "due_time": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        .last_pk
+    )
+    for idx, (entry, mv) in enumerate(zip(spec.models, checked.versions, strict=True)):
+        table(db, "service_versions").insert(
+            {
+                "service_id": service_id,
+                "idx": idx,
+                "model_version_id": mv.id,
+                "traffic_ratio": entry.traffic_ratio,
+                "flavor": entry.flavor,
+                "instances": entry.instances,
+                "env": json.dumps(entry.env),
+            }
+        )
+    table(db, "config_snapshots").insert(
+        {"service_id": service_id, "n": 1, "spec": body, "actor": owner, "created_at": now}
+    )
+    row = db.execute(f"SELECT {_COLUMNS} FROM services WHERE id = ?", (service_id,)).fetchone()
+    return _service(row)

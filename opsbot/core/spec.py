@@ -1,0 +1,407 @@
+"""DeploySpec: the Deploy form of the reference page as one validated model.
+
+The TUI form, the Slack modal, the CLI flags, the spec file and the HTTP API all build a
+DeploySpec through :func:`parse_spec` and get the same errors from the same code. This module
+holds the rules a spec can be checked against on its own; rules that need the registry, the
+flavors or the store live in :mod:`opsbot.core.admission`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from opsbot.core.autostop import AutoStop, format_auto_stop
+from opsbot.core.errors import FieldError, SpecInvalid
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+POOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DESCRIPTION_FORBIDDEN = set("!<>=&\"'")
+RESERVED_ENV_PREFIXES = ("OPSBOT_",)
+RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES", "PATH", "HOME"})
+DEFAULT_FLAVOR = "cpu.2u8g"
+MAX_VERSIONS = 10
+MAX_ENV = 100
+MAX_ENV_VALUE = 4096
+
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PWD|TOKEN|SECRET|KEY|CREDENTIAL|PRIVATE", re.I)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+
+class ModelEntry(_Strict):
+    """One model version of the service, with its share of traffic and its resources."""
+
+    source: Literal["mine", "subscribed"] = Field(
+        "mine",
+        description='"mine" (My Models) or "subscribed" (My Subscriptions)',
+    )
+    model: str = Field(
+        ...,
+        min_length=1,
+        max_length=129,
+        description='the model name; for a subscribed model, "OWNER/NAME"',
+    )
+    version: str = Field(
+        ..., min_length=1, max_length=64, description='a version of the model, such as "1.0.0"'
+    )
+    traffic_ratio: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="a whole percentage from 0 to 100; the versions of a service sum to 100",
+    )
+    flavor: str = Field(
+        DEFAULT_FLAVOR,
+        min_length=1,
+        max_length=64,
+        description="a flavor id from `opsbot flavors`, such as cpu.2u8g",
+    )
+    instances: int = Field(
+        1, ge=1, le=128, description="the number of instances (compute nodes), 1 to 128"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables as NAME = value, NAME a shell name",
+    )
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_scalars(cls, value: Any) -> Any:
+        # TOML and JSON give numbers and booleans; the process sees strings.
+        if isinstance(value, dict):
+            out: dict[Any, Any] = {}
+            for key, item in value.items():
+                if isinstance(item, bool):
+                    out[key] = "true" if item else "false"
+                elif isinstance(item, int | float) and not (
+                    isinstance(item, float) and not math.isfinite(item)
+                ):
+                    out[key] = str(item)
+                else:
+                    out[key] = item
+            return out
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_rules(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_ENV:
+            raise ValueError(f"at most {MAX_ENV} variables; remove {len(value) - MAX_ENV}")
+        for name, item in value.items():
+            if not ENV_NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"{name!r} is not a valid variable name: use letters, digits and _, "
+                    "not starting with a digit"
+                )
+            if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"{name} is set by opsbot itself; choose another name")
+            if len(item) > MAX_ENV_VALUE:
+                raise ValueError(f"the value of {name} is longer than {MAX_ENV_VALUE} characters")
+            if "\x00" in item:
+                raise ValueError(f"the value of {name} contains a NUL character")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        parts = value.split("/")
+        if len(parts) > 2 or not all(NAME_PATTERN.match(p) for p in parts):
+            raise ValueError(
+                f"{value!r} is not a model name: use NAME, or OWNER/NAME for a subscribed model"
+            )
+        return value
+
+    @field_validator("version", "flavor")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value):
+            raise ValueError(f"{value!r} may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What makes two entries the same version: the model and the version."""
+        return (self.model, self.version)
+
+
+class DeploySpec(_Strict):
+    """The Deploy form: basic information, resource pool and models, traffic limit."""
+
+    name: str = Field(
+        ...,
+        description="1 to 64 letters, digits, '-' or '_', starting with a letter",
+    )
+    auto_stop: AutoStop = Field(
+        default_factory=AutoStop,
+        description='"1h", "2h", "4h", "6h", whole hours up to "24h", minutes like "90m", or "off"',
+    )
+    description: str = Field(
+        "", max_length=100, description="at most 100 characters, none of ! < > = & \" '"
+    )
+    resource_pool: str = Field(
+        "public", description='"public" or the name of a dedicated pool from the config'
+    )
+    models: list[ModelEntry] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_VERSIONS,
+        description=f"1 to {MAX_VERSIONS} model versions (more than one is a gated launch)",
+    )
+    traffic_limit: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="the most requests per second the service accepts, a whole number >= 1",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid name: use 1 to 64 letters, digits, '-' or '_', "
+                "starting with a letter"
+            )
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, value: str) -> str:
+        bad = sorted(set(value) & DESCRIPTION_FORBIDDEN)
+        if bad:
+            raise ValueError(f"remove the characters {' '.join(bad)}: they are not allowed")
+        return value
+
+    @field_validator("resource_pool")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        if not POOL_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not a pool name: use 'public' or a dedicated pool")
+        return value
+
+    @model_validator(mode="after")
+    def _versions(self) -> DeploySpec:
+        errors: list[FieldError] = []
+        if len(self.models) == 1 and self.models[0].traffic_ratio is None:
+            only = self.models[0].model_copy(update={"traffic_ratio": 100})
+            object.__setattr__(self, "models", [only])
+        missing = [i for i, m in enumerate(self.models) if m.traffic_ratio is None]
+        for i in missing:
+            errors.append(
+                FieldError(
+                    f"models[{i}].traffic_ratio",
+                    "set a traffic ratio for every version of a gated launch; they sum to 100",
+                )
+            )
+        if not missing:
+            total = sum(m.traffic_ratio or 0 for m in self.models)
+            if total != 100:
+                field = "models[0].traffic_ratio" if len(self.models) == 1 else "models"
+                errors.append(
+                    FieldError(
+                        field,
+                        f"the traffic ratios sum to {total}%; make them sum to 100%",
+                    )
+                )
+        seen = Counter(m.key for m in self.models)
+        for i, m in enumerate(self.models):
+            if seen[m.key] > 1:
+                errors.append(
+                    FieldError(
+                        f"models[{i}].version",
+                        f"{m.model} {m.version} is listed {seen[m.key]} times; "
+                        "each version may appear once",
+                    )
+                )
+        if errors:
+            raise _SpecRuleErrors(errors)
+        return self
+
+    @field_serializer("auto_stop")
+    def _auto_stop_text(self, value: AutoStop) -> str:
+        return format_auto_stop(value)
+
+    @property
+    def ratios(self) -> dict[tuple[str, str], int]:
+        return {m.key: m.traffic_ratio or 0 for m in self.models}
+
+
+class _SpecRuleErrors(ValueError):
+    """Cross-field rule failures raised inside validation, each already bound to its field."""
+
+    def __init__(self, errors: list[FieldError]):
+        super().__init__("; ".join(e.message for e in errors))
+        self.errors = errors
+
+
+def parse_spec(data: Any) -> DeploySpec:
+    """Validate anything (a dict from a form, a file, flags or JSON) into a DeploySpec.
+
+    Raises SpecInvalid, and only SpecInvalid, listing every problem with its field.
+    """
+    if isinstance(data, DeploySpec):
+        return data
+    if not isinstance(data, dict):
+        raise SpecInvalid(
+            [FieldError("spec", f"expected a table of fields, got {type(data).__name__}")]
+        )
+    try:
+        return DeploySpec.model_validate(data)
+    except _SpecRuleErrors as exc:  # pragma: no cover - pydantic wraps it; kept for safety
+        raise SpecInvalid(exc.errors) from None
+    except ValidationError as exc:
+        raise SpecInvalid(_field_errors(exc)) from None
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    out: list[FieldError] = []
+    for detail in exc.errors(include_url=False):
+        ctx_error = (detail.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _SpecRuleErrors):
+            out.extend(ctx_error.errors)
+            continue
+        out.append(FieldError(_path(detail["loc"]), _message(detail)))
+    return out
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("function-after[_from_text()]",) or part.startswith("function-"):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "spec"
+
+
+def _hint(loc: tuple[int | str, ...]) -> str | None:
+    """The description of the field an error location points at: it says what is expected."""
+    model: type[BaseModel] | None = DeploySpec
+    hint = None
+    for part in loc:
+        if model is None or not isinstance(part, str):
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return hint
+        hint = info.description
+        model = ModelEntry if part == "models" else None
+    return hint
+
+
+def _message(detail: ErrorDetails) -> str:
+    kind = detail["type"]
+    loc = detail["loc"]
+    if kind == "extra_forbidden":
+        owner: type[BaseModel] = ModelEntry if "models" in loc[:-1] else DeploySpec
+        known = ", ".join(owner.model_fields)
+        return f"unknown field; the fields here are: {known}"
+    if kind == "missing":
+        hint = _hint(loc)
+        return f"required: give {hint}" if hint else "required"
+    if kind == "value_error":
+        return str(detail["msg"]).removeprefix("Value error, ")
+    hint = _hint(loc)
+    got = detail.get("input")
+    shown = repr(got) if isinstance(got, str | int | float | bool) else type(got).__name__
+    base = str(detail["msg"]).rstrip(".")
+    base = base[0].lower() + base[1:] if base else base
+    return f"{base} (got {shown}); expected {hint}" if hint else f"{base} (got {shown})"
+
+
+def spec_to_dict(spec: DeploySpec) -> dict[str, Any]:
+    """The normalised spec with the field names of a spec file (auto_stop as "1h")."""
+    return spec.model_dump(mode="json")
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or JSON spec file into a dict, without validating it.
+
+    Raises SpecInvalid with field "file" when the file cannot be read or parsed.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecInvalid([FieldError("file", f"cannot read {path}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise SpecInvalid([FieldError("file", f"{path} is not UTF-8 text")]) from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json" or (suffix != ".toml" and text.lstrip().startswith("{")):
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecInvalid(
+            [FieldError("file", f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}")]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecInvalid([FieldError("file", f"{path} is not valid TOML: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise SpecInvalid([FieldError("file", f"{path} must hold one table (object) of fields")])
+    return data
+
+
+def looks_secret(name: str, value: str) -> bool:
+    """Whether an environment variable looks like it holds a secret.
+
+    By name (PASSWORD, TOKEN, SECRET, KEY, ...) or by value (20+ characters of high entropy).
+    """
+    if SECRET_NAME.search(name):
+        return True
+    if len(value) < 20 or " " in value:
+        return False
+    counts = Counter(value)
+    entropy = -sum(c / len(value) * math.log2(c / len(value)) for c in counts.values())
+    classes = sum(any(f(ch) for ch in value) for f in (str.islower, str.isupper, str.isdigit))
+    return entropy >= 3.5 and classes >= 2
+
+
+def spec_warnings(spec: DeploySpec) -> list[FieldError]:
+    """Warnings that do not stop a deploy: environment values that look like secrets."""
+    out = []
+    for i, entry in enumerate(spec.models):
+        for name, value in entry.env.items():
+            if looks_secret(name, value):
+                out.append(
+                    FieldError(
+                        f"models[{i}].env.{name}",
+                        f"{name} looks like a secret: it will be masked when shown, but anyone "
+                        "who can read the service's processes can read it; prefer a file mounted "
+                        "with the model",
+                    )
+                )
+    return out
+
+
+def mask_value(name: str, value: str) -> str:
+    """The value of an environment variable as it may be shown: secrets masked."""
+    if not looks_secret(name, value):
+        return value
+    return "****" if len(value) <= 8 else value[:2] + "****" + value[-2:]
+
+
+def masked_env(env: dict[str, str]) -> dict[str, str]:
+    return {name: mask_value(name, value) for name, value in env.items()}

@@ -1,0 +1,201 @@
+"""The store: SQLite through sqlite-utils, the single source of truth.
+
+WAL mode, one connection per thread, versioned migrations (``PRAGMA user_version``), and
+``BEGIN IMMEDIATE`` for every read-then-write (:meth:`Store.write`), so two writers never both
+pass a check such as the quota before either inserts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.db import Table
+
+BUSY_TIMEOUT_MS = 30_000
+
+# Each entry moves the schema one version up. Never edit a released entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        slack_id TEXT UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        public INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        UNIQUE (owner, name)
+    );
+    CREATE TABLE model_versions (
+        id INTEGER PRIMARY KEY,
+        model_id INTEGER NOT NULL REFERENCES models(id),
+        version TEXT NOT NULL,
+        format TEXT NOT NULL,
+        origin TEXT NOT NULL DEFAULT 'custom',
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        path TEXT NOT NULL,
+        entry TEXT,
+        image TEXT,
+        manifest TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (model_id, version)
+    );
+    CREATE TABLE subscriptions (
+        user TEXT NOT NULL,
+        model_id INTEGER NOT NULL REFERENCES models(id),
+        created_at REAL NOT NULL,
+        PRIMARY KEY (user, model_id)
+    );
+    CREATE TABLE services (
+        id INTEGER PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        progress INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        spec TEXT NOT NULL,
+        resource_pool TEXT NOT NULL,
+        traffic_limit INTEGER NOT NULL,
+        auto_stop_minutes INTEGER,
+        due_time REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (owner, name)
+    );
+    CREATE TABLE service_versions (
+        service_id INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        model_version_id INTEGER NOT NULL REFERENCES model_versions(id),
+        traffic_ratio INTEGER NOT NULL,
+        flavor TEXT NOT NULL,
+        instances INTEGER NOT NULL,
+        env TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (service_id, idx)
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        service_id INTEGER,
+        service TEXT,
+        owner TEXT,
+        level TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        actor TEXT NOT NULL
+    );
+    CREATE INDEX events_by_service ON events (service_id, time);
+    CREATE INDEX events_by_time ON events (time);
+    CREATE TABLE config_snapshots (
+        id INTEGER PRIMARY KEY,
+        service_id INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        n INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (service_id, n)
+    );
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        service_id INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """The SQLite database under $OPSBOT_HOME, with one connection per thread."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._migrate_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), never implicit.
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection, wrapped by sqlite-utils."""
+        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite_utils.Database(self._connect())
+            self._local.db = db
+        return db
+
+    def _migrate(self) -> None:
+        with self._migrate_lock:
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    current = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if current > SCHEMA_VERSION:
+                        raise RuntimeError(
+                            f"{self.path} has schema version {current}, newer than this opsbot "
+                            f"({SCHEMA_VERSION}): upgrade opsbot"
+                        )
+                    for number in range(current, SCHEMA_VERSION):
+                        for statement in _statements(MIGRATIONS[number]):
+                            conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version = {number + 1}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite_utils.Database]:
+        """A write transaction taken with BEGIN IMMEDIATE: checks inside it see no race.
+
+        sqlite-utils' own ``atomic()`` blocks nest inside it as savepoints.
+        """
+        db = self.db
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.rollback()
+            raise
+        db.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+def table(db: sqlite_utils.Database, name: str) -> Table:
+    """A table by name, typed as a table (``db[name]`` may also be a view)."""
+    return db.table(name)
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

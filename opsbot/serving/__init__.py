@@ -1,0 +1,1 @@
+"""The data plane: model loaders, the model server and the inference gateway."""
