@@ -114,6 +114,29 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # 2: the instances the runtime runs for each service version. The controller writes them;
+    # the gateway reads the ready ones as its routes.
+    """
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY,
+        service_id INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        runtime TEXT NOT NULL,
+        handle TEXT NOT NULL DEFAULT '',
+        host TEXT NOT NULL DEFAULT '127.0.0.1',
+        port INTEGER,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        gpus TEXT NOT NULL DEFAULT '',
+        log_path TEXT NOT NULL DEFAULT '',
+        restarts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL DEFAULT 0,
+        started_at REAL,
+        updated_at REAL NOT NULL,
+        UNIQUE (service_id, idx, n)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
