@@ -24,7 +24,8 @@ HINT = 'write "1h", "2h", "4h", "6h", any whole hours up to "24h", minutes such 
 class AutoStop(BaseModel):
     """Whether the service stops by itself, and how long after it starts."""
 
-    model_config = ConfigDict(frozen=True)
+    # forbid: a misspelt key (`{hour = 3}`) must not silently become the default.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = Field(True, description="Auto stop is on by default, as in ModelArts.")
     minutes: int = Field(

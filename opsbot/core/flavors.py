@@ -96,6 +96,8 @@ def load_flavors(path: Path | None = None) -> list[Flavor]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigInvalid([FieldError(str(path), f"cannot read it: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigInvalid([FieldError(str(path), "not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigInvalid([FieldError(str(path), f"not valid TOML: {exc}")]) from None
     raw = data.get("flavor")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from opsbot.core.clock import Clock
 from opsbot.core.errors import Conflict, FieldError, InvalidInput, ModelInvalid, NotFound
-from opsbot.core.spec import NAME_PATTERN
+from opsbot.core.spec import NAME_PATTERN, TOKEN_PATTERN
 from opsbot.core.store import Store, table
 
 Source = Literal["mine", "subscribed"]
@@ -192,9 +192,14 @@ class Registry:
             errors.append(
                 FieldError("name", "use 1-64 letters, digits, - or _, starting with a letter")
             )
-        if not version or len(version) > 64 or not all(c.isalnum() or c in "._-" for c in version):
+        # The spec's own rule: a version a spec can name, and never "." or ".." (a path).
+        if len(version) > 64 or not TOKEN_PATTERN.match(version):
             errors.append(
-                FieldError("version", "use letters, digits, '.', '_' and '-', like 1.0.0")
+                FieldError(
+                    "version",
+                    "use letters, digits, '.', '_' and '-', starting with a letter or digit, "
+                    "like 1.0.0",
+                )
             )
         if fmt not in FORMATS:
             errors.append(FieldError("format", f"use one of {', '.join(FORMATS)}"))

@@ -30,9 +30,11 @@ from pydantic_core import ErrorDetails
 from opsbot.core.autostop import AutoStop, format_auto_stop
 from opsbot.core.errors import FieldError, SpecInvalid
 
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-POOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "name\n" through.
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}\Z")
+POOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 DESCRIPTION_FORBIDDEN = set("!<>=&\"'")
 RESERVED_ENV_PREFIXES = ("OPSBOT_",)
 RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES", "PATH", "HOME"})
@@ -42,6 +44,13 @@ MAX_ENV = 100
 MAX_ENV_VALUE = 4096
 
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PWD|TOKEN|SECRET|KEY|CREDENTIAL|PRIVATE", re.I)
+
+
+def _whole_number(value: Any) -> Any:
+    # pydantic's lax mode reads true as 1; `instances = true` in a spec file is a mistake.
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is not a number: give a whole number")
+    return value
 
 
 class _Strict(BaseModel):
@@ -83,6 +92,11 @@ class ModelEntry(_Strict):
         default_factory=dict,
         description="environment variables as NAME = value, NAME a shell name",
     )
+
+    @field_validator("traffic_ratio", "instances", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        return _whole_number(value)
 
     @field_validator("env", mode="before")
     @classmethod
@@ -134,7 +148,7 @@ class ModelEntry(_Strict):
     @field_validator("version", "flavor")
     @classmethod
     def _token(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", value):
+        if not TOKEN_PATTERN.match(value):
             raise ValueError(f"{value!r} may hold only letters, digits, '.', '_' and '-'")
         return value
 
@@ -173,6 +187,11 @@ class DeploySpec(_Strict):
         le=1_000_000,
         description="the most requests per second the service accepts, a whole number >= 1",
     )
+
+    @field_validator("traffic_limit", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        return _whole_number(value)
 
     @field_validator("name")
     @classmethod
@@ -280,11 +299,16 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
         if isinstance(ctx_error, _SpecRuleErrors):
             out.extend(ctx_error.errors)
             continue
-        out.append(FieldError(_path(detail["loc"]), _message(detail)))
+        loc = detail["loc"]
+        if detail["type"] == "invalid_key":  # the last part is the bad key, not a field
+            loc = loc[:-1]
+        out.append(FieldError(_path(loc), _message(detail)))
     return out
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
+    if "[key]" in loc:  # a key of a table that is not a string: the table is the field
+        loc = loc[: loc.index("[key]") - 1]
     path = ""
     for part in loc:
         if isinstance(part, int):
@@ -315,7 +339,13 @@ def _message(detail: ErrorDetails) -> str:
     kind = detail["type"]
     loc = detail["loc"]
     if kind == "extra_forbidden":
-        owner: type[BaseModel] = ModelEntry if "models" in loc[:-1] else DeploySpec
+        owner: type[BaseModel] = (
+            ModelEntry
+            if "models" in loc[:-1]
+            else AutoStop
+            if "auto_stop" in loc[:-1]
+            else DeploySpec
+        )
         known = ", ".join(owner.model_fields)
         return f"unknown field; the fields here are: {known}"
     if kind == "missing":
