@@ -95,11 +95,17 @@ def _as_array(instances: list[Any], dtype: Any = None) -> Any:
     if not isinstance(instances, list) or not instances:
         raise PredictError('"instances" must be a non-empty list')
     try:
-        array = np.asarray(instances, dtype=dtype)
+        # Without a dtype first: casting straight to float would turn a null into NaN.
+        array = np.asarray(instances)
     except (ValueError, TypeError) as exc:
         raise PredictError(f'"instances" must be a list of equal-length rows: {exc}') from None
     if array.dtype == object:
         raise PredictError('"instances" must be a list of equal-length rows of numbers')
+    if dtype is not None:
+        try:
+            array = array.astype(dtype)
+        except (ValueError, TypeError) as exc:
+            raise PredictError(f'"instances" must hold numbers: {exc}') from None
     return array
 
 

@@ -1,0 +1,693 @@
+"""The model server: one model version behind plain JSON and the Open Inference Protocol v2.
+
+The process runtime starts one per instance::
+
+    python -m opsbot.serving.server --path DIR --format sklearn|onnx|python [--entry module:Class]
+        --name NAME --version VERSION --host 127.0.0.1 --port PORT
+
+The socket listens at once, so liveness answers while the model loads in a background thread;
+readiness turns 200 only once the model has loaded (and predicted its sample once, to warm up).
+A load failure prints one line starting with ``LOAD FAILED:`` to stderr and exits with code 3:
+the controller marks the service Failed with that line as the reason. A port that cannot be bound
+exits with code 4; SIGTERM or SIGINT stops it cleanly with code 0.
+
+Routes: ``POST /predict`` (``{"instances": [...]}`` -> ``{"predictions": [...]}``) and the Open
+Inference Protocol v2 (KServe v2 REST): ``GET /v2/health/live``, ``GET /v2/health/ready``,
+``GET /v2``, ``GET /v2/models/{name}[/versions/{version}]`` and its ``/ready`` and ``/infer``.
+Every error is ``{"error": "..."}``; malformed input gets a 400 that says what to send, never a
+500. Parsing, prediction and encoding all run in a thread pool, so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from opsbot import __version__
+from opsbot.serving.loaders import (
+    FORMATS,
+    LoadedModel,
+    LoadError,
+    OnnxModel,
+    PredictError,
+    load_model,
+    required_files,
+)
+
+log = logging.getLogger("opsbot.serving.server")
+
+SERVER_NAME = "opsbot-model-server"
+LOAD_FAILED = "LOAD FAILED:"
+EXIT_LOAD_FAILED = 3
+EXIT_LISTEN_FAILED = 4
+# Above the gateway's default 12 MB cap, so the gateway, not the instance, decides the limit.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# SIGTERM waits this long for requests in flight; the process runtime's grace period is longer.
+SHUTDOWN_GRACE_S = 10.0
+# A hint longer than this (an image model's sample row) is replaced by the input's shape.
+MAX_HINT_CHARS = 200
+
+PLATFORMS = {"sklearn": "sklearn", "onnx": "onnxruntime_onnx", "python": "python"}
+V2_DATATYPES = frozenset(
+    {
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BYTES",
+    }
+)
+# numpy dtype kinds that each v2 datatype family accepts (ints are fine where floats are wanted).
+_KINDS_FOR = {"BOOL": "b", "UINT": "iu", "INT": "iu", "FP": "iuf", "BYTES": "U"}
+_V2_FOR_KIND = {"b": "BOOL", "i": "INT64", "u": "UINT64", "f": "FP64", "U": "BYTES"}
+
+Loader = Callable[[Path, str, str | None], LoadedModel]
+JSON_TYPE = "application/json"
+
+
+class BadRequest(ValueError):
+    """The request body is malformed; the message says what is wrong and what to send."""
+
+
+def onnx_providers(visible: str | None = None, available: list[str] | None = None) -> list[str]:
+    """The onnxruntime execution providers for this instance.
+
+    CUDA only when ``CUDA_VISIBLE_DEVICES`` names at least one device (the controller sets it
+    empty for CPU flavors; ``-1`` hides every GPU too) and onnxruntime was built with CUDA.
+    """
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if available is None:
+        import onnxruntime
+
+        available = list(onnxruntime.get_available_providers())
+    devices = [d.strip() for d in visible.split(",") if d.strip()]
+    wants_gpu = bool(devices) and not devices[0].startswith("-")
+    if wants_gpu and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def load_for_serving(path: Path, fmt: str, entry: str | None) -> LoadedModel:
+    """Load a model version as the server runs it: ONNX on the GPUs it was given, if any."""
+    if fmt != "onnx":
+        return load_model(path, fmt, entry)
+    problem = required_files(path, fmt, entry)
+    if problem:
+        raise LoadError(problem)
+    return OnnxModel(path, providers=onnx_providers())
+
+
+def default_threads() -> int:
+    """Prediction threads: the flavor's CPU cap (the runtime sets OMP_NUM_THREADS) or the CPUs."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _json_default(value: Any) -> Any:
+    # Python models often return numpy scalars or arrays inside plain lists.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, default=_json_default, separators=(",", ":")).encode()
+
+
+def _json(status: int, body: bytes) -> web.Response:
+    return web.Response(status=status, body=body, content_type=JSON_TYPE)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=_dumps({"error": message}),
+        content_type=JSON_TYPE,
+        headers=headers,
+    )
+
+
+def _parse_object(raw: bytes, hint: str) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        what = "the body is empty" if not raw.strip() else f"the body is not valid JSON ({exc})"
+        raise BadRequest(f"{what}: send {hint}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}: send {hint}")
+    return body
+
+
+def _tensor_instances(tensor: Any, index: int, hint: str) -> list[Any]:
+    """The instances (one per row of the batch axis) held by one v2 input tensor."""
+    import numpy as np
+
+    where = f"inputs[{index}]"
+    if not isinstance(tensor, dict):
+        raise BadRequest(
+            f"{where} must be an object with name, shape, datatype and data: send {hint}"
+        )
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    if missing:
+        raise BadRequest(f"{where} has no {', '.join(missing)}: send {hint}")
+    if not isinstance(tensor["name"], str):
+        raise BadRequest(f"{where}.name must be a string")
+    shape = tensor["shape"]
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise BadRequest(
+            f"{where}.shape must be a list of non-negative integers, batch first "
+            f"(for example [2, 4] for two rows of four), got {json.dumps(shape)}"
+        )
+    datatype = tensor["datatype"]
+    if datatype not in V2_DATATYPES:
+        raise BadRequest(
+            f"{where}.datatype {json.dumps(datatype)} is not a v2 datatype: use one of "
+            f"{', '.join(sorted(V2_DATATYPES))}"
+        )
+    data = tensor["data"]
+    if not isinstance(data, list):
+        raise BadRequest(f"{where}.data must be a list (flat in row-major order, or nested)")
+    if math.prod(shape) == 0 or not data:
+        raise BadRequest(f"{where} holds no values: send at least one instance")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    if array is None or array.dtype.kind not in "biufU":
+        raise BadRequest(
+            f"{where}.data must be a regular array of "
+            f"{'strings' if datatype == 'BYTES' else 'numbers'}, not ragged or mixed lists"
+        )
+    family = datatype.rstrip("0123456789")
+    if array.dtype.kind not in _KINDS_FOR[family]:
+        wanted = {"BOOL": "true/false", "BYTES": "strings", "FP": "numbers"}.get(family, "integers")
+        raise BadRequest(f"{where}.data must hold {wanted} for datatype {datatype}")
+    if family == "UINT" and array.dtype.kind == "i" and int(array.min()) < 0:
+        raise BadRequest(f"{where}.data must not hold negative values for datatype {datatype}")
+    if list(array.shape) != shape:
+        if array.ndim != 1 or array.size != math.prod(shape):
+            raise BadRequest(
+                f"{where}.data holds {array.size} values shaped {list(array.shape)} but shape "
+                f"says {shape} ({math.prod(shape)} values): send data flat in row-major order "
+                "or nested to match shape"
+            )
+        array = array.reshape(shape)
+    instances: list[Any] = array.tolist()
+    return instances
+
+
+def _output_tensor(name: str, predictions: list[Any]) -> dict[str, Any]:
+    import numpy as np
+
+    try:
+        array = np.asarray(predictions)
+    except (ValueError, TypeError, OverflowError):  # ragged or unusual: pass it through as is
+        array = None
+    if array is not None and array.dtype.kind in _V2_FOR_KIND:
+        return {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": _V2_FOR_KIND[array.dtype.kind],
+            "data": array.ravel().tolist(),
+        }
+    return {"name": name, "shape": [len(predictions)], "datatype": "BYTES", "data": predictions}
+
+
+@dataclass
+class ModelState:
+    """One model version being served: how to load it, and once loaded, the model itself."""
+
+    path: Path
+    fmt: str
+    entry: str | None
+    name: str
+    version: str
+    loader: Loader
+    executor: ThreadPoolExecutor
+    model: LoadedModel | None = None
+    error: str | None = None
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    load_seconds: float = 0.0
+    metadata: bytes = b""
+    output_name: str = "predictions"
+    predict_hint: str = '{"instances": [[...], ...]}'
+    infer_hint: str = '{"inputs": [{"name": "input", "shape": [N, ...], "datatype": "FP32", ...}]}'
+    load_thread: threading.Thread | None = None
+    _waiter: asyncio.Task[None] | None = None
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def start_loading(self) -> None:
+        """Load in a daemon thread, so the event loop answers liveness meanwhile and SIGTERM
+        during a long load does not have to wait for it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[LoadedModel] = loop.create_future()
+
+        def settle(outcome: LoadedModel | BaseException) -> None:
+            if done.done():
+                return
+            if isinstance(outcome, BaseException):
+                done.set_exception(outcome)
+            else:
+                done.set_result(outcome)
+
+        def work() -> None:
+            outcome: LoadedModel | BaseException
+            try:
+                outcome = self._load_sync()
+            except Exception as exc:  # handed to the loop, which reports it
+                outcome = exc
+            except BaseException as exc:  # sys.exit() in user code must not end the server
+                outcome = LoadError(f"{type(exc).__name__} raised while loading: {exc}")
+            # The loop may have closed (SIGTERM during the load): then nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, outcome)
+
+        self.load_thread = threading.Thread(target=work, name="model-load", daemon=True)
+        self.load_thread.start()
+        self._waiter = asyncio.create_task(self._finish_loading(done))
+
+    async def _finish_loading(self, done: asyncio.Future[LoadedModel]) -> None:
+        try:
+            model = await done
+        except LoadError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # a loader bug or user code: still a reason the user can read
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading %s %s raised", self.name, self.version)
+        else:
+            self.model = model
+            log.info(
+                "model %s %s (%s) loaded in %.2f s; ready",
+                self.name,
+                self.version,
+                self.fmt,
+                self.load_seconds,
+            )
+        self.loaded.set()
+
+    def _load_sync(self) -> LoadedModel:
+        started = time.perf_counter()
+        model = self.loader(self.path, self.fmt, self.entry)
+        described = model.describe()
+        metadata: dict[str, Any] = {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORMS.get(self.fmt, self.fmt),
+            "inputs": described.get("inputs", []),
+            "outputs": described.get("outputs", []),
+        }
+        session = getattr(model, "session", None)
+        if session is not None and hasattr(session, "get_providers"):
+            metadata["providers"] = list(session.get_providers())
+        outputs = metadata["outputs"]
+        if outputs and isinstance(outputs[0], dict) and outputs[0].get("name"):
+            self.output_name = str(outputs[0]["name"])
+        self.metadata = _dumps(metadata)
+        sample = model.sample()
+        if sample:
+            self._make_hints(sample[:1], metadata["inputs"])
+            # The first call of a fresh model is slow (lazy init); pay it before readiness.
+            try:
+                model.predict(sample)
+            except PredictError as exc:
+                log.warning("the model's own sample does not predict: %s", exc)
+        self.load_seconds = time.perf_counter() - started
+        return model
+
+    def _make_hints(self, rows: list[Any], inputs: list[dict[str, Any]]) -> None:
+        predict_hint = json.dumps({"instances": rows})
+        if len(predict_hint) <= MAX_HINT_CHARS:
+            self.predict_hint = predict_hint
+        first = inputs[0] if inputs else {}
+        name = first.get("name", "input")
+        datatype = first.get("datatype") or "FP32"
+        try:
+            import numpy as np
+
+            array = np.asarray(rows)
+            shape, flat = list(array.shape), array.ravel().tolist()
+        except (ValueError, TypeError, OverflowError):
+            return
+        if array.dtype.kind == "U":
+            datatype = "BYTES"
+        example = {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": flat}]}
+        infer_hint = json.dumps(example)
+        if len(infer_hint) <= MAX_HINT_CHARS:
+            self.infer_hint = infer_hint
+
+    async def stop(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._waiter
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- answering -------------------------------------------------------------------------
+
+    def not_ready_reason(self) -> str:
+        if self.error is not None:
+            return f"model {self.name} {self.version} failed to load: {self.error}"
+        return (
+            f"model {self.name} {self.version} is still loading: "
+            "retry when GET /v2/health/ready answers 200"
+        )
+
+    def not_ready(self) -> web.Response:
+        headers = None if self.error is not None else {"Retry-After": "1"}
+        return _error(503, self.not_ready_reason(), headers=headers)
+
+    def unknown(self, request: web.Request) -> web.Response | None:
+        """A 404 when the path names another model or version than this one, else None."""
+        name = request.match_info["name"]
+        if name != self.name:
+            return _error(404, f"no model {name!r} here: this server serves {self.name!r}")
+        version = request.match_info.get("version")
+        if version is not None and version != self.version:
+            return _error(
+                404,
+                f"model {self.name} has no version {version!r} here: "
+                f"this server serves version {self.version!r}",
+            )
+        return None
+
+    def predict_sync(self, model: LoadedModel, raw: bytes) -> tuple[int, bytes]:
+        """The whole of ``POST /predict`` after the body is read: parse, predict, encode."""
+        try:
+            body = _parse_object(raw, self.predict_hint)
+            if "instances" not in body:
+                raise BadRequest(f'the body has no "instances": send {self.predict_hint}')
+            instances = body["instances"]
+            if not isinstance(instances, list) or not instances:
+                raise BadRequest(
+                    f'"instances" must be a non-empty list of inputs: send {self.predict_hint}'
+                )
+            predictions = self._run(model, instances, self.predict_hint)
+        except BadRequest as exc:
+            return 400, _dumps({"error": str(exc)})
+        return self._encode({"predictions": predictions})
+
+    def infer_sync(self, model: LoadedModel, raw: bytes) -> tuple[int, bytes]:
+        """The whole of ``POST /v2/models/{name}/infer`` after the body is read."""
+        hint = self.infer_hint
+        try:
+            body = _parse_object(raw, hint)
+            request_id = body.get("id")
+            if request_id is not None and not isinstance(request_id, str):
+                raise BadRequest('"id" must be a string when given')
+            inputs = body.get("inputs")
+            if not isinstance(inputs, list) or not inputs:
+                raise BadRequest(f'"inputs" must be a non-empty list of tensors: send {hint}')
+            if len(inputs) > 1:
+                raise BadRequest(
+                    f"this model takes one input tensor, got {len(inputs)}: send {hint}"
+                )
+            instances = _tensor_instances(inputs[0], 0, hint)
+            predictions = self._run(model, instances, hint)
+        except BadRequest as exc:
+            return 400, _dumps({"error": str(exc)})
+        reply: dict[str, Any] = {"model_name": self.name, "model_version": self.version}
+        if request_id is not None:
+            reply["id"] = request_id
+        reply["outputs"] = [_output_tensor(self.output_name, predictions)]
+        return self._encode(reply)
+
+    def _run(self, model: LoadedModel, instances: list[Any], hint: str) -> list[Any]:
+        try:
+            return model.predict(instances)
+        except PredictError as exc:
+            raise BadRequest(f"{exc}: send {hint}") from None
+        except Exception as exc:  # user or library code refusing this input: the caller's 400
+            log.warning("predict raised %s: %s", type(exc).__name__, exc)
+            what = f"{type(exc).__name__}: {exc}"
+            raise BadRequest(
+                f"the model could not predict this input ({what}): send {hint}"
+            ) from None
+
+    def _encode(self, reply: dict[str, Any]) -> tuple[int, bytes]:
+        try:
+            return 200, _dumps(reply)
+        except (TypeError, ValueError) as exc:  # the model's output, not the caller's input
+            log.error("the model's output is not JSON: %s", exc)
+            message = f"the model returned output that cannot be sent as JSON: {exc}"
+            return 500, _dumps({"error": message})
+
+
+STATE = web.AppKey("opsbot_model_state", ModelState)
+
+
+async def _predict(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    model = state.model
+    if model is None:
+        return state.not_ready()
+    raw = await request.read()
+    loop = asyncio.get_running_loop()
+    status, body = await loop.run_in_executor(state.executor, state.predict_sync, model, raw)
+    return _json(status, body)
+
+
+async def _infer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    missing = state.unknown(request)
+    if missing is not None:
+        return missing
+    model = state.model
+    if model is None:
+        return state.not_ready()
+    raw = await request.read()
+    loop = asyncio.get_running_loop()
+    status, body = await loop.run_in_executor(state.executor, state.infer_sync, model, raw)
+    return _json(status, body)
+
+
+async def _live(request: web.Request) -> web.Response:
+    return _json(200, b'{"live":true}')
+
+
+async def _ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.model is not None:
+        return _json(200, b'{"ready":true}')
+    return _json(503, _dumps({"ready": False, "error": state.not_ready_reason()}))
+
+
+async def _server_metadata(request: web.Request) -> web.Response:
+    return _json(200, _dumps({"name": SERVER_NAME, "version": __version__, "extensions": []}))
+
+
+async def _model_metadata(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    missing = state.unknown(request)
+    if missing is not None:
+        return missing
+    if state.model is None:
+        return state.not_ready()
+    return _json(200, state.metadata)
+
+
+async def _model_ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    missing = state.unknown(request)
+    if missing is not None:
+        return missing
+    ready = state.model is not None
+    return _json(200 if ready else 503, _dumps({"name": state.name, "ready": ready}))
+
+
+_ROUTES_HINT = (
+    "POST /predict, POST /v2/models/{name}/infer, GET /v2/models/{name}, GET /v2/health/ready"
+)
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own errors (no route, wrong method, body too large) as ``{"error": ...}``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path}: use {allowed}"
+        elif isinstance(exc, web.HTTPNotFound):
+            message = f"no route {request.method} {request.path}: use {_ROUTES_HINT}"
+        elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+            message = (
+                f"the body is larger than this server takes ({MAX_BODY_BYTES // 2**20} MiB): "
+                "send fewer instances per request"
+            )
+        else:
+            message = exc.text or exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return _error(exc.status, message, headers=headers or None)
+
+
+def make_app(
+    model_path: Path | str,
+    fmt: str,
+    entry: str | None,
+    name: str,
+    version: str,
+    *,
+    threads: int | None = None,
+    loader: Loader | None = None,
+) -> web.Application:
+    """The model server as an aiohttp application; loading starts when the app starts.
+
+    ``loader`` replaces how the model is loaded (tests use it to hold loading back);
+    ``threads`` sizes the prediction pool (default: the flavor's CPU cap).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    executor = ThreadPoolExecutor(
+        max_workers=threads or default_threads(), thread_name_prefix="predict"
+    )
+    state = ModelState(
+        path=Path(model_path),
+        fmt=fmt,
+        entry=entry,
+        name=name,
+        version=version,
+        loader=loader or load_for_serving,
+        executor=executor,
+    )
+    app[STATE] = state
+
+    async def start(app: web.Application) -> None:
+        state.start_loading()
+
+    async def cleanup(app: web.Application) -> None:
+        await state.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(cleanup)
+    app.router.add_post("/predict", _predict)
+    app.router.add_get("/v2/health/live", _live)
+    app.router.add_get("/v2/health/ready", _ready)
+    app.router.add_get("/v2", _server_metadata)
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.router.add_get(base, _model_metadata)
+        app.router.add_get(base + "/ready", _model_ready)
+        app.router.add_post(base + "/infer", _infer)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> int:
+    """Listen, wait for the load and then for SIGTERM/SIGINT; return the exit code."""
+    state = app[STATE]
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            sys.stderr.write(f"LISTEN FAILED: cannot listen on {host}:{port}: {exc}\n")
+            return EXIT_LISTEN_FAILED
+        log.info(
+            "listening on %s (model %s %s, %s, %s); loading",
+            site.name,
+            state.name,
+            state.version,
+            state.fmt,
+            state.path,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        stopping = asyncio.create_task(stop.wait())
+        loading = asyncio.create_task(state.loaded.wait())
+        await asyncio.wait({stopping, loading}, return_when=asyncio.FIRST_COMPLETED)
+        loading.cancel()
+        if not stop.is_set() and state.error is not None:
+            stopping.cancel()
+            reason = " ".join(state.error.split())  # one line, whatever the loader said
+            sys.stderr.write(f"{LOAD_FAILED} {reason}\n")
+            sys.stderr.flush()
+            return EXIT_LOAD_FAILED
+        await stopping
+        log.info("stopping on signal")
+        return 0
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m opsbot.serving.server",
+        description="Serve one model version over HTTP (plain JSON and Open Inference v2).",
+    )
+    parser.add_argument("--path", required=True, type=Path, help="the model version's folder")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--entry", help="module:Class for the python format (model:Model)")
+    parser.add_argument("--name", required=True, help="the model name clients use in /v2 paths")
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--threads", type=int, help="prediction threads (default: the CPU cap)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = make_app(
+        args.path, args.format, args.entry, args.name, args.version, threads=args.threads
+    )
+    code = asyncio.run(serve(app, args.host, args.port))
+    thread = app[STATE].load_thread
+    if thread is not None and thread.is_alive():
+        # Stopped mid-load: a load cannot be interrupted, and finalising the interpreter
+        # under a thread still importing libraries can crash, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
