@@ -7,20 +7,29 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from opsbot.core.app import Core
 from opsbot.core.config import default_home
-from opsbot.core.errors import OpsbotError
+from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
 from opsbot.core.identity import User, local_user_name
+from opsbot.core.runtimes.process import tail_lines
 from opsbot.core.spec import load_spec_file, spec_to_dict
+from opsbot.core.timefmt import format_remaining
+from opsbot.daemon.client import Client
+from opsbot.daemon.server import LOCK_NAME, Daemon
 
 app = typer.Typer(
     help="Deploy ML models as real-time HTTP services on your own machines.",
@@ -106,8 +115,8 @@ def validate(
 
     Model versions are checked against the local registry when one exists.
     """
-    core = _core()
     try:
+        core = _core()  # inside: a bad config.toml or flavors.toml is reported, not raised
         result = core.validate(_me(core), load_spec_file(file))
     except OpsbotError as exc:
         if as_json:
@@ -319,6 +328,453 @@ def user_link(local_name: str, slack_user_id: str) -> None:
     core = _core()
     core.link_slack(_me(core), local_name, slack_user_id)
     out.print(f"Slack user {slack_user_id} now acts as {local_name}", markup=False)
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+key_app = typer.Typer(help="Service API keys.", no_args_is_help=True)
+token_app = typer.Typer(help="Tokens for the optional TCP control listener.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+app.add_typer(token_app, name="token")
+
+ACTIVE_STATES = {"deploying", "stopping", "deleting"}
+
+
+def _home() -> Path:
+    return State.home or default_home()
+
+
+def _client() -> Client:
+    return Client(_home())
+
+
+@app.command()
+@reports_errors
+def up(
+    runtime: str | None = typer.Option(
+        None, help="process (default), docker or swarm; overrides config.toml."
+    ),
+    gateway_port: int | None = typer.Option(
+        None, help="Gateway port (default from config.toml: 8780; 0 picks a free one)."
+    ),
+    listen: str | None = typer.Option(
+        None, help="Also serve the control API on HOST:PORT (callers need a user token)."
+    ),
+    detach: bool = typer.Option(
+        False, "--detach", "-d", help="Run in the background; return once it answers."
+    ),
+    examples: bool = typer.Option(True, help="Create the iris example models on first start."),
+) -> None:
+    """Run the daemon: control API, controller, gateway. Model instances outlive it."""
+    home = _home()
+    if detach:
+        _detach(home, runtime, gateway_port, listen, examples)
+        return
+    Daemon(
+        home,
+        runtime=runtime,
+        gateway_port=gateway_port,
+        api_listen=listen,
+        examples=examples,
+        say=lambda m: err.print(m, markup=False),
+    ).run()
+
+
+def _detach(
+    home: Path, runtime: str | None, gateway_port: int | None, listen: str | None, examples: bool
+) -> None:
+    client = Client(home)
+    if client.available():
+        err.print(f"an opsbot daemon already answers on {client.socket}", markup=False)
+        return
+    if examples:
+        core = Core(home)
+        core.create_examples(_me(core), lambda w: err.print(f"example model: {w}", markup=False))
+    argv = [sys.executable, "-m", "opsbot", "--home", str(home), "up", "--no-examples"]
+    for flag, value in (
+        ("--runtime", runtime),
+        ("--gateway-port", gateway_port),
+        ("--listen", listen),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    log_path = home / "logs" / "daemon.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    with err.status("starting the daemon"):
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise OpsbotError(
+                    f"the daemon exited at start; see {log_path}:\n"
+                    + "\n".join(tail_lines(log_path, 8))
+                )
+            if client.available():
+                me = client.request("GET", "/v1/whoami")
+                err.print(
+                    f"opsbot daemon running (pid {proc.pid}), runtime {me['runtime']}, "
+                    f"gateway {me['gateway_url']}; log: {log_path}",
+                    markup=False,
+                )
+                return
+            time.sleep(0.2)
+    raise OpsbotError(f"the daemon did not answer within 60 s; see {log_path}")
+
+
+@app.command()
+@reports_errors
+def down() -> None:
+    """Stop the daemon (SIGTERM). Model instances keep running; `opsbot up` adopts them."""
+    lock = _home() / LOCK_NAME
+    client = _client()
+    if not client.available():
+        err.print("no opsbot daemon is running", markup=False)
+        return
+    pid = int(lock.read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and client.available():
+        time.sleep(0.1)
+    err.print(f"daemon {pid} stopped", markup=False)
+
+
+# -- services -----------------------------------------------------------------------------
+
+
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidInput(
+                [FieldError("env", f"{pair!r} is not NAME=VALUE; write e.g. --env LOG_LEVEL=info")]
+            )
+        env[name] = value
+    return env
+
+
+@app.command()
+@reports_errors
+def deploy(
+    file: Path | None = typer.Option(None, "-f", "--file", help="Spec file (TOML or JSON)."),
+    name: str | None = typer.Option(None, "--name", help="Service name."),
+    model: str | None = typer.Option(None, "--model", help="Model: NAME or OWNER/NAME."),
+    version: str | None = typer.Option(None, "--version", help="Model version (Normal)."),
+    source: str | None = typer.Option(None, "--source", help="mine (default) or subscribed."),
+    flavor: str | None = typer.Option(None, "--flavor", help="Flavor id: see `opsbot flavors`."),
+    instances: int | None = typer.Option(None, "--instances", help="Compute nodes, 1-128."),
+    traffic_limit: int | None = typer.Option(
+        None, "--traffic-limit", help="Requests per second for the service (default 100)."
+    ),
+    auto_stop: str | None = typer.Option(
+        None, "--auto-stop", help='"1h" (default), "2h", "4h", "6h", up to "24h", "90m", "off".'
+    ),
+    env: list[str] = typer.Option([], "--env", help="NAME=VALUE; repeat for more."),
+    description: str | None = typer.Option(None, "--description", help="At most 100 chars."),
+    pool: str | None = typer.Option(None, "--pool", help="Resource pool (default public)."),
+    wait: bool = typer.Option(False, "--wait", help="Block until Running or Failed."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Deploy a model as a real-time service (one version by flags, any spec with -f)."""
+    if file is not None:
+        data: dict[str, Any] = dict(load_spec_file(file))
+    else:
+        entry: dict[str, Any] = {"model": model, "version": version}
+        for key, value in (("source", source), ("flavor", flavor), ("instances", instances)):
+            if value is not None:
+                entry[key] = value
+        if env:
+            entry["env"] = _env_pairs(env)
+        data = {"name": name, "models": [entry]}
+    for key, value in (
+        ("name", name),
+        ("traffic_limit", traffic_limit),
+        ("auto_stop", auto_stop),
+        ("description", description),
+        ("resource_pool", pool),
+    ):
+        if value is not None:
+            data[key] = value
+    client = _client()
+    created = client.request("POST", "/v1/services", data)
+    for w in created.get("warnings", []):
+        err.print(f"warning: {w['field']}: {w['message']}", markup=False)
+    result = created
+    if wait:
+        result = _wait(client, created["name"], quiet=as_json)
+        result["api_key"] = created["api_key"]
+    if as_json:
+        _json(result)
+    else:
+        out.print(f"service {result['name']}: {result['status']}", markup=False)
+        out.print(f"URL:     {result['url']}", markup=False)
+        out.print(
+            f"API key: {created['api_key']}  (shown once; rotate with `opsbot key rotate`)",
+            markup=False,
+        )
+        if result["status"] == "failed":
+            out.print(f"reason:  {result['reason']}", markup=False)
+    if result["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _wait(client: Client, name: str, quiet: bool = False) -> dict[str, Any]:
+    """Poll until the service leaves Deploying, with a progress bar on stderr."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"deploying {name}", total=100)
+        while True:
+            service = client.service(name)
+            progress.update(task, completed=service.get("progress", 0))
+            if service["status"] != "deploying":
+                return service
+            time.sleep(0.5)
+
+
+def _versions(service: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{m['model']} {m['version']} {m['traffic_ratio']}%" for m in service["models"]
+    )
+
+
+@app.command("services")
+@reports_errors
+def services_cmd(
+    everyone: bool = typer.Option(False, "--all", "-a", help="Everyone's services."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List services: status, versions and traffic split, auto-stop countdown, URL."""
+    rows = _client().services(everyone)
+    if as_json:
+        _json(rows)
+        return
+    table = Table("name", "owner", "status", "versions", "auto stop", "url")
+    for s in rows:
+        status = s["status"] + (f" {s['progress']}%" if s["status"] == "deploying" else "")
+        table.add_row(
+            s["name"],
+            s["owner"],
+            status,
+            _versions(s),
+            _auto_stop_text(s),
+            s["url"],
+        )
+    out.print(table)
+
+
+def _auto_stop_text(service: dict[str, Any]) -> str:
+    if service.get("remaining_s") is not None:
+        return f"in {format_remaining(service['remaining_s'])}"
+    return str(service.get("auto_stop", ""))
+
+
+OWNER_OPT = typer.Option(None, "--owner", help="The service's owner (admins; default: you).")
+
+
+@app.command()
+@reports_errors
+def show(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+    """One service: status, URL, versions, instances, auto stop."""
+    s = _client().service(name, owner)
+    if as_json:
+        _json(s)
+        return
+    lines = [
+        ("name", s["name"]),
+        ("owner", s["owner"]),
+        ("status", s["status"] + (f" ({s['reason']})" if s["reason"] else "")),
+        ("url", s["url"]),
+        ("auto stop", _auto_stop_text(s)),
+        ("traffic limit", f"{s['traffic_limit']}/s"),
+        ("pool", s["resource_pool"]),
+        ("description", s["description"]),
+    ]
+    for key, value in lines:
+        out.print(f"{key:>14}: {value}", markup=False)
+    for i, m in enumerate(s["models"]):
+        env = ", ".join(f"{k}={v}" for k, v in m["env"].items())
+        out.print(
+            f"{'version ' + str(i):>14}: {m['model']} {m['version']} {m['traffic_ratio']}% "
+            f"{m['instances']} x {m['flavor']}" + (f" env {env}" if env else ""),
+            markup=False,
+        )
+    table = Table("version", "n", "state", "port", "restarts", "reason")
+    for inst in s.get("instances", []):
+        table.add_row(
+            str(inst["version_index"]),
+            str(inst["n"]),
+            inst["state"],
+            str(inst["port"] or ""),
+            str(inst["restarts"]),
+            inst["reason"],
+        )
+    out.print(table)
+
+
+def _simple_action(verb: str, name: str, owner: str | None, as_json: bool) -> None:
+    client = _client()
+    if verb == "delete":
+        s = client.request("DELETE", f"/v1/services/{name}", query={"owner": owner})
+    else:
+        s = client.action(name, verb, owner)
+    if as_json:
+        _json(s)
+    else:
+        out.print(f"{s['name']}: {s['status']}", markup=False)
+
+
+@app.command()
+@reports_errors
+def stop(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+    """Stop a service (its instances stop; it keeps its name, key and settings)."""
+    _simple_action("stop", name, owner, as_json)
+
+
+@app.command()
+@reports_errors
+def start(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+    """Start a Stopped or Failed service again."""
+    _simple_action("start", name, owner, as_json)
+
+
+@app.command()
+@reports_errors
+def delete(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+    """Delete a service: instances stop, then the service and its key are gone."""
+    _simple_action("delete", name, owner, as_json)
+
+
+@app.command()
+@reports_errors
+def predict(
+    name: str,
+    data: str = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="JSON body, or @FILE; e.g. '{\"instances\": [[5.1, 3.5, 1.4, 0.2]]}'",
+    ),
+    owner: str | None = OWNER_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Send a prediction through the gateway (as the owner; no key needed)."""
+    text = Path(data[1:]).read_text() if data.startswith("@") else data
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            [FieldError("data", f'not JSON ({exc}); e.g. {{"instances": [[1, 2]]}}')]
+        ) from None
+    reply = _client().request(
+        "POST", f"/v1/services/{name}/predict", query={"owner": owner}, raw=text.encode()
+    )
+    if as_json:
+        _json(reply)
+    else:
+        out.print(
+            f"HTTP {reply['status']} from version {reply['version'] or '-'} "
+            f"in {reply['latency_ms']} ms",
+            markup=False,
+        )
+        out.print(json.dumps(reply["response"], indent=2), markup=False)
+    if reply["status"] >= 400:
+        raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def events(
+    name: str | None = typer.Argument(None, help="Service name (default: all you can see)."),
+    level: str | None = typer.Option(None, help="normal or abnormal."),
+    since: str | None = typer.Option(None, help="Only newer than this: 30m, 1h, 2d."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Events: every change of state, with level, who and why."""
+    client = _client()
+    path = f"/v1/services/{name}/events" if name else "/v1/events"
+    after = 0
+    while True:
+        rows = client.request(
+            "GET", path, query={"level": level, "since": since, "after_id": after or None}
+        )
+        for e in rows:
+            after = max(after, e["id"])
+            if as_json:
+                sys.stdout.write(json.dumps(e) + "\n")
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+                out.print(
+                    f"{when} {e['level']:<8} {e['service'] or '-':<20} {e['kind']:<18} "
+                    f"{e['message']} (by {e['actor']})",
+                    markup=False,
+                )
+        sys.stdout.flush()
+        if not follow:
+            return
+        since = None
+        time.sleep(1)
+
+
+@app.command()
+@reports_errors
+def logs(
+    name: str,
+    tail: int = typer.Option(100, help="Lines per instance."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    owner: str | None = OWNER_OPT,
+) -> None:
+    """The log lines of the service's instances."""
+    client = _client()
+    seen: list[str] = []
+    while True:
+        lines = client.request(
+            "GET", f"/v1/services/{name}/logs", query={"tail": tail, "owner": owner}
+        )
+        for line in _new_lines(seen, lines):
+            out.print(line, markup=False, highlight=False)
+        seen = lines
+        if not follow:
+            return
+        time.sleep(1)
+
+
+def _new_lines(before: list[str], after: list[str]) -> list[str]:
+    """Lines of ``after`` not yet printed: after the longest suffix of ``before`` it starts with."""
+    for k in range(min(len(before), len(after)), 0, -1):
+        if before[-k:] == after[:k]:
+            return after[k:]
+    return after if before != after else []
+
+
+@key_app.command("rotate")
+@reports_errors
+def key_rotate(name: str, owner: str | None = OWNER_OPT) -> None:
+    """Give the service a new API key; the old one stops working at once."""
+    reply = _client().request("POST", f"/v1/services/{name}/key", query={"owner": owner})
+    out.print(f"new API key for {name}: {reply['api_key']}  (shown once)", markup=False)
+
+
+@token_app.command("create")
+@reports_errors
+def token_create() -> None:
+    """A token for the TCP control listener, acting as you."""
+    reply = _client().request("POST", "/v1/tokens")
+    out.print(f"token for {reply['user']}: {reply['token']}  (shown once)", markup=False)
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ from opsbot.core import services as services_mod
 from opsbot.core.admission import CheckedSpec, check_spec
 from opsbot.core.clock import Clock, SystemClock
 from opsbot.core.config import Config, load_config
-from opsbot.core.errors import FieldError, PermissionDenied
+from opsbot.core.controller import instance_rows
+from opsbot.core.errors import Conflict, FieldError, NotFound, PermissionDenied
 from opsbot.core.examples import EXAMPLES, build_all
 from opsbot.core.flavors import FlavorStatus, load_flavors
 from opsbot.core.hardware import HardwareProbe, LocalProbe
@@ -27,6 +28,7 @@ from opsbot.core.pools import PUBLIC, Pools
 from opsbot.core.registry import ModelVersion, Registry, Source
 from opsbot.core.services import Created, Service
 from opsbot.core.spec import DeploySpec, parse_spec
+from opsbot.core.status import CAN_START, CAN_STOP, Status
 from opsbot.core.store import Store
 
 DB_NAME = "opsbot.db"
@@ -95,7 +97,15 @@ class Core:
     # -- flavors and pools -----------------------------------------------------------------
 
     def flavor_statuses(self, pool: str = PUBLIC) -> list[FlavorStatus]:
-        """Every flavor, with whether it can run in the pool and why not."""
+        """Every flavor, with whether it can run in the pool and why not.
+
+        Raises NotFound for a pool that does not exist (rather than answering for public).
+        """
+        if not self.pools.exists(pool):
+            raise NotFound(
+                f"no pool {pool!r}; choose one of {', '.join(self.pools.names())}",
+                field="resource_pool",
+            )
         return [self.pools.flavor_status(f, pool) for f in self.flavors]
 
     # -- specs -----------------------------------------------------------------------------
@@ -128,6 +138,96 @@ class Core:
 
     def service(self, actor: User, name: str, owner: str | None = None) -> Service:
         return services_mod.get_service(self.store.db, owner or actor.name, name)
+
+    def instances(self, service: Service) -> list[dict[str, Any]]:
+        """The service's instances as the controller last saw them."""
+        return [
+            {
+                "version_index": r.idx,
+                "n": r.n,
+                "state": r.state,
+                "host": r.host,
+                "port": r.port,
+                "reason": r.reason,
+                "restarts": r.restarts,
+                "devices": r.gpus.split(",") if r.gpus else [],
+                "started_at": r.started_at,
+            }
+            for r in instance_rows(self.store, service.id)
+        ]
+
+    def _acted_on(self, actor: User, name: str, owner: str | None) -> Service:
+        service = self.service(actor, name, owner)
+        if not actor.can_act_on(service.owner):
+            raise PermissionDenied(
+                f"{service.name} belongs to {service.owner}; only its owner or an admin may "
+                "change it"
+            )
+        return service
+
+    def _move(self, service: Service, to: Status, actor: User, message: str, **kw: Any) -> Service:
+        with self.store.write() as db:
+            if not services_mod.transition(
+                db, self.clock.now(), service, to, actor=actor.name, message=message, **kw
+            ):
+                raise Conflict(
+                    f"{service.name} changed while you asked; look again with "
+                    f"`opsbot show {service.name}`"
+                )
+        return self.service(actor, service.name, service.owner)
+
+    def stop_service(
+        self, actor: User, name: str, owner: str | None = None, why: str = ""
+    ) -> Service:
+        """Ask for a stop; the controller stops the instances and marks it Stopped."""
+        service = self._acted_on(actor, name, owner)
+        if service.status not in CAN_STOP:
+            raise Conflict(
+                f"{service.name} is {service.status.label}; only a service that is "
+                f"{_labels(CAN_STOP)} can be stopped"
+            )
+        why = why or f"stopped by {actor.name}"
+        return self._move(
+            service, Status.STOPPING, actor, f"stop requested: {why}", reason=why, due_time=None
+        )
+
+    def start_service(self, actor: User, name: str, owner: str | None = None) -> Service:
+        """Start a Stopped or Failed service again, if its pool has room."""
+        service = self._acted_on(actor, name, owner)
+        if service.status not in CAN_START:
+            raise Conflict(
+                f"{service.name} is {service.status.label}; only a service that is "
+                f"{_labels(CAN_START)} can be started"
+            )
+        spec = service.spec
+        needed = self.pools.sum_demand((m.flavor, m.instances) for m in spec.models)
+        with self.store.write() as db:
+            self.pools.admit(db, spec.resource_pool, needed)
+            if not services_mod.transition(
+                db,
+                self.clock.now(),
+                service,
+                Status.DEPLOYING,
+                actor=actor.name,
+                message=f"start requested by {actor.name}",
+                progress=0,
+            ):
+                raise Conflict(f"{service.name} changed while you asked; look again")
+        return self.service(actor, service.name, service.owner)
+
+    def delete_service(self, actor: User, name: str, owner: str | None = None) -> Service:
+        """Ask for deletion: instances stop, then the service and its key are removed."""
+        service = self._acted_on(actor, name, owner)
+        if service.status == Status.DELETING:
+            return service
+        return self._move(
+            service, Status.DELETING, actor, f"delete requested by {actor.name}", due_time=None
+        )
+
+    def rotate_key(self, actor: User, name: str, owner: str | None = None) -> str:
+        service = self._acted_on(actor, name, owner)
+        with self.store.write() as db:
+            return services_mod.rotate_key(db, self.clock.now(), service, actor.name)
 
     def quota_used(self, actor: User) -> tuple[int, int]:
         return services_mod.count_services(self.store.db, actor.name), self.config.quota
@@ -209,4 +309,9 @@ class Core:
                 shutil.rmtree(built[0][1].parent, ignore_errors=True)
         for name in sorted({e.name for e in EXAMPLES}):
             self.registry.publish(actor.name, name)
-        return out
+        # Read them again: they were published after they were created.
+        return [self.registry.get(v.owner, v.name, v.version) for v in out]
+
+
+def _labels(statuses: frozenset[Status]) -> str:
+    return ", ".join(sorted(s.label for s in statuses))

@@ -85,7 +85,15 @@ class Config(BaseModel):
     reminder_minutes: int = Field(10, ge=1, le=1440)
     event_retention_days: int = Field(30, ge=1)
     gateway_host: str = "127.0.0.1"
-    gateway_port: int = Field(8780, ge=0, le=65535)
+    gateway_port: int = Field(8780, ge=0, le=65535, description="0: any free port")
+    gateway_max_body_mb: float = Field(12, gt=0, le=1024, description="request body cap")
+    gateway_timeout_s: float = Field(40, gt=0, le=3600, description="upstream call timeout")
+    socket_group: str | None = Field(
+        None, description="group given the control socket (mode 0660), e.g. opsbot"
+    )
+    api_listen: str | None = Field(
+        None, description="HOST:PORT of an optional TCP control listener (user tokens)"
+    )
     flavors_file: str | None = Field(
         None, description="path to a flavors.toml that replaces the built-in list"
     )
@@ -129,5 +137,7 @@ def load_config(home: Path) -> Config:
             msg = str(d["msg"]).removeprefix("Value error, ")
             if d["type"] == "extra_forbidden":
                 msg = "unknown key; see the configuration section of the README"
+            elif d["type"] == "missing":
+                msg = "required key: add it; see the configuration section of the README"
             errors.append(FieldError(f"{path.name}: {key}", msg))
         raise ConfigInvalid(errors) from None

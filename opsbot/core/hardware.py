@@ -44,17 +44,20 @@ class Node:
     def memory_gib(self) -> float:
         return self.memory_bytes / GIB
 
-    def count(self, kind: str, model: str = "") -> int:
-        """How many devices of this kind (and model, matched as a substring) the node has.
+    def matching(self, kind: str, model: str = "") -> list[Device]:
+        """The devices of this kind whose model contains ``model`` (case-insensitive).
 
         An Ascend device whose model could not be read (no npu-smi) matches any Ascend model.
         """
         needle = model.lower()
-        return sum(
-            1
+        return [
+            d
             for d in self.devices
             if d.kind == kind and (needle in d.model.lower() or d.model == UNKNOWN_ASCEND)
-        )
+        ]
+
+    def count(self, kind: str, model: str = "") -> int:
+        return len(self.matching(kind, model))
 
 
 class HardwareProbe(Protocol):

@@ -35,6 +35,8 @@ class Service:
     due_time: float | None
     created_at: float
     updated_at: float
+    status_since: float | None = None
+    status_actor: str = ""
 
     def as_dict(self, *, gateway_url: str = "") -> dict[str, Any]:
         """The service as every front end shows it; secret-looking env values masked."""
@@ -59,10 +61,15 @@ class Service:
             "models": spec["models"],
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "status_since": self.status_since,
+            "status_actor": self.status_actor,
         }
 
 
-_COLUMNS = "id, uid, owner, name, status, progress, reason, spec, due_time, created_at, updated_at"
+_COLUMNS = (
+    "id, uid, owner, name, status, progress, reason, spec, due_time, created_at, updated_at, "
+    "status_since, status_actor"
+)
 
 
 def _service(row: tuple[Any, ...]) -> Service:
@@ -78,6 +85,8 @@ def _service(row: tuple[Any, ...]) -> Service:
         due_time=row[8],
         created_at=row[9],
         updated_at=row[10],
+        status_since=row[11],
+        status_actor=row[12],
     )
 
 
@@ -205,6 +214,8 @@ def _insert(db: sqlite_utils.Database, now: float, checked: CheckedSpec, owner: 
                 "traffic_limit": spec.traffic_limit,
                 "auto_stop_minutes": spec.auto_stop.minutes if spec.auto_stop.enabled else None,
                 "due_time": None,
+                "status_since": now,
+                "status_actor": owner,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -228,3 +239,93 @@ def _insert(db: sqlite_utils.Database, now: float, checked: CheckedSpec, owner: 
     )
     row = db.execute(f"SELECT {_COLUMNS} FROM services WHERE id = ?", (service_id,)).fetchone()
     return _service(row)
+
+
+# -- transitions ---------------------------------------------------------------------------
+
+_TRANSITION_KIND = {
+    Status.DEPLOYING: Kind.DEPLOYING,
+    Status.RUNNING: Kind.RUNNING,
+    Status.CONCERNING: Kind.CONCERNING,
+    Status.ABNORMAL: Kind.ABNORMAL,
+    Status.FAILED: Kind.FAILED,
+    Status.STOPPING: Kind.STOPPING,
+    Status.STOPPED: Kind.STOPPED,
+    Status.DELETING: Kind.DELETING,
+}
+_ABNORMAL = {Status.CONCERNING, Status.ABNORMAL, Status.FAILED}
+
+
+def transition(
+    db: sqlite_utils.Database,
+    now: float,
+    service: Service,
+    to: Status,
+    *,
+    actor: str,
+    message: str,
+    reason: str = "",
+    progress: int | None = None,
+    due_time: float | bool | None = False,
+) -> bool:
+    """Move a service from the status it had when read to ``to``, with an event.
+
+    The update only applies if nobody changed the status in between (compare-and-set); returns
+    whether it applied. ``due_time=False`` leaves the deadline as it is.
+    """
+    sets = ["status = ?", "status_since = ?", "status_actor = ?", "reason = ?", "updated_at = ?"]
+    args: list[Any] = [to.value, now, actor, reason, now]
+    if progress is not None:
+        sets.append("progress = ?")
+        args.append(progress)
+    if due_time is not False:
+        sets.append("due_time = ?")
+        args.append(due_time)
+    cursor = db.execute(
+        f"UPDATE services SET {', '.join(sets)} WHERE id = ? AND status = ?",
+        [*args, service.id, service.status.value],
+    )
+    if cursor.rowcount != 1:
+        return False
+    events.record(
+        db,
+        time=now,
+        kind=_TRANSITION_KIND[to],
+        level=Level.ABNORMAL if to in _ABNORMAL else Level.NORMAL,
+        actor=actor,
+        service_id=service.id,
+        service=service.name,
+        owner=service.owner,
+        message=message,
+    )
+    return True
+
+
+def service_by_id(db: sqlite_utils.Database, service_id: int) -> Service | None:
+    row = db.execute(f"SELECT {_COLUMNS} FROM services WHERE id = ?", (service_id,)).fetchone()
+    return _service(row) if row else None
+
+
+def rotate_key(db: sqlite_utils.Database, now: float, service: Service, actor: str) -> str:
+    """Replace the service's API key; the old one stops working at once."""
+    key = new_key()
+    db.execute("DELETE FROM api_keys WHERE service_id = ?", (service.id,))
+    table(db, "api_keys").insert(
+        {
+            "service_id": service.id,
+            "key_hash": hash_key(key),
+            "prefix": key_prefix(key),
+            "created_at": now,
+        }
+    )
+    events.record(
+        db,
+        time=now,
+        kind=Kind.KEY_ROTATED,
+        actor=actor,
+        service_id=service.id,
+        service=service.name,
+        owner=service.owner,
+        message=f"API key rotated; the new key starts {key_prefix(key)}",
+    )
+    return key

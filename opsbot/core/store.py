@@ -137,6 +137,18 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (service_id, idx, n)
     );
     """,
+    # 3: who moved a service to its status and since when; tokens for the TCP control listener.
+    """
+    ALTER TABLE services ADD COLUMN status_since REAL;
+    ALTER TABLE services ADD COLUMN status_actor TEXT NOT NULL DEFAULT '';
+    CREATE TABLE user_tokens (
+        id INTEGER PRIMARY KEY,
+        user TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

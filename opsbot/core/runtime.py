@@ -1,0 +1,168 @@
+"""The Runtime protocol: how the controller starts, watches and stops model instances.
+
+A runtime knows nothing of services or statuses; it runs one model server per
+:class:`InstanceSpec` and tells whether it still runs. Implementations: ``process`` (the embedded
+default), ``docker`` and ``swarm``; tests use :class:`FakeRuntime`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from opsbot.core.flavors import Flavor
+from opsbot.core.hardware import Device
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a runtime needs to run one instance of one service version."""
+
+    service_uid: str
+    owner: str
+    idx: int
+    n: int
+    model_name: str
+    version: str
+    path: Path
+    format: str
+    entry: str | None
+    flavor: Flavor
+    env: Mapping[str, str]
+    devices: tuple[Device, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The instance's identity across restarts: ``uid/idx/n``."""
+        return f"{self.service_uid}/{self.idx}/{self.n}"
+
+
+@dataclass(frozen=True)
+class Started:
+    handle: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Owned:
+    """An instance the runtime found running, with the identity it was started under."""
+
+    handle: str
+    key: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Why an instance is no longer running: exit code (if known) and the last log lines."""
+
+    code: int | None
+    reason: str
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self, spec: InstanceSpec) -> Started:
+        """Start one instance; return at once (readiness is the controller's business)."""
+        ...
+
+    def exited(self, handle: str) -> Exit | None:
+        """None while the instance runs; otherwise how it ended."""
+        ...
+
+    def stop(self, handle: str, grace_s: float = 10.0) -> None:
+        """Stop the instance (SIGTERM, then SIGKILL after the grace period). Idempotent."""
+        ...
+
+    def owned(self) -> Sequence[Owned]:
+        """Every instance this runtime runs for this OPSBOT_HOME, found by its labels."""
+        ...
+
+    def logs(self, handle: str, tail: int = 100) -> list[str]: ...
+
+
+LOAD_FAILED = "LOAD FAILED:"
+
+
+def failure_reason(lines: Sequence[str], code: int | None) -> str:
+    """The most telling line of a dead instance's log: the model server's LOAD FAILED line if
+    any, else the last non-empty line, with the exit code."""
+    for line in reversed(lines):
+        if LOAD_FAILED in line:
+            return line[line.index(LOAD_FAILED) + len(LOAD_FAILED) :].strip()
+    last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+    code_text = f"exit code {code}" if code is not None else "ended"
+    return f"{code_text}: {last}" if last else code_text
+
+
+@dataclass
+class FakeInstance:
+    spec: InstanceSpec
+    port: int
+    exit: Exit | None = None
+
+
+@dataclass
+class FakeRuntime:
+    """An in-memory runtime for controller tests: instances 'run' until told to die."""
+
+    name: str = "fake"
+    instances: dict[str, FakeInstance] = field(default_factory=dict)
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def start(self, spec: InstanceSpec) -> Started:
+        n = next(self._ids)
+        handle = f"fake-{n}"
+        self.instances[handle] = FakeInstance(spec, 20000 + n)
+        self.started.append(handle)
+        return Started(handle, "127.0.0.1", 20000 + n)
+
+    def exited(self, handle: str) -> Exit | None:
+        inst = self.instances.get(handle)
+        return Exit(None, "gone") if inst is None else inst.exit
+
+    def stop(self, handle: str, grace_s: float = 10.0) -> None:
+        if self.instances.pop(handle, None) is not None:
+            self.stopped.append(handle)
+
+    def owned(self) -> Sequence[Owned]:
+        return [
+            Owned(h, i.spec.key, "127.0.0.1", i.port)
+            for h, i in self.instances.items()
+            if i.exit is None
+        ]
+
+    def logs(self, handle: str, tail: int = 100) -> list[str]:
+        return []
+
+    def kill(self, handle: str, code: int = 1, reason: str = "killed") -> None:
+        self.instances[handle].exit = Exit(code, reason)
+
+
+def device_env(flavor: Flavor, devices: Sequence[Device]) -> dict[str, str]:
+    """The variables that pin an instance to the accelerators the controller assigned.
+
+    Instances of CPU flavors see no GPU at all, so they cannot take one by accident.
+    """
+    nvidia = [str(d.index) for d in devices if d.kind == "nvidia"]
+    ascend = [str(d.index) for d in devices if d.kind == "ascend"]
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(nvidia)}
+    if ascend or (flavor.accelerator and flavor.accelerator.kind == "ascend"):
+        env["ASCEND_VISIBLE_DEVICES"] = ",".join(ascend)
+    return env
+
+
+def thread_env(flavor: Flavor) -> dict[str, str]:
+    """Cap the math libraries' thread pools at the flavor's vCPUs (rounded up)."""
+    threads = str(max(1, -int(-flavor.cpus // 1)))
+    return {
+        name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    }

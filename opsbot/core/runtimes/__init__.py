@@ -1,0 +1,1 @@
+"""Runtime implementations: process (default), docker, swarm."""

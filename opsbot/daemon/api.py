@@ -1,0 +1,333 @@
+"""The control API: HTTP over the daemon's unix socket (and optionally TCP with user tokens).
+
+The caller is whoever the socket's peer credentials say (``SO_PEERCRED``), never what the request
+claims. Handlers parse, call the core in a worker thread, and render; every rule is the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+from opsbot.core.autostop import format_auto_stop
+from opsbot.core.errors import OpsbotError, PermissionDenied
+from opsbot.core.identity import User, local_user_name
+from opsbot.core.services import Service
+from opsbot.core.timefmt import parse_duration_s
+from opsbot.daemon.openapi import openapi_document
+
+if TYPE_CHECKING:
+    from opsbot.daemon.server import Daemon
+
+T = TypeVar("T")
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+USER = "opsbot.user"
+INTERNAL_HEADER = "X-Opsbot-Internal"
+
+
+def peer_uid(request: web.Request) -> int | None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def error_response(exc: OpsbotError) -> web.Response:
+    return web.json_response(exc.as_dict(), status=exc.status)
+
+
+@web.middleware
+async def identity(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    if request.path in ("/openapi.json", "/healthz"):
+        return await handler(request)
+    uid = peer_uid(request)
+    try:
+        if uid is not None:
+            request[USER] = daemon.core.user(local_user_name(uid))
+        else:
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            name = await asyncio.to_thread(daemon.user_for_token, token) if token else None
+            if name is None:
+                raise PermissionDenied(
+                    "this listener needs `Authorization: Bearer TOKEN`; create a token with "
+                    "`opsbot token create` on the machine"
+                )
+            request[USER] = daemon.core.user(name)
+        return await handler(request)
+    except OpsbotError as exc:
+        return error_response(exc)
+
+
+def user(request: web.Request) -> User:
+    value: User = request[USER]
+    return value
+
+
+async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a core call off the event loop (SQLite and processes block)."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OpsbotError(f"the request body is not JSON ({exc}); send a JSON object") from None
+
+
+def service_view(request: web.Request, service: Service) -> dict[str, Any]:
+    daemon = request.app[DAEMON]
+    out = service.as_dict(gateway_url=daemon.gateway_url)
+    out["remaining_s"] = (
+        max(0.0, service.due_time - daemon.core.clock.now()) if service.due_time else None
+    )
+    return out
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def whoami(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    me = user(request)
+    used, quota = await call(daemon.core.quota_used, me)
+    return web.json_response(
+        {
+            "user": me.name,
+            "admin": me.is_admin,
+            "quota_used": used,
+            "quota": quota,
+            "runtime": daemon.runtime.name,
+            "gateway_url": daemon.gateway_url,
+        }
+    )
+
+
+async def flavors(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    pool = request.query.get("pool", "public")
+    rows = await call(daemon.core.flavor_statuses, pool)
+    return web.json_response([f.as_dict() for f in rows])
+
+
+async def models(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    source = request.query.get("source")
+    rows = await call(daemon.core.models, user(request), source)
+    return web.json_response([mv.as_dict(src) for src, mv in rows])
+
+
+async def validate(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    data = await body(request)
+    result = await call(daemon.core.validate, user(request), data, use_registry=True)
+    return web.json_response(
+        {
+            "spec": result.spec.model_dump(mode="json"),
+            "warnings": [w.as_dict() for w in result.warnings],
+        }
+    )
+
+
+async def list_services(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    everyone = request.query.get("all", "") in ("1", "true", "yes")
+    rows = await call(daemon.core.services, user(request), everyone=everyone)
+    return web.json_response([service_view(request, s) for s in rows])
+
+
+async def create_service(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    data = await body(request)
+    me = user(request)
+    validation = await call(daemon.core.validate, me, data, use_registry=True)
+    created = await call(daemon.core.create_service, me, data)
+    daemon.controller.wake()
+    out = service_view(request, created.service)
+    out["api_key"] = created.api_key
+    out["warnings"] = [w.as_dict() for w in validation.warnings]
+    return web.json_response(out, status=201)
+
+
+def _target(request: web.Request) -> tuple[str, str | None]:
+    return request.match_info["name"], request.query.get("owner")
+
+
+async def show_service(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    service = await call(daemon.core.service, user(request), name, owner)
+    out = service_view(request, service)
+    out["instances"] = await call(daemon.core.instances, service)
+    out["auto_stop_text"] = format_auto_stop(service.spec.auto_stop)
+    return web.json_response(out)
+
+
+async def stop_service(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    service = await call(daemon.core.stop_service, user(request), name, owner)
+    daemon.controller.wake()
+    return web.json_response(service_view(request, service))
+
+
+async def start_service(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    service = await call(daemon.core.start_service, user(request), name, owner)
+    daemon.controller.wake()
+    return web.json_response(service_view(request, service))
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    service = await call(daemon.core.delete_service, user(request), name, owner)
+    daemon.controller.wake()
+    return web.json_response(service_view(request, service), status=202)
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    key = await call(daemon.core.rotate_key, user(request), name, owner)
+    return web.json_response({"name": name, "api_key": key})
+
+
+def _since(text: str | None) -> float | None:
+    if not text:
+        return None
+    return time.time() - parse_duration_s(text, field="since")
+
+
+async def list_events(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    q = request.query
+    filters: dict[str, Any] = {
+        "service": request.match_info.get("name") or q.get("service") or None,
+        "level": q.get("level") or None,
+        "since": _since(q.get("since")),
+        "after_id": int(q.get("after_id", "0") or 0),
+    }
+    if q.get("owner"):
+        filters["owner"] = q["owner"]
+    rows = await call(daemon.core.events, user(request), **filters)
+    return web.json_response([e.as_dict() for e in rows])
+
+
+async def service_logs(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    tail = int(request.query.get("tail", "100"))
+    service = await call(daemon.core.service, user(request), name, owner)
+    lines = await call(daemon.instance_logs, service, tail)
+    return web.json_response(lines)
+
+
+async def predict(request: web.Request) -> web.Response:
+    """Call the service through the gateway for its owner, who need not hold the key."""
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    service = await call(daemon.core.service, user(request), name, owner)
+    if not user(request).can_act_on(service.owner):
+        raise PermissionDenied(
+            f"{service.name} belongs to {service.owner}; call it through the gateway with its key"
+        )
+    payload = await request.read()
+    url = f"{daemon.gateway_url}/v1/infers/{service.uid}"
+    headers = {INTERNAL_HEADER: daemon.internal_token, "Content-Type": "application/json"}
+    started = time.perf_counter()
+    try:
+        async with (
+            ClientSession(timeout=ClientTimeout(total=60)) as session,
+            session.post(
+                url,
+                data=payload,
+                headers=headers,
+            ) as resp,
+        ):
+            text = await resp.text()
+            status = resp.status
+            version = resp.headers.get("X-Model-Version", "")
+    except ClientError as exc:
+        raise OpsbotError(
+            f"the gateway at {daemon.gateway_url} did not answer ({exc}); is `opsbot up` running?"
+        ) from None
+    try:
+        answer: Any = json.loads(text)
+    except json.JSONDecodeError:
+        answer = text
+    return web.json_response(
+        {
+            "status": status,
+            "version": version,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "response": answer,
+        }
+    )
+
+
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except OpsbotError as exc:
+        return error_response(exc)
+    except ValueError as exc:
+        return error_response(OpsbotError(f"bad request: {exc}"))
+
+
+errors = web.middleware(_errors)
+
+
+async def create_token(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    me = user(request)
+    token = await call(daemon.create_token, me.name)
+    return web.json_response({"user": me.name, "token": token}, status=201)
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    app = web.Application(middlewares=[identity, errors], client_max_size=16 * 1024**2)
+    app[DAEMON] = daemon
+    r = app.router
+    r.add_get("/openapi.json", openapi)
+    r.add_get("/healthz", healthz)
+    r.add_get("/v1/whoami", whoami)
+    r.add_get("/v1/flavors", flavors)
+    r.add_get("/v1/models", models)
+    r.add_post("/v1/validate", validate)
+    r.add_get("/v1/services", list_services)
+    r.add_post("/v1/services", create_service)
+    r.add_get("/v1/services/{name}", show_service)
+    r.add_delete("/v1/services/{name}", delete_service)
+    r.add_post("/v1/services/{name}/stop", stop_service)
+    r.add_post("/v1/services/{name}/start", start_service)
+    r.add_post("/v1/services/{name}/key", rotate_key)
+    r.add_get("/v1/services/{name}/events", list_events)
+    r.add_get("/v1/services/{name}/logs", service_logs)
+    r.add_post("/v1/services/{name}/predict", predict)
+    r.add_get("/v1/events", list_events)
+    r.add_post("/v1/tokens", create_token)
+    return app

@@ -1,0 +1,123 @@
+"""A small synchronous client of the control API over the daemon's unix socket.
+
+The CLI and the TUI's workers use it. Errors from the daemon come back as the same OpsbotError
+(title, message, field errors) the core raised.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
+
+SOCKET_NAME = "opsbot.sock"
+
+
+class DaemonUnavailable(OpsbotError):
+    title = "Daemon not running"
+    status = 503
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class RemoteError(OpsbotError):
+    """An error the daemon reported, rebuilt on this side."""
+
+    def __init__(self, payload: dict[str, Any], status: int):
+        super().__init__(str(payload.get("message", "error")), title=payload.get("title"))
+        self.status = status
+        self.kind = str(payload.get("error", "OpsbotError"))
+        self._errors = [FieldError(e["field"], e["message"]) for e in payload.get("errors", [])]
+
+    @property
+    def errors(self) -> list[FieldError]:
+        return list(self._errors)
+
+
+class Client:
+    def __init__(self, home: Path, timeout: float = 60.0):
+        self.socket = Path(home) / SOCKET_NAME
+        self.timeout = timeout
+
+    def available(self) -> bool:
+        try:
+            self.request("GET", "/healthz")
+        except DaemonUnavailable:
+            return False
+        return True
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        raw: bytes | None = None,
+    ) -> Any:
+        params = {k: v for k, v in (query or {}).items() if v not in (None, "", False)}
+        if params:
+            path += "?" + urlencode(params)
+        conn = _UnixConnection(str(self.socket), self.timeout)
+        try:
+            data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read()
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonUnavailable(
+                f"no opsbot daemon answers on {self.socket}; start one with `opsbot up -d`"
+            ) from None
+        except PermissionError:
+            raise DaemonUnavailable(
+                f"you may not use {self.socket}; ask the admin to add you to its group"
+            ) from None
+        finally:
+            conn.close()
+        payload = json.loads(text) if text else None
+        if resp.status >= 400:
+            if isinstance(payload, dict) and payload.get("error") in (
+                "SpecInvalid",
+                "InvalidInput",
+                "ConfigInvalid",
+            ):
+                errs = [FieldError(e["field"], e["message"]) for e in payload.get("errors", [])]
+                if errs:
+                    raise InvalidInput(errs, title=payload.get("title"))
+            raise RemoteError(payload if isinstance(payload, dict) else {}, resp.status)
+        return payload
+
+    # -- conveniences ------------------------------------------------------------------------
+
+    def services(self, everyone: bool = False) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request(
+            "GET", "/v1/services", query={"all": "1" if everyone else ""}
+        )
+        return result
+
+    def service(self, name: str, owner: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "GET", f"/v1/services/{quote(name)}", query={"owner": owner}
+        )
+        return result
+
+    def action(self, name: str, verb: str, owner: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/services/{quote(name)}/{verb}", query={"owner": owner}
+        )
+        return result

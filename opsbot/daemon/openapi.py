@@ -1,0 +1,151 @@
+"""The control API's OpenAPI 3.1 document, built from the core's pydantic models."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from opsbot import __version__
+from opsbot.core.spec import DeploySpec
+
+REF = "#/components/schemas/{model}"
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "title", "message", "errors"],
+    "properties": {
+        "error": {"type": "string", "description": "error class, e.g. SpecInvalid"},
+        "title": {"type": "string"},
+        "message": {"type": "string", "description": "what happened and what to do"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+_SERVICE = {
+    "type": "object",
+    "required": ["id", "name", "owner", "status", "url"],
+    "properties": {
+        "id": {"type": "string", "description": "service id used in the gateway URL"},
+        "name": {"type": "string"},
+        "owner": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": [
+                "deploying",
+                "running",
+                "concerning",
+                "abnormal",
+                "failed",
+                "stopping",
+                "stopped",
+                "deleting",
+            ],
+        },
+        "progress": {"type": "integer"},
+        "reason": {"type": "string"},
+        "url": {"type": "string"},
+        "auto_stop": {"type": "string"},
+        "due_time": {"type": ["number", "null"]},
+        "remaining_s": {"type": ["number", "null"]},
+        "api_key": {"type": "string", "description": "only in the reply to the deploy"},
+    },
+}
+
+
+def _op(
+    summary: str,
+    ok: str = "200",
+    schema: dict[str, Any] | None = None,
+    body: dict[str, Any] | None = None,
+    params: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            ok: {
+                "description": "OK",
+                "content": {"application/json": {"schema": schema or {"type": "object"}}},
+            },
+            "default": {
+                "description": "error",
+                "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},
+            },
+        },
+    }
+    parameters = [
+        {
+            "name": p,
+            "in": "path" if p == "name" else "query",
+            "required": p == "name",
+            "schema": {"type": "string"},
+        }
+        for p in params
+    ]
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    schema = DeploySpec.model_json_schema(ref_template=REF)
+    defs = schema.pop("$defs", {})
+    spec_ref = {"$ref": REF.format(model="DeploySpec")}
+    service_ref = {"$ref": REF.format(model="Service")}
+    svc = ("name", "owner")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "opsbot control API",
+            "version": __version__,
+            "description": "Served on the daemon's unix socket; the caller is the socket's peer.",
+        },
+        "paths": {
+            "/healthz": {"get": _op("Liveness of the daemon")},
+            "/v1/whoami": {"get": _op("The calling user, admin flag and quota use")},
+            "/v1/flavors": {"get": _op("Flavors with availability", params=("pool",))},
+            "/v1/models": {"get": _op("Model versions the caller can deploy", params=("source",))},
+            "/v1/validate": {"post": _op("Validate a deploy spec", body=spec_ref)},
+            "/v1/services": {
+                "get": _op(
+                    "Services (the caller's, or everyone's with all=1)",
+                    schema={"type": "array", "items": service_ref},
+                    params=("all",),
+                ),
+                "post": _op("Deploy a service", ok="201", schema=service_ref, body=spec_ref),
+            },
+            "/v1/services/{name}": {
+                "get": _op("One service with its instances", schema=service_ref, params=svc),
+                "delete": _op("Delete a service", ok="202", schema=service_ref, params=svc),
+            },
+            "/v1/services/{name}/stop": {"post": _op("Stop", schema=service_ref, params=svc)},
+            "/v1/services/{name}/start": {"post": _op("Start", schema=service_ref, params=svc)},
+            "/v1/services/{name}/key": {"post": _op("Rotate the API key", params=svc)},
+            "/v1/services/{name}/events": {
+                "get": _op("Events of a service", params=(*svc, "level", "since", "after_id"))
+            },
+            "/v1/services/{name}/logs": {
+                "get": _op("Log tail of the instances", params=(*svc, "tail"))
+            },
+            "/v1/services/{name}/predict": {
+                "post": _op(
+                    "Predict through the gateway as the owner", params=svc, body={"type": "object"}
+                )
+            },
+            "/v1/events": {
+                "get": _op("Events", params=("service", "owner", "level", "since", "after_id"))
+            },
+        },
+        "components": {
+            "schemas": {**defs, "DeploySpec": schema, "Service": _SERVICE, "Error": _ERROR}
+        },
+    }

@@ -1,0 +1,330 @@
+"""The daemon, ``opsbot up``: store, controller, gateway process and the control API.
+
+One per OPSBOT_HOME (a lock file says so). It leaves model instances running when it stops or
+dies; the next start adopts them by the identity they were started with. The gateway runs in
+its own process (so inference load cannot starve the control plane) and is adopted the same way
+after a ``kill -9``; a clean stop (SIGTERM) stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import grp
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from opsbot.core.app import Core
+from opsbot.core.controller import Controller, instance_rows
+from opsbot.core.errors import OpsbotError
+from opsbot.core.identity import local_user_name
+from opsbot.core.keys import hash_key, key_prefix, new_key
+from opsbot.core.runtime import Runtime
+from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_port, tail_lines
+from opsbot.core.services import Service
+from opsbot.core.store import table
+from opsbot.daemon.api import make_app
+
+log = logging.getLogger("opsbot.daemon")
+
+SOCKET_NAME = "opsbot.sock"
+LOCK_NAME = "daemon.lock"
+GATEWAY_PID = "gateway.pid"
+GATEWAY_SECRET = "gateway.secret"
+
+
+def socket_path(home: Path) -> Path:
+    return Path(home) / SOCKET_NAME
+
+
+class AlreadyRunning(OpsbotError):
+    title = "Daemon already running"
+    status = 409
+
+
+def make_runtime(name: str, home: Path) -> Runtime:
+    if name == "process":
+        return ProcessRuntime(home)
+    raise OpsbotError(
+        f"runtime {name!r} is not available in this build; use --runtime process",
+        field="runtime",
+    )
+
+
+def read_secret(path: Path) -> str:
+    """A random secret kept in a 0600 file, made on first use."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+class Daemon:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        runtime: str | None = None,
+        gateway_port: int | None = None,
+        api_listen: str | None = None,
+        examples: bool = True,
+        say: Callable[[str], None] = print,
+    ):
+        self.home = Path(home).resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.core = Core(self.home)
+        config = self.core.config
+        self.runtime = make_runtime(runtime or config.runtime, self.home)
+        self.controller = Controller(
+            self.core.store,
+            self.runtime,
+            {f.id: f for f in self.core.flavors},
+            self.core.probe,
+            self.core.clock,
+            deploy_timeout_s=config.deploy_timeout_s,
+        )
+        port = config.gateway_port if gateway_port is None else gateway_port
+        self.gateway_port = port or free_port(config.gateway_host)
+        self.gateway_url = f"http://{config.gateway_host}:{self.gateway_port}"
+        self.api_listen = api_listen or config.api_listen
+        self.examples = examples
+        self.say = say
+        self.internal_token = read_secret(self.home / GATEWAY_SECRET)
+        self._stop = threading.Event()
+        self._lock_file: IO[str] | None = None
+        self._gateway: subprocess.Popen[bytes] | None = None
+        self._gateway_pid: int | None = None
+
+    # -- identity for the TCP listener -------------------------------------------------------
+
+    def user_for_token(self, token: str) -> str | None:
+        row = self.core.store.db.execute(
+            "SELECT user FROM user_tokens WHERE token_hash = ?", (hash_key(token),)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def create_token(self, user: str) -> str:
+        token = new_key()
+        with self.core.store.write() as db:
+            table(db, "user_tokens").insert(
+                {
+                    "user": user,
+                    "token_hash": hash_key(token),
+                    "prefix": key_prefix(token),
+                    "created_at": time.time(),
+                }
+            )
+        return token
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def instance_logs(self, service: Service, tail: int) -> list[str]:
+        lines: list[str] = []
+        for row in instance_rows(self.core.store, service.id):
+            if row.handle:
+                lines += [f"[{row.idx}/{row.n}] {ln}" for ln in self.runtime.logs(row.handle, tail)]
+        return lines
+
+    # -- the gateway process -----------------------------------------------------------------
+
+    def _gateway_alive(self) -> bool:
+        if self._gateway is not None:
+            return self._gateway.poll() is None
+        if self._gateway_pid is None:
+            return False
+        cmd = _cmdline(self._gateway_pid)
+        return "opsbot.serving.gateway" in cmd and str(self.home) in cmd
+
+    def ensure_gateway(self) -> None:
+        pid_file = self.home / GATEWAY_PID
+        if self._gateway is None and self._gateway_pid is None and pid_file.exists():
+            with contextlib.suppress(ValueError):
+                self._gateway_pid = int(pid_file.read_text().strip())
+            if self._gateway_alive():
+                self.say(f"adopted the gateway (pid {self._gateway_pid}) at {self.gateway_url}")
+                return
+            self._gateway_pid = None
+        if self._gateway_alive():
+            return
+        config = self.core.config
+        log_path = self.home / "logs" / "gateway.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "opsbot.serving.gateway",
+            "--home",
+            str(self.home),
+            "--host",
+            config.gateway_host,
+            "--port",
+            str(self.gateway_port),
+            "--max-body-mb",
+            str(config.gateway_max_body_mb),
+            "--timeout-s",
+            str(config.gateway_timeout_s),
+        ]
+        with open(log_path, "ab") as out:
+            self._gateway = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONPATH": child_pythonpath()},
+            )
+        self._gateway_pid = self._gateway.pid
+        pid_file.write_text(str(self._gateway.pid))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self._gateway.poll() is not None:
+                raise OpsbotError(
+                    f"the gateway exited at start: {' '.join(tail_lines(log_path, 5))}; is port "
+                    f"{self.gateway_port} taken? Set gateway_port in config.toml"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=1):
+                    self.say(f"gateway listening on {self.gateway_url}")
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise OpsbotError(f"the gateway did not answer on {self.gateway_url} within 20 s")
+
+    def stop_gateway(self) -> None:
+        pid = self._gateway_pid
+        if pid is None or not self._gateway_alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if self._gateway is not None:
+            try:
+                self._gateway.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._gateway.kill()
+                self._gateway.wait()
+        else:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self._gateway_alive():
+                time.sleep(0.05)
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / GATEWAY_PID).unlink()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        f = open(self.home / LOCK_NAME, "a+")  # noqa: SIM115 - held for the daemon's life
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise AlreadyRunning(
+                f"an opsbot daemon (pid {holder}) already runs for {self.home}; "
+                "stop it first or use another --home"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+
+    def _controller_loop(self) -> None:
+        self.controller.run(self._stop, interval=1.0)
+
+    def _watch_gateway(self) -> None:
+        while not self._stop.wait(2.0):
+            if not self._gateway_alive():
+                self.say("the gateway stopped; starting it again")
+                self._gateway = None
+                self._gateway_pid = None
+                try:
+                    self.ensure_gateway()
+                except OpsbotError as exc:
+                    self.say(f"cannot restart the gateway: {exc}")
+
+    def _make_examples(self) -> None:
+        me = self.core.user(local_user_name())
+        try:
+            made = self.core.create_examples(me, on_progress=lambda m: self.say(f"example: {m}"))
+        except OpsbotError as exc:
+            self.say(f"example models not created: {exc}")
+            return
+        if made:
+            self.say(f"example models ready for {me.name}: iris 1.0.0, iris 2.0.0, iris-onnx")
+
+    async def serve(self) -> None:
+        self._take_lock()
+        adopted, removed = await asyncio.to_thread(self.controller.adopt)
+        self.say(
+            f"opsbot daemon for {self.home} (runtime {self.runtime.name}); "
+            f"adopted {adopted} instance(s), removed {removed} stray(s)"
+        )
+        await asyncio.to_thread(self.ensure_gateway)
+        threads = [
+            threading.Thread(target=self._controller_loop, name="controller", daemon=True),
+            threading.Thread(target=self._watch_gateway, name="gateway-watch", daemon=True),
+        ]
+        if self.examples:
+            threads.append(threading.Thread(target=self._make_examples, name="examples"))
+        for t in threads:
+            t.start()
+
+        runner = web.AppRunner(make_app(self), handle_signals=False, access_log=None)
+        await runner.setup()
+        sock_path = socket_path(self.home)
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()  # stale: we hold the lock, so no daemon serves it
+        await web.UnixSite(runner, str(sock_path)).start()
+        os.chmod(sock_path, 0o660)
+        group = self.core.config.socket_group
+        if group:
+            os.chown(sock_path, -1, grp.getgrnam(group).gr_gid)
+        self.say(f"control API on {sock_path}")
+        if self.api_listen:
+            host, _, port = self.api_listen.rpartition(":")
+            await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+            self.say(f"control API (tokens) on {self.api_listen}")
+
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        self.say("stopping: control API, controller, gateway (model instances keep running)")
+        self._stop.set()
+        self.controller.wake()
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()
+        for t in threads:
+            await asyncio.to_thread(t.join, 15)
+        await asyncio.to_thread(self.stop_gateway)
+        self.controller.close()
+        if self._lock_file:
+            self._lock_file.close()
+        self.say("stopped")
+
+    def run(self) -> None:
+        asyncio.run(self.serve())
