@@ -440,7 +440,7 @@ def down() -> None:
     pid = int(lock.read_text().strip())
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and client.available():
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
         time.sleep(0.1)
     err.print(f"daemon {pid} stopped", markup=False)
 

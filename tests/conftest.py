@@ -75,6 +75,11 @@ def template(
 def examples_home(home: Path, template: Path) -> Path:
     """``home`` holding a copy of the template: iris 1.0.0 and 2.0.0, iris-onnx 1.0.0 (all
     Normal, published, owned by ``me``) and the ExeML model ``flowers`` 1.0.0."""
+    return clone_home(template, home)
+
+
+def clone_home(template: Path, home: Path) -> Path:
+    """Copy a template data directory, pointing its model paths at the copy."""
     shutil.copytree(template, home, dirs_exist_ok=True)
     conn = sqlite3.connect(home / DB_NAME)
     with conn:

@@ -79,13 +79,17 @@ class Client:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             text = resp.read()
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise DaemonUnavailable(
-                f"no opsbot daemon answers on {self.socket}; start one with `opsbot up -d`"
-            ) from None
         except PermissionError:
             raise DaemonUnavailable(
                 f"you may not use {self.socket}; ask the admin to add you to its group"
+            ) from None
+        except TimeoutError:
+            raise DaemonUnavailable(
+                f"the daemon on {self.socket} did not answer within {self.timeout:g} s"
+            ) from None
+        except (OSError, http.client.HTTPException):
+            raise DaemonUnavailable(
+                f"no opsbot daemon answers on {self.socket}; start one with `opsbot up -d`"
             ) from None
         finally:
             conn.close()

@@ -1,0 +1,282 @@
+"""The controller against an in-memory runtime, a fake clock and fake readiness."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from core_support import big_probe, entry, node, nvidia
+
+from opsbot.core.app import Core
+from opsbot.core.clock import FakeClock
+from opsbot.core.controller import DEPLOY_ATTEMPTS, DOWN, Controller, instance_rows
+from opsbot.core.errors import Conflict, PermissionDenied
+from opsbot.core.events import Kind
+from opsbot.core.hardware import FakeProbe
+from opsbot.core.identity import local_user_name
+from opsbot.core.routes import load_routes
+from opsbot.core.runtime import FakeRuntime, device_env
+from opsbot.core.status import Status
+
+
+class World:
+    """A core, a controller over a fake runtime, and the instances' readiness by port."""
+
+    def __init__(self, home: Path, probe: FakeProbe | None = None, timeout_s: float = 600):
+        self.clock = FakeClock()
+        self.core = Core(home, probe=probe or big_probe(), clock=self.clock)
+        self.me = self.core.user(local_user_name())
+        self.runtime = FakeRuntime()
+        self.not_ready: set[int] = set()
+        self.controller = Controller(
+            self.core.store,
+            self.runtime,
+            {f.id: f for f in self.core.flavors},
+            self.core.probe,
+            self.clock,
+            deploy_timeout_s=timeout_s,
+            ready=lambda host, port: port not in self.not_ready,
+        )
+
+    def deploy(self, **spec: object) -> str:
+        data = {"name": "svc", "models": [entry()], **spec}
+        self.core.create_service(self.me, data)
+        return str(data["name"])
+
+    def status(self, name: str = "svc") -> Status:
+        return self.core.service(self.me, name).status
+
+    def kinds(self, name: str = "svc") -> list[str]:
+        return [e.kind for e in self.core.events(self.me, service=name)]
+
+    def handles(self, name: str = "svc") -> list[str]:
+        service = self.core.service(self.me, name)
+        return [r.handle for r in instance_rows(self.core.store, service.id)]
+
+
+@pytest.fixture
+def world(examples_home: Path) -> World:
+    return World(examples_home)
+
+
+def test_deploying_becomes_running_only_when_every_instance_is_ready(world: World) -> None:
+    world.deploy(models=[entry(instances=3)])
+    world.not_ready = {20001, 20002, 20003}
+    world.controller.reconcile_all()
+    assert world.status() == Status.DEPLOYING
+    assert len(world.runtime.started) == 3
+    world.not_ready = {20003}
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert service.status == Status.DEPLOYING
+    assert 10 < service.progress < 100
+    world.not_ready = set()
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert service.status == Status.RUNNING
+    assert service.progress == 100
+    # auto stop counts from Running: the default is one hour
+    assert service.due_time == pytest.approx(world.clock.now() + 3600)
+    assert Kind.RUNNING in world.kinds()
+
+
+def test_auto_stop_off_leaves_no_deadline(world: World) -> None:
+    world.deploy(auto_stop="off")
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert service.status == Status.RUNNING
+    assert service.due_time is None
+
+
+def test_routes_list_only_ready_instances(world: World) -> None:
+    world.deploy(
+        models=[
+            entry(version="1.0.0", traffic_ratio=90, instances=2),
+            entry(version="2.0.0", traffic_ratio=10),
+        ]
+    )
+    world.not_ready = {20002}
+    world.controller.reconcile_all()
+    routes = load_routes(world.core.store.db)
+    (route,) = routes.values()
+    assert [v.ratio for v in route.versions] == [90, 10]
+    assert [len(v.upstreams) for v in route.versions] == [1, 1]
+    assert len(route.key_hashes) == 1
+
+
+def test_a_crashed_instance_is_restarted_with_backoff(world: World) -> None:
+    world.deploy(models=[entry(instances=2)])
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING
+    first = world.handles()
+    world.runtime.kill(first[0], code=-9, reason="killed by signal 9")
+    world.controller.reconcile_all()
+    assert world.status() == Status.CONCERNING
+    service = world.core.service(world.me, "svc")
+    assert "killed by signal 9" in service.reason
+    rows = instance_rows(world.core.store, service.id)
+    assert rows[0].state == DOWN
+    # not before the backoff has passed
+    world.controller.reconcile_all()
+    assert len(world.runtime.started) == 2
+    world.clock.advance(1.5)
+    world.controller.reconcile_all()
+    assert len(world.runtime.started) == 3
+    assert world.status() == Status.RUNNING
+    assert world.handles()[1] == first[1]  # the healthy one was left alone
+    kinds = world.kinds()
+    assert Kind.INSTANCE_DOWN in kinds and Kind.INSTANCE_RESTARTED in kinds
+    assert Kind.CONCERNING in kinds
+
+
+def test_all_instances_down_is_abnormal(world: World) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    world.runtime.kill(world.handles()[0])
+    world.controller.reconcile_all()
+    assert world.status() == Status.ABNORMAL
+
+
+def test_an_instance_that_stops_answering_makes_the_service_concerning(world: World) -> None:
+    world.deploy(models=[entry(instances=2)])
+    world.controller.reconcile_all()
+    world.not_ready = {20001}
+    world.controller.reconcile_all()
+    assert world.status() == Status.CONCERNING
+    world.not_ready = set()
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING
+
+
+def test_model_load_failure_fails_the_deploy_with_the_reason(world: World) -> None:
+    world.deploy()
+    world.not_ready = {20001}
+    world.controller.reconcile_all()
+    world.runtime.kill(world.handles()[0], code=3, reason="no model.joblib in /x")
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert service.status == Status.FAILED
+    assert "model load failed" in service.reason and "no model.joblib" in service.reason
+    assert world.runtime.instances == {}
+    assert world.handles() == []
+
+
+def test_a_crash_loop_while_deploying_fails_after_the_attempts(world: World) -> None:
+    world.deploy()
+    world.not_ready = {20000 + n for n in range(1, 10)}
+    for _attempt in range(DEPLOY_ATTEMPTS):
+        world.controller.reconcile_all()
+        assert world.status() == Status.DEPLOYING
+        world.runtime.kill(world.runtime.started[-1], code=1, reason="segfault")
+        world.controller.reconcile_all()
+        world.clock.advance(100)  # past the backoff: the next pass starts it again
+    service = world.core.service(world.me, "svc")
+    assert service.status == Status.FAILED
+    assert f"failed {DEPLOY_ATTEMPTS} times" in service.reason
+
+
+def test_deploy_timeout_fails_with_the_reason(examples_home: Path) -> None:
+    world = World(examples_home, timeout_s=60)
+    world.deploy()
+    world.not_ready = {20001}
+    world.controller.reconcile_all()
+    world.clock.advance(59)
+    world.controller.reconcile_all()
+    assert world.status() == Status.DEPLOYING
+    world.clock.advance(2)
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert service.status == Status.FAILED
+    assert "timed out after 1 min" in service.reason and "0 of 1" in service.reason
+    assert world.runtime.instances == {}
+
+
+def test_stop_then_start_then_delete(world: World) -> None:
+    world.deploy(models=[entry(instances=2)])
+    world.controller.reconcile_all()
+    world.core.stop_service(world.me, "svc")
+    assert world.status() == Status.STOPPING
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert service.status == Status.STOPPED
+    assert service.due_time is None
+    assert world.runtime.instances == {} and len(world.runtime.stopped) == 2
+    stopped = [e for e in world.core.events(world.me, service="svc") if e.kind == Kind.STOPPED]
+    assert stopped and stopped[-1].actor == world.me.name
+    with pytest.raises(Conflict, match="only a service that is"):
+        world.core.stop_service(world.me, "svc")
+    world.core.start_service(world.me, "svc")
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING
+    world.core.delete_service(world.me, "svc")
+    world.controller.reconcile_all()
+    assert world.core.services(world.me) == []
+    assert world.runtime.instances == {}
+    assert world.kinds()[-1] == Kind.DELETED
+
+
+def test_start_is_refused_while_running(world: World) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    with pytest.raises(Conflict, match="Running"):
+        world.core.start_service(world.me, "svc")
+
+
+def test_others_may_not_stop_my_service(world: World) -> None:
+    world.deploy()
+    with pytest.raises(PermissionDenied, match="only its owner or an admin"):
+        world.core.stop_service(world.core.user("mallory"), "svc", owner=world.me.name)
+    assert world.status() == Status.DEPLOYING
+
+
+def test_adopt_keeps_known_instances_and_stops_strays(world: World) -> None:
+    world.deploy(models=[entry(instances=2)])
+    world.controller.reconcile_all()
+    # A second controller (a restarted daemon) over the same runtime: nothing restarts.
+    known = world.runtime.instances[world.handles()[0]].spec
+    stray = world.runtime.start(replace(known, service_uid="gone"))
+    again = Controller(
+        world.core.store,
+        world.runtime,
+        {f.id: f for f in world.core.flavors},
+        world.core.probe,
+        world.clock,
+        ready=lambda host, port: True,
+    )
+    adopted, removed = again.adopt()
+    assert (adopted, removed) == (2, 1)
+    assert stray.handle in world.runtime.stopped
+    started = len(world.runtime.started)
+    again.reconcile_all()
+    assert len(world.runtime.started) == started
+    assert world.status() == Status.RUNNING
+
+
+def test_gpu_flavors_get_distinct_devices(examples_home: Path) -> None:
+    probe = FakeProbe(
+        [node("gpu", 64, 512, devices=[nvidia("Tesla T4", 0), nvidia("Tesla T4", 1)])]
+    )
+    world = World(examples_home, probe=probe)
+    world.deploy(models=[entry(flavor="gpu.t4", instances=2)])
+    world.controller.reconcile_all()
+    specs = [i.spec for i in world.runtime.instances.values()]
+    envs = sorted(device_env(s.flavor, s.devices)["CUDA_VISIBLE_DEVICES"] for s in specs)
+    assert envs == ["0", "1"]
+    assert world.status() == Status.RUNNING
+
+
+def test_cpu_flavors_see_no_gpu(world: World) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    (inst,) = world.runtime.instances.values()
+    assert device_env(inst.spec.flavor, inst.spec.devices) == {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_routes_skip_services_that_are_not_serving(world: World) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    assert len(load_routes(world.core.store.db)) == 1
+    world.core.stop_service(world.me, "svc")
+    world.controller.reconcile_all()
+    assert load_routes(world.core.store.db) == {}

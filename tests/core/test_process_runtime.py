@@ -1,0 +1,128 @@
+"""The process runtime with a stand-in interpreter: environment, sessions, adoption, stop."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opsbot.core.flavors import load_flavors
+from opsbot.core.hardware import Device
+from opsbot.core.runtime import InstanceSpec, failure_reason
+from opsbot.core.runtimes.process import CgroupLimiter, ProcessRuntime
+
+FAKE_PYTHON = """#!/bin/sh
+# Stands in for the model server: records its environment and arguments, then serves nothing.
+env > "$OPSBOT_HOME_ID/env-$OPSBOT_PORT"
+echo "$@" > "$OPSBOT_HOME_ID/argv-$OPSBOT_PORT"
+if [ -n "$FAIL" ]; then echo "LOAD FAILED: $FAIL" >&2; exit 3; fi
+exec sleep 60
+"""
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[ProcessRuntime]:
+    script = tmp_path / "fake-python"
+    script.write_text(FAKE_PYTHON)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    rt = ProcessRuntime(tmp_path, python=str(script), limiter=_NoLimits())
+    yield rt
+    for owned in rt.owned():
+        rt.stop(owned.handle, grace_s=1)
+
+
+class _NoLimits(CgroupLimiter):
+    """rlimits only: tests must not leave cgroups behind."""
+
+    def _detect(self) -> str:
+        return "rlimit"
+
+
+def _spec(
+    tmp_path: Path, flavor_id: str, devices: tuple[Device, ...] = (), **env: str
+) -> InstanceSpec:
+    flavor = next(f for f in load_flavors() if f.id == flavor_id)
+    return InstanceSpec(
+        service_uid="abc123",
+        owner="alice",
+        idx=0,
+        n=1,
+        model_name="iris",
+        version="1.0.0",
+        path=tmp_path / "model",
+        format="sklearn",
+        entry=None,
+        flavor=flavor,
+        env=env,
+        devices=devices,
+    )
+
+
+def _wait_for(path: Path) -> dict[str, str]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            time.sleep(0.05)
+            return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_gpu_instance_gets_the_assigned_devices_and_caps(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    gpus = (Device("nvidia", "Tesla T4", 1), Device("nvidia", "Tesla T4", 3))
+    started = runtime.start(_spec(tmp_path, "gpu.t4", gpus, LOG_LEVEL="debug"))
+    env = _wait_for(tmp_path / f"env-{started.port}")
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert env["OMP_NUM_THREADS"] == "8"
+    assert env["LOG_LEVEL"] == "debug"
+    assert env["OPSBOT_INSTANCE"] == "abc123/0/1"
+    argv = (tmp_path / f"argv-{started.port}").read_text().split()
+    assert argv[:2] == ["-m", "opsbot.serving.server"]
+    assert argv[argv.index("--port") + 1] == str(started.port)
+    pid = int(started.handle.split(":")[0])
+    assert os.getpgid(pid) == pid  # its own session and process group
+
+
+def test_cpu_instance_sees_no_gpu(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    started = runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    env = _wait_for(tmp_path / f"env-{started.port}")
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["OMP_NUM_THREADS"] == "2"
+
+
+def test_owned_finds_instances_a_new_runtime_did_not_start(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    started = runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    _wait_for(tmp_path / f"env-{started.port}")
+    fresh = ProcessRuntime(tmp_path, python=runtime.python, limiter=_NoLimits())
+    (owned,) = fresh.owned()
+    assert (owned.handle, owned.key, owned.port) == (started.handle, "abc123/0/1", started.port)
+    assert fresh.exited(owned.handle) is None
+    fresh.stop(owned.handle, grace_s=2)
+    assert fresh.exited(owned.handle) is not None
+    assert runtime.exited(started.handle) is not None
+    assert fresh.owned() == []
+
+
+def test_load_failure_is_read_from_the_log(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    started = runtime.start(_spec(tmp_path, "cpu.2u8g", FAIL="no model.joblib"))
+    deadline = time.monotonic() + 10
+    while (ended := runtime.exited(started.handle)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ended is not None
+    assert ended.code == 3
+    assert ended.reason == "no model.joblib"
+
+
+def test_failure_reason_without_a_load_line() -> None:
+    assert failure_reason(["starting", "Traceback ...", "MemoryError", ""], 1) == (
+        "exit code 1: MemoryError"
+    )
+    assert failure_reason([], None) == "ended"
