@@ -1,0 +1,482 @@
+"""Gateway overhead: the same load straight at one model instance and through the gateway.
+
+    python bench/gateway.py [--upstream iris|echo] [--concurrency 1 16] [--duration 5]
+
+One run starts one upstream (``iris``: the real model server with a scikit-learn iris model;
+``echo``: a trivial aiohttp ``/predict`` that does nothing, the worst case for the gateway's
+share), the gateway as its own process on a store that routes one service to that upstream (once
+per upstream client: ``gateway`` is the default raw asyncio client, ``gw-aiohttp`` aiohttp's), and,
+when installed, nginx as a reference proxy. Then, at each concurrency, it offers the same closed
+load (``wrk`` when installed, else a built-in asyncio client) to each target in turn and prints
+throughput and latency, with the gateway's figures as ratios against the direct ones measured in
+the same run. Targets: at most 0.3 ms added to the median at concurrency 1, at least 90 % of the
+direct throughput at concurrency 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter, perf_counter_ns
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from opsbot.core.keys import hash_key, key_prefix  # noqa: E402
+from opsbot.core.store import Store  # noqa: E402
+from opsbot.serving.gateway import DB_NAME  # noqa: E402
+
+KEY = "ob_bench-key"
+SERVICE_UID = "benchservice0001"
+MODEL_NAME = "iris"
+BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+
+
+@dataclass(frozen=True)
+class Result:
+    target: str
+    concurrency: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    port: int
+    path: str
+
+
+# -- the echo upstream (run as this file with --serve-echo PORT) -------------------------------
+
+
+def serve_echo(port: int) -> None:
+    """A /predict that reads the body and answers a fixed prediction: no work at all."""
+    from aiohttp import web
+
+    reply = json.dumps({"predictions": [0]}).encode()
+
+    async def predict(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=reply, content_type="application/json")
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text="ready")
+
+    app = web.Application()
+    app.router.add_post("/predict", predict)
+    app.router.add_get("/v2/health/ready", ready)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with code {proc.returncode}; see its log")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not answer {url} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with code {proc.returncode}; see its log")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not listen on port {port} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+@contextmanager
+def running(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def train_iris(folder: Path) -> None:
+    """The example model: a logistic regression on the iris data scikit-learn ships."""
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    folder.mkdir(parents=True)
+    joblib.dump(LogisticRegression(max_iter=500).fit(x, y), folder / "model.joblib")
+
+
+def fill_store(home: Path, upstream_port: int) -> None:
+    """One running service, one version, one ready instance: what the controller would write."""
+    store = Store(home / DB_NAME)
+    now = time.time()
+    with store.write() as db:
+        conn = db.conn
+        model_id = conn.execute(
+            "INSERT INTO models (owner, name, created_at) VALUES ('bench', ?, ?)", (MODEL_NAME, now)
+        ).lastrowid
+        mv = conn.execute(
+            "INSERT INTO model_versions (model_id, version, format, status, path, created_at, "
+            "updated_at) VALUES (?, '1.0.0', 'sklearn', 'normal', '', ?, ?)",
+            (model_id, now, now),
+        ).lastrowid
+        sid = conn.execute(
+            "INSERT INTO services (uid, owner, name, status, spec, resource_pool, traffic_limit, "
+            "created_at, updated_at) VALUES (?, 'bench', 'bench', 'running', '{}', 'public', "
+            "1000000, ?, ?)",
+            (SERVICE_UID, now, now),
+        ).lastrowid
+        conn.execute(
+            "INSERT INTO service_versions (service_id, idx, model_version_id, traffic_ratio, "
+            "flavor, instances) VALUES (?, 0, ?, 100, 'cpu', 1)",
+            (sid, mv),
+        )
+        conn.execute(
+            "INSERT INTO instances (service_id, idx, n, runtime, host, port, state, updated_at) "
+            "VALUES (?, 0, 0, 'process', '127.0.0.1', ?, 'ready', ?)",
+            (sid, upstream_port, now),
+        )
+        conn.execute(
+            "INSERT INTO api_keys (service_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
+            (sid, hash_key(KEY), key_prefix(KEY), now),
+        )
+    store.close()
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    upstream model {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 12m;
+        location / {{
+            proxy_pass http://model/predict;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+# -- load generators ----------------------------------------------------------------------------
+
+
+def _wrk_ms(value: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {value!r}")
+    number, unit = float(match[1]), match[2]
+    return number * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def load_wrk(wrk: str, target: Target, concurrency: int, duration: float, script: Path) -> Result:
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{target.port}{target.path}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    errors = 0
+    if found := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(found[1])
+    if found := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(n) for n in found.groups())
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    if errors:
+        print(f"{target.name} at concurrency {concurrency}: wrk saw errors\n{out}", file=sys.stderr)
+    return Result(
+        target.name,
+        concurrency,
+        requests,
+        errors,
+        rps,
+        _wrk_ms(percentiles["50"]),
+        _wrk_ms(percentiles["99"]),
+    )
+
+
+async def _load_python(target: Target, concurrency: int, duration: float) -> Result:
+    request = (
+        f"POST {target.path} HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n"
+        f"Content-Type: application/json\r\nX-Auth-Token: {KEY}\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+    latencies: list[int] = []
+    errors = 0
+    stop = perf_counter_ns() + int(duration * 1e9)
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+        try:
+            while (started := perf_counter_ns()) < stop:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                if length is None:
+                    raise RuntimeError(f"{target.name} answered without Content-Length")
+                await reader.readexactly(int(length[1]))
+                latencies.append(perf_counter_ns() - started)
+                if head[9:12] != b"200":
+                    errors += 1
+        finally:
+            writer.close()
+
+    began = perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = perf_counter() - began
+    latencies.sort()
+    n = len(latencies)
+    return Result(
+        target.name,
+        concurrency,
+        n,
+        errors,
+        n / elapsed,
+        latencies[n // 2] / 1e6,
+        latencies[min(n - 1, int(n * 0.99))] / 1e6,
+    )
+
+
+def load_python(target: Target, concurrency: int, duration: float) -> Result:
+    return asyncio.run(_load_python(target, concurrency, duration))
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstream", choices=["iris", "echo"], default="iris")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per cell (median)")
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    parser.add_argument(
+        "--gateway-clients",
+        nargs="+",
+        choices=["raw", "aiohttp"],
+        default=["raw", "aiohttp"],
+        help="the gateway's upstream clients to measure, each in its own gateway process",
+    )
+    parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_echo is not None:
+        serve_echo(args.serve_echo)
+        return 0
+
+    wrk = shutil.which("wrk") if args.loadgen in ("auto", "wrk") else None
+    if args.loadgen == "wrk" and wrk is None:
+        parser.error("wrk is not installed")
+    nginx = None if args.no_nginx else shutil.which("nginx")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+    with tempfile.TemporaryDirectory(prefix="opsbot-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        upstream_port = free_port()
+        if args.upstream == "iris":
+            train_iris(tmp / "model")
+            upstream_cmd = [
+                sys.executable,
+                "-m",
+                "opsbot.serving.server",
+                "--path",
+                str(tmp / "model"),
+                "--format",
+                "sklearn",
+                "--name",
+                MODEL_NAME,
+                "--version",
+                "1.0.0",
+                "--port",
+                str(upstream_port),
+            ]
+        else:
+            upstream_cmd = [sys.executable, __file__, "--serve-echo", str(upstream_port)]
+        fill_store(tmp / "home", upstream_port)
+        script = tmp / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\n'
+            f"wrk.body = '{BODY.decode()}'\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["X-Auth-Token"] = "{KEY}"\n'
+        )
+        targets = [Target("direct", upstream_port, "/predict")]
+        with ExitStack() as stack:
+            upstream = stack.enter_context(running(upstream_cmd, tmp / "upstream.log", env))
+            wait_http(f"http://127.0.0.1:{upstream_port}/v2/health/ready", upstream, "upstream")
+            for client in args.gateway_clients:
+                # The default client is "gateway"; another is named after its client.
+                name = "gateway" if client == "raw" else f"gw-{client}"
+                port = free_port()
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "opsbot.serving.gateway",
+                    "--home",
+                    str(tmp / "home"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--upstream-client",
+                    client,
+                    "--log-level",
+                    "WARNING",
+                ]
+                gateway = stack.enter_context(running(cmd, tmp / f"{name}.log", env))
+                wait_http(f"http://127.0.0.1:{port}/healthz", gateway, name)
+                targets.append(Target(name, port, f"/v1/infers/{SERVICE_UID}"))
+            if nginx is not None:
+                nginx_port = free_port()
+                conf = tmp / "nginx.conf"
+                conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=nginx_port))
+                cmd = [nginx, "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(conf)]
+                proxy = stack.enter_context(running(cmd, tmp / "nginx.log"))
+                wait_port(nginx_port, proxy, "nginx")
+                targets.append(Target("nginx", nginx_port, "/"))
+            results = measure(args, targets, wrk, script)
+        failed = sorted({r.target for r in results if r.errors})
+        logs = {name: (tmp / f"{name}.log").read_text(errors="replace") for name in failed}
+    report(args, results, "wrk" if wrk else "python asyncio client", nginx is not None)
+    for name, log in logs.items():
+        print(f"\nsome calls to {name} failed; the tail of its log:\n{log[-2000:]}")
+    return 1 if logs else 0
+
+
+def measure(
+    args: argparse.Namespace, targets: list[Target], wrk: str | None, script: Path
+) -> list[Result]:
+    def once(target: Target, concurrency: int, duration: float) -> Result:
+        if wrk is not None:
+            return load_wrk(wrk, target, concurrency, duration, script)
+        return load_python(target, concurrency, duration)
+
+    results = []
+    for concurrency in args.concurrency:
+        rounds: dict[str, list[Result]] = {t.name: [] for t in targets}
+        for _ in range(args.rounds):
+            # Interleaved, so a drift of the machine touches every target alike.
+            for target in targets:
+                if args.warmup > 0:
+                    once(target, concurrency, args.warmup)
+                rounds[target.name].append(once(target, concurrency, args.duration))
+        for target in targets:
+            runs = rounds[target.name]
+            results.append(
+                Result(
+                    target.name,
+                    concurrency,
+                    sum(r.requests for r in runs),
+                    sum(r.errors for r in runs),
+                    statistics.median(r.rps for r in runs),
+                    statistics.median(r.p50_ms for r in runs),
+                    statistics.median(r.p99_ms for r in runs),
+                )
+            )
+    return results
+
+
+def report(args: argparse.Namespace, results: list[Result], loadgen: str, nginx: bool) -> None:
+    upstream = "model server, sklearn iris" if args.upstream == "iris" else "echo (no work at all)"
+    print(
+        f"upstream: {upstream}; load: {loadgen}; {os.cpu_count()} CPUs; "
+        f"{args.duration:g} s x {args.rounds} round(s) per cell"
+        + ("" if nginx else "; nginx not installed")
+    )
+    print(
+        f"{'conc':>4}  {'target':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
+        "vs direct"
+    )
+    direct = {r.concurrency: r for r in results if r.target == "direct"}
+    for r in results:
+        base = direct[r.concurrency]
+        versus = (
+            ""
+            if r.target == "direct"
+            else f"{r.rps / base.rps:5.2f}x req/s, p50 {r.p50_ms - base.p50_ms:+.3f} ms"
+        )
+        print(
+            f"{r.concurrency:>4}  {r.target:<10} {r.rps:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
+            f"{r.errors:>6}  {versus}"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

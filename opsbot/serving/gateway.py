@@ -1,0 +1,1067 @@
+"""The inference gateway: the one door between callers and the model server instances.
+
+``POST /v1/infers/{service}`` (ModelArts style) is forwarded to an instance's ``/predict``;
+``POST /v2/models/{service}/infer`` (Open Inference Protocol v2) to the instance's
+``/v2/models/{model}/infer``, where ``model`` is the name the runtime starts the model server with
+(the model's name without its owner). For every call the gateway checks the service key
+(``X-Auth-Token`` or ``Authorization: Bearer``), enforces the service's traffic limit with a token
+bucket, picks a version by traffic ratio and an instance by fewest outstanding requests, and tries
+another instance when a connection fails before any answer. ``X-Model-Version`` names the version
+that answered. ``/metrics`` (Prometheus text), ``/stats`` (JSON) and ``/healthz`` describe it.
+
+It runs in its own process (``python -m opsbot.serving.gateway --home HOME --port PORT``) so
+inference load cannot starve the control plane. Routes come from the store through
+:func:`opsbot.core.routes.load_routes`; a poll of ``PRAGMA data_version`` every 200 ms notices any
+commit by another connection, so a route change takes effect within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import math
+import random
+import signal
+import sqlite3
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from time import perf_counter, time
+from typing import Any, Final
+from urllib.parse import quote
+
+import sqlite_utils
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from opsbot.core.routes import ServiceRoute, VersionRoute, load_routes
+from opsbot.core.store import DB_NAME, Store
+from opsbot.serving.upstream import (
+    BrokenReply,
+    ClientKind,
+    ConnectFailed,
+    Disconnected,
+    UpstreamClient,
+    make_client,
+)
+
+log = logging.getLogger("opsbot.serving.gateway")
+
+#: The file, under $OPSBOT_HOME, holding the daemon's own token: calls that carry it (the owner's
+#: `opsbot predict`, the dashboard) pass for any service's key, and still count and meet limits.
+INTERNAL_SECRET: Final = "gateway.secret"
+INTERNAL_HEADER: Final = "X-Opsbot-Internal"
+
+#: Upstream paths, by call kind: ModelArts style and Open Inference Protocol v2.
+PREDICT: Final = 0
+V2_INFER: Final = 1
+
+#: Latency histogram bucket bounds, in seconds (the last bucket, +Inf, is implicit).
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+)
+
+# Request headers an instance may need; everything else (the key above all) stays here.
+_FORWARDED: Final = (
+    "Content-Type",
+    "Content-Encoding",
+    "Accept",
+    "Accept-Encoding",
+    "X-Request-Id",
+)
+_BEARER: Final = "bearer "
+# Added to an ejected instance's load so it is chosen only when nothing else is left.
+_EJECTED_PENALTY: Final = 1 << 30
+# Latencies kept per version for /stats percentiles, and the seconds of the calls series.
+_RECENT: Final = 1024
+_SERIES_S: Final = 60
+_UNAVAILABLE_RETRY_S: Final = 5
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """How the gateway treats calls; every field has the default the CLI uses."""
+
+    max_body_mb: float = 12.0
+    """Largest request body accepted, in MB (10**6 bytes); larger gets 413."""
+    timeout_s: float = 40.0
+    """Time allowed for the upstream part of one call, retries included; then 504."""
+    attempts: int = 3
+    """Instances tried per call when connections fail before an answer; then 502."""
+    poll_s: float = 0.2
+    """How often the store is polled for route changes."""
+    eject_s: float = 1.0
+    """How long an instance that refused a connection is passed over while others remain."""
+    client: ClientKind = "raw"
+    """HTTP client for the hop to instances: the lean asyncio one, or aiohttp's (see upstream)."""
+    internal_token_hash: str | None = None
+    """SHA-256 of the daemon's token (``X-Opsbot-Internal``), accepted for every service."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1_000_000)
+
+
+# --------------------------------------------------------------------------------------------
+# Traffic limit
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; a call takes one token."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, now: float):
+        self.rate = max(float(rate), 1e-9)
+        self.burst = max(1.0, float(rate))
+        self.tokens = self.burst
+        self.stamp = now
+
+    def configure(self, rate: float) -> None:
+        """Take a new limit, keeping what is saved up (never above the new burst)."""
+        self.rate = max(float(rate), 1e-9)
+        self.burst = max(1.0, float(rate))
+        self.tokens = min(self.tokens, self.burst)
+
+    def take(self, now: float) -> float:
+        """Take a token: 0.0 when there was one, else the seconds until there will be."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / self.rate
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+
+
+class VersionStats:
+    """Calls, failures and latency of one version of one service, kept for the process's life."""
+
+    __slots__ = (
+        "buckets",
+        "calls",
+        "codes",
+        "failures",
+        "inflight",
+        "latency_sum",
+        "recent",
+        "second",
+        "series_calls",
+        "series_failures",
+        "upstream_errors",
+    )
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failures = 0
+        self.inflight = 0
+        self.upstream_errors = 0
+        self.codes: dict[int, int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.recent: deque[float] = deque(maxlen=_RECENT)
+        self.second = 0
+        self.series_calls = [0] * _SERIES_S
+        self.series_failures = [0] * _SERIES_S
+
+    def record(self, status: int, seconds: float, now: float) -> None:
+        self.calls += 1
+        failed = status >= 500
+        if failed:
+            self.failures += 1
+        codes = self.codes
+        codes[status] = codes.get(status, 0) + 1
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        self.recent.append(seconds)
+        second = int(now)
+        if second != self.second:
+            self._advance(second)
+        slot = second % _SERIES_S
+        self.series_calls[slot] += 1
+        if failed:
+            self.series_failures[slot] += 1
+
+    def _advance(self, second: int) -> None:
+        """Zero the per-second slots between the last recorded second and ``second``."""
+        if not 0 < second - self.second < _SERIES_S:
+            self.series_calls = [0] * _SERIES_S
+            self.series_failures = [0] * _SERIES_S
+        else:
+            for s in range(self.second + 1, second + 1):
+                self.series_calls[s % _SERIES_S] = 0
+                self.series_failures[s % _SERIES_S] = 0
+        self.second = second
+
+    def series(self, now: float) -> tuple[list[int], list[int]]:
+        """Calls and failures in each of the last 60 seconds, oldest first, this one last."""
+        second = int(now)
+        if second != self.second:
+            self._advance(second)
+        start = (second + 1) % _SERIES_S
+        calls = self.series_calls[start:] + self.series_calls[:start]
+        failures = self.series_failures[start:] + self.series_failures[:start]
+        return calls, failures
+
+    def latency_ms(self) -> dict[str, float | None]:
+        """Median, 99th percentile and mean of the recent calls, in milliseconds."""
+        recent = sorted(self.recent)
+        if not recent:
+            return {"p50": None, "p99": None, "mean": None}
+        n = len(recent)
+        return {
+            "p50": round(recent[(n - 1) // 2] * 1000, 3),
+            "p99": round(recent[min(n - 1, math.ceil(0.99 * n) - 1)] * 1000, 3),
+            "mean": round(sum(recent) / n * 1000, 3),
+        }
+
+
+class ServiceCounters:
+    """Calls of one service turned away before reaching any version."""
+
+    __slots__ = ("rate_limited", "too_large", "unauthorized", "unavailable")
+
+    def __init__(self) -> None:
+        self.unauthorized = 0
+        self.rate_limited = 0
+        self.too_large = 0
+        self.unavailable = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Routing state, rebuilt from the store's routes on every change
+
+
+class Target:
+    """One ready instance of one version, with the calls now outstanding on it."""
+
+    __slots__ = ("ejected_until", "host", "outstanding", "paths", "port")
+
+    def __init__(self, host: str, port: int, model_name: str):
+        self.host = host
+        self.port = port
+        self.outstanding = 0
+        self.ejected_until = 0.0
+        # By call kind: PREDICT, V2_INFER.
+        self.paths = ("/predict", f"/v2/models/{quote(model_name, safe='')}/infer")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Version:
+    """One version of a service as the gateway routes to it."""
+
+    __slots__ = ("_turn", "label", "model", "ratio", "stats", "targets")
+
+    def __init__(
+        self, route: VersionRoute, label: str, targets: tuple[Target, ...], stats: VersionStats
+    ):
+        self.label = label
+        self.model = route.model
+        self.ratio = route.ratio
+        self.targets = targets
+        self.stats = stats
+        self._turn = 0
+
+    def pick(self, now: float, avoid: Sequence[Target] = ()) -> Target | None:
+        """The instance with the fewest outstanding calls, ties taken in turn.
+
+        Instances in ``avoid`` are skipped; ejected ones are chosen only when no other is left.
+        """
+        targets = self.targets
+        n = len(targets)
+        if n == 1:
+            only = targets[0]
+            return None if only in avoid else only
+        start = self._turn
+        self._turn = start + 1
+        best: Target | None = None
+        best_load = _EJECTED_PENALTY * 2
+        for i in range(n):
+            target = targets[(start + i) % n]
+            if target in avoid:
+                continue
+            load = target.outstanding
+            if target.ejected_until > now:
+                load += _EJECTED_PENALTY
+            if load < best_load:
+                best, best_load = target, load
+        return best
+
+
+class Service:
+    """One servable service: its key hashes, its traffic bucket and its weighted versions."""
+
+    __slots__ = (
+        "_cumulative",
+        "_live",
+        "bucket",
+        "counters",
+        "key_hashes",
+        "route",
+        "uid",
+        "versions",
+    )
+
+    def __init__(
+        self,
+        route: ServiceRoute,
+        versions: tuple[Version, ...],
+        bucket: TokenBucket,
+        counters: ServiceCounters,
+    ):
+        self.route = route
+        self.uid = route.uid
+        self.key_hashes = route.key_hashes
+        self.versions = versions
+        self.bucket = bucket
+        self.counters = counters
+        self._live, self._cumulative = _weights([v for v in versions if v.targets])
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._live)
+
+    def choose(self) -> Version:
+        """A version with a ready instance, drawn by traffic ratio. Only call when ``ready``."""
+        live = self._live
+        if len(live) == 1:
+            return live[0]
+        cumulative = self._cumulative
+        return live[bisect.bisect_right(cumulative, random.random() * cumulative[-1])]
+
+    def fallback(self, tried: Sequence[Version]) -> Version | None:
+        """Another version with a ready instance, by ratio, after ``tried`` all failed."""
+        live, cumulative = _weights([v for v in self.versions if v.targets and v not in tried])
+        if not live:
+            return None
+        return live[bisect.bisect_right(cumulative, random.random() * cumulative[-1])]
+
+
+def _weights(versions: list[Version]) -> tuple[list[Version], list[float]]:
+    """The versions to draw from and their cumulative weights.
+
+    Versions with a ratio take the traffic; the share of a version without a ready instance goes
+    to the others in proportion. When only 0 % versions are ready they share the traffic evenly,
+    because answering from a version the owner is moving away from beats answering 503.
+    """
+    weighted = [v for v in versions if v.ratio > 0]
+    if weighted:
+        versions = weighted
+    cumulative: list[float] = []
+    total = 0.0
+    for v in versions:
+        total += v.ratio if weighted else 1.0
+        cumulative.append(total)
+    return versions, cumulative
+
+
+def _labels(versions: Sequence[VersionRoute]) -> list[str]:
+    """What names each version in headers and metrics: its version, or model@version when two
+    versions of different models in one service share a version string."""
+    seen: dict[str, int] = {}
+    for v in versions:
+        seen[v.version] = seen.get(v.version, 0) + 1
+    return [
+        v.version if seen[v.version] == 1 else f"{v.model.rpartition('/')[2]}@{v.version}"
+        for v in versions
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The gateway
+
+
+DatabaseOpener = Callable[[], sqlite_utils.Database]
+
+
+class Gateway:
+    """Routes, counters and the upstream client of one gateway process."""
+
+    def __init__(self, opener: DatabaseOpener, options: GatewayOptions):
+        self.options = options
+        self.services: dict[str, Service] = {}
+        self.stats: dict[tuple[str, str], VersionStats] = {}
+        self.counters: dict[str, ServiceCounters] = {}
+        self.not_found = 0
+        self.reloads = 0
+        self.loaded_at = 0.0
+        self._opener = opener
+        self._targets: dict[tuple[str, int, str], Target] = {}
+        self._db: sqlite_utils.Database | None = None
+        self._data_version: int | None = None
+        # One thread owns the store connection: reading never blocks the event loop.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-routes")
+        self._client: UpstreamClient | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._timeout = options.timeout_s
+        self._attempts = max(1, options.attempts)
+        self._eject_s = options.eject_s
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._client = make_client(self.options.client)
+        loop = asyncio.get_running_loop()
+        routes = await loop.run_in_executor(self._reader, self._read_routes)
+        if routes is not None:
+            self.apply(routes)
+        self._watcher = asyncio.create_task(self._watch(), name="gateway-routes")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._client is not None:
+            await self._client.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._reader, self._close_db)
+        self._reader.shutdown(wait=True)
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def _read_routes(self) -> dict[str, ServiceRoute] | None:
+        """In the reader thread: the routes when the store changed since the last read."""
+        if self._db is None:
+            self._db = self._opener()
+        conn: sqlite3.Connection = self._db.conn
+        # data_version changes whenever another connection commits to the database.
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._data_version:
+            return None
+        # One read transaction, so the routes come from one consistent snapshot.
+        conn.execute("BEGIN")
+        try:
+            routes = load_routes(self._db)
+        finally:
+            conn.execute("COMMIT")
+        self._data_version = version
+        return routes
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.options.poll_s)
+            try:
+                routes = await loop.run_in_executor(self._reader, self._read_routes)
+                if routes is not None:
+                    self.apply(routes)
+            except Exception:
+                # Calls keep flowing on the last good routes; the next poll reads them afresh.
+                log.exception("reading routes from the store failed; keeping the last ones")
+                self._data_version = None
+
+    def apply(self, routes: Mapping[str, ServiceRoute]) -> None:
+        """Route by ``routes`` from now on, keeping buckets, counters and outstanding counts."""
+        # Most commits (events, heartbeats) leave the routes as they were.
+        if self.reloads and len(routes) == len(self.services):
+            current = self.services
+            if all(
+                (service := current.get(uid)) is not None and service.route == route
+                for uid, route in routes.items()
+            ):
+                return
+        now = perf_counter()
+        old_targets = self._targets
+        targets: dict[tuple[str, int, str], Target] = {}
+        services: dict[str, Service] = {}
+        for uid, route in routes.items():
+            versions = []
+            for vroute, label in zip(route.versions, _labels(route.versions), strict=True):
+                model_name = vroute.model.rpartition("/")[2]
+                found = []
+                for up in vroute.upstreams:
+                    key = (up.host, up.port, model_name)
+                    target = targets.get(key) or old_targets.get(key)
+                    if target is None:
+                        target = Target(up.host, up.port, model_name)
+                    targets[key] = target
+                    found.append(target)
+                stats = self.stats.get((uid, label))
+                if stats is None:
+                    stats = self.stats[(uid, label)] = VersionStats()
+                versions.append(Version(vroute, label, tuple(found), stats))
+            counters = self.counters.get(uid)
+            if counters is None:
+                counters = self.counters[uid] = ServiceCounters()
+            # The bucket outlives the reload, so a route change never refills it.
+            previous = self.services.get(uid)
+            if previous is None:
+                bucket = TokenBucket(route.traffic_limit, now)
+            else:
+                bucket = previous.bucket
+                if previous.route.traffic_limit != route.traffic_limit:
+                    bucket.configure(route.traffic_limit)
+            services[uid] = Service(route, tuple(versions), bucket, counters)
+        self.services = services
+        self._targets = targets
+        if self._client is not None:
+            self._client.retain({(t.host, t.port) for t in targets.values()})
+        self.reloads += 1
+        self.loaded_at = time()
+        log.info(
+            "routes loaded: %d services, %d ready instances",
+            len(services),
+            sum(len(v.targets) for s in services.values() for v in s.versions),
+        )
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _internal(self, headers: Mapping[str, str]) -> bool:
+        """Whether the call carries the daemon's own token."""
+        expected = self.options.internal_token_hash
+        token = headers.get(INTERNAL_HEADER)
+        return (
+            expected is not None
+            and token is not None
+            and sha256(token.encode()).hexdigest() == expected
+        )
+
+    async def infer(self, request: web.Request, kind: int) -> web.Response:
+        started = perf_counter()
+        uid = request.match_info["service"]
+        service = self.services.get(uid)
+        if service is None:
+            self.not_found += 1
+            return _error(404, "not_found", f"no running service with id {uid!r}")
+        counters = service.counters
+        headers = request.headers
+        key = headers.get("X-Auth-Token")
+        if key is None:
+            authorization = headers.get("Authorization")
+            if authorization is not None and authorization[:7].lower() == _BEARER:
+                key = authorization[7:].strip()
+        # Keys are compared by their SHA-256, the only form the store holds.
+        if (
+            key is None or sha256(key.encode()).hexdigest() not in service.key_hashes
+        ) and not self._internal(headers):
+            counters.unauthorized += 1
+            return _error(
+                401,
+                "unauthorized",
+                "missing or wrong API key: send the service key as X-Auth-Token or "
+                "Authorization: Bearer",
+            )
+        if not service.ready:
+            counters.unavailable += 1
+            route = service.route
+            return _error(
+                503,
+                "unavailable",
+                f"service {route.name} ({route.status.value}) has no ready instance; "
+                "retry shortly, or check its status and events",
+                {"Retry-After": str(_UNAVAILABLE_RETRY_S)},
+            )
+        wait = service.bucket.take(started)
+        if wait:
+            counters.rate_limited += 1
+            limit = service.route.traffic_limit
+            return _error(
+                429,
+                "rate_limited",
+                f"service {service.route.name} allows {limit} calls per second; "
+                "retry after the Retry-After seconds, or raise its traffic limit",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        cap = self.options.max_body_bytes
+        length = request.content_length
+        if length is not None and length > cap:
+            counters.too_large += 1
+            return _too_large(cap)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            counters.too_large += 1
+            return _too_large(cap)
+        return await self._forward(service, kind, body, headers, started)
+
+    async def _forward(
+        self,
+        service: Service,
+        kind: int,
+        body: bytes,
+        headers: CIMultiDictProxy[str],
+        started: float,
+    ) -> web.Response:
+        client = self._client
+        assert client is not None, "the gateway is not started"
+        forwarded = {name: value for name in _FORWARDED if (value := headers.get(name)) is not None}
+        deadline = started + self._timeout
+        version = service.choose()
+        tried: list[Target] = []
+        tried_versions: list[Version] = []
+        attempt = 0
+        now = started
+        while True:
+            target = version.pick(now, tried)
+            if target is None:
+                # Every instance of this version failed: another version, then the same again.
+                tried_versions.append(version)
+                other = service.fallback(tried_versions)
+                if other is not None:
+                    version = other
+                    target = version.pick(now, tried)
+                if target is None:
+                    target = version.pick(now)
+                    assert target is not None  # a version chosen from live ones has targets
+            attempt += 1
+            stats = version.stats
+            target.outstanding += 1
+            stats.inflight += 1
+            try:
+                reply = await client.post(
+                    target.host,
+                    target.port,
+                    target.paths[kind],
+                    forwarded,
+                    body,
+                    max(deadline - now, 0.001),
+                )
+            except TimeoutError:
+                # The instance may still be working on it: never send the call twice.
+                return self._failed(
+                    service,
+                    version,
+                    started,
+                    504,
+                    "timeout",
+                    f"service {service.route.name} version {version.label} did not answer "
+                    f"within {self._timeout:g} s",
+                )
+            except (ConnectFailed, Disconnected) as exc:
+                now = perf_counter()
+                stats.upstream_errors += 1
+                if isinstance(exc, ConnectFailed):
+                    if target.ejected_until <= now:
+                        log.warning(
+                            "%s (service %s version %s); passing it over for %g s",
+                            exc,
+                            service.route.name,
+                            version.label,
+                            self._eject_s,
+                        )
+                    target.ejected_until = now + self._eject_s
+                tried.append(target)
+                if attempt < self._attempts and now < deadline:
+                    continue
+                return self._failed(
+                    service,
+                    version,
+                    started,
+                    502,
+                    "bad_gateway",
+                    f"no instance of service {service.route.name} answered after {attempt} "
+                    f"attempts (last: {exc}); retry shortly",
+                )
+            except BrokenReply as exc:
+                # The instance answered, then broke off: the call may have run, so no retry.
+                return self._failed(
+                    service,
+                    version,
+                    started,
+                    502,
+                    "bad_gateway",
+                    f"an instance of service {service.route.name} version {version.label} "
+                    f"broke off its answer: {exc}",
+                )
+            finally:
+                target.outstanding -= 1
+                stats.inflight -= 1
+            if target.ejected_until:
+                target.ejected_until = 0.0
+            now = perf_counter()
+            stats.record(reply.status, now - started, now)
+            reply_headers = reply.headers
+            reply_headers["X-Model-Version"] = version.label
+            return web.Response(body=reply.body, status=reply.status, headers=reply_headers)
+
+    def _failed(
+        self,
+        service: Service,
+        version: Version,
+        started: float,
+        status: int,
+        reason: str,
+        message: str,
+    ) -> web.Response:
+        now = perf_counter()
+        version.stats.record(status, now - started, now)
+        if status != 504:
+            log.warning("%s", message)
+        response = _error(status, reason, message)
+        response.headers["X-Model-Version"] = version.label
+        return response
+
+    # -- numbers -----------------------------------------------------------------------------
+
+    def stats_document(self) -> dict[str, Any]:
+        """What ``GET /stats`` answers: per service and version, calls, failures, latency."""
+        now = perf_counter()
+        services = []
+        for uid, service in self.services.items():
+            route = service.route
+            counters = service.counters
+            versions = []
+            for version in service.versions:
+                stats = version.stats
+                calls, failures = stats.series(now)
+                versions.append(
+                    {
+                        "version": version.label,
+                        "model": version.model,
+                        "ratio": version.ratio,
+                        "calls": stats.calls,
+                        "failures": stats.failures,
+                        "inflight": stats.inflight,
+                        "codes": {str(c): n for c, n in sorted(stats.codes.items())},
+                        "latency_ms": stats.latency_ms(),
+                        "calls_per_s": calls,
+                        "failures_per_s": failures,
+                        "instances": [
+                            {
+                                "address": t.address,
+                                "outstanding": t.outstanding,
+                                "ejected": t.ejected_until > now,
+                            }
+                            for t in version.targets
+                        ],
+                    }
+                )
+            services.append(
+                {
+                    "id": uid,
+                    "name": route.name,
+                    "owner": route.owner,
+                    "status": route.status.value,
+                    "traffic_limit": route.traffic_limit,
+                    "unauthorized": counters.unauthorized,
+                    "rate_limited": counters.rate_limited,
+                    "too_large": counters.too_large,
+                    "unavailable": counters.unavailable,
+                    "versions": versions,
+                }
+            )
+        return {"loaded_at": self.loaded_at, "reloads": self.reloads, "services": services}
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition (format 0.0.4) of every counter."""
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_: str) -> None:
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+
+        stats = sorted(self.stats.items())
+        family(
+            "opsbot_gateway_requests_total",
+            "counter",
+            "Calls that reached a service version, by the status code answered.",
+        )
+        for (uid, label), s in stats:
+            base = f'service="{_esc(uid)}",version="{_esc(label)}"'
+            for code, n in sorted(s.codes.items()):
+                out.append(f'opsbot_gateway_requests_total{{{base},code="{code}"}} {n}')
+        family(
+            "opsbot_gateway_failures_total",
+            "counter",
+            "Calls answered with a 5xx: the instance's own, 502 when no instance answered, "
+            "504 on timeout.",
+        )
+        for (uid, label), s in stats:
+            base = f'service="{_esc(uid)}",version="{_esc(label)}"'
+            out.append(f"opsbot_gateway_failures_total{{{base}}} {s.failures}")
+        family(
+            "opsbot_gateway_upstream_errors_total",
+            "counter",
+            "Connections to instances that failed before an answer (each retried elsewhere).",
+        )
+        for (uid, label), s in stats:
+            base = f'service="{_esc(uid)}",version="{_esc(label)}"'
+            out.append(f"opsbot_gateway_upstream_errors_total{{{base}}} {s.upstream_errors}")
+        family(
+            "opsbot_gateway_request_seconds",
+            "histogram",
+            "Time from receiving a call to answering it, for calls that reached a version.",
+        )
+        for (uid, label), s in stats:
+            base = f'service="{_esc(uid)}",version="{_esc(label)}"'
+            running = 0
+            for bound, count in zip(LATENCY_BUCKETS, s.buckets, strict=False):
+                running += count
+                out.append(
+                    f'opsbot_gateway_request_seconds_bucket{{{base},le="{bound}"}} {running}'
+                )
+            out.append(f'opsbot_gateway_request_seconds_bucket{{{base},le="+Inf"}} {s.calls}')
+            out.append(f"opsbot_gateway_request_seconds_sum{{{base}}} {s.latency_sum!r}")
+            out.append(f"opsbot_gateway_request_seconds_count{{{base}}} {s.calls}")
+        family(
+            "opsbot_gateway_inflight",
+            "gauge",
+            "Calls being answered now, per service and version.",
+        )
+        for (uid, label), s in stats:
+            base = f'service="{_esc(uid)}",version="{_esc(label)}"'
+            out.append(f"opsbot_gateway_inflight{{{base}}} {s.inflight}")
+        counters = sorted(self.counters.items())
+        for name, attr, help_ in (
+            ("unauthorized", "unauthorized", "Calls refused with 401: missing or wrong key."),
+            ("rate_limited", "rate_limited", "Calls refused with 429: over the traffic limit."),
+            ("too_large", "too_large", "Calls refused with 413: body over the size cap."),
+            ("unavailable", "unavailable", "Calls refused with 503: no ready instance."),
+        ):
+            family(f"opsbot_gateway_{name}_total", "counter", help_)
+            for uid, c in counters:
+                out.append(
+                    f'opsbot_gateway_{name}_total{{service="{_esc(uid)}"}} {getattr(c, attr)}'
+                )
+        family(
+            "opsbot_gateway_not_found_total", "counter", "Calls refused with 404: unknown service."
+        )
+        out.append(f"opsbot_gateway_not_found_total {self.not_found}")
+        family(
+            "opsbot_gateway_upstreams_ready",
+            "gauge",
+            "Ready instances the gateway routes to, per service and version.",
+        )
+        for uid, service in sorted(self.services.items()):
+            for version in service.versions:
+                base = f'service="{_esc(uid)}",version="{_esc(version.label)}"'
+                out.append(f"opsbot_gateway_upstreams_ready{{{base}}} {len(version.targets)}")
+        family(
+            "opsbot_gateway_service_info",
+            "gauge",
+            "Name and owner of each routed service, by id (always 1).",
+        )
+        for uid, service in sorted(self.services.items()):
+            route = service.route
+            out.append(
+                f'opsbot_gateway_service_info{{service="{_esc(uid)}",name="{_esc(route.name)}",'
+                f'owner="{_esc(route.owner)}"}} 1'
+            )
+        family("opsbot_gateway_route_reloads_total", "counter", "Times the routes changed.")
+        out.append(f"opsbot_gateway_route_reloads_total {self.reloads}")
+        return "\n".join(out) + "\n"
+
+
+#: Where an application made by make_app keeps its Gateway.
+GATEWAY: Final = web.AppKey("gateway", Gateway)
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _error(
+    status: int, reason: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A gateway error: ``{"error": message, "reason": reason}``, like the model server's."""
+    return web.Response(
+        status=status,
+        body=json.dumps({"error": message, "reason": reason}).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _too_large(cap: int) -> web.Response:
+    return _error(
+        413,
+        "too_large",
+        f"the request body is over the gateway's cap of {cap / 1_000_000:g} MB: send fewer "
+        "instances per call",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The aiohttp application
+
+
+def make_app(
+    source: Path | str | DatabaseOpener, options: GatewayOptions | None = None
+) -> web.Application:
+    """The gateway as an aiohttp application, reading routes from ``source``.
+
+    ``source`` is the store's database file (created and migrated if missing) or a callable that
+    opens a database; it is called once, in the thread that reads routes.
+    """
+    options = options or GatewayOptions()
+    if callable(source):
+        opener: DatabaseOpener = source
+    else:
+        path = Path(source)
+
+        def opener() -> sqlite_utils.Database:
+            return Store(path).db
+
+    gateway = Gateway(opener, options)
+    # The body cap is checked by the handler (413 with a JSON message); aiohttp's own limit sits
+    # just above it so a chunked body is cut off while it is read.
+    app = web.Application(client_max_size=options.max_body_bytes)
+    app[GATEWAY] = gateway
+
+    async def v1_infer(request: web.Request) -> web.Response:
+        return await gateway.infer(request, PREDICT)
+
+    async def v2_infer(request: web.Request) -> web.Response:
+        return await gateway.infer(request, V2_INFER)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=gateway.metrics_text().encode(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(gateway.stats_document())
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "services": len(gateway.services), "loaded_at": gateway.loaded_at}
+        )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await gateway.start()
+        yield
+        await gateway.stop()
+
+    app.router.add_post("/v1/infers/{service}", v1_infer)
+    app.router.add_post("/v2/models/{service}/infer", v2_infer)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def serve(
+    db_path: Path,
+    host: str,
+    port: int,
+    options: GatewayOptions,
+    *,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then finish the calls in flight and stop."""
+    runner = web.AppRunner(make_app(db_path, options), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound = _bound_port(runner.addresses, port)
+        log.info("gateway listening on http://%s:%d", host, bound)
+        if on_ready is not None:
+            on_ready(bound)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("gateway stopping")
+    finally:
+        await runner.cleanup()
+
+
+def _bound_port(addresses: Iterable[Any], asked: int) -> int:
+    for address in addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return asked
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m opsbot.serving.gateway``: run the gateway for one $OPSBOT_HOME."""
+    from opsbot.core.config import default_home, load_config
+    from opsbot.core.errors import OpsbotError
+
+    defaults = GatewayOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m opsbot.serving.gateway", description="The opsbot inference gateway."
+    )
+    parser.add_argument(
+        "--home", type=Path, default=None, help="OPSBOT_HOME (default: $OPSBOT_HOME)"
+    )
+    parser.add_argument("--host", default=None, help="address to listen on (config: gateway_host)")
+    parser.add_argument("--port", type=int, default=None, help="port (config: gateway_port)")
+    parser.add_argument("--max-body-mb", type=float, default=defaults.max_body_mb)
+    parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
+    parser.add_argument("--attempts", type=int, default=defaults.attempts)
+    parser.add_argument(
+        "--upstream-client",
+        choices=["raw", "aiohttp"],
+        default=defaults.client,
+        help="HTTP client for the hop to instances (default: raw, the lean asyncio one)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    home: Path = args.home if args.home is not None else default_home()
+    host, port = args.host, args.port
+    if host is None or port is None:
+        try:
+            config = load_config(home)
+        except OpsbotError as exc:
+            print(f"opsbot gateway: {exc}", file=sys.stderr)
+            return 2
+        host = host if host is not None else config.gateway_host
+        port = port if port is not None else config.gateway_port
+    if args.max_body_mb <= 0 or args.timeout_s <= 0 or args.attempts < 1:
+        parser.error("--max-body-mb and --timeout-s must be positive, --attempts at least 1")
+    secret = home / INTERNAL_SECRET
+    options = GatewayOptions(
+        max_body_mb=args.max_body_mb,
+        timeout_s=args.timeout_s,
+        attempts=args.attempts,
+        client=args.upstream_client,
+        internal_token_hash=(
+            sha256(secret.read_text().strip().encode()).hexdigest() if secret.exists() else None
+        ),
+    )
+    try:
+        asyncio.run(serve(home / DB_NAME, host, port, options))
+    except OSError as exc:
+        print(f"opsbot gateway: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
