@@ -20,8 +20,9 @@ from typer.testing import CliRunner, Result
 
 import opsbot.core.app
 from opsbot.cli import app
-from opsbot.core.app import DB_NAME, Core
+from opsbot.core.app import Core
 from opsbot.core.hardware import GIB, FakeProbe, Node
+from opsbot.core.store import DB_NAME
 
 runner = CliRunner()
 

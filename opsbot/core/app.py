@@ -29,9 +29,7 @@ from opsbot.core.registry import ModelVersion, Registry, Source
 from opsbot.core.services import Created, Service
 from opsbot.core.spec import DeploySpec, parse_spec
 from opsbot.core.status import CAN_START, CAN_STOP, Status
-from opsbot.core.store import Store
-
-DB_NAME = "opsbot.db"
+from opsbot.core.store import DB_NAME, Store
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import sqlite_utils
 from sqlite_utils.db import Table
 
 BUSY_TIMEOUT_MS = 30_000
+#: The store's file under $OPSBOT_HOME.
+DB_NAME = "opsbot.db"
 
 # Each entry moves the schema one version up. Never edit a released entry: append a new one.
 MIGRATIONS: tuple[str, ...] = (

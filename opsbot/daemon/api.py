@@ -22,6 +22,7 @@ from opsbot.core.identity import User, local_user_name
 from opsbot.core.services import Service
 from opsbot.core.timefmt import parse_duration_s
 from opsbot.daemon.openapi import openapi_document
+from opsbot.serving.gateway import INTERNAL_HEADER
 
 if TYPE_CHECKING:
     from opsbot.daemon.server import Daemon
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 USER = "opsbot.user"
-INTERNAL_HEADER = "X-Opsbot-Internal"
 
 
 def peer_uid(request: web.Request) -> int | None:

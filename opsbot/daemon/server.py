@@ -37,13 +37,13 @@ from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_
 from opsbot.core.services import Service
 from opsbot.core.store import table
 from opsbot.daemon.api import make_app
+from opsbot.serving.gateway import INTERNAL_SECRET
 
 log = logging.getLogger("opsbot.daemon")
 
 SOCKET_NAME = "opsbot.sock"
 LOCK_NAME = "daemon.lock"
 GATEWAY_PID = "gateway.pid"
-GATEWAY_SECRET = "gateway.secret"
 
 
 def socket_path(home: Path) -> Path:
@@ -111,7 +111,7 @@ class Daemon:
         self.api_listen = api_listen or config.api_listen
         self.examples = examples
         self.say = say
-        self.internal_token = read_secret(self.home / GATEWAY_SECRET)
+        self.internal_token = read_secret(self.home / INTERNAL_SECRET)
         self._stop = threading.Event()
         self._lock_file: IO[str] | None = None
         self._gateway: subprocess.Popen[bytes] | None = None

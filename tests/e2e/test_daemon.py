@@ -1,0 +1,392 @@
+"""End to end with real processes: the daemon, the gateway and model servers on loopback.
+
+One daemon serves the module's tests (starting one and deploying costs seconds); the
+restart test runs its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+from conftest import clone_home
+from scipy.stats import binom
+from sklearn.datasets import load_iris
+
+from opsbot.core.runtimes.process import ProcessRuntime, free_port
+from opsbot.daemon.client import Client
+
+pytestmark = pytest.mark.slow
+
+IRIS = load_iris().data.tolist()
+
+
+@dataclass
+class Daemon:
+    home: Path
+    proc: subprocess.Popen[bytes]
+    client: Client
+    listen: str
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "opsbot", "--home", str(self.home), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"opsbot {' '.join(args)}: {result.returncode}\n{result.stderr}")
+        return result
+
+    def deploy(self, *args: str) -> dict[str, Any]:
+        result = self.cli("deploy", *args, "--wait", "--json")
+        created: dict[str, Any] = json.loads(result.stdout)
+        return created
+
+
+def start_daemon(home: Path) -> Daemon:
+    listen = f"127.0.0.1:{free_port()}"
+    # The tests deploy more instances than 2 cores x 4 may hold: let the public pool stretch.
+    (home / "config.toml").write_text(
+        f'api_listen = "{listen}"\n[public_pool]\ncpu_overcommit = 32\nmemory_overcommit = 8\n'
+    )
+    log = open(home / "daemon-test.log", "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "opsbot",
+            "--home",
+            str(home),
+            "up",
+            "--gateway-port",
+            "0",
+            "--no-examples",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    client = Client(home, timeout=10)
+    deadline = time.monotonic() + 30
+    while not client.available():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError((home / "daemon-test.log").read_text())
+        time.sleep(0.1)
+    return Daemon(home, proc, client, listen)
+
+
+def stop_everything(home: Path, proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    gateway_pid = home / "gateway.pid"
+    if gateway_pid.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(gateway_pid.read_text()), signal.SIGKILL)
+    runtime = ProcessRuntime(home)
+    for owned in runtime.owned():
+        runtime.stop(owned.handle, grace_s=2)
+
+
+@pytest.fixture(scope="module")
+def daemon(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    home = clone_home(template, tmp_path_factory.mktemp("e2e") / "home")
+    d = start_daemon(home)
+    yield d
+    stop_everything(home, d.proc)
+
+
+def call(
+    url: str, body: Any, key: str | None, header: str = "X-Auth-Token"
+) -> tuple[int, dict[str, str], Any]:
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers[header] = key if header == "X-Auth-Token" else f"Bearer {key}"
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+def sklearn_predictions(home: Path, version: str) -> list[int]:
+    model = joblib.load(home / "models" / _me() / "iris" / version / "model.joblib")
+    return [int(v) for v in model.predict(np.array(IRIS))]
+
+
+def _me() -> str:
+    from opsbot.core.identity import local_user_name
+
+    return local_user_name()
+
+
+def test_whoami_comes_from_the_socket(daemon: Daemon) -> None:
+    me = daemon.client.request("GET", "/v1/whoami")
+    assert me["user"] == _me()
+    assert me["quota"] == 20
+    assert stat.S_IMODE((daemon.home / "opsbot.sock").stat().st_mode) == 0o660
+
+
+def test_tcp_listener_needs_a_user_token(daemon: Daemon) -> None:
+    url = f"http://{daemon.listen}/v1/whoami"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5)
+    assert refused.value.code == 403
+    token = daemon.cli("token", "create").stdout.split(": ")[1].split()[0]
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert json.loads(resp.read())["user"] == _me()
+
+
+def test_openapi_document_is_served(daemon: Daemon) -> None:
+    doc = daemon.client.request("GET", "/openapi.json")
+    assert doc["openapi"].startswith("3.")
+    assert {"/v1/services", "/v1/services/{name}/stop"} <= set(doc["paths"])
+    assert "DeploySpec" in doc["components"]["schemas"]
+
+
+def test_deploy_running_and_predictions_equal_sklearn(daemon: Daemon) -> None:
+    created = daemon.deploy("--name", "iris-one", "--model", "iris", "--version", "1.0.0")
+    assert created["status"] == "running"
+    assert created["owner"] == _me()
+    assert created["api_key"].startswith("ob_")
+    status, headers, body = call(created["url"], {"instances": IRIS}, created["api_key"])
+    assert status == 200, body
+    assert body["predictions"] == sklearn_predictions(daemon.home, "1.0.0")
+    assert headers["X-Model-Version"] == "1.0.0"
+    # the key is shown once: listing and show never carry it
+    listed = json.loads(daemon.cli("services", "--json").stdout)
+    assert "iris-one" in [s["name"] for s in listed]
+    assert all("api_key" not in s for s in listed)
+    shown = json.loads(daemon.cli("show", "iris-one", "--json").stdout)
+    assert "api_key" not in shown and shown["status"] == "running"
+    assert [i["state"] for i in shown["instances"]] == ["ready"]
+
+
+def test_wrong_or_missing_key_is_401_and_bearer_works(daemon: Daemon) -> None:
+    created = daemon.deploy("--name", "iris-auth", "--model", "iris", "--version", "2.0.0")
+    url, key = created["url"], created["api_key"]
+    assert call(url, {"instances": IRIS[:1]}, None)[0] == 401
+    assert call(url, {"instances": IRIS[:1]}, key + "x")[0] == 401
+    status, _, body = call(url, {"instances": IRIS[:1]}, key, header="Authorization")
+    assert status == 200 and body["predictions"] == sklearn_predictions(daemon.home, "2.0.0")[:1]
+    # rotation: the old key stops working at once
+    out = daemon.cli("key", "rotate", "iris-auth").stdout
+    new_key = out.split("new API key for iris-auth: ")[1].split()[0]
+    deadline = time.monotonic() + 3
+    while call(url, {"instances": IRIS[:1]}, key)[0] != 401 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert call(url, {"instances": IRIS[:1]}, key)[0] == 401
+    assert call(url, {"instances": IRIS[:1]}, new_key)[0] == 200
+
+
+def test_ninety_ten_split_is_inside_the_binomial_interval(daemon: Daemon, tmp_path: Path) -> None:
+    spec = {
+        "name": "canary",
+        "traffic_limit": 100000,
+        "models": [
+            {"model": "iris", "version": "1.0.0", "traffic_ratio": 90},
+            {"model": "iris", "version": "2.0.0", "traffic_ratio": 10},
+        ],
+    }
+    path = tmp_path / "canary.json"
+    path.write_text(json.dumps(spec))
+    created = daemon.deploy("-f", str(path))
+    assert created["status"] == "running"
+    n = 2000
+
+    def one(_: int) -> str:
+        status, headers, _body = call(created["url"], {"instances": IRIS[:1]}, created["api_key"])
+        assert status == 200
+        return headers["X-Model-Version"]
+
+    with ThreadPoolExecutor(16) as pool:
+        counts = Counter(pool.map(one, range(n)))
+    low, high = binom.interval(0.999, n, 0.10)
+    assert set(counts) == {"1.0.0", "2.0.0"}
+    assert low <= counts["2.0.0"] <= high, counts
+
+
+def test_traffic_limit_answers_429_with_retry_after(daemon: Daemon) -> None:
+    created = daemon.deploy(
+        "--name", "limited", "--model", "iris", "--version", "1.0.0", "--traffic-limit", "5"
+    )
+
+    def one(_: int) -> tuple[int, dict[str, str]]:
+        status, headers, _ = call(created["url"], {"instances": IRIS[:1]}, created["api_key"])
+        return status, headers
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(40)))
+    codes = Counter(code for code, _ in results)
+    assert codes[429] >= 20 and codes[200] >= 5, codes
+    assert set(codes) <= {200, 429}
+    retry = [h.get("Retry-After") for code, h in results if code == 429]
+    assert all(r is not None and int(r) >= 1 for r in retry)
+
+
+def test_predict_through_the_cli_as_owner(daemon: Daemon) -> None:
+    daemon.deploy("--name", "iris-cli", "--model", "iris-onnx", "--version", "1.0.0")
+    result = daemon.cli(
+        "predict", "iris-cli", "--data", json.dumps({"instances": IRIS[:3]}), "--json"
+    )
+    reply = json.loads(result.stdout)
+    assert reply["status"] == 200
+    assert reply["response"]["predictions"] == sklearn_predictions(daemon.home, "1.0.0")[:3]
+    bad = daemon.cli("predict", "iris-cli", "--data", "{not json", check=False)
+    assert bad.returncode == 1 and "data" in bad.stderr
+
+
+def _pids(home: Path) -> dict[str, int]:
+    return {o.key: int(o.handle.split(":")[0]) for o in ProcessRuntime(home).owned()}
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (nobody may reap an orphan in a container)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_stop_frees_ports_and_processes_and_start_brings_it_back(daemon: Daemon) -> None:
+    created = daemon.deploy(
+        "--name", "stoppable", "--model", "iris", "--version", "1.0.0", "--instances", "2"
+    )
+    shown = daemon.client.service("stoppable")
+    ports = [i["port"] for i in shown["instances"]]
+    keys = {k for k in _pids(daemon.home) if k.startswith(created["id"])}
+    assert len(keys) == 2 and all(_port_open(p) for p in ports)
+    daemon.cli("stop", "stoppable")
+    deadline = time.monotonic() + 20
+    while daemon.client.service("stoppable")["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert not {k for k in _pids(daemon.home) if k.startswith(created["id"])}
+    assert not any(_port_open(p) for p in ports)
+    assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] in (404, 503)
+    events = daemon.cli("events", "stoppable", "--json").stdout.splitlines()
+    kinds = [json.loads(e)["kind"] for e in events]
+    assert kinds[-2:] == ["stopping", "stopped"]
+    restarted = daemon.cli("start", "stoppable", "--json")
+    assert json.loads(restarted.stdout)["status"] == "deploying"
+    deadline = time.monotonic() + 60
+    while daemon.client.service("stoppable")["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # the gateway learns the new route within a second
+    deadline = time.monotonic() + 1.5
+    while call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    daemon.cli("delete", "stoppable")
+    deadline = time.monotonic() + 20
+    while "stoppable" in [s["name"] for s in daemon.client.services()]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_model_that_cannot_load_fails_the_deploy(daemon: Daemon, tmp_path: Path) -> None:
+    # Break a registered version's files after its check: the instance cannot load it.
+    model_file = daemon.home / "models" / _me() / "iris-onnx" / "1.0.0" / "model.onnx"
+    saved = model_file.read_bytes()
+    model_file.write_bytes(b"not an onnx file")
+    try:
+        result = daemon.cli(
+            "deploy",
+            "--name",
+            "broken",
+            "--model",
+            "iris-onnx",
+            "--version",
+            "1.0.0",
+            "--wait",
+            "--json",
+            check=False,
+        )
+    finally:
+        model_file.write_bytes(saved)
+    assert result.returncode == 1
+    reply = json.loads(result.stdout)
+    assert reply["status"] == "failed"
+    assert "model load failed" in reply["reason"]
+    logs = daemon.cli("logs", "broken", check=False)
+    assert logs.returncode == 0
+
+
+def test_bad_input_is_refused_with_the_field(daemon: Daemon) -> None:
+    result = daemon.cli(
+        "deploy", "--name", "x", "--model", "iris", "--version", "9.9.9", check=False
+    )
+    assert result.returncode == 1
+    assert "models[0].version" in result.stderr
+    assert "x" not in [s["name"] for s in daemon.client.services()]
+
+
+def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: Path) -> None:
+    home = clone_home(template, tmp_path / "home")
+    d = start_daemon(home)
+    try:
+        created = d.deploy(
+            "--name", "durable", "--model", "iris", "--version", "1.0.0", "--instances", "2"
+        )
+        before = _pids(home)
+        assert len(before) == 2
+        gateway_before = int((home / "gateway.pid").read_text())
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+        # the data plane keeps serving with the daemon dead
+        assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] == 200
+        d2 = start_daemon(home)
+        d.proc = d2.proc
+        time.sleep(2.5)  # a few controller passes
+        shown = d2.client.service("durable")
+        assert shown["status"] == "running"
+        assert _pids(home) == before
+        assert int((home / "gateway.pid").read_text()) == gateway_before
+        assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] == 200
+        kinds = [e["kind"] for e in d2.client.request("GET", "/v1/services/durable/events")]
+        assert "instance_restarted" not in kinds
+        # SIGTERM: a clean stop of the daemon and its gateway; the instances keep running
+        d2.proc.send_signal(signal.SIGTERM)
+        assert d2.proc.wait(30) == 0
+        assert not (home / "opsbot.sock").exists()
+        assert not _running(gateway_before)
+        assert _pids(home) == before
+    finally:
+        stop_everything(home, d.proc)
+    assert _pids(home) == {}
