@@ -708,26 +708,30 @@ def events(
     client = _client()
     path = f"/v1/services/{name}/events" if name else "/v1/events"
     after = 0
-    while True:
-        rows = client.request(
-            "GET", path, query={"level": level, "since": since, "after_id": after or None}
+    for e in client.request("GET", path, query={"level": level, "since": since}):
+        after = max(after, e["id"])
+        _print_event(e, as_json)
+    if not follow:
+        return
+    # live: the daemon streams events (server-sent events) from the last one printed on
+    stream = client.stream(
+        "/v1/events/stream", {"service": name, "level": level, "after_id": after or None}
+    )
+    for e in stream:
+        _print_event(e, as_json)
+
+
+def _print_event(e: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(e) + "\n")
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+        out.print(
+            f"{when} {e['level']:<8} {e['service'] or '-':<20} {e['kind']:<18} "
+            f"{e['message']} (by {e['actor']})",
+            markup=False,
         )
-        for e in rows:
-            after = max(after, e["id"])
-            if as_json:
-                sys.stdout.write(json.dumps(e) + "\n")
-            else:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
-                out.print(
-                    f"{when} {e['level']:<8} {e['service'] or '-':<20} {e['kind']:<18} "
-                    f"{e['message']} (by {e['actor']})",
-                    markup=False,
-                )
-        sys.stdout.flush()
-        if not follow:
-            return
-        since = None
-        time.sleep(1)
+    sys.stdout.flush()
 
 
 @app.command()
@@ -759,6 +763,15 @@ def _new_lines(before: list[str], after: list[str]) -> list[str]:
         if before[-k:] == after[:k]:
             return after[k:]
     return after if before != after else []
+
+
+@app.command()
+@reports_errors
+def tui() -> None:
+    """The live dashboard (Textual), for a terminal or `ssh -t box opsbot tui`."""
+    from opsbot.tui.app import run  # Textual loads only for this command
+
+    run(_home())
 
 
 @key_app.command("rotate")

@@ -18,6 +18,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from opsbot.core.autostop import format_auto_stop
 from opsbot.core.errors import OpsbotError, PermissionDenied
+from opsbot.core.events import Event
 from opsbot.core.identity import User, local_user_name
 from opsbot.core.services import Service
 from opsbot.core.timefmt import parse_duration_s
@@ -162,7 +163,7 @@ async def create_service(request: web.Request) -> web.Response:
     me = user(request)
     validation = await call(daemon.core.validate, me, data, use_registry=True)
     created = await call(daemon.core.create_service, me, data)
-    daemon.controller.wake()
+    daemon.changed()
     out = service_view(request, created.service)
     out["api_key"] = created.api_key
     out["warnings"] = [w.as_dict() for w in validation.warnings]
@@ -187,7 +188,7 @@ async def stop_service(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
     service = await call(daemon.core.stop_service, user(request), name, owner)
-    daemon.controller.wake()
+    daemon.changed()
     return web.json_response(service_view(request, service))
 
 
@@ -195,7 +196,7 @@ async def start_service(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
     service = await call(daemon.core.start_service, user(request), name, owner)
-    daemon.controller.wake()
+    daemon.changed()
     return web.json_response(service_view(request, service))
 
 
@@ -203,7 +204,7 @@ async def delete_service(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
     service = await call(daemon.core.delete_service, user(request), name, owner)
-    daemon.controller.wake()
+    daemon.changed()
     return web.json_response(service_view(request, service), status=202)
 
 
@@ -233,6 +234,69 @@ async def list_events(request: web.Request) -> web.Response:
         filters["owner"] = q["owner"]
     rows = await call(daemon.core.events, user(request), **filters)
     return web.json_response([e.as_dict() for e in rows])
+
+
+class _StreamNotifier:
+    """Hands events from the dispatcher's thread to one streaming client's queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event]):
+        self.loop = loop
+        self.queue = queue
+
+    def notify(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one ``data: {event}`` per event the caller may see, as it happens.
+
+    Events since ``after_id`` are sent first, so a client that reconnects misses nothing.
+    """
+    daemon = request.app[DAEMON]
+    me = user(request)
+    q = request.query
+    service = q.get("service") or None
+    level = q.get("level") or None
+    after = int(q.get("after_id", "0") or 0)
+
+    def visible(e: Event) -> bool:
+        return (
+            (me.is_admin or e.owner == me.name)
+            and (service is None or e.service == service)
+            and (level is None or e.level == level)
+        )
+
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    listener = _StreamNotifier(asyncio.get_running_loop(), queue)
+    daemon.dispatcher.subscribe(listener)
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    try:
+        backlog = (
+            await call(daemon.core.events, me, service=service, level=level, after_id=after)
+            if after
+            else []
+        )
+        sent = after
+        for e in backlog:
+            await resp.write(f"id: {e.id}\ndata: {json.dumps(e.as_dict())}\n\n".encode())
+            sent = e.id
+        while True:
+            try:
+                e = await asyncio.wait_for(queue.get(), timeout=15)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if e.id > sent and visible(e):
+                await resp.write(f"id: {e.id}\ndata: {json.dumps(e.as_dict())}\n\n".encode())
+                sent = e.id
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        daemon.dispatcher.unsubscribe(listener)
+    return resp
 
 
 async def service_logs(request: web.Request) -> web.Response:
@@ -329,5 +393,6 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_get("/v1/services/{name}/logs", service_logs)
     r.add_post("/v1/services/{name}/predict", predict)
     r.add_get("/v1/events", list_events)
+    r.add_get("/v1/events/stream", stream_events)
     r.add_post("/v1/tokens", create_token)
     return app

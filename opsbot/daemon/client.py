@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -24,7 +25,7 @@ class DaemonUnavailable(OpsbotError):
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
+    def __init__(self, path: str, timeout: float | None):
         super().__init__("localhost", timeout=timeout)
         self._path = path
 
@@ -105,6 +106,32 @@ class Client:
                     raise InvalidInput(errs, title=payload.get("title"))
             raise RemoteError(payload if isinstance(payload, dict) else {}, resp.status)
         return payload
+
+    def stream(self, path: str, query: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Server-sent events from the daemon, one JSON object each, until the daemon closes."""
+        params = {k: v for k, v in (query or {}).items() if v not in (None, "", False)}
+        if params:
+            path += "?" + urlencode(params)
+        conn = _UnixConnection(str(self.socket), timeout=None)
+        try:
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+            except OSError:
+                raise DaemonUnavailable(
+                    f"no opsbot daemon answers on {self.socket}; start one with `opsbot up -d`"
+                ) from None
+            if resp.status >= 400:
+                payload = json.loads(resp.read() or b"{}")
+                raise RemoteError(payload if isinstance(payload, dict) else {}, resp.status)
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                if line.startswith(b"data: "):
+                    yield json.loads(line[6:])
+        finally:
+            conn.close()
 
     # -- conveniences ------------------------------------------------------------------------
 

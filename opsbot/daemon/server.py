@@ -32,6 +32,7 @@ from opsbot.core.controller import Controller, instance_rows
 from opsbot.core.errors import OpsbotError
 from opsbot.core.identity import local_user_name
 from opsbot.core.keys import hash_key, key_prefix, new_key
+from opsbot.core.notify import Dispatcher
 from opsbot.core.runtime import Runtime
 from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_port, tail_lines
 from opsbot.core.services import Service
@@ -105,6 +106,8 @@ class Daemon:
             self.core.clock,
             deploy_timeout_s=config.deploy_timeout_s,
         )
+        self.dispatcher = Dispatcher(self.core.store)
+        self.controller.on_event = self.dispatcher.wake
         port = config.gateway_port if gateway_port is None else gateway_port
         self.gateway_port = port or free_port(config.gateway_host)
         self.gateway_url = f"http://{config.gateway_host}:{self.gateway_port}"
@@ -253,6 +256,14 @@ class Daemon:
     def _controller_loop(self) -> None:
         self.controller.run(self._stop, interval=1.0)
 
+    def _dispatch_loop(self) -> None:
+        self.dispatcher.run(self._stop)
+
+    def changed(self) -> None:
+        """Something was written on a user's request: reconcile and tell subscribers now."""
+        self.controller.wake()
+        self.dispatcher.wake()
+
     def _watch_gateway(self) -> None:
         while not self._stop.wait(2.0):
             if not self._gateway_alive():
@@ -285,6 +296,7 @@ class Daemon:
         threads = [
             threading.Thread(target=self._controller_loop, name="controller", daemon=True),
             threading.Thread(target=self._watch_gateway, name="gateway-watch", daemon=True),
+            threading.Thread(target=self._dispatch_loop, name="events", daemon=True),
         ]
         if self.examples:
             threads.append(threading.Thread(target=self._make_examples, name="examples"))
