@@ -774,6 +774,45 @@ def tui() -> None:
     run(_home())
 
 
+@app.command()
+@reports_errors
+def extend(
+    name: str,
+    hours: str = typer.Argument(..., help="1h, 2h, 4h, 6h or any whole hours up to 24h."),
+    owner: str | None = OWNER_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Keep a running service up for HOURS from now (auto stop moves, reminder too)."""
+    text = hours.strip().lower().removesuffix("h")
+    if not text.isdigit():
+        raise InvalidInput([FieldError("hours", f"{hours!r}: write whole hours such as 2h")])
+    s = _client().request(
+        "POST", f"/v1/services/{name}/extend", {"hours": int(text)}, query={"owner": owner}
+    )
+    if as_json:
+        _json(s)
+    else:
+        out.print(f"{s['name']}: stops in {format_remaining(s['remaining_s'])}", markup=False)
+
+
+@app.command()
+@reports_errors
+def autostop(
+    name: str,
+    value: str = typer.Argument(..., help='"off", "on", or a duration: 1h, 2h, 4h, 6h, 90m.'),
+    owner: str | None = OWNER_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Turn a service's auto stop off, on again, or on with a new duration."""
+    s = _client().request(
+        "POST", f"/v1/services/{name}/autostop", {"auto_stop": value}, query={"owner": owner}
+    )
+    if as_json:
+        _json(s)
+    else:
+        out.print(f"{s['name']}: auto stop {_auto_stop_text(s)}", markup=False)
+
+
 @key_app.command("rotate")
 @reports_errors
 def key_rotate(name: str, owner: str | None = OWNER_OPT) -> None:

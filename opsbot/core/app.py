@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opsbot.core import events
+from opsbot.core import deadlines, events
 from opsbot.core import services as services_mod
 from opsbot.core.admission import CheckedSpec, check_spec
 from opsbot.core.clock import Clock, SystemClock
@@ -226,6 +226,28 @@ class Core:
         service = self._acted_on(actor, name, owner)
         with self.store.write() as db:
             return services_mod.rotate_key(db, self.clock.now(), service, actor.name)
+
+    def extend_auto_stop(
+        self, actor: User, name: str, hours: int, owner: str | None = None
+    ) -> Service:
+        """Keep a running service up ``hours`` (1-24) from now."""
+        service = self._acted_on(actor, name, owner)
+        with self.store.write() as db:
+            deadlines.extend(db, self.clock.now(), service, hours, actor.name)
+        return self.service(actor, service.name, service.owner)
+
+    def set_auto_stop(
+        self, actor: User, name: str, value: str, owner: str | None = None
+    ) -> Service:
+        """Turn auto stop "off", "on", or on with a duration such as "4h"."""
+        service = self._acted_on(actor, name, owner)
+        with self.store.write() as db:
+            deadlines.set_auto_stop(db, self.clock.now(), service, value, actor.name)
+        return self.service(actor, service.name, service.owner)
+
+    def run_due(self) -> deadlines.Due:
+        """Record due reminders and stop expired services (the scheduler calls this)."""
+        return deadlines.run_due(self.store, self.clock, self.config.reminder_minutes)
 
     def quota_used(self, actor: User) -> tuple[int, int]:
         return services_mod.count_services(self.store.db, actor.name), self.config.quota

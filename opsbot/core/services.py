@@ -212,7 +212,7 @@ def _insert(db: sqlite_utils.Database, now: float, checked: CheckedSpec, owner: 
                 "spec": body,
                 "resource_pool": spec.resource_pool,
                 "traffic_limit": spec.traffic_limit,
-                "auto_stop_minutes": spec.auto_stop.minutes if spec.auto_stop.enabled else None,
+                "auto_stop_minutes": spec.auto_stop.minutes,
                 "due_time": None,
                 "status_since": now,
                 "status_actor": owner,

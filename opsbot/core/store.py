@@ -151,6 +151,10 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # 4: the deadline a reminder was last recorded for, so it is recorded once per deadline.
+    """
+    ALTER TABLE services ADD COLUMN reminded_due REAL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

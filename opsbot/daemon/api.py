@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from opsbot.core.autostop import format_auto_stop
-from opsbot.core.errors import OpsbotError, PermissionDenied
+from opsbot.core.errors import FieldError, InvalidInput, OpsbotError, PermissionDenied
 from opsbot.core.events import Event
 from opsbot.core.identity import User, local_user_name
 from opsbot.core.services import Service
@@ -208,6 +208,28 @@ async def delete_service(request: web.Request) -> web.Response:
     return web.json_response(service_view(request, service), status=202)
 
 
+async def extend_service(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    data = await body(request)
+    hours = data.get("hours") if isinstance(data, dict) else None
+    service = await call(daemon.core.extend_auto_stop, user(request), name, hours, owner)
+    daemon.changed()
+    return web.json_response(service_view(request, service))
+
+
+async def auto_stop(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    data = await body(request)
+    value = data.get("auto_stop") if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        raise InvalidInput([FieldError("auto_stop", 'send {"auto_stop": "off" | "on" | "4h"}')])
+    service = await call(daemon.core.set_auto_stop, user(request), name, value, owner)
+    daemon.changed()
+    return web.json_response(service_view(request, service))
+
+
 async def rotate_key(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
@@ -389,6 +411,8 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_post("/v1/services/{name}/stop", stop_service)
     r.add_post("/v1/services/{name}/start", start_service)
     r.add_post("/v1/services/{name}/key", rotate_key)
+    r.add_post("/v1/services/{name}/extend", extend_service)
+    r.add_post("/v1/services/{name}/autostop", auto_stop)
     r.add_get("/v1/services/{name}/events", list_events)
     r.add_get("/v1/services/{name}/logs", service_logs)
     r.add_post("/v1/services/{name}/predict", predict)

@@ -130,6 +130,25 @@ def openapi_document() -> dict[str, Any]:
             "/v1/services/{name}/stop": {"post": _op("Stop", schema=service_ref, params=svc)},
             "/v1/services/{name}/start": {"post": _op("Start", schema=service_ref, params=svc)},
             "/v1/services/{name}/key": {"post": _op("Rotate the API key", params=svc)},
+            "/v1/services/{name}/extend": {
+                "post": _op(
+                    "Extend auto stop by hours from now",
+                    schema=service_ref,
+                    params=svc,
+                    body={"type": "object", "properties": {"hours": {"type": "integer"}}},
+                )
+            },
+            "/v1/services/{name}/autostop": {
+                "post": _op(
+                    "Auto stop off, on or a duration",
+                    schema=service_ref,
+                    params=svc,
+                    body={"type": "object", "properties": {"auto_stop": {"type": "string"}}},
+                )
+            },
+            "/v1/events/stream": {
+                "get": _op("Server-sent events", params=("service", "level", "after_id"))
+            },
             "/v1/services/{name}/events": {
                 "get": _op("Events of a service", params=(*svc, "level", "since", "after_id"))
             },

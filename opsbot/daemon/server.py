@@ -35,6 +35,7 @@ from opsbot.core.keys import hash_key, key_prefix, new_key
 from opsbot.core.notify import Dispatcher
 from opsbot.core.runtime import Runtime
 from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_port, tail_lines
+from opsbot.core.scheduler import AutoStopScheduler, SyncOnEvents
 from opsbot.core.services import Service
 from opsbot.core.store import table
 from opsbot.daemon.api import make_app
@@ -108,6 +109,8 @@ class Daemon:
         )
         self.dispatcher = Dispatcher(self.core.store)
         self.controller.on_event = self.dispatcher.wake
+        self.scheduler = AutoStopScheduler.for_core(self.core, on_change=self.changed)
+        self.dispatcher.subscribe(SyncOnEvents(self.scheduler))
         port = config.gateway_port if gateway_port is None else gateway_port
         self.gateway_port = port or free_port(config.gateway_host)
         self.gateway_url = f"http://{config.gateway_host}:{self.gateway_port}"
@@ -253,6 +256,11 @@ class Daemon:
         f.flush()
         self._lock_file = f
 
+    def purge_events(self) -> None:
+        days = self.core.config.event_retention_days
+        with self.core.store.write() as db:
+            db.execute("DELETE FROM events WHERE time < ?", (time.time() - days * 86400,))
+
     def _controller_loop(self) -> None:
         self.controller.run(self._stop, interval=1.0)
 
@@ -293,6 +301,10 @@ class Daemon:
             f"adopted {adopted} instance(s), removed {removed} stray(s)"
         )
         await asyncio.to_thread(self.ensure_gateway)
+        await asyncio.to_thread(self.scheduler.start)
+        self.scheduler.scheduler.add_job(
+            self.purge_events, "interval", hours=1, id="retention", replace_existing=True
+        )
         threads = [
             threading.Thread(target=self._controller_loop, name="controller", daemon=True),
             threading.Thread(target=self._watch_gateway, name="gateway-watch", daemon=True),
@@ -333,6 +345,7 @@ class Daemon:
         for t in threads:
             await asyncio.to_thread(t.join, 15)
         await asyncio.to_thread(self.stop_gateway)
+        self.scheduler.shutdown()
         self.controller.close()
         if self._lock_file:
             self._lock_file.close()

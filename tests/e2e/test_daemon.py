@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -390,3 +391,66 @@ def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: 
     finally:
         stop_everything(home, d.proc)
     assert _pids(home) == {}
+
+
+def _wait_status(d: Daemon, name: str, status: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (s := d.client.service(name))["status"] != status:
+        assert time.monotonic() < deadline, s
+        time.sleep(0.5)
+    return s
+
+
+def test_one_minute_auto_stop_on_the_real_clock(daemon: Daemon) -> None:
+    created = daemon.deploy(
+        "--name", "brief", "--model", "iris", "--version", "1.0.0", "--auto-stop", "1m"
+    )
+    assert 0 < created["remaining_s"] <= 60
+    listed = daemon.cli("services").stdout
+    assert "brief" in listed and "in " in listed  # the countdown shows
+    stopped = _wait_status(daemon, "brief", "stopped", 90)
+    assert stopped["reason"] == "auto stop"
+    kinds = [e["kind"] for e in daemon.client.request("GET", "/v1/services/brief/events")]
+    assert kinds.count("reminder") == 1  # the 10-minute reminder came at once, and once
+    assert kinds.count("expired") == 1 and kinds[-1] == "stopped"
+    assert kinds.index("reminder") < kinds.index("expired")
+
+
+def test_extend_and_autostop_from_the_cli(daemon: Daemon) -> None:
+    daemon.deploy("--name", "longer", "--model", "iris", "--version", "2.0.0")
+    out = daemon.cli("extend", "longer", "4h").stdout
+    assert "stops in 3h 59m" in out or "stops in 4h 00m" in out
+    shown = json.loads(daemon.cli("autostop", "longer", "off", "--json").stdout)
+    assert shown["due_time"] is None and shown["auto_stop"] == "off"
+    shown = json.loads(daemon.cli("autostop", "longer", "2h", "--json").stdout)
+    assert 7100 < shown["remaining_s"] <= 7200
+    bad = daemon.cli("extend", "longer", "30m", check=False)
+    assert bad.returncode == 1 and "hours" in bad.stderr
+
+
+def test_deadlines_across_a_kill_9(template: Path, tmp_path: Path) -> None:
+    home = clone_home(template, tmp_path / "home")
+    d = start_daemon(home)
+    try:
+        d.deploy("--name", "overdue", "--model", "iris", "--version", "1.0.0")
+        d.deploy("--name", "future", "--model", "iris", "--version", "2.0.0", "--auto-stop", "6h")
+        future_due = d.client.service("future")["due_time"]
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+        # time passes while the daemon is down: the first deadline is now behind us
+        conn = sqlite3.connect(home / "opsbot.db")
+        with conn:
+            conn.execute(
+                "UPDATE services SET due_time = ? WHERE name = 'overdue'", (time.time() - 120,)
+            )
+        conn.close()
+        d2 = start_daemon(home)
+        d.proc = d2.proc
+        _wait_status(d2, "overdue", "stopped", 30)
+        future = d2.client.service("future")
+        assert future["status"] == "running" and future["due_time"] == future_due
+        time.sleep(1.5)
+        kinds = [e["kind"] for e in d2.client.request("GET", "/v1/services/overdue/events")]
+        assert kinds.count("expired") == 1 and kinds.count("stopped") == 1
+    finally:
+        stop_everything(home, d.proc)
