@@ -400,17 +400,15 @@ class Controller:
                 (started.handle, started.host, started.port, now, now, row_id),
             )
             if row is not None:
-                events.record(
+                svc.record_event(
                     db,
-                    time=now,
-                    kind=Kind.INSTANCE_RESTARTED,
-                    level=Level.ABNORMAL,
-                    actor=ACTOR,
-                    service_id=service.id,
-                    service=service.name,
-                    owner=service.owner,
-                    message=f"instance {plan.idx}/{n} restarted (restart {row.restarts + 1})"
+                    now,
+                    service,
+                    Kind.INSTANCE_RESTARTED,
+                    f"instance {plan.idx}/{n} restarted (restart {row.restarts + 1})"
                     + (f" after: {row.reason}" if row.reason else ""),
+                    actor=ACTOR,
+                    level=Level.ABNORMAL,
                 )
         self._notify()
 
@@ -459,17 +457,15 @@ class Controller:
                 "updated_at = ? WHERE id = ?",
                 (DOWN, reason, now + backoff(row.restarts), now, row.id),
             )
-            events.record(
+            svc.record_event(
                 db,
-                time=now,
-                kind=Kind.INSTANCE_DOWN,
-                level=Level.ABNORMAL,
-                actor=ACTOR,
-                service_id=service.id,
-                service=service.name,
-                owner=service.owner,
-                message=f"instance {row.idx}/{row.n} stopped: {reason}; "
+                now,
+                service,
+                Kind.INSTANCE_DOWN,
+                f"instance {row.idx}/{row.n} stopped: {reason}; "
                 f"restarting in {backoff(row.restarts):.0f} s",
+                actor=ACTOR,
+                level=Level.ABNORMAL,
             )
         self._notify()
 

@@ -59,15 +59,13 @@ def extend(
         "UPDATE services SET due_time = ?, reminded_due = NULL, updated_at = ? WHERE id = ?",
         (due, now, service.id),
     )
-    events.record(
+    svc.record_event(
         db,
-        time=now,
-        kind=Kind.EXTENDED,
+        now,
+        service,
+        Kind.EXTENDED,
+        f"auto stop extended by {hours} h: stops in {format_remaining(due - now)}",
         actor=actor,
-        service_id=service.id,
-        service=service.name,
-        owner=service.owner,
-        message=f"auto stop extended by {hours} h: stops in {format_remaining(due - now)}",
     )
     return due
 
@@ -110,15 +108,13 @@ def set_auto_stop(
         kind, message = Kind.AUTO_STOP_ENABLED, f"auto stop on: {format_auto_stop(wanted)}{when}"
     else:
         kind, message = Kind.AUTO_STOP_DISABLED, "auto stop off: the service runs until stopped"
-    events.record(
+    svc.record_event(
         db,
-        time=now,
-        kind=kind,
+        now,
+        service,
+        kind,
+        message,
         actor=actor,
-        service_id=service.id,
-        service=service.name,
-        owner=service.owner,
-        message=message,
     )
     return wanted
 
@@ -162,15 +158,13 @@ def run_due(store: Store, clock: Clock, reminder_minutes: int) -> Due:
                 reason="auto stop",
                 due_time=None,
             ):
-                events.record(
+                svc.record_event(
                     db,
-                    time=now,
-                    kind=Kind.EXPIRED,
+                    now,
+                    service,
+                    Kind.EXPIRED,
+                    f"auto stop after {format_auto_stop(service.spec.auto_stop)}",
                     actor=AUTO_STOP_ACTOR,
-                    service_id=service.id,
-                    service=service.name,
-                    owner=service.owner,
-                    message=f"auto stop after {format_auto_stop(service.spec.auto_stop)}",
                 )
                 expired.append(service.name)
         lead = reminder_minutes * 60

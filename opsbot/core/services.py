@@ -157,15 +157,13 @@ def create_service(
                     "created_at": clock.now(),
                 }
             )
-            events.record(
+            record_event(
                 db,
-                time=clock.now(),
-                kind=Kind.CREATED,
+                clock.now(),
+                service,
+                Kind.CREATED,
+                f"deploy requested: {_summary(spec)}",
                 actor=owner,
-                service_id=service.id,
-                service=service.name,
-                owner=owner,
-                message=f"deploy requested: {_summary(spec)}",
             )
     except (QuotaExceeded, CapacityExceeded) as exc:
         kind = Kind.QUOTA_REFUSED if isinstance(exc, QuotaExceeded) else Kind.CAPACITY_REFUSED
@@ -241,6 +239,30 @@ def _insert(db: sqlite_utils.Database, now: float, checked: CheckedSpec, owner: 
     return _service(row)
 
 
+def record_event(
+    db: sqlite_utils.Database,
+    now: float,
+    service: Service,
+    kind: Kind,
+    message: str,
+    *,
+    actor: str,
+    level: Level = Level.NORMAL,
+) -> None:
+    """Record an event about a service (its id, name and owner filled in)."""
+    events.record(
+        db,
+        time=now,
+        kind=kind,
+        level=level,
+        actor=actor,
+        service_id=service.id,
+        service=service.name,
+        owner=service.owner,
+        message=message,
+    )
+
+
 # -- transitions ---------------------------------------------------------------------------
 
 _TRANSITION_KIND = {
@@ -287,17 +309,8 @@ def transition(
     )
     if cursor.rowcount != 1:
         return False
-    events.record(
-        db,
-        time=now,
-        kind=_TRANSITION_KIND[to],
-        level=Level.ABNORMAL if to in _ABNORMAL else Level.NORMAL,
-        actor=actor,
-        service_id=service.id,
-        service=service.name,
-        owner=service.owner,
-        message=message,
-    )
+    level = Level.ABNORMAL if to in _ABNORMAL else Level.NORMAL
+    record_event(db, now, service, _TRANSITION_KIND[to], message, actor=actor, level=level)
     return True
 
 
@@ -318,14 +331,12 @@ def rotate_key(db: sqlite_utils.Database, now: float, service: Service, actor: s
             "created_at": now,
         }
     )
-    events.record(
+    record_event(
         db,
-        time=now,
-        kind=Kind.KEY_ROTATED,
+        now,
+        service,
+        Kind.KEY_ROTATED,
+        f"API key rotated; the new key starts {key_prefix(key)}",
         actor=actor,
-        service_id=service.id,
-        service=service.name,
-        owner=service.owner,
-        message=f"API key rotated; the new key starts {key_prefix(key)}",
     )
     return key
