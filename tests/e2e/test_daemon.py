@@ -454,3 +454,34 @@ def test_deadlines_across_a_kill_9(template: Path, tmp_path: Path) -> None:
         assert kinds.count("expired") == 1 and kinds.count("stopped") == 1
     finally:
         stop_everything(home, d.proc)
+
+
+def test_events_follow_streams_live(daemon: Daemon) -> None:
+    follow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "opsbot",
+            "--home",
+            str(daemon.home),
+            "events",
+            "--follow",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # connected and past the backlog
+        daemon.deploy("--name", "watched", "--model", "iris", "--version", "1.0.0")
+        seen: list[str] = []
+        deadline = time.monotonic() + 20
+        assert follow.stdout is not None
+        while "running" not in seen and time.monotonic() < deadline:
+            event = json.loads(follow.stdout.readline())
+            if event["service"] == "watched":
+                seen.append(event["kind"])
+        assert seen[:1] == ["created"] and "running" in seen
+    finally:
+        follow.terminate()
+        follow.wait(10)
