@@ -40,6 +40,7 @@ from opsbot.core.services import Service
 from opsbot.core.store import table
 from opsbot.daemon.api import make_app
 from opsbot.serving.gateway import INTERNAL_SECRET
+from opsbot.slack.app import start_slack
 
 log = logging.getLogger("opsbot.daemon")
 
@@ -302,6 +303,15 @@ class Daemon:
         )
         await asyncio.to_thread(self.ensure_gateway)
         await asyncio.to_thread(self.scheduler.start)
+        # Slack in-process, when configured (SLACK_BOT_TOKEN and a signing secret or app token)
+        stop_slack = start_slack(
+            self.core,
+            on_change=self.changed,
+            gateway_url=self.gateway_url,
+            dispatcher=self.dispatcher,
+        )
+        if stop_slack is not None:
+            self.say("Slack bot started")
         self.scheduler.scheduler.add_job(
             self.purge_events, "interval", hours=1, id="retention", replace_existing=True
         )
@@ -346,6 +356,8 @@ class Daemon:
             await asyncio.to_thread(t.join, 15)
         await asyncio.to_thread(self.stop_gateway)
         self.scheduler.shutdown()
+        if stop_slack is not None:
+            await asyncio.to_thread(stop_slack)
         self.controller.close()
         if self._lock_file:
             self._lock_file.close()

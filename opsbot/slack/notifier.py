@@ -1,0 +1,172 @@
+"""Slack side of events: deploy DMs updated in place, alerts when a service stops, reminders.
+
+The dispatcher calls :meth:`SlackNotifier.notify` from its own thread; Web API calls (which
+may wait on rate limits) run on one worker thread of ours so the dispatcher never waits on
+Slack and messages keep the order of the events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from opsbot.core.app import Core
+from opsbot.core.errors import NotFound
+from opsbot.core.events import Event, Kind
+from opsbot.core.identity import SLACK_PREFIX
+from opsbot.core.services import Service, service_by_id
+from opsbot.core.status import Status
+from opsbot.slack import views
+
+log = logging.getLogger(__name__)
+
+#: Events after which a service no longer serves: they reach the alert channel and the owner.
+ALERT_KINDS = frozenset({Kind.STOPPED, Kind.FAILED, Kind.ABNORMAL})
+
+
+@dataclass
+class DeployMessage:
+    """The DM that follows one deploy; the key is forgotten once it has been shown."""
+
+    channel: str
+    ts: str
+    api_key: str | None
+
+
+def slack_id_of(core: Core, owner: str) -> str | None:
+    """The Slack user a local owner is linked to (or the ID in ``slack:<ID>``)."""
+    if owner.startswith(SLACK_PREFIX):
+        return owner[len(SLACK_PREFIX) :]
+    row = core.store.db.execute("SELECT slack_id FROM users WHERE name = ?", (owner,)).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
+class SlackNotifier:
+    """Turns opsbot events into Slack messages."""
+
+    def __init__(
+        self,
+        core: Core,
+        client: WebClient,
+        *,
+        gateway_url: str,
+        alert_channel: str | None = None,
+    ):
+        self.core = core
+        self.client = client
+        self.gateway_url = gateway_url
+        self.alert_channel = alert_channel or None
+        self._deploys: dict[int, DeployMessage] = {}
+        self._why_stopping: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slack-notify")
+
+    # -- deploy DMs ------------------------------------------------------------------------
+
+    def track_deploy(self, service: Service, channel: str, ts: str, api_key: str | None) -> None:
+        """Follow a deploy DM; if the service already finished deploying, update it now."""
+        with self._lock:
+            self._deploys[service.id] = DeployMessage(channel, ts, api_key)
+        current = service_by_id(self.core.store.db, service.id)
+        if current is not None and current.status != Status.DEPLOYING:
+            self._finish_deploy(current)
+
+    def _finish_deploy(self, service: Service) -> None:
+        if service.status == Status.DEPLOYING:
+            return
+        with self._lock:
+            message = self._deploys.pop(service.id, None)
+        if message is None:
+            return
+        svc = service.as_dict(gateway_url=self.gateway_url)
+        if service.status in (Status.RUNNING, Status.CONCERNING):
+            text, blocks = views.running_message(svc, message.api_key)
+        elif service.status in (Status.FAILED, Status.ABNORMAL):
+            text, blocks = views.failed_message(svc)
+        else:
+            text = f"{service.name} is {service.status.label}: {service.reason or 'no reason'}"
+            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+        self.client.chat_update(channel=message.channel, ts=message.ts, text=text, blocks=blocks)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def notify(self, event: Event) -> None:
+        if event.service_id is None:
+            return
+        self.submit(self._handle, event)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(_log_failure)
+        return future
+
+    def _handle(self, event: Event) -> None:
+        assert event.service_id is not None
+        kind = event.kind
+        if kind in (Kind.STOPPING, Kind.EXPIRED):
+            # Remember who or what asked for the stop: the Stopped event comes from the
+            # controller later and only says that the instances are gone.
+            with self._lock:
+                self._why_stopping[event.service_id] = f"{event.message} (by {event.actor})"
+            return
+        if kind in (Kind.RUNNING, Kind.CONCERNING, Kind.FAILED, Kind.ABNORMAL):
+            service = service_by_id(self.core.store.db, event.service_id)
+            if service is not None:
+                self._finish_deploy(service)
+        if kind in ALERT_KINDS:
+            self._alert(event)
+        elif kind == Kind.REMINDER:
+            self._remind(event)
+
+    def _alert(self, event: Event) -> None:
+        assert event.service_id is not None
+        with self._lock:
+            why = self._why_stopping.pop(event.service_id, None)
+        if why is None:
+            service = service_by_id(self.core.store.db, event.service_id)
+            reason = service.reason if service is not None else ""
+            why = reason or event.message
+            if event.actor and event.actor not in why:
+                why = f"{why} (by {event.actor})"
+        owner = event.owner or ""
+        slack_id = slack_id_of(self.core, owner) if owner else None
+        mention = f"<@{slack_id}>" if slack_id else None
+        text, blocks = views.alert_message(
+            event.service or "?", owner, event.kind, why, owner_mention=mention
+        )
+        if self.alert_channel:
+            self.client.chat_postMessage(channel=self.alert_channel, text=text, blocks=blocks)
+        if slack_id:
+            self.client.chat_postMessage(channel=slack_id, text=text, blocks=blocks)
+
+    def _remind(self, event: Event) -> None:
+        owner = event.owner or ""
+        slack_id = slack_id_of(self.core, owner) if owner else None
+        if not slack_id:
+            return
+        text, blocks = views.reminder_message(event.service or "?", owner, event.message)
+        self.client.chat_postMessage(channel=slack_id, text=text, blocks=blocks)
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until every message queued so far is sent (tests, shutdown)."""
+        self._pool.submit(lambda: None).result(timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _log_failure(future: Future[Any]) -> None:
+    exc = future.exception()
+    if isinstance(exc, SlackApiError):
+        log.error("Slack refused a notification: %s", exc.response.get("error"))
+    elif isinstance(exc, NotFound):
+        log.info("a notified service is gone: %s", exc)
+    elif exc is not None:
+        log.error("sending a Slack notification failed", exc_info=exc)

@@ -1,0 +1,270 @@
+"""Helpers for the Slack tests: a fake Web API that records calls, and signed requests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from opsbot.core.hardware import GIB, FakeProbe, Node
+
+SECRET = "test-signing-secret"
+
+
+def big_probe() -> FakeProbe:
+    """One node so large that capacity never limits a test."""
+    return FakeProbe([Node(name="big", cpus=4096, memory_bytes=65536 * GIB, arch="x86_64")])
+
+
+@dataclass
+class Call:
+    method: str  # "chat.postMessage", or "response" for a response_url
+    args: dict[str, Any]
+
+
+class FakeSlack(ThreadingHTTPServer):
+    """The Web API on 127.0.0.1: answers ok, records every call; can answer 429 once."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeHandler)
+        self.calls: list[Call] = []
+        self.rate_limit_next: set[str] = set()
+        self._cond = threading.Condition()
+        self._ts = itertools.count(1)
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/api/"
+
+    @property
+    def response_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/response/1"
+
+    def record(self, call: Call) -> None:
+        with self._cond:
+            self.calls.append(call)
+            self._cond.notify_all()
+
+    def of(self, method: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [c.args for c in self.calls if c.method == method]
+
+    def wait_for(
+        self, method: str, predicate: Callable[[dict[str, Any]], bool] = lambda _: True
+    ) -> dict[str, Any]:
+        """The first recorded call to ``method`` that matches, waiting up to 5 s for it."""
+        with self._cond:
+            found: list[dict[str, Any]] = []
+
+            def match() -> bool:
+                found[:] = [c.args for c in self.calls if c.method == method and predicate(c.args)]
+                return bool(found)
+
+            assert self._cond.wait_for(match, 5), (
+                f"no {method} call matched; calls: {[c.method for c in self.calls]}"
+            )
+            return found[0]
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(5)
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    server: FakeSlack
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        if "json" in (self.headers.get("Content-Type") or ""):
+            args: dict[str, Any] = json.loads(raw or "{}")
+        else:
+            args = {k: v[0] for k, v in parse_qs(raw).items()}
+        for key in ("blocks", "view"):
+            if isinstance(args.get(key), str):
+                args[key] = json.loads(args[key])
+        if self.path.startswith("/response/"):
+            self.server.record(Call("response", args))
+            self._send(200, {"ok": True})
+            return
+        method = self.path.removeprefix("/api/")
+        if method in self.server.rate_limit_next:
+            self.server.rate_limit_next.discard(method)
+            self.server.record(Call(f"{method}#429", args))
+            self._send(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "0"})
+            return
+        self.server.record(Call(method, args))
+        body: dict[str, Any] = {"ok": True}
+        if method == "auth.test":
+            body.update(user_id="UBOT", bot_id="BBOT", team_id="T1", user="opsbot", team="t")
+        elif method in ("chat.postMessage", "chat.update"):
+            channel = str(args.get("channel", ""))
+            body.update(
+                channel="D" + channel if channel.startswith("U") else channel,
+                ts=args.get("ts") or f"1700000000.{next(self.server._ts):06d}",
+            )
+        elif method.startswith("views."):
+            body["view"] = {"id": "V1", "hash": "h1", **(args.get("view") or {})}
+        self._send(200, body)
+
+    def _send(self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] = {}) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def sign(body: str, timestamp: int | None = None, secret: str = SECRET) -> dict[str, str]:
+    """Slack's v0 signature headers for a body."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}"}
+
+
+@dataclass
+class Reply:
+    status: int
+    body: str
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def post(url: str, body: str, content_type: str, headers: Mapping[str, str] | None = None) -> Reply:
+    """POST a body to the bot's listener, signed unless headers are given."""
+    signed = dict(sign(body) if headers is None else headers)
+    request = urllib.request.Request(
+        url,
+        data=body.encode(),
+        headers={"Content-Type": content_type, **signed},
+        method="POST",
+    )
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return Reply(response.status, response.read().decode(), time.perf_counter() - started)
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.read().decode(), time.perf_counter() - started)
+
+
+def command_body(command: str, text: str, response_url: str, user: str = "U1") -> str:
+    return urlencode(
+        {
+            "command": command,
+            "text": text,
+            "user_id": user,
+            "user_name": user.lower(),
+            "team_id": "T1",
+            "channel_id": "C1",
+            "trigger_id": "1.2.trigger",
+            "response_url": response_url,
+        }
+    )
+
+
+def payload_body(payload: Mapping[str, Any]) -> str:
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def block_action(
+    action: Mapping[str, Any],
+    *,
+    user: str = "U1",
+    view: Mapping[str, Any] | None = None,
+    response_url: str | None = None,
+    container: Mapping[str, Any] | None = None,
+) -> str:
+    payload: dict[str, Any] = {
+        "type": "block_actions",
+        "user": {"id": user},
+        "team": {"id": "T1"},
+        "api_app_id": "A1",
+        "trigger_id": "1.2.trigger",
+        "actions": [action],
+        "container": container or {"type": "message"},
+    }
+    if view is not None:
+        payload["view"] = view
+        payload["container"] = {"type": "view", "view_id": view.get("id", "V1")}
+    if response_url:
+        payload["response_url"] = response_url
+    return payload_body(payload)
+
+
+def filled(view: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+    """The view as Slack sends it back with ``values`` typed in: keys are block ids, or block
+    id prefixes such as ``m0.model`` (the generation part left out)."""
+    state: dict[str, dict[str, Any]] = {}
+    for block in view["blocks"]:
+        if block["type"] != "input":
+            continue
+        bid = block["block_id"]
+        element = block["element"]
+        key = next((k for k in values if bid == k or bid.startswith(k + ".")), None)
+        if key is None:
+            continue
+        value = values[key]
+        if element["type"] == "static_select":
+            slot: dict[str, Any] = {
+                "type": "static_select",
+                "selected_option": {"value": value, "text": {"type": "plain_text", "text": value}},
+            }
+        else:
+            slot = {"type": element["type"], "value": value}
+        state[bid] = {element["action_id"]: slot}
+    return {
+        "id": "V1",
+        "hash": "h1",
+        "type": "modal",
+        "callback_id": view["callback_id"],
+        "private_metadata": view["private_metadata"],
+        "blocks": view["blocks"],
+        "state": {"values": state},
+    }
+
+
+def submission(view: Mapping[str, Any], user: str = "U1") -> str:
+    return payload_body(
+        {
+            "type": "view_submission",
+            "user": {"id": user},
+            "team": {"id": "T1"},
+            "api_app_id": "A1",
+            "view": view,
+        }
+    )
+
+
+def event_body(event: Mapping[str, Any]) -> str:
+    return json.dumps(
+        {
+            "type": "event_callback",
+            "team_id": "T1",
+            "api_app_id": "A1",
+            "event": event,
+            "event_id": "Ev1",
+            "event_time": int(time.time()),
+        }
+    )

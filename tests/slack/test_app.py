@@ -1,0 +1,314 @@
+"""The bot end to end in one process: signed requests in, a fake Web API out."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from conftest import Bot
+from slack_sdk.models.views import View
+from slack_support import (
+    SECRET,
+    FakeSlack,
+    block_action,
+    command_body,
+    event_body,
+    filled,
+    post,
+    sign,
+    submission,
+)
+
+from opsbot.core import events
+from opsbot.core import services as services_mod
+from opsbot.core.app import Core
+from opsbot.core.events import Kind
+from opsbot.core.notify import Dispatcher
+from opsbot.core.status import Status
+from opsbot.slack import views
+from opsbot.slack.app import start_slack
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def modal_for(bot: Bot) -> dict[str, Any]:
+    return bot.bot.modal(bot.core.slack_user("U1"), views.FormState())
+
+
+def move(core: Core, name: str, owner: str, to: Status, actor: str = "controller") -> None:
+    service = core.service(core.user(owner), name)
+    with core.store.write() as db:
+        assert services_mod.transition(
+            db, time.time(), service, to, actor=actor, message=f"now {to.value}"
+        )
+
+
+def test_deploy_command_acks_and_opens_a_valid_modal(bot: Bot) -> None:
+    reply = post(bot.url, command_body("/deploy", "", bot.fake.response_url), FORM)
+    assert reply.status == 200 and reply.seconds < 3
+    opened = bot.fake.wait_for("views.open")
+    assert opened["trigger_id"] == "1.2.trigger"
+    View(**opened["view"]).validate_json()
+    model = next(b for b in opened["view"]["blocks"] if b["block_id"].startswith("m0.model."))
+    assert [o["value"] for o in model["element"]["options"]] == ["flowers", "iris", "iris-onnx"]
+
+
+def test_deploy_shortcut_creates_the_service_and_dms(bot: Bot, me: str) -> None:
+    reply = post(bot.url, command_body("/deploy", "quick iris 2.0.0", bot.fake.response_url), FORM)
+    assert reply.status == 200
+    assert "Deploying quick" in reply.body
+    dm = bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "U1")
+    assert "Deploying quick" in dm["text"]
+    service = bot.core.service(bot.core.user(me), "quick")
+    assert service.status == Status.DEPLOYING and service.spec.models[0].version == "2.0.0"
+    assert bot.changes
+
+
+def test_deploy_shortcut_errors_are_ephemeral(bot: Bot) -> None:
+    post(bot.url, command_body("/deploy", "quick iris 9.9.9", bot.fake.response_url), FORM)
+    said = bot.fake.wait_for("response")
+    assert said["response_type"] == "ephemeral" and "9.9.9" in said["text"]
+    reply = post(bot.url, command_body("/deploy", "too few", bot.fake.response_url), FORM)
+    assert "/deploy NAME MODEL VERSION" in reply.body
+
+
+def test_valid_submission_deploys_then_dm_turns_running(bot: Bot, me: str) -> None:
+    view = filled(
+        modal_for(bot),
+        {"name": "from-modal", "m0.model": "iris", "m0.version": "1.0.0", "m0.env": "A=1"},
+    )
+    reply = post(bot.url, submission(view), FORM)
+    assert reply.status == 200 and reply.body == ""
+    service = bot.core.service(bot.core.user(me), "from-modal")
+    assert service.spec.models[0].env == {"A": "1"}
+    dm = bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "U1")
+    assert "Deploying from-modal" in dm["text"]
+    move(bot.core, "from-modal", me, Status.RUNNING)
+    bot.dispatcher.dispatch()
+    update = bot.fake.wait_for("chat.update")
+    assert update["channel"] == "DU1"
+    text = json.dumps(update["blocks"])
+    assert f"http://gw.example:8080/v1/infers/{service.uid}" in text
+    assert "X-Auth-Token: osk" in text or "X-Auth-Token" in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "block"),
+    [
+        ({"name": "9bad"}, "name"),
+        ({"m0.traffic_ratio": "60", "m1.traffic_ratio": "30"}, "m0.traffic_ratio"),
+        ({"m1.version": "9.9.9"}, "m1.version."),
+        ({"m0.env": "no equals sign"}, "m0.env"),
+    ],
+)
+def test_invalid_submission_answers_errors_under_inputs(
+    bot: Bot, me: str, changes: dict[str, str], block: str
+) -> None:
+    state = views.FormState()
+    views.add_group(state)
+    modal = bot.bot.modal(bot.core.slack_user("U1"), state)
+    values = {
+        "name": "gated",
+        "m0.model": "iris",
+        "m0.version": "1.0.0",
+        "m0.traffic_ratio": "70",
+        "m1.model": "iris",
+        "m1.version": "2.0.0",
+        "m1.traffic_ratio": "30",
+        **changes,
+    }
+    reply = post(bot.url, submission(filled(modal, values)), FORM)
+    assert reply.status == 200
+    answer = reply.json()
+    assert answer["response_action"] == "errors"
+    errors = answer["errors"]
+    assert any(b == block or b.startswith(block) for b in errors), errors
+    input_ids = {b["block_id"] for b in modal["blocks"] if b["type"] == "input"}
+    assert set(errors) <= input_ids
+    assert bot.core.services(bot.core.user(me)) == []
+
+
+def test_gated_submission_deploys_two_versions(bot: Bot, me: str) -> None:
+    state = views.FormState()
+    views.add_group(state)
+    modal = bot.bot.modal(bot.core.slack_user("U1"), state)
+    values = {
+        "name": "gated",
+        "m0.model": "iris",
+        "m0.version": "1.0.0",
+        "m0.traffic_ratio": "70",
+        "m1.model": "iris",
+        "m1.version": "2.0.0",
+        "m1.traffic_ratio": "30",
+    }
+    assert post(bot.url, submission(filled(modal, values)), FORM).body == ""
+    spec = bot.core.service(bot.core.user(me), "gated").spec
+    assert [(m.version, m.traffic_ratio) for m in spec.models] == [("1.0.0", 70), ("2.0.0", 30)]
+
+
+def test_quota_and_duplicate_names_come_back_on_the_name(bot: Bot) -> None:
+    values = {"name": "twice", "m0.model": "iris", "m0.version": "1.0.0"}
+    assert post(bot.url, submission(filled(modal_for(bot), values)), FORM).body == ""
+    again = post(bot.url, submission(filled(modal_for(bot), values)), FORM).json()
+    assert "already have a service named twice" in again["errors"]["name"]
+
+
+def test_choosing_a_source_updates_the_modal(bot: Bot) -> None:
+    modal = modal_for(bot)
+    view = {**filled(modal, {}), "id": "V9", "hash": "h9"}
+    action = {
+        "action_id": views.A_SOURCE,
+        "block_id": "m0.source",
+        "type": "static_select",
+        "selected_option": {"value": "subscribed"},
+    }
+    reply = post(bot.url, block_action(action, view=view), FORM)
+    assert reply.status == 200
+    update = bot.fake.wait_for("views.update")
+    assert update["view_id"] == "V9" and update["hash"] == "h9"
+    ids = [b.get("block_id") for b in update["view"]["blocks"]]
+    assert "m0.model.1" in ids and "m0.model.0" not in ids
+    View(**update["view"]).validate_json()
+
+
+def test_add_version_button_adds_a_group(bot: Bot) -> None:
+    view = filled(modal_for(bot), {})
+    action = {"action_id": views.A_ADD, "block_id": "add_version", "value": "add"}
+    post(bot.url, block_action(action, view=view), FORM)
+    update = bot.fake.wait_for("views.update")
+    heads = [b for b in update["view"]["blocks"] if b.get("block_id", "").endswith(".head")]
+    assert len(heads) == 2
+
+
+def test_services_lists_and_buttons_act(bot: Bot, me: str) -> None:
+    values = {"name": "listed", "m0.model": "iris", "m0.version": "1.0.0"}
+    post(bot.url, submission(filled(modal_for(bot), values)), FORM)
+    post(bot.url, command_body("/services", "", bot.fake.response_url), FORM)
+    listed = bot.fake.wait_for("response")
+    assert "listed" in listed["text"] and listed["response_type"] == "ephemeral"
+    stop = next(
+        e
+        for b in listed["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == views.A_STOP
+    )
+    assert "confirm" in stop
+    action = {"action_id": views.A_STOP, "block_id": "x", "value": stop["value"]}
+    # Someone else may not stop it: an ephemeral refusal, nothing changes.
+    post(bot.url, block_action(action, user="U2", response_url=bot.fake.response_url), FORM)
+    refusal = bot.fake.wait_for("response", lambda a: "Not allowed" in a.get("text", ""))
+    assert refusal["replace_original"] is False
+    assert bot.core.service(bot.core.user(me), "listed").status == Status.DEPLOYING
+    post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
+    bot.fake.wait_for("response", lambda a: a.get("replace_original") is True)
+    assert bot.core.service(bot.core.user(me), "listed").status == Status.STOPPING
+
+
+def test_app_home_shows_quota(bot: Bot) -> None:
+    values = {"name": "home-one", "m0.model": "iris", "m0.version": "1.0.0"}
+    post(bot.url, submission(filled(modal_for(bot), values)), FORM)
+    body = event_body({"type": "app_home_opened", "user": "U1", "tab": "home", "channel": "D1"})
+    reply = post(bot.url, body, "application/json")
+    assert reply.status == 200
+    published = bot.fake.wait_for("views.publish")
+    assert published["user_id"] == "U1"
+    View(**published["view"]).validate_json()
+    assert "1/20" in json.dumps(published["view"])
+
+
+def test_bad_signature_and_stale_timestamp_are_refused(bot: Bot) -> None:
+    body = command_body("/deploy", "", bot.fake.response_url)
+    forged = sign(body, secret="not-the-secret")
+    assert post(bot.url, body, FORM, headers=forged).status == 401
+    stale = sign(body, timestamp=int(time.time()) - 6 * 60)
+    assert post(bot.url, body, FORM, headers=stale).status == 401
+    assert bot.fake.of("views.open") == []
+
+
+def test_stop_alerts_the_channel_and_dms_the_owner(bot: Bot, me: str) -> None:
+    post(bot.url, command_body("/deploy", "alerted iris 1.0.0", bot.fake.response_url), FORM)
+    bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "U1")
+    bot.dispatcher.dispatch()
+    bot.core.stop_service(bot.core.user(me), "alerted")
+    move(bot.core, "alerted", me, Status.STOPPED)
+    bot.dispatcher.dispatch()
+    alert = bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "C_ALERTS")
+    assert "alerted" in alert["text"] and f"stopped by {me}" in alert["text"]
+    dm = bot.fake.wait_for(
+        "chat.postMessage", lambda a: a["channel"] == "U1" and "stopped" in a["text"]
+    )
+    assert dm["blocks"]
+
+
+def test_reminder_dm_extends(bot: Bot, me: str) -> None:
+    post(bot.url, command_body("/deploy", "reminded iris 1.0.0", bot.fake.response_url), FORM)
+    bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "U1")
+    move(bot.core, "reminded", me, Status.RUNNING)
+    service = bot.core.service(bot.core.user(me), "reminded")
+    with bot.core.store.write() as db:
+        events.record(
+            db,
+            time=time.time(),
+            kind=Kind.REMINDER,
+            actor="auto-stop",
+            service_id=service.id,
+            service=service.name,
+            owner=me,
+            message="stops in 10 min",
+        )
+    bot.dispatcher.dispatch()
+    dm = bot.fake.wait_for("chat.postMessage", lambda a: "Extend" in json.dumps(a["blocks"]))
+    buttons = next(b for b in dm["blocks"] if b["type"] == "actions")["elements"]
+    four = next(e for e in buttons if e["action_id"] == views.A_EXTEND_4)
+    action = {"action_id": views.A_EXTEND_4, "block_id": "x", "value": four["value"]}
+    post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
+    done = bot.fake.wait_for("response", lambda a: "Extended" in a.get("text", ""))
+    assert "by 4 h" in done["text"]
+    due = bot.core.service(bot.core.user(me), "reminded").due_time
+    assert due is not None and due - time.time() > 3.9 * 3600
+
+
+def test_rate_limited_calls_are_retried(bot: Bot) -> None:
+    bot.fake.rate_limit_next.add("chat.postMessage")
+    post(bot.url, command_body("/deploy", "limited iris 1.0.0", bot.fake.response_url), FORM)
+    bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "U1")
+    assert bot.fake.of("chat.postMessage#429")
+
+
+def test_start_slack_needs_env(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    assert (
+        start_slack(core, on_change=lambda: None, gateway_url="", dispatcher=Dispatcher(core.store))
+        is None
+    )
+
+
+def test_start_slack_http_mode(
+    core: Core, fake: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("SLACK_APP_TOKEN", raising=False)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SECRET)
+    monkeypatch.setenv("OPSBOT_SLACK_PORT", str(port))
+    monkeypatch.setenv("OPSBOT_SLACK_API_URL", fake.url)
+    dispatcher = Dispatcher(core.store)
+    stop = start_slack(core, on_change=lambda: None, gateway_url="", dispatcher=dispatcher)
+    assert stop is not None
+    try:
+        url = f"http://127.0.0.1:{port}/slack/events"
+        reply = post(url, command_body("/services", "", fake.response_url), FORM)
+        assert reply.status == 200
+        fake.wait_for("response")
+        assert len(dispatcher.notifiers) == 1
+    finally:
+        stop()
+    assert dispatcher.notifiers == []
