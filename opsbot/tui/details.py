@@ -1,0 +1,289 @@
+"""The Details screen of one service: overview, instances, events, logs, monitoring, predict,
+usage. Everything is fetched in workers; the tabs refresh while the screen is open."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Header,
+    Log,
+    Static,
+    TabbedContent,
+    TabPane,
+    TextArea,
+)
+
+from opsbot.core.errors import OpsbotError
+from opsbot.tui.modals import ConfirmModal
+from opsbot.tui.view import curl_example, parse_stats, sparkline, status_text, versions_text
+
+if TYPE_CHECKING:
+    from opsbot.tui.app import OpsbotApp
+
+REFRESH_S = 2.0
+LOG_TAIL = 200
+SAMPLE = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
+
+
+def clock(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class DetailsScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("ctrl+r", "send_predict", "Send prediction", show=False),
+    ]
+
+    def __init__(self, service: dict[str, Any], tab: str = "overview") -> None:
+        super().__init__()
+        self.service = service
+        self.initial_tab = tab
+        self.api_key = ""
+
+    @property
+    def opsbot(self) -> OpsbotApp:
+        return cast("OpsbotApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with TabbedContent(initial=self.initial_tab):
+            with TabPane("Overview", id="overview"), VerticalScroll():
+                yield Static("", id="overview-text")
+            with TabPane("Instances", id="instances"):
+                yield DataTable(id="instances-table", cursor_type="row")
+            with TabPane("Events", id="events"):
+                yield DataTable(id="events-table", cursor_type="row")
+            with TabPane("Logs", id="logs"):
+                yield Log(id="log", max_lines=2000)
+            with TabPane("Monitoring", id="monitoring"), VerticalScroll():
+                yield Static("waiting for the gateway's numbers", id="monitoring-text")
+            with TabPane("Predict", id="predict"):
+                yield TextArea(SAMPLE, id="predict-input", language="json")
+                yield Button("Send (ctrl+r)", id="send", variant="primary")
+                yield Static("", id="predict-result")
+            with TabPane("Usage", id="usage"), VerticalScroll():
+                yield Static("", id="usage-text")
+                with Horizontal(classes="field"):
+                    yield Button("Rotate key", id="rotate", variant="warning")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        s = self.service
+        self.sub_title = f"{s['owner']}/{s['name']}"
+        self.query_one("#instances-table", DataTable).add_columns(
+            "Version", "#", "State", "Address", "Restarts", "Started", "Reason"
+        )
+        self.query_one("#events-table", DataTable).add_columns(
+            "Time", "Level", "Kind", "Message", "Who"
+        )
+        self.render_overview(s)
+        self.render_usage()
+        self.load()
+        self.load_logs()
+        if self.opsbot.live:
+            self.set_interval(REFRESH_S, self.load)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        app = self.opsbot
+        name, owner = self.service["name"], self.service["owner"]
+        app.call_api(lambda: app.client.service(name, owner), self._got_service, group="details")
+        app.call_api(
+            lambda: app.client.request(
+                "GET", f"/v1/services/{name}/events", query={"owner": owner}
+            ),
+            self._got_events,
+            group="details",
+        )
+        fetch, url = app.stats_fetcher, app.gateway_url
+        if fetch is not None and url:
+
+            def stats() -> dict[str, Any]:
+                try:
+                    return fetch(url)
+                except OSError as exc:
+                    raise OpsbotError(f"the gateway did not answer ({exc})") from None
+
+            app.call_api(stats, self._got_stats, self._stats_failed, group="details")
+
+    def load_logs(self) -> None:
+        app = self.opsbot
+        name, owner = self.service["name"], self.service["owner"]
+        app.call_api(
+            lambda: app.client.request(
+                "GET", f"/v1/services/{name}/logs", query={"owner": owner, "tail": LOG_TAIL}
+            ),
+            self._got_logs,
+            group="details",
+        )
+
+    def _got_service(self, service: dict[str, Any]) -> None:
+        self.service = service
+        self.render_overview(service)
+        self.render_usage()
+        table = self.query_one("#instances-table", DataTable)
+        table.clear()
+        for inst in service.get("instances", []):
+            table.add_row(
+                str(inst.get("version_index", "")),
+                str(inst.get("n", "")),
+                str(inst.get("state", "")),
+                f"{inst.get('host', '')}:{inst.get('port', '')}",
+                str(inst.get("restarts", 0)),
+                clock(inst.get("started_at")),
+                str(inst.get("reason", "")),
+            )
+
+    def _got_events(self, events: list[dict[str, Any]]) -> None:
+        table = self.query_one("#events-table", DataTable)
+        table.clear()
+        for e in reversed(events[-200:]):
+            table.add_row(
+                clock(e.get("time")),
+                str(e.get("level", "")),
+                str(e.get("kind", "")),
+                str(e.get("message", "")),
+                str(e.get("actor", "")),
+            )
+
+    def _got_logs(self, lines: list[str]) -> None:
+        log = self.query_one("#log", Log)
+        log.clear()
+        log.write_lines([str(line) for line in lines])
+
+    def _got_stats(self, document: dict[str, Any]) -> None:
+        stats = parse_stats(document).get(str(self.service.get("id", "")))
+        out = self.query_one("#monitoring-text", Static)
+        if stats is None or not stats.versions:
+            out.update("no calls routed yet (the gateway has no route for this service)")
+            return
+        lines: list[str] = []
+        for version, v in stats.versions.items():
+            p50 = "-" if v.p50 is None else f"{v.p50:.1f} ms"
+            p99 = "-" if v.p99 is None else f"{v.p99:.1f} ms"
+            lines.append(f"[b]{version}[/b]  calls {v.calls}  failed {v.failures}  ")
+            lines[-1] += f"p50 {p50}  p99 {p99}  ready {v.ready}"
+            lines.append(f"  calls/s  {sparkline(v.calls_per_s)}")
+            lines.append(f"  failed/s {sparkline(v.failures_per_s)}")
+        out.update("\n".join(lines))
+
+    def _stats_failed(self, exc: OpsbotError) -> None:
+        self.query_one("#monitoring-text", Static).update(f"{exc.title}: {exc.message}")
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def render_overview(self, s: dict[str, Any]) -> None:
+        rows = [
+            ("Name", s["name"]),
+            ("Owner", s["owner"]),
+            ("Status", status_text(s) + (f" ({s['reason']})" if s.get("reason") else "")),
+            ("Versions", versions_text(s)),
+            ("Resource pool", s.get("resource_pool", "")),
+            ("Traffic limit", f"{s.get('traffic_limit', '')} calls/s"),
+            ("Auto stop", s.get("auto_stop", "")),
+            ("Description", s.get("description", "") or "-"),
+            ("URL", s.get("url", "")),
+            ("Created", clock(s.get("created_at"))),
+        ]
+        text = "\n".join(f"[b]{k:<14}[/b] {v}" for k, v in rows)
+        for i, m in enumerate(s.get("models", [])):
+            env = ", ".join(f"{k}={v}" for k, v in (m.get("env") or {}).items()) or "-"
+            text += (
+                f"\n\n[b]Version {i + 1}[/b]  {m['model']} {m['version']} ({m.get('source', '')})"
+                f"\n  ratio {m.get('traffic_ratio')}%  flavor {m.get('flavor')}  "
+                f"instances {m.get('instances')}\n  env {env}"
+            )
+        self.query_one("#overview-text", Static).update(text)
+
+    def render_usage(self) -> None:
+        url = str(self.service.get("url", ""))
+        key = self.api_key or "$OPSBOT_KEY"
+        lines = [
+            f"[b]URL[/b]  {url}",
+            "",
+            "[b]Call it[/b]",
+            curl_example(url, key),
+        ]
+        if self.api_key:
+            lines += ["", f"[b]New API key (shown once; copy it now)[/b]  {self.api_key}"]
+        self.query_one("#usage-text", Static).update("\n".join(lines), layout=True)
+
+    # -- predict and rotate --------------------------------------------------------------------
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "send":
+            self.action_send_predict()
+        elif event.button.id == "rotate":
+            self.rotate_key()
+
+    def action_send_predict(self) -> None:
+        text = self.query_one("#predict-input", TextArea).text
+        out = self.query_one("#predict-result", Static)
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            out.update(f"[red]the input is not JSON: {exc}[/red]")
+            return
+        app = self.opsbot
+        name, owner = self.service["name"], self.service["owner"]
+        out.update("sending…")
+
+        def done(reply: dict[str, Any]) -> None:
+            body = json.dumps(reply.get("response"), indent=2)
+            out.update(
+                f"HTTP {reply.get('status')}  version {reply.get('version') or '-'}  "
+                f"{reply.get('latency_ms')} ms\n{body}"
+            )
+
+        def failed(exc: OpsbotError) -> None:
+            out.update(f"[red]{exc.title}: {exc.message}[/red]")
+
+        app.call_api(
+            lambda: app.client.request(
+                "POST",
+                f"/v1/services/{name}/predict",
+                query={"owner": owner},
+                raw=text.encode(),
+            ),
+            done,
+            failed,
+        )
+
+    def rotate_key(self) -> None:
+        app = self.opsbot
+        name, owner = self.service["name"], self.service["owner"]
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+
+            def done(reply: dict[str, Any]) -> None:
+                self.api_key = str(reply.get("api_key", ""))
+                self.render_usage()
+                self.notify("the old key stopped working", title="Key rotated")
+
+            app.call_api(
+                lambda: app.client.request(
+                    "POST", f"/v1/services/{name}/key", query={"owner": owner}
+                ),
+                done,
+            )
+
+        self.app.push_screen(
+            ConfirmModal(f"Rotate the key of {name}? The old key stops working at once.", "Rotate"),
+            answered,
+        )

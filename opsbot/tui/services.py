@@ -1,0 +1,332 @@
+"""The Services screen: the live table, its filter and the keys that act on a service."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from opsbot.core.errors import OpsbotError
+from opsbot.tui.modals import ConfirmModal, ExtendModal, HelpModal
+from opsbot.tui.table import ServicesTable
+from opsbot.tui.view import COLUMN_KEYS, parse_stats, refusal, row_key
+
+if TYPE_CHECKING:
+    from opsbot.tui.app import OpsbotApp
+
+TICK_S = 1.0
+STATS_S = 2.0
+
+
+class ServicesScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("d", "deploy", "Deploy"),
+        Binding("enter", "details", "Details", show=False),
+        Binding("s", "stop_service", "Stop"),
+        Binding("r", "start_service", "Start"),
+        Binding("x", "delete_service", "Delete"),
+        Binding("e", "extend", "Extend"),
+        Binding("p", "predict", "Predict"),
+        Binding("l", "logs", "Logs"),
+        Binding("m", "models", "Models", show=False),
+        Binding("a", "toggle_all", "Mine/All", show=False),
+        Binding("slash", "filter", "Filter"),
+        Binding("o", "next_sort", "Sort", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.everyone = False
+        self.loaded = False
+
+    @property
+    def opsbot(self) -> OpsbotApp:
+        return cast("OpsbotApp", self.app)
+
+    @property
+    def table(self) -> ServicesTable:
+        return self.query_one(ServicesTable)
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield Input(placeholder="filter: name, owner, status or model", id="filter")
+        yield ServicesTable(id="services")
+        yield Static("", id="status-line")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).display = False
+        self.table.now = self.opsbot.now()
+        self.table.focus()
+        app = self.opsbot
+        app.call_api(lambda: app.client.request("GET", "/v1/whoami"), self._got_whoami)
+        if app.live:
+            self.set_interval(TICK_S, self._tick)
+            self.set_interval(STATS_S, self.load_stats)
+            app.start_event_stream(self.on_daemon_event)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def _got_whoami(self, me: dict[str, Any]) -> None:
+        app = self.opsbot
+        app.user = str(me.get("user", ""))
+        app.admin = bool(me.get("admin", False))
+        app.gateway_url = str(me.get("gateway_url", ""))
+        self.everyone = app.admin
+        self.reload()
+        self.load_stats()
+
+    def reload(self) -> None:
+        app = self.opsbot
+        everyone = self.everyone
+        app.call_api(lambda: app.client.services(everyone), self._got_services)
+
+    def _got_services(self, services: list[dict[str, Any]]) -> None:
+        now = self.opsbot.now()
+        for s in services:
+            s["_fetched_at"] = now
+        self.table.now = now
+        self.table.replace_all(services)
+        self.loaded = True
+        self._describe()
+
+    def _describe(self) -> None:
+        app = self.opsbot
+        scope = "all services" if self.everyone else "my services"
+        role = " (admin)" if app.admin else ""
+        shown = self.table.row_count
+        self.sub_title = f"{app.user}{role} · {scope} · {shown} shown"
+        filt = self.table.filter_text
+        sort = self.table.sort_column
+        parts = [f"filter: {filt}" if filt else "", f"sorted by {sort}" if sort else ""]
+        self.query_one("#status-line", Static).update(
+            "  ".join(p for p in parts if p) or "press ? for help"
+        )
+
+    def load_stats(self) -> None:
+        app = self.opsbot
+        fetch = app.stats_fetcher
+        url = app.gateway_url
+        if fetch is None or not url:
+            return
+
+        def get() -> dict[str, Any]:
+            try:
+                return fetch(url)
+            except OSError as exc:
+                raise OpsbotError(
+                    f"the gateway at {url} did not answer /stats ({exc})", title="No gateway stats"
+                ) from None
+
+        app.call_api(get, self._got_stats, self._stats_failed, group="stats")
+
+    def _got_stats(self, document: dict[str, Any]) -> None:
+        self.table.stats = parse_stats(document)
+        self.table.refresh_cells()
+
+    def _stats_failed(self, exc: OpsbotError) -> None:
+        self.query_one("#status-line", Static).update(f"{exc.title}: {exc.message}")
+
+    def _tick(self) -> None:
+        self.table.now = self.opsbot.now()
+        self.table.refresh_cells()
+
+    # -- live updates ----------------------------------------------------------------------------
+
+    def on_daemon_event(self, event: dict[str, Any]) -> None:
+        """Apply one event from the stream: refetch that service, or drop it when deleted."""
+        name, owner = event.get("service"), event.get("owner")
+        if not name or not owner:
+            return
+        app = self.opsbot
+        if not self.everyone and owner != app.user:
+            return
+        key = f"{owner}/{name}"
+        if event.get("kind") == "deleted":
+            self.table.remove_service(key)
+            self._describe()
+            return
+
+        def gone(exc: OpsbotError) -> None:
+            if getattr(exc, "status", None) == 404 or exc.title == "Not found":
+                self.table.remove_service(key)
+                self._describe()
+            else:
+                app.show_error(exc)
+
+        app.call_api(lambda: app.client.service(str(name), str(owner)), self.apply_service, gone)
+
+    def apply_service(self, service: dict[str, Any]) -> None:
+        service["_fetched_at"] = self.opsbot.now()
+        service.pop("instances", None)
+        self.table.upsert(service)
+        self._describe()
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def _target(self, verb: str) -> dict[str, Any] | None:
+        """The selected service when the key applies to it; otherwise say why and None."""
+        app = self.opsbot
+        service = self.table.selected
+        reason = refusal(verb, service, app.user, app.admin)
+        if reason:
+            self.notify(reason, title=f"Cannot {verb}", severity="warning")
+            return None
+        return service
+
+    def _act(self, service: dict[str, Any], verb: str) -> None:
+        app = self.opsbot
+        name, owner = service["name"], service["owner"]
+
+        def done(result: dict[str, Any]) -> None:
+            self.notify(f"{name}: {verb} requested", title=verb.capitalize())
+            self.apply_service(result)
+
+        app.call_api(lambda: app.client.action(name, verb, owner), done)
+
+    def action_stop_service(self) -> None:
+        service = self._target("stop")
+        if service:
+            self._act(service, "stop")
+
+    def action_start_service(self) -> None:
+        service = self._target("start")
+        if service:
+            self._act(service, "start")
+
+    def action_delete_service(self) -> None:
+        service = self._target("delete")
+        if not service:
+            return
+        name, owner = service["name"], service["owner"]
+        app = self.opsbot
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+
+            def done(result: dict[str, Any]) -> None:
+                self.notify(f"{name}: deleting", title="Delete")
+                self.apply_service(result)
+
+            app.call_api(
+                lambda: app.client.request(
+                    "DELETE", f"/v1/services/{name}", query={"owner": owner}
+                ),
+                done,
+            )
+
+        question = f"Delete {owner}/{name}? Its instances stop and its URL stops answering."
+        self.app.push_screen(ConfirmModal(question), answered)
+
+    def action_extend(self) -> None:
+        service = self._target("extend")
+        if not service:
+            return
+        name, owner = service["name"], service["owner"]
+        app = self.opsbot
+
+        def chosen(choice: tuple[str, dict[str, object]] | None) -> None:
+            if choice is None:
+                return
+            endpoint, body = choice
+
+            def done(result: Any) -> None:
+                self.notify(f"{name}: auto stop updated", title="Auto stop")
+                if isinstance(result, dict) and result.get("name") == name:
+                    self.apply_service(result)
+
+            app.call_api(
+                lambda: app.client.request(
+                    "POST", f"/v1/services/{name}/{endpoint}", body=body, query={"owner": owner}
+                ),
+                done,
+            )
+
+        self.app.push_screen(ExtendModal(name, str(service.get("auto_stop", ""))), chosen)
+
+    def action_details(self, tab: str = "overview") -> None:
+        from opsbot.tui.details import DetailsScreen
+
+        service = self.table.selected
+        if service is None:
+            self.notify("no service is selected", title="Details", severity="warning")
+            return
+        self.app.push_screen(DetailsScreen(service, tab=tab))
+
+    def action_predict(self) -> None:
+        if self._target("predict"):
+            self.action_details("predict")
+
+    def action_logs(self) -> None:
+        if self.table.selected is None:
+            self.notify("no service is selected", title="Logs", severity="warning")
+            return
+        self.action_details("logs")
+
+    def action_deploy(self) -> None:
+        from opsbot.tui.deploy import DeployScreen
+
+        self.app.push_screen(DeployScreen(), self._deployed)
+
+    def _deployed(self, service: dict[str, Any] | None) -> None:
+        if service:
+            self.apply_service(service)
+
+    def action_models(self) -> None:
+        from opsbot.tui.models import ModelsScreen
+
+        self.app.push_screen(ModelsScreen())
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpModal())
+
+    def action_toggle_all(self) -> None:
+        self.everyone = not self.everyone
+        self.notify("showing " + ("all services" if self.everyone else "my services"))
+        self.reload()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self.table.set_filter("")
+        self.table.focus()
+        self._describe()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.table.set_filter(event.value.strip())
+            self._describe()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            event.input.display = bool(event.value)
+            self.table.focus()
+
+    def action_next_sort(self) -> None:
+        current = self.table.sort_column
+        index = COLUMN_KEYS.index(current) + 1 if current in COLUMN_KEYS else 0
+        self.table.sort_by(COLUMN_KEYS[index % len(COLUMN_KEYS)])
+        self._describe()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        self.table.sort_by(str(event.column_key.value))
+        self._describe()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_details()
+
+    def selected_key(self) -> str | None:
+        service = self.table.selected
+        return row_key(service) if service else None

@@ -1,0 +1,269 @@
+"""Pure functions that turn control-API answers into what the dashboard shows.
+
+No Textual here: the services table, the details screen and the bench share these, and tests can
+check them without an app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: The statuses from which each operation is allowed (the core's rules, mirrored only to explain
+#: a refused key before asking the daemon; the daemon still decides).
+CAN_START = frozenset({"stopped", "failed"})
+CAN_STOP = frozenset({"running", "deploying", "concerning", "abnormal", "failed"})
+CAN_EXTEND = frozenset({"running", "deploying", "concerning", "abnormal"})
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("name", "Name"),
+    ("owner", "Owner"),
+    ("status", "Status"),
+    ("versions", "Versions"),
+    ("flavor", "Flavor"),
+    ("instances", "Inst"),
+    ("calls", "Calls"),
+    ("failed", "Failed"),
+    ("auto_stop", "Auto stop"),
+)
+COLUMN_KEYS: tuple[str, ...] = tuple(key for key, _ in COLUMNS)
+
+STATUS_STYLE = {
+    "running": "green",
+    "deploying": "cyan",
+    "concerning": "yellow",
+    "abnormal": "red",
+    "failed": "bold red",
+    "stopping": "magenta",
+    "stopped": "dim",
+    "deleting": "magenta",
+}
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+class ControlClient(Protocol):
+    """What the TUI needs from :class:`opsbot.daemon.client.Client` (a fake implements it too)."""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        raw: bytes | None = None,
+    ) -> Any: ...
+
+    def services(self, everyone: bool = False) -> list[dict[str, Any]]: ...
+
+    def service(self, name: str, owner: str | None = None) -> dict[str, Any]: ...
+
+    def action(self, name: str, verb: str, owner: str | None = None) -> dict[str, Any]: ...
+
+    def stream(self, path: str, query: dict[str, Any] | None = None) -> Any: ...
+
+
+StatsFetcher = Callable[[str], dict[str, Any]]
+
+
+def row_key(service: dict[str, Any]) -> str:
+    """The DataTable row key of a service: OWNER/NAME (names are unique per owner)."""
+    return f"{service['owner']}/{service['name']}"
+
+
+@dataclass
+class VersionStats:
+    calls: int = 0
+    failures: int = 0
+    ready: int = 0
+    p50: float | None = None
+    p99: float | None = None
+    calls_per_s: list[int] = field(default_factory=list)
+    failures_per_s: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ServiceStats:
+    """The gateway's numbers for one service, summed over its versions and kept per version."""
+
+    versions: dict[str, VersionStats] = field(default_factory=dict)
+
+    @property
+    def calls(self) -> int:
+        return sum(v.calls for v in self.versions.values())
+
+    @property
+    def failures(self) -> int:
+        return sum(v.failures for v in self.versions.values())
+
+    @property
+    def ready(self) -> int:
+        return sum(v.ready for v in self.versions.values())
+
+
+def parse_stats(document: dict[str, Any]) -> dict[str, ServiceStats]:
+    """The gateway's ``/stats`` document as service uid -> ServiceStats."""
+    out: dict[str, ServiceStats] = {}
+    for svc in document.get("services", []):
+        stats = ServiceStats()
+        for v in svc.get("versions", []):
+            latency = v.get("latency_ms") or {}
+            stats.versions[str(v.get("version", ""))] = VersionStats(
+                calls=int(v.get("calls", 0)),
+                failures=int(v.get("failures", 0)),
+                ready=sum(1 for t in v.get("instances", []) if not t.get("ejected")),
+                p50=latency.get("p50"),
+                p99=latency.get("p99"),
+                calls_per_s=list(v.get("calls_per_s", [])),
+                failures_per_s=list(v.get("failures_per_s", [])),
+            )
+        out[str(svc.get("id", ""))] = stats
+    return out
+
+
+def status_text(service: dict[str, Any]) -> str:
+    status = str(service.get("status", ""))
+    label = status.capitalize()
+    if status == "deploying":
+        label += f" {int(service.get('progress', 0))}%"
+    return label
+
+
+def versions_text(service: dict[str, Any]) -> str:
+    models = service.get("models", [])
+    if len(models) == 1:
+        return f"{models[0]['model']} {models[0]['version']}"
+    parts: list[str] = []
+    last = ""
+    for m in models:
+        # Repeat the model name only when it changes: "iris 1.0.0 90%/2.0.0 10%".
+        head = f"{m['model']} " if m["model"] != last else ""
+        parts.append(f"{head}{m['version']} {m.get('traffic_ratio') or 0}%")
+        last = m["model"]
+    return "/".join(parts)
+
+
+def flavor_text(service: dict[str, Any]) -> str:
+    flavors = sorted({str(m.get("flavor", "")) for m in service.get("models", [])})
+    return ",".join(flavors)
+
+
+def desired_instances(service: dict[str, Any]) -> int:
+    return sum(int(m.get("instances", 0)) for m in service.get("models", []))
+
+
+def countdown(seconds: float | None) -> str:
+    """Time left as "1h 05m", "4m 09s", or "now"."""
+    if seconds is None:
+        return "off"
+    left = max(0, int(seconds))
+    if left <= 0:
+        return "now"
+    hours, rest = divmod(left, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s"
+
+
+def remaining_s(service: dict[str, Any], now: float) -> float | None:
+    """Seconds until auto stop, from the daemon's ``remaining_s`` and when it was fetched."""
+    remaining = service.get("remaining_s")
+    if remaining is None:
+        return None
+    fetched = float(service.get("_fetched_at", now))
+    return max(0.0, float(remaining) - (now - fetched))
+
+
+def auto_stop_text(service: dict[str, Any], now: float) -> str:
+    if service.get("auto_stop") == "off":
+        return "off"
+    if service.get("status") not in CAN_EXTEND:
+        return "-"
+    return countdown(remaining_s(service, now))
+
+
+def row_cells(service: dict[str, Any], stats: ServiceStats | None, now: float) -> dict[str, str]:
+    """The cells of the service's row, by column key."""
+    ready = stats.ready if stats is not None else 0
+    return {
+        "name": str(service["name"]),
+        "owner": str(service["owner"]),
+        "status": status_text(service),
+        "versions": versions_text(service),
+        "flavor": flavor_text(service),
+        "instances": f"{ready}/{desired_instances(service)}",
+        "calls": str(stats.calls) if stats is not None else "0",
+        "failed": str(stats.failures) if stats is not None else "0",
+        "auto_stop": auto_stop_text(service, now),
+    }
+
+
+def matches(service: dict[str, Any], text: str) -> bool:
+    """Whether the filter text is in the service's name, owner, status or models."""
+    if not text:
+        return True
+    needle = text.lower()
+    hay = " ".join(
+        [
+            str(service.get("name", "")),
+            str(service.get("owner", "")),
+            str(service.get("status", "")),
+            *(str(m.get("model", "")) for m in service.get("models", [])),
+        ]
+    ).lower()
+    return needle in hay
+
+
+def sort_value(cells: dict[str, str], column: str) -> tuple[int, float, str]:
+    """A key that sorts numbers as numbers and text as text."""
+    text = cells.get(column, "")
+    head = text.split("/")[0].split(" ")[0].rstrip("%")
+    try:
+        return (0, float(head), text)
+    except ValueError:
+        return (1, 0.0, text.lower())
+
+
+def sparkline(values: Iterable[float], width: int = 60) -> str:
+    """Unicode block sparkline of the last ``width`` values, scaled to their maximum."""
+    data = list(values)[-width:]
+    if not data:
+        return ""
+    top = max(data)
+    if top <= 0:
+        return SPARK[0] * len(data)
+    return "".join(SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1)))] for v in data)
+
+
+def refusal(verb: str, service: dict[str, Any] | None, user: str, admin: bool) -> str | None:
+    """Why a key does not apply to the selected service, or None when it may be tried."""
+    if service is None:
+        return "no service is selected"
+    name = service["name"]
+    status = str(service.get("status", ""))
+    if verb in ("stop", "start", "delete", "extend", "predict") and not (
+        admin or service["owner"] == user
+    ):
+        return f"{name} belongs to {service['owner']}; only its owner or an admin may change it"
+    if verb == "start" and status not in CAN_START:
+        return f"{name} is {status.capitalize()}; start applies to Stopped or Failed services"
+    if verb == "stop" and status not in CAN_STOP:
+        return f"{name} is {status.capitalize()}; there is nothing to stop"
+    if verb == "extend" and status not in CAN_EXTEND:
+        return f"{name} is {status.capitalize()}; auto stop applies to a running service"
+    if verb == "delete" and status == "deleting":
+        return f"{name} is already being deleted"
+    if verb == "predict" and status not in ("running", "concerning"):
+        return f"{name} is {status.capitalize()}; predictions need a Running service"
+    return None
+
+
+def curl_example(url: str, key: str = "$OPSBOT_KEY") -> str:
+    return (
+        f"curl -X POST {url} \\\n"
+        f'  -H "X-Auth-Token: {key}" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        "  -d '{\"instances\": [[5.1, 3.5, 1.4, 0.2]]}'"
+    )
