@@ -184,28 +184,26 @@ async def show_service(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-async def stop_service(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
+async def _act(
+    request: web.Request, operation: Callable[..., Service], status: int = 200
+) -> web.Response:
+    """Run a life-cycle operation of the core on the named service and wake the daemon."""
     name, owner = _target(request)
-    service = await call(daemon.core.stop_service, user(request), name, owner)
-    daemon.changed()
-    return web.json_response(service_view(request, service))
+    service = await call(operation, user(request), name, owner)
+    request.app[DAEMON].changed()
+    return web.json_response(service_view(request, service), status=status)
+
+
+async def stop_service(request: web.Request) -> web.Response:
+    return await _act(request, request.app[DAEMON].core.stop_service)
 
 
 async def start_service(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    name, owner = _target(request)
-    service = await call(daemon.core.start_service, user(request), name, owner)
-    daemon.changed()
-    return web.json_response(service_view(request, service))
+    return await _act(request, request.app[DAEMON].core.start_service)
 
 
 async def delete_service(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    name, owner = _target(request)
-    service = await call(daemon.core.delete_service, user(request), name, owner)
-    daemon.changed()
-    return web.json_response(service_view(request, service), status=202)
+    return await _act(request, request.app[DAEMON].core.delete_service, status=202)
 
 
 async def extend_service(request: web.Request) -> web.Response:
