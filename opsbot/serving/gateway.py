@@ -5,9 +5,14 @@
 ``/v2/models/{model}/infer``, where ``model`` is the name the runtime starts the model server with
 (the model's name without its owner). For every call the gateway checks the service key
 (``X-Auth-Token`` or ``Authorization: Bearer``), enforces the service's traffic limit with a token
-bucket, picks a version by traffic ratio and an instance by fewest outstanding requests, and tries
-another instance when a connection fails before any answer. ``X-Model-Version`` names the version
-that answered. ``/metrics`` (Prometheus text), ``/stats`` (JSON) and ``/healthz`` describe it.
+bucket, picks a version (the one the first matching routing rule names, else one by traffic
+ratio) and an instance by fewest outstanding requests, and tries another instance when a
+connection fails before any answer. ``X-Model-Version`` names the version that answered.
+``/metrics`` (Prometheus text), ``/stats`` (JSON) and ``/healthz`` describe it.
+
+An instance that leaves the routes stops getting calls at the next poll; the calls in flight there
+finish and stay counted (``/stats`` lists it under ``draining`` and in ``upstreams`` with
+``routed`` false) until none is left, which is what a controller waits for before stopping it.
 
 It runs in its own process (``python -m opsbot.serving.gateway --home HOME --port PORT``) so
 inference load cannot starve the control plane. Routes come from the store through
@@ -29,7 +34,7 @@ import signal
 import sqlite3
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
@@ -174,6 +179,8 @@ class VersionStats:
         "inflight",
         "latency_sum",
         "recent",
+        "rule_fallbacks",
+        "rule_hits",
         "second",
         "series_calls",
         "series_failures",
@@ -185,6 +192,10 @@ class VersionStats:
         self.failures = 0
         self.inflight = 0
         self.upstream_errors = 0
+        # Calls a routing rule sent to this version, and those it could not take (no ready
+        # instance), which the ratios placed instead.
+        self.rule_hits = 0
+        self.rule_fallbacks = 0
         self.codes: dict[int, int] = {}
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
@@ -232,16 +243,28 @@ class VersionStats:
         failures = self.series_failures[start:] + self.series_failures[:start]
         return calls, failures
 
-    def latency_ms(self) -> dict[str, float | None]:
-        """Median, 99th percentile and mean of the recent calls, in milliseconds."""
+    def quantiles(self) -> tuple[float, float, float] | None:
+        """Median, 99th percentile and mean of the recent calls, in seconds; None before any."""
         recent = sorted(self.recent)
         if not recent:
-            return {"p50": None, "p99": None, "mean": None}
+            return None
         n = len(recent)
+        return (
+            recent[(n - 1) // 2],
+            recent[min(n - 1, math.ceil(0.99 * n) - 1)],
+            sum(recent) / n,
+        )
+
+    def latency_ms(self) -> dict[str, float | None]:
+        """Median, 99th percentile and mean of the recent calls, in milliseconds."""
+        found = self.quantiles()
+        if found is None:
+            return {"p50": None, "p99": None, "mean": None}
+        p50, p99, mean = found
         return {
-            "p50": round(recent[(n - 1) // 2] * 1000, 3),
-            "p99": round(recent[min(n - 1, math.ceil(0.99 * n) - 1)] * 1000, 3),
-            "mean": round(sum(recent) / n * 1000, 3),
+            "p50": round(p50 * 1000, 3),
+            "p99": round(p99 * 1000, 3),
+            "mean": round(mean * 1000, 3),
         }
 
 
@@ -262,15 +285,22 @@ class ServiceCounters:
 
 
 class Target:
-    """One ready instance of one version, with the calls now outstanding on it."""
+    """One ready instance of one version, with the calls now outstanding on it.
 
-    __slots__ = ("ejected_until", "host", "outstanding", "paths", "port")
+    A Target outlives route changes while its address stays routed, and while calls are still
+    outstanding on it after it left the routes (it is then draining: no new call goes there).
+    """
+
+    __slots__ = ("ejected_until", "host", "label", "outstanding", "paths", "port", "uid")
 
     def __init__(self, host: str, port: int, model_name: str):
         self.host = host
         self.port = port
         self.outstanding = 0
         self.ejected_until = 0.0
+        # The service and version label it was last routed for (set by Gateway.apply).
+        self.uid = ""
+        self.label = ""
         # By call kind: PREDICT, V2_INFER.
         self.paths = ("/predict", f"/v2/models/{quote(model_name, safe='')}/infer")
 
@@ -282,11 +312,12 @@ class Target:
 class Version:
     """One version of a service as the gateway routes to it."""
 
-    __slots__ = ("_turn", "label", "model", "ratio", "stats", "targets")
+    __slots__ = ("_turn", "idx", "label", "model", "ratio", "stats", "targets")
 
     def __init__(
         self, route: VersionRoute, label: str, targets: tuple[Target, ...], stats: VersionStats
     ):
+        self.idx = route.idx
         self.label = label
         self.model = route.model
         self.ratio = route.ratio
@@ -324,12 +355,15 @@ class Service:
     """One servable service: its key hashes, its traffic bucket and its weighted versions."""
 
     __slots__ = (
+        "_by_idx",
+        "_by_label",
         "_cumulative",
         "_live",
         "bucket",
         "counters",
         "key_hashes",
         "route",
+        "rules",
         "uid",
         "versions",
     )
@@ -347,6 +381,9 @@ class Service:
         self.versions = versions
         self.bucket = bucket
         self.counters = counters
+        self.rules = bool(route.rules)
+        self._by_idx = {v.idx: v for v in versions}
+        self._by_label = {v.label: v for v in versions}
         self._live, self._cumulative = _weights([v for v in versions if v.targets])
 
     @property
@@ -361,12 +398,60 @@ class Service:
         cumulative = self._cumulative
         return live[bisect.bisect_right(cumulative, random.random() * cumulative[-1])]
 
-    def fallback(self, tried: Sequence[Version]) -> Version | None:
-        """Another version with a ready instance, by ratio, after ``tried`` all failed."""
-        live, cumulative = _weights([v for v in self.versions if v.targets and v not in tried])
+    def first(self, headers: Mapping[str, str]) -> Version:
+        """The version a call goes to first: the one the first matching routing rule names,
+        when it has a ready instance, else one drawn by ratio. Only call when ``ready``.
+
+        A rule sends calls to its version whatever that version's ratio, 0 % included.
+        """
+        if self.rules:
+            idx = self.route.ruled(headers)
+            if idx is not None:
+                named = self._by_idx.get(idx)
+                if named is not None:
+                    if named.targets:
+                        named.stats.rule_hits += 1
+                        return named
+                    named.stats.rule_fallbacks += 1
+        return self.choose()
+
+    def version(self, label: str) -> Version | None:
+        return self._by_label.get(label)
+
+    def fallback(self, tried: Collection[str]) -> Version | None:
+        """Another version with a ready instance, by ratio, after those labelled ``tried``."""
+        live, cumulative = _weights(
+            [v for v in self.versions if v.targets and v.label not in tried]
+        )
         if not live:
             return None
         return live[bisect.bisect_right(cumulative, random.random() * cumulative[-1])]
+
+    def next_target(
+        self, version: Version, tried: list[Target], tried_labels: list[str], now: float
+    ) -> tuple[Version, Target] | None:
+        """Where the next attempt of a call goes: an instance of ``version`` not yet tried, else
+        one of another version by ratio, else (all tried) ``version``'s again; None when the
+        service has no ready instance left."""
+        target = version.pick(now, tried)
+        if target is not None:
+            return version, target
+        other: Version | None = version
+        while other is not None:
+            tried_labels.append(other.label)
+            other = self.fallback(tried_labels)
+            if other is not None and (target := other.pick(now, tried)) is not None:
+                return other, target
+        if version.targets:
+            again = version.pick(now)
+            assert again is not None
+            return version, again
+        if self.ready:
+            chosen = self.choose()
+            again = chosen.pick(now)
+            assert again is not None
+            return chosen, again
+        return None
 
 
 def _weights(versions: list[Version]) -> tuple[list[Version], list[float]]:
@@ -419,6 +504,8 @@ class Gateway:
         self.loaded_at = 0.0
         self._opener = opener
         self._targets: dict[tuple[str, int, str], Target] = {}
+        # Instances that left the routes with calls still outstanding on them.
+        self._draining: dict[tuple[str, int, str], Target] = {}
         self._db: sqlite_utils.Database | None = None
         self._data_version: int | None = None
         # One thread owns the store connection: reading never blocks the event loop.
@@ -500,6 +587,7 @@ class Gateway:
                 return
         now = perf_counter()
         old_targets = self._targets
+        draining = self._draining
         targets: dict[tuple[str, int, str], Target] = {}
         services: dict[str, Service] = {}
         for uid, route in routes.items():
@@ -509,9 +597,11 @@ class Gateway:
                 found = []
                 for up in vroute.upstreams:
                     key = (up.host, up.port, model_name)
-                    target = targets.get(key) or old_targets.get(key)
+                    # The same Target again, so outstanding counts carry over the change.
+                    target = targets.get(key) or old_targets.get(key) or draining.get(key)
                     if target is None:
                         target = Target(up.host, up.port, model_name)
+                    target.uid, target.label = uid, label
                     targets[key] = target
                     found.append(target)
                 stats = self.stats.get((uid, label))
@@ -531,6 +621,12 @@ class Gateway:
                     bucket.configure(route.traffic_limit)
             services[uid] = Service(route, tuple(versions), bucket, counters)
         self.services = services
+        # Calls in flight to an instance that left the routes finish there; none starts there.
+        self._draining = {
+            key: target
+            for key, target in (*draining.items(), *old_targets.items())
+            if key not in targets and target.outstanding > 0
+        }
         self._targets = targets
         if self._client is not None:
             self._client.retain({(t.host, t.port) for t in targets.values()})
@@ -624,23 +720,18 @@ class Gateway:
         assert client is not None, "the gateway is not started"
         forwarded = {name: value for name in _FORWARDED if (value := headers.get(name)) is not None}
         deadline = started + self._timeout
-        version = service.choose()
+        version = service.first(headers)
+        picked = version.pick(started)
+        assert picked is not None  # a version chosen from live ones has targets
+        target = picked
         tried: list[Target] = []
-        tried_versions: list[Version] = []
+        tried_labels: list[str] = []
+        retry: tuple[Version, Target] | None = None
         attempt = 0
         now = started
         while True:
-            target = version.pick(now, tried)
-            if target is None:
-                # Every instance of this version failed: another version, then the same again.
-                tried_versions.append(version)
-                other = service.fallback(tried_versions)
-                if other is not None:
-                    version = other
-                    target = version.pick(now, tried)
-                if target is None:
-                    target = version.pick(now)
-                    assert target is not None  # a version chosen from live ones has targets
+            if retry is not None:
+                version, target = retry
             attempt += 1
             stats = version.stats
             target.outstanding += 1
@@ -668,7 +759,8 @@ class Gateway:
             except (ConnectFailed, Disconnected) as exc:
                 now = perf_counter()
                 stats.upstream_errors += 1
-                if isinstance(exc, ConnectFailed):
+                refused = isinstance(exc, ConnectFailed)
+                if refused:
                     if target.ejected_until <= now:
                         log.warning(
                             "%s (service %s version %s); passing it over for %g s",
@@ -679,7 +771,27 @@ class Gateway:
                         )
                     target.ejected_until = now + self._eject_s
                 tried.append(target)
-                if attempt < self._attempts and now < deadline:
+                # The routes may have changed while this call was out (an instance stopping
+                # is why connections fail during an update): go on with the current ones.
+                current = self.services.get(service.uid)
+                if current is not None and current is not service:
+                    service = current
+                    same = current.version(version.label)
+                    if same is not None:
+                        version = same
+                    elif current.ready:
+                        version = current.choose()
+                found = (
+                    service.next_target(version, tried, tried_labels, now)
+                    if now < deadline
+                    else None
+                )
+                # A refused connection never reached the instance, so every other ready
+                # instance may be tried; other failures are retried ``attempts`` times in all.
+                if found is not None and (
+                    attempt < self._attempts or (refused and found[1] not in tried)
+                ):
+                    retry = found  # taken at the top of the loop, after `finally` below
                     continue
                 return self._failed(
                     service,
@@ -731,9 +843,22 @@ class Gateway:
 
     # -- numbers -----------------------------------------------------------------------------
 
+    def draining(self) -> list[Target]:
+        """Instances out of the routes that still have calls outstanding on them."""
+        self._draining = {k: t for k, t in self._draining.items() if t.outstanding > 0}
+        return list(self._draining.values())
+
     def stats_document(self) -> dict[str, Any]:
-        """What ``GET /stats`` answers: per service and version, calls, failures, latency."""
+        """What ``GET /stats`` answers: per service and version, calls, failures, latency,
+        rule hits and each instance's calls in flight; ``upstreams`` has every instance the
+        gateway routes to or is draining, by address (what a controller waits on before it
+        stops an instance)."""
         now = perf_counter()
+        draining = self.draining()
+        drained_by: dict[tuple[str, str], list[Target]] = {}
+        for t in draining:
+            drained_by.setdefault((t.uid, t.label), []).append(t)
+        upstreams: dict[str, dict[str, Any]] = {}
         services = []
         for uid, service in self.services.items():
             route = service.route
@@ -742,25 +867,36 @@ class Gateway:
             for version in service.versions:
                 stats = version.stats
                 calls, failures = stats.series(now)
+                for t in version.targets:
+                    upstreams[t.address] = _upstream(t, routed=True)
                 versions.append(
                     {
+                        "idx": version.idx,
                         "version": version.label,
                         "model": version.model,
                         "ratio": version.ratio,
                         "calls": stats.calls,
                         "failures": stats.failures,
+                        "upstream_errors": stats.upstream_errors,
                         "inflight": stats.inflight,
                         "codes": {str(c): n for c, n in sorted(stats.codes.items())},
                         "latency_ms": stats.latency_ms(),
                         "calls_per_s": calls,
                         "failures_per_s": failures,
+                        "rule_hits": stats.rule_hits,
+                        "rule_fallbacks": stats.rule_fallbacks,
                         "instances": [
                             {
                                 "address": t.address,
+                                "inflight": t.outstanding,
                                 "outstanding": t.outstanding,
                                 "ejected": t.ejected_until > now,
                             }
                             for t in version.targets
+                        ],
+                        "draining": [
+                            {"address": t.address, "inflight": t.outstanding}
+                            for t in drained_by.get((uid, version.label), ())
                         ],
                     }
                 )
@@ -778,7 +914,14 @@ class Gateway:
                     "versions": versions,
                 }
             )
-        return {"loaded_at": self.loaded_at, "reloads": self.reloads, "services": services}
+        for t in draining:
+            upstreams.setdefault(t.address, _upstream(t, routed=False))
+        return {
+            "loaded_at": self.loaded_at,
+            "reloads": self.reloads,
+            "services": services,
+            "upstreams": upstreams,
+        }
 
     def metrics_text(self) -> str:
         """The Prometheus text exposition (format 0.0.4) of every counter."""
@@ -798,23 +941,11 @@ class Gateway:
             base = f'service="{_esc(uid)}",version="{_esc(label)}"'
             for code, n in sorted(s.codes.items()):
                 out.append(f'opsbot_gateway_requests_total{{{base},code="{code}"}} {n}')
-        family(
-            "opsbot_gateway_failures_total",
-            "counter",
-            "Calls answered with a 5xx: the instance's own, 502 when no instance answered, "
-            "504 on timeout.",
-        )
-        for (uid, label), s in stats:
-            base = f'service="{_esc(uid)}",version="{_esc(label)}"'
-            out.append(f"opsbot_gateway_failures_total{{{base}}} {s.failures}")
-        family(
-            "opsbot_gateway_upstream_errors_total",
-            "counter",
-            "Connections to instances that failed before an answer (each retried elsewhere).",
-        )
-        for (uid, label), s in stats:
-            base = f'service="{_esc(uid)}",version="{_esc(label)}"'
-            out.append(f"opsbot_gateway_upstream_errors_total{{{base}}} {s.upstream_errors}")
+        for name, kind, attr, help_ in _VERSION_FAMILIES:
+            family(f"opsbot_gateway_{name}", kind, help_)
+            for (uid, label), s in stats:
+                base = f'service="{_esc(uid)}",version="{_esc(label)}"'
+                out.append(f"opsbot_gateway_{name}{{{base}}} {getattr(s, attr)}")
         family(
             "opsbot_gateway_request_seconds",
             "histogram",
@@ -832,13 +963,40 @@ class Gateway:
             out.append(f"opsbot_gateway_request_seconds_sum{{{base}}} {s.latency_sum!r}")
             out.append(f"opsbot_gateway_request_seconds_count{{{base}}} {s.calls}")
         family(
-            "opsbot_gateway_inflight",
+            "opsbot_gateway_latency_recent_seconds",
             "gauge",
-            "Calls being answered now, per service and version.",
+            f"Median (quantile 0.5) and 99th percentile of the last {_RECENT} calls' latency.",
         )
         for (uid, label), s in stats:
+            found = s.quantiles()
+            if found is None:
+                continue
             base = f'service="{_esc(uid)}",version="{_esc(label)}"'
-            out.append(f"opsbot_gateway_inflight{{{base}}} {s.inflight}")
+            for quantile, value in (("0.5", found[0]), ("0.99", found[1])):
+                out.append(
+                    f'opsbot_gateway_latency_recent_seconds{{{base},quantile="{quantile}"}} '
+                    f"{value!r}"
+                )
+        family(
+            "opsbot_gateway_upstream_inflight",
+            "gauge",
+            "Calls in flight per instance address; routed is false while one drains.",
+        )
+        routed = [
+            (t, True)
+            for service in self.services.values()
+            for v in service.versions
+            for t in v.targets
+        ]
+        for t, is_routed in sorted(
+            [*routed, *((t, False) for t in self.draining())],
+            key=lambda pair: (pair[0].uid, pair[0].label, pair[0].address),
+        ):
+            out.append(
+                f'opsbot_gateway_upstream_inflight{{service="{_esc(t.uid)}",'
+                f'version="{_esc(t.label)}",address="{_esc(t.address)}",'
+                f'routed="{str(is_routed).lower()}"}} {t.outstanding}'
+            )
         counters = sorted(self.counters.items())
         for name, attr, help_ in (
             ("unauthorized", "unauthorized", "Calls refused with 401: missing or wrong key."),
@@ -882,6 +1040,43 @@ class Gateway:
 
 #: Where an application made by make_app keeps its Gateway.
 GATEWAY: Final = web.AppKey("gateway", Gateway)
+
+
+def _upstream(target: Target, *, routed: bool) -> dict[str, Any]:
+    return {
+        "service": target.uid,
+        "version": target.label,
+        "inflight": target.outstanding,
+        "routed": routed,
+    }
+
+
+#: Per-version metric families that are one VersionStats attribute each: name, type, attribute,
+#: help text.
+_VERSION_FAMILIES = (
+    (
+        "failures_total",
+        "counter",
+        "failures",
+        "Calls answered with a 5xx: the instance's own, 502 when no instance answered, "
+        "504 on timeout.",
+    ),
+    (
+        "upstream_errors_total",
+        "counter",
+        "upstream_errors",
+        "Connections to instances that failed before an answer (each retried elsewhere).",
+    ),
+    ("inflight", "gauge", "inflight", "Calls being answered now, per service and version."),
+    ("rule_hits_total", "counter", "rule_hits", "Calls a routing rule sent to this version."),
+    (
+        "rule_fallbacks_total",
+        "counter",
+        "rule_fallbacks",
+        "Calls a routing rule named this version for while it had no ready instance; "
+        "the traffic ratios placed them.",
+    ),
+)
 
 
 def _esc(value: str) -> str:

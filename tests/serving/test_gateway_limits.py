@@ -1,0 +1,159 @@
+"""Traffic-limit accuracy and the split between versions, through a real gateway.
+
+The limit test runs the gateway in its own process (as the daemon does) and offers it ten times
+the service's limit for ten seconds from an open-loop client: calls leave on a fixed schedule
+whatever the answers, so the offered rate does not sag when the gateway refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, TCPConnector
+from scipy.stats import binom
+
+from serving.test_gateway import AUTH, BODY, Home, _call, _free_port
+
+
+@asynccontextmanager
+async def gateway_process(home: Home) -> AsyncIterator[str]:
+    """``python -m opsbot.serving.gateway`` on a free loopback port; yields its base URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "opsbot.serving.gateway",
+            "--home",
+            str(home.path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with ClientSession() as session:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, proc.communicate()
+                try:
+                    async with session.get(f"{url}/healthz") as resp:
+                        if resp.status == 200 and (await resp.json())["services"]:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "the gateway did not come up"
+                await asyncio.sleep(0.05)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+LIMIT = 50
+SECONDS = 10.0
+OFFERED = 10 * LIMIT
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_ten_times_the_limit_for_ten_seconds_admits_limit_times_seconds_plus_burst(
+    store_home: Home, instance: Any
+) -> None:
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])], traffic_limit=LIMIT)
+    statuses: Counter[int] = Counter()
+    retry_after: Counter[str | None] = Counter()
+    sent: list[float] = []
+    async with (
+        gateway_process(store_home) as url,
+        ClientSession(connector=TCPConnector(limit=0)) as session,
+    ):
+        target = f"{url}/v1/infers/{uid}"
+
+        async def one() -> None:
+            sent.append(time.monotonic())
+            async with session.post(target, json=BODY, headers=AUTH) as resp:
+                await resp.read()
+                statuses[resp.status] += 1
+                if resp.status != 200:
+                    retry_after[resp.headers.get("Retry-After")] += 1
+
+        tasks: list[asyncio.Task[None]] = []
+        started = time.monotonic()
+        for n in range(int(OFFERED * SECONDS)):
+            delay = started + n / OFFERED - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        async with session.get(f"{url}/stats") as resp:
+            stats = await resp.json()
+    window = sent[-1] - sent[0]
+    offered_rate = len(sent) / window
+    # The client kept up: ten times the limit for ten seconds, give or take the scheduler (the
+    # expected count below follows the window actually measured).
+    assert SECONDS * 0.99 <= window <= SECONDS * 1.1, window
+    assert offered_rate >= 9 * LIMIT, offered_rate
+    admitted = statuses[200]
+    expected = LIMIT * window + LIMIT  # limit x seconds + the burst (one second's worth)
+    assert abs(admitted - expected) <= 0.05 * expected, (admitted, expected, statuses)
+    # Every other call was refused with 429 and a whole number of seconds to wait.
+    assert set(statuses) == {200, 429}, statuses
+    assert set(retry_after) == {"1"}, retry_after
+    assert len(up.calls) == admitted
+    (service,) = stats["services"]
+    assert service["rate_limited"] == statuses[429]
+    assert service["versions"][0]["calls"] == admitted
+
+
+@pytest.mark.parametrize("ratios", [(50, 50), (70, 30)], ids=["50-50", "70-30"])
+@pytest.mark.asyncio
+async def test_split_stays_inside_the_binomial_interval(
+    store_home: Home, instance: Any, gateway: Any, ratios: tuple[int, int]
+) -> None:
+    random.seed(sum(ratios) * ratios[0])  # the draw is the gateway's own; seeded, it cannot flake
+    old, new = await instance("v1"), await instance("v2")
+    uid = store_home.add_service(
+        [("1.0.0", ratios[0], [old.port]), ("2.0.0", ratios[1], [new.port])]
+    )
+    client = await gateway()
+    calls = 2000
+    semaphore = asyncio.Semaphore(16)
+
+    async def one() -> str:
+        async with semaphore:
+            resp = await _call(client, uid)
+            assert resp.status == 200
+            return resp.headers["X-Model-Version"]
+
+    seen = Counter(await asyncio.gather(*(one() for _ in range(calls))))
+    low, high = binom.interval(0.999, calls, ratios[1] / 100)
+    assert low <= seen["2.0.0"] <= high, (seen, low, high)
+    assert seen["1.0.0"] + seen["2.0.0"] == calls
+    assert (len(old.calls), len(new.calls)) == (seen["1.0.0"], seen["2.0.0"])

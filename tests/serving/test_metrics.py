@@ -1,0 +1,120 @@
+"""Per-version numbers: calls, failures, p50/p99 latency and rule hits in ``/stats`` and in
+``/metrics``, which must parse with prometheus_client's own text parser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.test_gateway import AUTH, Home, _call
+from serving.test_gateway_rules import BETA, set_rules
+
+# Families the gateway exposes per service and version, and their Prometheus types.
+PER_VERSION = {
+    "opsbot_gateway_requests": "counter",
+    "opsbot_gateway_failures": "counter",
+    "opsbot_gateway_upstream_errors": "counter",
+    "opsbot_gateway_request_seconds": "histogram",
+    "opsbot_gateway_inflight": "gauge",
+    "opsbot_gateway_latency_recent_seconds": "gauge",
+    "opsbot_gateway_rule_hits": "counter",
+    "opsbot_gateway_rule_fallbacks": "counter",
+    "opsbot_gateway_upstream_inflight": "gauge",
+    "opsbot_gateway_upstreams_ready": "gauge",
+}
+
+
+@pytest.mark.asyncio
+async def test_per_version_numbers_in_metrics_and_stats_match_the_calls_made(
+    store_home: Home, instance: Any, gateway: Any
+) -> None:
+    good = await instance("v1", delay=0.02)
+    bad = await instance("v2", status=500)
+    ratios = [("1.0.0", 100), ("2.0.0", 0)]
+    uid = store_home.add_service([("1.0.0", 100, [good.port]), ("2.0.0", 0, [bad.port])])
+    # The rule makes the split exact: 7 calls to 1.0.0, 3 to 2.0.0 (which answers 500).
+    set_rules(store_home, uid, ratios, [BETA])
+    client = await gateway()
+    for _ in range(7):
+        assert (await _call(client, uid)).status == 200
+    for _ in range(3):
+        assert (await _call(client, uid, {**AUTH, "X-Group": "beta"})).status == 500
+
+    resp = await client.get("/metrics")
+    text = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, kind in PER_VERSION.items():
+        assert families[name].type == kind, name
+    samples: dict[tuple[str, ...], float] = {}
+    for family in families.values():
+        for sample in family.samples:
+            samples[(sample.name, *sample.labels.values())] = sample.value
+
+    assert samples[("opsbot_gateway_requests_total", uid, "1.0.0", "200")] == 7
+    assert samples[("opsbot_gateway_requests_total", uid, "2.0.0", "500")] == 3
+    assert samples[("opsbot_gateway_failures_total", uid, "1.0.0")] == 0
+    assert samples[("opsbot_gateway_failures_total", uid, "2.0.0")] == 3
+    assert samples[("opsbot_gateway_request_seconds_count", uid, "1.0.0")] == 7
+    assert samples[("opsbot_gateway_request_seconds_count", uid, "2.0.0")] == 3
+    # 1.0.0 answers after 20 ms: no call of it lands in a bucket below 10 ms.
+    assert samples[("opsbot_gateway_request_seconds_bucket", uid, "1.0.0", "0.01")] == 0
+    assert samples[("opsbot_gateway_request_seconds_bucket", uid, "1.0.0", "+Inf")] == 7
+    assert samples[("opsbot_gateway_request_seconds_sum", uid, "1.0.0")] >= 7 * 0.02
+    assert samples[("opsbot_gateway_rule_hits_total", uid, "2.0.0")] == 3
+    assert samples[("opsbot_gateway_rule_hits_total", uid, "1.0.0")] == 0
+    assert samples[("opsbot_gateway_inflight", uid, "1.0.0")] == 0
+    p50 = samples[("opsbot_gateway_latency_recent_seconds", uid, "1.0.0", "0.5")]
+    p99 = samples[("opsbot_gateway_latency_recent_seconds", uid, "1.0.0", "0.99")]
+    assert 0.02 <= p50 <= p99 < 5
+    address = f"127.0.0.1:{good.port}"
+    assert samples[("opsbot_gateway_upstream_inflight", uid, "1.0.0", address, "true")] == 0
+
+    document = await (await client.get("/stats")).json()
+    (service,) = document["services"]
+    versions = {v["version"]: v for v in service["versions"]}
+    one, two = versions["1.0.0"], versions["2.0.0"]
+    assert (one["idx"], two["idx"]) == (0, 1)
+    assert (one["calls"], one["failures"], two["calls"], two["failures"]) == (7, 0, 3, 3)
+    assert two["codes"] == {"500": 3} and one["codes"] == {"200": 7}
+    assert (one["rule_hits"], two["rule_hits"]) == (0, 3)
+    # /stats and /metrics give the same percentiles (milliseconds there, seconds here).
+    assert one["latency_ms"]["p50"] == pytest.approx(p50 * 1000, abs=0.001)
+    assert one["latency_ms"]["p99"] == pytest.approx(p99 * 1000, abs=0.001)
+    assert two["latency_ms"]["p50"] <= two["latency_ms"]["p99"]
+    assert one["instances"] == [
+        {"address": address, "inflight": 0, "outstanding": 0, "ejected": False}
+    ]
+    assert one["draining"] == []
+    assert document["upstreams"][address] == {
+        "service": uid,
+        "version": "1.0.0",
+        "inflight": 0,
+        "routed": True,
+    }
+
+
+@pytest.mark.asyncio
+async def test_metrics_of_a_version_never_called_still_parse(
+    store_home: Home, instance: Any, gateway: Any
+) -> None:
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port]), ("2.0.0", 0, [])])
+    client = await gateway()
+    text = await (await client.get("/metrics")).text()
+    samples = {
+        (s.name, *s.labels.values()): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("opsbot_gateway_request_seconds_count", uid, "2.0.0")] == 0
+    assert samples[("opsbot_gateway_upstreams_ready", uid, "2.0.0")] == 0
+    # No latency yet: no quantile sample rather than a made-up one.
+    assert not any(key[0] == "opsbot_gateway_latency_recent_seconds" for key in samples)
+    stats = await (await client.get("/stats")).json()
+    assert stats["services"][0]["versions"][1]["latency_ms"] == {
+        "p50": None,
+        "p99": None,
+        "mean": None,
+    }
