@@ -15,12 +15,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from opsbot.core import update as update_mod
 from opsbot.core.app import Core
 from opsbot.core.config import default_home
 from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
@@ -174,6 +177,14 @@ def flavors(
 # -- models -------------------------------------------------------------------------------
 
 
+def _daemon() -> Client | None:
+    """The daemon's client when one answers: registry changes then go through it, as the user
+    its socket names (who may not write the store directly). Without one, the core does them
+    here, as the local user."""
+    client = _client()
+    return client if client.available() else None
+
+
 def _model_row(source: str, v: Any) -> dict[str, Any]:
     return v.as_dict(source)  # type: ignore[no-any-return]
 
@@ -184,34 +195,40 @@ def model_create(
     name: str = typer.Argument(..., help="Model name."),
     version: str = typer.Option(..., "--version", "-v", help="Version, such as 1.0.0."),
     path: Path = typer.Option(..., "--path", help="Directory holding the model files."),
-    fmt: str = typer.Option(..., "--format", help="sklearn, onnx or python."),
+    fmt: str = typer.Option(..., "--format", help="sklearn, onnx, python or image."),
     entry: str | None = typer.Option(
-        None, help="python format: module:Class (default model:Model)."
+        None, help="python format: module:Class (default model:Model); image format: the image."
     ),
     origin: str = typer.Option("custom", help="custom, or exeml for ExeML-trained models."),
     description: str = typer.Option("", help="At most 100 characters."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Register a model version: it is Building, then Normal once it loaded and answered."""
-    core = _core()
+    client = _daemon()
     with err.status(f"checking {name} {version}: loading the model and predicting a sample"):
-        mv = core.create_model(
-            _me(core),
-            name,
-            version,
-            path,
-            fmt,
-            origin=origin,
-            entry=entry,
-            description=description,
-        )
+        if client is not None:
+            row = client.create_model(
+                name, version, path, fmt, entry=entry, origin=origin, description=description
+            )
+        else:
+            core = _core()
+            row = core.create_model(
+                _me(core),
+                name,
+                version,
+                path,
+                fmt,
+                origin=origin,
+                entry=entry,
+                description=description,
+            ).as_dict("mine")
     if as_json:
-        _json(mv.as_dict("mine"))
-    elif mv.status == "normal":
+        _json(row)
+    elif row["status"] == "normal":
         out.print(f"{name} {version} is Normal: it can be deployed", style="green")
     else:
-        err.print(f"{name} {version} is Failed: {mv.reason}", markup=False)
-    if mv.status != "normal":
+        err.print(f"{name} {version} is Failed: {row['reason']}", markup=False)
+    if row["status"] != "normal":
         raise typer.Exit(1)
 
 
@@ -285,8 +302,12 @@ def model_publish(
     unpublish: bool = typer.Option(False, "--unpublish", help="Make it private again."),
 ) -> None:
     """Make a model visible to every user, who can then subscribe to it."""
-    core = _core()
-    core.publish_model(_me(core), name, not unpublish)
+    client = _daemon()
+    if client is not None:
+        client.publish_model(name, not unpublish)
+    else:
+        core = _core()
+        core.publish_model(_me(core), name, not unpublish)
     out.print(f"{name} is {'private' if unpublish else 'published'}", markup=False)
 
 
@@ -296,8 +317,12 @@ def model_subscribe(
     ref: str = typer.Argument(..., help="OWNER/NAME of a published model."),
 ) -> None:
     """Subscribe to a published model: it appears under My Subscriptions."""
-    core = _core()
-    core.subscribe(_me(core), ref)
+    client = _daemon()
+    if client is not None:
+        client.subscribe(ref)
+    else:
+        core = _core()
+        core.subscribe(_me(core), ref)
     out.print(f"subscribed to {ref}", markup=False)
 
 
@@ -588,8 +613,10 @@ OWNER_OPT = typer.Option(None, "--owner", help="The service's owner (admins; def
 @app.command()
 @reports_errors
 def show(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
-    """One service: status, URL, versions, instances, auto stop."""
-    s = _client().service(name, owner)
+    """One service: status, URL, versions, instances (with CPU and memory), auto stop."""
+    s = _client().request(
+        "GET", f"/v1/services/{quote(name)}", query={"owner": owner, "stats": "1"}
+    )
     if as_json:
         _json(s)
         return
@@ -605,24 +632,75 @@ def show(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> 
     ]
     for key, value in lines:
         out.print(f"{key:>14}: {value}", markup=False)
-    for i, m in enumerate(s["models"]):
+    numbers = {(v["model"], v["version"]): v for v in s.get("versions", [])}
+    label = {v["idx"]: v["version"] for v in s.get("versions", [])}
+    several = len({m["model"] for m in s["models"]}) > 1
+    versions = Table(
+        "version",
+        "ratio",
+        "ready",
+        "calls",
+        "failed",
+        "p50 ms",
+        "p99 ms",
+        "cpu",
+        "memory",
+        title="versions",
+        box=box.SIMPLE,
+    )
+    for m in s["models"]:
+        v = numbers.get((m["model"], m["version"]), {})
+        versions.add_row(
+            f"{m['model']} {m['version']}" if several else m["version"],
+            f"{m['traffic_ratio']}%",
+            f"{v.get('ready', '?')}/{m['instances']}",
+            _figure(v.get("calls")),
+            _figure(v.get("failures")),
+            _figure(v.get("p50_ms") and round(v["p50_ms"], 1)),
+            _figure(v.get("p99_ms") and round(v["p99_ms"], 1)),
+            _figure(v.get("cpu_percent"), "%"),
+            _figure(v.get("memory_bytes") and round(v["memory_bytes"] / 2**20), " MiB"),
+        )
+    out.print(versions)
+    for m in s["models"]:
         env = ", ".join(f"{k}={v}" for k, v in m["env"].items())
         out.print(
-            f"{'version ' + str(i):>14}: {m['model']} {m['version']} {m['traffic_ratio']}% "
-            f"{m['instances']} x {m['flavor']}" + (f" env {env}" if env else ""),
+            f"{m['model']} {m['version']}: {m['instances']} x {m['flavor']}"
+            + (f", env {env}" if env else ""),
             markup=False,
         )
-    table = Table("version", "n", "state", "port", "restarts", "reason")
-    for inst in s.get("instances", []):
-        table.add_row(
-            str(inst["version_index"]),
+    for i, r in enumerate(s.get("rules", [])):
+        test = f"= {r['equals']}" if r.get("equals") is not None else f"~ {r['matches']}"
+        out.print(f"rule {i + 1}: {r['header']} {test} -> {r['version']}", markup=False)
+    instances = s.get("instances", [])
+    with_stats = any("stats" in inst for inst in instances)  # from the runtime, if it tells
+    columns = ["version", "n", "state", "port", "restarts", "reason"]
+    table = Table(*columns, *(["cpu", "memory"] if with_stats else []))
+    for inst in instances:
+        row = [
+            label.get(inst["version_index"], str(inst["version_index"])),
             str(inst["n"]),
             inst["state"],
             str(inst["port"] or ""),
             str(inst["restarts"]),
             inst["reason"],
-        )
+        ]
+        if with_stats:
+            row += _stats_cells(inst.get("stats"))
+        table.add_row(*row)
     out.print(table)
+
+
+def _figure(value: Any, unit: str = "") -> str:
+    return "-" if value is None else f"{value}{unit}"
+
+
+def _stats_cells(stats: dict[str, float] | None) -> list[str]:
+    if not stats:
+        return ["", ""]
+    mib, limit = stats["memory_bytes"] / 2**20, stats["memory_limit_bytes"] / 2**30
+    memory = f"{mib:.0f} MiB" + (f" / {limit:g} GiB" if limit else "")
+    return [f"{stats['cpu_percent']:.1f}%", memory]
 
 
 def _simple_action(verb: str, name: str, owner: str | None, as_json: bool) -> None:
@@ -656,6 +734,128 @@ def start(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) ->
 def delete(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
     """Delete a service: instances stop, then the service and its key are gone."""
     _simple_action("delete", name, owner, as_json)
+
+
+@app.command()
+@reports_errors
+def update(
+    name: str = typer.Argument(..., help="The service to modify."),
+    file: Path | None = typer.Option(
+        None, "-f", "--file", help="A whole new spec (TOML or JSON) instead of flags."
+    ),
+    traffic: str | None = typer.Option(
+        None,
+        "--traffic",
+        help="Ratios as VERSION=PERCENT,...; e.g. 1.0.0=90,2.0.0=10. A new version is added.",
+    ),
+    remove: list[str] = typer.Option([], "--remove", help="Drop a VERSION; repeat for more."),
+    instances: str | None = typer.Option(
+        None, "--instances", help="N for every version, or VERSION=N,..."
+    ),
+    flavor: str | None = typer.Option(
+        None, "--flavor", help="FLAVOR for every version, or VERSION=FLAVOR,..."
+    ),
+    env: list[str] = typer.Option([], "--env", help="NAME=VALUE for every version; repeat."),
+    unset_env: list[str] = typer.Option([], "--unset-env", help="Remove variable NAME."),
+    traffic_limit: int | None = typer.Option(None, "--traffic-limit", help="Requests/s."),
+    description: str | None = typer.Option(None, "--description", help="At most 100 chars."),
+    auto_stop: str | None = typer.Option(None, "--auto-stop", help='"2h", "off", ...'),
+    rule: list[str] = typer.Option(
+        [],
+        "--rule",
+        help="HEADER=VALUE->VERSION or HEADER~REGEX->VERSION, checked in order before the "
+        "ratios; repeat (replaces the rules).",
+    ),
+    clear_rules: bool = typer.Option(False, "--clear-rules", help="Remove every rule."),
+    owner: str | None = OWNER_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Modify a service: versions and ratios, instances, flavor, env, limit, rules, auto stop.
+
+    New instances become ready before the old ones drain and stop; refused while Deploying.
+    """
+    client = _client()
+    if file is not None:
+        payload: dict[str, Any] = {"spec": load_spec_file(file)}
+    else:
+        changes: dict[str, Any] = {
+            "remove": remove,
+            "env_set": _env_pairs(env) if env else None,
+            "env_unset": unset_env,
+            "traffic_limit": traffic_limit,
+            "description": description,
+            "auto_stop": auto_stop,
+        }
+        if traffic is not None:
+            changes["traffic"] = update_mod.parse_assignments(traffic, "traffic")
+        if instances is not None:
+            changes["instances"] = update_mod.parse_assignments(
+                instances, "instances", default_key="*"
+            )
+        if flavor is not None:
+            changes["flavor"] = update_mod.parse_assignments(flavor, "flavor", default_key="*")
+        if rule or clear_rules:
+            changes["rules"] = [update_mod.parse_rule(r) for r in rule]
+        payload = {"changes": {k: v for k, v in changes.items() if v not in (None, [], ())}}
+    s = client.request("POST", f"/v1/services/{name}/update", payload, query={"owner": owner})
+    if as_json:
+        _json(s)
+        return
+    if not s["changes"]:
+        out.print(f"{s['name']}: nothing to change", markup=False)
+        return
+    out.print(f"{s['name']}: modified (snapshot #{s['snapshot']}), {s['status']}", markup=False)
+    for line in s["changes"]:
+        out.print(f"  {line}", markup=False)
+
+
+@app.command()
+@reports_errors
+def history(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+    """The service's config snapshots, #1 the deploy; each line says what changed."""
+    rows = _client().request("GET", f"/v1/services/{name}/history", query={"owner": owner})
+    if as_json:
+        _json(rows)
+        return
+    table = Table("#", "when", "by", "changes")
+    before: dict[str, Any] | None = None
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+        what = "deployed" if before is None else "; ".join(update_mod.spec_diff(before, r["spec"]))
+        table.add_row(str(r["n"]), when, r["actor"], what or "(no change)")
+        before = r["spec"]
+    out.print(table)
+
+
+@app.command()
+@reports_errors
+def rollback(
+    name: str,
+    to: int = typer.Option(..., "--to", help="The snapshot number, from `opsbot history`."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the difference only."),
+    owner: str | None = OWNER_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Bring a service back to snapshot N: shows the difference, then applies it."""
+    client = _client()
+    path = f"/v1/services/{name}/rollback"
+    preview = client.request("POST", path, {"to": to, "dry_run": True}, query={"owner": owner})
+    if not as_json:
+        if not preview["changes"]:
+            out.print(f"{name} already matches snapshot #{to}", markup=False)
+            return
+        out.print(f"{name}: back to snapshot #{to} changes", markup=False)
+        for line in preview["changes"]:
+            out.print(f"  {line}", markup=False)
+    if dry_run:
+        if as_json:
+            _json(preview)
+        return
+    s = client.request("POST", path, {"to": to}, query={"owner": owner})
+    if as_json:
+        _json(s)
+    else:
+        out.print(f"{s['name']}: rolled back (snapshot #{s['snapshot']}), {s['status']}")
 
 
 @app.command()
@@ -827,6 +1027,39 @@ def token_create() -> None:
     """A token for the TCP control listener, acting as you."""
     reply = _client().request("POST", "/v1/tokens")
     out.print(f"token for {reply['user']}: {reply['token']}  (shown once)", markup=False)
+
+
+image_app = typer.Typer(help="The serving image of the docker runtimes.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+@reports_errors
+def image_build(
+    force: bool = typer.Option(False, help="Rebuild the root filesystem even if cached."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the tag."),
+) -> None:
+    """Build the serving image from Debian packages (no registry pull) and `docker import` it
+    as opsbot-serving:<content hash> and :latest; skipped when that image exists. The root
+    filesystem is cached in $OPSBOT_CACHE_DIR (default ~/.cache/opsbot)."""
+    from opsbot.core.images import ensure_image
+    from opsbot.core.runtimes.docker import connect
+
+    client = connect()
+    if quiet:
+        built = ensure_image(client, force=force)
+    else:
+        with err.status("serving image") as status:
+
+            def progress(line: str) -> None:
+                err.print(line, markup=False)
+                status.update(line[:80])
+
+            built = ensure_image(client, force=force, on_progress=progress)
+    if not quiet:
+        what = f"built in {built.seconds:.0f} s" if built.built else "already built"
+        err.print(f"{built.tag}: {what}", markup=False)
+    out.print(built.tag, markup=False)
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ session into a template home, and ``examples_home`` hands each test its own copy
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
+from homes import clone_home
 
 from opsbot.core.app import DB_NAME, Core
 from opsbot.core.examples import build_all
@@ -76,16 +76,3 @@ def examples_home(home: Path, template: Path) -> Path:
     """``home`` holding a copy of the template: iris 1.0.0 and 2.0.0, iris-onnx 1.0.0 (all
     Normal, published, owned by ``me``) and the ExeML model ``flowers`` 1.0.0."""
     return clone_home(template, home)
-
-
-def clone_home(template: Path, home: Path) -> Path:
-    """Copy a template data directory, pointing its model paths at the copy."""
-    shutil.copytree(template, home, dirs_exist_ok=True)
-    conn = sqlite3.connect(home / DB_NAME)
-    with conn:
-        conn.execute(
-            "UPDATE model_versions SET path = replace(path, ?, ?)",
-            (str(template), str(home)),
-        )
-    conn.close()
-    return home

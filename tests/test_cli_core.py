@@ -133,6 +133,7 @@ def test_validate_json_file_as_json(home: Path, tmp_path: Path, cpu_only: None) 
             }
         ],
         "traffic_limit": 100,
+        "rules": [],
     }
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opsbot.core import deadlines, events
+from opsbot.core import deadlines, events, update
 from opsbot.core import services as services_mod
 from opsbot.core.admission import CheckedSpec, check_spec
 from opsbot.core.clock import Clock, SystemClock
@@ -24,7 +24,7 @@ from opsbot.core.flavors import FlavorStatus, load_flavors
 from opsbot.core.hardware import HardwareProbe, LocalProbe
 from opsbot.core.identity import User, link_slack, slack_user_name
 from opsbot.core.identity import user as make_user
-from opsbot.core.pools import PUBLIC, Pools
+from opsbot.core.pools import PUBLIC, Pools, PoolStatus
 from opsbot.core.registry import ModelVersion, Registry, Source
 from opsbot.core.services import Created, Service
 from opsbot.core.spec import DeploySpec, parse_spec
@@ -105,6 +105,17 @@ class Core:
                 field="resource_pool",
             )
         return [self.pools.flavor_status(f, pool) for f in self.flavors]
+
+    def pool_statuses(self, actor: User) -> list[PoolStatus]:
+        """Every pool (public first) with its kind, capacity, what is free now, and whether the
+        actor may deploy to it."""
+        db = self.store.db
+        return [self.pools.status(db, name, actor.name) for name in self.pools.names()]
+
+    def use_probe(self, probe: HardwareProbe) -> None:
+        """Count another machine room (the swarm's nodes instead of this machine's)."""
+        self.probe = probe
+        self.pools = Pools(self.config, self.flavors, probe)
 
     # -- specs -----------------------------------------------------------------------------
 
@@ -244,6 +255,47 @@ class Core:
         with self.store.write() as db:
             deadlines.set_auto_stop(db, self.clock.now(), service, value, actor.name)
         return self.service(actor, service.name, service.owner)
+
+    def update_service(
+        self,
+        actor: User,
+        name: str,
+        data: Any,
+        owner: str | None = None,
+        *,
+        message: str = "modified",
+    ) -> update.Updated:
+        """Modify a service: ``data`` is a whole new spec (a dict, as for a deploy) or
+        :class:`update.Changes` applied to the current one. Checked like a deploy, checked
+        against the pool's free capacity, stored with a config snapshot; the controller brings
+        the instances to it without a gap."""
+        service = self._acted_on(actor, name, owner)
+        if isinstance(data, update.Changes):
+            data = update.apply_changes(service.spec, data)
+        checked = check_spec(parse_spec(data), service.owner, self.registry, self.pools)
+        return update.update_service(
+            self.store, self.clock, self.pools, service, checked, actor.name, message=message
+        )
+
+    def history(self, actor: User, name: str, owner: str | None = None) -> list[update.Snapshot]:
+        """The service's config snapshots, oldest first (#1 is the deploy)."""
+        return update.history(self.store, self.service(actor, name, owner))
+
+    def rollback_preview(
+        self, actor: User, name: str, to: int, owner: str | None = None
+    ) -> list[str]:
+        """What rolling back to snapshot ``to`` would change, a line per change."""
+        service = self.service(actor, name, owner)
+        target = update.snapshot_spec(self.store, service, to)
+        return update.spec_diff(service.spec.model_dump(mode="json"), target)
+
+    def rollback(self, actor: User, name: str, to: int, owner: str | None = None) -> update.Updated:
+        """Apply snapshot ``to`` again, as a new modification (so it can be undone too)."""
+        service = self._acted_on(actor, name, owner)
+        target = update.snapshot_spec(self.store, service, to)
+        return self.update_service(
+            actor, name, target, service.owner, message=f"rolled back to #{to}"
+        )
 
     def run_due(self) -> deadlines.Due:
         """Record due reminders and stop expired services (the scheduler calls this)."""

@@ -9,6 +9,7 @@ Deleting -> gone). Requests from users only change the store and wake the loop e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 from opsbot.core import events
 from opsbot.core import services as svc
 from opsbot.core.clock import Clock
+from opsbot.core.deadlines import AUTO_STOP_ACTOR
 from opsbot.core.events import Kind, Level
 from opsbot.core.flavors import Flavor
 from opsbot.core.hardware import Device, HardwareProbe
@@ -34,11 +36,15 @@ from opsbot.core.store import Store, table
 
 log = logging.getLogger(__name__)
 
-STARTING, DOWN = "starting", "down"
+STARTING, DOWN, DRAINING = "starting", "down", "draining"
+NOT_ANSWERING = "stopped answering its readiness check"
 ACTOR = "controller"
 #: Exit code with which the model server says the model could not be loaded: no use retrying.
 LOAD_FAILED_CODE = 3
 BACKOFF_MAX_S = 60.0
+#: How long an instance leaves the routes before it is stopped: a few gateway polls; calls
+#: still in flight then finish during the model server's own SIGTERM grace.
+DRAIN_S = 2.0
 #: Starts an instance gets while its service is Deploying before the deploy is called Failed.
 DEPLOY_ATTEMPTS = 3
 ACTIVE = (Status.DEPLOYING, Status.RUNNING, Status.CONCERNING, Status.ABNORMAL)
@@ -74,6 +80,7 @@ class InstanceRow:
     restarts: int
     next_try: float
     started_at: float | None
+    config: str = ""
 
     @property
     def key_tail(self) -> tuple[int, int]:
@@ -82,7 +89,7 @@ class InstanceRow:
 
 _INSTANCE_COLUMNS = (
     "id, service_id, idx, n, handle, host, port, state, reason, gpus, restarts, next_try, "
-    "started_at"
+    "started_at, config"
 )
 
 
@@ -105,6 +112,14 @@ class VersionPlan:
     format: str
     entry: str | None
     env: dict[str, str]
+    config: str
+    """A fingerprint of what the instances run (model version, flavor, env): instances started
+    under another one are replaced."""
+
+
+def fingerprint(model_version_id: int, flavor: str, env: str) -> str:
+    blob = json.dumps([model_version_id, flavor, json.loads(env)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class Controller:
@@ -117,6 +132,7 @@ class Controller:
         clock: Clock,
         *,
         deploy_timeout_s: float = 1200.0,
+        drain_s: float = DRAIN_S,
         ready: Callable[[str, int], bool] = http_ready,
         on_event: Callable[[], None] | None = None,
     ):
@@ -126,6 +142,7 @@ class Controller:
         self.probe = probe
         self.clock = clock
         self.deploy_timeout_s = deploy_timeout_s
+        self.drain_s = drain_s
         self.ready = ready
         self.on_event = on_event
         self.wake_event = threading.Event()
@@ -192,7 +209,12 @@ class Controller:
         if service.status in ACTIVE:
             self._converge(service, rows)
         elif service.status in (Status.STOPPING, Status.DELETING):
-            self._stop_all(rows)
+            try:
+                self._stop_all(rows)
+            except Exception as exc:  # the runtime refused: said once, retried every pass
+                log.exception("stopping %s failed", service.name)
+                self._stop_failed(service, exc)
+                return
             self._finish_stop(service)
         elif rows:  # Stopped or Failed with leftovers (a daemon killed mid-stop)
             self._stop_all(rows)
@@ -202,19 +224,28 @@ class Controller:
     def _plans(self, service: Service) -> list[VersionPlan]:
         rows = self.store.db.execute(
             "SELECT sv.idx, sv.instances, sv.flavor, sv.env, m.name, v.version, v.path, "
-            "v.format, v.entry FROM service_versions sv "
+            "v.format, v.entry, v.id FROM service_versions sv "
             "JOIN model_versions v ON v.id = sv.model_version_id "
             "JOIN models m ON m.id = v.model_id WHERE sv.service_id = ? ORDER BY sv.idx",
             (service.id,),
         ).fetchall()
         plans = []
-        for idx, count, flavor_id, env, name, version, path, fmt, entry in rows:
+        for idx, count, flavor_id, env, name, version, path, fmt, entry, mv_id in rows:
             flavor = self.flavors.get(flavor_id)
             if flavor is None:
                 raise LookupError(f"flavor {flavor_id} is no longer in flavors.toml")
             plans.append(
                 VersionPlan(
-                    idx, count, flavor, name, version, Path(path), fmt, entry, json.loads(env)
+                    idx,
+                    count,
+                    flavor,
+                    name,
+                    version,
+                    Path(path),
+                    fmt,
+                    entry,
+                    json.loads(env),
+                    fingerprint(mv_id, flavor_id, env),
                 )
             )
         return plans
@@ -225,39 +256,83 @@ class Controller:
         except LookupError as exc:
             self._fail(service, rows, str(exc))
             return
-        wanted = {(p.idx, n): p for p in plans for n in range(p.instances)}
-        have = {r.key_tail: r for r in rows}
         now = self.clock.now()
-        for tail, extra in have.items():
-            if tail not in wanted:
-                self._stop_row(extra)
-        for tail, plan in wanted.items():
-            row = have.get(tail)
-            if row is None:
-                self._start(service, plan, tail[1], None)
-            elif row.state == DOWN:
-                if now >= row.next_try:
-                    self._start(service, plan, tail[1], row)
-            else:
-                ended = self.runtime.exited(row.handle)
-                if ended is not None:
-                    if service.status == Status.DEPLOYING and (
-                        ended.code == LOAD_FAILED_CODE or row.restarts + 1 >= DEPLOY_ATTEMPTS
-                    ):
-                        what = (
-                            "model load failed"
-                            if ended.code == LOAD_FAILED_CODE
-                            else f"instance failed {DEPLOY_ATTEMPTS} times while deploying"
-                        )
-                        self._fail(
-                            service,
-                            instance_rows(self.store, service.id),
-                            f"{what}: {ended.reason}",
-                        )
-                        return
-                    self._mark_down(service, row, ended.reason)
+        for row in rows:
+            if row.state == DRAINING and now >= row.next_try:
+                self._stop_row(row)
+        live = [r for r in rows if r.state != DRAINING]
+        planned = {p.idx for p in plans}
+        self._retire([r for r in live if r.idx not in planned])  # versions no longer named
+        for plan in plans:
+            group = [r for r in live if r.idx == plan.idx]
+            taken = {r.n for r in rows if r.idx == plan.idx}
+            if not self._converge_version(service, plan, group, taken):
+                return
         self._probe(service)
         self._settle(service)
+
+    def _converge_version(
+        self, service: Service, plan: VersionPlan, group: list[InstanceRow], taken: set[int]
+    ) -> bool:
+        """Bring one version to its plan; False when the service has just failed.
+
+        Instances started under another configuration are stale: they keep serving until
+        current ones are ready, then leave one for one (drained first when they take calls).
+        """
+        now = self.clock.now()
+        current = [r for r in group if r.config in ("", plan.config)]
+        stale = [r for r in group if r.config not in ("", plan.config)]
+        # Fewer wanted (or too many after a crash): the ones not ready, then the newest, go.
+        current.sort(key=lambda r: (r.state != READY, r.n))
+        self._retire(current[plan.instances :])
+        current = current[: plan.instances]
+        for _ in range(plan.instances - len(current)):
+            n = next(i for i in range(len(taken) + 1) if i not in taken)
+            taken.add(n)
+            self._start(service, plan, n, None)
+        for row in current:
+            if row.state == DOWN:
+                if now >= row.next_try:
+                    self._start(service, plan, row.n, row)
+                continue
+            ended = self.runtime.exited(row.handle)
+            if ended is None:
+                continue
+            if service.status == Status.DEPLOYING and (
+                ended.code == LOAD_FAILED_CODE or row.restarts + 1 >= DEPLOY_ATTEMPTS
+            ):
+                what = (
+                    "model load failed"
+                    if ended.code == LOAD_FAILED_CODE
+                    else f"instance failed {DEPLOY_ATTEMPTS} times while deploying"
+                )
+                self._fail(
+                    service, instance_rows(self.store, service.id), f"{what}: {ended.reason}"
+                )
+                return False
+            self._mark_down(service, row, ended.reason)
+        ready_now = sum(1 for r in current if r.state == READY)
+        serving = [r for r in stale if r.state == READY]
+        self._retire([r for r in stale if r.state != READY])
+        surplus = len(serving) + ready_now - plan.instances
+        if surplus > 0:
+            self._retire(sorted(serving, key=lambda r: r.n)[:surplus])
+        return True
+
+    def _retire(self, rows: list[InstanceRow]) -> None:
+        """Take instances out of service: ready ones drain first, the others stop now."""
+        ready = [r for r in rows if r.state == READY]
+        self._stop_all([r for r in rows if r.state != READY])
+        if not ready:
+            return
+        now = self.clock.now()
+        with self.store.write() as db:
+            for row in ready:
+                db.execute(
+                    "UPDATE instances SET state = ?, next_try = ?, updated_at = ? WHERE id = ?",
+                    (DRAINING, now + self.drain_s, now, row.id),
+                )
+        self._notify()
 
     def _probe(self, service: Service) -> None:
         rows = [
@@ -272,8 +347,13 @@ class Controller:
         with self.store.write() as db:
             for row, ok in changes:
                 db.execute(
-                    "UPDATE instances SET state = ?, updated_at = ? WHERE id = ?",
-                    (READY if ok else STARTING, self.clock.now(), row.id),
+                    "UPDATE instances SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+                    (
+                        READY if ok else STARTING,
+                        "" if ok else NOT_ANSWERING,
+                        self.clock.now(),
+                        row.id,
+                    ),
                 )
 
     def _settle(self, service: Service) -> None:
@@ -315,9 +395,15 @@ class Controller:
                         self._notify()
                     return
             else:
+                # Instances a modification adds (never restarted yet) are on their way, not
+                # missing; an instance that is down is a concern even while old ones serve.
+                coming = sum(
+                    1 for r in rows if r.state == STARTING and r.restarts == 0 and not r.reason
+                )
+                down = any(r.state == DOWN for r in rows)
                 target = (
                     Status.RUNNING
-                    if ready >= desired
+                    if not down and ready > 0 and ready + coming >= desired
                     else (Status.CONCERNING if ready > 0 else Status.ABNORMAL)
                 )
                 if target != status:
@@ -363,14 +449,27 @@ class Controller:
 
     def _start(self, service: Service, plan: VersionPlan, n: int, row: InstanceRow | None) -> None:
         now = self.clock.now()
-        devices = self._assign_devices(plan.flavor)
+        # A runtime that places accelerators itself (Swarm) gets none from this machine's.
+        places = getattr(self.runtime, "places_devices", False)
+        devices = () if places else self._assign_devices(plan.flavor)
         if isinstance(devices, str):
-            self._upsert(service, plan, n, row, state=DOWN, reason=devices, next_try=now + 5)
+            self._upsert(
+                service,
+                plan,
+                n,
+                row,
+                state=DOWN,
+                reason=devices,
+                next_try=now + 5,
+                config=plan.config,
+            )
             return
         gpus = ",".join(f"{d.kind}:{d.index}" for d in devices)
         # Claim the row (and the devices) before starting, so a crash in between leaves a row
         # that adoption can match instead of an orphan.
-        row_id = self._upsert(service, plan, n, row, state=STARTING, gpus=gpus, handle="")
+        row_id = self._upsert(
+            service, plan, n, row, state=STARTING, gpus=gpus, handle="", config=plan.config
+        )
         spec = InstanceSpec(
             service_uid=service.uid,
             owner=service.owner,
@@ -384,13 +483,21 @@ class Controller:
             flavor=plan.flavor,
             env=plan.env,
             devices=devices,
+            pool=service.spec.resource_pool,
         )
         try:
             started = self.runtime.start(spec)
         except Exception as exc:  # runtime errors are reported on the instance, then retried
             log.exception("starting %s failed", spec.key)
             self._upsert(
-                service, plan, n, None, state=DOWN, reason=f"start failed: {exc}", next_try=now + 5
+                service,
+                plan,
+                n,
+                None,
+                state=DOWN,
+                reason=f"start failed: {exc}",
+                next_try=now + 5,
+                config=plan.config,
             )
             return
         with self.store.write() as db:
@@ -510,6 +617,27 @@ class Controller:
                     reason=current.reason,
                     message="stopped" + (f": {current.reason}" if current.reason else ""),
                 )
+        self._notify()
+
+    def _stop_failed(self, service: Service, exc: Exception) -> None:
+        """Record that the instances would not stop (once per distinct reason)."""
+        auto = service.status == Status.STOPPING and service.status_actor == AUTO_STOP_ACTOR
+        kind = Kind.AUTO_STOP_FAILED if auto else Kind.STOP_FAILED
+        what = "auto stop" if auto else "stop"
+        message = (
+            f"{what} could not stop the instances: {exc}; retrying every few seconds. "
+            "Check the runtime (for docker: is the engine up?)"
+        )
+        with self.store.write() as db:
+            last = db.execute(
+                "SELECT kind, message FROM events WHERE service_id = ? ORDER BY id DESC LIMIT 1",
+                (service.id,),
+            ).fetchone()
+            if last is not None and tuple(last) == (kind.value, message):
+                return
+            svc.record_event(
+                db, self.clock.now(), service, kind, message, actor=ACTOR, level=Level.ABNORMAL
+            )
         self._notify()
 
     def _fail(self, service: Service, rows: list[InstanceRow], reason: str) -> None:

@@ -23,7 +23,7 @@ from opsbot.core.errors import Conflict, FieldError, InvalidInput
 from opsbot.core.events import Kind
 from opsbot.core.services import Service
 from opsbot.core.status import Status
-from opsbot.core.store import Store, table
+from opsbot.core.store import Store
 from opsbot.core.timefmt import format_remaining
 
 #: Statuses in which a service's deadline runs.
@@ -97,12 +97,7 @@ def set_auto_stop(
         "updated_at = ? WHERE id = ?",
         (body, wanted.minutes, due, now, service.id),
     )
-    n = db.execute(
-        "SELECT COALESCE(MAX(n), 0) + 1 FROM config_snapshots WHERE service_id = ?", (service.id,)
-    ).fetchone()[0]
-    table(db, "config_snapshots").insert(
-        {"service_id": service.id, "n": n, "spec": body, "actor": actor, "created_at": now}
-    )
+    svc.snapshot(db, now, service.id, body, actor)
     if wanted.enabled:
         when = f"; stops in {format_remaining(due - now)}" if due else ""
         kind, message = Kind.AUTO_STOP_ENABLED, f"auto stop on: {format_auto_stop(wanted)}{when}"

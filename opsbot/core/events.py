@@ -40,6 +40,7 @@ class Kind(StrEnum):
     REMINDER = "reminder"
     EXPIRED = "expired"
     AUTO_STOP_FAILED = "auto_stop_failed"
+    STOP_FAILED = "stop_failed"
     MODIFIED = "modified"
     KEY_ROTATED = "key_rotated"
 

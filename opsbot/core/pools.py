@@ -58,6 +58,35 @@ class Capacity:
         parts += [f"{max(n, 0)} {kind}" for kind, n in sorted(self.accelerators.items()) if n]
         return ", ".join(parts)
 
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "cpus": round(max(self.cpus, 0.0), 3),
+            "memory_gib": round(max(self.memory_gib, 0.0), 3),
+            "accelerators": {k: max(n, 0) for k, n in sorted(self.accelerators.items())},
+        }
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """One pool as the Deploy form offers it: its kind, what it holds and what is free now."""
+
+    name: str
+    kind: str  # "public" or "dedicated"
+    capacity: Capacity
+    free: Capacity
+    may_use: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "capacity": self.capacity.as_dict(),
+            "free": self.free.as_dict(),
+            "may_use": self.may_use,
+            "free_text": self.free.describe(),
+            "summary": f"{self.free.describe()} free of {self.capacity.describe()}",
+        }
+
 
 def demand(flavor: Flavor, instances: int) -> Capacity:
     acc: dict[str, int] = (
@@ -90,11 +119,18 @@ class Pools:
         return name == PUBLIC or (pool is not None and (not pool.members or user in pool.members))
 
     def _nodes(self, name: str) -> list[Node]:
+        """The nodes a pool's instances may run on: for a dedicated pool those it names or that
+        carry its label (``opsbot.pool=NAME``), else any; for public, those no dedicated pool
+        has labelled for itself."""
         nodes = list(self.probe.nodes())
+        if name == PUBLIC:
+            dedicated = set(self.names()) - {PUBLIC}
+            return [n for n in nodes if n.pool not in dedicated]
         pool = self.get(name)
+        labelled = [n for n in nodes if n.pool == name]
         if pool and pool.nodes:
-            nodes = [n for n in nodes if n.name in pool.nodes]
-        return nodes
+            return [n for n in nodes if n.name in pool.nodes or n.pool == name]
+        return labelled or nodes
 
     def capacity(self, name: str) -> Capacity:
         pool = self.get(name)
@@ -102,7 +138,7 @@ class Pools:
             return Capacity(pool.cpus, pool.memory_gib, dict(pool.accelerators))
         total = Capacity()
         public = self.config.public_pool
-        for node in self.probe.nodes():
+        for node in self._nodes(PUBLIC):
             acc: dict[str, int] = {}
             for d in node.devices:
                 acc[d.kind] = acc.get(d.kind, 0) + 1
@@ -160,6 +196,17 @@ class Pools:
         ).fetchall()
         return self.sum_demand((flavor, n) for flavor, n in rows)
 
+    def status(self, db: sqlite_utils.Database, name: str, user: str) -> PoolStatus:
+        """The pool's kind, capacity and free capacity now, and whether ``user`` may use it."""
+        total = self.capacity(name)
+        return PoolStatus(
+            name=name,
+            kind="public" if name == PUBLIC else "dedicated",
+            capacity=total,
+            free=total - self.used(db, name),
+            may_use=self.may_use(user, name),
+        )
+
     def sum_demand(self, entries: Iterable[tuple[str, int]]) -> Capacity:
         total = Capacity()
         for flavor_id, instances in entries:
@@ -168,10 +215,22 @@ class Pools:
                 total = total + demand(flavor, instances)
         return total
 
-    def admit(self, db: sqlite_utils.Database, name: str, needed: Capacity) -> None:
-        """Raise CapacityExceeded, saying what is free, when the demand does not fit now."""
+    def admit(
+        self,
+        db: sqlite_utils.Database,
+        name: str,
+        needed: Capacity,
+        *,
+        releasing: Capacity | None = None,
+    ) -> None:
+        """Raise CapacityExceeded, saying what is free, when the demand does not fit now.
+
+        ``releasing`` is what the demand replaces (a modified service's current use).
+        """
         total = self.capacity(name)
         free = total - self.used(db, name)
+        if releasing is not None:
+            free = free + releasing
         short = free.shortfalls(needed)
         if short:
             raise CapacityExceeded(

@@ -23,7 +23,7 @@ from opsbot.core.spec import NAME_PATTERN, TOKEN_PATTERN
 from opsbot.core.store import Store, table
 
 Source = Literal["mine", "subscribed"]
-FORMATS = ("sklearn", "onnx", "python")
+FORMATS = ("sklearn", "onnx", "python", "image")  # image: see opsbot.core.images
 ORIGINS = ("custom", "exeml")
 BUILDING, NORMAL, FAILED = "building", "normal", "failed"
 MANIFEST = "opsbot-model.json"
@@ -185,6 +185,7 @@ class Registry:
         Bad input (name, version, format, a directory without the format's files, a version
         that exists) raises before anything is copied or stored.
         """
+        from opsbot.core.images import IMAGE_FORMAT, image_model_problem
         from opsbot.serving.loaders import required_files
 
         errors = []
@@ -210,9 +211,13 @@ class Registry:
         if errors:
             raise InvalidInput(errors, title="Invalid model")
         path = Path(path).expanduser().resolve()
-        problem = required_files(path, fmt, entry)
+        where, problem = (
+            image_model_problem(path, entry)
+            if fmt == IMAGE_FORMAT
+            else ("path", required_files(path, fmt, entry))
+        )
         if problem:
-            raise ModelInvalid(problem, field="path")
+            raise ModelInvalid(problem, field=where)
         existing = self._query(
             "m.owner = ? AND m.name = ? AND v.version = ?", (owner, name, version)
         )
@@ -298,17 +303,12 @@ class Registry:
         ]
         if mv.entry:
             cmd += ["--entry", mv.entry]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            lines = proc.stdout.strip().splitlines()
-            result = json.loads(lines[-1]) if lines else None
-            if not isinstance(result, dict):
-                tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-                result = {"ok": False, "reason": f"the check crashed: {tail[0]}"}
-        except subprocess.TimeoutExpired:
-            result = {"ok": False, "reason": f"loading took longer than {timeout:.0f} s"}
-        except ValueError:
-            result = {"ok": False, "reason": "the check printed something that is not JSON"}
+        if mv.format == "image":  # its own server: the image must be on the engine
+            from opsbot.core.images import check_image_model
+
+            result = check_image_model(mv.entry or "")
+        else:
+            result = _child_check(cmd, timeout)
         status = NORMAL if result.get("ok") else FAILED
         reason = "" if result.get("ok") else str(result.get("reason", "unknown"))
         with self.store.write() as db:
@@ -378,9 +378,7 @@ class Registry:
 
     def subscribe(self, user: str, ref: str) -> None:
         """Add a published model (OWNER/NAME) to the user's subscriptions."""
-        owner, sep, name = ref.partition("/")
-        if not sep or not owner or not name:
-            raise InvalidInput([FieldError("model", f"name it OWNER/NAME, not {ref!r}")])
+        owner, name = split_ref(ref)
         if owner == user:
             raise Conflict(f"{name} is yours: it is under My Models already", field="model")
         model_id = self._model_id(owner, name)
@@ -400,6 +398,30 @@ class Registry:
             db.execute(
                 "DELETE FROM subscriptions WHERE user = ? AND model_id = ?", (user, model_id)
             )
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """OWNER and NAME of a reference to someone's model; InvalidInput when it is not one."""
+    owner, sep, name = ref.partition("/")
+    if not sep or not owner or not name or "/" in name:
+        raise InvalidInput([FieldError("model", f"name it OWNER/NAME, not {ref!r}")])
+    return owner, name
+
+
+def _child_check(cmd: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``opsbot.serving.check`` in a child process; its JSON verdict."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        lines = proc.stdout.strip().splitlines()
+        result = json.loads(lines[-1]) if lines else None
+        if not isinstance(result, dict):
+            tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+            result = {"ok": False, "reason": f"the check crashed: {tail[0]}"}
+    except subprocess.TimeoutExpired:
+        result = {"ok": False, "reason": f"loading took longer than {timeout:.0f} s"}
+    except ValueError:
+        result = {"ok": False, "reason": "the check printed something that is not JSON"}
+    return result
 
 
 def _safe(owner: str) -> str:

@@ -6,11 +6,18 @@ it cheaply when another connection has committed, so a route change reaches it w
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from opsbot.core.errors import SpecInvalid
+from opsbot.core.spec import RoutingRule, parse_spec
 from opsbot.core.status import Status
+
+log = logging.getLogger(__name__)
 
 #: Statuses in which the gateway forwards calls (to whichever instances are ready).
 SERVING = (Status.RUNNING, Status.CONCERNING, Status.ABNORMAL, Status.DEPLOYING)
@@ -38,6 +45,17 @@ class VersionRoute:
 
 
 @dataclass(frozen=True)
+class RouteRule:
+    """A routing rule with the index of the version it sends matching calls to."""
+
+    rule: RoutingRule
+    idx: int
+
+    def applies(self, headers: Mapping[str, str]) -> bool:
+        return self.rule.applies(headers.get(self.rule.header))
+
+
+@dataclass(frozen=True)
 class ServiceRoute:
     uid: str
     name: str
@@ -46,13 +64,45 @@ class ServiceRoute:
     traffic_limit: int
     key_hashes: frozenset[str]
     versions: tuple[VersionRoute, ...] = field(default=())
+    rules: tuple[RouteRule, ...] = field(default=())
+
+    def ruled(self, headers: Mapping[str, str]) -> int | None:
+        """The version index the first matching rule names, or None: then the ratios decide."""
+        for rule in self.rules:
+            if rule.applies(headers):
+                return rule.idx
+        return None
+
+
+def _rules(spec_json: str, owner: str, versions: list[VersionRoute]) -> tuple[RouteRule, ...]:
+    """The spec's rules, each with the slot (idx) of the version it names."""
+    data = json.loads(spec_json)
+    if not data.get("rules"):
+        return ()
+    try:
+        spec = parse_spec(data)
+    except SpecInvalid:  # a spec stored under older rules: its calls follow the ratios
+        log.warning("ignoring the routing rules of a spec that no longer validates")
+        return ()
+    slots = {(v.model, v.version): v.idx for v in versions}
+    out = []
+    for rule in spec.rules:
+        pos = rule.target(spec.models)
+        if pos is None:
+            continue
+        entry = spec.models[pos]
+        model = entry.model if "/" in entry.model else f"{owner}/{entry.model}"
+        idx = slots.get((model, entry.version))
+        if idx is not None:
+            out.append(RouteRule(rule, idx))
+    return tuple(out)
 
 
 def load_routes(db: sqlite_utils.Database) -> dict[str, ServiceRoute]:
     """Every service that may take calls, keyed by its uid (the id in the gateway URL)."""
     marks = ",".join("?" for _ in SERVING)
     services = db.execute(
-        f"SELECT id, uid, name, owner, status, traffic_limit FROM services "
+        f"SELECT id, uid, name, owner, status, traffic_limit, spec FROM services "
         f"WHERE status IN ({marks})",
         [s.value for s in SERVING],
     ).fetchall()
@@ -86,6 +136,7 @@ def load_routes(db: sqlite_utils.Database) -> dict[str, ServiceRoute]:
             traffic_limit=limit,
             key_hashes=frozenset(keys.get(sid, ())),
             versions=tuple(versions.get(sid, ())),
+            rules=_rules(spec, owner, versions.get(sid, [])),
         )
-        for sid, uid, name, owner, status, limit in services
+        for sid, uid, name, owner, status, limit, spec in services
     }

@@ -33,6 +33,8 @@ class InstanceSpec:
     flavor: Flavor
     env: Mapping[str, str]
     devices: tuple[Device, ...] = ()
+    #: The resource pool the service runs in (the swarm runtime places by node label).
+    pool: str = "public"
 
     @property
     def key(self) -> str:
@@ -166,3 +168,29 @@ def thread_env(flavor: Flavor) -> dict[str, str]:
     return {
         name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
     }
+
+
+def server_argv(
+    python: str, model_path: str, spec: InstanceSpec, host: str, port: int
+) -> list[str]:
+    """The model server's command line for one instance: every runtime runs the same one."""
+    argv = [
+        python,
+        "-m",
+        "opsbot.serving.server",
+        "--path",
+        model_path,
+        "--format",
+        spec.format,
+        "--name",
+        spec.model_name,
+        "--version",
+        spec.version,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if spec.entry:
+        argv += ["--entry", spec.entry]
+    return argv

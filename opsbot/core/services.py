@@ -17,7 +17,8 @@ from opsbot.core.errors import CapacityExceeded, Conflict, NotFound, QuotaExceed
 from opsbot.core.events import Kind, Level
 from opsbot.core.keys import hash_key, key_prefix, new_key
 from opsbot.core.pools import Pools
-from opsbot.core.spec import DeploySpec, masked_env, parse_spec
+from opsbot.core.routes import READY
+from opsbot.core.spec import DeploySpec, ModelEntry, masked_env, parse_spec
 from opsbot.core.status import Status
 from opsbot.core.store import Store, table
 
@@ -37,6 +38,13 @@ class Service:
     updated_at: float
     status_since: float | None = None
     status_actor: str = ""
+    #: Instances that answered their readiness check, as the controller last saw them.
+    ready_instances: int = 0
+
+    @property
+    def desired_instances(self) -> int:
+        """The instances the spec asks for, over every version."""
+        return sum(m.instances for m in self.spec.models)
 
     def as_dict(self, *, gateway_url: str = "") -> dict[str, Any]:
         """The service as every front end shows it; secret-looking env values masked."""
@@ -59,16 +67,20 @@ class Service:
             "traffic_limit": self.spec.traffic_limit,
             "description": self.spec.description,
             "models": spec["models"],
+            "rules": spec["rules"],
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "status_since": self.status_since,
             "status_actor": self.status_actor,
+            "instances_ready": self.ready_instances,
+            "instances_desired": self.desired_instances,
         }
 
 
 _COLUMNS = (
     "id, uid, owner, name, status, progress, reason, spec, due_time, created_at, updated_at, "
-    "status_since, status_actor"
+    "status_since, status_actor, "
+    f"(SELECT COUNT(*) FROM instances i WHERE i.service_id = services.id AND i.state = '{READY}')"
 )
 
 
@@ -87,6 +99,7 @@ def _service(row: tuple[Any, ...]) -> Service:
         updated_at=row[10],
         status_since=row[11],
         status_actor=row[12],
+        ready_instances=row[13],
     )
 
 
@@ -220,23 +233,43 @@ def _insert(db: sqlite_utils.Database, now: float, checked: CheckedSpec, owner: 
         )
         .last_pk
     )
+    assert service_id is not None
     for idx, (entry, mv) in enumerate(zip(spec.models, checked.versions, strict=True)):
-        table(db, "service_versions").insert(
-            {
-                "service_id": service_id,
-                "idx": idx,
-                "model_version_id": mv.id,
-                "traffic_ratio": entry.traffic_ratio,
-                "flavor": entry.flavor,
-                "instances": entry.instances,
-                "env": json.dumps(entry.env),
-            }
-        )
-    table(db, "config_snapshots").insert(
-        {"service_id": service_id, "n": 1, "spec": body, "actor": owner, "created_at": now}
-    )
+        insert_version(db, service_id, idx, entry, mv.id)
+    snapshot(db, now, service_id, body, owner)
     row = db.execute(f"SELECT {_COLUMNS} FROM services WHERE id = ?", (service_id,)).fetchone()
     return _service(row)
+
+
+def insert_version(
+    db: sqlite_utils.Database, service_id: int, idx: int, entry: ModelEntry, model_version_id: int
+) -> None:
+    """One version of a service in its slot ``idx`` (what the controller and gateway read)."""
+    table(db, "service_versions").insert(
+        {
+            "service_id": service_id,
+            "idx": idx,
+            "model_version_id": model_version_id,
+            "traffic_ratio": entry.traffic_ratio,
+            "flavor": entry.flavor,
+            "instances": entry.instances,
+            "env": json.dumps(entry.env),
+        }
+    )
+
+
+def snapshot(db: sqlite_utils.Database, now: float, service_id: int, body: str, actor: str) -> int:
+    """Keep a copy of the service's spec as it is now; returns its number (1, 2, ...)."""
+    n = int(
+        db.execute(
+            "SELECT COALESCE(MAX(n), 0) + 1 FROM config_snapshots WHERE service_id = ?",
+            (service_id,),
+        ).fetchone()[0]
+    )
+    table(db, "config_snapshots").insert(
+        {"service_id": service_id, "n": n, "spec": body, "actor": actor, "created_at": now}
+    )
+    return n
 
 
 def record_event(

@@ -8,6 +8,7 @@ flavors or the store live in :mod:`opsbot.core.admission`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -16,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+import re2
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -42,6 +44,9 @@ DEFAULT_FLAVOR = "cpu.2u8g"
 MAX_VERSIONS = 10
 MAX_ENV = 100
 MAX_ENV_VALUE = 4096
+MAX_RULES = 10
+MAX_RULE_VALUE = 256
+HEADER_PATTERN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
 
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PWD|TOKEN|SECRET|KEY|CREDENTIAL|PRIVATE", re.I)
 
@@ -158,6 +163,84 @@ class ModelEntry(_Strict):
         return (self.model, self.version)
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@functools.lru_cache(maxsize=1024)
+def _regex(pattern: str) -> Any:
+    """The compiled pattern. RE2 matches in time linear in the header's length, so no rule can
+    stall the gateway's event loop (Python's ``re`` can take exponential time)."""
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def _re2_message(exc: Exception) -> str:
+    text = exc.args[0] if exc.args else str(exc)
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+
+
+class RoutingRule(_Strict):
+    """ "Header H equals (or matches) V -> version X": checked in order before the ratios."""
+
+    header: str = Field(..., description="an HTTP header name, such as X-User-Group")
+    equals: str | None = Field(
+        None, max_length=MAX_RULE_VALUE, description="the exact header value that matches"
+    )
+    matches: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_RULE_VALUE,
+        description="a regular expression the whole header value must match",
+    )
+    version: str = Field(..., min_length=1, description="the version that gets matching calls")
+    model: str | None = Field(
+        None, description="the model of that version, needed only when two models share it"
+    )
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not HEADER_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not an HTTP header name: use letters, digits and -")
+        return value
+
+    @field_validator("matches")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                _regex(value)
+            except re2.error as exc:
+                raise ValueError(
+                    f"{value!r} is not a regular expression opsbot can run: "
+                    f"{_re2_message(exc)} (RE2 syntax: no backreferences or lookaround)"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> RoutingRule:
+        if (self.equals is None) == (self.matches is None):
+            raise ValueError('give exactly one of "equals" and "matches"')
+        return self
+
+    def target(self, models: list[ModelEntry]) -> int | None:
+        """The index of the model entry this rule sends calls to, if exactly one fits."""
+        hits = [
+            i
+            for i, m in enumerate(models)
+            if m.version == self.version and self.model in (None, m.model)
+        ]
+        return hits[0] if len(hits) == 1 else None
+
+    def applies(self, value: str | None) -> bool:
+        """Whether a call whose header H has this value goes to the rule's version."""
+        if value is None:
+            return False
+        if self.equals is not None:
+            return value == self.equals
+        return _regex(self.matches or "").fullmatch(value) is not None
+
+
 class DeploySpec(_Strict):
     """The Deploy form: basic information, resource pool and models, traffic limit."""
 
@@ -186,6 +269,11 @@ class DeploySpec(_Strict):
         ge=1,
         le=1_000_000,
         description="the most requests per second the service accepts, a whole number >= 1",
+    )
+    rules: list[RoutingRule] = Field(
+        default_factory=list,
+        max_length=MAX_RULES,
+        description=f"up to {MAX_RULES} ordered routing rules, checked before the ratios",
     )
 
     @field_validator("traffic_limit", mode="before")
@@ -250,6 +338,16 @@ class DeploySpec(_Strict):
                         f"models[{i}].version",
                         f"{m.model} {m.version} is listed {seen[m.key]} times; "
                         "each version may appear once",
+                    )
+                )
+        for i, rule in enumerate(self.rules):
+            if rule.target(self.models) is None:
+                listed = ", ".join(f"{m.model} {m.version}" for m in self.models)
+                errors.append(
+                    FieldError(
+                        f"rules[{i}].version",
+                        f"{rule.version} is not one version of this service; "
+                        f"choose one of: {listed} (add model = ... if two models share it)",
                     )
                 )
         if errors:
@@ -331,8 +429,11 @@ def _hint(loc: tuple[int | str, ...]) -> str | None:
         if info is None:
             return hint
         hint = info.description
-        model = ModelEntry if part == "models" else None
+        model = _NESTED.get(part)
     return hint
+
+
+_NESTED: dict[str, type[BaseModel]] = {"models": ModelEntry, "rules": RoutingRule}
 
 
 def _message(detail: ErrorDetails) -> str:
@@ -344,6 +445,8 @@ def _message(detail: ErrorDetails) -> str:
             if "models" in loc[:-1]
             else AutoStop
             if "auto_stop" in loc[:-1]
+            else RoutingRule
+            if "rules" in loc[:-1]
             else DeploySpec
         )
         known = ", ".join(owner.model_fields)

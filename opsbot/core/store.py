@@ -155,6 +155,22 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE services ADD COLUMN reminded_due REAL;
     """,
+    # 5: Slack messages a front keeps updating (the deploy DM), so a restart does not lose them.
+    """
+    CREATE TABLE slack_messages (
+        service_id INTEGER NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (service_id, kind)
+    );
+    """,
+    # 6: the configuration an instance was started with, so a modified version's instances are
+    # told apart from the current ones and replaced without a gap.
+    """
+    ALTER TABLE instances ADD COLUMN config TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from opsbot.core import update
 from opsbot.core.autostop import format_auto_stop
 from opsbot.core.errors import FieldError, InvalidInput, OpsbotError, PermissionDenied
 from opsbot.core.events import Event
@@ -138,6 +142,125 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response([mv.as_dict(src) for src, mv in rows])
 
 
+MODEL_FIELDS = ("name", "version", "path", "format")
+MODEL_OPTIONAL = ("entry", "origin", "description")
+
+
+def unreadable_for(path: Path, account: str) -> str | None:
+    """What under ``path`` the local account could not read itself, or None when it could read
+    it all. The daemon copies the directory with its own rights, which may be wider (a service
+    account, root): it must not copy for a caller what the caller may not read."""
+    if account == local_user_name():
+        return None  # the daemon runs as the caller: the copy itself is the check
+    try:
+        entry = pwd.getpwnam(account)
+    except KeyError:
+        return f"{account} is not a local account; create models from a path over the socket"
+    if entry.pw_uid == 0:
+        return None
+    groups = set(os.getgrouplist(account, entry.pw_gid))
+
+    def allowed(target: Path, need: int) -> bool:
+        st = target.stat()
+        shift = 6 if st.st_uid == entry.pw_uid else 3 if st.st_gid in groups else 0
+        return (st.st_mode >> shift) & need == need
+
+    searched: set[Path] = set()
+
+    def reachable(target: Path) -> bool:
+        for parent in reversed(target.parents):
+            if parent not in searched:
+                if not allowed(parent, 0o1):
+                    return False
+                searched.add(parent)
+        return True
+
+    try:
+        root = path.expanduser().resolve()
+        if not root.exists():
+            return None  # the core says what is wrong with the path
+        for top, dirs, files in os.walk(root, followlinks=True):
+            for name in [*dirs, *files]:
+                real = (Path(top) / name).resolve()
+                need = 0o5 if real.is_dir() else 0o4
+                if not (reachable(real) and allowed(real, need)):
+                    return str(Path(top) / name)
+        if not (reachable(root) and allowed(root, 0o5)):
+            return str(root)
+    except OSError as exc:
+        return f"{exc.filename or path}: {exc.strerror}"
+    return None
+
+
+async def create_model(request: web.Request) -> web.Response:
+    """Register a model version from a directory on this machine (``opsbot model create``):
+    Building while it is loaded once and predicts its sample, then Normal or Failed."""
+    daemon = request.app[DAEMON]
+    data = await body(request)
+    if not isinstance(data, dict):
+        raise InvalidInput([FieldError("body", 'send {"name", "version", "path", "format"}')])
+    problems = [
+        FieldError(f, "required: a string")
+        for f in MODEL_FIELDS
+        if not isinstance(data.get(f), str)
+    ]
+    problems += [
+        FieldError(f, "must be a string")
+        for f in MODEL_OPTIONAL
+        if data.get(f) is not None and not isinstance(data.get(f), str)
+    ]
+    if problems:
+        raise InvalidInput(problems, title="Invalid model")
+    me = user(request)
+    path = Path(data["path"])
+    if not path.is_absolute():
+        raise InvalidInput(
+            [FieldError("path", f"{path} is relative; give the directory's absolute path")],
+            title="Invalid model",
+        )
+    blocked = await call(unreadable_for, path, me.name)
+    if blocked:
+        raise PermissionDenied(f"{me.name} may not read {blocked}; the daemon copies only that")
+    mv = await call(
+        daemon.core.create_model,
+        me,
+        data["name"],
+        data["version"],
+        path,
+        data["format"],
+        origin=data.get("origin") or "custom",
+        entry=data.get("entry") or None,
+        description=data.get("description") or "",
+    )
+    return web.json_response(mv.as_dict("mine"), status=201)
+
+
+async def publish_model(request: web.Request) -> web.Response:
+    """Body (optional): {"public": false} makes the model private again."""
+    daemon = request.app[DAEMON]
+    name = request.match_info["name"]
+    data = await body(request) if request.can_read_body else {}
+    public = data.get("public", True) if isinstance(data, dict) else True
+    if not isinstance(public, bool):
+        raise InvalidInput([FieldError("public", 'send {"public": true} or {"public": false}')])
+    me = user(request)
+    await call(daemon.core.publish_model, me, name, public)
+    return web.json_response({"owner": me.name, "name": name, "public": public})
+
+
+async def subscribe_model(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    ref = f"{request.match_info['owner']}/{request.match_info['name']}"
+    await call(daemon.core.subscribe, user(request), ref)
+    return web.json_response({"model": ref, "subscribed": True})
+
+
+async def pools(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    rows = await call(daemon.core.pool_statuses, user(request))
+    return web.json_response([p.as_dict() for p in rows])
+
+
 async def validate(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     data = await body(request)
@@ -179,7 +302,9 @@ async def show_service(request: web.Request) -> web.Response:
     name, owner = _target(request)
     service = await call(daemon.core.service, user(request), name, owner)
     out = service_view(request, service)
-    out["instances"] = await call(daemon.core.instances, service)
+    # ?stats=1: CPU and memory from the runtime too (about a second: two samples)
+    out["instances"] = await call(daemon.instances, service, request.query.get("stats") == "1")
+    out["versions"] = await call(daemon.version_numbers, service, out["instances"])
     out["auto_stop_text"] = format_auto_stop(service.spec.auto_stop)
     return web.json_response(out)
 
@@ -233,6 +358,54 @@ async def rotate_key(request: web.Request) -> web.Response:
     name, owner = _target(request)
     key = await call(daemon.core.rotate_key, user(request), name, owner)
     return web.json_response({"name": name, "api_key": key})
+
+
+async def update_service(request: web.Request) -> web.Response:
+    """Body: {"spec": {...whole new spec...}} or {"changes": {...}} (see update.Changes)."""
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    data = await body(request)
+    if not isinstance(data, dict) or ("spec" in data) == ("changes" in data):
+        raise InvalidInput(
+            [FieldError("spec", 'send {"spec": {...}} (a whole spec) or {"changes": {...}}')]
+        )
+    wanted = data["spec"] if "spec" in data else update.parse_changes(data["changes"])
+    result = await call(daemon.core.update_service, user(request), name, wanted, owner)
+    return _updated(request, result)
+
+
+async def service_history(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    rows = await call(daemon.core.history, user(request), name, owner)
+    return web.json_response(
+        [{"n": r.n, "actor": r.actor, "created_at": r.created_at, "spec": r.spec} for r in rows]
+    )
+
+
+async def rollback_service(request: web.Request) -> web.Response:
+    """Body: {"to": N, "dry_run": false}; answers the changes (and, unless a dry run, the
+    service as modified)."""
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    data = await body(request)
+    to = data.get("to") if isinstance(data, dict) else None
+    if not isinstance(to, int) or isinstance(to, bool):
+        raise InvalidInput([FieldError("to", 'send {"to": N}, N a snapshot from the history')])
+    if data.get("dry_run"):
+        changes = await call(daemon.core.rollback_preview, user(request), name, to, owner)
+        return web.json_response({"changes": changes, "snapshot": None})
+    result = await call(daemon.core.rollback, user(request), name, to, owner)
+    return _updated(request, result)
+
+
+def _updated(request: web.Request, result: update.Updated) -> web.Response:
+    """A modification's answer: the service, the change lines and the snapshot made."""
+    request.app[DAEMON].changed()
+    out = service_view(request, result.service)
+    out["changes"] = list(result.changes)
+    out["snapshot"] = result.snapshot
+    return web.json_response(out)
 
 
 def _since(text: str | None) -> float | None:
@@ -401,6 +574,10 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_get("/v1/whoami", whoami)
     r.add_get("/v1/flavors", flavors)
     r.add_get("/v1/models", models)
+    r.add_post("/v1/models", create_model)
+    r.add_post("/v1/models/{name}/publish", publish_model)
+    r.add_post("/v1/models/{owner}/{name}/subscribe", subscribe_model)
+    r.add_get("/v1/pools", pools)
     r.add_post("/v1/validate", validate)
     r.add_get("/v1/services", list_services)
     r.add_post("/v1/services", create_service)
@@ -411,6 +588,9 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_post("/v1/services/{name}/key", rotate_key)
     r.add_post("/v1/services/{name}/extend", extend_service)
     r.add_post("/v1/services/{name}/autostop", auto_stop)
+    r.add_post("/v1/services/{name}/update", update_service)
+    r.add_get("/v1/services/{name}/history", service_history)
+    r.add_post("/v1/services/{name}/rollback", rollback_service)
     r.add_get("/v1/services/{name}/events", list_events)
     r.add_get("/v1/services/{name}/logs", service_logs)
     r.add_post("/v1/services/{name}/predict", predict)

@@ -15,8 +15,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
+from opsbot.core.registry import split_ref
 
 SOCKET_NAME = "opsbot.sock"
+#: How long a model creation may take: the registry's check (300 s) and the copy.
+MODEL_CHECK_TIMEOUT_S = 330.0
 
 
 class DaemonUnavailable(OpsbotError):
@@ -69,11 +72,14 @@ class Client:
         body: Any = None,
         query: dict[str, Any] | None = None,
         raw: bytes | None = None,
+        timeout: float | None = None,
     ) -> Any:
+        """One call; ``timeout`` (seconds) replaces the client's for calls known to be long."""
         params = {k: v for k, v in (query or {}).items() if v not in (None, "", False)}
         if params:
             path += "?" + urlencode(params)
-        conn = _UnixConnection(str(self.socket), self.timeout)
+        timeout = self.timeout if timeout is None else timeout
+        conn = _UnixConnection(str(self.socket), timeout)
         try:
             data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
             headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -86,7 +92,7 @@ class Client:
             ) from None
         except TimeoutError:
             raise DaemonUnavailable(
-                f"the daemon on {self.socket} did not answer within {self.timeout:g} s"
+                f"the daemon on {self.socket} did not answer within {timeout:g} s"
             ) from None
         except (OSError, http.client.HTTPException):
             raise DaemonUnavailable(
@@ -151,4 +157,49 @@ class Client:
         result: dict[str, Any] = self.request(
             "POST", f"/v1/services/{quote(name)}/{verb}", query={"owner": owner}
         )
+        return result
+
+    def create_model(
+        self,
+        name: str,
+        version: str,
+        path: Path,
+        fmt: str,
+        *,
+        entry: str | None = None,
+        origin: str = "custom",
+        description: str = "",
+    ) -> dict[str, Any]:
+        """Register a model version from a directory (POST /v1/models); waits for the check
+        (the model loaded once and predicting its sample), which may take minutes."""
+        body = {
+            "name": name,
+            "version": version,
+            "path": str(Path(path).expanduser().absolute()),
+            "format": fmt,
+            "entry": entry,
+            "origin": origin,
+            "description": description,
+        }
+        result: dict[str, Any] = self.request(
+            "POST", "/v1/models", body, timeout=max(self.timeout, MODEL_CHECK_TIMEOUT_S)
+        )
+        return result
+
+    def publish_model(self, name: str, public: bool = True) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/models/{quote(name)}/publish", {"public": public}
+        )
+        return result
+
+    def subscribe(self, ref: str) -> dict[str, Any]:
+        """Subscribe to a published model named OWNER/NAME."""
+        owner, name = split_ref(ref)
+        result: dict[str, Any] = self.request(
+            "POST", f"/v1/models/{quote(owner)}/{quote(name)}/subscribe"
+        )
+        return result
+
+    def pools(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/pools")
         return result

@@ -5,8 +5,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from opsbot import __version__
 from opsbot.core.spec import DeploySpec
+from opsbot.core.update import Changes
 
 REF = "#/components/schemas/{model}"
 
@@ -54,7 +57,26 @@ _SERVICE = {
         "auto_stop": {"type": "string"},
         "due_time": {"type": ["number", "null"]},
         "remaining_s": {"type": ["number", "null"]},
+        "instances_ready": {"type": "integer", "description": "instances answering readiness"},
+        "instances_desired": {"type": "integer", "description": "instances the spec asks for"},
         "api_key": {"type": "string", "description": "only in the reply to the deploy"},
+    },
+}
+
+
+_CHANGES = TypeAdapter(Changes).json_schema()
+
+_MODEL_CREATE = {
+    "type": "object",
+    "required": ["name", "version", "path", "format"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "string"},
+        "path": {"type": "string", "description": "absolute path of a directory the caller reads"},
+        "format": {"type": "string", "enum": ["sklearn", "onnx", "python"]},
+        "entry": {"type": "string", "description": "python format: module:Class"},
+        "origin": {"type": "string", "enum": ["custom", "exeml"]},
+        "description": {"type": "string"},
     },
 }
 
@@ -113,7 +135,36 @@ def openapi_document() -> dict[str, Any]:
             "/healthz": {"get": _op("Liveness of the daemon")},
             "/v1/whoami": {"get": _op("The calling user, admin flag and quota use")},
             "/v1/flavors": {"get": _op("Flavors with availability", params=("pool",))},
-            "/v1/models": {"get": _op("Model versions the caller can deploy", params=("source",))},
+            "/v1/models": {
+                "get": _op("Model versions the caller can deploy", params=("source",)),
+                "post": _op(
+                    "Register a model version from a directory (Building, then Normal or Failed)",
+                    ok="201",
+                    body=_MODEL_CREATE,
+                ),
+            },
+            "/v1/models/{name}/publish": {
+                "post": _op(
+                    "Publish one of the caller's models (public: false makes it private)",
+                    params=("name",),
+                    body={"type": "object", "properties": {"public": {"type": "boolean"}}},
+                )
+            },
+            "/v1/models/{owner}/{name}/subscribe": {
+                "post": {
+                    **_op("Subscribe to a published model (My Subscriptions)"),
+                    "parameters": [
+                        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                        for p in ("owner", "name")
+                    ],
+                }
+            },
+            "/v1/pools": {
+                "get": _op(
+                    "Resource pools: kind, capacity, free capacity, whether the caller may use it",
+                    schema={"type": "array", "items": {"type": "object"}},
+                )
+            },
             "/v1/validate": {"post": _op("Validate a deploy spec", body=spec_ref)},
             "/v1/services": {
                 "get": _op(
@@ -144,6 +195,38 @@ def openapi_document() -> dict[str, Any]:
                     schema=service_ref,
                     params=svc,
                     body={"type": "object", "properties": {"auto_stop": {"type": "string"}}},
+                )
+            },
+            "/v1/services/{name}/update": {
+                "post": _op(
+                    "Modify a service: a whole new spec, or changes to the current one",
+                    schema=service_ref,
+                    params=svc,
+                    body={
+                        "type": "object",
+                        "properties": {"spec": spec_ref, "changes": _CHANGES},
+                    },
+                )
+            },
+            "/v1/services/{name}/history": {
+                "get": _op(
+                    "Config snapshots, #1 the deploy",
+                    schema={"type": "array", "items": {"type": "object"}},
+                    params=svc,
+                )
+            },
+            "/v1/services/{name}/rollback": {
+                "post": _op(
+                    "Apply snapshot N again (dry_run: only the changes)",
+                    params=svc,
+                    body={
+                        "type": "object",
+                        "required": ["to"],
+                        "properties": {
+                            "to": {"type": "integer"},
+                            "dry_run": {"type": "boolean"},
+                        },
+                    },
                 )
             },
             "/v1/events/stream": {

@@ -10,10 +10,15 @@ from typing import Any
 import pytest
 
 from opsbot.core.app import DB_NAME, Core
+from opsbot.core.clock import FakeClock
 from opsbot.core.config import Config
+from opsbot.core.controller import Controller, instance_rows
 from opsbot.core.errors import OpsbotError, SpecInvalid
 from opsbot.core.hardware import GIB, Device, FakeProbe, Node
+from opsbot.core.identity import local_user_name
+from opsbot.core.runtime import FakeRuntime
 from opsbot.core.spec import DeploySpec, parse_spec
+from opsbot.core.status import Status
 
 #: The ExeML model the ``examples_home`` fixture registers (tests/conftest.py).
 EXEML_MODEL = "flowers"
@@ -136,3 +141,38 @@ def count(home: Path, sql: str, *params: Any) -> int:
         return int(conn.execute(sql, params).fetchone()[0])
     finally:
         conn.close()
+
+
+class World:
+    """A core, a controller over a fake runtime, and the instances' readiness by port."""
+
+    def __init__(self, home: Path, probe: FakeProbe | None = None, timeout_s: float = 600):
+        self.clock = FakeClock()
+        self.core = Core(home, probe=probe or big_probe(), clock=self.clock)
+        self.me = self.core.user(local_user_name())
+        self.runtime = FakeRuntime()
+        self.not_ready: set[int] = set()
+        self.controller = Controller(
+            self.core.store,
+            self.runtime,
+            {f.id: f for f in self.core.flavors},
+            self.core.probe,
+            self.clock,
+            deploy_timeout_s=timeout_s,
+            ready=lambda host, port: port not in self.not_ready,
+        )
+
+    def deploy(self, **spec: object) -> str:
+        data = {"name": "svc", "models": [entry()], **spec}
+        self.core.create_service(self.me, data)
+        return str(data["name"])
+
+    def status(self, name: str = "svc") -> Status:
+        return self.core.service(self.me, name).status
+
+    def kinds(self, name: str = "svc") -> list[str]:
+        return [e.kind for e in self.core.events(self.me, service=name)]
+
+    def handles(self, name: str = "svc") -> list[str]:
+        service = self.core.service(self.me, name)
+        return [r.handle for r in instance_rows(self.core.store, service.id)]

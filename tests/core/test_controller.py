@@ -6,53 +6,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from core_support import big_probe, entry, node, nvidia
+from core_support import World, entry, node, nvidia
 
-from opsbot.core.app import Core
-from opsbot.core.clock import FakeClock
 from opsbot.core.controller import DEPLOY_ATTEMPTS, DOWN, Controller, instance_rows
 from opsbot.core.errors import Conflict, PermissionDenied
 from opsbot.core.events import Kind
 from opsbot.core.hardware import FakeProbe
-from opsbot.core.identity import local_user_name
 from opsbot.core.routes import load_routes
 from opsbot.core.runtime import FakeRuntime, device_env
 from opsbot.core.status import Status
-
-
-class World:
-    """A core, a controller over a fake runtime, and the instances' readiness by port."""
-
-    def __init__(self, home: Path, probe: FakeProbe | None = None, timeout_s: float = 600):
-        self.clock = FakeClock()
-        self.core = Core(home, probe=probe or big_probe(), clock=self.clock)
-        self.me = self.core.user(local_user_name())
-        self.runtime = FakeRuntime()
-        self.not_ready: set[int] = set()
-        self.controller = Controller(
-            self.core.store,
-            self.runtime,
-            {f.id: f for f in self.core.flavors},
-            self.core.probe,
-            self.clock,
-            deploy_timeout_s=timeout_s,
-            ready=lambda host, port: port not in self.not_ready,
-        )
-
-    def deploy(self, **spec: object) -> str:
-        data = {"name": "svc", "models": [entry()], **spec}
-        self.core.create_service(self.me, data)
-        return str(data["name"])
-
-    def status(self, name: str = "svc") -> Status:
-        return self.core.service(self.me, name).status
-
-    def kinds(self, name: str = "svc") -> list[str]:
-        return [e.kind for e in self.core.events(self.me, service=name)]
-
-    def handles(self, name: str = "svc") -> list[str]:
-        service = self.core.service(self.me, name)
-        return [r.handle for r in instance_rows(self.core.store, service.id)]
 
 
 @pytest.fixture
@@ -280,3 +242,66 @@ def test_routes_skip_services_that_are_not_serving(world: World) -> None:
     world.core.stop_service(world.me, "svc")
     world.controller.reconcile_all()
     assert load_routes(world.core.store.db) == {}
+
+
+class _Stubborn(FakeRuntime):
+    """A runtime whose stop fails until told otherwise (an engine that went away)."""
+
+    refuse: bool = True
+
+    def stop(self, handle: str, grace_s: float = 10.0) -> None:
+        if self.refuse:
+            raise ConnectionError("engine unreachable")
+        super().stop(handle, grace_s)
+
+
+def test_an_auto_stop_that_cannot_stop_the_instances_says_so_once(examples_home: Path) -> None:
+    world = World(examples_home)
+    world.runtime = world.controller.runtime = _Stubborn()
+    world.deploy(auto_stop="1h")
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING
+    world.clock.advance(3600)
+    world.core.run_due()
+    for _ in range(3):  # the controller retries every pass, but says it once
+        world.controller.reconcile_all()
+    assert world.status() == Status.STOPPING
+    failed = [
+        e for e in world.core.events(world.me, service="svc") if e.kind == Kind.AUTO_STOP_FAILED
+    ]
+    assert len(failed) == 1 and "engine unreachable" in failed[0].message
+    assert failed[0].level == "abnormal"
+    world.runtime.refuse = False
+    world.controller.reconcile_all()
+    assert world.status() == Status.STOPPED
+    assert world.runtime.instances == {}
+
+
+def test_a_stop_by_hand_that_fails_is_a_stop_failed_event(examples_home: Path) -> None:
+    world = World(examples_home)
+    world.runtime = world.controller.runtime = _Stubborn()
+    world.deploy()
+    world.controller.reconcile_all()
+    world.core.stop_service(world.me, "svc")
+    world.controller.reconcile_all()
+    assert Kind.STOP_FAILED in world.kinds() and Kind.AUTO_STOP_FAILED not in world.kinds()
+
+
+class _Placing(FakeRuntime):
+    """A runtime that places accelerators itself, as Swarm does with generic resources."""
+
+    places_devices = True
+
+
+def test_a_runtime_that_places_devices_gets_none_from_this_machine(examples_home: Path) -> None:
+    # Admission counts one T4 (one node's worth); the instances' devices are the runtime's.
+    probe = FakeProbe([node("gpu", 64, 512, devices=[nvidia("Tesla T4", 0)])])
+    world = World(examples_home, probe=probe)
+    world.runtime = world.controller.runtime = _Placing()
+    world.deploy(models=[entry(flavor="gpu.t4")])
+    world.controller.reconcile_all()
+    (inst,) = world.runtime.instances.values()
+    assert inst.spec.devices == ()
+    service = world.core.service(world.me, "svc")
+    assert [r.gpus for r in instance_rows(world.core.store, service.id)] == [""]
+    assert world.status() == Status.RUNNING

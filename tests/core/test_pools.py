@@ -223,3 +223,21 @@ def test_flavor_statuses_of_an_unknown_pool(home: Path) -> None:
         core.flavor_statuses("tema")
     assert info.value.field == "resource_pool"
     assert "no pool 'tema'; choose one of public, team" in info.value.message
+
+
+def _labelled(name: str, pool: str | None, cpus: int = 8) -> Node:
+    n = node(name, cpus)
+    return Node(
+        n.name, n.cpus, n.memory_bytes, n.arch, labels=(("opsbot.pool", pool),) if pool else ()
+    )
+
+
+def test_nodes_labelled_for_a_dedicated_pool_are_its_own_and_not_public() -> None:
+    config = Config(pools=[TEAM])
+    p = pools(_labelled("a", None, 8), _labelled("b", "team", 16), config=config)
+    public = config.public_pool
+    assert p.capacity(PUBLIC).cpus == 8 * public.cpu_overcommit  # b is not counted
+    assert [n.name for n in p._nodes("team")] == ["b"]
+    # a label for a pool the config does not know leaves the node public
+    stray = pools(_labelled("c", "nobody", 4), config=config)
+    assert [n.name for n in stray._nodes(PUBLIC)] == ["c"]

@@ -20,6 +20,7 @@ FAKE_PYTHON = """#!/bin/sh
 env > "$OPSBOT_HOME_ID/env-$OPSBOT_PORT"
 echo "$@" > "$OPSBOT_HOME_ID/argv-$OPSBOT_PORT"
 if [ -n "$FAIL" ]; then echo "LOAD FAILED: $FAIL" >&2; exit 3; fi
+if [ -n "$BURN" ]; then while :; do :; done; fi
 exec sleep 60
 """
 
@@ -126,3 +127,16 @@ def test_failure_reason_without_a_load_line() -> None:
         "exit code 1: MemoryError"
     )
     assert failure_reason([], None) == "ended"
+
+
+def test_stats_measure_the_instance_cpu_and_memory(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    busy = runtime.start(_spec(tmp_path, "cpu.2u8g", BURN="1"))
+    idle = runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    _wait_for(tmp_path / f"env-{idle.port}")
+    hot, cold = runtime.stats(busy.handle), runtime.stats(idle.handle)
+    assert hot is not None and cold is not None
+    assert hot["cpu_percent"] > 20 > cold["cpu_percent"]
+    assert hot["memory_bytes"] > 100_000 and cold["memory_bytes"] > 100_000
+    assert hot["memory_limit_bytes"] == 0  # rlimits only: no cgroup holds a cap
+    runtime.stop(busy.handle, grace_s=1)
+    assert runtime.stats(busy.handle) is None

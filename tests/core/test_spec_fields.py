@@ -170,6 +170,7 @@ def test_minimal_spec_gets_every_default() -> None:
             }
         ],
         "traffic_limit": 100,
+        "rules": [],
     }
 
 

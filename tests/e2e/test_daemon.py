@@ -28,7 +28,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pytest
-from conftest import clone_home
+from homes import clone_home
 from scipy.stats import binom
 from sklearn.datasets import load_iris
 
@@ -64,7 +64,8 @@ class Daemon:
         return created
 
 
-def start_daemon(home: Path) -> Daemon:
+def start_daemon(home: Path, runtime: str | None = None) -> Daemon:
+    """A real daemon for ``home`` (``runtime``: passed as ``--runtime``, else the default)."""
     listen = f"127.0.0.1:{free_port()}"
     # The tests deploy more instances than 2 cores x 4 may hold: let the public pool stretch.
     (home / "config.toml").write_text(
@@ -82,6 +83,7 @@ def start_daemon(home: Path) -> Daemon:
             "--gateway-port",
             "0",
             "--no-examples",
+            *(["--runtime", runtime] if runtime else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -33,6 +33,7 @@ from opsbot.core.runtime import (
     Started,
     device_env,
     failure_reason,
+    server_argv,
     thread_env,
 )
 
@@ -147,6 +148,14 @@ class CgroupLimiter:
         for leaf in (cpu, mem):
             (leaf / "cgroup.procs").write_text(str(pid))
 
+    def memory_limit(self, key: str) -> int:
+        """The memory cap of the instance's cgroup in bytes; 0 when none holds it."""
+        for leaf in self._dirs(key):
+            for name in ("memory.max", "memory.limit_in_bytes"):
+                with contextlib.suppress(OSError, ValueError):
+                    return int((leaf / name).read_text().strip())
+        return 0
+
     def release(self, key: str) -> None:
         for leaf in self._dirs(key):
             with contextlib.suppress(OSError):
@@ -192,25 +201,7 @@ class ProcessRuntime:
                 "PYTHONPATH": child_pythonpath(),
             }
         )
-        argv = [
-            self.python,
-            "-m",
-            "opsbot.serving.server",
-            "--path",
-            str(spec.path),
-            "--format",
-            spec.format,
-            "--name",
-            spec.model_name,
-            "--version",
-            spec.version,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ]
-        if spec.entry:
-            argv += ["--entry", spec.entry]
+        argv = server_argv(self.python, str(spec.path), spec, HOST, port)
         with open(log_path, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {spec.key}\n".encode())
             log.flush()
@@ -290,6 +281,47 @@ class ProcessRuntime:
 
     def logs(self, handle: str, tail: int = 100) -> list[str]:
         return self._log_lines(handle, tail)
+
+    def stats(self, handle: str, sample_s: float = 0.5) -> dict[str, float] | None:
+        """CPU % (over ``sample_s``) and resident memory of the instance's process group,
+        with the memory cap when a cgroup holds it; None once it has ended."""
+        pid = self._pid(handle)
+        if self.exited(handle) is not None:
+            return None
+        first = _group_usage(pid)
+        time.sleep(sample_s)
+        second = _group_usage(pid)
+        if first is None or second is None:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        percent = 100.0 * (second[0] - first[0]) / ticks / sample_s
+        key = self._keys.get(handle) or _environ(pid).get("OPSBOT_INSTANCE", "")
+        return {
+            "cpu_percent": round(max(0.0, percent), 1),
+            "memory_bytes": float(second[1]),
+            "memory_limit_bytes": float(self.limiter.memory_limit(key) if key else 0),
+        }
+
+
+def _group_usage(pgid: int) -> tuple[int, int] | None:
+    """CPU ticks used (user + system) and resident bytes of every process in the group."""
+    ticks = rss = 0
+    found = False
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) != pgid:  # field 5 of stat: the process group
+            continue
+        found = True
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        rss += int(fields[21]) * page
+    return (ticks, rss) if found else None
 
 
 def tail_lines(path: Path, n: int) -> list[str]:
