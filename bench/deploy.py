@@ -1,0 +1,158 @@
+"""Deploy latency: the deploy call until Running, on the docker runtime beside the process one.
+
+    python bench/deploy.py [--rounds 5] [--instances 1]
+
+One run trains and registers the example models once, starts two real daemons (``opsbot up
+--runtime process`` and ``--runtime docker``, each on its own copy of that data directory), then
+in each round deploys ``iris`` 1.0.0 to each in turn (alternating which goes first) and times the
+control API's ``POST /v1/services`` until the service reads Running (every instance answered its
+readiness check), then deletes it and waits for it to be gone (not timed). It prints each
+runtime's median, min and max and the docker/process ratio of the medians, measured in the same
+run. Needs a Docker engine and the serving image (``opsbot image build``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from opsbot.core.app import DB_NAME, Core  # noqa: E402
+from opsbot.core.identity import local_user_name  # noqa: E402
+from opsbot.core.images import ensure_image  # noqa: E402
+from opsbot.core.runtimes.docker import DockerRuntime, connect, remove_all  # noqa: E402
+from opsbot.core.runtimes.process import ProcessRuntime  # noqa: E402
+from opsbot.daemon.client import Client, RemoteError  # noqa: E402
+
+RUNTIMES = ("process", "docker")
+
+
+def template_home(root: Path) -> Path:
+    home = root / "template"
+    core = Core(home)
+    core.create_examples(core.user(local_user_name()))
+    core.store.close()
+    conn = sqlite3.connect(home / DB_NAME)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return home
+
+
+def copy_home(template: Path, home: Path) -> Path:
+    shutil.copytree(template, home)
+    conn = sqlite3.connect(home / DB_NAME)
+    with conn:
+        conn.execute(
+            "UPDATE model_versions SET path = replace(path, ?, ?)", (str(template), str(home))
+        )
+    conn.close()
+    (home / "config.toml").write_text("[public_pool]\ncpu_overcommit = 32\nmemory_overcommit = 8\n")
+    return home
+
+
+@contextlib.contextmanager
+def daemon(home: Path, runtime: str) -> Iterator[Client]:
+    log = open(home / "daemon.log", "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opsbot", "--home", str(home), "up", "--runtime", runtime,
+         "--gateway-port", "0", "--no-examples"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    client = Client(home, timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while not client.available():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit((home / "daemon.log").read_text())
+            time.sleep(0.1)
+        yield client
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        gateway = home / "gateway.pid"
+        if gateway.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(gateway.read_text()), signal.SIGTERM)
+        if runtime == "docker":
+            remove_all(DockerRuntime(home))
+        else:
+            rt = ProcessRuntime(home)
+            for owned in rt.owned():
+                rt.stop(owned.handle, grace_s=2)
+
+
+def deploy_seconds(client: Client, name: str, instances: int) -> float:
+    body = {
+        "name": name,
+        "models": [{"model": "iris", "version": "1.0.0", "instances": instances}],
+    }
+    started = time.perf_counter()
+    client.request("POST", "/v1/services", body)
+    while True:
+        status = client.service(name)["status"]
+        if status == "running":
+            took = time.perf_counter() - started
+            break
+        if status == "failed":
+            raise SystemExit(f"{name} failed: {client.service(name)['reason']}")
+        time.sleep(0.02)
+    client.request("DELETE", f"/v1/services/{name}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            client.service(name)
+        except RemoteError:
+            break
+        time.sleep(0.1)
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--instances", type=int, default=1)
+    args = parser.parse_args()
+    built = ensure_image(connect())
+    print(f"serving image {built.tag}", flush=True)
+    root = Path(tempfile.mkdtemp(prefix="opsbot-bench-deploy-"))
+    try:
+        template = template_home(root)
+        times: dict[str, list[float]] = {r: [] for r in RUNTIMES}
+        with contextlib.ExitStack() as stack:
+            clients = {
+                r: stack.enter_context(daemon(copy_home(template, root / r), r)) for r in RUNTIMES
+            }
+            for i in range(args.rounds):
+                order = RUNTIMES if i % 2 == 0 else tuple(reversed(RUNTIMES))
+                for runtime in order:
+                    took = deploy_seconds(clients[runtime], f"bench{i}", args.instances)
+                    times[runtime].append(took)
+                    print(f"round {i + 1} {runtime:>8}: {took:6.2f} s", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\ndeploy call -> Running, {args.instances} instance(s), {args.rounds} rounds")
+    print(f"{'runtime':>8} {'median s':>9} {'min s':>7} {'max s':>7}")
+    for runtime in RUNTIMES:
+        t = times[runtime]
+        print(f"{runtime:>8} {statistics.median(t):9.2f} {min(t):7.2f} {max(t):7.2f}")
+    ratio = statistics.median(times["docker"]) / statistics.median(times["process"])
+    print(f"docker / process (medians): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

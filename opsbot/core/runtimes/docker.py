@@ -1,0 +1,428 @@
+"""The docker runtime: one container per instance on one Docker engine, through docker-py.
+
+A container runs the same model server as the process runtime (``python3 -m
+opsbot.serving.server``) from the serving image (``opsbot image build``), with:
+
+- labels ``opsbot.service`` (service uid), ``opsbot.version``, ``opsbot.instance`` (the
+  instance key ``uid/idx/n``), ``opsbot.owner``, ``opsbot.home`` (the data directory, so two
+  homes on one engine never touch each other's containers) and ``opsbot.port``; a restarted
+  daemon adopts containers by these labels alone and never touches one without them;
+- the flavor's CPU (``nano_cpus``, at most the engine's CPUs) and memory caps, GPUs as device
+  requests for the devices the controller assigned (plus ``CUDA_VISIBLE_DEVICES``), Ascend NPUs
+  as device nodes;
+- the service's env, the thread-pool variables, the model directory mounted read-only at
+  ``/model`` and the daemon's own ``opsbot`` package read-only at ``/opt/opsbot/opsbot``;
+- user 10001, ``no-new-privileges``, every capability dropped, a read-only root filesystem with a
+  tmpfs ``/tmp``; restart policy on-failure (3 tries), a health check on the readiness route;
+- host networking on a free port (the engine here runs without bridge or iptables).
+
+A model of format ``image`` runs its own image instead (named by the version's entry): it gets
+the same labels, caps, user, env and ``/model`` mount, ``OPSBOT_PORT``, and must serve
+``POST /predict`` and ``GET /v2/health/ready`` on ``127.0.0.1:$OPSBOT_PORT`` (the contract is
+``opsbot.core.images.IMAGE_CONTRACT``); its own HEALTHCHECK, if any, is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import DeviceRequest, LogConfig, Mount
+
+from opsbot.core.errors import OpsbotError
+from opsbot.core.images import IMAGE_FORMAT, USER, require_image
+from opsbot.core.runtime import (
+    Exit,
+    InstanceSpec,
+    Owned,
+    Started,
+    device_env,
+    failure_reason,
+    server_argv,
+    thread_env,
+)
+from opsbot.core.runtimes.process import free_port, package_root
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+LABEL_SERVICE = "opsbot.service"
+LABEL_VERSION = "opsbot.version"
+LABEL_INSTANCE = "opsbot.instance"
+LABEL_OWNER = "opsbot.owner"
+LABEL_HOME = "opsbot.home"
+LABEL_PORT = "opsbot.port"
+LABEL_MODEL = "opsbot.model"
+MODEL_MOUNT = "/model"
+PACKAGE_MOUNT = "/opt/opsbot"
+RESTART_MAX = 3
+HEALTH_INTERVAL_S = 5
+_NS = 1_000_000_000
+#: Containers still (or about to be) running: the others have ended.
+_ALIVE = ("running", "restarting", "paused")
+#: What the engine cannot be reached with.
+ENGINE_DOWN = (requests.exceptions.ConnectionError, docker.errors.DockerException)
+
+
+class EngineUnavailable(OpsbotError):
+    title = "No Docker engine"
+    status = 503
+
+
+def connect(base_url: str | None = None, timeout: int = 30) -> Any:
+    """A docker-py client for ``base_url`` (default: ``DOCKER_HOST`` or the local socket),
+    checked with a ping; a clear error saying the fix when no engine answers."""
+    where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.DockerClient(base_url=where, timeout=timeout)
+        client.ping()
+    except ENGINE_DOWN as exc:
+        raise EngineUnavailable(
+            f"no Docker engine answers at {where} ({type(exc).__name__}); start one "
+            "(`systemctl start docker`, or `bash .ci/start-docker` on a bare machine), set "
+            "DOCKER_HOST, or use --runtime process",
+            field="runtime",
+        ) from exc
+    return client
+
+
+def home_id(home: Path) -> str:
+    """The ``opsbot.home`` label value: the data directory, as the process runtime names it."""
+    return str(Path(home).resolve())
+
+
+def container_name(spec: InstanceSpec) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", spec.service_uid)[:24]
+    return f"opsbot-{safe}-{spec.idx}-{spec.n}-{secrets.token_hex(3)}"
+
+
+def labels(spec: InstanceSpec, home: Path, port: int) -> dict[str, str]:
+    return {
+        LABEL_SERVICE: spec.service_uid,
+        LABEL_VERSION: spec.version,
+        LABEL_MODEL: spec.model_name,
+        LABEL_INSTANCE: spec.key,
+        LABEL_OWNER: spec.owner,
+        LABEL_HOME: home_id(home),
+        LABEL_PORT: str(port),
+    }
+
+
+def health_test(port: int) -> list[str]:
+    """The container's health check: the model server's readiness route, with the image's
+    python3 (the image has no curl)."""
+    code = (
+        "import sys, urllib.request; "
+        f"sys.exit(0 if urllib.request.urlopen('http://{HOST}:{port}/v2/health/ready', "
+        "timeout=3).status == 200 else 1)"
+    )
+    return ["CMD", "python3", "-c", code]
+
+
+def server_command(spec: InstanceSpec, port: int) -> list[str]:
+    """The model server's arguments, as the process runtime gives them, with in-container
+    paths."""
+    return server_argv("python3", MODEL_MOUNT, spec, HOST, port)
+
+
+def _devices(spec: InstanceSpec) -> dict[str, Any]:
+    """GPUs as device requests for exactly the assigned devices; Ascend NPUs as device nodes."""
+    out: dict[str, Any] = {}
+    nvidia = [str(d.index) for d in spec.devices if d.kind == "nvidia"]
+    if nvidia:
+        out["device_requests"] = [
+            DeviceRequest(driver="nvidia", device_ids=nvidia, capabilities=[["gpu"]])
+        ]
+    ascend = [d.index for d in spec.devices if d.kind == "ascend"]
+    if ascend:
+        nodes = [f"/dev/davinci{i}" for i in ascend]
+        nodes += ["/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]
+        out["devices"] = [f"{n}:{n}:rwm" for n in nodes]
+    return out
+
+
+def container_args(
+    spec: InstanceSpec,
+    *,
+    image: str,
+    port: int,
+    home: Path,
+    engine_cpus: int | None = None,
+    package_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``client.containers.create`` for one instance."""
+    env: dict[str, str] = dict(spec.env)
+    env.update(thread_env(spec.flavor))
+    env.update(device_env(spec.flavor, spec.devices))
+    env.update(
+        {
+            "OPSBOT_INSTANCE": spec.key,
+            "OPSBOT_HOME_ID": home_id(home),
+            "OPSBOT_PORT": str(port),
+            "OPSBOT_MODEL_DIR": MODEL_MOUNT,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HOME": "/tmp",
+        }
+    )
+    mounts = [Mount(MODEL_MOUNT, str(spec.path), type="bind", read_only=True)]
+    if spec.format == IMAGE_FORMAT:
+        if not spec.entry:
+            raise OpsbotError("a model of format image names its image in its entry", field="entry")
+        image, command = spec.entry, None  # its own server, and its own health check
+    else:
+        package = package_dir or Path(package_root()) / "opsbot"
+        mounts.append(Mount(f"{PACKAGE_MOUNT}/opsbot", str(package), type="bind", read_only=True))
+        env["PYTHONPATH"] = PACKAGE_MOUNT
+        command = server_command(spec, port)
+    cpus = spec.flavor.cpus if engine_cpus is None else min(spec.flavor.cpus, engine_cpus)
+    args: dict[str, Any] = {
+        "image": image,
+        "command": command,
+        "name": container_name(spec),
+        "labels": labels(spec, home, port),
+        "environment": env,
+        "mounts": mounts,
+        "user": USER,
+        "working_dir": "/tmp",
+        "security_opt": ["no-new-privileges"],
+        "cap_drop": ["ALL"],
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,size=256m"},
+        "init": True,
+        "nano_cpus": int(cpus * _NS),
+        "mem_limit": spec.flavor.memory_bytes,
+        "network_mode": "host",
+        "restart_policy": {"Name": "on-failure", "MaximumRetryCount": RESTART_MAX},
+        "healthcheck": {
+            "test": health_test(port),
+            "interval": HEALTH_INTERVAL_S * _NS,
+            "timeout": 4 * _NS,
+            "retries": 3,
+            "start_period": 60 * _NS,
+        },
+        "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
+        "detach": True,
+    }
+    if spec.format == IMAGE_FORMAT:
+        del args["healthcheck"]  # it may have no python3: its image's HEALTHCHECK, if any
+    args.update(_devices(spec))
+    return args
+
+
+def _stats_view(raw: dict[str, Any]) -> dict[str, float]:
+    """CPU % (of one CPU, as ``docker stats``) and memory from one engine stats sample."""
+    cpu = raw.get("cpu_stats") or {}
+    pre = raw.get("precpu_stats") or {}
+    used = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get(
+        "total_usage", 0
+    )
+    system = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    online = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or [1])
+    percent = 100.0 * used / system * online if system > 0 and used >= 0 else 0.0
+    memory = raw.get("memory_stats") or {}
+    mem_stats = memory.get("stats") or {}
+    cache = mem_stats.get("inactive_file", mem_stats.get("total_inactive_file", 0))
+    return {
+        "cpu_percent": round(percent, 1),
+        "memory_bytes": float(max(0, memory.get("usage", 0) - cache)),
+        "memory_limit_bytes": float(memory.get("limit", 0)),
+    }
+
+
+class DockerRuntime:
+    """Model servers as containers on one Docker engine (see the module docstring)."""
+
+    name = "docker"
+
+    def __init__(self, home: Path, *, client: Any = None, image: str | None = None):
+        self.home = Path(home).resolve()
+        self.client = client if client is not None else connect()
+        self.image = image or require_image(self.client)
+        self.engine_cpus = int(self.client.info().get("NCPU") or 0) or None
+        self._warned_down = False
+
+    @property
+    def label_filter(self) -> list[str]:
+        return [f"{LABEL_HOME}={home_id(self.home)}", LABEL_INSTANCE]
+
+    def _containers(self, key: str | None = None) -> list[dict[str, Any]]:
+        filters = list(self.label_filter)
+        if key is not None:
+            filters.append(f"{LABEL_INSTANCE}={key}")
+        found: list[dict[str, Any]] = self.client.api.containers(
+            all=True, filters={"label": filters}
+        )
+        return found
+
+    def _remove(self, container_id: str, grace_s: float = 10.0) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.stop(container_id, timeout=max(0, int(grace_s)))
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_container(container_id, force=True)
+
+    def start(self, spec: InstanceSpec) -> Started:
+        # One container per instance: whatever an earlier life left under this key goes first.
+        for old in self._containers(spec.key):
+            self._remove(old["Id"], grace_s=2)
+        port = free_port()
+        args = container_args(
+            spec, image=self.image, port=port, home=self.home, engine_cpus=self.engine_cpus
+        )
+        container = self.client.containers.create(**args)
+        try:
+            container.start()
+        except docker.errors.APIError:
+            self._remove(container.id, grace_s=0)
+            raise
+        return Started(container.id, HOST, port)
+
+    def _inspect(self, handle: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.client.api.inspect_container(handle)
+            return found
+        except docker.errors.NotFound:
+            return None
+
+    def exited(self, handle: str) -> Exit | None:
+        if not handle:  # claimed by the controller, but no container was made for it
+            return Exit(None, "no container was started")
+        try:
+            info = self._inspect(handle)
+        except ENGINE_DOWN as exc:
+            # Unknown is not dead: the readiness probe tells the truth meanwhile, and the
+            # event watcher repairs once the engine is back.
+            if not self._warned_down:
+                log.warning("docker engine unreachable: %s", exc)
+                self._warned_down = True
+            return None
+        self._warned_down = False
+        if info is None:
+            return Exit(None, f"container {handle[:12]} is gone")
+        state = info.get("State") or {}
+        if state.get("Status") in _ALIVE:
+            return None
+        if state.get("Status") == "created":
+            return Exit(None, f"container {handle[:12]} was created but never started")
+        code = state.get("ExitCode")
+        if state.get("OOMKilled"):
+            limit = (info.get("HostConfig") or {}).get("Memory", 0) / 2**30
+            return Exit(code, f"killed for using more than its {limit:g} GiB memory cap")
+        lines = self.logs(handle, 50)
+        reason = failure_reason(lines, code)
+        if state.get("Error"):
+            reason = f"{reason} ({state['Error']})"
+        return Exit(code, reason)
+
+    def stop(self, handle: str, grace_s: float = 10.0) -> None:
+        self._remove(handle, grace_s)
+
+    def owned(self) -> Sequence[Owned]:
+        containers = self._containers()
+        # Running ones first (newest first), so adoption keeps a live container over a dead
+        # duplicate of the same instance.
+        containers.sort(key=lambda c: (c.get("State") not in _ALIVE, -int(c.get("Created", 0))))
+        found = []
+        for c in containers:
+            lab = c.get("Labels") or {}
+            try:
+                port = int(lab.get(LABEL_PORT, ""))
+            except ValueError:
+                port = 0
+            found.append(Owned(c["Id"], lab[LABEL_INSTANCE], HOST, port))
+        return found
+
+    def logs(self, handle: str, tail: int = 100) -> list[str]:
+        try:
+            raw = self.client.api.logs(handle, stdout=True, stderr=True, tail=tail)
+        except (docker.errors.NotFound, *ENGINE_DOWN):
+            return []
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        return text.splitlines()
+
+    def stats(self, handle: str) -> dict[str, float] | None:
+        """CPU % and memory of a running instance from the engine (about 1 s: two samples)."""
+        try:
+            raw = self.client.api.stats(handle, stream=False)
+        except (ValueError, *ENGINE_DOWN):  # gone, stopping (an empty answer), engine away
+            return None
+        if not raw or not raw.get("memory_stats"):
+            return None
+        return _stats_view(raw)
+
+    # -- the event watcher ---------------------------------------------------------------------
+
+    def watch(
+        self,
+        stop: threading.Event,
+        on_change: Callable[[], None],
+        on_reconnect: Callable[[], None],
+        window_s: int = 2,
+    ) -> None:
+        """Follow the engine's events for this home's containers until ``stop`` is set.
+
+        Any container event wakes ``on_change`` (the controller). When the engine goes away,
+        wait for it, then call ``on_reconnect`` (re-list and adopt) before following again, so
+        what happened meanwhile (an engine restart that stopped every container) is repaired.
+        Events are read in windows of ``window_s`` seconds, back to back, so a stop is noticed
+        within one window and no event between windows is lost.
+        """
+        since = int(time.time())
+        connected = True
+        delay = 0.5
+        while not stop.is_set():
+            if not connected:
+                try:
+                    self.client.ping()
+                except ENGINE_DOWN:
+                    stop.wait(delay)
+                    delay = min(5.0, delay * 2)
+                    continue
+                log.warning("docker engine is back: re-listing containers")
+                connected, delay = True, 0.5
+                since = int(time.time())
+                try:
+                    on_reconnect()
+                except Exception:  # the watcher must outlive a bad repair pass; logged in full
+                    log.exception("repair after the engine came back failed")
+                    connected = False
+                    continue
+            until = since + window_s
+            try:
+                for event in self.client.api.events(
+                    since=since,
+                    until=until,
+                    decode=True,
+                    filters={"type": "container", "label": self.label_filter},
+                ):
+                    log.debug("docker event %s %s", event.get("status"), event.get("id"))
+                    on_change()
+                if until - time.time() > 0.2:
+                    # A window cut short: the stream broke. Is the engine still there?
+                    self.client.ping()
+                    stop.wait(0.2)
+                since = min(until, int(time.time()))
+            except Exception as exc:  # a broken stream takes many forms; all mean: re-connect
+                log.warning("lost the docker engine (%s); waiting for it", type(exc).__name__)
+                connected = False
+                on_change()
+                stop.wait(0.5)
+
+
+def remove_all(runtime: DockerRuntime) -> int:
+    """Remove every container of the runtime's home; returns how many (tests, clean-ups)."""
+    found = runtime.owned()
+    for owned in found:
+        runtime.stop(owned.handle, grace_s=2)
+    return len(found)
