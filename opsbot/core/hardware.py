@@ -29,6 +29,10 @@ class Device:
     index: int
 
 
+#: The node label that gives a node (a Swarm node) to a dedicated pool: ``opsbot.pool=<pool>``.
+POOL_LABEL = "opsbot.pool"
+
+
 @dataclass(frozen=True)
 class Node:
     """One machine that can run instances."""
@@ -58,6 +62,11 @@ class Node:
 
     def count(self, kind: str, model: str = "") -> int:
         return len(self.matching(kind, model))
+
+    @property
+    def pool(self) -> str | None:
+        """The dedicated pool the node is labelled for, if any."""
+        return dict(self.labels).get(POOL_LABEL)
 
 
 class HardwareProbe(Protocol):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import grp
+import json
 import logging
 import os
 import secrets
@@ -22,11 +23,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 
+from opsbot.core import usage
 from opsbot.core.app import Core
 from opsbot.core.controller import Controller, instance_rows
 from opsbot.core.errors import OpsbotError
@@ -61,8 +64,17 @@ class AlreadyRunning(OpsbotError):
 def make_runtime(name: str, home: Path) -> Runtime:
     if name == "process":
         return ProcessRuntime(home)
+    if name == "docker":
+        # imported here: docker-py is only needed by those who run containers
+        from opsbot.core.runtimes.docker import DockerRuntime
+
+        return DockerRuntime(home)
+    if name == "swarm":
+        from opsbot.core.runtimes.swarm import SwarmRuntime
+
+        return SwarmRuntime(home)
     raise OpsbotError(
-        f"runtime {name!r} is not available in this build; use --runtime process",
+        f"runtime {name!r} is not available in this build; use --runtime process, docker or swarm",
         field="runtime",
     )
 
@@ -100,6 +112,9 @@ class Daemon:
         self.core = Core(self.home)
         config = self.core.config
         self.runtime = make_runtime(runtime or config.runtime, self.home)
+        probe = getattr(self.runtime, "probe", None)
+        if probe is not None:  # the swarm: admission and flavors count its nodes
+            self.core.use_probe(probe())
         self.controller = Controller(
             self.core.store,
             self.runtime,
@@ -146,6 +161,47 @@ class Daemon:
         return token
 
     # -- logs --------------------------------------------------------------------------------
+
+    def instances(self, service: Service, with_stats: bool = False) -> list[dict[str, Any]]:
+        """The service's instances as the core lists them; ``with_stats``: with CPU and memory
+        (``stats``) when the runtime can tell (the engine's figures on docker)."""
+        listed = self.core.instances(service)
+        stats = getattr(self.runtime, "stats", None)
+        if stats is None or not with_stats:
+            return listed
+        handles = {
+            (r.idx, r.n): r.handle for r in instance_rows(self.core.store, service.id) if r.handle
+        }
+        wanted = [(i, handles.get((i["version_index"], i["n"]))) for i in listed]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = list(pool.map(lambda p: stats(p[1]) if p[1] else None, wanted))
+        for (inst, _), seen in zip(wanted, found, strict=True):
+            inst["stats"] = seen
+        return listed
+
+    def gateway_stats(self) -> dict[str, Any] | None:
+        """The gateway's ``/stats`` document; None while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.gateway_url}/stats", timeout=2) as resp:
+                doc: dict[str, Any] = json.loads(resp.read())
+                return doc
+        except (OSError, ValueError):
+            return None
+
+    def version_numbers(
+        self, service: Service, instances: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Per version: traffic from the gateway, CPU and memory from ``instances``' stats."""
+        slots = usage.version_slots(self.core.store.db, service)
+        return usage.version_numbers(service, slots, instances, self.gateway_stats())
+
+    def _runtime_reconnected(self) -> None:
+        """The runtime lost sight of its instances for a while (an engine restart): re-list and
+        adopt between two controller passes, then reconcile at once."""
+        with self.controller._lock:
+            adopted, removed = self.controller.adopt()
+        self.say(f"runtime back: adopted {adopted} instance(s), removed {removed} stray(s)")
+        self.controller.wake()
 
     def instance_logs(self, service: Service, tail: int) -> list[str]:
         lines: list[str] = []
@@ -309,6 +365,7 @@ class Daemon:
             on_change=self.changed,
             gateway_url=self.gateway_url,
             dispatcher=self.dispatcher,
+            numbers=lambda s: self.version_numbers(s, self.instances(s, with_stats=True)),
         )
         if stop_slack is not None:
             self.say("Slack bot started")
@@ -320,6 +377,16 @@ class Daemon:
             threading.Thread(target=self._watch_gateway, name="gateway-watch", daemon=True),
             threading.Thread(target=self._dispatch_loop, name="events", daemon=True),
         ]
+        watch = getattr(self.runtime, "watch", None)
+        if watch is not None:  # the runtime's event watcher (docker): wakes and repairs
+            threads.append(
+                threading.Thread(
+                    target=watch,
+                    args=(self._stop, self.controller.wake, self._runtime_reconnected),
+                    name="runtime-events",
+                    daemon=True,
+                )
+            )
         if self.examples:
             threads.append(threading.Thread(target=self._make_examples, name="examples"))
         for t in threads:

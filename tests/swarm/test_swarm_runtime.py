@@ -1,0 +1,351 @@
+"""The swarm runtime on a real engine (a one-node swarm), driven the way the controller drives
+it: one Swarm service per version with replicas = instances, the service spec (limits,
+reservations, generic resources, placement, env, labels), pools placed by node label, scale
+changes, crashes, and services without this home's labels left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import secrets
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+from swarm_fixtures import (  # noqa: F401 - the fixtures
+    cleanup,
+    engine_fixture,
+    image_fixture,
+    live_tasks,
+    replicas,
+    services_of,
+    swarm_fixture,
+    swarm_runtime,
+    wait_for,
+)
+
+from opsbot.core.config import Config, PoolConfig, PublicPoolConfig
+from opsbot.core.controller import http_ready
+from opsbot.core.errors import OpsbotError
+from opsbot.core.flavors import Flavor, load_flavors
+from opsbot.core.hardware import normalise_arch
+from opsbot.core.images import USER
+from opsbot.core.pools import PUBLIC, Pools
+from opsbot.core.runtime import InstanceSpec, Started
+from opsbot.core.runtimes.swarm import (
+    Handle,
+    NotSwarmManager,
+    SwarmProbe,
+    SwarmRuntime,
+    check_manager,
+    service_name,
+)
+
+pytestmark = pytest.mark.slow
+
+FLAVORS = {f.id: f for f in load_flavors()}
+CONFIG = Config(
+    pools=[PoolConfig(name="team-a", cpus=16, memory_gib=64)],
+    public_pool=PublicPoolConfig(cpu_overcommit=4, memory_overcommit=2),
+)
+UID = "5a7e" + secrets.token_hex(6)
+#: Small, so that the reservations of a few instances fit the test machine (overcommit 4 and 2).
+SMALL = Flavor(id="cpu.1u2g", name="CPU 1 vCPU | 2 GiB", cpus=1, memory_gib=2)
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, engine: Any, image: str, swarm: str) -> Iterator[SwarmRuntime]:
+    home = tmp_path / "home"
+    rt = swarm_runtime(home, engine, image, CONFIG)
+    yield rt
+    cleanup(home, engine, image)
+    assert services_of(engine, home) == []
+
+
+def spec(
+    dirs: dict[tuple[str, str], Path],
+    n: int,
+    *,
+    idx: int = 0,
+    version: str = "1.0.0",
+    flavor: Flavor = SMALL,
+    pool: str = "public",
+    env: dict[str, str] | None = None,
+) -> InstanceSpec:
+    return InstanceSpec(
+        service_uid=UID,
+        owner="alice",
+        idx=idx,
+        n=n,
+        model_name="iris",
+        version=version,
+        path=dirs[("iris", version)],
+        format="sklearn",
+        entry=None,
+        flavor=flavor,
+        env=env or {"LOG_LEVEL": "info"},
+        pool=pool,
+    )
+
+
+def until_ready(started: list[Started], timeout: float = 90) -> None:
+    wait_for(
+        "the instances to answer their readiness check",
+        lambda: all(http_ready(s.host, s.port) for s in started),
+        timeout,
+    )
+
+
+def predict(s: Started) -> Any:
+    req = urllib.request.Request(
+        f"http://{s.host}:{s.port}/predict",
+        data=json.dumps({"instances": IRIS_ROWS}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def inspect(rt: SwarmRuntime, s: InstanceSpec) -> dict[str, Any]:
+    found: dict[str, Any] = rt.client.api.inspect_service(service_name(rt.home, s))
+    return found
+
+
+def settle(rt: SwarmRuntime, s: InstanceSpec, started: Started, timeout: float = 30) -> Started:
+    """What the controller does each pass until the instance runs: keep it while it runs,
+    else start it again."""
+    deadline = time.monotonic() + timeout
+    while rt.exited(started.handle) is not None:
+        assert time.monotonic() < deadline, f"instance {s.n} never ran: {rt.exited(started.handle)}"
+        time.sleep(0.5)
+        started = rt.start(s)
+    return started
+
+
+def test_one_service_per_version_with_replicas_equal_to_instances(
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any
+) -> None:
+    v1 = [spec(example_dirs, n) for n in range(2)]
+    v2 = spec(example_dirs, 0, idx=1, version="2.0.0")
+    started = [runtime.start(s) for s in [*v1, v2]]
+    services = services_of(engine, runtime.home)
+    assert len(services) == 2
+    by_idx = {s["Spec"]["Labels"]["opsbot.idx"]: s for s in services}
+    assert replicas(by_idx["0"]) == 2 and replicas(by_idx["1"]) == 1
+    labels = by_idx["1"]["Spec"]["Labels"]
+    assert labels["opsbot.service"] == UID and labels["opsbot.version"] == "2.0.0"
+    assert labels["opsbot.owner"] == "alice" and labels["opsbot.home"] == str(runtime.home)
+    # each task has its own port, the service's base port plus its slot, on the node's address
+    base = int(by_idx["0"]["Spec"]["Labels"]["opsbot.port"])
+    assert [s.port for s in started[:2]] == [base + 1, base + 2]
+    assert {s.host for s in started} == {"127.0.0.1"}
+    assert len({s.port for s in started}) == 3
+    until_ready(started)
+    assert predict(started[0]) == {"predictions": [0, 2]}
+    assert all(runtime.exited(s.handle) is None for s in started)
+    owned = runtime.owned()
+    assert sorted(o.key for o in owned) == [f"{UID}/0/0", f"{UID}/0/1", f"{UID}/1/0"]
+    assert {o.handle for o in owned} == {s.handle for s in started}
+    # starting an instance that runs changes nothing: same task, same replicas
+    again = runtime.start(v1[1])
+    assert again == started[1]
+    assert replicas(inspect(runtime, v1[1])) == 2
+    assert any("ready" in line for line in runtime.logs(started[0].handle))
+
+
+def test_service_spec_carries_limits_reservations_gpus_placement_and_env(
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any
+) -> None:
+    gpu = spec(example_dirs, 0, flavor=FLAVORS["gpu.t4"], pool="team-a", env={"MODE": "fast"})
+    started = runtime.start(gpu)
+    template = inspect(runtime, gpu)["Spec"]["TaskTemplate"]
+    node_cpus = max(
+        n["Description"]["Resources"]["NanoCPUs"] for n in engine.api.nodes()
+    )  # the limit is at most the largest node's CPUs
+    res = template["Resources"]
+    assert res["Limits"] == {"NanoCPUs": min(8 * 10**9, node_cpus), "MemoryBytes": 32 * 2**30}
+    # a dedicated pool is not overcommitted: the whole flavor is reserved
+    assert res["Reservations"]["NanoCPUs"] == 8 * 10**9
+    assert res["Reservations"]["MemoryBytes"] == 32 * 2**30
+    assert res["Reservations"]["GenericResources"] == [
+        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 1}}
+    ]
+    assert sorted(template["Placement"]["Constraints"]) == [
+        "node.labels.opsbot.accelerator == T4",
+        "node.labels.opsbot.pool == team-a",
+    ]
+    container = template["ContainerSpec"]
+    env = dict(e.split("=", 1) for e in container["Env"])
+    assert env["MODE"] == "fast" and env["OPSBOT_SLOT"] == "{{.Task.Slot}}"
+    assert "CUDA_VISIBLE_DEVICES" not in env  # Swarm assigns the GPU (generic resource)
+    assert container["User"] == USER and container["ReadOnly"] is True
+    assert container["CapabilityDrop"] == ["ALL"]
+    model = next(m for m in container["Mounts"] if m["Target"] == "/model")
+    assert model["ReadOnly"] is True and model["Source"] == str(gpu.path)
+    assert container["Labels"]["opsbot.service"] == UID
+    assert template["RestartPolicy"]["Condition"] == "any"
+    networks = [engine.api.inspect_network(n["Target"])["Name"] for n in template["Networks"]]
+    assert networks == ["host"]
+    # no node has a T4 or the pool's label: the scheduler says so, and that is an exit
+    ended = wait_for("the scheduler's verdict", lambda: runtime.exited(started.handle), 20)
+    assert ended.reason.startswith("no Swarm node can run it: no suitable node")
+
+    # the public pool: reservations are the flavor over the overcommit factors, and the
+    # instances stay off the dedicated pools' nodes
+    cpu = spec(example_dirs, 0, idx=1, flavor=FLAVORS["cpu.2u8g"])
+    runtime.start(cpu)
+    template = inspect(runtime, cpu)["Spec"]["TaskTemplate"]
+    assert template["Resources"]["Reservations"] == {
+        "NanoCPUs": 2 * 10**9 // 4,
+        "MemoryBytes": 8 * 2**30 // 2,
+    }
+    assert template["Placement"]["Constraints"] == ["node.labels.opsbot.pool != team-a"]
+    env = dict(e.split("=", 1) for e in template["ContainerSpec"]["Env"])
+    assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU flavor sees no GPU
+
+
+def test_a_dedicated_pool_runs_only_on_nodes_with_its_label(
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, swarm: str
+) -> None:
+    s = spec(example_dirs, 0, pool="team-a")
+    started = runtime.start(s)
+    ended = wait_for("the scheduler's verdict", lambda: runtime.exited(started.handle), 20)
+    assert "scheduling constraints not satisfied" in ended.reason
+    node = engine.nodes.get(swarm)
+    labels = dict(node.attrs["Spec"].get("Labels") or {})
+    node.update({**node.attrs["Spec"], "Labels": {**labels, "opsbot.pool": "team-a"}})
+    try:
+        started = settle(runtime, s, started)
+        assert Handle.parse(started.handle).node == swarm  # type: ignore[union-attr]
+        until_ready([started])
+    finally:
+        node.reload()
+        node.update({**node.attrs["Spec"], "Labels": labels})
+
+
+def test_the_probe_counts_the_swarm_nodes_and_their_pool_labels(
+    runtime: SwarmRuntime, engine: Any, swarm: str
+) -> None:
+    (node,) = SwarmProbe(engine, ttl_s=0).nodes()
+    assert node.cpus == os.cpu_count() and node.memory_bytes > 2**30
+    assert node.arch == normalise_arch(platform.machine()) and node.devices == ()
+    pools = Pools(CONFIG, list(FLAVORS.values()), SwarmProbe(engine, ttl_s=0))
+    assert pools.capacity(PUBLIC).cpus == node.cpus * CONFIG.public_pool.cpu_overcommit
+    swarm_node = engine.nodes.get(swarm)
+    labels = dict(swarm_node.attrs["Spec"].get("Labels") or {})
+    swarm_node.update({**swarm_node.attrs["Spec"], "Labels": {**labels, "opsbot.pool": "team-a"}})
+    try:
+        # labelled for team-a: the node leaves the public pool and serves the dedicated one
+        assert pools.capacity(PUBLIC).cpus == 0
+        assert pools.flavor_status(FLAVORS["cpu.2u8g"], "team-a").available
+    finally:
+        swarm_node.reload()
+        swarm_node.update({**swarm_node.attrs["Spec"], "Labels": labels})
+
+
+def test_scale_up_and_down_keeps_exactly_the_instances(
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any
+) -> None:
+    specs = [spec(example_dirs, n) for n in range(3)]
+    started = {s.n: runtime.start(s) for s in specs}
+    service = inspect(runtime, specs[0])
+    assert replicas(service) == 3
+    until_ready(list(started.values()))
+
+    # the middle instance goes: two replicas, two tasks, the others keep serving
+    runtime.stop(started[1].handle)
+    del started[1]
+    service = inspect(runtime, specs[0])
+    assert replicas(service) == 2
+    wait_for("two tasks", lambda: len(live_tasks(engine, service["ID"])) == 2, 20)
+    for n in started:
+        started[n] = settle(runtime, specs[n], started[n])
+    until_ready(list(started.values()))
+    assert sorted(o.key for o in runtime.owned()) == [f"{UID}/0/0", f"{UID}/0/2"]
+    assert len({s.port for s in started.values()}) == 2
+
+    # and comes back: three again, on three distinct slots
+    started[1] = runtime.start(specs[1])
+    assert replicas(inspect(runtime, specs[0])) == 3
+    until_ready(list(started.values()))
+    tasks = live_tasks(engine, service["ID"])
+    assert len(tasks) == 3 and len({t["Slot"] for t in tasks}) == 3
+    assert sorted(o.key for o in runtime.owned()) == [f"{UID}/0/{n}" for n in range(3)]
+
+    # all of them go: the service goes with the last
+    for s in list(started.values()):
+        runtime.stop(s.handle)
+    assert services_of(engine, runtime.home) == []
+    assert all(runtime.exited(s.handle) is not None for s in started.values())
+
+
+def test_a_dead_task_is_an_exit_and_swarm_replaces_it(
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any
+) -> None:
+    s = spec(example_dirs, 0)
+    started = runtime.start(s)
+    until_ready([started])
+    task = engine.api.inspect_task(Handle.parse(started.handle).task)  # type: ignore[union-attr]
+    engine.api.kill(task["Status"]["ContainerStatus"]["ContainerID"], "SIGKILL")
+    ended = wait_for("the exit", lambda: runtime.exited(started.handle), 20)
+    assert ended.code == 137
+    # the controller starts it again: the instance is on Swarm's new task, same slot and port
+    again = settle(runtime, s, started)
+    assert Handle.parse(again.handle).task != Handle.parse(started.handle).task  # type: ignore[union-attr]
+    assert again.port == started.port
+    until_ready([again])
+    assert runtime.exited(again.handle) is None
+    assert replicas(inspect(runtime, s)) == 1
+
+
+def test_services_without_this_homes_labels_are_never_touched(
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, image: str
+) -> None:
+    s = spec(example_dirs, 0)
+    taken = service_name(runtime.home, s)
+    sleeper = {"image": image, "command": ["python3", "-c", "import time; time.sleep(3600)"]}
+    foreign = [
+        engine.services.create(name=taken, **sleeper),  # the very name the runtime wants
+        engine.services.create(
+            name=f"foreign-{secrets.token_hex(3)}",
+            labels={"opsbot.service": UID, "opsbot.home": "/elsewhere"},
+            **sleeper,
+        ),
+    ]
+    try:
+        before = {f.id: engine.api.inspect_service(f.id)["Version"]["Index"] for f in foreign}
+        with pytest.raises(OpsbotError, match="exists without this opsbot home's labels"):
+            runtime.start(s)
+        assert runtime.owned() == []
+        for f in foreign:  # even a handle naming them does nothing
+            runtime.stop(str(Handle(f.name, 0, 1, "x", "y")))
+            assert runtime.exited(str(Handle(f.name, 0, 1, "x", "y"))) is not None
+        assert cleanup(runtime.home, engine, image) == 0
+        after = {f.id: engine.api.inspect_service(f.id)["Version"]["Index"] for f in foreign}
+        assert after == before
+    finally:
+        for f in foreign:
+            with contextlib.suppress(docker.errors.NotFound):
+                f.remove()
+
+
+class _NotInSwarm:
+    def info(self) -> dict[str, Any]:
+        return {"Swarm": {"LocalNodeState": "inactive", "ControlAvailable": False}}
+
+
+def test_an_engine_that_is_no_swarm_manager_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(NotSwarmManager) as refused:
+        check_manager(_NotInSwarm())
+    assert "docker swarm init --advertise-addr" in str(refused.value)
+    assert refused.value.field == "runtime"
+    with pytest.raises(NotSwarmManager):
+        SwarmRuntime(tmp_path, client=_NotInSwarm(), image="x", config=Config())
