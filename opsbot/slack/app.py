@@ -9,7 +9,7 @@ ack (``response_action: errors``); that work is a few SQLite statements.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
@@ -19,16 +19,19 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.webhook import WebhookClient
 
 from opsbot.core.app import Core
-from opsbot.core.errors import FieldError, NotFound, OpsbotError
+from opsbot.core.errors import FieldError, InvalidInput, NotFound, OpsbotError
 from opsbot.core.identity import User
 from opsbot.core.notify import Dispatcher
 from opsbot.core.registry import NORMAL
-from opsbot.core.services import Created
+from opsbot.core.services import Created, Service
+from opsbot.core.update import spec_diff
 from opsbot.slack import views
 from opsbot.slack.http import serve
 from opsbot.slack.notifier import SlackNotifier
+from opsbot.slack.socket_mode import SocketModeRunner
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ DEPLOY_USAGE = (
     "Type `/deploy` for the form, or `/deploy NAME MODEL VERSION` to deploy with the defaults "
     "(MODEL is OWNER/NAME for a subscribed model)."
 )
+
+#: Per-version numbers of a service (see opsbot.core.usage.version_numbers); the daemon has them.
+Numbers = Callable[[Service], list[dict[str, Any]]]
 
 
 def make_client(token: str | None, base_url: str | None = None) -> WebClient:
@@ -56,12 +62,14 @@ class SlackBot:
         on_change: Callable[[], None],
         gateway_url: str,
         clock: Callable[[], float] = time.time,
+        numbers: Numbers | None = None,
     ):
         self.core = core
         self.notifier = notifier
         self.on_change = on_change
         self.gateway_url = gateway_url
         self.clock = clock
+        self.numbers = numbers
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -81,14 +89,24 @@ class SlackBot:
         return out
 
     def modal(self, actor: User, state: views.FormState) -> views.View:
+        """The deploy modal, or the modify modal when ``state.target`` names a service."""
         pools = self.core.pools.names()
-        if state.pool not in pools:
+        if state.target is None and state.pool not in pools:
             state.pool = pools[0] if pools else "public"
         try:
             flavors = self.core.flavor_statuses(state.pool)
         except NotFound:
             flavors = []
-        return views.deploy_modal(state, self.catalog(actor), pools, flavors)
+        # A modified service's models are its owner's; the versions it runs stay choosable
+        # even where they are no longer Normal.
+        owner = self.core.user(state.target[0]) if state.target else actor
+        catalog = self.catalog(owner)
+        for g in state.groups:
+            if g.model and g.version:
+                known = catalog.setdefault(g.source, {}).setdefault(g.model, [])
+                if g.version not in known:
+                    known.append(g.version)
+        return views.deploy_modal(state, catalog, pools, flavors)
 
     def _services(self, actor: User, everyone: bool) -> list[dict[str, Any]]:
         return [
@@ -180,9 +198,34 @@ class SlackBot:
             views.add_group(state)
         elif action_id == views.A_REMOVE:
             views.remove_group(state, int(action["value"]))
+        elif action_id == views.A_ADD_RULE:
+            views.add_rule(state)
+        elif action_id == views.A_REMOVE_RULE:
+            views.remove_rule(state, int(action["value"]))
         client.views_update(
             view_id=view["id"], hash=view.get("hash"), view=self.modal(actor, state)
         )
+
+    def _warned(
+        self, ack: Ack, actor: User, owner: User, state: views.FormState, data: dict[str, Any]
+    ) -> list[FieldError] | None:
+        """The core's warnings about the form; None when they were shown in the modal (the
+        ack is given): the user confirms or changes the form. Raises OpsbotError."""
+        warnings = self.core.validate(owner, data).warnings
+        mark = views.warning_mark(warnings)
+        if mark and mark != state.warned:
+            # The same warnings are not asked about again.
+            state.warned = mark
+            state.warnings = [w.message for w in warnings]
+            ack(response_action="update", view=self.modal(actor, state))
+            return None
+        return warnings
+
+    @staticmethod
+    def _errors(ack: Ack, state: views.FormState, exc: OpsbotError) -> None:
+        field = "auto_stop" if state.target else "name"
+        errors = exc.errors or [FieldError(field, f"{exc.title}: {exc.message}")]
+        ack(response_action="errors", errors=views.error_block_ids(state, errors))
 
     def submit_ack(
         self, ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient
@@ -194,15 +237,173 @@ class SlackBot:
             ack(response_action="errors", errors=views.error_block_ids(state, problems))
             return
         try:
-            warnings = self.core.validate(actor, data).warnings
+            warnings = self._warned(ack, actor, actor, state, data)
+            if warnings is None:
+                return
             created = self.core.create_service(actor, data)
         except OpsbotError as exc:
-            errors = exc.errors or [FieldError("name", f"{exc.title}: {exc.message}")]
-            ack(response_action="errors", errors=views.error_block_ids(state, errors))
+            self._errors(ack, state, exc)
             return
         ack()
         self.on_change()
         self.dm_deploy(client, str(body["user"]["id"]), created, warnings)
+
+    # -- Modify: the deploy modal on a running service ---------------------------------------
+
+    def modify_open(
+        self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond
+    ) -> None:
+        ack()
+        target = views.action_target(body["actions"][0])
+        actor = self.actor(body)
+        try:
+            service = self.core.service(actor, target.name, target.owner)
+            # The current spec, unchanged, is refused for exactly the reasons any change would
+            # be (not the owner or an admin; Deploying, Stopping, Deleting) and changes nothing.
+            # InvalidInput: its model left the registry; the user picks another in the form.
+            with contextlib.suppress(InvalidInput):
+                self.core.update_service(
+                    actor, service.name, service.spec.model_dump(mode="json"), service.owner
+                )
+        except OpsbotError as exc:
+            self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
+            return
+        state = views.form_from_spec(
+            service.spec,
+            service.owner,
+            origin=body.get("response_url"),
+            everyone=target.everyone,
+        )
+        client.views_open(trigger_id=body["trigger_id"], view=self.modal(actor, state))
+
+    def modify_submit(
+        self, ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient
+    ) -> None:
+        state = views.state_from_view(view)
+        assert state.target is not None
+        owner, name = state.target
+        data, problems = views.spec_data(state)
+        if problems:
+            ack(response_action="errors", errors=views.error_block_ids(state, problems))
+            return
+        actor = self.actor(body)
+        try:
+            if self._warned(ack, actor, self.core.user(owner), state, data) is None:
+                return
+            updated = self.core.update_service(actor, name, data, owner)
+        except OpsbotError as exc:
+            self._errors(ack, state, exc)
+            return
+        ack()
+        self.on_change()
+        slack_id = str(body["user"]["id"])
+        text, blocks = views.modified_message(name, updated.changes, updated.snapshot)
+        client.chat_postMessage(channel=slack_id, text=text, blocks=blocks)
+        self.refresh_origin(client, slack_id, state.origin, state.everyone)
+
+    def refresh_origin(
+        self, client: WebClient, slack_id: str, origin: str | None, everyone: bool
+    ) -> None:
+        """Show the changed service where the user pressed Modify: the /services message
+        (through its response URL) or App Home."""
+        if origin is None:
+            self.publish_home(client, slack_id)
+            return
+        actor = self.core.slack_user(slack_id)
+        text, blocks = views.services_message(
+            self._services(actor, everyone), self.clock(), everyone=everyone
+        )
+        try:
+            WebhookClient(origin).send(text=text, blocks=blocks, replace_original=True)
+        except Exception:  # the URL expires after 30 min; the DM already said what changed
+            log.info("could not refresh the /services message", exc_info=True)
+
+    # -- History and rollback ----------------------------------------------------------------
+
+    def history_entries(self, actor: User, name: str, owner: str) -> list[views.HistoryEntry]:
+        snapshots = self.core.history(actor, name, owner)
+        entries = []
+        before: dict[str, Any] | None = None
+        for snap in snapshots:
+            try:
+                back = self.core.rollback_preview(actor, name, snap.n, owner)
+            except OpsbotError:
+                back = []
+            entries.append(
+                views.HistoryEntry(
+                    n=snap.n,
+                    created_at=snap.created_at,
+                    actor=snap.actor,
+                    changes=spec_diff(before, snap.spec) if before is not None else [],
+                    rollback=back,
+                )
+            )
+            before = snap.spec
+        return entries
+
+    def history_open(
+        self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond
+    ) -> None:
+        ack()
+        target = views.action_target(body["actions"][0])
+        actor = self.actor(body)
+        try:
+            service = self.core.service(actor, target.name, target.owner)
+            entries = self.history_entries(actor, service.name, service.owner)
+        except OpsbotError as exc:
+            self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
+            return
+        client.views_open(
+            trigger_id=body["trigger_id"],
+            view=views.history_view(service.owner, service.name, entries),
+        )
+
+    def rollback_action(
+        self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond
+    ) -> None:
+        ack()
+        owner, name, to = views.rollback_target(body["actions"][0])
+        actor = self.actor(body)
+        slack_id = str(body["user"]["id"])
+        try:
+            updated = self.core.rollback(actor, name, to, owner)
+        except OpsbotError as exc:
+            self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
+            return
+        self.on_change()
+        text, blocks = views.modified_message(name, updated.changes, updated.snapshot, rolled_to=to)
+        client.chat_postMessage(channel=slack_id, text=text, blocks=blocks)
+        view = body.get("view") or {}
+        if view.get("id"):
+            client.views_update(
+                view_id=view["id"],
+                view=views.history_view(owner, name, self.history_entries(actor, name, owner)),
+            )
+
+    # -- Details: per-version numbers ----------------------------------------------------------
+
+    def details_open(
+        self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond
+    ) -> None:
+        ack()
+        target = views.action_target(body["actions"][0])
+        actor = self.actor(body)
+        try:
+            service = self.core.service(actor, target.name, target.owner)
+        except OpsbotError as exc:
+            self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
+            return
+        # The numbers ask the gateway: open the modal first (the trigger lasts 3 s), then fill.
+        opened = client.views_open(
+            trigger_id=body["trigger_id"],
+            view=views.loading_view(views.DETAILS_TITLE, f"Reading the numbers of {service.name}"),
+        )
+        rows = self.numbers(service) if self.numbers is not None else None
+        svc = service.as_dict(gateway_url=self.gateway_url)
+        client.views_update(
+            view_id=str(opened["view"]["id"]),
+            view=views.details_view(svc, self.clock(), rows),
+        )
 
     # -- /services and its buttons -------------------------------------------------------------
 
@@ -220,8 +421,8 @@ class SlackBot:
     ) -> None:
         ack()
         action = body["actions"][0]
-        target = json.loads(action["value"])
-        owner, name, everyone = str(target["o"]), str(target["n"]), bool(target.get("a"))
+        target = views.action_target(action)
+        owner, name, everyone = target.owner, target.name, target.everyone
         actor = self.actor(body)
         action_id = action["action_id"]
         try:
@@ -235,7 +436,9 @@ class SlackBot:
                 self.core.delete_service(actor, name, owner)
                 done = f"Deleting {name}."
             else:
-                hours = 4 if action_id == views.A_EXTEND_4 else 1
+                hours = target.hours
+                if hours is None:
+                    hours = 4 if action_id == views.A_EXTEND_4 else 1
                 service = self.core.extend_auto_stop(actor, name, hours, owner)
                 left = (service.due_time or self.clock()) - self.clock()
                 done = f"Extended {name} by {hours} h: it stops in {views.remaining(left)}."
@@ -266,6 +469,7 @@ class SlackBot:
         app.command("/deploy")(self.deploy_command)
         app.command("/services")(self.services_command)
         app.view(views.DEPLOY_CALLBACK)(self.submit_ack)
+        app.view(views.MODIFY_CALLBACK)(self.modify_submit)
         for action_id in (
             views.A_AUTO_STOP,
             views.A_POOL,
@@ -273,6 +477,8 @@ class SlackBot:
             views.A_MODEL,
             views.A_ADD,
             views.A_REMOVE,
+            views.A_ADD_RULE,
+            views.A_REMOVE_RULE,
         ):
             app.action(action_id)(self.modal_action)
         for action_id in (
@@ -285,6 +491,10 @@ class SlackBot:
         ):
             app.action(action_id)(self.service_action)
         app.action(views.A_HOME_DEPLOY)(self.home_deploy)
+        app.action(views.A_MODIFY)(self.modify_open)
+        app.action(views.A_HISTORY)(self.history_open)
+        app.action(views.A_ROLLBACK)(self.rollback_action)
+        app.action(views.A_DETAILS)(self.details_open)
         # Version picks need no answer, but Slack sends them: acknowledge so none time out.
         app.action(views.A_VERSION)(lambda ack: ack())
         app.event("app_home_opened")(self.home_opened)
@@ -299,6 +509,7 @@ def build_app(
     gateway_url: str,
     alert_channel: str | None = None,
     request_verification_enabled: bool = True,
+    numbers: Numbers | None = None,
 ) -> tuple[App, SlackBot]:
     """A Bolt app with every listener, and the bot behind it (its notifier included)."""
     app = App(
@@ -306,9 +517,12 @@ def build_app(
         signing_secret=signing_secret,
         request_verification_enabled=request_verification_enabled,
         process_before_response=False,
+        # No auth.test while the daemon starts: Slack being out of reach must not stop it. The
+        # token is checked (once, cached) with the first request instead.
+        token_verification_enabled=False,
     )
     notifier = SlackNotifier(core, client, gateway_url=gateway_url, alert_channel=alert_channel)
-    bot = SlackBot(core, notifier, on_change=on_change, gateway_url=gateway_url)
+    bot = SlackBot(core, notifier, on_change=on_change, gateway_url=gateway_url, numbers=numbers)
     bot.register(app)
     return app, bot
 
@@ -319,11 +533,13 @@ def start_slack(
     on_change: Callable[[], None],
     gateway_url: str,
     dispatcher: Dispatcher,
+    numbers: Numbers | None = None,
 ) -> Callable[[], None] | None:
     """Start the bot as the environment says; return how to stop it, or None without Slack.
 
     ``SLACK_APP_TOKEN`` selects Socket Mode; otherwise HTTP mode listens on
-    ``OPSBOT_SLACK_PORT`` and checks ``SLACK_SIGNING_SECRET``.
+    ``OPSBOT_SLACK_PORT`` and checks ``SLACK_SIGNING_SECRET``. ``numbers`` gives a service's
+    per-version numbers (the daemon's gateway and runtime figures) for the Details modal.
     """
     env = os.environ
     token = env.get("SLACK_BOT_TOKEN")
@@ -347,14 +563,14 @@ def start_slack(
         gateway_url=gateway_url,
         alert_channel=env.get("OPSBOT_SLACK_ALERT_CHANNEL"),
         request_verification_enabled=not app_token,
+        numbers=numbers,
     )
     dispatcher.subscribe(bot.notifier)
+    bot.notifier.resume()
     if app_token:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        handler = SocketModeHandler(app, app_token, web_client=client)
-        handler.connect()  # type: ignore[no-untyped-call]
-        close: Callable[[], None] = handler.close
+        runner = SocketModeRunner(app, app_token, client)
+        runner.start()
+        close: Callable[[], None] = runner.stop
     else:
         server = serve(app, int(str(port)))
         close = server.stop

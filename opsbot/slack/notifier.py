@@ -3,15 +3,19 @@
 The dispatcher calls :meth:`SlackNotifier.notify` from its own thread; Web API calls (which
 may wait on rate limits) run on one worker thread of ours so the dispatcher never waits on
 Slack and messages keep the order of the events.
+
+Which DM follows which deploy (channel and ts) is kept in the store's ``slack_messages`` table,
+so a restarted daemon still updates the "Deploying ..." DM in place. The API key is kept only
+in memory: the store holds its hash alone.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk import WebClient
@@ -29,15 +33,12 @@ log = logging.getLogger(__name__)
 
 #: Events after which a service no longer serves: they reach the alert channel and the owner.
 ALERT_KINDS = frozenset({Kind.STOPPED, Kind.FAILED, Kind.ABNORMAL})
-
-
-@dataclass
-class DeployMessage:
-    """The DM that follows one deploy; the key is forgotten once it has been shown."""
-
-    channel: str
-    ts: str
-    api_key: str | None
+#: Events that end a deploy: the deploy DM is updated to say how it ended (or forgotten).
+DEPLOY_END_KINDS = frozenset(
+    {Kind.RUNNING, Kind.CONCERNING, Kind.FAILED, Kind.ABNORMAL, Kind.STOPPED, Kind.DELETING}
+)
+#: The kind of row in ``slack_messages`` for the DM that follows a deploy.
+DEPLOY_DM = "deploy"
 
 
 def slack_id_of(core: Core, owner: str) -> str | None:
@@ -63,7 +64,7 @@ class SlackNotifier:
         self.client = client
         self.gateway_url = gateway_url
         self.alert_channel = alert_channel or None
-        self._deploys: dict[int, DeployMessage] = {}
+        self._keys: dict[int, str] = {}
         self._why_stopping: dict[int, str] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slack-notify")
@@ -71,29 +72,72 @@ class SlackNotifier:
     # -- deploy DMs ------------------------------------------------------------------------
 
     def track_deploy(self, service: Service, channel: str, ts: str, api_key: str | None) -> None:
-        """Follow a deploy DM; if the service already finished deploying, update it now."""
-        with self._lock:
-            self._deploys[service.id] = DeployMessage(channel, ts, api_key)
+        """Follow a deploy DM; if the service already finished deploying, update it soon."""
+        with self.core.store.write() as db:
+            db.execute(
+                """INSERT OR REPLACE INTO slack_messages (service_id, kind, channel, ts, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (service.id, DEPLOY_DM, channel, ts, time.time()),
+            )
+        if api_key:
+            with self._lock:
+                self._keys[service.id] = api_key
         current = service_by_id(self.core.store.db, service.id)
         if current is not None and current.status != Status.DEPLOYING:
-            self._finish_deploy(current)
+            self.submit(self._finish_deploy, current.id)
 
-    def _finish_deploy(self, service: Service) -> None:
+    def resume(self) -> None:
+        """Update the deploy DMs whose service finished deploying while no one listened.
+
+        The daemon calls it once at start: events before the start are not dispatched again.
+        """
+        rows = self.core.store.db.execute(
+            "SELECT service_id FROM slack_messages WHERE kind = ?", (DEPLOY_DM,)
+        ).fetchall()
+        for (service_id,) in rows:
+            self.submit(self._finish_deploy, int(service_id))
+
+    def _finish_deploy(self, service_id: int) -> None:
+        """Turn the deploy DM into Running or Failed (runs on the worker thread only)."""
+        db = self.core.store.db
+        service = service_by_id(db, service_id)
+        if service is None:  # deleted: its row went with it (ON DELETE CASCADE)
+            with self._lock:
+                self._keys.pop(service_id, None)
+            return
         if service.status == Status.DEPLOYING:
             return
-        with self._lock:
-            message = self._deploys.pop(service.id, None)
-        if message is None:
+        row = db.execute(
+            "SELECT channel, ts FROM slack_messages WHERE service_id = ? AND kind = ?",
+            (service_id, DEPLOY_DM),
+        ).fetchone()
+        if row is None:
             return
+        with self._lock:
+            api_key = self._keys.get(service_id)
         svc = service.as_dict(gateway_url=self.gateway_url)
         if service.status in (Status.RUNNING, Status.CONCERNING):
-            text, blocks = views.running_message(svc, message.api_key)
+            text, blocks = views.running_message(svc, api_key)
         elif service.status in (Status.FAILED, Status.ABNORMAL):
             text, blocks = views.failed_message(svc)
         else:
             text = f"{service.name} is {service.status.label}: {service.reason or 'no reason'}"
             blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
-        self.client.chat_update(channel=message.channel, ts=message.ts, text=text, blocks=blocks)
+        try:
+            self.client.chat_update(channel=str(row[0]), ts=str(row[1]), text=text, blocks=blocks)
+        except SlackApiError:
+            self._forget_deploy(service_id)  # Slack refused (message gone...): do not retry
+            raise
+        self._forget_deploy(service_id)
+
+    def _forget_deploy(self, service_id: int) -> None:
+        with self._lock:
+            self._keys.pop(service_id, None)
+        with self.core.store.write() as db:
+            db.execute(
+                "DELETE FROM slack_messages WHERE service_id = ? AND kind = ?",
+                (service_id, DEPLOY_DM),
+            )
 
     # -- events ----------------------------------------------------------------------------
 
@@ -116,10 +160,8 @@ class SlackNotifier:
             with self._lock:
                 self._why_stopping[event.service_id] = f"{event.message} (by {event.actor})"
             return
-        if kind in (Kind.RUNNING, Kind.CONCERNING, Kind.FAILED, Kind.ABNORMAL):
-            service = service_by_id(self.core.store.db, event.service_id)
-            if service is not None:
-                self._finish_deploy(service)
+        if kind in DEPLOY_END_KINDS:
+            self._finish_deploy(event.service_id)
         if kind in ALERT_KINDS:
             self._alert(event)
         elif kind == Kind.REMINDER:

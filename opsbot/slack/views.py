@@ -12,21 +12,29 @@ that no longer fits.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from opsbot.core.errors import FieldError
 from opsbot.core.flavors import FlavorStatus
-from opsbot.core.spec import MAX_VERSIONS, mask_value
+from opsbot.core.spec import DEFAULT_FLAVOR, MAX_RULES, MAX_VERSIONS, DeploySpec, mask_value
+from opsbot.core.status import Status
+from opsbot.core.update import UPDATABLE
 
 Block = dict[str, Any]
 View = dict[str, Any]
 
 DEPLOY_CALLBACK = "deploy"
+MODIFY_CALLBACK = "modify"
 MODAL_TITLE = "Deploy real-time svc"  # Slack allows 24 characters
+MODIFY_TITLE = "Modify service"
+HISTORY_TITLE = "Service history"
+DETAILS_TITLE = "Service details"
 MAX_BLOCKS = 100
 MAX_MESSAGE_BLOCKS = 50
 OPTION_TEXT_MAX = 75
@@ -49,22 +57,40 @@ A_MODEL = "deploy_model"
 A_VERSION = "deploy_version"
 A_ADD = "deploy_add_version"
 A_REMOVE = "deploy_remove_version"
+A_ADD_RULE = "deploy_add_rule"
+A_REMOVE_RULE = "deploy_remove_rule"
 A_VALUE = "value"  # inputs that need no listener
 A_STOP = "svc_stop"
 A_START = "svc_start"
 A_EXTEND = "svc_extend"
 A_DELETE = "svc_delete"
 A_HOME_DEPLOY = "home_deploy"
+A_MODIFY = "svc_modify"
+A_HISTORY = "svc_history"
+A_DETAILS = "svc_details"
+A_ROLLBACK = "svc_rollback"
 A_EXTEND_1 = "remind_extend_1"
 A_EXTEND_4 = "remind_extend_4"
 
-#: Blocks every modal has besides the model groups: name, auto stop (+ custom hours),
-#: description, pool, add button, traffic limit.
-_FIXED_BLOCKS = 7
+#: The choices of the Extend menu in /services and App Home (the core checks the range).
+EXTEND_HOURS: tuple[int, ...] = (1, 4, 8, 24)
+#: Longest value Slack takes in a select option.
+OPTION_VALUE_MAX = 150
+
+#: Blocks every modal has besides the model groups and rules: name, auto stop (+ custom hours),
+#: description, pool, add button, traffic limit, the rules heading, and the warnings shown
+#: before confirmation.
+_FIXED_BLOCKS = 9
 #: Blocks of one model group: header, source, model, version, ratio, flavor, flavor notes,
 #: instances, env.
 _GROUP_BLOCKS = 9
+#: Blocks of one routing rule: header with Remove, header name, test, value, version.
+_RULE_BLOCKS = 5
 MAX_GROUPS = min(MAX_VERSIONS, (MAX_BLOCKS - _FIXED_BLOCKS) // _GROUP_BLOCKS)
+RULE_TESTS: tuple[tuple[str, str], ...] = (
+    ("equals", "equals"),
+    ("matches", "matches (regular expression)"),
+)
 
 #: Catalog of deployable models: source -> model (as the spec names it) -> Normal versions.
 Catalog = Mapping[str, Mapping[str, Sequence[str]]]
@@ -90,8 +116,19 @@ class GroupState:
 
 
 @dataclass
+class RuleState:
+    """One routing rule row: header H equals (or matches) V -> version (``MODEL:VERSION``)."""
+
+    uid: int
+    header: str | None = None
+    test: str = "equals"
+    value: str | None = None
+    version: str | None = None
+
+
+@dataclass
 class FormState:
-    """Everything the deploy modal shows, structure and values."""
+    """Everything the deploy (or modify) modal shows, structure and values."""
 
     pool: str = "public"
     auto_stop: str = "1h"
@@ -102,6 +139,17 @@ class FormState:
     flavor_gen: int = 0
     next_uid: int = 1
     groups: list[GroupState] = field(default_factory=lambda: [GroupState(uid=0)])
+    #: Mark of the warnings the user has seen and chose to deploy anyway (see warning_mark).
+    warned: str = ""
+    #: Warnings to show above the form this time (not kept in the view).
+    warnings: list[str] = field(default_factory=list)
+    rules: list[RuleState] = field(default_factory=list)
+    next_rule: int = 0
+    #: Modify mode: the (owner, name) of the service modified; name and pool are fixed.
+    target: tuple[str, str] | None = None
+    #: Where the modify modal was opened from: a message's response URL (None: App Home).
+    origin: str | None = None
+    everyone: bool = False
 
     def group(self, uid: int) -> GroupState:
         for g in self.groups:
@@ -135,10 +183,16 @@ def _meta(state: FormState) -> str:
             "auto": state.auto_stop,
             "fg": state.flavor_gen,
             "next": state.next_uid,
+            "w": state.warned,
             "g": [
                 [g.uid, g.source, g.model, g.version, g.model_gen, g.version_gen]
                 for g in state.groups
             ],
+            "r": [r.uid for r in state.rules],
+            "nr": state.next_rule,
+            "t": list(state.target) if state.target else None,
+            "o": state.origin,
+            "a": int(state.everyone),
         },
         separators=(",", ":"),
     )
@@ -160,16 +214,29 @@ def state_from_view(view: Mapping[str, Any]) -> FormState:
         auto_stop=meta.get("auto", "1h"),
         flavor_gen=meta.get("fg", 0),
         next_uid=meta.get("next", 1),
+        warned=str(meta.get("w") or ""),
         groups=[
             GroupState(uid=u, source=s, model=m, version=v, model_gen=mg, version_gen=vg)
             for u, s, m, v, mg, vg in meta.get("g", [[0, "mine", None, None, 0, 0]])
         ],
+        rules=[RuleState(uid=int(u)) for u in meta.get("r", [])],
+        next_rule=int(meta.get("nr", 0)),
+        target=(str(meta["t"][0]), str(meta["t"][1])) if meta.get("t") else None,
+        origin=meta.get("o"),
+        everyone=bool(meta.get("a")),
     )
     values: Mapping[str, Mapping[str, Any]] = (view.get("state") or {}).get("values") or {}
     by_group = {g.uid: g for g in state.groups}
+    by_rule = {r.uid: r for r in state.rules}
     for block_id, actions in values.items():
         for value in actions.values():
             chosen = selected_value(value)
+            rule_match = re.match(r"^r(\d+)\.(header|test|value|version)$", block_id)
+            if rule_match:
+                rule = by_rule.get(int(rule_match.group(1)))
+                if rule is not None and (chosen is not None or rule_match.group(2) != "test"):
+                    setattr(rule, rule_match.group(2), chosen)
+                continue
             top = {
                 "name": "name",
                 "auto_stop": "auto_stop",
@@ -246,9 +313,21 @@ def choose_pool(state: FormState, pool: str) -> FormState:
     return state
 
 
+def _blocks_used(state: FormState) -> int:
+    return _FIXED_BLOCKS + _GROUP_BLOCKS * len(state.groups) + _RULE_BLOCKS * len(state.rules)
+
+
+def can_add_group(state: FormState) -> bool:
+    return len(state.groups) < MAX_GROUPS and _blocks_used(state) + _GROUP_BLOCKS <= MAX_BLOCKS
+
+
+def can_add_rule(state: FormState) -> bool:
+    return len(state.rules) < MAX_RULES and _blocks_used(state) + _RULE_BLOCKS <= MAX_BLOCKS
+
+
 def add_group(state: FormState) -> FormState:
     """Another model version for a gated launch, like the first group's model by default."""
-    if len(state.groups) >= MAX_GROUPS:
+    if not can_add_group(state):
         return state
     first = state.groups[0]
     state.groups.append(GroupState(uid=state.next_uid, source=first.source, model=first.model))
@@ -260,6 +339,70 @@ def remove_group(state: FormState, uid: int) -> FormState:
     if len(state.groups) > 1:
         state.groups = [g for g in state.groups if g.uid != uid]
     return state
+
+
+def add_rule(state: FormState) -> FormState:
+    """Another routing rule row, last in order (while Block Kit has room for it)."""
+    if can_add_rule(state):
+        state.rules.append(RuleState(uid=state.next_rule))
+        state.next_rule += 1
+    return state
+
+
+def remove_rule(state: FormState, uid: int) -> FormState:
+    state.rules = [r for r in state.rules if r.uid != uid]
+    return state
+
+
+def form_from_spec(
+    spec: DeploySpec, owner: str, *, origin: str | None = None, everyone: bool = False
+) -> FormState:
+    """The modify modal's state: the service's current spec, name and pool fixed."""
+    auto = str(spec.auto_stop)
+    custom: str | None = None
+    if auto not in {value for value, _ in AUTO_STOP_CHOICES} and auto.endswith("h"):
+        auto, custom = "custom", auto.removesuffix("h")
+    groups = [
+        GroupState(
+            uid=i,
+            source=m.source,
+            model=m.model,
+            version=m.version,
+            traffic_ratio=None if m.traffic_ratio is None else str(m.traffic_ratio),
+            flavor=m.flavor,
+            instances=str(m.instances),
+            env="\n".join(f"{k}={v}" for k, v in m.env.items()) or None,
+        )
+        for i, m in enumerate(spec.models)
+    ]
+    rules = []
+    for i, r in enumerate(spec.rules):
+        target = r.target(spec.models)
+        model = spec.models[target].model if target is not None else r.model or ""
+        rules.append(
+            RuleState(
+                uid=i,
+                header=r.header,
+                test="equals" if r.equals is not None else "matches",
+                value=r.equals if r.equals is not None else r.matches,
+                version=f"{model}:{r.version}",
+            )
+        )
+    return FormState(
+        pool=spec.resource_pool,
+        auto_stop=auto,
+        custom_hours=custom,
+        name=spec.name,
+        description=spec.description or None,
+        traffic_limit=str(spec.traffic_limit),
+        next_uid=len(groups),
+        groups=groups,
+        rules=rules,
+        next_rule=len(rules),
+        target=(owner, spec.name),
+        origin=origin,
+        everyone=everyone,
+    )
 
 
 # -- building the modal ------------------------------------------------------------------------
@@ -392,7 +535,11 @@ def _group_blocks(
         if unavailable
         else "every flavor can run in this pool"
     )
-    default_flavor = g.flavor or next((s.flavor.id for s in flavors if s.available), None)
+    # The spec's default flavor where it can run (exeml.* flavors, listed first, take only
+    # ExeML models), else the first that can.
+    usable = [s.flavor.id for s in flavors if s.available]
+    default_flavor = g.flavor or (DEFAULT_FLAVOR if DEFAULT_FLAVOR in usable else None)
+    default_flavor = default_flavor or next(iter(usable), None)
     return [
         header,
         _input(
@@ -463,27 +610,119 @@ def _group_blocks(
     ]
 
 
+def rule_targets(state: FormState, catalog: Catalog) -> list[tuple[str, str]]:
+    """The versions a rule may send calls to: those of the form's models, as option values
+    ``MODEL:VERSION`` and texts ``MODEL VERSION``."""
+    out: dict[str, str] = {}
+    for g in state.groups:
+        if not g.model:
+            continue
+        versions = list(catalog.get(g.source, {}).get(g.model, []))
+        if g.version and g.version not in versions:
+            versions.append(g.version)
+        for v in versions:
+            out.setdefault(f"{g.model}:{v}", f"{g.model} {v}")
+    return list(out.items())
+
+
+def _rule_blocks(rule: RuleState, index: int, targets: Sequence[tuple[str, str]]) -> list[Block]:
+    return [
+        {
+            "type": "section",
+            "block_id": f"r{rule.uid}.head",
+            "text": _md(f"*Rule {index + 1}*"),
+            "accessory": {
+                "type": "button",
+                "action_id": A_REMOVE_RULE,
+                "text": _text("Remove rule"),
+                "value": str(rule.uid),
+            },
+        },
+        _input(
+            f"r{rule.uid}.header",
+            "Header",
+            _plain(A_VALUE, rule.header, max_length=64, placeholder="X-User-Group"),
+        ),
+        _input(
+            f"r{rule.uid}.test",
+            "Test",
+            _select(A_VALUE, "equals or matches", RULE_TESTS, rule.test),
+        ),
+        _input(
+            f"r{rule.uid}.value",
+            "Value",
+            _plain(A_VALUE, rule.value, max_length=256, placeholder="beta"),
+            hint="The exact value, or a regular expression the whole value must match.",
+        ),
+        _input(
+            f"r{rule.uid}.version",
+            "Send matching calls to",
+            _select(A_VALUE, "Choose a version", targets, rule.version),
+            hint=None if targets else "Choose the models and versions above first.",
+        ),
+    ]
+
+
+def _rules_heading(state: FormState) -> Block:
+    text = (
+        "*Routing rules* (checked in order, before the traffic ratios)"
+        if state.rules
+        else "*Routing rules*: none, every call follows the traffic ratios."
+    )
+    block: Block = {"type": "section", "block_id": "rules", "text": _md(text)}
+    if can_add_rule(state):
+        block["accessory"] = {
+            "type": "button",
+            "action_id": A_ADD_RULE,
+            "text": _text("Add rule"),
+            "value": "add",
+        }
+    return block
+
+
 def deploy_modal(
     state: FormState,
     catalog: Catalog,
     pools: Sequence[str],
     flavors: Sequence[FlavorStatus],
 ) -> View:
-    """The /deploy modal: the fields of the reference Deploy page, in its order."""
-    blocks: list[Block] = [
-        _input(
-            "name",
-            "Name",
-            _plain(A_VALUE, state.name, max_length=64, placeholder="service-name"),
-            hint="1-64 letters, digits, - or _, starting with a letter.",
-        ),
+    """The /deploy modal: the fields of the reference Deploy page, in its order.
+
+    With ``state.warnings`` (the core's warnings about a submitted form), a notice above the
+    fields lists them and the submit button becomes "Deploy anyway". With ``state.target`` it
+    is the modify modal of that service: the same fields, the name and pool shown, not editable.
+    """
+    blocks: list[Block] = []
+    if state.warnings:
+        blocks.append(warnings_block(state.warnings, "Apply" if state.target else "Deploy"))
+    auto_choices = AUTO_STOP_CHOICES
+    if state.auto_stop not in {value for value, _ in AUTO_STOP_CHOICES}:
+        auto_choices = (*AUTO_STOP_CHOICES, (state.auto_stop, f"Keep {state.auto_stop}"))
+    if state.target:
+        blocks.append(
+            _section(
+                f"*Name:* {state.target[1]} (owner {state.target[0]})\n"
+                f"*Resource pool:* {state.pool}\n"
+                "_A service keeps its name and pool; deploy a new service to change them._"
+            )
+        )
+    else:
+        blocks.append(
+            _input(
+                "name",
+                "Name",
+                _plain(A_VALUE, state.name, max_length=64, placeholder="service-name"),
+                hint="1-64 letters, digits, - or _, starting with a letter.",
+            )
+        )
+    blocks.append(
         _input(
             "auto_stop",
             "Auto stop",
-            _select(A_AUTO_STOP, "When it stops", AUTO_STOP_CHOICES, state.auto_stop),
+            _select(A_AUTO_STOP, "When it stops", auto_choices, state.auto_stop),
             dispatch=True,
-        ),
-    ]
+        )
+    )
     if state.auto_stop == "custom":
         blocks.append(
             _input(
@@ -492,28 +731,31 @@ def deploy_modal(
                 _number(A_VALUE, state.custom_hours, 1, 24, "1 to 24"),
             )
         )
-    blocks += [
+    blocks.append(
         _input(
             "description",
             "Description",
             _plain(A_VALUE, state.description, multiline=True, max_length=100),
             optional=True,
             hint="At most 100 characters, none of ! < > = & \" '",
-        ),
-        _input(
-            "resource_pool",
-            "Resource pool",
-            _select(A_POOL, "Choose a pool", [(p, p) for p in pools], state.pool),
-            dispatch=True,
-        ),
-    ]
+        )
+    )
+    if not state.target:
+        blocks.append(
+            _input(
+                "resource_pool",
+                "Resource pool",
+                _select(A_POOL, "Choose a pool", [(p, p) for p in pools], state.pool),
+                dispatch=True,
+            )
+        )
     for i, g in enumerate(state.groups):
         blocks += _group_blocks(state, g, i, catalog, flavors)
     first = state.groups[0]
     single_version = first.model is not None and (
         len(catalog.get(first.source, {}).get(first.model, [])) == 1
     )
-    if len(state.groups) < MAX_GROUPS and not (single_version and len(state.groups) == 1):
+    if can_add_group(state) and not (single_version and len(state.groups) == 1):
         blocks.append(
             {
                 "type": "actions",
@@ -535,15 +777,50 @@ def deploy_modal(
             _number(A_VALUE, state.traffic_limit or "100", 1, 1_000_000, "100"),
         )
     )
+    blocks.append(_rules_heading(state))
+    targets = rule_targets(state, catalog)
+    for i, rule in enumerate(state.rules):
+        blocks += _rule_blocks(rule, i, targets)
+    submit = "Deploy"
+    if state.target:
+        submit = "Apply"
+    if state.warnings:
+        submit += " anyway"
     return {
         "type": "modal",
-        "callback_id": DEPLOY_CALLBACK,
-        "title": _text(MODAL_TITLE),
-        "submit": _text("Deploy"),
+        "callback_id": MODIFY_CALLBACK if state.target else DEPLOY_CALLBACK,
+        "title": _text(MODIFY_TITLE if state.target else MODAL_TITLE),
+        "submit": _text(submit),
         "close": _text("Cancel"),
         "private_metadata": _meta(state),
         "blocks": blocks[:MAX_BLOCKS],
     }
+
+
+def warnings_block(warnings: Sequence[str], verb: str = "Deploy") -> Block:
+    """The notice shown above the form when the core warned about a submission."""
+    doing = "deploying" if verb == "Deploy" else "applying"
+    lines = "\n".join(f"• {_clip(w, 400)}" for w in warnings[:5])
+    more = f"\n…and {len(warnings) - 5} more" if len(warnings) > 5 else ""
+    return {
+        "type": "section",
+        "block_id": "warnings",
+        "text": _md(
+            _clip(
+                f":warning: *Check before {doing}*\n{lines}{more}\n"
+                f"Press *{verb} anyway* to go on, or change the environment variables.",
+                3000,
+            )
+        ),
+    }
+
+
+def warning_mark(warnings: Sequence[FieldError]) -> str:
+    """A short mark of a set of warnings: the same warnings are not asked about twice."""
+    if not warnings:
+        return ""
+    text = "\n".join(sorted(f"{w.field}: {w.message}" for w in warnings))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # -- submission --------------------------------------------------------------------------------
@@ -584,8 +861,9 @@ def spec_data(state: FormState) -> tuple[dict[str, Any], list[FieldError]]:
             problems.append(FieldError("auto_stop", "enter the hours (1 to 24) for a custom stop"))
     else:
         auto_stop = state.auto_stop
+    name = state.target[1] if state.target else (state.name or "").strip()
     data: dict[str, Any] = {
-        "name": (state.name or "").strip(),
+        "name": name,
         "description": (state.description or "").strip(),
         "resource_pool": state.pool,
     }
@@ -618,15 +896,34 @@ def spec_data(state: FormState) -> tuple[dict[str, Any], list[FieldError]]:
         entry["env"] = env
         models.append(entry)
     data["models"] = models
+    data["rules"] = [_rule_data(state, r) for r in state.rules]
     return data, problems
+
+
+def _rule_data(state: FormState, rule: RuleState) -> dict[str, Any]:
+    """A rule row as spec data; the model is named only where two models share the version."""
+    out: dict[str, Any] = {}
+    if rule.header and rule.header.strip():
+        out["header"] = rule.header.strip()
+    if rule.value is not None:
+        out["matches" if rule.test == "matches" else "equals"] = rule.value
+    if rule.version:
+        model, _, version = rule.version.rpartition(":")
+        out["version"] = version
+        sharing = {g.model for g in state.groups if g.version == version and g.model}
+        if model and sharing - {model}:
+            out["model"] = model
+    return out
 
 
 def error_block_ids(state: FormState, errors: Sequence[FieldError]) -> dict[str, str]:
     """Field errors of the core, keyed by the block id of the input they concern.
 
-    Errors on fields the modal has no input for go under the name, prefixed with the field.
+    Errors on fields the modal has no input for go under the name (the auto stop in the modify
+    modal, which has no name input), prefixed with the field.
     """
     out: dict[str, list[str]] = {}
+    top = "auto_stop" if state.target else "name"
 
     def put(block_id: str, message: str) -> None:
         out.setdefault(block_id, []).append(message)
@@ -637,7 +934,7 @@ def error_block_ids(state: FormState, errors: Sequence[FieldError]) -> dict[str,
         if match:
             index = int(match.group(1))
             if index >= len(state.groups):
-                put("name", f"{path}: {error.message}")
+                put(top, f"{path}: {error.message}")
                 continue
             g = state.groups[index]
             what = match.group(2) or "model"
@@ -655,10 +952,23 @@ def error_block_ids(state: FormState, errors: Sequence[FieldError]) -> dict[str,
             put(_bid(state.groups[0], "traffic_ratio"), error.message)
         elif path == "auto_stop" or path.startswith("auto_stop."):
             put("auto_stop_hours" if state.auto_stop == "custom" else "auto_stop", error.message)
-        elif path in ("name", "description", "resource_pool", "traffic_limit"):
+        elif (rule := re.match(r"^rules\[(\d+)\](?:\.(\w+))?", path)) is not None:
+            index = int(rule.group(1))
+            if index >= len(state.rules):
+                put(top, f"{path}: {error.message}")
+                continue
+            what = {"equals": "value", "matches": "value", "header": "header"}.get(
+                rule.group(2) or "", "version" if rule.group(2) in ("version", "model") else "value"
+            )
+            put(f"r{state.rules[index].uid}.{what}", error.message)
+        elif path == "rules" and state.rules:
+            put(f"r{state.rules[0].uid}.header", error.message)
+        elif path in ("description", "traffic_limit") or (
+            path in ("name", "resource_pool") and not state.target
+        ):
             put(path, error.message)
         else:
-            put("name", f"{path}: {error.message}" if path not in ("", "spec") else error.message)
+            put(top, f"{path}: {error.message}" if path not in ("", "spec") else error.message)
     return {block: _clip(" ".join(messages), 2000) for block, messages in out.items()}
 
 
@@ -727,10 +1037,54 @@ def _confirm(title: str, text: str, yes: str) -> dict[str, Any]:
     }
 
 
-def action_value(svc: Mapping[str, Any], everyone: bool = False) -> str:
-    return json.dumps(
-        {"o": svc["owner"], "n": svc["name"], "a": int(everyone)}, separators=(",", ":")
+def action_value(svc: Mapping[str, Any], everyone: bool = False, hours: int | None = None) -> str:
+    """What a service button or menu option carries: owner, name, list shown, and hours."""
+    value: dict[str, Any] = {"o": svc["owner"], "n": svc["name"], "a": int(everyone)}
+    if hours is not None:
+        value["h"] = hours
+    return json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The service a button or menu option acts on, read back from its value."""
+
+    owner: str
+    name: str
+    everyone: bool
+    hours: int | None
+
+
+def action_target(action: Mapping[str, Any]) -> Target:
+    """The target of a button (``value``) or of a menu option (``selected_option.value``)."""
+    raw = json.loads(selected_value(action) or "{}")
+    hours = raw.get("h")
+    return Target(
+        owner=str(raw.get("o", "")),
+        name=str(raw.get("n", "")),
+        everyone=bool(raw.get("a")),
+        hours=hours if isinstance(hours, int) and not isinstance(hours, bool) else None,
     )
+
+
+def extend_element(svc: Mapping[str, Any], everyone: bool = False) -> list[dict[str, Any]]:
+    """A menu to extend auto stop by 1, 4, 8 or 24 hours.
+
+    Options carry owner and name; where those are too long for an option value (150
+    characters), two buttons (1 h, 4 h) stand in, since a button value may be longer.
+    """
+    values = [(action_value(svc, everyone, h), f"Extend {h} h") for h in EXTEND_HOURS]
+    if any(len(v) > OPTION_VALUE_MAX for v, _ in values):
+        value = action_value(svc, everyone)
+        return [_button(A_EXTEND_1, "Extend 1 h", value), _button(A_EXTEND_4, "Extend 4 h", value)]
+    return [
+        {
+            "type": "static_select",
+            "action_id": A_EXTEND,
+            "placeholder": _text("Extend auto stop"),
+            "options": [_option(v, t) for v, t in values],
+        }
+    ]
 
 
 def service_blocks(svc: Mapping[str, Any], now: float, everyone: bool = False) -> list[Block]:
@@ -743,6 +1097,9 @@ def service_blocks(svc: Mapping[str, Any], now: float, everyone: bool = False) -
     delete["confirm"] = _confirm(
         "Delete service?", f"Delete *{name}* and its key? This cannot be undone.", "Delete"
     )
+    # Modify is offered where the core lets a service be modified; the core says why not
+    # (and who may) when pressed anyway from an older message.
+    modify = [_button(A_MODIFY, "Modify", value)] if Status(str(svc["status"])) in UPDATABLE else []
     return [
         {"type": "section", "text": _md(_clip(service_line(svc, now), 3000))},
         {
@@ -750,7 +1107,10 @@ def service_blocks(svc: Mapping[str, Any], now: float, everyone: bool = False) -
             "elements": [
                 stop,
                 _button(A_START, "Start", value, "primary"),
-                _button(A_EXTEND, "Extend 1 h", value),
+                *extend_element(svc, everyone),
+                *modify,
+                _button(A_DETAILS, "Details", value),
+                _button(A_HISTORY, "History", value),
                 delete,
             ],
         },
@@ -809,6 +1169,184 @@ def home_view(services: Sequence[Mapping[str, Any]], used: int, quota: int, now:
     return {"type": "home", "blocks": blocks}
 
 
+# -- modify, history, rollback, per-version numbers -----------------------------------------------
+
+
+def _when(ts: float) -> str:
+    """A time Slack shows in the reader's own time zone (UTC in the fallback)."""
+    fallback = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(ts)}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def _bullets(lines: Sequence[str], limit: int = 10) -> str:
+    shown = [f"• {_clip(line, 200)}" for line in lines[:limit]]
+    if len(lines) > limit:
+        shown.append(f"• …and {len(lines) - limit} more")
+    return "\n".join(shown)
+
+
+def modified_message(
+    name: str, changes: Sequence[str], snapshot: int | None, *, rolled_to: int | None = None
+) -> tuple[str, list[Block]]:
+    """What a modification (or a rollback) changed, and the snapshot it made."""
+    if snapshot is None:
+        text = f"Nothing changed in {name}: the form matched its current configuration."
+        return text, [_section(f":information_source: {text}")]
+    did = f"Rolled {name} back to #{rolled_to}" if rolled_to is not None else f"Modified {name}"
+    text = f"{did} (snapshot #{snapshot}): {'; '.join(changes)}"
+    body = (
+        f":pencil2: *{did}* (snapshot #{snapshot}).\n{_bullets(changes)}\n"
+        "Instances that change start before the old ones drain; traffic moves within seconds."
+    )
+    return _clip(text, 3000), [_section(body)]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A config snapshot as the history shows it."""
+
+    n: int
+    created_at: float
+    actor: str
+    changes: Sequence[str]
+    """What this snapshot changed from the one before (empty for the deploy, #1)."""
+    rollback: Sequence[str] | None
+    """What rolling back to it would change now; None or empty: nothing (it is current)."""
+
+
+def rollback_value(owner: str, name: str, n: int) -> str:
+    return json.dumps({"o": owner, "n": name, "to": n}, separators=(",", ":"))
+
+
+def rollback_target(action: Mapping[str, Any]) -> tuple[str, str, int]:
+    raw = json.loads(str(action.get("value") or "{}"))
+    return str(raw.get("o", "")), str(raw.get("n", "")), int(raw.get("to", 0))
+
+
+def history_view(owner: str, name: str, entries: Sequence[HistoryEntry]) -> View:
+    """The snapshots of a service, newest first, each with "Roll back to #N" (confirmed)."""
+    blocks: list[Block] = [
+        _section(f"*{name}* (owner {owner}): {len(entries)} configuration snapshot(s)"),
+        {"type": "divider"},
+    ]
+    newest = sorted(entries, key=lambda e: e.n, reverse=True)
+    room = MAX_BLOCKS - len(blocks) - 1
+    for entry in newest[:room]:
+        what = _bullets(entry.changes) if entry.changes else "• deployed"
+        current = " · _current_" if entry.n == newest[0].n else ""
+        block = _section(
+            f"*#{entry.n}* · {_when(entry.created_at)} · by {entry.actor}{current}\n{what}"
+        )
+        if entry.rollback:
+            button = _button(
+                A_ROLLBACK, f"Roll back to #{entry.n}", rollback_value(owner, name, entry.n)
+            )
+            button["confirm"] = _confirm(
+                f"Roll back to #{entry.n}?",
+                _clip(f"*{name}* would change:\n{_bullets(entry.rollback, 6)}", 300),
+                "Roll back",
+            )
+            block["accessory"] = button
+        blocks.append(block)
+    if len(newest) > room:
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [
+                    _md(f"{len(newest) - room} older not shown; use `opsbot history {name}`.")
+                ],
+            }
+        )
+    return {
+        "type": "modal",
+        "callback_id": "history",
+        "title": _text(HISTORY_TITLE),
+        "close": _text("Close"),
+        "private_metadata": json.dumps({"o": owner, "n": name}, separators=(",", ":")),
+        "blocks": blocks,
+    }
+
+
+def _figure(value: Any, unit: str = "") -> str:
+    return "–" if value is None else f"{value}{unit}"
+
+
+def _mib(value: Any) -> str:
+    return "–" if value is None else f"{value / (1024 * 1024):.0f} MiB"
+
+
+def details_view(
+    svc: Mapping[str, Any], now: float, numbers: Sequence[Mapping[str, Any]] | None
+) -> View:
+    """One service with per-version numbers: ratio, ready/desired, calls, failures, p50/p99,
+    CPU and memory (``numbers`` None: the daemon gave none, only the spec is shown)."""
+    blocks: list[Block] = [_section(service_line(svc, now))]
+    if numbers is None:
+        numbers = [
+            {
+                "model": m["model"],
+                "version": m["version"],
+                "traffic_ratio": m["traffic_ratio"],
+                "desired": m.get("instances"),
+                "ready": None,
+            }
+            for m in svc.get("models", [])
+        ]
+        blocks.append(
+            {"type": "context", "elements": [_md("Live numbers come from the opsbot daemon.")]}
+        )
+    for row in numbers[: MAX_BLOCKS - 4]:
+        blocks.append(
+            {
+                "type": "section",
+                "text": _md(f"*{row['model']} {row['version']}*"),
+                "fields": [
+                    _md(f"*Ratio*\n{_figure(row.get('traffic_ratio'), '%')}"),
+                    _md(
+                        f"*Ready / desired*\n{_figure(row.get('ready'))} / "
+                        f"{_figure(row.get('desired'))}"
+                    ),
+                    _md(f"*Calls*\n{_figure(row.get('calls'))}"),
+                    _md(f"*Failures*\n{_figure(row.get('failures'))}"),
+                    _md(
+                        f"*p50 / p99*\n{_figure(row.get('p50_ms'))} / "
+                        f"{_figure(row.get('p99_ms'), ' ms')}"
+                    ),
+                    _md(
+                        f"*CPU / memory*\n{_figure(row.get('cpu_percent'), '%')} / "
+                        f"{_mib(row.get('memory_bytes'))}"
+                    ),
+                ],
+            }
+        )
+    rules = svc.get("rules") or []
+    if rules:
+        lines = [
+            f"{r['header']} {'=' if r.get('equals') is not None else '~'} "
+            f"{r.get('equals') if r.get('equals') is not None else r.get('matches')} -> "
+            f"{r['version']}"
+            for r in rules
+        ]
+        blocks.append(_section("*Routing rules*, in order:\n" + _bullets(lines)))
+    return {
+        "type": "modal",
+        "callback_id": "details",
+        "title": _text(DETAILS_TITLE),
+        "close": _text("Close"),
+        "blocks": blocks,
+    }
+
+
+def loading_view(title: str, what: str) -> View:
+    return {
+        "type": "modal",
+        "callback_id": "loading",
+        "title": _text(title),
+        "close": _text("Close"),
+        "blocks": [_section(f":hourglass_flowing_sand: {what}…")],
+    }
+
+
 # -- messages: deploy DMs, alerts, reminders ------------------------------------------------------
 
 
@@ -834,7 +1372,7 @@ def deploying_message(name: str, warnings: Sequence[FieldError] = ()) -> tuple[s
 def running_message(svc: Mapping[str, Any], api_key: str | None) -> tuple[str, list[Block]]:
     """The deploy DM once Running: URL, a curl example and (here only) the key."""
     url = str(svc["url"])
-    key = api_key or "<your key: rotate it with `opsbot key rotate` if lost>"
+    key = api_key or "$KEY"
     curl = (
         f"curl -X POST {url} -H 'X-Auth-Token: {key}' -H 'Content-Type: application/json' "
         "-d '{\"instances\": [[5.1, 3.5, 1.4, 0.2]]}'"
@@ -844,13 +1382,13 @@ def running_message(svc: Mapping[str, Any], api_key: str | None) -> tuple[str, l
         _section(f":large_green_circle: *{svc['name']}* is Running.\n*URL:* `{url}`"),
         _section(f"*Try it:*\n```{curl}```"),
     ]
-    if api_key:
-        blocks.append(
-            {
-                "type": "context",
-                "elements": [_md("The key is shown only here; keep it secret.")],
-            }
-        )
+    note = (
+        "The key is shown only here; keep it secret."
+        if api_key
+        else "The key was not kept across a restart of opsbot (it is stored only as a hash): "
+        f"get a new one with `opsbot key rotate {svc['name']}`."
+    )
+    blocks.append({"type": "context", "elements": [_md(_clip(note, 2000))]})
     return text, blocks
 
 
@@ -878,7 +1416,7 @@ def alert_message(
 
 def reminder_message(service: str, owner: str, message: str) -> tuple[str, list[Block]]:
     """Ten minutes before auto stop: extend buttons."""
-    value = json.dumps({"o": owner, "n": service, "a": 0}, separators=(",", ":"))
+    value = action_value({"owner": owner, "name": service})
     text = f"{service} {message}"
     return _clip(text, 3000), [
         _section(f":alarm_clock: *{service}* {message}"),

@@ -1,20 +1,25 @@
-"""Helpers for the Slack tests: a fake Web API that records calls, and signed requests."""
+"""Helpers for the Slack tests: a fake Web API that records calls, a fake Socket Mode
+websocket server, and signed requests."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
 import json
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode
+
+from aiohttp import WSMsgType, web
 
 from opsbot.core.hardware import GIB, FakeProbe, Node
 
@@ -30,6 +35,7 @@ def big_probe() -> FakeProbe:
 class Call:
     method: str  # "chat.postMessage", or "response" for a response_url
     args: dict[str, Any]
+    reply: dict[str, Any] = field(default_factory=dict)  # what the fake answered
 
 
 class FakeSlack(ThreadingHTTPServer):
@@ -41,6 +47,9 @@ class FakeSlack(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _FakeHandler)
         self.calls: list[Call] = []
         self.rate_limit_next: set[str] = set()
+        #: What apps.connections.open answers: the websocket URL (Socket Mode), or an error.
+        self.socket_url: str | None = None
+        self.socket_error: str | None = None
         self._cond = threading.Condition()
         self._ts = itertools.count(1)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -110,9 +119,14 @@ class _FakeHandler(BaseHTTPRequestHandler):
             self.server.record(Call(f"{method}#429", args))
             self._send(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "0"})
             return
-        self.server.record(Call(method, args))
         body: dict[str, Any] = {"ok": True}
-        if method == "auth.test":
+        if method == "apps.connections.open":
+            args["authorization"] = self.headers.get("Authorization", "")
+            if self.server.socket_error or self.server.socket_url is None:
+                body = {"ok": False, "error": self.server.socket_error or "no_socket_url_yet"}
+            else:
+                body["url"] = self.server.socket_url
+        elif method == "auth.test":
             body.update(user_id="UBOT", bot_id="BBOT", team_id="T1", user="opsbot", team="t")
         elif method in ("chat.postMessage", "chat.update"):
             channel = str(args.get("channel", ""))
@@ -122,6 +136,7 @@ class _FakeHandler(BaseHTTPRequestHandler):
             )
         elif method.startswith("views."):
             body["view"] = {"id": "V1", "hash": "h1", **(args.get("view") or {})}
+        self.server.record(Call(method, args, body))
         self._send(200, body)
 
     def _send(self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] = {}) -> None:
@@ -133,6 +148,84 @@ class _FakeHandler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+class FakeSocketMode:
+    """Slack's side of Socket Mode on 127.0.0.1: a websocket server (aiohttp, in a thread of
+    its own) that sends envelopes to the connected client and records what it answers."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.closed = threading.Event()
+        self._cond = threading.Condition()
+        self._ws: web.WebSocketResponse | None = None
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runner: web.AppRunner | None = None
+        self._run(self._start())
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/link/?ticket=test"
+
+    def _run(self, coro: Any, timeout: float = 5) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/link/", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=1)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._sock).start()
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        with self._cond:
+            self._ws = ws
+            self._cond.notify_all()
+        await ws.send_json({"type": "hello", "num_connections": 1})
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                with self._cond:
+                    self.received.append(json.loads(message.data))
+                    self._cond.notify_all()
+        self.closed.set()
+        return ws
+
+    def wait_connected(self, timeout: float = 10) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self._ws is not None, timeout), "no client came"
+
+    def send(self, envelope: Mapping[str, Any]) -> None:
+        ws = self._ws
+        assert ws is not None, "no client is connected"
+        self._run(ws.send_json(dict(envelope)))
+
+    def wait_for(self, envelope_id: str, timeout: float = 5) -> dict[str, Any]:
+        """The client's answer to an envelope."""
+        found: list[dict[str, Any]] = []
+
+        def match() -> bool:
+            found[:] = [m for m in self.received if m.get("envelope_id") == envelope_id]
+            return bool(found)
+
+        with self._cond:
+            assert self._cond.wait_for(match, timeout), f"no answer to {envelope_id}"
+        return found[0]
+
+    def stop(self) -> None:
+        if self._ws is not None and not self._ws.closed:
+            self._run(self._ws.close())
+        if self._runner is not None:
+            self._run(self._runner.cleanup())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
 
 
 def sign(body: str, timestamp: int | None = None, secret: str = SECRET) -> dict[str, str]:

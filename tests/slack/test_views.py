@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -203,8 +204,19 @@ def test_service_messages_and_home_are_valid() -> None:
     valid_blocks(blocks)
     assert "stops in 1 h 05 min" in blocks[1]["text"]["text"]
     actions = blocks[2]["elements"]
-    assert [a["text"]["text"] for a in actions] == ["Stop", "Start", "Extend 1 h", "Delete"]
-    assert "confirm" in actions[3]
+    assert [a["action_id"] for a in actions] == [
+        views.A_STOP,
+        views.A_START,
+        views.A_EXTEND,
+        views.A_MODIFY,
+        views.A_DETAILS,
+        views.A_HISTORY,
+        views.A_DELETE,
+    ]
+    assert [o["text"]["text"] for o in actions[2]["options"]] == [
+        f"Extend {h} h" for h in views.EXTEND_HOURS
+    ]
+    assert "confirm" in actions[-1]
     home = views.home_view([SVC] * 40, 3, 20, 1000.0)
     valid_view(home)
     assert "3/20" in home["blocks"][1]["text"]["text"]
@@ -227,3 +239,169 @@ def test_dm_and_alert_messages_have_fallback_text(
     text, blocks = built
     assert text.strip()
     valid_blocks(blocks)
+
+
+def test_extend_options_carry_the_target_and_hours() -> None:
+    menu = views.extend_element(SVC, everyone=True)[0]
+    targets = [views.action_target({"selected_option": o}) for o in menu["options"]]
+    assert targets == [views.Target("alice", "svc", True, h) for h in views.EXTEND_HOURS]
+    # A button (the reminder's) carries no hours: the action id says them.
+    button = {"value": views.action_value(SVC)}
+    assert views.action_target(button) == views.Target("alice", "svc", False, None)
+
+
+def test_extend_falls_back_to_buttons_when_options_cannot_hold_the_target() -> None:
+    long_owner = {**SVC, "owner": "o" * 130}
+    elements = views.extend_element(long_owner)
+    assert [e["action_id"] for e in elements] == [views.A_EXTEND_1, views.A_EXTEND_4]
+    _, blocks = views.services_message([long_owner], 1000.0)
+    valid_blocks(blocks)
+    assert views.action_target(elements[1]).owner == "o" * 130
+
+
+def test_warnings_show_above_the_form_and_are_marked() -> None:
+    state = views.FormState(name="svc")
+    warned = [FieldError("models[0].env.API_TOKEN", "API_TOKEN looks like a secret")]
+    state.warnings = [w.message for w in warned]
+    state.warned = views.warning_mark(warned)
+    view = views.deploy_modal(state, CATALOG, ["public"], flavors())
+    valid_view(view)
+    assert view["blocks"][0]["block_id"] == "warnings"
+    assert "API_TOKEN looks like a secret" in view["blocks"][0]["text"]["text"]
+    assert view["submit"]["text"] == "Deploy anyway"
+    # The mark travels with the view; the notice itself is shown once.
+    read = views.state_from_view(view)
+    assert read.warned == state.warned and read.warnings == []
+    assert views.deploy_modal(read, CATALOG, ["public"], flavors())["submit"]["text"] == "Deploy"
+    assert views.warning_mark([]) == ""
+    other = [FieldError("models[0].env.DB_PASSWORD", "DB_PASSWORD looks like a secret")]
+    assert views.warning_mark(other) != state.warned
+
+
+def test_largest_form_with_warnings_stays_within_block_kit_limits() -> None:
+    state = views.FormState(auto_stop="custom")
+    for _ in range(20):
+        views.add_group(state)
+    state.warnings = [f"V{i} looks like a secret" for i in range(30)]
+    view = views.deploy_modal(state, CATALOG, ["public", "gpu"], flavors())
+    valid_view(view)
+    assert len(view["blocks"]) <= views.MAX_BLOCKS
+    assert "and 25 more" in view["blocks"][0]["text"]["text"]
+
+
+def test_running_message_without_a_key_says_how_to_get_one() -> None:
+    _, blocks = views.running_message(SVC, None)
+    valid_blocks(blocks)
+    shown = str(blocks)
+    assert "X-Auth-Token: $KEY" in shown and "opsbot key rotate svc" in shown
+
+
+# -- modify, rules, history, details (issue 8) ----------------------------------------------------
+
+
+def test_rules_and_groups_share_the_block_budget() -> None:
+    state = views.FormState(auto_stop="custom", warnings=["w"])
+    for _ in range(20):
+        views.add_rule(state)
+    assert len(state.rules) == 10  # the spec's limit
+    for _ in range(20):
+        views.add_group(state)
+    view = views.deploy_modal(state, CATALOG, ["public"], flavors())
+    valid_view(view)
+    # Every block was built (none cut off), and there is no room left for another group.
+    assert len(view["blocks"]) == 9 + 9 * len(state.groups) + 5 * len(state.rules) - 1
+    assert not views.can_add_group(state)
+    assert not any(b.get("block_id") == "add_version" for b in view["blocks"])
+    rules = next(b for b in view["blocks"] if b.get("block_id") == "rules")
+    assert "accessory" not in rules  # no "Add rule" either
+    # With the most groups, rules get whatever room is left.
+    crowded = views.FormState(auto_stop="custom", warnings=["w"])
+    for _ in range(20):
+        views.add_group(crowded)
+    assert len(crowded.groups) == views.MAX_GROUPS
+    views.add_rule(crowded)
+    assert crowded.rules == []
+
+
+def test_form_from_spec_keeps_odd_auto_stops() -> None:
+    from opsbot.core.spec import parse_spec
+
+    base = {"name": "s", "models": [{"model": "iris", "version": "1.0.0"}]}
+    three = views.form_from_spec(parse_spec({**base, "auto_stop": "3h"}), "alice")
+    assert (three.auto_stop, three.custom_hours) == ("custom", "3")
+    minutes = views.form_from_spec(parse_spec({**base, "auto_stop": "90m"}), "alice")
+    view = views.deploy_modal(minutes, CATALOG, ["public"], flavors())
+    valid_view(view)
+    auto = next(b for b in view["blocks"] if b.get("block_id") == "auto_stop")
+    assert auto["element"]["initial_option"]["value"] == "90m"
+    data, problems = views.spec_data(minutes)
+    assert problems == [] and data["auto_stop"] == "90m" and data["name"] == "s"
+    assert data["rules"] == []
+
+
+def test_rule_errors_map_to_the_rule_inputs() -> None:
+    state = views.FormState()
+    views.add_rule(state)
+    views.add_rule(state)
+    views.remove_rule(state, 0)
+    errors = views.error_block_ids(
+        state,
+        [
+            FieldError("rules[0].header", "bad header"),
+            FieldError("rules[0].matches", "bad regex"),
+            FieldError("rules[0]", "give exactly one"),
+            FieldError("rules[0].version", "no such version"),
+            FieldError("rules[4].version", "out of range"),
+        ],
+    )
+    assert errors == {
+        "r1.header": "bad header",
+        "r1.value": "bad regex give exactly one",
+        "r1.version": "no such version",
+        "name": "rules[4].version: out of range",
+    }
+    state.target = ("alice", "svc")
+    assert views.error_block_ids(state, [FieldError("name", "keeps its name")]) == {
+        "auto_stop": "name: keeps its name"
+    }
+
+
+def test_rule_model_is_named_only_when_two_models_share_the_version() -> None:
+    state = views.FormState()
+    state.groups[0].model, state.groups[0].version = "iris", "1.0.0"
+    views.add_group(state)
+    state.groups[1].model, state.groups[1].version = "solo", "1.0.0"
+    views.add_rule(state)
+    views.add_rule(state)
+    state.rules[0] = views.RuleState(uid=0, header="X", value="a", version="solo:1.0.0")
+    state.rules[1] = views.RuleState(
+        uid=1, header="Y", test="matches", value="b.*", version="iris:2.0.0"
+    )
+    data, _ = views.spec_data(state)
+    assert data["rules"] == [
+        {"header": "X", "equals": "a", "version": "1.0.0", "model": "solo"},
+        {"header": "Y", "matches": "b.*", "version": "2.0.0"},
+    ]
+
+
+def test_history_view_stays_within_limits() -> None:
+    entries = [
+        views.HistoryEntry(n, 1_700_000_000.0 + n, "alice", [f"traffic_limit: {n} -> {n + 1}"] * 20,
+                           [f"line {i}" for i in range(30)] if n < 150 else [])
+        for n in range(1, 151)
+    ]  # fmt: skip
+    view = views.history_view("alice", "svc", entries)
+    valid_view(view)
+    assert "*#150*" in view["blocks"][2]["text"]["text"]  # newest first
+    assert "accessory" not in view["blocks"][2]  # the current one cannot be rolled back to
+    button = view["blocks"][3]["accessory"]
+    assert button["text"]["text"] == "Roll back to #149"
+    assert len(button["confirm"]["text"]["text"]) <= 300
+    assert "older not shown" in view["blocks"][-1]["elements"][0]["text"]
+
+
+def test_details_view_is_valid() -> None:
+    rule = {"header": "X-G", "equals": "b", "version": "1.0.0"}
+    view = views.details_view({**SVC, "rules": [rule]}, 1000.0, None)
+    valid_view(view)
+    assert "X-G = b -> 1.0.0" in json.dumps(view["blocks"])
