@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Events after which a service no longer serves: they reach the alert channel and the owner.
 ALERT_KINDS = frozenset({Kind.STOPPED, Kind.FAILED, Kind.ABNORMAL})
+#: Events saying a stop could not be carried out: their message is the whole story.
+STOP_FAILURE_KINDS = frozenset({Kind.AUTO_STOP_FAILED, Kind.STOP_FAILED})
 #: Events that end a deploy: the deploy DM is updated to say how it ended (or forgotten).
 DEPLOY_END_KINDS = frozenset(
     {Kind.RUNNING, Kind.CONCERNING, Kind.FAILED, Kind.ABNORMAL, Kind.STOPPED, Kind.DELETING}
@@ -164,13 +166,16 @@ class SlackNotifier:
             self._finish_deploy(event.service_id)
         if kind in ALERT_KINDS:
             self._alert(event)
+        elif kind in STOP_FAILURE_KINDS:
+            self._alert(event, why=event.message)
         elif kind == Kind.REMINDER:
             self._remind(event)
 
-    def _alert(self, event: Event) -> None:
+    def _alert(self, event: Event, why: str | None = None) -> None:
         assert event.service_id is not None
-        with self._lock:
-            why = self._why_stopping.pop(event.service_id, None)
+        if why is None:
+            with self._lock:
+                why = self._why_stopping.pop(event.service_id, None)
         if why is None:
             service = service_by_id(self.core.store.db, event.service_id)
             reason = service.reason if service is not None else ""

@@ -1407,7 +1407,13 @@ def alert_message(
 ) -> tuple[str, list[Block]]:
     """A service stopped (by someone, by auto stop) or failed or went abnormal."""
     who = owner_mention or owner
-    verb = {"stopped": "stopped", "failed": "failed", "abnormal": "is abnormal"}.get(kind, kind)
+    verb = {
+        "stopped": "stopped",
+        "failed": "failed",
+        "abnormal": "is abnormal",
+        "auto_stop_failed": "did not auto stop",
+        "stop_failed": "did not stop",
+    }.get(kind, kind)
     text = f"{service} ({owner}) {verb}: {why}"
     icon = ":white_circle:" if kind == "stopped" else ":red_circle:"
     blocks = [_section(f"{icon} *{service}* (owner {who}) {verb}: {why}")]

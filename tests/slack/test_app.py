@@ -27,7 +27,7 @@ from slack_support import (
 from opsbot.core import events
 from opsbot.core import services as services_mod
 from opsbot.core.app import Core
-from opsbot.core.events import Kind
+from opsbot.core.events import Kind, Level
 from opsbot.core.notify import Dispatcher
 from opsbot.core.status import Status
 from opsbot.slack import views
@@ -253,6 +253,29 @@ def test_stop_alerts_the_channel_and_dms_the_owner(bot: Bot, me: str) -> None:
         "chat.postMessage", lambda a: a["channel"] == "U1" and "stopped" in a["text"]
     )
     assert dm["blocks"]
+
+
+def test_an_auto_stop_the_runtime_refused_alerts_with_its_reason(bot: Bot, me: str) -> None:
+    post(bot.url, command_body("/deploy", "stuck iris 1.0.0", bot.fake.response_url), FORM)
+    bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "U1")
+    service = bot.core.service(bot.core.user(me), "stuck")
+    with bot.core.store.write() as db:
+        events.record(
+            db,
+            time=time.time(),
+            kind=Kind.AUTO_STOP_FAILED,
+            actor="controller",
+            service_id=service.id,
+            service=service.name,
+            owner=me,
+            level=Level.ABNORMAL,
+            message="auto stop could not stop the instances: engine unreachable",
+        )
+    bot.dispatcher.dispatch()
+    alert = bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "C_ALERTS")
+    assert "stuck" in alert["text"] and "did not auto stop" in alert["text"]
+    assert "engine unreachable" in alert["text"]
+    bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "U1" and "engine" in a["text"])
 
 
 @pytest.mark.parametrize(("action_id", "hours"), [(views.A_EXTEND_1, 1), (views.A_EXTEND_4, 4)])
