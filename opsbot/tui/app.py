@@ -10,11 +10,11 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
@@ -62,6 +62,22 @@ class OpsbotApp(App[None]):
 
     def get_default_screen(self) -> Screen[Any]:
         return ServicesScreen()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The command palette offers the keys of the screen it was opened on, too."""
+        yield from super().get_system_commands(screen)
+        seen: set[str] = set()
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if active.node is not screen or not binding.description or binding.action in seen:
+                continue
+            seen.add(binding.action)
+
+            def run(action: str = binding.action) -> Any:
+                return self.run_action(action, screen)
+
+            shown = self.get_key_display(binding) or key
+            yield SystemCommand(binding.description, f"key {shown}", run)
 
     # -- calling the daemon off the event loop --------------------------------------------------
 

@@ -2,11 +2,14 @@
 
 The screen holds no rules. It turns the widgets into a DeploySpec body, sends it to
 ``POST /v1/validate`` as the user types, and shows each returned error beside its field.
+:class:`ModifyScreen` is the same form prefilled from a running service (name and pool fixed),
+submitted through ``POST /v1/services/{name}/update`` (see :mod:`opsbot.tui.changes`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.text import Text
@@ -18,7 +21,10 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
-from opsbot.core.errors import FieldError, OpsbotError
+from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
+from opsbot.core.spec import MAX_RULES, parse_spec, spec_warnings
+from opsbot.tui.changes import is_masked, plan_changes, to_form_paths
+from opsbot.tui.view import instances_text, refusal, status_text
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
@@ -34,8 +40,11 @@ AUTO_STOP_CHOICES: list[tuple[str, str]] = [
 SOURCES: list[tuple[str, str]] = [("My Models", "mine"), ("My Subscriptions", "subscribed")]
 TOP_FIELDS = ("name", "auto_stop", "description", "resource_pool", "traffic_limit")
 ENTRY_FIELD = re.compile(r"^models\[(\d+)\]\.(\w+)")
+RULE_FIELD = re.compile(r"^rules\[(\d+)\]")
+RULE_TESTS: list[tuple[str, str]] = [("equals", "equals"), ("matches", "matches")]
 VALIDATE_DELAY_S = 0.3
 POLL_S = 0.5
+MODIFY_POLL_S = 1.0
 
 
 def whole_or_text(text: str) -> int | str | None:
@@ -66,6 +75,11 @@ class EnvRow(Horizontal):
         # Children made here, not in compose(), so the row can be read as soon as it exists.
         self.name_input = Input(name, placeholder="NAME", classes="env-name")
         self.value_input = Input(value, placeholder="value", classes="env-value")
+        if is_masked(value):
+            self.value_input.tooltip = (
+                "masked secret: left as it is, the service keeps its value; type a new one to "
+                "replace it"
+            )
         super().__init__(
             self.name_input,
             self.value_input,
@@ -79,14 +93,29 @@ class EnvRow(Horizontal):
 
 
 class ModelGroup(Vertical):
-    """One model version of the service (more than one group is a gated launch)."""
+    """One model version of the service (more than one group is a gated launch).
 
-    def __init__(self, ratio: str = "100") -> None:
+    ``preset`` is a version of a service being modified: its values fill the group, the selects
+    as soon as their choices arrive."""
+
+    def __init__(self, ratio: str = "100", preset: dict[str, Any] | None = None) -> None:
+        self.preset = preset
+        #: Select values wanted before the select has its options (model, version, flavor).
+        self.wanted: dict[str, str] = {}
+        source = "mine"
+        instances = "1"
+        env: dict[str, str] = {}
+        if preset is not None:
+            source = str(preset.get("source") or "mine")
+            ratio = str(preset.get("traffic_ratio") or ratio)
+            instances = str(preset.get("instances", 1))
+            env = dict(preset.get("env") or {})
+            self.wanted = {k: str(preset[k]) for k in ("model", "version", "flavor") if k in preset}
         # Children made here, not in compose(), so a group just added can be read at once.
-        super().__init__(*self._fields(ratio), classes="group")
+        super().__init__(*self._fields(ratio, source, instances, env), classes="group")
 
     @staticmethod
-    def _fields(ratio: str) -> list[Widget]:
+    def _fields(ratio: str, source: str, instances: str, env: dict[str, str]) -> list[Widget]:
         return [
             Horizontal(
                 Label("Model version", classes="label"),
@@ -96,7 +125,7 @@ class ModelGroup(Vertical):
             ),
             field_row(
                 "Model source",
-                Select(SOURCES, value="mine", allow_blank=False, id="source"),
+                Select(SOURCES, value=source, allow_blank=False, id="source"),
                 error_id="err-source",
             ),
             field_row(
@@ -113,9 +142,9 @@ class ModelGroup(Vertical):
                 Select([], id="flavor", prompt="choose a flavor"),
                 error_id="err-flavor",
             ),
-            field_row("Instances", Input("1", id="instances"), error_id="err-instances"),
+            field_row("Instances", Input(instances, id="instances"), error_id="err-instances"),
             Label("Environment variables", classes="label"),
-            Vertical(id="env", classes="env"),
+            Vertical(*(EnvRow(k, v) for k, v in env.items()), id="env", classes="env"),
             Horizontal(
                 Button("Add variable", classes="add-env", compact=True),
                 Label("", id="err-env", classes="error"),
@@ -145,6 +174,22 @@ class ModelGroup(Vertical):
         value = self.query_one(f"#{ident}", Select).value
         return str(value) if isinstance(value, str) else ""
 
+    def _is_preset_source(self) -> bool:
+        preset = self.preset
+        return preset is not None and (self._select("source") or "mine") == str(
+            preset.get("source") or "mine"
+        )
+
+    @property
+    def ref(self) -> tuple[str, str] | None:
+        """(model, version) chosen in this group, or None until both are."""
+        model, version = self._select("model"), self._select("version")
+        return (model, version) if model and version else None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.entry()["env"])
+
     def fill_models(self, models: list[dict[str, Any]]) -> None:
         """Offer the models of the chosen source that have a Normal version."""
         source = self._select("source") or "mine"
@@ -152,7 +197,10 @@ class ModelGroup(Vertical):
             {model_ref(m) for m in models if m.get("source", "mine") == source and is_normal(m)}
         )
         select = self.query_one("#model", Select)
-        current = self._select("model")
+        current = self._select("model") or self.wanted.get("model", "")
+        if self._is_preset_source() and self.preset is not None:
+            # The service's own model stays offered (an admin's list does not hold it).
+            names = sorted({*names, str(self.preset["model"])})
         select.set_options([(n, n) for n in names])
         if current in names:
             select.value = current
@@ -170,7 +218,11 @@ class ModelGroup(Vertical):
             if model_ref(m) == chosen and m.get("source", "mine") == source and is_normal(m)
         ]
         select = self.query_one("#version", Select)
-        current = self._select("version")
+        current = self._select("version") or self.wanted.get("version", "")
+        preset = self.preset
+        own = preset is not None and self._is_preset_source() and chosen == str(preset["model"])
+        if own and preset is not None and str(preset["version"]) not in versions:
+            versions.append(str(preset["version"]))  # the service's own version stays offered
         select.set_options([(v, v) for v in versions])
         if current in versions:
             select.value = current
@@ -187,19 +239,133 @@ class ModelGroup(Vertical):
                 text = f"{f['id']}  unavailable: {f.get('reason', '')}"
                 options.append((Text(text, style="dim"), str(f["id"])))
         select = self.query_one("#flavor", Select)
-        current = self._select("flavor")
+        current = self._select("flavor") or self.wanted.get("flavor", "")
         select.set_options(options)
         ids = [str(f["id"]) for f in flavors]
         available = [str(f["id"]) for f in flavors if f.get("available", True)]
         if current in ids:
-            select.value = current
+            choose(select, current)  # its label may have changed (available in this pool?)
         elif available:
             select.value = available[0]
+
+    def suit_flavor(self, flavors: list[dict[str, Any]], models: list[dict[str, Any]]) -> None:
+        """Keep the flavor when it is available and takes the chosen version's kind of model
+        (custom or exeml); otherwise pick the first that does. Only a default: the core
+        still judges the choice."""
+        preset = self.preset
+        if preset is not None and self.ref == (str(preset["model"]), str(preset["version"])):
+            return  # a version of the modified service keeps its flavor unless the user picks
+        origin = self._origin(models)
+
+        def fits(f: dict[str, Any]) -> bool:
+            return bool(f.get("available", True)) and origin in f.get("allows", [origin])
+
+        current = next((f for f in flavors if f["id"] == self._select("flavor")), None)
+        if current is not None and fits(current):
+            return
+        fitting = [str(f["id"]) for f in flavors if fits(f)]
+        if fitting:
+            self.query_one("#flavor", Select).value = fitting[0]
+
+    def _origin(self, models: list[dict[str, Any]]) -> str:
+        source = self._select("source") or "mine"
+        model, version = self._select("model"), self._select("version")
+        for m in models:
+            same = m.get("source", "mine") == source and model_ref(m) == model
+            if same and m["version"] == version:
+                return str(m.get("origin") or "custom")
+        return "custom"
 
     def add_env(self, name: str = "", value: str = "") -> EnvRow:
         row = EnvRow(name, value)
         self.query_one("#env", Vertical).mount(row)
         return row
+
+
+class RuleRow(Vertical):
+    """One routing rule: header H equals (or matches) V -> version X, with its error line below.
+    Removable."""
+
+    def __init__(self, rule: dict[str, Any] | None = None) -> None:
+        rule = rule or {}
+        test = "matches" if rule.get("matches") is not None else "equals"
+        self.header_input = Input(
+            str(rule.get("header", "")), placeholder="X-User-Group", classes="rule-header"
+        )
+        self.test_select: Select[str] = Select(
+            RULE_TESTS, value=test, allow_blank=False, classes="rule-test", compact=True
+        )
+        self.value_input = Input(
+            str(rule.get(test) or ""), placeholder="value or regex", classes="rule-value"
+        )
+        self.version_select: Select[str] = Select(
+            [], prompt="version", classes="rule-version", compact=True
+        )
+        #: The version the rule names, until the version select offers it.
+        self.wanted: tuple[str | None, str] | None = None
+        if rule.get("version"):
+            self.wanted = (rule.get("model"), str(rule["version"]))
+        self.error = Label("", classes="error rule-error")
+        super().__init__(
+            Horizontal(
+                Label("", classes="rule-number"),
+                self.header_input,
+                self.test_select,
+                self.value_input,
+                Label("→", classes="rule-arrow"),
+                self.version_select,
+                Button("−", classes="remove-rule", compact=True),
+                classes="rule-fields",
+            ),
+            self.error,
+            classes="rule-row",
+        )
+
+    def offer(self, refs: list[tuple[str, str]]) -> None:
+        """Offer the form's versions; keep the chosen one while the form still has it."""
+        value = self.version_select.value
+        current = str(value) if isinstance(value, str) else ""
+        options = [(f"{model} {version}", f"{model}\t{version}") for model, version in refs]
+        values = [v for _, v in options]
+        if not current and self.wanted is not None:
+            model, version = self.wanted
+            current = next(
+                (f"{m}\t{v}" for m, v in refs if v == version and model in (None, m)), ""
+            )
+        self.version_select.set_options(options)
+        if current in values:
+            self.version_select.value = current
+            self.wanted = None
+
+    def rule(self, refs: list[tuple[str, str]]) -> dict[str, Any]:
+        """The rule for the spec's ``rules``; the model is named only when two versions of the
+        form share the version."""
+        test = self.test_select.value
+        value = self.version_select.value
+        model, _, version = (str(value) if isinstance(value, str) else "").partition("\t")
+        out: dict[str, Any] = {
+            "header": self.header_input.value.strip(),
+            str(test) if isinstance(test, str) else "equals": self.value_input.value,
+            "version": version,
+        }
+        if model and sum(1 for _, v in refs if v == version) > 1:
+            out["model"] = model
+        return out
+
+
+def choose(select: Select[str], value: str) -> None:
+    """Select ``value``, showing its label even when it was selected already: after
+    ``set_options`` the label of an unchanged value is not redrawn."""
+    if select.value == value:
+        select.mutate_reactive(Select.value)  # type: ignore[misc]  # Textual generic reactive
+    else:
+        select.value = value
+
+
+def pool_label(pool: dict[str, Any]) -> str:
+    """How the pool select names a pool: "team-a (dedicated) · 12 vCPUs, 48.0 GiB free"."""
+    kind = " (dedicated)" if pool.get("kind") == "dedicated" else ""
+    return f"{pool['name']}{kind} · {pool.get('free_text', '?')} free"
 
 
 def model_ref(m: dict[str, Any]) -> str:
@@ -214,7 +380,10 @@ def is_normal(m: dict[str, Any]) -> bool:
 
 
 class DeployScreen(Screen[dict[str, Any] | None]):
-    """Dismisses with the created service (or None when cancelled)."""
+    """Dismisses with the created service (or None when cancelled).
+
+    Given ``service``, the form starts as that service's configuration, with its name and pool
+    fixed (see :class:`ModifyScreen`)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Back"),
@@ -222,8 +391,9 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         Binding("ctrl+n", "add_version", "Add version"),
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, service: dict[str, Any] | None = None) -> None:
         super().__init__()
+        self.original = service
         self.models: list[dict[str, Any]] = []
         self.flavors: list[dict[str, Any]] = []
         self.errors: list[FieldError] = []
@@ -240,52 +410,93 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         return cast("OpsbotApp", self.app)
 
     def compose(self) -> ComposeResult:
+        s = self.original or {}
+        auto_stop = str(s.get("auto_stop", "1h"))
+        choice = auto_stop if auto_stop in dict((v, v) for _, v in AUTO_STOP_CHOICES) else "custom"
+        hours = "" if choice != "custom" else auto_stop.removesuffix("h")
+        pool = str(s.get("resource_pool", "public"))
         yield Header(show_clock=False)
         with VerticalScroll(id="form"):
             yield Static("Basic information", classes="section")
             yield field_row(
-                "Name", Input(placeholder="service-name", id="name"), error_id="err-name"
+                "Name",
+                Input(
+                    str(s.get("name", "")),
+                    placeholder="service-name",
+                    id="name",
+                    disabled=self.original is not None,
+                ),
+                error_id="err-name",
             )
             yield field_row(
                 "Auto stop",
-                Select(AUTO_STOP_CHOICES, value="1h", allow_blank=False, id="auto-stop"),
-                Input(placeholder="hours, 1-24", id="custom-hours"),
+                Select(AUTO_STOP_CHOICES, value=choice, allow_blank=False, id="auto-stop"),
+                Input(hours, placeholder="hours, 1-24", id="custom-hours"),
                 error_id="err-auto_stop",
             )
             yield field_row(
                 "Description",
-                Input(placeholder="optional", id="description"),
+                Input(str(s.get("description", "")), placeholder="optional", id="description"),
                 error_id="err-description",
             )
             yield Static("Resource pool and model configuration", classes="section")
             yield field_row(
-                "Resource pool", Input("public", id="pool"), error_id="err-resource_pool"
+                "Resource pool",
+                Select(
+                    [(pool, pool)],
+                    value=pool,
+                    allow_blank=False,
+                    id="pool",
+                    disabled=self.original is not None,
+                ),
+                error_id="err-resource_pool",
             )
-            yield Vertical(ModelGroup(), id="groups")
+            presets = list(s.get("models", [])) or [None]
+            yield Vertical(*(ModelGroup(preset=m) for m in presets), id="groups")
             yield Horizontal(
                 Button("Add model version", id="add-version"),
                 Static("", id="ratios"),
                 classes="field",
             )
             yield Label("", id="err-models", classes="error")
+            yield Label(
+                f"Routing rules (up to {MAX_RULES}, checked in order before the ratios)",
+                classes="label subsection",
+            )
+            yield Vertical(*(RuleRow(r) for r in s.get("rules", [])), id="rules")
+            yield Horizontal(
+                Button("Add rule", id="add-rule", compact=True),
+                Label("", id="err-rules", classes="error"),
+                classes="field",
+            )
             yield Static("Traffic limit", classes="section")
             yield field_row(
-                "Calls per second", Input("100", id="traffic-limit"), error_id="err-traffic_limit"
+                "Calls per second",
+                Input(str(s.get("traffic_limit", 100)), id="traffic-limit"),
+                error_id="err-traffic_limit",
             )
             yield Static("", id="warnings", classes="warning")
             yield Static("", id="general-error")
             with Horizontal(id="deploy-buttons"):
-                yield Button("Deploy", id="submit", variant="primary")
+                yield Button(self.SUBMIT_LABEL, id="submit", variant="primary")
                 yield Button("Cancel", id="cancel")
             with Vertical(id="progress-panel"):
                 yield Static("", id="progress-text")
         yield Footer()
 
+    SUBMIT_LABEL = "Deploy"
+
     def on_mount(self) -> None:
-        self.sub_title = "Deploy a real-time service"
-        self.query_one("#custom-hours", Input).display = False
-        self.query_one("#name", Input).focus()
+        s = self.original
+        self.sub_title = f"Modify {s['owner']}/{s['name']}" if s else "Deploy a real-time service"
+        custom = self.query_one("#custom-hours", Input)
+        custom.display = self.query_one("#auto-stop", Select).value == "custom"
+        if s is None:
+            self.query_one("#name", Input).focus()
+        else:
+            self.groups[0].query_one("#ratio", Input).focus()
         self._renumber()
+        self._renumber_rules()
         self.load_choices()
 
     # -- choices from the daemon -----------------------------------------------------------------
@@ -293,11 +504,29 @@ class DeployScreen(Screen[dict[str, Any] | None]):
     def load_choices(self) -> None:
         app = self.opsbot
         app.call_api(lambda: app.client.request("GET", "/v1/models"), self._got_models)
+        if self.original is None:  # a modified service stays in its pool
+            app.call_api(app.client.pools, self._got_pools)
         self.load_flavors()
+
+    def _pool(self) -> str:
+        value = self.query_one("#pool", Select).value
+        return str(value) if isinstance(value, str) else "public"
+
+    def _got_pools(self, pools: list[dict[str, Any]]) -> None:
+        """The pools the user may deploy to, each with its kind and what is free now."""
+        select = self.query_one("#pool", Select)
+        current = self._pool()
+        usable = [p for p in pools if p.get("may_use", True)]
+        select.set_options([(pool_label(p), str(p["name"])) for p in usable])
+        names = [str(p["name"]) for p in usable]
+        if current in names:
+            choose(select, current)
+        elif names:
+            choose(select, names[0])
 
     def load_flavors(self) -> None:
         app = self.opsbot
-        pool = self.query_one("#pool", Input).value.strip() or "public"
+        pool = self._pool()
         app.call_api(
             lambda: app.client.request("GET", "/v1/flavors", query={"pool": pool}),
             self._got_flavors,
@@ -307,11 +536,14 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         self.models = models
         for group in self.groups:
             group.fill_models(models)
+            group.suit_flavor(self.flavors, models)
+        self._offer_versions()
 
     def _got_flavors(self, flavors: list[dict[str, Any]]) -> None:
         self.flavors = flavors
         for group in self.groups:
             group.fill_flavors(flavors)
+            group.suit_flavor(flavors, self.models)
 
     # -- the spec ------------------------------------------------------------------------------
 
@@ -331,13 +563,58 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             "name": self.query_one("#name", Input).value.strip(),
             "auto_stop": auto_stop,
             "description": self.query_one("#description", Input).value,
-            "resource_pool": self.query_one("#pool", Input).value.strip(),
+            "resource_pool": self._pool(),
             "models": [g.entry() for g in self.groups],
         }
         limit = whole_or_text(self.query_one("#traffic-limit", Input).value)
         if limit is not None:
             body["traffic_limit"] = limit
+        rows = self.rule_rows
+        if rows:
+            refs = self.version_refs()
+            body["rules"] = [row.rule(refs) for row in rows]
         return body
+
+    # -- routing rules -------------------------------------------------------------------------
+
+    @property
+    def rule_rows(self) -> list[RuleRow]:
+        return list(self.query(RuleRow))
+
+    def version_refs(self) -> list[tuple[str, str]]:
+        """The (model, version) of each group that has both, in the form's order."""
+        return [ref for ref in (g.ref for g in self.groups) if ref is not None]
+
+    def _offer_versions(self) -> None:
+        refs = self.version_refs()
+        for row in self.rule_rows:
+            row.offer(refs)
+
+    def _renumber_rules(self) -> None:
+        rows = self.rule_rows
+        for i, row in enumerate(rows):
+            row.query_one(".rule-number", Label).update(f"{i + 1}.")
+        self.query_one("#add-rule", Button).disabled = len(rows) >= MAX_RULES
+
+    async def add_rule(self) -> RuleRow | None:
+        if len(self.rule_rows) >= MAX_RULES:
+            self.notify(f"a service has at most {MAX_RULES} routing rules", severity="warning")
+            return None
+        row = RuleRow()
+        await self.query_one("#rules", Vertical).mount(row)
+        row.offer(self.version_refs())
+        self._renumber_rules()
+        self.touched.add("rules")
+        row.header_input.focus()
+        self.changed(None)
+        return row
+
+    async def remove_rule(self, row: RuleRow) -> None:
+        await row.remove()
+        # Later rules moved up one; what was touched there is ambiguous now.
+        self.touched = {t for t in self.touched if not t.startswith("rules[")} | {"rules"}
+        self._renumber_rules()
+        self.changed(None)
 
     def _renumber(self) -> None:
         groups = self.groups
@@ -370,6 +647,9 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         }
         if ident in tops:
             return tops[ident]
+        rule = next((a for a in widget.ancestors if isinstance(a, RuleRow)), None)
+        if rule is not None:
+            return f"rules[{self.rule_rows.index(rule)}]" if rule in self.rule_rows else None
         group = next((a for a in widget.ancestors if isinstance(a, ModelGroup)), None)
         if group is None:
             return None
@@ -400,20 +680,23 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         self._timer = self.set_timer(VALIDATE_DELAY_S, self.validate)
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "pool":
-            self.load_flavors()
         self.changed(event.input)
 
     def on_select_changed(self, event: Select.Changed) -> None:
         select = event.select
         group = next((a for a in select.ancestors if isinstance(a, ModelGroup)), None)
-        if select.id == "auto-stop":
+        if select.id == "pool":
+            self.load_flavors()
+        elif select.id == "auto-stop":
             custom = self.query_one("#custom-hours", Input)
             custom.display = event.value == "custom"
         elif group is not None and select.id == "source":
             group.fill_models(self.models)
         elif group is not None and select.id == "model":
             group.fill_versions(self.models)
+        if group is not None and select.id in ("source", "model", "version"):
+            group.suit_flavor(self.flavors, self.models)
+            self._offer_versions()
         self.changed(select)
 
     def validate(self) -> None:
@@ -450,6 +733,13 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             return self.query_one(f"#err-{field}", Label)
         if field == "models":
             return self.query_one("#err-models", Label)
+        if field == "rules":
+            return self.query_one("#err-rules", Label)
+        rule = RULE_FIELD.match(field)
+        if rule:
+            rows = self.rule_rows
+            index = int(rule.group(1))
+            return rows[index].error if index < len(rows) else None
         match = ENTRY_FIELD.match(field)
         if match:
             index, name = int(match.group(1)), match.group(2)
@@ -498,8 +788,14 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             self.action_close()
         elif button.id == "add-version":
             self.run_worker(self.action_add_version(), exclusive=False)
+        elif button.id == "add-rule":
+            self.run_worker(self.add_rule(), exclusive=False)
+        elif button.has_class("remove-rule"):
+            rule = next((a for a in button.ancestors if isinstance(a, RuleRow)), None)
+            if rule is not None:
+                self.run_worker(self.remove_rule(rule), exclusive=False)
         elif group is not None and button.has_class("remove-group"):
-            self.remove_group(group)
+            self.run_worker(self.remove_group(group), exclusive=False)
         elif group is not None and button.has_class("add-env"):
             row = group.add_env()
             self.call_after_refresh(row.name_input.focus)
@@ -514,20 +810,27 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         await self.query_one("#groups", Vertical).mount(group)
         group.fill_models(self.models)
         group.fill_flavors(self.flavors)
+        group.suit_flavor(self.flavors, self.models)
+        if self.original is not None:
+            # A version added to a running service starts with the first version's environment
+            # (masked secrets included, which the daemon copies with their real values).
+            rows = [EnvRow(name, value) for name, value in self.groups[0].env.items()]
+            if rows:
+                await group.query_one("#env", Vertical).mount(*rows)
         self._renumber()
+        self._offer_versions()
         self.changed(None)
 
-    def remove_group(self, group: ModelGroup) -> None:
+    async def remove_group(self, group: ModelGroup) -> None:
         if len(self.groups) <= 1:
             self.notify("a service needs at least one model version", severity="warning")
             return
-        group.remove()
-        self.call_after_refresh(self._group_removed)
-
-    def _group_removed(self) -> None:
+        # Awaited, so the groups left are renumbered and summed without the removed one.
+        await group.remove()
         # Paths of later groups moved down one; what was touched there is ambiguous now.
         self.touched = {t for t in self.touched if not t.startswith("models[")}
         self._renumber()
+        self._offer_versions()
         self.changed(None)
 
     def action_submit(self) -> None:
@@ -541,15 +844,16 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         body = self.spec_body()
         app = self.opsbot
         self.query_one("#submit", Button).disabled = True
-
-        def failed(exc: OpsbotError) -> None:
-            self.query_one("#submit", Button).disabled = False
-            self.show_errors(exc.errors, self.warnings, general=None if exc.errors else exc)
-            self.notify(exc.message, title=exc.title, severity="error")
-
         app.call_api(
-            lambda: app.client.request("POST", "/v1/services", body=body), self._created, failed
+            lambda: app.client.request("POST", "/v1/services", body=body),
+            self._created,
+            self._submit_failed,
         )
+
+    def _submit_failed(self, exc: OpsbotError) -> None:
+        self.query_one("#submit", Button).disabled = False
+        self.show_errors(exc.errors, self.warnings, general=None if exc.errors else exc)
+        self.notify(exc.message, title=exc.title, severity="error")
 
     def _created(self, result: dict[str, Any]) -> None:
         self.created = result
@@ -600,5 +904,110 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         self._stop_polling()
         created = self.created
         if created is not None:
-            created = {k: v for k, v in created.items() if k not in ("api_key", "warnings")}
+            dropped = ("api_key", "warnings", "changes", "snapshot")
+            created = {k: v for k, v in created.items() if k not in dropped}
         self.dismiss(created)
+
+
+class ModifyScreen(DeployScreen):
+    """The Deploy form prefilled from a service (name and pool fixed), sent as a modification.
+
+    What the user changed goes to ``POST /v1/services/{name}/update`` as ``changes`` (see
+    :mod:`opsbot.tui.changes`): masked secrets left as they are never travel back as values.
+    Dismisses with the modified service, or None when nothing was applied.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "submit", "Apply changes")]
+    SUBMIT_LABEL = "Apply changes"
+
+    def __init__(self, service: dict[str, Any]) -> None:
+        super().__init__(service)
+        self.service = service
+
+    def action_submit(self) -> None:
+        if self.created is not None:
+            return
+        self.submitted = True
+        if self._timer is not None:
+            self._timer.stop()
+        self._seq += 1
+        body = self.spec_body()
+        service = self.service
+        name, owner = str(service["name"]), str(service["owner"])
+        app = self.opsbot
+        self.query_one("#submit", Button).disabled = True
+
+        def send() -> dict[str, Any]:
+            # The core's parser reads the whole form first, so what it refuses is named by the
+            # form's own groups. (Not POST /v1/validate: it resolves models as the caller's,
+            # and an admin may modify another user's service.)
+            wanted = parse_spec(body).model_dump(mode="json")
+            plan = plan_changes(service, wanted)
+            if plan.errors:
+                raise InvalidInput(plan.errors, title="Cannot apply these changes")
+            try:
+                result: dict[str, Any] = app.client.request(
+                    "POST",
+                    f"/v1/services/{name}/update",
+                    body={"changes": plan.changes},
+                    query={"owner": owner},
+                )
+            except OpsbotError as exc:
+                if not exc.errors:
+                    raise
+                errors = to_form_paths(exc.errors, plan.order, wanted)
+                raise InvalidInput(errors, title=exc.title) from None
+            result["warnings"] = [w.as_dict() for w in spec_warnings(parse_spec(wanted))]
+            return result
+
+        app.call_api(send, self._modified, self._submit_failed)
+
+    def _modified(self, result: dict[str, Any]) -> None:
+        self.show_errors([], [FieldError(**w) for w in result.get("warnings", [])])
+        if result.get("snapshot") is None:
+            self.query_one("#submit", Button).disabled = False
+            self.notify("nothing changed: the form is the service's configuration", title="Modify")
+            return
+        self.created = result
+        self.query_one("#progress-panel").display = True
+        self._show_progress(result)
+        self._poll = self.set_interval(MODIFY_POLL_S, self._poll_status)
+        self.query_one("#progress-panel").scroll_visible()
+        self.notify(f"{result['name']}: snapshot #{result['snapshot']}", title="Modified")
+
+    def _show_progress(self, service: dict[str, Any]) -> None:
+        done = self.created or {}
+        changes = [str(c) for c in done.get("changes", [])]
+        lines = [f"{service['name']}: modified, config snapshot #{done.get('snapshot')}"]
+        lines += [f"  {c}" for c in changes]
+        lines.append(f"Status: {status_text(service)}, {instances_text(service)} ready")
+        status = str(service.get("status", ""))
+        settled = service.get("instances_ready") == service.get("instances_desired")
+        if status in ("failed", "abnormal"):
+            lines.append(f"Reason: {service.get('reason') or 'see the events (l, enter)'}")
+            self._stop_polling()
+        elif status in ("running", "concerning", "stopped") and settled:
+            self._stop_polling()
+        lines.append("escape: back")
+        self.query_one("#progress-text", Static).update("\n".join(lines))
+        if self.created is not None:
+            self.created = {**service, "changes": changes, "snapshot": done.get("snapshot")}
+
+
+def open_modify(
+    app: OpsbotApp,
+    name: str,
+    owner: str,
+    done: Callable[[dict[str, Any] | None], None],
+) -> None:
+    """Fetch the service afresh (in a worker) and open the Modify form on it, unless it may not
+    be modified now; ``done`` gets the modified service (or None)."""
+
+    def got(service: dict[str, Any]) -> None:
+        reason = refusal("modify", service, app.user, app.admin)
+        if reason:
+            app.notify(reason, title="Cannot modify", severity="warning")
+            return
+        app.push_screen(ModifyScreen(service), done)
+
+    app.call_api(lambda: app.client.service(name, owner), got)

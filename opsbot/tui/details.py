@@ -1,5 +1,6 @@
-"""The Details screen of one service: overview, instances, events, logs, monitoring, predict,
-usage. Everything is fetched in workers; the tabs refresh while the screen is open."""
+"""The Details screen of one service: overview, instances, events, logs, monitoring (with the
+per-version numbers), predict, usage and history (config snapshots, rollback). Everything is
+fetched in workers; the tabs refresh while the screen is open."""
 
 from __future__ import annotations
 
@@ -25,12 +26,25 @@ from textual.widgets import (
 
 from opsbot.core.errors import OpsbotError
 from opsbot.tui.modals import ConfirmModal
-from opsbot.tui.view import curl_example, parse_stats, sparkline, status_text, versions_text
+from opsbot.tui.view import (
+    VERSION_COLUMNS,
+    curl_example,
+    history_rows,
+    instances_text,
+    parse_stats,
+    refusal,
+    sparkline,
+    status_text,
+    version_cells,
+    versions_text,
+)
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
 
 REFRESH_S = 2.0
+#: The per-version numbers take the daemon about a second (two CPU samples): not more often.
+VERSIONS_S = 5.0
 LOG_TAIL = 200
 SAMPLE = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
 
@@ -45,6 +59,8 @@ class DetailsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("ctrl+r", "send_predict", "Send prediction", show=False),
+        Binding("u", "modify", "Modify"),
+        Binding("b", "rollback", "Roll back"),
     ]
 
     def __init__(self, service: dict[str, Any], tab: str = "overview") -> None:
@@ -52,6 +68,8 @@ class DetailsScreen(Screen[None]):
         self.service = service
         self.initial_tab = tab
         self.api_key = ""
+        self.snapshots: dict[int, list[str]] = {}
+        self._versions_busy = False
 
     @property
     def opsbot(self) -> OpsbotApp:
@@ -69,6 +87,9 @@ class DetailsScreen(Screen[None]):
             with TabPane("Logs", id="logs"):
                 yield Log(id="log", max_lines=2000)
             with TabPane("Monitoring", id="monitoring"), VerticalScroll():
+                yield Static("[b]Per version[/b]", classes="table-title")
+                yield DataTable(id="versions-table", cursor_type="none", zebra_stripes=True)
+                yield Static("", id="versions-note")
                 yield Static("waiting for the gateway's numbers", id="monitoring-text")
             with TabPane("Predict", id="predict"):
                 yield TextArea(SAMPLE, id="predict-input", language="json")
@@ -78,6 +99,9 @@ class DetailsScreen(Screen[None]):
                 yield Static("", id="usage-text")
                 with Horizontal(classes="field"):
                     yield Button("Rotate key", id="rotate", variant="warning")
+            with TabPane("History", id="history"):
+                yield DataTable(id="history-table", cursor_type="row")
+                yield Static("", id="history-diff")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -87,14 +111,20 @@ class DetailsScreen(Screen[None]):
             "Version", "#", "State", "Address", "Restarts", "Started", "Reason"
         )
         self.query_one("#events-table", DataTable).add_columns(
-            "Time", "Level", "Kind", "Message", "Who"
+            "Time", "Level", "Kind", "Who", "Message"
         )
+        self.query_one("#versions-table", DataTable).add_columns(*VERSION_COLUMNS)
+        self.query_one("#history-table", DataTable).add_columns("#", "Time", "Who", "Changes")
         self.render_overview(s)
         self.render_usage()
         self.load()
         self.load_logs()
+        self.load_history()
+        if self.initial_tab == "monitoring":
+            self.load_versions()
         if self.opsbot.live:
             self.set_interval(REFRESH_S, self.load)
+            self.set_interval(VERSIONS_S, self.load_versions)
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -131,7 +161,93 @@ class DetailsScreen(Screen[None]):
             group="details",
         )
 
+    def load_versions(self) -> None:
+        """The per-version numbers (``?stats=1``), while the Monitoring tab is shown; one call
+        at a time."""
+        if self._versions_busy or self.query_one(TabbedContent).active != "monitoring":
+            return
+        self._versions_busy = True
+        app = self.opsbot
+        name, owner = self.service["name"], self.service["owner"]
+
+        def failed(exc: OpsbotError) -> None:
+            self._versions_busy = False
+            self.query_one("#versions-note", Static).update(f"{exc.title}: {exc.message}")
+
+        app.call_api(
+            lambda: app.client.request(
+                "GET", f"/v1/services/{name}", query={"owner": owner, "stats": "1"}
+            ),
+            self._got_versions,
+            failed,
+            group="versions",
+        )
+
+    def _got_versions(self, service: dict[str, Any]) -> None:
+        self._versions_busy = False
+        table = self.query_one("#versions-table", DataTable)
+        table.clear()
+        for row in service.get("versions", []):
+            table.add_row(*version_cells(row), key=str(row.get("idx", "")))
+        self.query_one("#versions-note", Static).update(
+            "CPU and memory summed over the version's instances; '-': not measured (yet)"
+        )
+
+    def load_history(self) -> None:
+        app = self.opsbot
+        name, owner = self.service["name"], self.service["owner"]
+        app.call_api(
+            lambda: app.client.request(
+                "GET", f"/v1/services/{name}/history", query={"owner": owner}
+            ),
+            self._got_history,
+            group="details",
+        )
+
+    def _got_history(self, snapshots: list[dict[str, Any]]) -> None:
+        table = self.query_one("#history-table", DataTable)
+        row = table.cursor_row
+        table.clear()
+        self.snapshots = {}
+        for n, at, actor, lines in history_rows(snapshots):
+            self.snapshots[n] = lines
+            table.add_row(f"#{n}", clock(at), actor, "; ".join(lines), key=str(n))
+        if table.row_count:
+            table.move_cursor(row=min(row, table.row_count - 1))
+        self._show_snapshot()
+
+    def _selected_snapshot(self) -> int | None:
+        table = self.query_one("#history-table", DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return int(key) if key is not None else None
+
+    def _show_snapshot(self) -> None:
+        n = self._selected_snapshot()
+        out = self.query_one("#history-diff", Static)
+        if n is None:
+            out.update("no snapshots yet")
+            return
+        lines = [f"[b]#{n}[/b] changed, from the snapshot before it:"]
+        lines += [f"  {line}" for line in self.snapshots.get(n, [])]
+        lines.append("b: roll back to this snapshot (the difference is shown first)")
+        out.update("\n".join(lines))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "history-table":
+            self._show_snapshot()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = event.pane.id
+        if pane == "monitoring":
+            self.load_versions()
+        elif pane == "history":
+            self.load_history()
+
     def _got_service(self, service: dict[str, Any]) -> None:
+        if service.get("updated_at") != self.service.get("updated_at"):
+            self.load_history()
         self.service = service
         self.render_overview(service)
         self.render_usage()
@@ -156,8 +272,8 @@ class DetailsScreen(Screen[None]):
                 clock(e.get("time")),
                 str(e.get("level", "")),
                 str(e.get("kind", "")),
-                str(e.get("message", "")),
                 str(e.get("actor", "")),
+                str(e.get("message", "")),  # last: the long one, cut by a narrow terminal
             )
 
     def _got_logs(self, lines: list[str]) -> None:
@@ -192,6 +308,7 @@ class DetailsScreen(Screen[None]):
             ("Owner", s["owner"]),
             ("Status", status_text(s) + (f" ({s['reason']})" if s.get("reason") else "")),
             ("Versions", versions_text(s)),
+            ("Instances", f"{instances_text(s)} ready"),
             ("Resource pool", s.get("resource_pool", "")),
             ("Traffic limit", f"{s.get('traffic_limit', '')} calls/s"),
             ("Auto stop", s.get("auto_stop", "")),
@@ -223,6 +340,72 @@ class DetailsScreen(Screen[None]):
         self.query_one("#usage-text", Static).update("\n".join(lines), layout=True)
 
     # -- predict and rotate --------------------------------------------------------------------
+
+    # -- modify and roll back ------------------------------------------------------------------
+
+    def _refused(self, verb: str) -> bool:
+        app = self.opsbot
+        reason = refusal(verb, self.service, app.user, app.admin)
+        if reason:
+            self.notify(reason, title=f"Cannot {verb}", severity="warning")
+        return reason is not None
+
+    def action_modify(self) -> None:
+        from opsbot.tui.deploy import open_modify
+
+        if not self._refused("modify"):
+            s = self.service
+            open_modify(self.opsbot, str(s["name"]), str(s["owner"]), self._modified)
+
+    def _modified(self, service: dict[str, Any] | None) -> None:
+        if service:
+            self.load()
+            self.load_history()
+
+    def action_rollback(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        n = self._selected_snapshot()
+        if tabs.active != "history" or n is None:
+            tabs.active = "history"
+            self.notify("choose a snapshot here, then press b", title="Roll back")
+            return
+        if self._refused("roll back"):
+            return
+        app = self.opsbot
+        name, owner = str(self.service["name"]), str(self.service["owner"])
+
+        def rollback(dry_run: bool) -> Any:
+            body: dict[str, Any] = {"to": n, "dry_run": True} if dry_run else {"to": n}
+            return app.client.request(
+                "POST", f"/v1/services/{name}/rollback", body=body, query={"owner": owner}
+            )
+
+        def previewed(preview: dict[str, Any]) -> None:
+            changes = [str(c) for c in preview.get("changes", [])]
+            if not changes:
+                self.notify(
+                    f"{name} already has the configuration of snapshot #{n}", title="Roll back"
+                )
+                return
+            question = f"Roll back {name} to snapshot #{n}? This changes:\n" + "\n".join(
+                f"  {c}" for c in changes
+            )
+            self.app.push_screen(ConfirmModal(question, "Roll back"), answered)
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                app.call_api(lambda: rollback(False), applied)
+
+        def applied(result: dict[str, Any]) -> None:
+            lines = [str(c) for c in result.get("changes", [])]
+            self.notify(
+                "\n".join(lines) or "nothing changed",
+                title=f"Rolled back to #{n}: snapshot #{result.get('snapshot')}",
+            )
+            self.load()
+            self.load_history()
+
+        app.call_api(lambda: rollback(True), previewed)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "send":

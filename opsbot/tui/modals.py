@@ -12,19 +12,19 @@ from textual.widgets import Button, Label, Static
 
 HELP_TEXT = """\
 [b]Services[/b]
-  d        deploy a new service
-  enter    details (overview, instances, events, logs, monitoring, predict, usage)
-  s / r    stop / start the selected service
-  x        delete the selected service (asks first)
-  e        extend auto stop, or turn it off or on
-  p        send a test prediction
-  l        tail the service's logs
-  m        models (My Models, My Subscriptions)
-  a        show my services or everyone's
-  /        filter by name, owner, status or model
-  o        sort by the next column (or click a header)
-  ?        this help            q  quit
-  ctrl+p   command palette      escape  back
+  d      deploy a new service     u  modify the selected service
+  enter  details: overview, instances, events, logs, monitoring,
+         predict, usage, history
+  s / r  stop / start             x  delete (asks first)
+  e      extend auto stop, or turn it off or on
+  p      send a test prediction   l  tail the service's logs
+  m      models (My Models, My Subscriptions)
+  a      my services or everyone's
+  /      filter by name, owner, status or model
+  o      sort by the next column (or click a header)
+[b]Details[/b]  u  modify   b  History tab: roll back to the snapshot
+[b]Forms[/b]    ctrl+s  deploy / apply changes   ctrl+n  add a version
+  ?  this help   q  quit   ctrl+p  command palette   escape  back
 """
 
 

@@ -19,18 +19,21 @@ if TYPE_CHECKING:
 
 TICK_S = 1.0
 STATS_S = 2.0
+MOVING = frozenset({"deploying", "stopping", "deleting"})
 
 
 class ServicesScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("d", "deploy", "Deploy"),
+        Binding("u", "modify", "Modify"),
         Binding("enter", "details", "Details", show=False),
         Binding("s", "stop_service", "Stop"),
         Binding("r", "start_service", "Start"),
         Binding("x", "delete_service", "Delete"),
         Binding("e", "extend", "Extend"),
         Binding("p", "predict", "Predict"),
-        Binding("l", "logs", "Logs"),
+        # Not in the footer (100 columns hold the others): `enter` reaches the Logs tab too.
+        Binding("l", "logs", "Logs", show=False),
         Binding("m", "models", "Models", show=False),
         Binding("a", "toggle_all", "Mine/All", show=False),
         Binding("slash", "filter", "Filter"),
@@ -68,6 +71,7 @@ class ServicesScreen(Screen[None]):
         if app.live:
             self.set_interval(TICK_S, self._tick)
             self.set_interval(STATS_S, self.load_stats)
+            self.set_interval(STATS_S, self.poll_moving)
             app.start_event_stream(self.on_daemon_event)
 
     # -- loading -------------------------------------------------------------------------------
@@ -125,6 +129,13 @@ class ServicesScreen(Screen[None]):
 
         app.call_api(get, self._got_stats, self._stats_failed, group="stats")
 
+    def poll_moving(self) -> None:
+        """Refetch the services on their way somewhere (Deploying, Stopping, Deleting): their
+        progress and ready instances change between the events that name them."""
+        for service in list(self.table.services.values()):
+            if service.get("status") in MOVING:
+                self.refetch(str(service["name"]), str(service["owner"]))
+
     def _got_stats(self, document: dict[str, Any]) -> None:
         self.table.stats = parse_stats(document)
         self.table.refresh_cells()
@@ -146,20 +157,24 @@ class ServicesScreen(Screen[None]):
         app = self.opsbot
         if not self.everyone and owner != app.user:
             return
-        key = f"{owner}/{name}"
         if event.get("kind") == "deleted":
-            self.table.remove_service(key)
+            self.table.remove_service(f"{owner}/{name}")
             self._describe()
             return
+        self.refetch(str(name), str(owner))
+
+    def refetch(self, name: str, owner: str) -> None:
+        """Fetch one service again and update its row, or drop the row when it is gone."""
+        app = self.opsbot
 
         def gone(exc: OpsbotError) -> None:
             if getattr(exc, "status", None) == 404 or exc.title == "Not found":
-                self.table.remove_service(key)
+                self.table.remove_service(f"{owner}/{name}")
                 self._describe()
             else:
                 app.show_error(exc)
 
-        app.call_api(lambda: app.client.service(str(name), str(owner)), self.apply_service, gone)
+        app.call_api(lambda: app.client.service(name, owner), self.apply_service, gone)
 
     def apply_service(self, service: dict[str, Any]) -> None:
         service["_fetched_at"] = self.opsbot.now()
@@ -273,6 +288,13 @@ class ServicesScreen(Screen[None]):
         from opsbot.tui.deploy import DeployScreen
 
         self.app.push_screen(DeployScreen(), self._deployed)
+
+    def action_modify(self) -> None:
+        from opsbot.tui.deploy import open_modify
+
+        service = self._target("modify")
+        if service:
+            open_modify(self.opsbot, str(service["name"]), str(service["owner"]), self._deployed)
 
     def _deployed(self, service: dict[str, Any] | None) -> None:
         if service:

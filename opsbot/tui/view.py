@@ -10,22 +10,27 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from opsbot.core.update import UPDATABLE, spec_diff
+
 #: The statuses from which each operation is allowed (the core's rules, mirrored only to explain
 #: a refused key before asking the daemon; the daemon still decides).
 CAN_START = frozenset({"stopped", "failed"})
 CAN_STOP = frozenset({"running", "deploying", "concerning", "abnormal", "failed"})
 CAN_EXTEND = frozenset({"running", "deploying", "concerning", "abnormal"})
+#: Modify and roll back: the core's own set (the daemon still decides).
+CAN_MODIFY = frozenset(str(s.value) for s in UPDATABLE)
 
+#: Versions come last: the one column of any length is the one a narrow terminal cuts.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "Name"),
     ("owner", "Owner"),
     ("status", "Status"),
-    ("versions", "Versions"),
     ("flavor", "Flavor"),
-    ("instances", "Inst"),
+    ("instances", "Ready"),
     ("calls", "Calls"),
     ("failed", "Failed"),
     ("auto_stop", "Auto stop"),
+    ("versions", "Versions (traffic)"),
 )
 COLUMN_KEYS: tuple[str, ...] = tuple(key for key, _ in COLUMNS)
 
@@ -62,6 +67,24 @@ class ControlClient(Protocol):
     def action(self, name: str, verb: str, owner: str | None = None) -> dict[str, Any]: ...
 
     def stream(self, path: str, query: dict[str, Any] | None = None) -> Any: ...
+
+    def create_model(
+        self,
+        name: str,
+        version: str,
+        path: Any,
+        fmt: str,
+        *,
+        entry: str | None = None,
+        origin: str = "custom",
+        description: str = "",
+    ) -> dict[str, Any]: ...
+
+    def publish_model(self, name: str, public: bool = True) -> dict[str, Any]: ...
+
+    def subscribe(self, ref: str) -> dict[str, Any]: ...
+
+    def pools(self) -> list[dict[str, Any]]: ...
 
 
 StatsFetcher = Callable[[str], dict[str, Any]]
@@ -149,8 +172,10 @@ def flavor_text(service: dict[str, Any]) -> str:
     return ",".join(flavors)
 
 
-def desired_instances(service: dict[str, Any]) -> int:
-    return sum(int(m.get("instances", 0)) for m in service.get("models", []))
+def instances_text(service: dict[str, Any]) -> str:
+    """READY/DESIRED, as the daemon counts them (the core's ``instances_ready`` and
+    ``instances_desired``)."""
+    return f"{int(service.get('instances_ready', 0))}/{int(service.get('instances_desired', 0))}"
 
 
 def countdown(seconds: float | None) -> str:
@@ -186,14 +211,13 @@ def auto_stop_text(service: dict[str, Any], now: float) -> str:
 
 def row_cells(service: dict[str, Any], stats: ServiceStats | None, now: float) -> dict[str, str]:
     """The cells of the service's row, by column key."""
-    ready = stats.ready if stats is not None else 0
     return {
         "name": str(service["name"]),
         "owner": str(service["owner"]),
         "status": status_text(service),
         "versions": versions_text(service),
         "flavor": flavor_text(service),
-        "instances": f"{ready}/{desired_instances(service)}",
+        "instances": instances_text(service),
         "calls": str(stats.calls) if stats is not None else "0",
         "failed": str(stats.failures) if stats is not None else "0",
         "auto_stop": auto_stop_text(service, now),
@@ -243,7 +267,7 @@ def refusal(verb: str, service: dict[str, Any] | None, user: str, admin: bool) -
         return "no service is selected"
     name = service["name"]
     status = str(service.get("status", ""))
-    if verb in ("stop", "start", "delete", "extend", "predict") and not (
+    if verb in ("stop", "start", "delete", "extend", "predict", "modify", "roll back") and not (
         admin or service["owner"] == user
     ):
         return f"{name} belongs to {service['owner']}; only its owner or an admin may change it"
@@ -253,6 +277,11 @@ def refusal(verb: str, service: dict[str, Any] | None, user: str, admin: bool) -
         return f"{name} is {status.capitalize()}; there is nothing to stop"
     if verb == "extend" and status not in CAN_EXTEND:
         return f"{name} is {status.capitalize()}; auto stop applies to a running service"
+    if verb in ("modify", "roll back") and status not in CAN_MODIFY:
+        return (
+            f"{name} is {status.capitalize()}; wait until it is Running (or Stopped), then "
+            f"{verb} it"
+        )
     if verb == "delete" and status == "deleting":
         return f"{name} is already being deleted"
     if verb == "predict" and status not in ("running", "concerning"):
@@ -267,3 +296,62 @@ def curl_example(url: str, key: str = "$OPSBOT_KEY") -> str:
         '  -H "Content-Type: application/json" \\\n'
         "  -d '{\"instances\": [[5.1, 3.5, 1.4, 0.2]]}'"
     )
+
+
+def size_text(n: float | None) -> str:
+    """Bytes as "512 B", "12.3 MiB", "1.5 GiB"; "-" when unmeasured."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - the loop returns
+
+
+#: The headers of the Monitoring tab's per-version table.
+VERSION_COLUMNS: tuple[str, ...] = (
+    "Version",
+    "Ratio",
+    "Ready",
+    "Calls",
+    "Failures",
+    "p50 ms",
+    "p99 ms",
+    "CPU %",
+    "Memory",
+)
+
+
+def version_cells(row: dict[str, Any]) -> tuple[str, ...]:
+    """One row of the per-version numbers (``GET /v1/services/NAME?stats=1``'s ``versions``);
+    a figure nobody could measure shows as "-"."""
+
+    def num(value: Any, fmt: str = "{}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    return (
+        f"{row.get('model', '')} {row.get('version', '')}",
+        num(row.get("traffic_ratio"), "{}%"),
+        f"{num(row.get('ready'))}/{num(row.get('desired'))}",
+        num(row.get("calls")),
+        num(row.get("failures")),
+        num(row.get("p50_ms"), "{:.1f}"),
+        num(row.get("p99_ms"), "{:.1f}"),
+        num(row.get("cpu_percent"), "{:.1f}"),
+        size_text(row.get("memory_bytes")),
+    )
+
+
+def history_rows(snapshots: list[dict[str, Any]]) -> list[tuple[int, float, str, list[str]]]:
+    """(n, time, actor, difference to the previous snapshot) for each config snapshot of
+    ``GET /v1/services/NAME/history``, newest first. #1 is the deploy."""
+    out: list[tuple[int, float, str, list[str]]] = []
+    previous: dict[str, Any] | None = None
+    for snap in sorted(snapshots, key=lambda s: int(s["n"])):
+        spec = snap["spec"]
+        lines = ["deployed"] if previous is None else spec_diff(previous, spec) or ["no change"]
+        out.append((int(snap["n"]), float(snap.get("created_at") or 0), str(snap["actor"]), lines))
+        previous = spec
+    return out[::-1]

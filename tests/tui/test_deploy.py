@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Label, Select, Static
-from tui_fake import NOW, FakeClient, service
+from tui_fake import NOW, FakeClient, screen_text, service
 
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.deploy import DeployScreen, ModelGroup
@@ -250,3 +250,54 @@ async def test_cancel_returns_to_services(pilot: Pilot[None]) -> None:
     await pilot.press("escape")
     await settle(pilot)
     assert isinstance(pilot.app.screen, ServicesScreen)
+
+
+async def test_removing_a_middle_version_renumbers_and_resums(pilot: Pilot[None]) -> None:
+    s = screen(pilot)
+    await pilot.press("ctrl+n")  # the key does what the "Add model version" button does
+    await settle(pilot)
+    s.query_one("#add-version", Button).press()
+    await settle(pilot)
+    assert len(s.groups) == 3
+    for group, ratio in zip(s.groups, ("70", "20", "10"), strict=True):
+        await type_into(pilot, group.query_one("#ratio", Input), ratio)
+    ratios = s.query_one("#ratios", Static)
+    assert str(ratios.content) == "ratios sum to 100%"
+    assert [str(g.query_one(".group-title", Static).content) for g in s.groups] == [
+        "#1",
+        "#2",
+        "#3",
+    ]
+    middle = s.groups[1]
+    middle.query_one(".remove-group", Button).press()
+    await settle(pilot)
+    assert len(s.groups) == 2
+    assert middle not in s.groups
+    assert [g.query_one("#ratio", Input).value for g in s.groups] == ["70", "10"]
+    assert [str(g.query_one(".group-title", Static).content) for g in s.groups] == ["#1", "#2"]
+    assert str(ratios.content) == "ratios sum to 80%"
+    s.groups[1].query_one(".remove-group", Button).press()
+    await settle(pilot)
+    assert len(s.groups) == 1
+    assert str(ratios.content) == "ratios sum to 70%"
+    # One version left: it cannot be removed, so its button is hidden.
+    assert s.groups[0].query_one(".remove-group", Button).display is False
+
+
+async def test_resource_pool_is_a_select_of_usable_pools(
+    pilot: Pilot[None], client: FakeClient
+) -> None:
+    s = screen(pilot)
+    pool = s.query_one("#pool", Select)
+    offered = [v for _, v in pool._options if isinstance(v, str)]
+    assert offered == ["public", "team-a"]  # team-b is listed by the daemon but not usable
+    assert pool.value == "public"
+    labels = [str(label) for label, v in pool._options if v == "team-a"]
+    assert labels == ["team-a (dedicated) · 16 vCPUs, 64.0 GiB, 2 nvidia free"]
+    shown = screen_text(pilot.app.export_screenshot())
+    assert "public · 8 vCPUs, 48.0 GiB free" in shown  # the chosen pool's label, not its id
+    asked = len([c for c in client.calls if c[1] == "/v1/flavors"])
+    pool.value = "team-a"
+    await settle(pilot)
+    assert len([c for c in client.calls if c[1] == "/v1/flavors"]) == asked + 1
+    assert s.spec_body()["resource_pool"] == "team-a"

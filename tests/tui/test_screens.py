@@ -155,6 +155,14 @@ async def test_snapshot_details(pilot: Pilot[None]) -> None:
         assert text in svg, text
 
 
+async def test_snapshot_models(pilot: Pilot[None]) -> None:
+    await pilot.press("m")
+    await settle(pilot)
+    svg = text_of(save(pilot.app, "models"))  # type: ignore[arg-type]
+    for text in ("My Models", "My Subscriptions", "digits", "Building", "Create", "Subscribe"):
+        assert text in svg, text
+
+
 @pytest.mark.parametrize("size", [(100, 30), (200, 50)])
 async def test_nothing_cut_off_at_ssh_sizes(client: FakeClient, size: tuple[int, int]) -> None:
     async with make_app(client).run_test(size=size) as pilot:

@@ -2,19 +2,32 @@
 
 Specs go through the core's own ``parse_spec`` and ``spec_warnings``, so the errors the form shows
 are the ones the daemon would send; the registry and flavor checks mirror the core's field paths.
+Modifications go through the core's ``parse_changes``, ``apply_changes`` and ``spec_diff``; the
+fake keeps the real environment values and shows them masked, as the daemon does.
 """
 
 from __future__ import annotations
 
+import copy
 import html
 import queue
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from opsbot.core.errors import Conflict, FieldError, NotFound, OpsbotError, SpecInvalid
+from opsbot.core.errors import (
+    Conflict,
+    FieldError,
+    ModelInvalid,
+    NotFound,
+    OpsbotError,
+    SpecInvalid,
+)
+from opsbot.core.registry import split_ref
 from opsbot.core.spec import masked_env, parse_spec, spec_warnings
+from opsbot.core.update import UPDATABLE, apply_changes, parse_changes, spec_diff
 
 NOW = 1_750_000_000.0
 GATEWAY = "http://127.0.0.1:9000"
@@ -67,11 +80,15 @@ def service(
         "traffic_limit": 100,
         "description": "",
         "models": entries,
+        "rules": [],
         "created_at": NOW - 60,
         "updated_at": NOW - 60,
         "status_since": NOW - 60,
         "status_actor": owner,
     }
+    desired = sum(int(m.get("instances", 1)) for m in entries)
+    out["instances_desired"] = desired
+    out["instances_ready"] = desired if status in ("running", "concerning") else 0
     out.update(extra)
     return out
 
@@ -92,7 +109,21 @@ class FakeClient:
             model("shared", "1.0", owner="bob", source="subscribed"),
         ]
         self.flavors = [
-            {"id": "cpu.2u8g", "name": "CPU: 2 vCPUs | 8 GiB", "available": True, "reason": ""},
+            # Listed first, as in flavors.toml: the form must not default a custom model to it.
+            {
+                "id": "exeml.cpu",
+                "name": "ExeML CPU",
+                "allows": ["exeml"],
+                "available": True,
+                "reason": "",
+            },
+            {
+                "id": "cpu.2u8g",
+                "name": "CPU: 2 vCPUs | 8 GiB",
+                "allows": ["custom", "exeml"],
+                "available": True,
+                "reason": "",
+            },
             {
                 "id": "gpu.t4",
                 "name": "CPU: 8 vCPUs | 32 GiB GPU: 1 x T4",
@@ -100,16 +131,44 @@ class FakeClient:
                 "reason": "no node has an NVIDIA T4",
             },
         ]
+        #: Published models of other users, which a subscription adds to self.models.
+        self.published = [model("tulips", "0.1", owner="carol", public=True)]
+        self.pools_list = [
+            {
+                "name": "public",
+                "kind": "public",
+                "may_use": True,
+                "free_text": "8 vCPUs, 48.0 GiB",
+                "summary": "8 vCPUs, 48.0 GiB free of 8 vCPUs, 48.0 GiB",
+            },
+            {
+                "name": "team-a",
+                "kind": "dedicated",
+                "may_use": True,
+                "free_text": "16 vCPUs, 64.0 GiB, 2 nvidia",
+                "summary": "16 vCPUs, 64.0 GiB, 2 nvidia free of 16 vCPUs, 64.0 GiB, 2 nvidia",
+            },
+            {"name": "team-b", "kind": "dedicated", "may_use": False, "summary": "1 vCPUs"},
+        ]
         self.has_extend = False
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.event_id = 0
         self.closed = threading.Event()
         self.logs = ["instance 0: listening on 127.0.0.1:40001", "instance 0: ready"]
+        #: Config snapshots per service, oldest first (#1 is the deploy).
+        self.snapshots: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        #: What ?stats=1 answers as "versions", per service (default: built from the spec).
+        self.version_numbers: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     # -- helpers for tests -----------------------------------------------------------------------
 
     def add(self, svc: dict[str, Any]) -> dict[str, Any]:
-        self.services_by_key[(svc["owner"], svc["name"])] = svc
+        """Hold a service (its env values real; shown masked) with its first snapshot."""
+        key = (svc["owner"], svc["name"])
+        self.services_by_key[key] = svc
+        self.snapshots[key] = [
+            {"n": 1, "actor": svc["owner"], "created_at": NOW - 60, "spec": spec_of(svc)}
+        ]
         return svc
 
     def emit(self, svc: dict[str, Any], kind: str, level: str = "normal") -> dict[str, Any]:
@@ -175,15 +234,21 @@ class FakeClient:
             }
         if path == "/v1/flavors":
             return [dict(f) for f in self.flavors]
-        if path == "/v1/models":
+        if path == "/v1/models" and method == "GET":
             return [dict(m) for m in self.models]
+        if path == "/v1/models" and method == "POST":
+            return self._create_model(body)
+        if path == "/v1/pools":
+            return [dict(p) for p in self.pools_list]
+        if parts[:2] == ["v1", "models"] and parts[-1] in ("publish", "subscribe"):
+            return self._model_change(parts, body)
         if path == "/v1/validate":
             spec, warnings = self._check(body)
             return {"spec": spec, "warnings": warnings}
         if path == "/v1/services" and method == "GET":
             everyone = bool(query.get("all"))
             return [
-                dict(s)
+                view(s)
                 for (owner, _), s in sorted(self.services_by_key.items())
                 if everyone or owner == self.user
             ]
@@ -196,10 +261,77 @@ class FakeClient:
             if svc is None:
                 raise NotFound(f"{owner} has no service {name!r}: see `opsbot services`")
             verb = parts[3] if len(parts) > 3 else ""
-            return self._on_service(method, verb, svc, body)
+            if verb in ("update", "history", "rollback"):
+                return self._modification(verb, svc, body)
+            return self._on_service(method, verb, svc, body, query)
         raise NotFound(f"no route {method} {path}")
 
+    def create_model(
+        self,
+        name: str,
+        version: str,
+        path: Any,
+        fmt: str,
+        *,
+        entry: str | None = None,
+        origin: str = "custom",
+        description: str = "",
+    ) -> dict[str, Any]:
+        body = {"name": name, "version": version, "path": str(path), "format": fmt}
+        body |= {"entry": entry, "origin": origin, "description": description}
+        return self.request("POST", "/v1/models", body)  # type: ignore[no-any-return]
+
+    def publish_model(self, name: str, public: bool = True) -> dict[str, Any]:
+        return self.request("POST", f"/v1/models/{name}/publish", {"public": public})  # type: ignore[no-any-return]
+
+    def subscribe(self, ref: str) -> dict[str, Any]:
+        owner, name = split_ref(ref)
+        return self.request("POST", f"/v1/models/{owner}/{name}/subscribe")  # type: ignore[no-any-return]
+
+    def pools(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/pools")  # type: ignore[no-any-return]
+
     # -- behaviour -----------------------------------------------------------------------------
+
+    def _create_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The registry's answers for the cases the Models screen shows: a version that exists,
+        a path that is not a directory, a model that fails its check."""
+        name, version, path = body["name"], body["version"], body["path"]
+        if any(m["name"] == name and m["version"] == version for m in self.models):
+            raise Conflict(
+                f"{name} {version} exists; choose a new version or delete it first",
+                field="version",
+            )
+        if not Path(path).is_dir():
+            raise ModelInvalid(f"{path} is not a directory", field="path")
+        status, reason = "normal", ""
+        if (Path(path) / "broken").exists():
+            status, reason = "failed", "joblib could not load model.joblib"
+        made = model(name, version, status=status, reason=reason, format=body["format"])
+        self.models.append(made)
+        return dict(made)
+
+    def _model_change(self, parts: list[str], body: Any) -> dict[str, Any]:
+        if parts[-1] == "publish":
+            name = parts[2]
+            mine = [m for m in self.models if m["name"] == name and m["owner"] == self.user]
+            if not mine:
+                raise NotFound(f"no model {self.user}/{name}: see `opsbot model list`")
+            public = bool((body or {}).get("public", True))
+            for m in mine:
+                m["public"] = public
+            return {"owner": self.user, "name": name, "public": public}
+        owner, name = parts[2], parts[3]
+        found = [m for m in self.published if m["owner"] == owner and m["name"] == name]
+        if not found:
+            raise NotFound(
+                f"{owner}/{name} is not published: ask {owner} to publish it", field="model"
+            )
+        for m in found:
+            self.models.append({**m, "source": "subscribed"})
+        return {"model": f"{owner}/{name}", "subscribed": True}
+
+    # -- behaviour of services -----------------------------------------------------------------
 
     def _check(self, body: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
         spec = parse_spec(body)
@@ -241,8 +373,6 @@ class FakeClient:
                 f"you already have a service named {spec['name']}; choose another name",
                 field="name",
             )
-        for entry in spec["models"]:
-            entry["env"] = masked_env(entry["env"])
         svc = service(
             spec["name"],
             owner=self.user,
@@ -251,19 +381,72 @@ class FakeClient:
             auto_stop=spec["auto_stop"],
             description=spec["description"],
             traffic_limit=spec["traffic_limit"],
+            rules=spec["rules"],
         )
         self.add(svc)
-        out = dict(svc)
+        out = view(svc)
         out["api_key"] = "ok_test_key_123"
         out["warnings"] = warnings
         return out
 
+    def _modification(self, verb: str, svc: dict[str, Any], body: Any) -> Any:
+        """update, history and rollback, as the daemon answers them."""
+        key = (svc["owner"], svc["name"])
+        snaps = self.snapshots.setdefault(key, [])
+        if verb == "history":
+            return copy.deepcopy(snaps)
+        current = spec_of(svc)
+        if verb == "rollback":
+            to = body.get("to")
+            found = [s for s in snaps if s["n"] == to]
+            if not found:
+                raise SpecInvalid([FieldError("to", f"{svc['name']} has no snapshot #{to}")])
+            if body.get("dry_run"):
+                return {"changes": spec_diff(current, found[0]["spec"]), "snapshot": None}
+            return self._apply(svc, copy.deepcopy(found[0]["spec"]))
+        if set(body) not in ({"spec"}, {"changes"}):
+            raise SpecInvalid([FieldError("spec", 'send {"spec": {...}} or {"changes": {...}}')])
+        if "changes" in body:
+            wanted = apply_changes(parse_spec(current), parse_changes(body["changes"]))
+        else:
+            wanted = body["spec"]
+        return self._apply(svc, wanted)
+
+    def _apply(self, svc: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+        if svc["status"] not in {s.value for s in UPDATABLE}:
+            raise Conflict(
+                f"{svc['name']} is {svc['status'].capitalize()}; wait until it is Running (or "
+                "Stopped), then modify it",
+                title="Not now",
+            )
+        new, _ = self._check(wanted)
+        if new["name"] != svc["name"]:
+            raise SpecInvalid([FieldError("name", "a service keeps its name")])
+        old = spec_of(svc)
+        changes = spec_diff(old, new)
+        out: dict[str, Any]
+        if not changes:
+            out = view(svc)
+            out |= {"changes": [], "snapshot": None}
+            return out
+        for field in ("auto_stop", "description", "traffic_limit", "models", "rules"):
+            svc[field] = new[field]
+        svc["updated_at"] = float(svc.get("updated_at", NOW)) + 1
+        key = (svc["owner"], svc["name"])
+        n = len(self.snapshots[key]) + 1
+        self.snapshots[key].append(
+            {"n": n, "actor": self.user, "created_at": NOW + n, "spec": copy.deepcopy(new)}
+        )
+        out = view(svc)
+        out |= {"changes": changes, "snapshot": n}
+        return out
+
     def _on_service(
-        self, method: str, verb: str, svc: dict[str, Any], body: Any
+        self, method: str, verb: str, svc: dict[str, Any], body: Any, query: dict[str, Any]
     ) -> dict[str, Any] | list[Any]:
         name = svc["name"]
         if method == "GET" and verb == "":
-            out = dict(svc)
+            out = view(svc)
             out["instances"] = [
                 {
                     "version_index": 0,
@@ -278,18 +461,39 @@ class FakeClient:
                 }
             ]
             out["auto_stop_text"] = svc["auto_stop"]
+            key = (svc["owner"], name)
+            out["versions"] = copy.deepcopy(self.version_numbers.get(key)) or [
+                {
+                    "idx": i,
+                    "model": m["model"],
+                    "version": m["version"],
+                    "traffic_ratio": m["traffic_ratio"],
+                    "desired": m["instances"],
+                    "ready": m["instances"],
+                    "calls": None,
+                    "failures": None,
+                    "p50_ms": None,
+                    "p99_ms": None,
+                    "cpu_percent": None,
+                    "memory_bytes": None,
+                }
+                for i, m in enumerate(svc["models"])
+            ]
+            if query.get("stats") != "1":
+                for row in out["versions"]:
+                    row |= {"cpu_percent": None, "memory_bytes": None}
             return out
         if method == "DELETE":
             svc["status"] = "deleting"
-            return dict(svc)
+            return view(svc)
         if verb == "stop":
             svc["status"] = "stopped"
-            return dict(svc)
+            return view(svc)
         if verb == "start":
             if svc["status"] not in ("stopped", "failed"):
                 raise Conflict(f"{name} is {svc['status']}; start a Stopped or Failed service")
             svc["status"] = "deploying"
-            return dict(svc)
+            return view(svc)
         if verb == "key":
             return {"name": name, "api_key": "ok_rotated_key_456"}
         if verb in ("extend", "autostop"):
@@ -299,7 +503,7 @@ class FakeClient:
                 svc["remaining_s"] = float(svc.get("remaining_s") or 0) + 3600 * body["hours"]
             else:
                 svc["auto_stop"] = "off" if body["auto_stop"] == "off" else "1h"
-            return dict(svc)
+            return view(svc)
         if verb == "events":
             return [
                 {
@@ -324,6 +528,29 @@ class FakeClient:
                 "response": {"predictions": [0]},
             }
         raise OpsbotError(f"unknown verb {verb}")
+
+
+def view(svc: dict[str, Any]) -> dict[str, Any]:
+    """A service as the daemon shows it: a copy, secret-looking env values masked."""
+    out = copy.deepcopy(svc)
+    for entry in out["models"]:
+        entry["env"] = masked_env(entry.get("env") or {})
+    return out
+
+
+def spec_of(svc: dict[str, Any]) -> dict[str, Any]:
+    """The normalised spec of a service the fake holds (env values real)."""
+    return parse_spec(
+        {
+            "name": svc["name"],
+            "auto_stop": svc["auto_stop"],
+            "description": svc["description"],
+            "resource_pool": svc["resource_pool"],
+            "traffic_limit": svc["traffic_limit"],
+            "models": copy.deepcopy(svc["models"]),
+            "rules": copy.deepcopy(svc.get("rules", [])),
+        }
+    ).model_dump(mode="json")
 
 
 def stats_document(uid: str, calls: int = 5, failures: int = 1) -> dict[str, Any]:

@@ -1,0 +1,123 @@
+"""The dashboard against a real daemon: deploy an example model through the Deploy screen, watch
+it reach Running in the table from the event stream, open its details, predict, modify it and
+see the snapshot in its history, stop it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# clone_home through test_daemon: in a whole run, "conftest" may name another directory's.
+from e2e.test_daemon import Daemon, clone_home, start_daemon, stop_everything
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, Select, Static, TabbedContent
+
+from opsbot.daemon.client import Client
+from opsbot.tui.app import OpsbotApp
+from opsbot.tui.deploy import DeployScreen, ModifyScreen
+from opsbot.tui.details import DetailsScreen
+from opsbot.tui.services import ServicesScreen
+from opsbot.tui.table import ServicesTable
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def daemon(template: Path, tmp_path: Path) -> Iterator[Daemon]:
+    home = clone_home(template, tmp_path / "home")
+    d = start_daemon(home)
+    yield d
+    stop_everything(home, d.proc)
+
+
+async def until(pilot: Pilot[None], what: str, ok: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        await pilot.pause(0.1)
+
+
+def table_of(app: OpsbotApp) -> ServicesTable:
+    screen = next(s for s in app.screen_stack if isinstance(s, ServicesScreen))
+    return screen.query_one(ServicesTable)
+
+
+async def test_deploy_watch_predict_and_stop(daemon: Daemon, me: str) -> None:
+    app = OpsbotApp(Client(daemon.home, timeout=30))
+    key = f"{me}/tui-iris"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, "whoami", lambda: app.user == me)
+        await pilot.press("d")
+        deploy = app.screen
+        assert isinstance(deploy, DeployScreen)
+        group = deploy.groups[0]
+        await until(pilot, "the example models", lambda: bool(deploy.models and deploy.flavors))
+        pool = deploy.query_one("#pool", Select)
+        await until(pilot, "the pools", lambda: "free" in str(pool._options[0][0]))
+        deploy.query_one("#name", Input).value = "tui-iris"
+        group.query_one("#model", Select).value = "iris"
+        await pilot.pause()
+        group.query_one("#version", Select).value = "1.0.0"
+        await pilot.pause()
+        # The first flavor listed is ExeML's, which takes only ExeML models: iris gets the first
+        # one that takes custom models.
+        assert group.query_one("#flavor", Select).value == "cpu.2u8g"
+        await pilot.press("ctrl+s")
+        await until(pilot, "the deploy's answer", lambda: deploy.created is not None)
+        progress = str(deploy.query_one("#progress-text", Static).content)
+        assert "API key (shown once" in progress and "ob_" in progress
+
+        # Back to the table at once: the row turns Running there, from the event stream.
+        await pilot.press("escape")
+        assert isinstance(app.screen, ServicesScreen)
+        table = table_of(app)
+        await until(pilot, "the new row", lambda: key in table.cells)
+        await until(pilot, "Running", lambda: table.cells[key]["status"] == "Running")
+        assert table.cells[key]["instances"] == "1/1"  # the daemon's ready/desired count
+        assert table.cells[key]["versions"] == "iris 1.0.0"
+        assert table.selected_key == key
+
+        await pilot.press("enter")
+        details = app.screen
+        assert isinstance(details, DetailsScreen)
+        details.query_one(TabbedContent).active = "predict"
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        result = details.query_one("#predict-result", Static)
+        await until(pilot, "a prediction", lambda: "predictions" in str(result.content), 30)
+        assert str(result.content).startswith("HTTP 200  version 1.0.0")
+
+        # Modify from the details screen: the update route, a snapshot, the History tab.
+        await pilot.press("u")
+        await until(pilot, "the Modify form", lambda: isinstance(app.screen, ModifyScreen))
+        modify = app.screen
+        assert isinstance(modify, ModifyScreen)
+        await until(pilot, "the prefilled version", lambda: modify.groups[0].ref is not None)
+        assert modify.groups[0].ref == ("iris", "1.0.0")
+        modify.query_one("#description", Input).value = "changed from the tui"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await until(pilot, "the update's answer", lambda: modify.created is not None)
+        progress = str(modify.query_one("#progress-text", Static).content)
+        assert "config snapshot #2" in progress and "description" in progress
+        await pilot.press("escape")
+        assert app.screen is details
+        details.query_one(TabbedContent).active = "history"
+        history = details.query_one("#history-table", DataTable)
+        await until(pilot, "two snapshots", lambda: history.row_count == 2)
+        assert "description" in str(history.get_row_at(0)[3])
+        assert daemon.client.service("tui-iris")["description"] == "changed from the tui"
+
+        await pilot.press("escape")
+        assert isinstance(app.screen, ServicesScreen)
+        await pilot.press("s")
+        await until(pilot, "Stopped", lambda: table.cells[key]["status"] == "Stopped", 30)
+        assert table.cells[key]["instances"] == "0/1"
+        stored = daemon.client.service("tui-iris")
+        assert stored["status"] == "stopped" and stored["instances"] == []
+        await pilot.press("q")
