@@ -277,6 +277,13 @@ class Core:
             self.store, self.clock, self.pools, service, checked, actor.name, message=message
         )
 
+    def modifiable(self, actor: User, name: str, owner: str | None = None) -> Service:
+        """The service, if the actor may modify it now; else PermissionDenied or Conflict with
+        the reason (what a front checks before it opens a form)."""
+        service = self._acted_on(actor, name, owner)
+        update.ensure_updatable(service)
+        return service
+
     def history(self, actor: User, name: str, owner: str | None = None) -> list[update.Snapshot]:
         """The service's config snapshots, oldest first (#1 is the deploy)."""
         return update.history(self.store, self.service(actor, name, owner))

@@ -269,6 +269,16 @@ def spec_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 # -- applying ----------------------------------------------------------------------------------
 
 
+def ensure_updatable(service: svc.Service) -> None:
+    """Raise Conflict, saying when to come back, unless the service may be modified now."""
+    if service.status not in UPDATABLE:
+        raise Conflict(
+            f"{service.name} is {service.status.label}; wait until it is Running (or "
+            "Stopped), then modify it",
+            title="Not now",
+        )
+
+
 def update_service(
     store: Store,
     clock: Clock,
@@ -287,12 +297,7 @@ def update_service(
         current = svc.service_by_id(db, service.id)
         if current is None:
             raise NotFound(f"{service.name} no longer exists")
-        if current.status not in UPDATABLE:
-            raise Conflict(
-                f"{current.name} is {current.status.label}; wait until it is Running (or "
-                "Stopped), then modify it",
-                title="Not now",
-            )
+        ensure_updatable(current)
         if spec.name != current.name:
             raise InvalidInput(
                 [FieldError("name", "a service keeps its name; deploy a new service instead")]

@@ -9,7 +9,6 @@ ack (``response_action: errors``); that work is a few SQLite statements.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -22,7 +21,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
 from opsbot.core.app import Core
-from opsbot.core.errors import FieldError, InvalidInput, NotFound, OpsbotError
+from opsbot.core.errors import FieldError, NotFound, OpsbotError
 from opsbot.core.identity import User
 from opsbot.core.notify import Dispatcher
 from opsbot.core.registry import NORMAL
@@ -257,14 +256,7 @@ class SlackBot:
         target = views.action_target(body["actions"][0])
         actor = self.actor(body)
         try:
-            service = self.core.service(actor, target.name, target.owner)
-            # The current spec, unchanged, is refused for exactly the reasons any change would
-            # be (not the owner or an admin; Deploying, Stopping, Deleting) and changes nothing.
-            # InvalidInput: its model left the registry; the user picks another in the form.
-            with contextlib.suppress(InvalidInput):
-                self.core.update_service(
-                    actor, service.name, service.spec.model_dump(mode="json"), service.owner
-                )
+            service = self.core.modifiable(actor, target.name, target.owner)
         except OpsbotError as exc:
             self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
             return

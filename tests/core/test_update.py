@@ -9,7 +9,13 @@ import pytest
 from core_support import World, cpu_probe, entry, fields_of, message_for
 
 from opsbot.core.controller import DRAINING, STARTING, instance_rows
-from opsbot.core.errors import CapacityExceeded, Conflict, InvalidInput, SpecInvalid
+from opsbot.core.errors import (
+    CapacityExceeded,
+    Conflict,
+    InvalidInput,
+    PermissionDenied,
+    SpecInvalid,
+)
 from opsbot.core.events import Kind
 from opsbot.core.routes import READY, load_routes
 from opsbot.core.spec import parse_spec
@@ -339,3 +345,13 @@ def test_only_the_owner_may_modify(world: World, examples_home: Path) -> None:
     other = world.core.user("mallory")
     with pytest.raises(Exception, match="only its owner"):
         world.core.update_service(other, "svc", Changes(traffic_limit=1), owner=world.me.name)
+
+
+def test_modifiable_says_why_before_a_front_opens_its_form(world: World) -> None:
+    world.deploy()
+    with pytest.raises(Conflict, match="Deploying"):
+        world.core.modifiable(world.me, "svc")
+    world.controller.reconcile_all()
+    assert world.core.modifiable(world.me, "svc").name == "svc"
+    with pytest.raises(PermissionDenied):
+        world.core.modifiable(world.core.user("mallory"), "svc", owner=world.me.name)
