@@ -45,6 +45,10 @@ BACKOFF_MAX_S = 60.0
 #: How long an instance leaves the routes before it is stopped: a few gateway polls; calls
 #: still in flight then finish during the model server's own SIGTERM grace.
 DRAIN_S = 2.0
+#: How long an instance must have been ready before its service is called Running: the gateway
+#: reads the store every 200 ms, so by then it routes to the instance and a caller who sees
+#: Running is served.
+ROUTE_SETTLE_S = 0.3
 #: Starts an instance gets while its service is Deploying before the deploy is called Failed.
 DEPLOY_ATTEMPTS = 3
 ACTIVE = (Status.DEPLOYING, Status.RUNNING, Status.CONCERNING, Status.ABNORMAL)
@@ -81,6 +85,7 @@ class InstanceRow:
     next_try: float
     started_at: float | None
     config: str = ""
+    updated_at: float = 0.0
 
     @property
     def key_tail(self) -> tuple[int, int]:
@@ -89,7 +94,7 @@ class InstanceRow:
 
 _INSTANCE_COLUMNS = (
     "id, service_id, idx, n, handle, host, port, state, reason, gpus, restarts, next_try, "
-    "started_at, config"
+    "started_at, config, updated_at"
 )
 
 
@@ -133,6 +138,7 @@ class Controller:
         *,
         deploy_timeout_s: float = 1200.0,
         drain_s: float = DRAIN_S,
+        route_settle_s: float = ROUTE_SETTLE_S,
         ready: Callable[[str, int], bool] = http_ready,
         on_event: Callable[[], None] | None = None,
     ):
@@ -143,6 +149,7 @@ class Controller:
         self.clock = clock
         self.deploy_timeout_s = deploy_timeout_s
         self.drain_s = drain_s
+        self.route_settle_s = route_settle_s
         self.ready = ready
         self.on_event = on_event
         self.wake_event = threading.Event()
@@ -361,12 +368,17 @@ class Controller:
         desired = sum(p.instances for p in self._plans(service))
         ready = sum(1 for r in rows if r.state == READY)
         now = self.clock.now()
+        # Instances that became ready a moment ago may not be in the gateway's routes yet.
+        settling = any(r.state == READY and now - r.updated_at < self.route_settle_s for r in rows)
         with self.store.write() as db:
             current = svc.service_by_id(db, service.id)
             if current is None or current.status != service.status:
                 return  # someone asked for something else meanwhile; the next pass sees it
             status = current.status
             if status == Status.DEPLOYING:
+                if ready >= desired and settling:
+                    self._wake_later(self.route_settle_s)
+                    return
                 if ready >= desired:
                     minutes = current.spec.auto_stop.minutes
                     due = now + minutes * 60 if current.spec.auto_stop.enabled else None
@@ -406,7 +418,9 @@ class Controller:
                     if not down and ready > 0 and ready + coming >= desired
                     else (Status.CONCERNING if ready > 0 else Status.ABNORMAL)
                 )
-                if target != status:
+                if target == Status.RUNNING and settling:
+                    self._wake_later(self.route_settle_s)
+                elif target != status:
                     svc.transition(
                         db,
                         now,
@@ -657,6 +671,11 @@ class Controller:
                 message=f"failed: {reason}",
             )
         self._notify()
+
+    def _wake_later(self, seconds: float) -> None:
+        timer = threading.Timer(seconds, self.wake)
+        timer.daemon = True
+        timer.start()
 
     def _notify(self) -> None:
         if self.on_event:

@@ -159,6 +159,7 @@ class World:
             self.core.probe,
             self.clock,
             deploy_timeout_s=timeout_s,
+            route_settle_s=0,  # the fake clock stands still; the settle test sets its own
             ready=lambda host, port: port not in self.not_ready,
         )
 

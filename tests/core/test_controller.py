@@ -305,3 +305,13 @@ def test_a_runtime_that_places_devices_gets_none_from_this_machine(examples_home
     service = world.core.service(world.me, "svc")
     assert [r.gpus for r in instance_rows(world.core.store, service.id)] == [""]
     assert world.status() == Status.RUNNING
+
+
+def test_running_waits_until_the_gateway_can_have_read_the_ready_instances(world: World) -> None:
+    world.controller.route_settle_s = 0.3
+    world.deploy()
+    world.controller.reconcile_all()
+    assert world.status() == Status.DEPLOYING  # ready, but maybe not routed yet
+    world.clock.advance(0.31)
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING

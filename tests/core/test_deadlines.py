@@ -32,6 +32,7 @@ class Fixture:
             {f.id: f for f in self.core.flavors},
             self.core.probe,
             self.clock,
+            route_settle_s=0,  # the fake clock stands still
             ready=lambda host, port: True,
         )
 

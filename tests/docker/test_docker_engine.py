@@ -351,7 +351,13 @@ def test_engine_restart_the_watcher_reconnects_and_repairs(
             keys = Counter(c["Labels"][LABEL_INSTANCE] for c in mine)
             assert keys == Counter({f"{created['id']}/0/0": 1, f"{created['id']}/0/1": 1})
             assert all(c["State"] == "running" for c in mine)
-            status, _, body = call(created["url"], {"instances": IRIS[:3]}, created["api_key"])
+            # the gateway reads the new instance rows at its next poll of the store (200 ms)
+            deadline = time.monotonic() + 5
+            while True:
+                status, _, body = call(created["url"], {"instances": IRIS[:3]}, created["api_key"])
+                if status == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert status == 200, body
 
 
