@@ -247,19 +247,33 @@ class SlackBot:
         self.on_change()
         self.dm_deploy(client, str(body["user"]["id"]), created, warnings)
 
+    def _pressed_on(
+        self,
+        body: dict[str, Any],
+        respond: Respond,
+        client: WebClient,
+        find: Callable[[User, str, str | None], Service],
+    ) -> tuple[views.Target, User, Service] | None:
+        """The service a button names, found by ``find`` (core.service, core.modifiable) as
+        the user who pressed it; None once a refusal has been told to them."""
+        target = views.action_target(body["actions"][0])
+        actor = self.actor(body)
+        try:
+            return target, actor, find(actor, target.name, target.owner)
+        except OpsbotError as exc:
+            self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
+            return None
+
     # -- Modify: the deploy modal on a running service ---------------------------------------
 
     def modify_open(
         self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond
     ) -> None:
         ack()
-        target = views.action_target(body["actions"][0])
-        actor = self.actor(body)
-        try:
-            service = self.core.modifiable(actor, target.name, target.owner)
-        except OpsbotError as exc:
-            self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
+        found = self._pressed_on(body, respond, client, self.core.modifiable)
+        if found is None:
             return
+        target, actor, service = found
         state = views.form_from_spec(
             service.spec,
             service.owner,
@@ -337,12 +351,13 @@ class SlackBot:
         self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond
     ) -> None:
         ack()
-        target = views.action_target(body["actions"][0])
-        actor = self.actor(body)
+        found = self._pressed_on(body, respond, client, self.core.service)
+        if found is None:
+            return
+        _, actor, service = found
         try:
-            service = self.core.service(actor, target.name, target.owner)
             entries = self.history_entries(actor, service.name, service.owner)
-        except OpsbotError as exc:
+        except OpsbotError as exc:  # deleted meanwhile
             self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
             return
         client.views_open(
@@ -378,13 +393,10 @@ class SlackBot:
         self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond
     ) -> None:
         ack()
-        target = views.action_target(body["actions"][0])
-        actor = self.actor(body)
-        try:
-            service = self.core.service(actor, target.name, target.owner)
-        except OpsbotError as exc:
-            self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
+        found = self._pressed_on(body, respond, client, self.core.service)
+        if found is None:
             return
+        *_, service = found
         # The numbers ask the gateway: open the modal first (the trigger lasts 3 s), then fill.
         opened = client.views_open(
             trigger_id=body["trigger_id"],
