@@ -302,9 +302,12 @@ async def show_service(request: web.Request) -> web.Response:
     name, owner = _target(request)
     service = await call(daemon.core.service, user(request), name, owner)
     out = service_view(request, service)
-    # ?stats=1: CPU and memory from the runtime too (about a second: two samples)
-    out["instances"] = await call(daemon.instances, service, request.query.get("stats") == "1")
-    out["versions"] = await call(daemon.version_numbers, service, out["instances"])
+    # ?stats=1: CPU and memory from the runtime (about a second: two samples) and the
+    # per-version numbers, which also read the gateway's /stats. Pollers leave it off.
+    with_stats = request.query.get("stats") == "1"
+    out["instances"] = await call(daemon.instances, service, with_stats)
+    if with_stats:
+        out["versions"] = await call(daemon.version_numbers, service, out["instances"])
     out["auto_stop_text"] = format_auto_stop(service.spec.auto_stop)
     return web.json_response(out)
 
