@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+#: The queues of the open event streams. At shutdown each gets ``None`` and its stream ends: an
+#: open stream would otherwise hold the daemon's shutdown until aiohttp's 60 s grace runs out.
+STREAMS: web.AppKey[set[asyncio.Queue[Event | None]]] = web.AppKey("streams")
 USER = "opsbot.user"
 
 
@@ -435,7 +438,7 @@ async def list_events(request: web.Request) -> web.Response:
 class _StreamNotifier:
     """Hands events from the dispatcher's thread to one streaming client's queue."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event | None]):
         self.loop = loop
         self.queue = queue
 
@@ -462,9 +465,11 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             and (level is None or e.level == level)
         )
 
-    queue: asyncio.Queue[Event] = asyncio.Queue()
+    queue: asyncio.Queue[Event | None] = asyncio.Queue()
     listener = _StreamNotifier(asyncio.get_running_loop(), queue)
     daemon.dispatcher.subscribe(listener)
+    streams = request.app[STREAMS]
+    streams.add(queue)
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -485,14 +490,23 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
+            if e is None:  # the daemon is stopping: end the stream, the client reconnects
+                break
             if e.id > sent and visible(e):
                 await resp.write(f"id: {e.id}\ndata: {json.dumps(e.as_dict())}\n\n".encode())
                 sent = e.id
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
+        streams.discard(queue)
         daemon.dispatcher.unsubscribe(listener)
     return resp
+
+
+async def end_streams(app: web.Application) -> None:
+    """``on_shutdown``: end every open event stream, so none holds the daemon's shutdown."""
+    for queue in list(app[STREAMS]):
+        queue.put_nowait(None)
 
 
 async def service_logs(request: web.Request) -> web.Response:
@@ -571,6 +585,8 @@ async def create_token(request: web.Request) -> web.Response:
 def make_app(daemon: Daemon) -> web.Application:
     app = web.Application(middlewares=[identity, errors], client_max_size=16 * 1024**2)
     app[DAEMON] = daemon
+    app[STREAMS] = set()
+    app.on_shutdown.append(end_streams)
     r = app.router
     r.add_get("/openapi.json", openapi)
     r.add_get("/healthz", healthz)

@@ -6,25 +6,47 @@ renders. The services table follows the daemon's event stream and is updated by 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import IO, Any, TypeVar
 
 from textual.app import App, SystemCommand
-from textual.binding import Binding, BindingType
+from textual.reactive import reactive
 from textual.screen import Screen
 
 from opsbot.core.errors import OpsbotError
+from opsbot.daemon.client import DaemonUnavailable
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.view import ControlClient, StatsFetcher
 
 T = TypeVar("T")
 
-STREAM_RETRY_S = 2.0
+#: How soon the dashboard tries the daemon again once it went away.
+STREAM_RETRY_S = 1.0
+#: How often the dashboard checks that whoever started it is still there.
+ORPHAN_CHECK_S = 1.0
+
+
+class NoTerminal(OpsbotError):
+    title = "No terminal"
+
+
+def require_terminal(stdin: IO[Any], stdout: IO[Any]) -> None:
+    """Refuse to start without a terminal on both ends (``ssh -T``, a pipe, cron): Textual
+    would write escape codes into the pipe and wait forever for keys."""
+    if not (stdin.isatty() and stdout.isatty()):
+        raise NoTerminal(
+            "opsbot tui needs a terminal: connect with `ssh -t HOST opsbot tui` (for scripts, "
+            "use `opsbot services --json`)"
+        )
 
 
 def fetch_gateway_stats(gateway_url: str) -> dict[str, Any]:
@@ -40,7 +62,9 @@ class OpsbotApp(App[None]):
     TITLE = "opsbot"
     CSS_PATH = "opsbot.tcss"
     ENABLE_COMMAND_PALETTE = True
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit", priority=False)]
+
+    #: Whether the daemon went away (its event stream closed, or a call found no daemon).
+    daemon_down: reactive[bool] = reactive(False, init=False)
 
     def __init__(
         self,
@@ -49,6 +73,7 @@ class OpsbotApp(App[None]):
         stats: StatsFetcher | None = fetch_gateway_stats,
         now: Callable[[], float] = time.time,
         live: bool = True,
+        watch_terminal: bool = False,
     ) -> None:
         super().__init__()
         self.client = client
@@ -59,17 +84,29 @@ class OpsbotApp(App[None]):
         self.admin = False
         self.gateway_url = ""
         self._stopping = threading.Event()
+        #: Leave on a hangup or when orphaned (`opsbot tui`; not in tests run in-process).
+        self.watch_terminal = watch_terminal
+        self.down_reason = ""
+        self.down_since = 0.0
 
     def get_default_screen(self) -> Screen[Any]:
         return ServicesScreen()
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        """The command palette offers the keys of the screen it was opened on, too."""
-        yield from super().get_system_commands(screen)
+        """The command palette offers every action of the screen it was opened on (shown in
+        the footer or not), and a screenshot saved where the dashboard was started."""
+        for command in super().get_system_commands(screen):
+            if command.title != "Screenshot":  # Textual's saves to a Downloads folder
+                yield command
+        yield SystemCommand(
+            "Screenshot", "Save an SVG of this screen in the current directory", self.screenshot
+        )
         seen: set[str] = set()
         for key, active in screen.active_bindings.items():
             binding = active.binding
             if active.node is not screen or not binding.description or binding.action in seen:
+                continue
+            if binding.action.startswith("app."):
                 continue
             seen.add(binding.action)
 
@@ -78,6 +115,31 @@ class OpsbotApp(App[None]):
 
             shown = self.get_key_display(binding) or key
             yield SystemCommand(binding.description, f"key {shown}", run)
+
+    def screenshot(self) -> None:
+        """Save an SVG of the screen in the working directory; say where, or why not."""
+        try:
+            path = self.save_screenshot(path=os.getcwd())
+        except OSError as exc:
+            self.notify(
+                f"could not save it in {os.getcwd()} ({exc.strerror}); start the dashboard "
+                "from a directory you can write to",
+                title="No screenshot",
+                severity="error",
+            )
+            return
+        self.notify(path, title="Screenshot saved")
+
+    def copy(self, text: str, what: str) -> None:
+        """Put ``text`` on the clipboard of the terminal the user sits at (OSC 52, which
+        travels over SSH)."""
+        if not text:
+            self.notify(f"there is no {what} to copy yet", title="Copy", severity="warning")
+            return
+        self.copy_to_clipboard(text)
+        self.notify(
+            f"{what} copied (OSC 52: your terminal must allow clipboard writes)", title="Copied"
+        )
 
     # -- calling the daemon off the event loop --------------------------------------------------
 
@@ -95,6 +157,11 @@ class OpsbotApp(App[None]):
         def work() -> None:
             try:
                 result = fn()
+            except DaemonUnavailable as exc:
+                self._deliver(self.connection_lost, exc)
+                if failed is not None:
+                    self._deliver(failed, exc)
+                return
             except OpsbotError as exc:
                 self._deliver(failed or self.show_error, exc)
                 return
@@ -119,31 +186,61 @@ class OpsbotApp(App[None]):
     def start_event_stream(self, on_event: Callable[[dict[str, Any]], None]) -> None:
         """Follow ``/v1/events/stream`` and hand every event to ``on_event`` on the event loop.
 
-        The stream is one long call that only ends when the daemon closes it, so it runs in a
-        daemon thread rather than a worker: a worker's thread would hold the app open on quit
-        until the next keep-alive.
+        The stream is the dashboard's heartbeat: the daemon ends it when it stops and the
+        kernel when the daemon dies, so its end is the moment the daemon went away. Then the
+        daemon is asked again every ``STREAM_RETRY_S``; once it answers, every screen reloads.
+        The stream runs in a daemon thread rather than a worker: a worker's thread would hold
+        the app open on quit until the next keep-alive.
         """
 
         def follow() -> None:
             after = 0
             while not self._stopping.is_set():
                 try:
-                    for event in self.client.stream(
-                        "/v1/events/stream", {"after_id": after or None}
-                    ):
-                        if self._stopping.is_set():
-                            return
-                        after = max(after, int(event.get("id", 0)))
-                        self._deliver(on_event, event)
+                    self.client.request("GET", "/healthz")
                 except OpsbotError as exc:
-                    self._deliver(self.stream_lost, exc)
+                    self._deliver(self.connection_lost, exc)
+                else:
+                    self._deliver(self.connection_back, None)
+                    lost: OpsbotError = DaemonUnavailable("it closed the event stream")
+                    try:
+                        for event in self.client.stream(
+                            "/v1/events/stream", {"after_id": after or None}
+                        ):
+                            if self._stopping.is_set():
+                                return
+                            after = max(after, int(event.get("id", 0)))
+                            self._deliver(on_event, event)
+                    except OpsbotError as exc:
+                        lost = exc
+                    self._deliver(self.connection_lost, lost)
                 if self._stopping.wait(STREAM_RETRY_S):
                     return
 
         threading.Thread(target=follow, name="opsbot-events", daemon=True).start()
 
-    def stream_lost(self, exc: OpsbotError) -> None:
-        self.sub_title = f"event stream lost ({exc.message}); retrying"
+    def connection_lost(self, exc: OpsbotError) -> None:
+        if self.daemon_down:
+            return
+        self.down_reason = exc.message
+        self.down_since = self.now()
+        self.daemon_down = True
+
+    def connection_back(self, _: None) -> None:
+        if not self.daemon_down:
+            return
+        self.daemon_down = False
+        self.notify("the daemon answers again; showing a fresh state", title="Reconnected")
+
+    def watch_daemon_down(self, down: bool) -> None:
+        """Every screen greys out (or restores) the keys that need the daemon; on return,
+        each fetches a fresh state."""
+        for screen in self.screen_stack:
+            screen.refresh_bindings()
+            if not down:
+                reload = getattr(screen, "reconnected", None)
+                if callable(reload):
+                    reload()
 
     def on_unmount(self) -> None:
         self._stopping.set()
@@ -152,12 +249,38 @@ class OpsbotApp(App[None]):
         self._stopping.set()
         self.exit()
 
+    # -- the terminal going away ----------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        if not self.watch_terminal:
+            return
+        loop = asyncio.get_running_loop()
+        # SIGHUP: the terminal (the SSH connection) hung up. SIGTERM: asked to stop.
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.hang_up)
+        # Whoever started the dashboard died without a hangup (its shell killed -9): the
+        # dashboard is an orphan nobody can see, and leaves.
+        parent = os.getppid()
+        self.set_interval(ORPHAN_CHECK_S, lambda: self._check_parent(parent))
+
+    def _check_parent(self, parent: int) -> None:
+        if os.getppid() != parent:
+            self.hang_up()
+
+    def hang_up(self) -> None:
+        self._stopping.set()
+        self.exit(return_code=129)
+
 
 def run(home: Path) -> None:
     """Entry point of `opsbot tui` (wired in opsbot.cli)."""
     from opsbot.daemon.client import Client
 
+    require_terminal(sys.stdin, sys.stdout)
     client = Client(home, timeout=30)
     if not client.available():
         client.request("GET", "/healthz")  # raises DaemonUnavailable with what to do
-    OpsbotApp(client).run()
+    app = OpsbotApp(client, watch_terminal=True)
+    app.run()
+    if app.return_code:
+        sys.exit(app.return_code)

@@ -10,9 +10,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from opsbot.core.errors import OpsbotError
+from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal, ExtendModal, HelpModal
 from opsbot.tui.table import ServicesTable
-from opsbot.tui.view import COLUMN_KEYS, parse_stats, refusal, row_key
+from opsbot.tui.view import COLUMN_KEYS, COLUMN_LABELS, parse_stats, refusal, row_key
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
@@ -23,7 +24,10 @@ MOVING = frozenset({"deploying", "stopping", "deleting"})
 
 
 class ServicesScreen(Screen[None]):
+    # Help and Quit first: a narrow terminal cuts the footer from the right.
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
         Binding("d", "deploy", "Deploy"),
         Binding("u", "modify", "Modify"),
         Binding("enter", "details", "Details", show=False),
@@ -32,13 +36,15 @@ class ServicesScreen(Screen[None]):
         Binding("x", "delete_service", "Delete"),
         Binding("e", "extend", "Extend"),
         Binding("p", "predict", "Predict"),
-        # Not in the footer (100 columns hold the others): `enter` reaches the Logs tab too.
+        Binding("slash", "filter", "Filter"),
+        # Not in the footer: `enter` reaches the Logs tab too; the palette lists them all.
         Binding("l", "logs", "Logs", show=False),
         Binding("m", "models", "Models", show=False),
         Binding("a", "toggle_all", "Mine/All", show=False),
-        Binding("slash", "filter", "Filter"),
-        Binding("o", "next_sort", "Sort", show=False),
-        Binding("question_mark", "help", "Help"),
+        Binding("o", "next_sort", "Sort by the next column", show=False),
+        Binding("O", "reverse_sort", "Reverse the sort", show=False),
+        Binding("c", "copy_url", "Copy the URL", show=False),
+        Binding("colon", "app.command_palette", "Command", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -46,6 +52,8 @@ class ServicesScreen(Screen[None]):
         super().__init__()
         self.everyone = False
         self.loaded = False
+        #: (services held, quota) from whoami.
+        self.quota = (0, 0)
 
     @property
     def opsbot(self) -> OpsbotApp:
@@ -57,7 +65,9 @@ class ServicesScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
+        yield ConnectionBanner()
         yield Input(placeholder="filter: name, owner, status or model", id="filter")
+        yield Static("", id="empty")
         yield ServicesTable(id="services")
         yield Static("", id="status-line")
         yield Footer(compact=True)
@@ -67,6 +77,7 @@ class ServicesScreen(Screen[None]):
         self.table.now = self.opsbot.now()
         self.table.focus()
         app = self.opsbot
+        self.watch(app, "daemon_down", self._daemon_down, init=False)
         app.call_api(lambda: app.client.request("GET", "/v1/whoami"), self._got_whoami)
         if app.live:
             self.set_interval(TICK_S, self._tick)
@@ -76,12 +87,26 @@ class ServicesScreen(Screen[None]):
 
     # -- loading -------------------------------------------------------------------------------
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Keys that need the daemon are shown greyed out while it is away."""
+        if needs_daemon(action) and self.opsbot.daemon_down:
+            return None
+        return True
+
+    def reconnected(self) -> None:
+        """The daemon is back: who am I, and every service afresh."""
+        app = self.opsbot
+        app.call_api(lambda: app.client.request("GET", "/v1/whoami"), self._got_whoami)
+
     def _got_whoami(self, me: dict[str, Any]) -> None:
         app = self.opsbot
+        first = not app.user
         app.user = str(me.get("user", ""))
         app.admin = bool(me.get("admin", False))
         app.gateway_url = str(me.get("gateway_url", ""))
-        self.everyone = app.admin
+        self.quota = (int(me.get("quota_used", 0)), int(me.get("quota", 0)))
+        if first:
+            self.everyone = app.admin
         self.reload()
         self.load_stats()
 
@@ -104,13 +129,31 @@ class ServicesScreen(Screen[None]):
         scope = "all services" if self.everyone else "my services"
         role = " (admin)" if app.admin else ""
         shown = self.table.row_count
-        self.sub_title = f"{app.user}{role} · {scope} · {shown} shown"
-        filt = self.table.filter_text
-        sort = self.table.sort_column
-        parts = [f"filter: {filt}" if filt else "", f"sorted by {sort}" if sort else ""]
+        used, quota = self.quota
+        held = f" · {used} of {quota} services held" if quota else ""
+        self.sub_title = f"{app.user}{role} · {scope} · {shown} shown{held}"
+        table = self.table
+        filt = table.filter_text
+        sort = table.sort_column
+        way = "descending" if table.sort_reverse else "ascending"
+        parts = [
+            f"filter: {filt} (esc clears)" if filt else "",
+            f"sorted by {COLUMN_LABELS[sort]}, {way} (o: next column, O: reverse)" if sort else "",
+        ]
         self.query_one("#status-line", Static).update(
-            "  ".join(p for p in parts if p) or "press ? for help"
+            "  ".join(p for p in parts if p) or "? help  : command  / filter  o sort"
         )
+        empty = self.query_one("#empty", Static)
+        empty.display = self.loaded and shown == 0
+        if filt:
+            empty.update(f"No service matches “{filt}”. Press esc to clear the filter.")
+        elif not table.services:
+            empty.update(
+                "No services yet. Press d to deploy one: the form offers the example model "
+                "iris. Press a to see everyone's (admins), ? for every key."
+            )
+        else:
+            empty.update("Nothing to show here. Press a for everyone's services.")
 
     def load_stats(self) -> None:
         app = self.opsbot
@@ -137,15 +180,18 @@ class ServicesScreen(Screen[None]):
                 self.refetch(str(service["name"]), str(service["owner"]))
 
     def _got_stats(self, document: dict[str, Any]) -> None:
-        self.table.stats = parse_stats(document)
-        self.table.refresh_cells()
+        self.table.set_stats(parse_stats(document))
 
     def _stats_failed(self, exc: OpsbotError) -> None:
         self.query_one("#status-line", Static).update(f"{exc.title}: {exc.message}")
 
     def _tick(self) -> None:
+        """Once a second: the countdowns on screen. Not while the daemon is away: a countdown
+        it no longer vouches for would be a guess."""
+        if self.opsbot.daemon_down:
+            return
         self.table.now = self.opsbot.now()
-        self.table.refresh_cells()
+        self.table.tick()
 
     # -- live updates ----------------------------------------------------------------------------
 
@@ -206,8 +252,16 @@ class ServicesScreen(Screen[None]):
 
     def action_stop_service(self) -> None:
         service = self._target("stop")
-        if service:
-            self._act(service, "stop")
+        if not service:
+            return
+        name, owner = service["name"], service["owner"]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._act(service, "stop")
+
+        question = f"Stop {owner}/{name}? Its instances stop; r starts it again."
+        self.app.push_screen(ConfirmModal(question, "Stop"), answered)
 
     def action_start_service(self) -> None:
         service = self._target("start")
@@ -337,14 +391,35 @@ class ServicesScreen(Screen[None]):
             self.table.focus()
 
     def action_next_sort(self) -> None:
-        current = self.table.sort_column
-        index = COLUMN_KEYS.index(current) + 1 if current in COLUMN_KEYS else 0
-        self.table.sort_by(COLUMN_KEYS[index % len(COLUMN_KEYS)])
+        table = self.table
+        current = table.sort_column
+        shown = table.shown
+        index = shown.index(current) + 1 if current in shown else 0
+        table.sort_by(shown[index % len(shown)], reverse=False)
+        self._describe()
+
+    def action_reverse_sort(self) -> None:
+        table = self.table
+        table.sort_by(table.sort_column or "name", reverse=not table.sort_reverse)
         self._describe()
 
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
         self.table.sort_by(str(event.column_key.value))
         self._describe()
+
+    def action_copy_url(self) -> None:
+        service = self.table.selected
+        if service is None:
+            self.notify("no service is selected", title="Copy", severity="warning")
+            return
+        self.opsbot.copy(str(service.get("url", "")), f"the URL of {service['name']}")
+
+    async def action_quit(self) -> None:
+        """The top screen: q leaves the dashboard."""
+        await self.opsbot.action_quit()
+
+    def _daemon_down(self, down: bool) -> None:
+        self.table.set_class(down, "-stale")
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_details()

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.events import Resize
 from textual.geometry import Region, Size
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist
+from textual._two_way_dict import TwoWayDict
+from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist, RowKey
 
 from opsbot.tui.view import (
     COLUMN_KEYS,
-    COLUMNS,
+    COLUMN_LABELS,
     STATUS_STYLE,
     ServiceStats,
+    auto_stop_text,
     matches,
     row_cells,
     row_key,
-    sort_value,
+    shown_columns,
+    sort_key,
 )
 
 STATUS_WIDTH = 14
@@ -35,6 +40,13 @@ class ServicesTable(DataTable[str | Text]):
     ``bench/tui.py``).
     """
 
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "first", "First", show=False),
+        Binding("G", "last", "Last", show=False),
+    ]
+
     #: While set, a bare refresh() (the one update_cell ends with) is dropped.
     _quiet = False
 
@@ -45,6 +57,9 @@ class ServicesTable(DataTable[str | Text]):
         self.cells: dict[str, dict[str, str]] = {}
         self.filter_text = ""
         self.sort_column: str | None = None
+        self.sort_reverse = False
+        #: The columns on screen (a narrow terminal drops some, see ``shown_columns``).
+        self.shown: tuple[str, ...] = COLUMN_KEYS
         self.now = 0.0
 
     def watch_virtual_size(self, old: Size, new: Size) -> None:
@@ -58,9 +73,49 @@ class ServicesTable(DataTable[str | Text]):
             self.notify_style_update()
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        for key in self.shown:
             # Status is as wide as "Deploying 100%" from the start, so it never jumps.
-            self.add_column(label, key=key, width=STATUS_WIDTH if key == "status" else None)
+            self.add_column(
+                self._header(key), key=key, width=STATUS_WIDTH if key == "status" else None
+            )
+
+    def _header(self, column: str) -> str:
+        """The column's label, with ▲ or ▼ when the rows are sorted by it."""
+        label = COLUMN_LABELS[column]
+        if column == self.sort_column:
+            label += " ▼" if self.sort_reverse else " ▲"
+        return label
+
+    def on_resize(self, event: Resize) -> None:
+        self._fit_columns(event.size.width)
+
+    def _fit_columns(self, width: int) -> None:
+        """Show the columns that fit; rebuild only when that set changes."""
+        widths = {c: 0 for c in COLUMN_KEYS}
+        for cells in self.cells.values():
+            for c, text in cells.items():
+                widths[c] = max(widths[c], cell_len(text))
+        widths["status"] = STATUS_WIDTH
+        shown = shown_columns(width, widths)
+        if shown != self.shown:
+            self.shown = shown
+            keep = self.selected_key
+            self.clear(columns=True)
+            self._add_columns()
+            self.rebuild(keep)
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def action_first(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=0)
+
+    def action_last(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -113,12 +168,12 @@ class ServicesTable(DataTable[str | Text]):
                 self.cells[key] = cells
                 if old is None:
                     self.add_row(
-                        *(self._styled(c, cells[c], service) for c in COLUMN_KEYS), key=key
+                        *(self._styled(c, cells[c], service) for c in self.shown), key=key
                     )
                     full = True
                     resort |= self.sort_column is not None
                     continue
-                changed = [c for c in COLUMN_KEYS if cells[c] != old[c]]
+                changed = [c for c in self.shown if cells[c] != old[c]]
                 if not changed:
                     continue
                 values = {c: self._styled(c, cells[c], service) for c in changed}
@@ -126,7 +181,7 @@ class ServicesTable(DataTable[str | Text]):
                 for column, value in values.items():
                     self.update_cell(key, column, value, update_width=widens)
                 full |= widens
-                resort |= self.sort_column in changed
+                resort |= self.sort_column is not None
                 repaint.append(key)
         if resort:
             self._resort()
@@ -196,7 +251,7 @@ class ServicesTable(DataTable[str | Text]):
             if not matches(service, self.filter_text):
                 continue
             cells = self._cells_of(service)
-            self.add_row(*(self._styled(c, cells[c], service) for c in COLUMN_KEYS), key=key)
+            self.add_row(*(self._styled(c, cells[c], service) for c in self.shown), key=key)
             self.cells[key] = cells
         if self.sort_column:
             self._resort(keep)
@@ -204,29 +259,96 @@ class ServicesTable(DataTable[str | Text]):
             self._restore_cursor(keep)
 
     def refresh_cells(self) -> None:
-        """Recompute every row from the services and stats held (countdowns, calls)."""
+        """Recompute every row from the services and stats held."""
         self._update_rows([s for k, s in self.services.items() if k in self.cells])
+
+    def set_stats(self, stats: dict[str, ServiceStats]) -> None:
+        """New gateway numbers: only the rows whose calls or failures moved are recomputed."""
+        old, self.stats = self.stats, stats
+
+        def numbers(s: ServiceStats | None) -> tuple[int, int]:
+            return (0, 0) if s is None else (s.calls, s.failures)
+
+        moved = [
+            s
+            for k, s in self.services.items()
+            if k in self.cells
+            and numbers(old.get(str(s.get("id", "")))) != numbers(stats.get(str(s.get("id", ""))))
+        ]
+        if moved:
+            self._update_rows(moved)
+
+    def visible_keys(self) -> list[str]:
+        """The keys of the rows on screen now."""
+        header = self.header_height if self.show_header else 0
+        top = int(self.scroll_y)
+        bottom = min(self.row_count, top + max(0, self.size.height - header))
+        rows = self.ordered_rows
+        return [str(rows[i].key.value) for i in range(top, bottom)]
+
+    def tick(self) -> None:
+        """The countdown moved on: rewrite the Auto stop cells of the rows on screen only (a
+        row scrolled into view gets its own on the scroll, see ``watch_scroll_y``)."""
+        if "auto_stop" not in self.shown:
+            return
+        repaint: list[str] = []
+        with self._no_repaint():
+            for key in self.visible_keys():
+                cells = self.cells.get(key)
+                service = self.services.get(key)
+                if cells is None or service is None:
+                    continue
+                text = auto_stop_text(service, self.now)
+                if text == cells["auto_stop"]:
+                    continue
+                cells["auto_stop"] = text
+                self.update_cell(key, "auto_stop", text)
+                repaint.append(key)
+        for key in repaint:
+            self._repaint_row(key)
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if int(old) != int(new):
+            self.tick()
 
     def set_filter(self, text: str) -> None:
         self.filter_text = text
         self.rebuild()
 
-    def sort_by(self, column: str) -> None:
-        self.sort_column = column
+    def sort_by(self, column: str, reverse: bool | None = None) -> None:
+        """Sort by ``column``; again on the same column, the other way round."""
+        if reverse is None:
+            reverse = not self.sort_reverse if column == self.sort_column else False
+        previous = self.sort_column
+        self.sort_column, self.sort_reverse = column, reverse
+        for c in {previous, column}:
+            if c in self.shown:
+                self.columns[ColumnKey(c)].label = Text(self._header(c))
         self._resort()
 
     def _resort(self, keep: str | None = None) -> None:
+        """Order the rows by the sort column's real value (then name and owner).
+
+        DataTable.sort hands its key only the cells' text; the order here needs the services
+        (a deadline, a number), so the rows are placed by key as DataTable.sort places them.
+        """
         keep = keep if keep is not None else self.selected_key
         column = self.sort_column
         if column is None:
             return
 
-        def order(values: tuple[Any, ...]) -> tuple[Any, ...]:
-            text = str(values[0])
-            return (sort_value({column: text}, column), str(values[1]), str(values[2]))
+        def order(key: str) -> tuple[Any, ...]:
+            service = self.services[key]
+            stats = self.stats.get(str(service.get("id", "")))
+            return (sort_key(service, column, stats), str(service["name"]), key)
 
-        self.sort(column, "name", "owner", key=order)
+        keys = sorted(self.cells, key=order, reverse=self.sort_reverse)
+        self._row_locations = TwoWayDict({RowKey(k): i for i, k in enumerate(keys)})
+        self._update_count += 1
+        self.refresh()
         self._restore_cursor(keep)
+
 
     def _restore_cursor(self, keep: str | None) -> None:
         if keep is None or keep not in self.cells:

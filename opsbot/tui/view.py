@@ -33,6 +33,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("versions", "Versions (traffic)"),
 )
 COLUMN_KEYS: tuple[str, ...] = tuple(key for key, _ in COLUMNS)
+COLUMN_LABELS: dict[str, str] = dict(COLUMNS)
+#: The columns a narrow terminal drops, first to last; name, status, auto stop and versions stay.
+DROP_ORDER: tuple[str, ...] = ("owner", "flavor", "failed", "calls", "instances")
 
 STATUS_STYLE = {
     "running": "green",
@@ -202,11 +205,71 @@ def remaining_s(service: dict[str, Any], now: float) -> float | None:
 
 
 def auto_stop_text(service: dict[str, Any], now: float) -> str:
+    """The countdown; before the clock starts (Deploying), the time it will run once up."""
     if service.get("auto_stop") == "off":
         return "off"
     if service.get("status") not in CAN_EXTEND:
         return "-"
-    return countdown(remaining_s(service, now))
+    left = remaining_s(service, now)
+    if left is None:
+        return f"{service.get('auto_stop', '')} once up"
+    return countdown(left)
+
+
+def sort_key(
+    service: dict[str, Any], column: str, stats: ServiceStats | None
+) -> tuple[int, float, str]:
+    """What a column sorts by: its real value (numbers as numbers, the auto-stop deadline as a
+    time, with "off" and stopped services last), never its text."""
+    text = ""
+    number = 0.0
+    missing = 0
+    if column == "auto_stop":
+        deadline = _deadline(service)
+        missing, number = (1, 0.0) if deadline is None else (0, deadline)
+    elif column in ("calls", "failed"):
+        number = float(
+            0 if stats is None else stats.calls if column == "calls" else stats.failures
+        )
+    elif column == "instances":
+        number = float(service.get("instances_ready", 0))
+        text = f"{int(service.get('instances_desired', 0)):09d}"
+    elif column == "status":
+        text = str(service.get("status", ""))
+        number = float(service.get("progress", 0))
+    elif column == "versions":
+        text = versions_text(service).lower()
+    elif column == "flavor":
+        text = flavor_text(service)
+    else:
+        text = str(service.get(column, "")).lower()
+    return (missing, number, text)
+
+
+def _deadline(service: dict[str, Any]) -> float | None:
+    """When auto stop fires (the daemon's ``remaining_s`` from when it was fetched), or None
+    when it is off or not counting."""
+    if service.get("auto_stop") == "off" or service.get("status") not in CAN_EXTEND:
+        return None
+    remaining = service.get("remaining_s")
+    if remaining is None:
+        # Not started yet: it will run its full auto stop after the deploy.
+        return float("inf")
+    return float(service.get("_fetched_at", 0.0)) + float(remaining)
+
+
+def shown_columns(width: int, widths: dict[str, int]) -> tuple[str, ...]:
+    """The columns that fit ``width`` cells (each column takes its width plus 2 of padding),
+    dropping by :data:`DROP_ORDER`."""
+    shown = list(COLUMN_KEYS)
+    drop = list(DROP_ORDER)
+
+    def need() -> int:
+        return sum(max(widths.get(c, 0), len(COLUMN_LABELS[c]) + 2) + 2 for c in shown)
+
+    while need() > width and drop:
+        shown.remove(drop.pop(0))
+    return tuple(shown)
 
 
 def row_cells(service: dict[str, Any], stats: ServiceStats | None, now: float) -> dict[str, str]:
@@ -238,16 +301,6 @@ def matches(service: dict[str, Any], text: str) -> bool:
         ]
     ).lower()
     return needle in hay
-
-
-def sort_value(cells: dict[str, str], column: str) -> tuple[int, float, str]:
-    """A key that sorts numbers as numbers and text as text."""
-    text = cells.get(column, "")
-    head = text.split("/")[0].split(" ")[0].rstrip("%")
-    try:
-        return (0, float(head), text)
-    except ValueError:
-        return (1, 0.0, text.lower())
 
 
 def sparkline(values: Iterable[float], width: int = 60) -> str:

@@ -106,9 +106,16 @@ async def test_live_event_updates_row_and_keeps_cursor(
     assert "alice/delta" not in table(pilot).cells
 
 
-async def test_stop_and_start(pilot: Pilot[None], client: FakeClient) -> None:
+async def test_stop_asks_first_then_start(pilot: Pilot[None], client: FakeClient) -> None:
     await select(pilot, "alice/alpha")
     await pilot.press("s")
+    await settle(pilot)
+    assert isinstance(pilot.app.screen, ConfirmModal)
+    assert not any(c[1].endswith("/stop") for c in client.calls)
+    await pilot.press("n")
+    await settle(pilot)
+    assert not any(c[1].endswith("/stop") for c in client.calls)
+    await pilot.press("s", "y")
     await settle(pilot)
     assert ("POST", "/v1/services/alpha/stop", None) in client.calls
     assert table(pilot).cells["alice/alpha"]["status"] == "Stopped"
@@ -197,7 +204,7 @@ async def test_admin_may_change_anyones_service() -> None:
         await settle(pilot)
         assert "bob/theirs" in table(pilot).cells
         await select(pilot, "bob/theirs")
-        await pilot.press("s")
+        await pilot.press("s", "y")
         await settle(pilot)
         assert client.services_by_key[("bob", "theirs")]["status"] == "stopped"
     client.close()

@@ -28,6 +28,7 @@ from opsbot.core.errors import (
 from opsbot.core.registry import split_ref
 from opsbot.core.spec import masked_env, parse_spec, spec_warnings
 from opsbot.core.update import UPDATABLE, apply_changes, parse_changes, spec_diff
+from opsbot.daemon.client import DaemonUnavailable
 
 NOW = 1_750_000_000.0
 GATEWAY = "http://127.0.0.1:9000"
@@ -154,6 +155,9 @@ class FakeClient:
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.event_id = 0
         self.closed = threading.Event()
+        #: Set while the "daemon" is away: every call fails as the real client's would and
+        #: the event stream ends.
+        self.away = threading.Event()
         self.logs = ["instance 0: listening on 127.0.0.1:40001", "instance 0: ready"]
         #: Config snapshots per service, oldest first (#1 is the deploy).
         self.snapshots: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -191,6 +195,14 @@ class FakeClient:
         self.closed.set()
         self.events.put(None)
 
+    def go_away(self) -> None:
+        """The daemon stops: its stream ends, calls find nobody."""
+        self.away.set()
+        self.events.put(None)
+
+    def come_back(self) -> None:
+        self.away.clear()
+
     # -- the Client interface --------------------------------------------------------------------
 
     def services(self, everyone: bool = False) -> list[dict[str, Any]]:
@@ -203,7 +215,8 @@ class FakeClient:
         return self.request("POST", f"/v1/services/{name}/{verb}", query={"owner": owner})  # type: ignore[no-any-return]
 
     def stream(self, path: str, query: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        while not self.closed.is_set():
+        self._check_away()
+        while not self.closed.is_set() and not self.away.is_set():
             try:
                 event = self.events.get(timeout=0.05)
             except queue.Empty:
@@ -221,8 +234,11 @@ class FakeClient:
         raw: bytes | None = None,
     ) -> Any:
         query = query or {}
+        self._check_away()
         self.calls.append((method, path, body if raw is None else raw))
         parts = path.strip("/").split("/")
+        if path == "/healthz":
+            return {"ok": True}
         if path == "/v1/whoami":
             return {
                 "user": self.user,
@@ -265,6 +281,12 @@ class FakeClient:
                 return self._modification(verb, svc, body)
             return self._on_service(method, verb, svc, body, query)
         raise NotFound(f"no route {method} {path}")
+
+    def _check_away(self) -> None:
+        if self.away.is_set():
+            raise DaemonUnavailable(
+                "no opsbot daemon answers on /fake/opsbot.sock; start one with `opsbot up -d`"
+            )
 
     def create_model(
         self,
