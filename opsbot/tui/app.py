@@ -26,6 +26,7 @@ from opsbot.core.errors import OpsbotError
 from opsbot.daemon.client import DaemonUnavailable
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.view import ControlClient, StatsFetcher
+from opsbot.tui.wording import plain
 
 T = TypeVar("T")
 
@@ -179,7 +180,7 @@ class OpsbotApp(App[None]):
             self._stopping.set()
 
     def show_error(self, exc: OpsbotError) -> None:
-        self.notify(exc.message, title=exc.title, severity="error", timeout=8)
+        self.notify(plain(exc.message), title=exc.title, severity="error", timeout=8)
 
     # -- the event stream -------------------------------------------------------------------------
 

@@ -70,4 +70,3 @@ class ConnectionBanner(Static):
                 f"Daemon not running since {since} ({app.down_reason}). Showing the last state "
                 "seen; actions are off until it is back (opsbot up -d). Reconnecting…"
             )
-

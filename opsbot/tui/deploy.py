@@ -24,7 +24,10 @@ from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
 from opsbot.core.spec import MAX_RULES, parse_spec, spec_warnings
 from opsbot.tui.changes import is_masked, plan_changes, to_form_paths
+from opsbot.tui.connection import ConnectionBanner, needs_daemon
+from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.view import instances_text, refusal, status_text
+from opsbot.tui.wording import FIELD_LABELS, field_message, plain
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
@@ -59,13 +62,20 @@ def whole_or_text(text: str) -> int | str | None:
         return value
 
 
-def field_row(label: str, *widgets: Widget, error_id: str) -> Horizontal:
-    return Horizontal(
-        Label(label, classes="label"),
-        *widgets,
-        Label("", id=error_id, classes="error"),
-        classes="field",
+def field_row(field: str, *widgets: Widget) -> Vertical:
+    """A form row: the field's label and widgets, and its error line under them, at the form's
+    full width (beside them, a narrow terminal leaves it a strip)."""
+    return Vertical(
+        Horizontal(Label(FIELD_LABELS[field], classes="label"), *widgets, classes="field"),
+        Label("", id=f"err-{field}", classes="error field-error"),
+        classes="field-block",
     )
+
+
+def show_error(label: Label, text: str) -> None:
+    """Write an error line, shown only while it says something."""
+    label.update(text)
+    label.display = bool(text)
 
 
 class EnvRow(Horizontal):
@@ -124,32 +134,33 @@ class ModelGroup(Vertical):
                 classes="field",
             ),
             field_row(
-                "Model source",
+                "source",
                 Select(SOURCES, value=source, allow_blank=False, id="source"),
-                error_id="err-source",
             ),
             field_row(
-                "Model", Select([], id="model", prompt="choose a model"), error_id="err-model"
+                "model",
+                Select([], id="model", prompt="choose a model"),
             ),
             field_row(
-                "Version",
+                "version",
                 Select([], id="version", prompt="Normal versions"),
-                error_id="err-version",
             ),
-            field_row("Traffic ratio (%)", Input(ratio, id="ratio"), error_id="err-traffic_ratio"),
             field_row(
-                "Specifications",
+                "traffic_ratio",
+                Input(ratio, id="ratio"),
+            ),
+            field_row(
+                "flavor",
                 Select([], id="flavor", prompt="choose a flavor"),
-                error_id="err-flavor",
             ),
-            field_row("Instances", Input(instances, id="instances"), error_id="err-instances"),
-            Label("Environment variables", classes="label"),
+            field_row(
+                "instances",
+                Input(instances, id="instances"),
+            ),
+            Label(FIELD_LABELS["env"], classes="label"),
             Vertical(*(EnvRow(k, v) for k, v in env.items()), id="env", classes="env"),
-            Horizontal(
-                Button("Add variable", classes="add-env", compact=True),
-                Label("", id="err-env", classes="error"),
-                classes="field",
-            ),
+            Horizontal(Button("Add variable", classes="add-env", compact=True), classes="field"),
+            Label("", id="err-env", classes="error field-error"),
         ]
 
     def entry(self) -> dict[str, Any]:
@@ -387,6 +398,8 @@ class DeployScreen(Screen[dict[str, Any] | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Back"),
+        # q goes back too (asking first when the form holds input); in a text field it is a q.
+        Binding("q", "close", "Back", show=False),
         Binding("ctrl+s", "submit", "Deploy"),
         Binding("ctrl+n", "add_version", "Add version"),
     ]
@@ -404,10 +417,17 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         self._seq = 0
         self._timer: Timer | None = None
         self._poll: Timer | None = None
+        #: Whether the user typed or chose anything (what leaving would throw away).
+        self.edited = False
 
     @property
     def opsbot(self) -> OpsbotApp:
         return cast("OpsbotApp", self.app)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if needs_daemon(action) and self.opsbot.daemon_down:
+            return None
+        return True
 
     def compose(self) -> ComposeResult:
         s = self.original or {}
@@ -416,32 +436,30 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         hours = "" if choice != "custom" else auto_stop.removesuffix("h")
         pool = str(s.get("resource_pool", "public"))
         yield Header(show_clock=False)
+        yield ConnectionBanner()
         with VerticalScroll(id="form"):
             yield Static("Basic information", classes="section")
             yield field_row(
-                "Name",
+                "name",
                 Input(
                     str(s.get("name", "")),
                     placeholder="service-name",
                     id="name",
                     disabled=self.original is not None,
                 ),
-                error_id="err-name",
             )
             yield field_row(
-                "Auto stop",
+                "auto_stop",
                 Select(AUTO_STOP_CHOICES, value=choice, allow_blank=False, id="auto-stop"),
                 Input(hours, placeholder="hours, 1-24", id="custom-hours"),
-                error_id="err-auto_stop",
             )
             yield field_row(
-                "Description",
+                "description",
                 Input(str(s.get("description", "")), placeholder="optional", id="description"),
-                error_id="err-description",
             )
             yield Static("Resource pool and model configuration", classes="section")
             yield field_row(
-                "Resource pool",
+                "resource_pool",
                 Select(
                     [(pool, pool)],
                     value=pool,
@@ -449,7 +467,6 @@ class DeployScreen(Screen[dict[str, Any] | None]):
                     id="pool",
                     disabled=self.original is not None,
                 ),
-                error_id="err-resource_pool",
             )
             presets = list(s.get("models", [])) or [None]
             yield Vertical(*(ModelGroup(preset=m) for m in presets), id="groups")
@@ -458,22 +475,18 @@ class DeployScreen(Screen[dict[str, Any] | None]):
                 Static("", id="ratios"),
                 classes="field",
             )
-            yield Label("", id="err-models", classes="error")
+            yield Label("", id="err-models", classes="error field-error")
             yield Label(
                 f"Routing rules (up to {MAX_RULES}, checked in order before the ratios)",
                 classes="label subsection",
             )
             yield Vertical(*(RuleRow(r) for r in s.get("rules", [])), id="rules")
-            yield Horizontal(
-                Button("Add rule", id="add-rule", compact=True),
-                Label("", id="err-rules", classes="error"),
-                classes="field",
-            )
+            yield Horizontal(Button("Add rule", id="add-rule", compact=True), classes="field")
+            yield Label("", id="err-rules", classes="error field-error")
             yield Static("Traffic limit", classes="section")
             yield field_row(
-                "Calls per second",
+                "traffic_limit",
                 Input(str(s.get("traffic_limit", 100)), id="traffic-limit"),
-                error_id="err-traffic_limit",
             )
             yield Static("", id="warnings", classes="warning")
             yield Static("", id="general-error")
@@ -668,6 +681,11 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         return None
 
     def changed(self, widget: Widget | None) -> None:
+        """A field changed (``None``: a group, variable or rule was added or removed)."""
+        # Only what the user touched makes the form worth asking about: the choices the form
+        # fills in itself as the daemon's lists arrive change widgets that have no focus.
+        if widget is None or widget.has_focus or widget.has_focus_within:
+            self.edited = True
         if widget is not None:
             field = self._field_of(widget)
             if field:
@@ -759,22 +777,23 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         self.errors = errors
         self.warnings = warnings
         for blank in self.query(".error").results(Label):
-            blank.update("")
+            show_error(blank, "")
         lines: list[str] = []
         for error in errors:
             if not self._visible(error.field):
                 continue
             label = self.error_label(error.field)
             if label is None:
-                lines.append(f"{error.field}: {error.message}")
+                lines.append(field_message(error.field, error.message))
                 continue
             old = str(label.content)
-            label.update(f"{old}\n✗ {error.message}" if old else f"✗ {error.message}")
+            line = f"✗ {plain(error.message)}"
+            show_error(label, f"{old}\n{line}" if old else line)
         if general is not None:
-            lines.append(f"{general.title}: {general.message}")
+            lines.append(f"{general.title}: {plain(general.message)}")
         self.query_one("#general-error", Static).update("\n".join(lines))
         self.query_one("#warnings", Static).update(
-            "\n".join(f"⚠ {w.field}: {w.message}" for w in warnings)
+            "\n".join(f"⚠ {field_message(w.field, w.message)}" for w in warnings)
         )
 
     # -- buttons and keys ----------------------------------------------------------------------
@@ -853,7 +872,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
     def _submit_failed(self, exc: OpsbotError) -> None:
         self.query_one("#submit", Button).disabled = False
         self.show_errors(exc.errors, self.warnings, general=None if exc.errors else exc)
-        self.notify(exc.message, title=exc.title, severity="error")
+        self.notify(plain(exc.message), title=exc.title, severity="error")
 
     def _created(self, result: dict[str, Any]) -> None:
         self.created = result
@@ -901,6 +920,22 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             self._poll = None
 
     def action_close(self) -> None:
+        """Back to where the form was opened from; a form holding unsent input asks first."""
+        if self.edited and self.created is None:
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self._leave()
+
+            what = "changes" if self.original is not None else "form"
+            self.app.push_screen(
+                ConfirmModal(f"Discard this {what}? What you entered is lost.", "Discard"),
+                answered,
+            )
+            return
+        self._leave()
+
+    def _leave(self) -> None:
         self._stop_polling()
         created = self.created
         if created is not None:

@@ -27,6 +27,7 @@ from textual.widgets import (
 )
 
 from opsbot.core.errors import FieldError, OpsbotError
+from opsbot.tui.wording import field_message, plain
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
@@ -103,11 +104,11 @@ class _FormModal(ModalScreen[dict[str, Any] | None]):
         for error in errors:
             found = self.query(f"#err-{error.field}")
             if error.field in self.FIELDS and found:
-                cast(Label, found.first()).update(f"✗ {error.message}")
+                cast(Label, found.first()).update(f"✗ {plain(error.message)}")
             else:
-                general.append(f"{error.field}: {error.message}")
+                general.append(field_message(error.field, error.message))
         if exc is not None and not errors:
-            general.append(f"{exc.title}: {exc.message}")
+            general.append(f"{exc.title}: {plain(exc.message)}")
         self.query_one("#form-status", Static).update("\n".join(general))
 
 

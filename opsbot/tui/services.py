@@ -13,7 +13,7 @@ from opsbot.core.errors import OpsbotError
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal, ExtendModal, HelpModal
 from opsbot.tui.table import ServicesTable
-from opsbot.tui.view import COLUMN_KEYS, COLUMN_LABELS, parse_stats, refusal, row_key
+from opsbot.tui.view import COLUMN_LABELS, parse_stats, refusal, row_key
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp

@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding, BindingType
 from textual.events import Resize
 from textual.geometry import Region, Size
 from textual.widgets import DataTable
-from textual._two_way_dict import TwoWayDict
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist, RowKey
 
 from opsbot.tui.view import (
@@ -167,9 +167,7 @@ class ServicesTable(DataTable[str | Text]):
                 old = self.cells.get(key)
                 self.cells[key] = cells
                 if old is None:
-                    self.add_row(
-                        *(self._styled(c, cells[c], service) for c in self.shown), key=key
-                    )
+                    self.add_row(*(self._styled(c, cells[c], service) for c in self.shown), key=key)
                     full = True
                     resort |= self.sort_column is not None
                     continue
@@ -348,7 +346,6 @@ class ServicesTable(DataTable[str | Text]):
         self._update_count += 1
         self.refresh()
         self._restore_cursor(keep)
-
 
     def _restore_cursor(self, keep: str | None) -> None:
         if keep is None or keep not in self.cells:

@@ -228,9 +228,7 @@ def sort_key(
         deadline = _deadline(service)
         missing, number = (1, 0.0) if deadline is None else (0, deadline)
     elif column in ("calls", "failed"):
-        number = float(
-            0 if stats is None else stats.calls if column == "calls" else stats.failures
-        )
+        number = float(0 if stats is None else stats.calls if column == "calls" else stats.failures)
     elif column == "instances":
         number = float(service.get("instances_ready", 0))
         text = f"{int(service.get('instances_desired', 0)):09d}"
