@@ -402,6 +402,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         Binding("q", "close", "Back", show=False),
         Binding("ctrl+s", "submit", "Deploy"),
         Binding("ctrl+n", "add_version", "Add version"),
+        Binding("ctrl+y", "copy_key", "Copy the key", show=False),
     ]
 
     def __init__(self, service: dict[str, Any] | None = None) -> None:
@@ -901,14 +902,14 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             lines[0] += f"  {bar} {done}%"
         if status in ("running", "concerning"):
             lines.append(f"URL: {service.get('url', '')}")
-            lines.append(f"API key (shown once; copy it now): {key}")
+            lines.append(f"API key (shown once; ctrl+y copies it): {key}")
             self._stop_polling()
         elif status in ("failed", "abnormal", "stopped", "deleting"):
             lines.append(f"Reason: {service.get('reason') or 'see the events (l, enter)'}")
             self._stop_polling()
         else:
             lines.append(f"URL (once Running): {service.get('url', '')}")
-            lines.append(f"API key (shown once; copy it now): {key}")
+            lines.append(f"API key (shown once; ctrl+y copies it): {key}")
         lines.append("escape: back to services")
         self.query_one("#progress-text", Static).update("\n".join(lines))
         if self.created is not None:
@@ -934,6 +935,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             )
             return
         self._leave()
+
+    def action_copy_key(self) -> None:
+        created = self.created or {}
+        self.opsbot.copy(str(created.get("api_key", "")), "key of the new service")
 
     def _leave(self) -> None:
         self._stop_polling()

@@ -5,9 +5,9 @@ fetched in workers; the tabs refresh while the screen is open."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
@@ -25,17 +25,23 @@ from textual.widgets import (
 )
 
 from opsbot.core.errors import OpsbotError
+from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.view import (
     VERSION_COLUMNS,
+    auto_stop_line,
     curl_example,
     history_rows,
     instances_text,
+    local_time,
+    new_lines,
     parse_stats,
     refusal,
+    rule_lines,
     sparkline,
     status_text,
     version_cells,
+    version_name,
     versions_text,
 )
 
@@ -43,24 +49,25 @@ if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
 
 REFRESH_S = 2.0
+#: How often the Logs tab asks for new lines while it is shown.
+LOGS_S = 1.0
 #: The per-version numbers take the daemon about a second (two CPU samples): not more often.
 VERSIONS_S = 5.0
 LOG_TAIL = 200
 SAMPLE = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
 
 
-def clock(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 class DetailsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "app.pop_screen", "Back"),
-        Binding("ctrl+r", "send_predict", "Send prediction", show=False),
+        Binding("escape", "back", "Back"),
+        Binding("q", "back", "Back", show=False),
         Binding("u", "modify", "Modify"),
         Binding("b", "rollback", "Roll back"),
+        Binding("c", "copy_url", "Copy URL"),
+        Binding("K", "copy_key", "Copy the new key", show=False),
+        Binding("R", "rotate_key", "Rotate the key", show=False),
+        Binding("ctrl+r", "send_predict", "Send prediction", show=False),
+        Binding("colon", "app.command_palette", "Command", show=False),
     ]
 
     def __init__(self, service: dict[str, Any], tab: str = "overview") -> None:
@@ -70,13 +77,38 @@ class DetailsScreen(Screen[None]):
         self.api_key = ""
         self.snapshots: dict[int, list[str]] = {}
         self._versions_busy = False
+        self._logs_busy = False
+        self.log_lines: list[str] = []
 
     @property
     def opsbot(self) -> OpsbotApp:
         return cast("OpsbotApp", self.app)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if needs_daemon(action) and self.opsbot.daemon_down:
+            return None
+        return True
+
+    def reconnected(self) -> None:
+        self.load()
+        self.load_history()
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+    def action_copy_url(self) -> None:
+        self.opsbot.copy(str(self.service.get("url", "")), f"the URL of {self.service['name']}")
+
+    def action_copy_key(self) -> None:
+        self.opsbot.copy(self.api_key, "new key (rotate it on the Usage tab: R)")
+
+    def action_rotate_key(self) -> None:
+        self.query_one(TabbedContent).active = "usage"
+        self.rotate_key()
+
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
+        yield ConnectionBanner()
         with TabbedContent(initial=self.initial_tab):
             with TabPane("Overview", id="overview"), VerticalScroll():
                 yield Static("", id="overview-text")
@@ -125,6 +157,13 @@ class DetailsScreen(Screen[None]):
         if self.opsbot.live:
             self.set_interval(REFRESH_S, self.load)
             self.set_interval(VERSIONS_S, self.load_versions)
+            self.set_interval(LOGS_S, self.follow_logs)
+
+    def follow_logs(self) -> None:
+        """New log lines while the Logs tab is shown, one call at a time."""
+        if self._logs_busy or self.query_one(TabbedContent).active != "logs":
+            return
+        self.load_logs()
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -153,11 +192,17 @@ class DetailsScreen(Screen[None]):
     def load_logs(self) -> None:
         app = self.opsbot
         name, owner = self.service["name"], self.service["owner"]
+        self._logs_busy = True
+
+        def failed(exc: OpsbotError) -> None:
+            self._logs_busy = False
+
         app.call_api(
             lambda: app.client.request(
                 "GET", f"/v1/services/{name}/logs", query={"owner": owner, "tail": LOG_TAIL}
             ),
             self._got_logs,
+            failed,
             group="details",
         )
 
@@ -211,7 +256,7 @@ class DetailsScreen(Screen[None]):
         self.snapshots = {}
         for n, at, actor, lines in history_rows(snapshots):
             self.snapshots[n] = lines
-            table.add_row(f"#{n}", clock(at), actor, "; ".join(lines), key=str(n))
+            table.add_row(f"#{n}", local_time(at), actor, "; ".join(lines), key=str(n))
         if table.row_count:
             table.move_cursor(row=min(row, table.row_count - 1))
         self._show_snapshot()
@@ -255,12 +300,12 @@ class DetailsScreen(Screen[None]):
         table.clear()
         for inst in service.get("instances", []):
             table.add_row(
-                str(inst.get("version_index", "")),
+                version_name(service, inst.get("version_index")),
                 str(inst.get("n", "")),
                 str(inst.get("state", "")),
                 f"{inst.get('host', '')}:{inst.get('port', '')}",
                 str(inst.get("restarts", 0)),
-                clock(inst.get("started_at")),
+                local_time(inst.get("started_at")),
                 str(inst.get("reason", "")),
             )
 
@@ -269,7 +314,7 @@ class DetailsScreen(Screen[None]):
         table.clear()
         for e in reversed(events[-200:]):
             table.add_row(
-                clock(e.get("time")),
+                local_time(e.get("time")),
                 str(e.get("level", "")),
                 str(e.get("kind", "")),
                 str(e.get("actor", "")),
@@ -277,9 +322,14 @@ class DetailsScreen(Screen[None]):
             )
 
     def _got_logs(self, lines: list[str]) -> None:
-        log = self.query_one("#log", Log)
-        log.clear()
-        log.write_lines([str(line) for line in lines])
+        """Append what is new since the last tail; the Log keeps following the end unless the
+        user scrolled up."""
+        self._logs_busy = False
+        tail = [str(line) for line in lines]
+        fresh = new_lines(self.log_lines, tail)
+        self.log_lines = tail
+        if fresh:
+            self.query_one("#log", Log).write_lines(fresh)
 
     def _got_stats(self, document: dict[str, Any]) -> None:
         stats = parse_stats(document).get(str(self.service.get("id", "")))
@@ -311,19 +361,23 @@ class DetailsScreen(Screen[None]):
             ("Instances", f"{instances_text(s)} ready"),
             ("Resource pool", s.get("resource_pool", "")),
             ("Traffic limit", f"{s.get('traffic_limit', '')} calls/s"),
-            ("Auto stop", s.get("auto_stop", "")),
+            ("Auto stop", auto_stop_line(s, self.opsbot.now())),
             ("Description", s.get("description", "") or "-"),
-            ("URL", s.get("url", "")),
-            ("Created", clock(s.get("created_at"))),
+            ("URL", f"{s.get('url', '')}  (c copies it)"),
+            ("Created", local_time(s.get("created_at"))),
         ]
-        text = "\n".join(f"[b]{k:<14}[/b] {v}" for k, v in rows)
-        for i, m in enumerate(s.get("models", [])):
+        text = "\n".join(f"[b]{k:<14}[/b] {escape(str(v))}" for k, v in rows)
+        for m in s.get("models", []):
             env = ", ".join(f"{k}={v}" for k, v in (m.get("env") or {}).items()) or "-"
             text += (
-                f"\n\n[b]Version {i + 1}[/b]  {m['model']} {m['version']} ({m.get('source', '')})"
+                f"\n\n[b]{escape(m['model'])} {escape(m['version'])}[/b]"
+                f" ({m.get('source', '')})"
                 f"\n  ratio {m.get('traffic_ratio')}%  flavor {m.get('flavor')}  "
-                f"instances {m.get('instances')}\n  env {env}"
+                f"instances {m.get('instances')}\n  env {escape(env)}"
             )
+        rules = rule_lines(s)
+        text += "\n\n[b]Routing rules[/b] (checked in order, before the ratios)\n"
+        text += "\n".join(f"  {escape(r)}" for r in rules) if rules else "  none"
         self.query_one("#overview-text", Static).update(text)
 
     def render_usage(self) -> None:
@@ -336,7 +390,12 @@ class DetailsScreen(Screen[None]):
             curl_example(url, key),
         ]
         if self.api_key:
-            lines += ["", f"[b]New API key (shown once; copy it now)[/b]  {self.api_key}"]
+            lines += [
+                "",
+                f"[b]New API key (shown once; K copies it)[/b]  {self.api_key}",
+            ]
+        else:
+            lines += ["", "R: rotate the key (the new one is shown once); c: copy the URL"]
         self.query_one("#usage-text", Static).update("\n".join(lines), layout=True)
 
     # -- predict and rotate --------------------------------------------------------------------

@@ -27,12 +27,13 @@ from textual.widgets import (
 )
 
 from opsbot.core.errors import FieldError, OpsbotError
+from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.wording import field_message, plain
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
 
-HINT = "c create from a path   u publish / unpublish   s subscribe to OWNER/NAME   g reload"
+HINT = "c create from a path   u publish / unpublish   s subscribe to OWNER/NAME   ctrl+r reload"
 COLUMNS = ("Model", "Version", "Status", "Format", "Owner", "Public", "Reason")
 FORMATS: list[tuple[str, str]] = [
     ("sklearn (model.joblib)", "sklearn"),
@@ -193,10 +194,12 @@ class SubscribeModal(_FormModal):
 class ModelsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
+        Binding("q", "app.pop_screen", "Back", show=False),
         Binding("c", "create", "Create"),
         Binding("u", "publish", "Publish"),
         Binding("s", "subscribe", "Subscribe"),
-        Binding("g", "reload", "Reload"),
+        Binding("ctrl+r", "reload", "Reload"),
+        Binding("colon", "app.command_palette", "Command", show=False),
     ]
 
     def __init__(self) -> None:
@@ -207,8 +210,17 @@ class ModelsScreen(Screen[None]):
     def opsbot(self) -> OpsbotApp:
         return cast("OpsbotApp", self.app)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if needs_daemon(action) and self.opsbot.daemon_down:
+            return None
+        return True
+
+    def reconnected(self) -> None:
+        self.action_reload()
+
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
+        yield ConnectionBanner()
         with TabbedContent(id="model-tabs"):
             with TabPane("My Models", id="mine"):
                 yield DataTable(id="mine-table", cursor_type="row")

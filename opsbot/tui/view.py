@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
+from opsbot.core.timefmt import format_remaining
 from opsbot.core.update import UPDATABLE, spec_diff
 
 #: The statuses from which each operation is allowed (the core's rules, mirrored only to explain
@@ -182,17 +184,66 @@ def instances_text(service: dict[str, Any]) -> str:
 
 
 def countdown(seconds: float | None) -> str:
-    """Time left as "1h 05m", "4m 09s", or "now"."""
+    """Time left as "1h 05m", "4m 09s", or "now"; "off" when there is no deadline."""
     if seconds is None:
         return "off"
-    left = max(0, int(seconds))
-    if left <= 0:
+    if int(seconds) <= 0:
         return "now"
-    hours, rest = divmod(left, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s"
+    return format_remaining(seconds)
+
+
+def local_time(ts: float | None) -> str:
+    """A time in the dashboard's local zone, with the zone named: "2026-11-29 10:05:00 CET"."""
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def auto_stop_line(service: dict[str, Any], now: float) -> str:
+    """The auto stop setting, the time left and the deadline: "1h · stops in 42m 10s, at
+    2026-11-29 11:05:00 CET"."""
+    setting = str(service.get("auto_stop", ""))
+    if setting == "off":
+        return "off"
+    if service.get("status") not in CAN_EXTEND:
+        return f"{setting} (counts while the service runs)"
+    left = remaining_s(service, now)
+    if left is None:
+        return f"{setting} · starts counting once the service is Running"
+    return f"{setting} · stops in {countdown(left)}, at {local_time(now + left)}"
+
+
+def version_name(service: dict[str, Any], index: Any) -> str:
+    """The version an instance's ``version_index`` points at: "iris 2.0.0"."""
+    models = service.get("models", [])
+    try:
+        m = models[int(index)]
+    except (TypeError, ValueError, IndexError):
+        return str(index)
+    return f"{m['model']} {m['version']}"
+
+
+def rule_lines(service: dict[str, Any]) -> list[str]:
+    """The routing rules in order: "1. X-Group equals beta → iris 2.0.0"."""
+    out: list[str] = []
+    for i, rule in enumerate(service.get("rules", []), start=1):
+        test = "matches" if rule.get("matches") is not None else "equals"
+        value = rule.get(test)
+        target = rule.get("version", "")
+        model = rule.get("model") or next(
+            (m["model"] for m in service.get("models", []) if m["version"] == target), ""
+        )
+        out.append(f"{i}. {rule.get('header', '')} {test} {value!r} → {model} {target}".rstrip())
+    return out
+
+
+def new_lines(before: list[str], after: list[str]) -> list[str]:
+    """Lines of a fresh tail not shown yet: those after the longest end of ``before`` that
+    ``after`` starts with (the whole tail when they share nothing)."""
+    for k in range(min(len(before), len(after)), 0, -1):
+        if before[-k:] == after[:k]:
+            return after[k:]
+    return after if before != after else []
 
 
 def remaining_s(service: dict[str, Any], now: float) -> float | None:
