@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from textual.app import App, SystemCommand
+from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 
@@ -103,18 +104,22 @@ class OpsbotApp(App[None]):
             "Screenshot", "Save an SVG of this screen in the current directory", self.screenshot
         )
         seen: set[str] = set()
-        for key, active in screen.active_bindings.items():
-            binding = active.binding
-            if active.node is not screen or not binding.description or binding.action in seen:
+        # The screen's own bindings, not its active ones: a focused widget's key (the table's
+        # enter) hides the screen's action on the same key from those.
+        bindings = [b for cls in type(screen).__mro__ for b in cls.__dict__.get("BINDINGS", [])]
+        for binding in bindings:
+            if not isinstance(binding, Binding) or not binding.description:
                 continue
-            if binding.action.startswith("app."):
+            if binding.action in seen or binding.action.startswith("app."):
                 continue
+            if not screen.check_action(binding.action, ()):
+                continue  # off now (the daemon is away)
             seen.add(binding.action)
 
             def run(action: str = binding.action) -> Any:
                 return self.run_action(action, screen)
 
-            shown = self.get_key_display(binding) or key
+            shown = self.get_key_display(binding) or binding.key
             yield SystemCommand(binding.description, f"key {shown}", run)
 
     def screenshot(self) -> None:
