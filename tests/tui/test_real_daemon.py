@@ -5,9 +5,11 @@ see the snapshot in its history, stop it.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ from textual.widgets import DataTable, Input, Select, Static, TabbedContent
 
 from opsbot.daemon.client import Client
 from opsbot.tui.app import OpsbotApp
+from opsbot.tui.connection import ConnectionBanner
 from opsbot.tui.deploy import DeployScreen, ModifyScreen
 from opsbot.tui.details import DetailsScreen
 from opsbot.tui.services import ServicesScreen
@@ -115,9 +118,60 @@ async def test_deploy_watch_predict_and_stop(daemon: Daemon, me: str) -> None:
 
         await pilot.press("escape")
         assert isinstance(app.screen, ServicesScreen)
-        await pilot.press("s")
+        await pilot.press("s", "y")  # stop asks first
         await until(pilot, "Stopped", lambda: table.cells[key]["status"] == "Stopped", 30)
         assert table.cells[key]["instances"] == "0/1"
         stored = daemon.client.service("tui-iris")
         assert stored["status"] == "stopped" and stored["instances"] == []
+        await pilot.press("q")
+
+
+class CountingClient(Client):
+    """The real client, counting the events its stream delivered."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home, timeout=30)
+        self.streamed = 0
+
+    def stream(self, path: str, query: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        for event in super().stream(path, query):
+            self.streamed += 1
+            yield event
+
+
+async def test_an_open_dashboard_neither_holds_the_daemon_nor_hides_its_absence(
+    daemon: Daemon, me: str
+) -> None:
+    client = CountingClient(daemon.home)
+    app = OpsbotApp(client)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, "whoami", lambda: app.user == me)
+        # A deploy the pool cannot hold is refused with an event: once the dashboard has
+        # seen one, its event stream is open on the daemon.
+        refused = daemon.cli(
+            "deploy",
+            "--name",
+            "huge",
+            "--model",
+            "iris",
+            "--version",
+            "1.0.0",
+            "--instances",
+            "128",
+            check=False,
+        )
+        assert refused.returncode != 0
+        await until(pilot, "the refusal's event", lambda: client.streamed > 0, 10)
+        banner = app.screen.query_one(ConnectionBanner)
+        assert not banner.display
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)  # what `opsbot down` sends
+        await until(pilot, "the banner", lambda: banner.display, 2)
+        assert "Daemon not running" in str(banner.content)
+        while daemon.proc.poll() is None:
+            assert time.monotonic() - started < 10, "the open dashboard holds the daemon"
+            await pilot.pause(0.1)
+        # Back up: the dashboard reconnects by itself.
+        daemon.proc = start_daemon(daemon.home).proc
+        await until(pilot, "reconnection", lambda: not banner.display, 30)
         await pilot.press("q")

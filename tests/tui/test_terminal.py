@@ -3,6 +3,7 @@ when the terminal hangs up (the SSH client killed), in real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -96,10 +97,8 @@ def test_dashboard_leaves_when_the_terminal_hangs_up() -> None:
             # Keep draining the pty so the child's writes never block.
             ready, _, _ = select.select([fd], [], [], 0.1)
             if ready:
-                try:
+                with contextlib.suppress(OSError):
                     os.read(fd, 65536)
-                except OSError:
-                    pass
         else:
             raise AssertionError("the dashboard outlived its terminal's hangup by 10 s")
         assert status is not None and os.waitstatus_to_exitcode(status) == 129
@@ -156,19 +155,13 @@ def test_dashboard_leaves_when_orphaned_without_a_hangup() -> None:
                 raise AssertionError("the orphaned dashboard still runs 10 s later")
             ready, _, _ = select.select([fd], [], [], 0.1)
             if ready:
-                try:
+                with contextlib.suppress(OSError):
                     os.read(fd, 65536)
-                except OSError:
-                    pass
     finally:
         for victim in (dash, pid):
             if victim:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(victim, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
         os.close(fd)
