@@ -52,6 +52,10 @@ STATUS_STYLE = {
 
 SPARK = "▁▂▃▄▅▆▇█"
 
+#: Below this the table's countdown shows seconds; above it, minutes (as k9s shows ages): a
+#: cell that changes once a minute costs a repaint once a minute, not every second.
+SECONDS_BELOW_S = 600
+
 
 class ControlClient(Protocol):
     """What the TUI needs from :class:`opsbot.daemon.client.Client` (a fake implements it too)."""
@@ -264,6 +268,8 @@ def auto_stop_text(service: dict[str, Any], now: float) -> str:
     left = remaining_s(service, now)
     if left is None:
         return f"{service.get('auto_stop', '')} once up"
+    if SECONDS_BELOW_S <= left < 3600:
+        return f"{int(left) // 60}m"
     return countdown(left)
 
 
