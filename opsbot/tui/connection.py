@@ -46,7 +46,6 @@ class ConnectionBanner(Static):
 
     DEFAULT_CSS = """
     ConnectionBanner {
-        dock: top;
         height: auto;
         width: 100%;
         padding: 0 1;

@@ -873,7 +873,12 @@ class DeployScreen(Screen[dict[str, Any] | None]):
     def _submit_failed(self, exc: OpsbotError) -> None:
         self.query_one("#submit", Button).disabled = False
         self.show_errors(exc.errors, self.warnings, general=None if exc.errors else exc)
-        self.notify(plain(exc.message), title=exc.title, severity="error")
+        if exc.errors:
+            count = len(exc.errors)
+            fields = "a field needs" if count == 1 else f"{count} fields need"
+            self.notify(f"{fields} fixing: see the red lines under them", title=exc.title)
+        else:
+            self.notify(plain(exc.message), title=exc.title, severity="error")
 
     def _created(self, result: dict[str, Any]) -> None:
         self.created = result

@@ -34,10 +34,10 @@ class ServicesScreen(Screen[None]):
         Binding("s", "stop_service", "Stop"),
         Binding("r", "start_service", "Start"),
         Binding("x", "delete_service", "Delete"),
-        Binding("e", "extend", "Extend"),
-        Binding("p", "predict", "Predict"),
         Binding("slash", "filter", "Filter"),
-        # Not in the footer: `enter` reaches the Logs tab too; the palette lists them all.
+        # Not in the footer (80 columns hold the ones above): ? and the palette list them all.
+        Binding("e", "extend", "Extend", show=False),
+        Binding("p", "predict", "Predict", show=False),
         Binding("l", "logs", "Logs", show=False),
         Binding("m", "models", "Models", show=False),
         Binding("a", "toggle_all", "Mine/All", show=False),

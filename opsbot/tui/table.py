@@ -90,22 +90,29 @@ class ServicesTable(DataTable[str | Text]):
         return label
 
     def on_resize(self, event: Resize) -> None:
-        self._fit_columns(event.size.width)
+        if self._fit_columns():
+            self.rebuild()
 
-    def _fit_columns(self, width: int) -> None:
-        """Show the columns that fit; rebuild only when that set changes."""
+    def _fit_columns(self) -> bool:
+        """Choose the columns that fit the table's width (a narrow terminal drops some, by
+        priority); whether they changed, in which case the table is left without rows."""
+        width = self.size.width
+        if width <= 0:
+            return False
+        if len(self.cells) > self.size.height - 1:
+            width -= self.scrollbar_size_vertical or 2  # rows overflow: a scrollbar shows
         widths = {c: 0 for c in COLUMN_KEYS}
         for cells in self.cells.values():
             for c, text in cells.items():
                 widths[c] = max(widths[c], cell_len(text))
         widths["status"] = STATUS_WIDTH
-        shown = shown_columns(width, widths)
-        if shown != self.shown:
-            self.shown = shown
-            keep = self.selected_key
-            self.clear(columns=True)
-            self._add_columns()
-            self.rebuild(keep)
+        shown = shown_columns(width, widths, self.sort_column)
+        if shown == self.shown:
+            return False
+        self.shown = shown
+        self.clear(columns=True)
+        self._add_columns()
+        return True
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -244,13 +251,15 @@ class ServicesTable(DataTable[str | Text]):
         """Clear and refill every row: the baseline a live update is measured against."""
         keep = keep if keep is not None else self.selected_key
         self.clear()
-        self.cells = {}
-        for key, service in self.services.items():
-            if not matches(service, self.filter_text):
-                continue
-            cells = self._cells_of(service)
+        self.cells = {
+            key: self._cells_of(service)
+            for key, service in self.services.items()
+            if matches(service, self.filter_text)
+        }
+        self._fit_columns()  # the widest cells may have changed which columns fit
+        for key, cells in self.cells.items():
+            service = self.services[key]
             self.add_row(*(self._styled(c, cells[c], service) for c in self.shown), key=key)
-            self.cells[key] = cells
         if self.sort_column:
             self._resort(keep)
         else:

@@ -313,14 +313,19 @@ def _deadline(service: dict[str, Any]) -> float | None:
     return float(service.get("_fetched_at", 0.0)) + float(remaining)
 
 
-def shown_columns(width: int, widths: dict[str, int]) -> tuple[str, ...]:
-    """The columns that fit ``width`` cells (each column takes its width plus 2 of padding),
-    dropping by :data:`DROP_ORDER`."""
+def shown_columns(
+    width: int, widths: dict[str, int], sorted_by: str | None = None
+) -> tuple[str, ...]:
+    """The columns that fit ``width`` cells (each column is as wide as its widest cell or its
+    header, the sort marker included, plus 2 of padding), dropping by :data:`DROP_ORDER`."""
     shown = list(COLUMN_KEYS)
     drop = list(DROP_ORDER)
 
+    def header(c: str) -> int:
+        return len(COLUMN_LABELS[c]) + (2 if c == sorted_by else 0)
+
     def need() -> int:
-        return sum(max(widths.get(c, 0), len(COLUMN_LABELS[c]) + 2) + 2 for c in shown)
+        return sum(max(widths.get(c, 0), header(c)) + 2 for c in shown)
 
     while need() > width and drop:
         shown.remove(drop.pop(0))
