@@ -25,6 +25,7 @@ from textual.screen import Screen
 
 from opsbot.core.errors import OpsbotError
 from opsbot.daemon.client import DaemonUnavailable
+from opsbot.tui.modals import HelpModal
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.view import ControlClient, StatsFetcher
 from opsbot.tui.wording import plain
@@ -103,6 +104,7 @@ class OpsbotApp(App[None]):
         yield SystemCommand(
             "Screenshot", "Save an SVG of this screen in the current directory", self.screenshot
         )
+        yield SystemCommand("Help", "Every key of the dashboard (key ?)", self.action_help)
         seen: set[str] = set()
         # The screen's own bindings, not its active ones: a focused widget's key (the table's
         # enter) hides the screen's action on the same key from those.
@@ -121,6 +123,9 @@ class OpsbotApp(App[None]):
 
             shown = self.get_key_display(binding) or binding.key
             yield SystemCommand(binding.description, f"key {shown}", run)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpModal())
 
     def screenshot(self) -> None:
         """Save an SVG of the screen in the working directory; say where, or why not."""

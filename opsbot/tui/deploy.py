@@ -396,9 +396,11 @@ class DeployScreen(Screen[dict[str, Any] | None]):
     Given ``service``, the form starts as that service's configuration, with its name and pool
     fixed (see :class:`ModifyScreen`)."""
 
+    # In a text field, q and ? are text: esc is the key that always goes back.
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "app.help", "Help", show=False),
         Binding("escape", "close", "Back"),
-        # q goes back too (asking first when the form holds input); in a text field it is a q.
+        # q goes back too (asking first when the form holds input).
         Binding("q", "close", "Back", show=False),
         Binding("ctrl+s", "submit", "Deploy"),
         Binding("ctrl+n", "add_version", "Add version"),
@@ -429,6 +431,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         if needs_daemon(action) and self.opsbot.daemon_down:
             return None
         return True
+
+    def reconnected(self) -> None:
+        """The daemon is back: its models, pools and flavors again (choices made are kept)."""
+        self.load_choices()
 
     def compose(self) -> ComposeResult:
         s = self.original or {}

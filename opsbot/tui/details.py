@@ -59,8 +59,9 @@ SAMPLE = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
 
 class DetailsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "Back"),
-        Binding("q", "back", "Back", show=False),
+        Binding("question_mark", "app.help", "Help"),
+        Binding("q", "back", "Back"),
+        Binding("escape", "back", "Back", show=False),
         Binding("u", "modify", "Modify"),
         Binding("b", "rollback", "Roll back"),
         Binding("c", "copy_url", "Copy URL"),

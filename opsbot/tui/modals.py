@@ -15,16 +15,20 @@ HELP_TEXT = """\
   d      deploy a new service     u  modify the selected service
   enter  details: overview, instances, events, logs, monitoring,
          predict, usage, history
-  s / r  stop / start             x  delete (asks first)
+  s / r  stop (asks) / start      x  delete (asks)
   e      extend auto stop, or turn it off or on
   p      send a test prediction   l  tail the service's logs
+  c      copy the service's URL (OSC 52)
   m      models (My Models, My Subscriptions)
   a      my services or everyone's
-  /      filter by name, owner, status or model
-  o      sort by the next column (or click a header)
-[b]Details[/b]  u  modify   b  History tab: roll back to the snapshot
-[b]Forms[/b]    ctrl+s  deploy / apply changes   ctrl+n  add a version
-  ?  this help   q  quit   ctrl+p  command palette   escape  back
+  /      filter by name, owner, status or model (esc clears)
+  o / O  sort by the next column / the other way (or click a header)
+  j k    down / up                g G  first / last
+[b]Details[/b]  u modify  b roll back (History)  c copy URL
+         R rotate the key (asks)  K copy the new key
+[b]Forms[/b]    ctrl+s deploy / apply   ctrl+n add a version   ctrl+y copy key
+[b]Anywhere[/b] ? this help   : or ctrl+p every command   q / esc back
+         (q quits from the services table; a filled form asks first)
 """
 
 

@@ -193,8 +193,9 @@ class SubscribeModal(_FormModal):
 
 class ModelsScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "app.pop_screen", "Back"),
-        Binding("q", "app.pop_screen", "Back", show=False),
+        Binding("question_mark", "app.help", "Help"),
+        Binding("q", "app.pop_screen", "Back"),
+        Binding("escape", "app.pop_screen", "Back", show=False),
         Binding("c", "create", "Create"),
         Binding("u", "publish", "Publish"),
         Binding("s", "subscribe", "Subscribe"),

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from opsbot.core.errors import OpsbotError
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
-from opsbot.tui.modals import ConfirmModal, ExtendModal, HelpModal
+from opsbot.tui.modals import ConfirmModal, ExtendModal
 from opsbot.tui.table import ServicesTable
 from opsbot.tui.view import COLUMN_LABELS, parse_stats, refusal, row_key
 
@@ -26,7 +26,7 @@ MOVING = frozenset({"deploying", "stopping", "deleting"})
 class ServicesScreen(Screen[None]):
     # Help and Quit first: a narrow terminal cuts the footer from the right.
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("question_mark", "help", "Help"),
+        Binding("question_mark", "app.help", "Help"),
         Binding("q", "quit", "Quit"),
         Binding("d", "deploy", "Deploy"),
         Binding("u", "modify", "Modify"),
@@ -358,9 +358,6 @@ class ServicesScreen(Screen[None]):
         from opsbot.tui.models import ModelsScreen
 
         self.app.push_screen(ModelsScreen())
-
-    def action_help(self) -> None:
-        self.app.push_screen(HelpModal())
 
     def action_toggle_all(self) -> None:
         self.everyone = not self.everyone

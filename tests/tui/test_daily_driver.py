@@ -418,6 +418,16 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_versions_stay(
         assert shown[:2] == ["Help", "Quit"]
         text = pilot.app.export_screenshot()
         assert "Help" in text and "Quit" in text
+        # Every other screen: ? and q (back) first too.
+        for key in ("enter", "m"):
+            await pilot.press(key)
+            await settle(pilot)
+            footer = pilot.app.screen.query_one(Footer)
+            shown = [str(k.description) for k in footer.query("FooterKey").results()]
+            assert shown[:2] == ["Help", "Back"], (key, shown)
+            await pilot.press("q")
+            await settle(pilot)
+            assert isinstance(pilot.app.screen, ServicesScreen)
     client.close()
 
 
