@@ -52,8 +52,8 @@ class ServicesScreen(Screen[None]):
         super().__init__()
         self.everyone = False
         self.loaded = False
-        #: (services held, quota) from whoami.
-        self.quota = (0, 0)
+        #: How many services a user may hold (whoami); the table counts the ones held.
+        self.quota = 0
 
     @property
     def opsbot(self) -> OpsbotApp:
@@ -104,7 +104,7 @@ class ServicesScreen(Screen[None]):
         app.user = str(me.get("user", ""))
         app.admin = bool(me.get("admin", False))
         app.gateway_url = str(me.get("gateway_url", ""))
-        self.quota = (int(me.get("quota_used", 0)), int(me.get("quota", 0)))
+        self.quota = int(me.get("quota", 0))
         if first:
             self.everyone = app.admin
         self.reload()
@@ -129,8 +129,10 @@ class ServicesScreen(Screen[None]):
         scope = "all services" if self.everyone else "my services"
         role = " (admin)" if app.admin else ""
         shown = self.table.row_count
-        used, quota = self.quota
-        held = f" · {used} of {quota} services held" if quota else ""
+        # Every service of the user is in the table's set (mine or everyone's), so it counts
+        # the ones held as they come and go.
+        used = sum(1 for s in self.table.services.values() if s.get("owner") == app.user)
+        held = f" · {used} of {self.quota} services held" if self.quota else ""
         self.sub_title = f"{app.user}{role} · {scope} · {shown} shown{held}"
         table = self.table
         filt = table.filter_text

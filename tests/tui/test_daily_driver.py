@@ -374,6 +374,9 @@ async def test_empty_first_screen_says_how_to_deploy_and_the_quota_shows() -> No
         empty = screen.query_one("#empty", Static)
         assert empty.display and "Press d to deploy" in str(empty.content)
         assert "0 of 20 services held" in screen.sub_title
+        client.emit(client.add(service("first")), "created")
+        await until(pilot, "the count", lambda: "1 of 20 services held" in screen.sub_title, 3)
+        assert not empty.display
     client.close()
 
 
