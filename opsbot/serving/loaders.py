@@ -155,9 +155,13 @@ class SklearnModel:
 
     def describe(self) -> dict[str, Any]:
         n = getattr(self.estimator, "n_features_in_", -1)
+        # A classifier predicts its classes' type; a regressor predicts floats.
+        classes = getattr(self.estimator, "classes_", None)
+        kind = getattr(getattr(classes, "dtype", None), "kind", "f")
+        datatype = {"i": "INT64", "u": "UINT64", "f": "FP64", "b": "BOOL"}.get(kind, "BYTES")
         return {
             "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, int(n)]}],
-            "outputs": [{"name": "predictions", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "predictions", "datatype": datatype, "shape": [-1]}],
         }
 
 

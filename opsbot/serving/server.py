@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -35,11 +34,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from opsbot import __version__
+from opsbot.serving import HEADER_LENGTH, MODEL_NAME_HEADER
 from opsbot.serving.loaders import (
     FORMATS,
     LoadedModel,
@@ -49,6 +49,15 @@ from opsbot.serving.loaders import (
     load_model,
     required_files,
 )
+from opsbot.serving.oip import (
+    Declared,
+    TensorError,
+    encode_reply,
+    output_tensor,
+    parse_request,
+    split_body,
+)
+from opsbot.serving.oip import dumps as _dumps
 
 log = logging.getLogger("opsbot.serving.server")
 
@@ -64,32 +73,14 @@ SHUTDOWN_GRACE_S = 10.0
 MAX_HINT_CHARS = 200
 
 PLATFORMS = {"sklearn": "sklearn", "onnx": "onnxruntime_onnx", "python": "python"}
-V2_DATATYPES = frozenset(
-    {
-        "BOOL",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "FP16",
-        "FP32",
-        "FP64",
-        "BYTES",
-    }
-)
-# numpy dtype kinds that each v2 datatype family accepts (ints are fine where floats are wanted).
-_KINDS_FOR = {"BOOL": "b", "UINT": "iu", "INT": "iu", "FP": "iuf", "BYTES": "U"}
-_V2_FOR_KIND = {"b": "BOOL", "i": "INT64", "u": "UINT64", "f": "FP64", "U": "BYTES"}
-
 Loader = Callable[[Path, str, str | None], LoadedModel]
 JSON_TYPE = "application/json"
+#: Predictions queued per prediction thread before calls are turned away with 503.
+QUEUE_PER_THREAD = 64
+_T = TypeVar("_T")
 
 
-class BadRequest(ValueError):
+class BadRequest(TensorError):
     """The request body is malformed; the message says what is wrong and what to send."""
 
 
@@ -133,19 +124,6 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _json_default(value: Any) -> Any:
-    # Python models often return numpy scalars or arrays inside plain lists.
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, default=_json_default, separators=(",", ":")).encode()
-
-
 def _json(status: int, body: bytes) -> web.Response:
     return web.Response(status=status, body=body, content_type=JSON_TYPE)
 
@@ -165,88 +143,11 @@ def _parse_object(raw: bytes, hint: str) -> dict[str, Any]:
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         what = "the body is empty" if not raw.strip() else f"the body is not valid JSON ({exc})"
         raise BadRequest(f"{what}: send {hint}") from None
+    except RecursionError:
+        raise BadRequest(f"the body's JSON is nested too deeply: send {hint}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(body).__name__}: send {hint}")
     return body
-
-
-def _tensor_instances(tensor: Any, index: int, hint: str) -> list[Any]:
-    """The instances (one per row of the batch axis) held by one v2 input tensor."""
-    import numpy as np
-
-    where = f"inputs[{index}]"
-    if not isinstance(tensor, dict):
-        raise BadRequest(
-            f"{where} must be an object with name, shape, datatype and data: send {hint}"
-        )
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
-    if missing:
-        raise BadRequest(f"{where} has no {', '.join(missing)}: send {hint}")
-    if not isinstance(tensor["name"], str):
-        raise BadRequest(f"{where}.name must be a string")
-    shape = tensor["shape"]
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise BadRequest(
-            f"{where}.shape must be a list of non-negative integers, batch first "
-            f"(for example [2, 4] for two rows of four), got {json.dumps(shape)}"
-        )
-    datatype = tensor["datatype"]
-    if datatype not in V2_DATATYPES:
-        raise BadRequest(
-            f"{where}.datatype {json.dumps(datatype)} is not a v2 datatype: use one of "
-            f"{', '.join(sorted(V2_DATATYPES))}"
-        )
-    data = tensor["data"]
-    if not isinstance(data, list):
-        raise BadRequest(f"{where}.data must be a list (flat in row-major order, or nested)")
-    if math.prod(shape) == 0 or not data:
-        raise BadRequest(f"{where} holds no values: send at least one instance")
-    try:
-        array = np.asarray(data)
-    except (ValueError, TypeError, OverflowError):
-        array = None
-    if array is None or array.dtype.kind not in "biufU":
-        raise BadRequest(
-            f"{where}.data must be a regular array of "
-            f"{'strings' if datatype == 'BYTES' else 'numbers'}, not ragged or mixed lists"
-        )
-    family = datatype.rstrip("0123456789")
-    if array.dtype.kind not in _KINDS_FOR[family]:
-        wanted = {"BOOL": "true/false", "BYTES": "strings", "FP": "numbers"}.get(family, "integers")
-        raise BadRequest(f"{where}.data must hold {wanted} for datatype {datatype}")
-    if family == "UINT" and array.dtype.kind == "i" and int(array.min()) < 0:
-        raise BadRequest(f"{where}.data must not hold negative values for datatype {datatype}")
-    if list(array.shape) != shape:
-        if array.ndim != 1 or array.size != math.prod(shape):
-            raise BadRequest(
-                f"{where}.data holds {array.size} values shaped {list(array.shape)} but shape "
-                f"says {shape} ({math.prod(shape)} values): send data flat in row-major order "
-                "or nested to match shape"
-            )
-        array = array.reshape(shape)
-    instances: list[Any] = array.tolist()
-    return instances
-
-
-def _output_tensor(name: str, predictions: list[Any]) -> dict[str, Any]:
-    import numpy as np
-
-    try:
-        array = np.asarray(predictions)
-    except (ValueError, TypeError, OverflowError):  # ragged or unusual: pass it through as is
-        array = None
-    if array is not None and array.dtype.kind in _V2_FOR_KIND:
-        return {
-            "name": name,
-            "shape": list(array.shape),
-            "datatype": _V2_FOR_KIND[array.dtype.kind],
-            "data": array.ravel().tolist(),
-        }
-    return {"name": name, "shape": [len(predictions)], "datatype": "BYTES", "data": predictions}
 
 
 @dataclass
@@ -264,8 +165,12 @@ class ModelState:
     error: str | None = None
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     load_seconds: float = 0.0
-    metadata: bytes = b""
-    output_name: str = "predictions"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[Declared, ...] = ()
+    outputs: tuple[Declared, ...] = (Declared("predictions", "", ()),)
+    max_pending: int = 1
+    """Predictions queued or running at once; beyond them a call gets 503 at once."""
+    pending: int = 0
     predict_hint: str = '{"instances": [[...], ...]}'
     infer_hint: str = '{"inputs": [{"name": "input", "shape": [N, ...], "datatype": "FP32", ...}]}'
     load_thread: threading.Thread | None = None
@@ -336,10 +241,13 @@ class ModelState:
         session = getattr(model, "session", None)
         if session is not None and hasattr(session, "get_providers"):
             metadata["providers"] = list(session.get_providers())
-        outputs = metadata["outputs"]
-        if outputs and isinstance(outputs[0], dict) and outputs[0].get("name"):
-            self.output_name = str(outputs[0]["name"])
-        self.metadata = _dumps(metadata)
+        self.inputs = Declared.parse(metadata["inputs"])
+        # Only the first output is what predict() returns; the others are not served.
+        outputs = Declared.parse(metadata["outputs"])[:1]
+        if outputs:
+            self.outputs = outputs
+            metadata["outputs"] = metadata["outputs"][:1]
+        self.metadata = metadata
         sample = model.sample()
         if sample:
             self._make_hints(sample[:1], metadata["inputs"])
@@ -423,30 +331,32 @@ class ModelState:
             return 400, _dumps({"error": str(exc)})
         return self._encode({"predictions": predictions})
 
-    def infer_sync(self, model: LoadedModel, raw: bytes) -> tuple[int, bytes]:
-        """The whole of ``POST /v2/models/{name}/infer`` after the body is read."""
+    def infer_sync(
+        self, model: LoadedModel, raw: bytes, header_length: str | None, reply_name: str
+    ) -> tuple[int, bytes, dict[str, str] | None]:
+        """The whole of ``POST /v2/models/{name}/infer`` after the body is read: the status,
+        the body and, for binary outputs, the header that says where their bytes start."""
         hint = self.infer_hint
         try:
-            body = _parse_object(raw, hint)
-            request_id = body.get("id")
-            if request_id is not None and not isinstance(request_id, str):
-                raise BadRequest('"id" must be a string when given')
-            inputs = body.get("inputs")
-            if not isinstance(inputs, list) or not inputs:
-                raise BadRequest(f'"inputs" must be a non-empty list of tensors: send {hint}')
-            if len(inputs) > 1:
-                raise BadRequest(
-                    f"this model takes one input tensor, got {len(inputs)}: send {hint}"
-                )
-            instances = _tensor_instances(inputs[0], 0, hint)
-            predictions = self._run(model, instances, hint)
-        except BadRequest as exc:
-            return 400, _dumps({"error": str(exc)})
-        reply: dict[str, Any] = {"model_name": self.name, "model_version": self.version}
-        if request_id is not None:
-            reply["id"] = request_id
-        reply["outputs"] = [_output_tensor(self.output_name, predictions)]
-        return self._encode(reply)
+            head, blob = split_body(raw, header_length)
+            body = _parse_object(head, hint)
+            request = parse_request(body, blob, self.inputs, self.outputs, hint)
+            predictions = self._run(model, request.instances, hint)
+        except TensorError as exc:
+            return 400, _dumps({"error": str(exc)}), None
+        reply: dict[str, Any] = {"model_name": reply_name, "model_version": self.version}
+        if request.id is not None:
+            reply["id"] = request.id
+        declared = self.outputs[0]
+        reply["outputs"] = [output_tensor(declared, declared.name, predictions)]
+        binary = request.binary or {declared.name: request.binary_default}
+        try:
+            encoded, json_length = encode_reply(reply, binary)
+        except (TypeError, ValueError) as exc:  # the model's output, not the caller's input
+            return (*self._unencodable(exc), None)
+        if json_length is None:
+            return 200, encoded, None
+        return 200, encoded, {HEADER_LENGTH: str(json_length)}
 
     def _run(self, model: LoadedModel, instances: list[Any], hint: str) -> list[Any]:
         try:
@@ -464,9 +374,34 @@ class ModelState:
         try:
             return 200, _dumps(reply)
         except (TypeError, ValueError) as exc:  # the model's output, not the caller's input
-            log.error("the model's output is not JSON: %s", exc)
-            message = f"the model returned output that cannot be sent as JSON: {exc}"
-            return 500, _dumps({"error": message})
+            return self._unencodable(exc)
+
+    def _unencodable(self, exc: Exception) -> tuple[int, bytes]:
+        log.error("the model's output is not JSON: %s", exc)
+        message = f"the model returned output that cannot be sent as JSON: {exc}"
+        return 500, _dumps({"error": message})
+
+    # -- the worker pool -------------------------------------------------------------------
+
+    async def run(self, work: Callable[..., _T], *args: Any) -> _T | web.Response:
+        """Run ``work`` in the prediction pool, or answer 503 when the pool's queue is full.
+
+        The event loop never parses or predicts, so health checks answer while the pool works;
+        the bound keeps a burst from queueing more work than the pool can finish in time.
+        """
+        if self.pending >= self.max_pending:
+            return _error(
+                503,
+                f"this instance has {self.pending} predictions queued or running, its most: "
+                "retry after the Retry-After seconds",
+                headers={"Retry-After": "1"},
+            )
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, work, *args)
+        finally:
+            self.pending -= 1
 
 
 STATE = web.AppKey("opsbot_model_state", ModelState)
@@ -478,8 +413,10 @@ async def _predict(request: web.Request) -> web.Response:
     if model is None:
         return state.not_ready()
     raw = await request.read()
-    loop = asyncio.get_running_loop()
-    status, body = await loop.run_in_executor(state.executor, state.predict_sync, model, raw)
+    done = await state.run(state.predict_sync, model, raw)
+    if isinstance(done, web.Response):
+        return done
+    status, body = done
     return _json(status, body)
 
 
@@ -492,9 +429,17 @@ async def _infer(request: web.Request) -> web.Response:
     if model is None:
         return state.not_ready()
     raw = await request.read()
-    loop = asyncio.get_running_loop()
-    status, body = await loop.run_in_executor(state.executor, state.infer_sync, model, raw)
-    return _json(status, body)
+    headers = request.headers
+    reply_name = headers.get(MODEL_NAME_HEADER) or state.name
+    done = await state.run(state.infer_sync, model, raw, headers.get(HEADER_LENGTH), reply_name)
+    if isinstance(done, web.Response):
+        return done
+    status, body, extra = done
+    if extra is None:
+        return _json(status, body)
+    return web.Response(
+        status=status, body=body, content_type="application/octet-stream", headers=extra
+    )
 
 
 async def _live(request: web.Request) -> web.Response:
@@ -519,7 +464,8 @@ async def _model_metadata(request: web.Request) -> web.Response:
         return missing
     if state.model is None:
         return state.not_ready()
-    return _json(200, state.metadata)
+    name = request.headers.get(MODEL_NAME_HEADER) or state.name
+    return _json(200, _dumps({**state.metadata, "name": name}))
 
 
 async def _model_ready(request: web.Request) -> web.Response:
@@ -528,7 +474,8 @@ async def _model_ready(request: web.Request) -> web.Response:
     if missing is not None:
         return missing
     ready = state.model is not None
-    return _json(200 if ready else 503, _dumps({"name": state.name, "ready": ready}))
+    name = request.headers.get(MODEL_NAME_HEADER) or state.name
+    return _json(200 if ready else 503, _dumps({"name": name, "ready": ready}))
 
 
 _ROUTES_HINT = (
@@ -580,9 +527,8 @@ def make_app(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
-    executor = ThreadPoolExecutor(
-        max_workers=threads or default_threads(), thread_name_prefix="predict"
-    )
+    workers = threads or default_threads()
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
     state = ModelState(
         path=Path(model_path),
         fmt=fmt,
@@ -591,6 +537,7 @@ def make_app(
         version=version,
         loader=loader or load_for_serving,
         executor=executor,
+        max_pending=workers * QUEUE_PER_THREAD,
     )
     app[STATE] = state
 

@@ -425,23 +425,34 @@ BAD_INFER_BODIES: list[tuple[str, Any, str]] = [
     ("strings for FP64", v2({**GOOD_TENSOR, "data": ["a", "b", "c", "d"]}), "hold numbers"),
     ("floats for INT64", v2({**GOOD_TENSOR, "datatype": "INT64"}), "hold integers"),
     ("numbers for BOOL", v2({**GOOD_TENSOR, "datatype": "BOOL"}), "hold true/false"),
-    ("numbers for BYTES", v2({**GOOD_TENSOR, "datatype": "BYTES"}), "hold strings"),
+    ("BYTES for an FP64 input", v2({**GOOD_TENSOR, "datatype": "BYTES"}), "send FP64"),
+    ("INT8 out of range", v2({**GOOD_TENSOR, "datatype": "INT8", "data": [1000, 2, 3, 4]}), "1000"),
+    ("FP64 narrowed", v2({**GOOD_TENSOR, "datatype": "FP32", "data": [1e300, 2, 3, 4]}), "FP32"),
+    ("unknown input", v2({**GOOD_TENSOR, "name": "pixels"}), "use 'input'"),
+    ("unknown output", v2(GOOD_TENSOR, outputs=[{"name": "probs"}]), "ask for 'predictions'"),
+    ("outputs not a list", v2(GOOD_TENSOR, outputs={"name": "x"}), '"outputs" must be a list'),
+    (
+        "classification",
+        v2(GOOD_TENSOR, outputs=[{"name": "predictions", "parameters": {"classification": 2}}]),
+        "classification",
+    ),
+    ("deep JSON", b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
     (
         "negative UINT8",
         v2({**GOOD_TENSOR, "datatype": "UINT8", "data": [-1, 2, 3, 4]}),
-        "negative",
+        "outside UINT8's range 0 to 255",
     ),
     ("nulls in data", v2({**GOOD_TENSOR, "data": [None, 3.5, 1.4, 0.2]}), "regular array"),
     ("id not a string", v2(GOOD_TENSOR, id=7), '"id" must be a string'),
     (
         "wrong feature count",
         v2({**GOOD_TENSOR, "shape": [1, 3], "data": [5.1, 3.5, 1.4]}),
-        "needs 4 features",
+        "which takes [N, 4]",
     ),
     (
         "wrong rank for the model",
         v2({**GOOD_TENSOR, "shape": [4], "data": SAMPLE_ROWS[0]}),
-        "list of rows",
+        "which takes [N, 4]",
     ),
 ]
 
