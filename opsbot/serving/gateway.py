@@ -34,7 +34,15 @@ import signal
 import sqlite3
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
@@ -45,10 +53,14 @@ from urllib.parse import quote
 
 import sqlite_utils
 from aiohttp import web
+from aiohttp.web import RequestPayloadError
 from multidict import CIMultiDictProxy
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
+from opsbot import __version__
 from opsbot.core.routes import ServiceRoute, VersionRoute, load_routes
 from opsbot.core.store import DB_NAME, Store
+from opsbot.serving import HEADER_LENGTH, MODEL_NAME_HEADER
 from opsbot.serving.upstream import (
     BrokenReply,
     ClientKind,
@@ -65,9 +77,11 @@ log = logging.getLogger("opsbot.serving.gateway")
 INTERNAL_SECRET: Final = "gateway.secret"
 INTERNAL_HEADER: Final = "X-Opsbot-Internal"
 
-#: Upstream paths, by call kind: ModelArts style and Open Inference Protocol v2.
+#: Upstream paths, by call kind: ModelArts style (and KServe v1), Open Inference Protocol v2
+#: infer, and v2 model metadata (a GET).
 PREDICT: Final = 0
 V2_INFER: Final = 1
+V2_METADATA: Final = 2
 
 #: Latency histogram bucket bounds, in seconds (the last bucket, +Inf, is implicit).
 LATENCY_BUCKETS: Final = (
@@ -90,13 +104,15 @@ LATENCY_BUCKETS: Final = (
 )
 
 # Request headers an instance may need; everything else (the key above all) stays here.
+# Content-Encoding is not among them: the gateway decodes a compressed body itself.
 _FORWARDED: Final = (
     "Content-Type",
-    "Content-Encoding",
     "Accept",
-    "Accept-Encoding",
     "X-Request-Id",
+    HEADER_LENGTH,
 )
+#: Request body encodings the gateway decodes (aiohttp's parser does it as the body is read).
+_ENCODINGS: Final = frozenset({"gzip", "deflate", "identity"})
 _BEARER: Final = "bearer "
 # Added to an ejected instance's load so it is chosen only when nothing else is left.
 _EJECTED_PENALTY: Final = 1 << 30
@@ -124,10 +140,19 @@ class GatewayOptions:
     """HTTP client for the hop to instances: the lean asyncio one, or aiohttp's (see upstream)."""
     internal_token_hash: str | None = None
     """SHA-256 of the daemon's token (``X-Opsbot-Internal``), accepted for every service."""
+    max_buffered_mb: float = 256.0
+    """Request bytes held at once across all calls, in MB; a call that would go over waits
+    for no one: it gets 503 with Retry-After before its body is read."""
+    read_timeout_s: float = 30.0
+    """Time allowed for a request's head and for its body to arrive; then 408."""
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1_000_000)
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        return int(self.max_buffered_mb * 1_000_000)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,15 +294,31 @@ class VersionStats:
 
 
 class ServiceCounters:
-    """Calls of one service turned away before reaching any version."""
+    """Calls of one service answered without reaching any version, by status code."""
 
-    __slots__ = ("rate_limited", "too_large", "unauthorized", "unavailable")
+    __slots__ = ("codes",)
 
     def __init__(self) -> None:
-        self.unauthorized = 0
-        self.rate_limited = 0
-        self.too_large = 0
-        self.unavailable = 0
+        self.codes: dict[int, int] = {}
+
+    def count(self, status: int) -> None:
+        self.codes[status] = self.codes.get(status, 0) + 1
+
+    @property
+    def unauthorized(self) -> int:
+        return self.codes.get(401, 0)
+
+    @property
+    def rate_limited(self) -> int:
+        return self.codes.get(429, 0)
+
+    @property
+    def too_large(self) -> int:
+        return self.codes.get(413, 0)
+
+    @property
+    def unavailable(self) -> int:
+        return self.codes.get(503, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,8 +342,9 @@ class Target:
         # The service and version label it was last routed for (set by Gateway.apply).
         self.uid = ""
         self.label = ""
-        # By call kind: PREDICT, V2_INFER.
-        self.paths = ("/predict", f"/v2/models/{quote(model_name, safe='')}/infer")
+        # By call kind: PREDICT, V2_INFER, V2_METADATA.
+        model = f"/v2/models/{quote(model_name, safe='')}"
+        self.paths = ("/predict", f"{model}/infer", model)
 
     @property
     def address(self) -> str:
@@ -499,7 +541,13 @@ class Gateway:
         self.services: dict[str, Service] = {}
         self.stats: dict[tuple[str, str], VersionStats] = {}
         self.counters: dict[str, ServiceCounters] = {}
-        self.not_found = 0
+        # Answers to calls that named no routed service, by status code.
+        self.unrouted = ServiceCounters()
+        # Services by name: "owner.name" always, a bare name while one owner uses it.
+        self._qualified: dict[str, Service] = {}
+        self._named: dict[str, list[Service]] = {}
+        # Request body bytes held now, across all calls (reserved before a body is read).
+        self.buffered = 0
         self.reloads = 0
         self.loaded_at = 0.0
         self._opener = opener
@@ -621,6 +669,14 @@ class Gateway:
                     bucket.configure(route.traffic_limit)
             services[uid] = Service(route, tuple(versions), bucket, counters)
         self.services = services
+        self._qualified = {f"{s.route.owner}.{s.route.name}": s for s in services.values()}
+        named: dict[str, list[Service]] = {}
+        for service in services.values():
+            named.setdefault(service.route.name, []).append(service)
+        self._named = named
+        # A service's series leave with it: what /metrics shows is what is routed now.
+        self.stats = {key: st for key, st in self.stats.items() if key[0] in services}
+        self.counters = {uid: c for uid, c in self.counters.items() if uid in services}
         # Calls in flight to an instance that left the routes finish there; none starts there.
         self._draining = {
             key: target
@@ -650,63 +706,201 @@ class Gateway:
             and sha256(token.encode()).hexdigest() == expected
         )
 
-    async def infer(self, request: web.Request, kind: int) -> web.Response:
-        started = perf_counter()
-        uid = request.match_info["service"]
-        service = self.services.get(uid)
-        if service is None:
-            self.not_found += 1
-            return _error(404, "not_found", f"no running service with id {uid!r}")
-        counters = service.counters
-        headers = request.headers
+    def lookup(self, named: str) -> Service | str:
+        """The service a path names: by id, by ``owner.name``, or by a name one owner uses;
+        else why not (names have no dots, so ``owner.name`` is never a name)."""
+        service = self.services.get(named)
+        if service is not None:
+            return service
+        service = self._qualified.get(named)
+        if service is not None:
+            return service
+        found = self._named.get(named, ())
+        if len(found) == 1:
+            return found[0]
+        if found:
+            owners = ", ".join(sorted(f"{s.route.owner}.{named}" for s in found))
+            return f"{len(found)} owners have a service named {named!r}: call one of {owners}"
+        return f"no running service with id or name {named!r}"
+
+    def authorized(self, service: Service, headers: Mapping[str, str]) -> bool:
+        """Whether the call carries one of the service's keys or the daemon's token."""
         key = headers.get("X-Auth-Token")
         if key is None:
             authorization = headers.get("Authorization")
             if authorization is not None and authorization[:7].lower() == _BEARER:
                 key = authorization[7:].strip()
         # Keys are compared by their SHA-256, the only form the store holds.
-        if (
-            key is None or sha256(key.encode()).hexdigest() not in service.key_hashes
-        ) and not self._internal(headers):
-            counters.unauthorized += 1
-            return _error(
+        if key is not None and sha256(key.encode()).hexdigest() in service.key_hashes:
+            return True
+        return self._internal(headers)
+
+    def refuse(
+        self,
+        service: Service | None,
+        status: int,
+        reason: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        """An answer that reached no version, counted by its code under its service."""
+        (self.unrouted if service is None else service.counters).count(status)
+        return _error(status, reason, message, headers)
+
+    def admit(self, request: web.Request) -> tuple[Service, Version | None] | web.Response:
+        """The service (and version, when the path names one) a call may go to, or the
+        refusal: 404 unknown, 401 without the key, 503 with no ready instance."""
+        found = self.lookup(request.match_info["service"])
+        if isinstance(found, str):
+            return self.refuse(None, 404, "not_found", found)
+        service = found
+        if not self.authorized(service, request.headers):
+            return self.refuse(
+                service,
                 401,
                 "unauthorized",
                 "missing or wrong API key: send the service key as X-Auth-Token or "
                 "Authorization: Bearer",
             )
-        if not service.ready:
-            counters.unavailable += 1
+        label = request.match_info.get("version")
+        version = None if label is None else service.version(label)
+        if label is not None and version is None:
+            labels = ", ".join(v.label for v in service.versions)
+            return self.refuse(
+                service,
+                404,
+                "not_found",
+                f"service {service.route.name} has no version {label!r}: use one of {labels}",
+            )
+        if not (service.ready if version is None else version.targets):
             route = service.route
-            return _error(
+            what = route.name if version is None else f"{route.name} version {version.label}"
+            return self.refuse(
+                service,
                 503,
                 "unavailable",
-                f"service {route.name} ({route.status.value}) has no ready instance; "
+                f"service {what} ({route.status.value}) has no ready instance; "
                 "retry shortly, or check its status and events",
                 {"Retry-After": str(_UNAVAILABLE_RETRY_S)},
             )
-        wait = service.bucket.take(started)
-        if wait:
-            counters.rate_limited += 1
-            limit = service.route.traffic_limit
-            return _error(
-                429,
-                "rate_limited",
-                f"service {service.route.name} allows {limit} calls per second; "
-                "retry after the Retry-After seconds, or raise its traffic limit",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
+        return service, version
+
+    async def infer(self, request: web.Request, kind: int) -> web.Response:
+        started = perf_counter()
+        admitted = self.admit(request)
+        if isinstance(admitted, web.Response):
+            return admitted
+        service, pinned = admitted
+        headers = request.headers
+        encoding = headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in _ENCODINGS:
+            return _closing(
+                self.refuse(
+                    service,
+                    415,
+                    "unsupported_encoding",
+                    f"Content-Encoding {encoding!r} is not taken here: send the body as is, "
+                    "or with gzip or deflate",
+                )
             )
         cap = self.options.max_body_bytes
         length = request.content_length
         if length is not None and length > cap:
-            counters.too_large += 1
-            return _too_large(cap)
+            return _closing(self.refuse(service, 413, "too_large", _too_large(cap)))
+        # A compressed body may decode to more than it carries: reserve the cap for it.
+        reserve = cap if length is None or encoding is not None else length
+        budget = self.options.max_buffered_bytes
+        if self.buffered + reserve > budget and self.buffered > 0:
+            return _closing(
+                self.refuse(
+                    service,
+                    503,
+                    "busy",
+                    f"the gateway holds {self.buffered / 1_000_000:.0f} MB of request bodies "
+                    f"now, its most is {budget / 1_000_000:g} MB: retry after the Retry-After "
+                    "seconds",
+                    {"Retry-After": "1"},
+                )
+            )
+        self.buffered += reserve
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            counters.too_large += 1
-            return _too_large(cap)
-        return await self._forward(service, kind, body, headers, started)
+            try:
+                async with asyncio.timeout(self.options.read_timeout_s):
+                    body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _closing(self.refuse(service, 413, "too_large", _too_large(cap)))
+            except TimeoutError:
+                return _closing(
+                    self.refuse(
+                        service,
+                        408,
+                        "timeout",
+                        f"the request body did not arrive within {self.options.read_timeout_s:g}"
+                        " s: send it whole and at once",
+                    )
+                )
+            except RequestPayloadError as exc:
+                return _closing(
+                    self.refuse(
+                        service,
+                        400,
+                        "bad_body",
+                        f"the request body could not be read ({exc.args[0] if exc.args else exc}"
+                        "): send it as is, or gzip or deflate compressed as Content-Encoding says",
+                    )
+                )
+            # Only a call that arrived whole takes a token.
+            wait = service.bucket.take(perf_counter())
+            if wait:
+                limit = service.route.traffic_limit
+                return self.refuse(
+                    service,
+                    429,
+                    "rate_limited",
+                    f"service {service.route.name} allows {limit} calls per second; "
+                    "retry after the Retry-After seconds, or raise its traffic limit",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+            named = request.match_info["service"]
+            return await self._forward(service, kind, body, headers, started, named, pinned)
+        finally:
+            self.buffered -= reserve
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        """``GET /v2/models/{service}[/versions/{v}]``: the model's metadata from an instance,
+        named as the caller named the service, with the service's versions."""
+        started = perf_counter()
+        admitted = self.admit(request)
+        if isinstance(admitted, web.Response):
+            return admitted
+        service, pinned = admitted
+        named = request.match_info["service"]
+        reply = await self._forward(
+            service, V2_METADATA, b"", request.headers, started, named, pinned, method="GET"
+        )
+        if reply.status != 200 or not isinstance(reply.body, bytes):
+            return reply
+        try:
+            document = json.loads(reply.body)
+        except ValueError:
+            return reply
+        if isinstance(document, dict):
+            labels = [v.label for v in service.versions]
+            document["versions"] = labels if pinned is None else [pinned.label]
+            reply.body = json.dumps(document).encode()
+        return reply
+
+    def model_ready(self, request: web.Request) -> web.Response:
+        """Whether a service (or one version) has a ready instance: 200 or 503."""
+        admitted = self.admit(request)
+        named = request.match_info["service"]
+        if isinstance(admitted, web.Response):
+            if admitted.status != 503:
+                return admitted
+            return web.json_response({"name": named, "ready": False}, status=503)
+        service = admitted[0]
+        service.counters.count(200)
+        return web.json_response({"name": named, "ready": True})
 
     async def _forward(
         self,
@@ -715,12 +909,18 @@ class Gateway:
         body: bytes,
         headers: CIMultiDictProxy[str],
         started: float,
+        named: str,
+        pinned: Version | None = None,
+        method: str = "POST",
     ) -> web.Response:
+        """Send the call to an instance (of ``pinned``, when the path named a version)."""
         client = self._client
         assert client is not None, "the gateway is not started"
         forwarded = {name: value for name in _FORWARDED if (value := headers.get(name)) is not None}
+        if kind != PREDICT:
+            forwarded[MODEL_NAME_HEADER] = named
         deadline = started + self._timeout
-        version = service.first(headers)
+        version = pinned if pinned is not None else service.first(headers)
         picked = version.pick(started)
         assert picked is not None  # a version chosen from live ones has targets
         target = picked
@@ -744,6 +944,7 @@ class Gateway:
                     forwarded,
                     body,
                     max(deadline - now, 0.001),
+                    method=method,
                 )
             except TimeoutError:
                 # The instance may still be working on it: never send the call twice.
@@ -779,13 +980,14 @@ class Gateway:
                     same = current.version(version.label)
                     if same is not None:
                         version = same
-                    elif current.ready:
+                    elif current.ready and pinned is None:
                         version = current.choose()
-                found = (
-                    service.next_target(version, tried, tried_labels, now)
-                    if now < deadline
-                    else None
-                )
+                found: tuple[Version, Target] | None = None
+                if now < deadline:
+                    if pinned is None:
+                        found = service.next_target(version, tried, tried_labels, now)
+                    elif (again := version.pick(now, tried)) is not None:
+                        found = (version, again)
                 # A refused connection never reached the instance, so every other ready
                 # instance may be tried; other failures are retried ``attempts`` times in all.
                 if found is not None and (
@@ -911,6 +1113,7 @@ class Gateway:
                     "rate_limited": counters.rate_limited,
                     "too_large": counters.too_large,
                     "unavailable": counters.unavailable,
+                    "refused": {str(c): n for c, n in sorted(counters.codes.items())},
                     "versions": versions,
                 }
             )
@@ -919,6 +1122,8 @@ class Gateway:
         return {
             "loaded_at": self.loaded_at,
             "reloads": self.reloads,
+            "buffered_bytes": self.buffered,
+            "unrouted": {str(c): n for c, n in sorted(self.unrouted.codes.items())},
             "services": services,
             "upstreams": upstreams,
         }
@@ -935,11 +1140,16 @@ class Gateway:
         family(
             "opsbot_gateway_requests_total",
             "counter",
-            "Calls that reached a service version, by the status code answered.",
+            "Every answer, by status code: version is empty for calls answered before one was "
+            "chosen (401, 404, 413, 429, 503 ...), service too when the call named no service.",
         )
         for (uid, label), s in stats:
             base = f'service="{_esc(uid)}",version="{_esc(label)}"'
             for code, n in sorted(s.codes.items()):
+                out.append(f'opsbot_gateway_requests_total{{{base},code="{code}"}} {n}')
+        for uid, c in [*sorted(self.counters.items()), ("", self.unrouted)]:
+            base = f'service="{_esc(uid)}",version=""'
+            for code, n in sorted(c.codes.items()):
                 out.append(f'opsbot_gateway_requests_total{{{base},code="{code}"}} {n}')
         for name, kind, attr, help_ in _VERSION_FAMILIES:
             family(f"opsbot_gateway_{name}", kind, help_)
@@ -965,16 +1175,16 @@ class Gateway:
         family(
             "opsbot_gateway_latency_recent_seconds",
             "gauge",
-            f"Median (quantile 0.5) and 99th percentile of the last {_RECENT} calls' latency.",
+            f"Median (percentile 50) and 99th percentile of the last {_RECENT} calls' latency.",
         )
         for (uid, label), s in stats:
             found = s.quantiles()
             if found is None:
                 continue
             base = f'service="{_esc(uid)}",version="{_esc(label)}"'
-            for quantile, value in (("0.5", found[0]), ("0.99", found[1])):
+            for percentile, value in (("50", found[0]), ("99", found[1])):
                 out.append(
-                    f'opsbot_gateway_latency_recent_seconds{{{base},quantile="{quantile}"}} '
+                    f'opsbot_gateway_latency_recent_seconds{{{base},percentile="{percentile}"}} '
                     f"{value!r}"
                 )
         family(
@@ -997,22 +1207,12 @@ class Gateway:
                 f'version="{_esc(t.label)}",address="{_esc(t.address)}",'
                 f'routed="{str(is_routed).lower()}"}} {t.outstanding}'
             )
-        counters = sorted(self.counters.items())
-        for name, attr, help_ in (
-            ("unauthorized", "unauthorized", "Calls refused with 401: missing or wrong key."),
-            ("rate_limited", "rate_limited", "Calls refused with 429: over the traffic limit."),
-            ("too_large", "too_large", "Calls refused with 413: body over the size cap."),
-            ("unavailable", "unavailable", "Calls refused with 503: no ready instance."),
-        ):
-            family(f"opsbot_gateway_{name}_total", "counter", help_)
-            for uid, c in counters:
-                out.append(
-                    f'opsbot_gateway_{name}_total{{service="{_esc(uid)}"}} {getattr(c, attr)}'
-                )
         family(
-            "opsbot_gateway_not_found_total", "counter", "Calls refused with 404: unknown service."
+            "opsbot_gateway_buffered_bytes",
+            "gauge",
+            "Request body bytes held now across all calls (the cap is --max-buffered-mb).",
         )
-        out.append(f"opsbot_gateway_not_found_total {self.not_found}")
+        out.append(f"opsbot_gateway_buffered_bytes {self.buffered}")
         family(
             "opsbot_gateway_upstreams_ready",
             "gauge",
@@ -1035,8 +1235,13 @@ class Gateway:
             )
         family("opsbot_gateway_route_reloads_total", "counter", "Times the routes changed.")
         out.append(f"opsbot_gateway_route_reloads_total {self.reloads}")
-        return "\n".join(out) + "\n"
+        # The process's own numbers (memory, CPU, file descriptors), as every exporter has.
+        return "\n".join(out) + "\n" + generate_latest(_PROCESS).decode()
 
+
+#: process_* metrics of this process (resident memory, CPU seconds, open files).
+_PROCESS: Final = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=_PROCESS)
 
 #: Where an application made by make_app keeps its Gateway.
 GATEWAY: Final = web.AppKey("gateway", Gateway)
@@ -1095,17 +1300,49 @@ def _error(
     )
 
 
-def _too_large(cap: int) -> web.Response:
-    return _error(
-        413,
-        "too_large",
+def _too_large(cap: int) -> str:
+    return (
         f"the request body is over the gateway's cap of {cap / 1_000_000:g} MB: send fewer "
-        "instances per call",
+        "instances per call"
     )
+
+
+def _closing(response: web.Response) -> web.Response:
+    """The answer to a call whose body was not read whole: the connection closes after it,
+    rather than the gateway reading (and holding) a body it has refused."""
+    response.force_close()
+    return response
 
 
 # --------------------------------------------------------------------------------------------
 # The aiohttp application
+
+SERVER_NAME: Final = "opsbot-gateway"
+_ROUTES_HINT: Final = (
+    "POST /v1/infers/{service}, POST /v1/models/{service}:predict, "
+    "POST /v2/models/{service}[/versions/{version}]/infer, GET /v2/models/{service}"
+)
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own errors (no route, wrong method) as ``{"error": ..., "reason": ...}``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path}: use {allowed}"
+            return _error(405, "method_not_allowed", message, headers)
+        if isinstance(exc, web.HTTPNotFound):
+            message = f"no route {request.method} {request.path}: use {_ROUTES_HINT}"
+            return _error(404, "no_route", message)
+        return _error(exc.status, "bad_request", exc.text or exc.reason, headers or None)
 
 
 def make_app(
@@ -1128,14 +1365,36 @@ def make_app(
     gateway = Gateway(opener, options)
     # The body cap is checked by the handler (413 with a JSON message); aiohttp's own limit sits
     # just above it so a chunked body is cut off while it is read.
-    app = web.Application(client_max_size=options.max_body_bytes)
+    app = web.Application(client_max_size=options.max_body_bytes, middlewares=[_json_errors])
     app[GATEWAY] = gateway
 
-    async def v1_infer(request: web.Request) -> web.Response:
+    async def predict(request: web.Request) -> web.Response:
         return await gateway.infer(request, PREDICT)
 
     async def v2_infer(request: web.Request) -> web.Response:
         return await gateway.infer(request, V2_INFER)
+
+    async def v2_metadata(request: web.Request) -> web.Response:
+        return await gateway.metadata(request)
+
+    async def model_ready(request: web.Request) -> web.Response:
+        return gateway.model_ready(request)
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(request: web.Request) -> web.Response:
+        # Ready once the routes have been read: from then on every service answers.
+        loaded = gateway.reloads > 0
+        return web.json_response({"ready": loaded}, status=200 if loaded else 503)
+
+    async def server_metadata(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    async def v1_live(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(
@@ -1156,8 +1415,19 @@ def make_app(
         yield
         await gateway.stop()
 
-    app.router.add_post("/v1/infers/{service}", v1_infer)
-    app.router.add_post("/v2/models/{service}/infer", v2_infer)
+    # ModelArts style, and KServe v1 (which takes and answers the same JSON).
+    app.router.add_post("/v1/infers/{service}", predict)
+    app.router.add_post("/v1/models/{service}:predict", predict)
+    app.router.add_get("/v1/models/{service}", model_ready)
+    app.router.add_get("/", v1_live)
+    # Open Inference Protocol v2: a service is a model, a service version a model version.
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    for base in ("/v2/models/{service}", "/v2/models/{service}/versions/{version}"):
+        app.router.add_get(base, v2_metadata)
+        app.router.add_get(base + "/ready", model_ready)
+        app.router.add_post(base + "/infer", v2_infer)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", stats)
     app.router.add_get("/healthz", healthz)

@@ -33,8 +33,14 @@ from aiohttp import (
 )
 from yarl import URL
 
+from opsbot.serving import HEADER_LENGTH
+
 #: Answer headers the gateway passes back to its caller, by their lower-case names.
-RETURNED: Final = {b"content-type": "Content-Type", b"content-encoding": "Content-Encoding"}
+RETURNED: Final = {
+    b"content-type": "Content-Type",
+    b"content-encoding": "Content-Encoding",
+    HEADER_LENGTH.lower().encode(): HEADER_LENGTH,
+}
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_REPLY_BYTES: Final = 256 * 1024 * 1024
@@ -77,8 +83,11 @@ class UpstreamClient(Protocol):
         headers: Mapping[str, str],
         body: bytes,
         timeout: float,
+        *,
+        method: str = "POST",
     ) -> Reply:
-        """POST ``body`` to the instance; raises UpstreamFailure subclasses or TimeoutError."""
+        """POST ``body`` (or another method) to the instance; raises UpstreamFailure subclasses
+        or TimeoutError."""
         ...
 
     def retain(self, addresses: Collection[tuple[str, int]]) -> None:
@@ -359,6 +368,8 @@ class RawClient:
         headers: Mapping[str, str],
         body: bytes,
         timeout: float,
+        *,
+        method: str = "POST",
     ) -> Reply:
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -366,7 +377,7 @@ class RawClient:
         pool = self._pools.get((host, port))
         if pool is None:
             pool = self._pools[(host, port)] = _Pool(host, port)
-        parts = [f"POST {path} HTTP/1.1\r\n", pool.host_header]
+        parts = [f"{method} {path} HTTP/1.1\r\n", pool.host_header]
         for name, value in headers.items():
             # Never let a value end the line early: that would smuggle a header or a request.
             if "\r" not in value and "\n" not in value:
@@ -472,6 +483,8 @@ class AiohttpClient:
         headers: Mapping[str, str],
         body: bytes,
         timeout: float,
+        *,
+        method: str = "POST",
     ) -> Reply:
         session = self._session
         if session is None:
@@ -489,8 +502,8 @@ class AiohttpClient:
                 scheme="http", host=host, port=port, path=path, encoded=True
             )
         try:
-            async with session.post(
-                url, data=body, headers=dict(headers), timeout=ClientTimeout(total=timeout)
+            async with session.request(
+                method, url, data=body, headers=dict(headers), timeout=ClientTimeout(total=timeout)
             ) as resp:
                 payload = await resp.read()
                 returned = {

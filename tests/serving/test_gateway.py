@@ -737,9 +737,14 @@ async def test_metrics_count_calls_failures_latency_and_refusals(
     assert metrics[("opsbot_gateway_request_seconds_count", uid, "1.0.0")] == ok
     assert metrics[("opsbot_gateway_request_seconds_bucket", uid, "1.0.0", "+Inf")] == ok
     assert 0 < metrics[("opsbot_gateway_request_seconds_sum", uid, "1.0.0")] < ok
-    assert metrics[("opsbot_gateway_rate_limited_total", uid)] == 5 - ok
-    assert metrics[("opsbot_gateway_unauthorized_total", uid)] == 1
-    assert metrics[("opsbot_gateway_not_found_total",)] == 1
+    # Every answer is in the one family: refusals with an empty version, or service too.
+    assert metrics[("opsbot_gateway_requests_total", uid, "", "429")] == 5 - ok
+    assert metrics[("opsbot_gateway_requests_total", uid, "", "401")] == 1
+    assert metrics[("opsbot_gateway_requests_total", "", "", "404")] == 1
+    answered = sum(v for k, v in metrics.items() if k[0] == "opsbot_gateway_requests_total")
+    assert answered == 5 + 1 + 1
+    assert metrics[("process_resident_memory_bytes",)] > 0
+    assert metrics[("process_cpu_seconds_total",)] > 0
     assert metrics[("opsbot_gateway_upstreams_ready", uid, "1.0.0")] == 1
     assert metrics[("opsbot_gateway_service_info", uid, "svc1", "alice")] == 1
 
