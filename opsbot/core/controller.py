@@ -16,7 +16,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,14 @@ ACTOR = "controller"
 #: Exit code with which the model server says the model could not be loaded: no use retrying.
 LOAD_FAILED_CODE = 3
 BACKOFF_MAX_S = 60.0
+#: An instance that ran this long before it died starts again after the shortest delay, as if it
+#: had never crashed (Kubernetes resets its CrashLoopBackOff after 10 minutes of running).
+BACKOFF_RESET_S = 600.0
+#: Consecutive missed readiness checks before a ready instance leaves the routes (Kubernetes'
+#: failureThreshold): one slow answer under a heavy call is not an outage.
+FAILURE_THRESHOLD = 3
+#: Services reconciled at once: one whose instances are slow to stop holds up no other.
+RECONCILE_WORKERS = 8
 #: How long an instance leaves the routes before it is stopped: a few gateway polls; calls
 #: still in flight then finish during the model server's own SIGTERM grace.
 DRAIN_S = 2.0
@@ -141,6 +149,8 @@ class Controller:
         route_settle_s: float = ROUTE_SETTLE_S,
         ready: Callable[[str, int], bool] = http_ready,
         on_event: Callable[[], None] | None = None,
+        failure_threshold: int = FAILURE_THRESHOLD,
+        backoff_reset_s: float = BACKOFF_RESET_S,
     ):
         self.store = store
         self.runtime = runtime
@@ -153,8 +163,17 @@ class Controller:
         self.ready = ready
         self.on_event = on_event
         self.wake_event = threading.Event()
+        self.failure_threshold = max(1, failure_threshold)
+        self.backoff_reset_s = backoff_reset_s
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="opsbot-probe")
+        self._workers = ThreadPoolExecutor(
+            max_workers=RECONCILE_WORKERS, thread_name_prefix="opsbot-reconcile"
+        )
         self._lock = threading.Lock()
+        # Services being reconciled now: a pass skips them rather than wait for them.
+        self._busy: set[int] = set()
+        # Consecutive missed readiness checks, by instance row id, of instances still ready.
+        self._misses: dict[int, int] = {}
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -197,19 +216,44 @@ class Controller:
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         while not stop.is_set():
             try:
-                self.reconcile_all()
+                # Each service in its own worker: the loop goes on while a slow one finishes.
+                self.reconcile_all(wait=False)
             except Exception:  # the loop must survive any one bad pass; it is logged in full
                 log.exception("reconcile pass failed")
             self.wake_event.wait(interval)
             self.wake_event.clear()
 
-    def reconcile_all(self) -> None:
-        with self._lock:
-            ids = [r[0] for r in self.store.db.execute("SELECT id FROM services").fetchall()]
-            for sid in ids:
-                service = svc.service_by_id(self.store.db, sid)
-                if service is not None:
-                    self.reconcile(service)
+    def reconcile_all(self, *, wait: bool = True) -> None:
+        """Reconcile every service, each in a worker of its own; a service whose last
+        reconciliation is still running (an instance slow to stop) is left to it.
+
+        With ``wait`` the call returns once this pass's services are done, raising the first
+        error; without it, errors are logged.
+        """
+        ids = [r[0] for r in self.store.db.execute("SELECT id FROM services").fetchall()]
+        futures: list[Future[None]] = []
+        for sid in ids:
+            with self._lock:
+                if sid in self._busy:
+                    continue
+                self._busy.add(sid)
+            futures.append(self._workers.submit(self._reconcile_id, sid, wait))
+        if wait:
+            for future in futures:
+                future.result()
+
+    def _reconcile_id(self, sid: int, raise_errors: bool) -> None:
+        try:
+            service = svc.service_by_id(self.store.db, sid)
+            if service is not None:
+                self.reconcile(service)
+        except Exception:
+            if raise_errors:
+                raise
+            log.exception("reconciling service %d failed", sid)
+        finally:
+            with self._lock:
+                self._busy.discard(sid)
 
     def reconcile(self, service: Service) -> None:
         rows = instance_rows(self.store, service.id)
@@ -348,7 +392,20 @@ class Controller:
             if r.state in (STARTING, READY) and r.port is not None
         ]
         results = list(self._pool.map(lambda r: self.ready(r.host, int(r.port or 0)), rows))
-        changes = [(r, ok) for r, ok in zip(rows, results, strict=True) if ok != (r.state == READY)]
+        changes = []
+        for row, ok in zip(rows, results, strict=True):
+            if ok:
+                self._misses.pop(row.id, None)
+                if row.state != READY:
+                    changes.append((row, True))
+            elif row.state == READY:
+                # A ready instance leaves the routes only after enough checks in a row failed.
+                misses = self._misses.get(row.id, 0) + 1
+                if misses >= self.failure_threshold:
+                    self._misses.pop(row.id, None)
+                    changes.append((row, False))
+                else:
+                    self._misses[row.id] = misses
         if not changes:
             return
         with self.store.write() as db:
@@ -572,19 +629,23 @@ class Controller:
 
     def _mark_down(self, service: Service, row: InstanceRow, reason: str) -> None:
         now = self.clock.now()
+        self._misses.pop(row.id, None)
+        # An instance that had run a good while crashed once, not in a loop: start afresh.
+        ran = now - row.started_at if row.started_at is not None else 0.0
+        restarts = 0 if ran >= self.backoff_reset_s else row.restarts
+        delay = backoff(restarts)
         with self.store.write() as db:
             db.execute(
-                "UPDATE instances SET state = ?, reason = ?, next_try = ?, gpus = '', "
-                "updated_at = ? WHERE id = ?",
-                (DOWN, reason, now + backoff(row.restarts), now, row.id),
+                "UPDATE instances SET state = ?, reason = ?, next_try = ?, restarts = ?, "
+                "gpus = '', updated_at = ? WHERE id = ?",
+                (DOWN, reason, now + delay, restarts, now, row.id),
             )
             svc.record_event(
                 db,
                 now,
                 service,
                 Kind.INSTANCE_DOWN,
-                f"instance {row.idx}/{row.n} stopped: {reason}; "
-                f"restarting in {backoff(row.restarts):.0f} s",
+                f"instance {row.idx}/{row.n} stopped: {reason}; restarting in {delay:.0f} s",
                 actor=ACTOR,
                 level=Level.ABNORMAL,
             )
@@ -682,4 +743,5 @@ class Controller:
             self.on_event()
 
     def close(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from core_support import World, entry, node, nvidia
 
-from opsbot.core.controller import DEPLOY_ATTEMPTS, DOWN, Controller, instance_rows
+from opsbot.core.controller import (
+    BACKOFF_RESET_S,
+    DEPLOY_ATTEMPTS,
+    DOWN,
+    FAILURE_THRESHOLD,
+    Controller,
+    backoff,
+    instance_rows,
+)
 from opsbot.core.errors import Conflict, PermissionDenied
 from opsbot.core.events import Kind
 from opsbot.core.hardware import FakeProbe
@@ -92,6 +102,109 @@ def test_a_crashed_instance_is_restarted_with_backoff(world: World) -> None:
     assert Kind.CONCERNING in kinds
 
 
+def test_missed_checks_must_come_in_a_row(world: World) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    for _ in range(3):
+        world.not_ready = {20001}
+        for _ in range(FAILURE_THRESHOLD - 1):
+            world.controller.reconcile_all()
+        world.not_ready = set()  # one answer in between starts the count again
+        world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING
+    assert Kind.CONCERNING not in world.kinds() and Kind.ABNORMAL not in world.kinds()
+
+
+def _next_delay(world: World) -> float:
+    service = world.core.service(world.me, "svc")
+    (row,) = instance_rows(world.core.store, service.id)
+    assert row.state == DOWN
+    return row.next_try - world.clock.now()
+
+
+def test_restart_backoff_grows_in_a_crash_loop_and_resets_after_a_healthy_run(
+    world: World,
+) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    delays = []
+    for _ in range(4):
+        world.runtime.kill(world.runtime.started[-1])
+        world.controller.reconcile_all()
+        delays.append(_next_delay(world))
+        world.clock.advance(delays[-1])
+        world.controller.reconcile_all()
+    assert delays == [backoff(0), backoff(1), backoff(2), backoff(3)]
+    # Healthy for as long as Kubernetes waits before it forgets a crash loop: a crash now
+    # costs the first delay again, and the one after grows from there.
+    world.clock.advance(BACKOFF_RESET_S)
+    world.runtime.kill(world.runtime.started[-1])
+    world.controller.reconcile_all()
+    assert _next_delay(world) == backoff(0)
+    world.clock.advance(backoff(0))
+    world.controller.reconcile_all()
+    world.runtime.kill(world.runtime.started[-1])
+    world.controller.reconcile_all()
+    assert _next_delay(world) == backoff(1)
+
+
+class SlowStopRuntime(FakeRuntime):
+    """Stopping the instances named in ``slow`` waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow: set[str] = set()
+        self.release = threading.Event()
+        self.stopping = threading.Event()
+
+    def stop(self, handle: str, grace_s: float = 10.0) -> None:
+        if handle in self.slow:
+            self.stopping.set()
+            assert self.release.wait(30)
+        super().stop(handle, grace_s)
+
+
+def test_a_slow_stop_holds_up_no_other_service(examples_home: Path) -> None:
+    world = World(examples_home)
+    runtime = SlowStopRuntime()
+    world.runtime = world.controller.runtime = runtime
+    world.deploy(name="slow")
+    world.deploy(name="other")
+    world.controller.reconcile_all()
+    assert world.status("slow") == world.status("other") == Status.RUNNING
+    (slow,) = world.handles("slow")
+    runtime.slow.add(slow)
+    world.core.stop_service(world.me, "slow")
+    try:
+        world.controller.reconcile_all(wait=False)
+        assert runtime.stopping.wait(10)
+        # While "slow" is stuck in its stop, "other" loses its instance and is repaired.
+        (other,) = world.handles("other")
+        runtime.kill(other)
+        started = len(runtime.started)
+        service = world.core.service(world.me, "other")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            world.controller.reconcile_all(wait=False)  # "slow" is skipped: still stopping
+            if instance_rows(world.core.store, service.id)[0].state == DOWN:
+                break
+            time.sleep(0.01)
+        world.clock.advance(backoff(0))
+        while len(runtime.started) == started and time.monotonic() < deadline:
+            world.controller.reconcile_all(wait=False)
+            time.sleep(0.01)
+        assert len(runtime.started) == started + 1
+        assert world.status("slow") == Status.STOPPING
+    finally:
+        runtime.release.set()
+    deadline = time.monotonic() + 10
+    while world.status("slow") != Status.STOPPED and time.monotonic() < deadline:
+        world.controller.reconcile_all()
+        time.sleep(0.01)
+    assert world.status("slow") == Status.STOPPED
+    world.controller.close()
+
+
 def test_all_instances_down_is_abnormal(world: World) -> None:
     world.deploy()
     world.controller.reconcile_all()
@@ -104,6 +217,10 @@ def test_an_instance_that_stops_answering_makes_the_service_concerning(world: Wo
     world.deploy(models=[entry(instances=2)])
     world.controller.reconcile_all()
     world.not_ready = {20001}
+    # Checks missed in a row below the threshold (one slow answer under load) change nothing.
+    for _ in range(FAILURE_THRESHOLD - 1):
+        world.controller.reconcile_all()
+        assert world.status() == Status.RUNNING
     world.controller.reconcile_all()
     assert world.status() == Status.CONCERNING
     world.not_ready = set()
