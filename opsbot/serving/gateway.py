@@ -1444,7 +1444,14 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish the calls in flight and stop."""
-    runner = web.AppRunner(make_app(db_path, options), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        make_app(db_path, options),
+        access_log=None,
+        handle_signals=False,
+        # aiohttp closes a connection whose next request head has not arrived whole by then:
+        # the head read timeout (a slow sender's trickle does not extend it).
+        keepalive_timeout=options.read_timeout_s,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)
@@ -1488,6 +1495,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
     parser.add_argument("--attempts", type=int, default=defaults.attempts)
     parser.add_argument(
+        "--max-buffered-mb",
+        type=float,
+        default=defaults.max_buffered_mb,
+        help="request bytes held at once across all calls; beyond them 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=defaults.read_timeout_s,
+        help="time for a request's head, and for its body, to arrive (default: %(default)s)",
+    )
+    parser.add_argument(
         "--upstream-client",
         choices=["raw", "aiohttp"],
         default=defaults.client,
@@ -1508,14 +1527,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         host = host if host is not None else config.gateway_host
         port = port if port is not None else config.gateway_port
-    if args.max_body_mb <= 0 or args.timeout_s <= 0 or args.attempts < 1:
-        parser.error("--max-body-mb and --timeout-s must be positive, --attempts at least 1")
+    positive = (args.max_body_mb, args.timeout_s, args.max_buffered_mb, args.read_timeout_s)
+    if min(positive) <= 0 or args.attempts < 1:
+        parser.error(
+            "--max-body-mb, --timeout-s, --max-buffered-mb and --read-timeout-s must be "
+            "positive, --attempts at least 1"
+        )
     secret = home / INTERNAL_SECRET
     options = GatewayOptions(
         max_body_mb=args.max_body_mb,
         timeout_s=args.timeout_s,
         attempts=args.attempts,
         client=args.upstream_client,
+        max_buffered_mb=args.max_buffered_mb,
+        read_timeout_s=args.read_timeout_s,
         internal_token_hash=(
             sha256(secret.read_text().strip().encode()).hexdigest() if secret.exists() else None
         ),

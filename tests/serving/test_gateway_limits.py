@@ -27,8 +27,9 @@ from serving.test_gateway import AUTH, BODY, Home, _call, _free_port
 
 
 @asynccontextmanager
-async def gateway_process(home: Home) -> AsyncIterator[str]:
-    """``python -m opsbot.serving.gateway`` on a free loopback port; yields its base URL."""
+async def gateway_process(home: Home, *extra: str) -> AsyncIterator[str]:
+    """``python -m opsbot.serving.gateway`` on a free loopback port, with ``extra`` options;
+    yields its base URL."""
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -43,6 +44,7 @@ async def gateway_process(home: Home) -> AsyncIterator[str]:
             str(port),
             "--log-level",
             "WARNING",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
