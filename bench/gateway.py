@@ -84,7 +84,7 @@ def serve_echo(port: int) -> None:
     async def ready(request: web.Request) -> web.Response:
         return web.Response(text="ready")
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 2**20)  # the model server's own cap
     app.router.add_post("/predict", predict)
     app.router.add_get("/v2/health/ready", ready)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
