@@ -517,12 +517,14 @@ def make_app(
     version: str,
     *,
     threads: int | None = None,
+    queue: int | None = None,
     loader: Loader | None = None,
 ) -> web.Application:
     """The model server as an aiohttp application; loading starts when the app starts.
 
     ``loader`` replaces how the model is loaded (tests use it to hold loading back);
-    ``threads`` sizes the prediction pool (default: the flavor's CPU cap).
+    ``threads`` sizes the prediction pool (default: the flavor's CPU cap), ``queue`` bounds the
+    predictions queued or running at once (default: QUEUE_PER_THREAD per thread).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -537,7 +539,7 @@ def make_app(
         version=version,
         loader=loader or load_for_serving,
         executor=executor,
-        max_pending=workers * QUEUE_PER_THREAD,
+        max_pending=queue or workers * QUEUE_PER_THREAD,
     )
     app[STATE] = state
 

@@ -29,7 +29,7 @@ from aiohttp import test_utils, web
 import opsbot
 from opsbot.core.examples import SAMPLE_ROWS, build_all, train
 from opsbot.serving.loaders import LoadedModel, load_model
-from opsbot.serving.server import LOAD_FAILED, make_app, onnx_providers
+from opsbot.serving.server import LOAD_FAILED, STATE, make_app, onnx_providers
 
 REPO = Path(opsbot.__file__).resolve().parent.parent
 Client = test_utils.TestClient[web.Request, web.Application]
@@ -75,6 +75,25 @@ def iris_rows() -> list[list[float]]:
     x, _ = load_iris(return_X_y=True)
     rows: list[list[float]] = x.tolist()
     return rows
+
+
+# A python-format model whose predict() does pure-Python work (holding the GIL between switches)
+# until a file named "release" appears in its folder.
+SPINNING_MODEL = """
+import time
+from pathlib import Path
+
+
+class Model:
+    def load(self, path):
+        self.release = Path(path) / "release"
+
+    def predict(self, instances):
+        deadline = time.monotonic() + 30
+        while not self.release.exists() and time.monotonic() < deadline:
+            sum(i * i for i in range(20000))
+        return [0 for _ in instances]
+"""
 
 
 @pytest.fixture
@@ -169,6 +188,38 @@ async def test_concurrent_predictions_are_each_right(
         )
     assert [status for status, _ in replies] == [200] * len(iris_rows)
     assert [body["predictions"][0] for _, body in replies] == expected
+
+
+@pytest.mark.asyncio
+async def test_probes_answer_while_the_pool_predicts_and_a_full_queue_gets_503(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "spinning"
+    folder.mkdir()
+    (folder / "model.py").write_text(SPINNING_MODEL)
+    async with serving(folder, "python", "spin", threads=1, queue=2) as client:
+        state = client.server.app[STATE]
+        calls = [
+            asyncio.create_task(post_json(client, "/predict", {"instances": [[1]]}))
+            for _ in range(2)
+        ]
+        deadline = time.monotonic() + 10
+        while state.pending < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert state.pending == 2
+        # The one prediction thread is busy and one call waits: health answers at once.
+        for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/spin/ready"):
+            started = time.monotonic()
+            status, _ = await get_json(client, path)
+            assert status == 200
+            assert time.monotonic() - started < 0.5, path
+        async with client.post("/predict", json={"instances": [[1]]}) as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "1"
+            assert "2 predictions queued or running" in (await resp.json())["error"]
+        (folder / "release").write_text("")
+        assert [await call for call in calls] == [(200, {"predictions": [0]})] * 2
+        assert state.pending == 0
 
 
 # -- Open Inference Protocol v2 ----------------------------------------------------------
