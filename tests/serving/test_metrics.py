@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -122,3 +124,36 @@ async def test_metrics_of_a_version_never_called_still_parse(
         "p99": None,
         "mean": None,
     }
+
+
+@pytest.mark.asyncio
+async def test_series_leave_with_their_service(
+    store_home: Home, instance: Any, gateway: Any
+) -> None:
+    up = await instance("v1")
+    gone = store_home.add_service([("1.0.0", 100, [up.port])], name="gone")
+    kept = store_home.add_service([("1.0.0", 100, [up.port])], name="kept", key="ob_kept-key")
+    client = await gateway()
+    assert (await _call(client, gone)).status == 200
+    assert (await _call(client, kept, {"X-Auth-Token": "ob_kept-key"})).status == 200
+    assert (await _call(client, gone, {"X-Auth-Token": "ob_wrong"})).status == 401
+
+    def services_in(text: str) -> set[str]:
+        return {
+            s.labels["service"]
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if "service" in s.labels
+        }
+
+    assert {gone, kept} <= services_in(await (await client.get("/metrics")).text())
+    reloads = (await (await client.get("/stats")).json())["reloads"]
+    with store_home.store.write() as db:
+        db.execute("DELETE FROM services WHERE uid = ?", (gone,))
+    deadline = time.monotonic() + 10
+    while (await (await client.get("/stats")).json())["reloads"] == reloads:
+        assert time.monotonic() < deadline, "the gateway never saw the service go"
+        await asyncio.sleep(0.05)
+    left = services_in(await (await client.get("/metrics")).text())
+    assert gone not in left
+    assert kept in left
