@@ -827,8 +827,11 @@ class Gateway:
         self.buffered += reserve
         try:
             try:
-                async with asyncio.timeout(self.options.read_timeout_s):
+                if request.content.is_eof():  # all here already (most small calls): no timer
                     body = await request.read()
+                else:
+                    async with asyncio.timeout(self.options.read_timeout_s):
+                        body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return _closing(self.refuse(service, 413, "too_large", _too_large(cap)))
             except TimeoutError:

@@ -454,7 +454,10 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _server_metadata(request: web.Request) -> web.Response:
-    return _json(200, _dumps({"name": SERVER_NAME, "version": __version__, "extensions": []}))
+    return _json(
+        200,
+        _dumps({"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}),
+    )
 
 
 async def _model_metadata(request: web.Request) -> web.Response:

@@ -276,7 +276,7 @@ async def test_v2_metadata_and_health(examples: dict[str, Path]) -> None:
         assert server == {
             "name": "opsbot-model-server",
             "version": opsbot.__version__,
-            "extensions": [],
+            "extensions": ["binary_tensor_data"],
         }
         status, meta = await get_json(client, "/v2/models/iris")
         assert status == 200
