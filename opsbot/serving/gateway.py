@@ -1026,6 +1026,15 @@ class Gateway:
             if target.ejected_until:
                 target.ejected_until = 0.0
             now = perf_counter()
+            if reply.status == 503 and attempt < self._attempts and now < deadline:
+                # A model server answers 503 only for a call it did not run (its queue is full,
+                # or its model is not loaded): another instance of the version may take it.
+                tried.append(target)
+                other = version.pick(now, tried)
+                if other is not None:
+                    stats.upstream_errors += 1
+                    retry = (version, other)
+                    continue
             stats.record(reply.status, now - started, now)
             reply_headers = reply.headers
             reply_headers["X-Model-Version"] = version.label

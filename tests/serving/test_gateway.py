@@ -516,6 +516,30 @@ async def test_refused_connection_is_retried_on_another_instance(
 
 
 @pytest.mark.asyncio
+async def test_an_instance_that_answers_503_passes_the_call_to_another(
+    store_home: Home, instance: Any, gateway: Any
+) -> None:
+    busy = await instance("busy", status=503)
+    live = await instance("live")
+    uid = store_home.add_service([("1.0.0", 100, [busy.port, live.port])])
+    client = await gateway()
+    for _ in range(6):
+        resp = await _call(client, uid)
+        assert resp.status == 200
+        assert (await resp.json())["predictions"] == ["live"]
+    # Calls alternate between the two: the busy one saw some and passed each on.
+    assert busy.calls and len(live.calls) == 6
+    # With no other instance left, the instance's own 503 is the answer.
+    only = store_home.add_service([("1.0.0", 100, [busy.port])], key="ob_only-key")
+    deadline = time.monotonic() + 10
+    while (resp := await _call(client, only, {"X-Auth-Token": "ob_only-key"})).status == 404:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "busy refuses"
+
+
+@pytest.mark.asyncio
 async def test_refused_connection_falls_back_to_another_version(
     store_home: Home, instance: Any, gateway: Any, dead_port: int
 ) -> None:
