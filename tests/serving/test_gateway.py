@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import math
@@ -14,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from opsbot.core.keys import hash_key, key_prefix
 from opsbot.core.store import DB_NAME, Store
+from opsbot.serving import MODEL_NAME_HEADER
 from opsbot.serving.gateway import INTERNAL_HEADER, GatewayOptions, TokenBucket, make_app
 
 KEY = "ob_the-right-key"
@@ -726,6 +729,35 @@ async def test_v2_infer_goes_to_the_instance_model_name(
     assert json.loads(body) == v2_body
     assert headers["Content-Type"].startswith("application/json")
     assert (await client.post(f"/v2/models/{uid}/infer", json=v2_body)).status == 401
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_body_is_decoded_once_and_forwarded_plain(
+    store_home: Home, instance: Any, gateway: Any, encoding: str
+) -> None:
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])], model="iris", name="flowers")
+    client = await gateway(max_body_mb=0.5)
+    plain = json.dumps({"instances": [[1, 2, 3, 4]] * 100}).encode()
+    packed = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
+    headers = {**AUTH, "Content-Encoding": encoding, "Content-Type": "application/json"}
+    resp = await client.post("/v2/models/flowers/infer", data=packed, headers=headers)
+    assert resp.status == 200
+    path, body, seen = up.calls[0]
+    assert body == plain
+    assert "Content-Encoding" not in seen
+    # The instance is told the name the caller used, and never a caller's own say on it.
+    assert seen[MODEL_NAME_HEADER] == "flowers"
+    assert path == "/v2/models/iris/infer"
+    forged = {**headers, MODEL_NAME_HEADER: "forged"}
+    assert (await client.post(f"/v2/models/{uid}/infer", data=packed, headers=forged)).ok
+    assert up.calls[1][2][MODEL_NAME_HEADER] == uid
+    # The cap is on the decoded size: 600 kB of zeros pack into a few hundred bytes.
+    bomb = gzip.compress(b"0" * 600_000) if encoding == "gzip" else zlib.compress(b"0" * 600_000)
+    resp = await client.post(f"/v1/infers/{uid}", data=bomb, headers=headers)
+    assert resp.status == 413
+    assert len(up.calls) == 2
 
 
 # -- numbers --------------------------------------------------------------------------------------
