@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_all
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,7 @@ class Controller:
         self._lock = threading.Lock()
         # Services being reconciled now: a pass skips them rather than wait for them.
         self._busy: set[int] = set()
+        self._running: set[Future[None]] = set()
         # Consecutive missed readiness checks, by instance row id, of instances still ready.
         self._misses: dict[int, int] = {}
 
@@ -222,6 +224,10 @@ class Controller:
                 log.exception("reconcile pass failed")
             self.wake_event.wait(interval)
             self.wake_event.clear()
+        # Leave nothing half done behind: the store may be closed once this returns.
+        with self._lock:
+            running = list(self._running)
+        wait_for_all(running)
 
     def reconcile_all(self, *, wait: bool = True) -> None:
         """Reconcile every service, each in a worker of its own; a service whose last
@@ -237,10 +243,18 @@ class Controller:
                 if sid in self._busy:
                     continue
                 self._busy.add(sid)
-            futures.append(self._workers.submit(self._reconcile_id, sid, wait))
+            future = self._workers.submit(self._reconcile_id, sid, wait)
+            with self._lock:
+                self._running.add(future)
+            future.add_done_callback(self._finished)
+            futures.append(future)
         if wait:
             for future in futures:
                 future.result()
+
+    def _finished(self, future: Future[None]) -> None:
+        with self._lock:
+            self._running.discard(future)
 
     def _reconcile_id(self, sid: int, raise_errors: bool) -> None:
         try:
