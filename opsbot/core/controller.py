@@ -46,9 +46,13 @@ BACKOFF_MAX_S = 60.0
 #: An instance that ran this long before it died starts again after the shortest delay, as if it
 #: had never crashed (Kubernetes resets its CrashLoopBackOff after 10 minutes of running).
 BACKOFF_RESET_S = 600.0
-#: Consecutive missed readiness checks before a ready instance leaves the routes (Kubernetes'
-#: failureThreshold): one slow answer under a heavy call is not an outage.
+#: Consecutive missed readiness checks, spanning at least FAILURE_WINDOW_S, before a ready
+#: instance leaves the routes (Kubernetes' failureThreshold x periodSeconds): a heavy call can
+#: keep a Python model server from answering for a few seconds (a 10 MB JSON body takes about
+#: 1.7 s to parse on these machines, holding the GIL), which is not an outage. An instance that
+#: dies is seen at once by its exit, and one that refuses connections by the gateway.
 FAILURE_THRESHOLD = 3
+FAILURE_WINDOW_S = 10.0
 #: Services reconciled at once: one whose instances are slow to stop holds up no other.
 RECONCILE_WORKERS = 8
 #: How long an instance leaves the routes before it is stopped: a few gateway polls; calls
@@ -151,6 +155,7 @@ class Controller:
         ready: Callable[[str, int], bool] = http_ready,
         on_event: Callable[[], None] | None = None,
         failure_threshold: int = FAILURE_THRESHOLD,
+        failure_window_s: float = FAILURE_WINDOW_S,
         backoff_reset_s: float = BACKOFF_RESET_S,
     ):
         self.store = store
@@ -165,6 +170,7 @@ class Controller:
         self.on_event = on_event
         self.wake_event = threading.Event()
         self.failure_threshold = max(1, failure_threshold)
+        self.failure_window_s = failure_window_s
         self.backoff_reset_s = backoff_reset_s
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="opsbot-probe")
         self._workers = ThreadPoolExecutor(
@@ -174,8 +180,9 @@ class Controller:
         # Services being reconciled now: a pass skips them rather than wait for them.
         self._busy: set[int] = set()
         self._running: set[Future[None]] = set()
-        # Consecutive missed readiness checks, by instance row id, of instances still ready.
-        self._misses: dict[int, int] = {}
+        # Consecutive missed readiness checks of instances still ready, by instance row id: how
+        # many, and when the first of them was.
+        self._misses: dict[int, tuple[int, float]] = {}
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -407,19 +414,22 @@ class Controller:
         ]
         results = list(self._pool.map(lambda r: self.ready(r.host, int(r.port or 0)), rows))
         changes = []
+        now = self.clock.now()
         for row, ok in zip(rows, results, strict=True):
             if ok:
                 self._misses.pop(row.id, None)
                 if row.state != READY:
                     changes.append((row, True))
             elif row.state == READY:
-                # A ready instance leaves the routes only after enough checks in a row failed.
-                misses = self._misses.get(row.id, 0) + 1
-                if misses >= self.failure_threshold:
+                # A ready instance leaves the routes only after enough checks in a row failed,
+                # over long enough.
+                count, since = self._misses.get(row.id, (0, now))
+                count += 1
+                if count >= self.failure_threshold and now - since >= self.failure_window_s:
                     self._misses.pop(row.id, None)
                     changes.append((row, False))
                 else:
-                    self._misses[row.id] = misses
+                    self._misses[row.id] = (count, since)
         if not changes:
             return
         with self.store.write() as db:

@@ -15,6 +15,7 @@ from opsbot.core.controller import (
     DEPLOY_ATTEMPTS,
     DOWN,
     FAILURE_THRESHOLD,
+    FAILURE_WINDOW_S,
     Controller,
     backoff,
     instance_rows,
@@ -109,6 +110,7 @@ def test_missed_checks_must_come_in_a_row(world: World) -> None:
         world.not_ready = {20001}
         for _ in range(FAILURE_THRESHOLD - 1):
             world.controller.reconcile_all()
+            world.clock.advance(FAILURE_WINDOW_S)
         world.not_ready = set()  # one answer in between starts the count again
         world.controller.reconcile_all()
     assert world.status() == Status.RUNNING
@@ -217,10 +219,12 @@ def test_an_instance_that_stops_answering_makes_the_service_concerning(world: Wo
     world.deploy(models=[entry(instances=2)])
     world.controller.reconcile_all()
     world.not_ready = {20001}
-    # Checks missed in a row below the threshold (one slow answer under load) change nothing.
-    for _ in range(FAILURE_THRESHOLD - 1):
+    # Checks missed in a row below the threshold (one slow answer under load) change nothing,
+    # nor do more of them within the window.
+    for _ in range(FAILURE_THRESHOLD + 2):
         world.controller.reconcile_all()
         assert world.status() == Status.RUNNING
+    world.clock.advance(FAILURE_WINDOW_S)
     world.controller.reconcile_all()
     assert world.status() == Status.CONCERNING
     world.not_ready = set()
