@@ -208,7 +208,9 @@ def _input_array(
     """The input's values shaped as it says, and the bytes of ``blob`` it took."""
     where = f"inputs[{index}]"
     if not isinstance(tensor, dict):
-        raise TensorError(f"{where} must be an object with name, shape, datatype and data: {hint}")
+        raise TensorError(
+            f"{where} must be an object with name, shape, datatype and data: send {hint}"
+        )
     parameters = _parameters(tensor, where)
     size = parameters.get("binary_data_size")
     needed = ["name", "shape", "datatype"] + ([] if size is not None else ["data"])
