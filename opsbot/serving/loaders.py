@@ -103,7 +103,13 @@ def _as_array(instances: list[Any], dtype: Any = None) -> Any:
         raise PredictError('"instances" must be a list of equal-length rows of numbers')
     if dtype is not None:
         try:
-            array = array.astype(dtype)
+            with np.errstate(over="raise"):
+                array = array.astype(dtype)
+        except FloatingPointError:
+            raise PredictError(
+                f'"instances" holds values beyond what the model\'s {np.dtype(dtype).name} input '
+                "can hold"
+            ) from None
         except (ValueError, TypeError) as exc:
             raise PredictError(f'"instances" must hold numbers: {exc}') from None
     return array

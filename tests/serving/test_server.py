@@ -714,3 +714,11 @@ def test_real_server_port_taken_exits_4(examples: dict[str, Path], start_server:
         server: Server = start_server(examples["iris-1.0.0"], "sklearn", "iris", port=port)
         assert server.proc.wait(timeout=60) == 4
     assert f"LISTEN FAILED: cannot listen on 127.0.0.1:{port}" in server.output()
+
+
+@pytest.mark.asyncio
+async def test_values_beyond_an_fp32_input_are_400(examples: dict[str, Path]) -> None:
+    async with serving(examples["iris-onnx-1.0.0"], "onnx", "iris-onnx") as client:
+        status, body = await post_json(client, "/predict", {"instances": [[1e300, 1, 1, 1]]})
+    assert status == 400
+    assert "beyond what the model's float32 input can hold" in body["error"]
