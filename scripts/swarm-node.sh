@@ -24,7 +24,7 @@
 #
 # Both subcommands are idempotent: `up` on a running, joined node changes nothing; `up` and
 # `down` first remove what an interrupted run left (processes by their pid files, the
-# namespace, the veth, a node of that name the manager lists as down). `up` loads every
+# namespace, the veth, the manager's nodes of that name). `up` loads every
 # opsbot-serving image of the local engine onto the node (the node has its own image store);
 # `down --purge` also deletes its data root (images included).
 #
@@ -116,13 +116,10 @@ unmount_leftovers() { # mounts the node's engine left in the host's table (after
   done
 }
 
-forget_down_nodes() { # a node of this name the manager lists as down is a leftover
-  local id _ state
-  while read -r id _ state; do
-    [[ -n $id ]] || continue
-    if [[ $state != Ready ]]; then
-      "${manager[@]}" node rm --force "$id" >/dev/null 2>&1 || true
-    fi
+forget_nodes() { # every node of this name the manager lists is a leftover of an earlier run
+  local id _
+  while read -r id _; do
+    [[ -n $id ]] && "${manager[@]}" node rm --force "$id" >/dev/null 2>&1 || true
   done < <(node_ids)
 }
 
@@ -132,10 +129,7 @@ cmd_down() {
   if node_answers; then
     "${node[@]}" swarm leave --force >/dev/null 2>&1 || true
   fi
-  local id _ state
-  while read -r id _ state; do
-    [[ -n $id ]] && "${manager[@]}" node rm --force "$id" >/dev/null 2>&1 || true
-  done < <(node_ids)
+  forget_nodes
   stop_processes
   remove_network
   unmount_leftovers
@@ -262,7 +256,7 @@ cmd_up() {
     stop_processes
     remove_network
     unmount_leftovers
-    forget_down_nodes
+    forget_nodes
     rm -rf "$run"
     start_network
     start_engine

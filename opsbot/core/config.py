@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from opsbot.core.errors import ConfigInvalid, FieldError
 
@@ -24,17 +32,35 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("opsbot", appauthor=False))
 
 
+#: The node label key that gives a node to a dedicated pool when the pool names no other label.
+POOL_LABEL_KEY = "opsbot.pool"
+_LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}=[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
 class PoolConfig(BaseModel):
-    """A dedicated resource pool: capacity set aside for some users and some flavors."""
+    """A dedicated resource pool: machines (or capacity) set aside for some users and flavors.
+
+    Its nodes are the nodes carrying its label (``label``, default ``opsbot.pool=<name>``) and
+    those ``nodes`` names. Capacity: ``cpus``/``memory_gib``/``accelerators`` when declared (a
+    share of one machine, or a cap on the nodes), else what its nodes have.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-    cpus: float = Field(..., gt=0, description="vCPUs the pool may hand out")
-    memory_gib: float = Field(..., gt=0, description="memory the pool may hand out, in GiB")
+    label: str = Field(
+        "",
+        description="node label KEY=VALUE of the pool's nodes; empty: opsbot.pool=<name>",
+    )
+    cpus: float | None = Field(
+        None, gt=0, description="vCPUs the pool may hand out; unset: its nodes' vCPUs"
+    )
+    memory_gib: float | None = Field(
+        None, gt=0, description="memory the pool may hand out, in GiB; unset: its nodes' memory"
+    )
     accelerators: dict[str, int] = Field(
         default_factory=dict,
-        description="accelerators by kind, e.g. {nvidia = 2, ascend = 0}",
+        description="accelerators by kind, e.g. {nvidia = 2}; unset: its nodes' accelerators",
     )
     flavors: list[str] = Field(
         default_factory=list, description="flavor ids allowed in this pool; empty means all"
@@ -44,7 +70,7 @@ class PoolConfig(BaseModel):
     )
     nodes: list[str] = Field(
         default_factory=list,
-        description="node names (Swarm node labels) the pool's instances run on; empty: any",
+        description="node names (hostnames) in the pool besides those carrying its label",
     )
 
     @field_validator("name")
@@ -53,6 +79,37 @@ class PoolConfig(BaseModel):
         if value == "public":
             raise ValueError('"public" is the shared pool; give a dedicated pool another name')
         return value
+
+    @field_validator("label")
+    @classmethod
+    def _label_shape(cls, value: str) -> str:
+        if value and not re.match(_LABEL, value):
+            raise ValueError(
+                f"{value!r} is no node label; write KEY=VALUE of letters, digits, '.', '_' "
+                "and '-', like opsbot.pool=team-a (set on a node with `docker node update "
+                "--label-add opsbot.pool=team-a NODE`)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _whole_capacity(self) -> PoolConfig:
+        if (self.cpus is None) != (self.memory_gib is None):
+            raise ValueError(
+                "declare both cpus and memory_gib (a share of the machine), or neither (the "
+                "pool is what its labelled nodes have)"
+            )
+        return self
+
+    @property
+    def declared(self) -> bool:
+        """Whether the pool's capacity is declared rather than read from its nodes."""
+        return self.cpus is not None
+
+    @property
+    def node_label(self) -> tuple[str, str]:
+        """The (key, value) of the node label that puts a node in this pool."""
+        key, _, value = (self.label or f"{POOL_LABEL_KEY}={self.name}").partition("=")
+        return key, value
 
 
 class PublicPoolConfig(BaseModel):
@@ -105,6 +162,13 @@ class Config(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"pool names must be unique; {', '.join(dupes)} repeats")
+        labels = ["=".join(p.node_label) for p in pools]
+        shared = sorted({a for a in labels if labels.count(a) > 1})
+        if shared:
+            raise ValueError(
+                f"each pool needs its own node label; {', '.join(shared)} names more than one "
+                "pool (set label = KEY=VALUE on one of them)"
+            )
         return pools
 
     def is_admin(self, user: str) -> bool:

@@ -29,8 +29,14 @@ class Device:
     index: int
 
 
-#: The node label that gives a node (a Swarm node) to a dedicated pool: ``opsbot.pool=<pool>``.
-POOL_LABEL = "opsbot.pool"
+@dataclass(frozen=True)
+class Reserved:
+    """What the instances placed on a node hold of it (Swarm's reservations)."""
+
+    cpus: float = 0.0
+    memory_bytes: int = 0
+    #: Accelerators by opsbot kind ("nvidia", "ascend").
+    accelerators: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,20 @@ class Node:
     arch: str
     devices: tuple[Device, ...] = field(default_factory=tuple)
     labels: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    #: "ready", or why it takes no instances now ("down", "drain", "pause", ...).
+    state: str = "ready"
+    #: The address its instances answer on ("" when unknown: this machine).
+    addr: str = ""
+    #: What its instances hold now, when the probe can tell (None: unknown).
+    reserved: Reserved | None = None
 
     @property
     def memory_gib(self) -> float:
         return self.memory_bytes / GIB
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
 
     def matching(self, kind: str, model: str = "") -> list[Device]:
         """The devices of this kind whose model contains ``model`` (case-insensitive).
@@ -63,14 +79,22 @@ class Node:
     def count(self, kind: str, model: str = "") -> int:
         return len(self.matching(kind, model))
 
-    @property
-    def pool(self) -> str | None:
-        """The dedicated pool the node is labelled for, if any."""
-        return dict(self.labels).get(POOL_LABEL)
+    def label(self, key: str) -> str | None:
+        """The value of one of its labels, if it has it."""
+        return dict(self.labels).get(key)
 
 
 class HardwareProbe(Protocol):
-    def nodes(self) -> Sequence[Node]: ...
+    def nodes(self) -> Sequence[Node]:
+        """The nodes that take instances now (ready and active)."""
+        ...
+
+
+def inventory(probe: HardwareProbe) -> Sequence[Node]:
+    """Every node the probe knows, those that take no instances now included (their
+    ``state`` says why): the probe's ``inventory()`` when it has one, else its ``nodes()``."""
+    listed = getattr(probe, "inventory", None)
+    return list(listed()) if callable(listed) else list(probe.nodes())
 
 
 def normalise_arch(machine: str) -> str:

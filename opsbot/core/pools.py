@@ -1,10 +1,12 @@
 """Resource pools and admission control.
 
-``public`` offers every node's vCPUs and memory times the overcommit factors of the config
-(defaults: 4 x vCPUs, 2 x memory; accelerators never overcommitted), so a small machine can
-run a few demo services. Dedicated pools declare their own capacity, allowed flavors and
-members in the config file. A deploy that does not fit the free capacity is refused with what
-is free.
+``public`` offers the vCPUs and memory of every node no dedicated pool holds, times the
+overcommit factors of the config (defaults: 4 x vCPUs, 2 x memory; accelerators never
+overcommitted), so a small machine can run a few demo services. A dedicated pool is the nodes
+that carry its node label (``opsbot.pool=<name>`` unless the config names another) and offers
+what they have, not overcommitted, unless the config declares its capacity (a share of one
+machine). Its flavors and members come from the config. A deploy that does not fit the free
+capacity is refused with what is free.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
-from opsbot.core.config import Config, PoolConfig
+from opsbot.core.config import POOL_LABEL_KEY, Config, PoolConfig
 from opsbot.core.errors import CapacityExceeded
 from opsbot.core.flavors import Flavor, FlavorStatus, fits_node
-from opsbot.core.hardware import HardwareProbe, Node
+from opsbot.core.hardware import GIB, HardwareProbe, Node, inventory
 from opsbot.core.status import HOLDS_CAPACITY
 
 PUBLIC = "public"
@@ -97,6 +99,59 @@ def demand(flavor: Flavor, instances: int) -> Capacity:
     return Capacity(flavor.cpus * instances, flavor.memory_gib * instances, acc)
 
 
+def in_pool(node: Node, pool: PoolConfig) -> bool:
+    """Whether the node belongs to the dedicated pool: it carries the pool's label, or the
+    pool names it."""
+    key, value = pool.node_label
+    return node.label(key) == value or node.name in pool.nodes
+
+
+def node_capacity(node: Node) -> Capacity:
+    """What a node has, as it is (no overcommit)."""
+    acc: dict[str, int] = {}
+    for d in node.devices:
+        acc[d.kind] = acc.get(d.kind, 0) + 1
+    return Capacity(float(node.cpus), node.memory_gib, acc)
+
+
+def node_free(node: Node) -> Capacity | None:
+    """What a node has that its instances do not hold, when the probe knows what they hold."""
+    if node.reserved is None:
+        return None
+    held = Capacity(
+        node.reserved.cpus, node.reserved.memory_bytes / GIB, dict(node.reserved.accelerators)
+    )
+    return node_capacity(node) - held
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node as ``opsbot nodes`` shows it: the pool it serves, what it has, what is free."""
+
+    node: Node
+    pool: str
+
+    def as_dict(self) -> dict[str, object]:
+        n = self.node
+        free = node_free(n)
+        return {
+            "name": n.name,
+            "pool": self.pool,
+            "state": n.state,
+            "addr": n.addr,
+            "arch": n.arch,
+            "labels": dict(n.labels),
+            "capacity": node_capacity(n).as_dict(),
+            "accelerator_models": sorted({d.model for d in n.devices}),
+            "free": free.as_dict() if free is not None else None,
+            "summary": (
+                f"{free.describe()} free of {node_capacity(n).describe()}"
+                if free is not None
+                else node_capacity(n).describe()
+            ),
+        }
+
+
 class Pools:
     """The pools of one installation: their capacity, their flavors, who may use them."""
 
@@ -104,6 +159,12 @@ class Pools:
         self.config = config
         self.flavors = {f.id: f for f in flavors}
         self.probe = probe
+
+    @property
+    def places_by_label(self) -> bool:
+        """Whether instances run only where the labels say (Swarm), rather than on this one
+        machine whatever its labels."""
+        return bool(getattr(self.probe, "places_by_label", False))
 
     def names(self) -> list[str]:
         return [PUBLIC, *(p.name for p in self.config.pools)]
@@ -118,36 +179,68 @@ class Pools:
         pool = self.get(name)
         return name == PUBLIC or (pool is not None and (not pool.members or user in pool.members))
 
-    def _nodes(self, name: str) -> list[Node]:
-        """The nodes a pool's instances may run on: for a dedicated pool those it names or that
-        carry its label (``opsbot.pool=NAME``), else any; for public, those no dedicated pool
-        has labelled for itself."""
-        nodes = list(self.probe.nodes())
+    def pool_of(self, node: Node) -> str:
+        """The pool a node serves: the first dedicated pool it belongs to, else public."""
+        return next((p.name for p in self.config.pools if in_pool(node, p)), PUBLIC)
+
+    def members(self, name: str, nodes: Sequence[Node]) -> list[Node]:
+        """The nodes among ``nodes`` that a pool's instances may run on.
+
+        A dedicated pool: the nodes it holds (by label or name). When it names none and no node
+        carries its label, on a runtime that does not place by label (one machine), the pool is
+        a share of every node. Public: the
+        nodes no dedicated pool holds.
+        """
         if name == PUBLIC:
-            dedicated = set(self.names()) - {PUBLIC}
-            return [n for n in nodes if n.pool not in dedicated]
+            return [n for n in nodes if self.pool_of(n) == PUBLIC]
         pool = self.get(name)
-        labelled = [n for n in nodes if n.pool == name]
-        if pool and pool.nodes:
-            return [n for n in nodes if n.name in pool.nodes or n.pool == name]
-        return labelled or nodes
+        if pool is None:
+            return []
+        held = [n for n in nodes if in_pool(n, pool)]
+        return held if held or pool.nodes or self.places_by_label else list(nodes)
+
+    def _nodes(self, name: str) -> list[Node]:
+        return self.members(name, list(self.probe.nodes()))
 
     def capacity(self, name: str) -> Capacity:
         pool = self.get(name)
-        if pool is not None:
-            return Capacity(pool.cpus, pool.memory_gib, dict(pool.accelerators))
+        if pool is not None and pool.declared:
+            return Capacity(pool.cpus or 0.0, pool.memory_gib or 0.0, dict(pool.accelerators))
         total = Capacity()
+        if pool is not None:  # what its nodes have, not overcommitted
+            for node in self._nodes(name):
+                total = total + node_capacity(node)
+            return total
         public = self.config.public_pool
         for node in self._nodes(PUBLIC):
-            acc: dict[str, int] = {}
-            for d in node.devices:
-                acc[d.kind] = acc.get(d.kind, 0) + 1
+            has = node_capacity(node)
             total = total + Capacity(
-                node.cpus * public.cpu_overcommit,
-                node.memory_gib * public.memory_overcommit,
-                acc,
+                has.cpus * public.cpu_overcommit,
+                has.memory_gib * public.memory_overcommit,
+                has.accelerators,
             )
         return total
+
+    def node_statuses(self) -> list[NodeStatus]:
+        """Every node the probe knows (those down or drained too), with the pool it serves."""
+        return [NodeStatus(n, self.pool_of(n)) for n in inventory(self.probe)]
+
+    def stray_labels(self) -> list[str]:
+        """Nodes carrying a pool label (a label key some pool uses, ``opsbot.pool`` always)
+        whose value names no pool of the config, as warnings that say what to do: such a node
+        serves the public pool, which is rarely what whoever labelled it meant."""
+        keys = {POOL_LABEL_KEY, *(p.node_label[0] for p in self.config.pools)}
+        known = {p.node_label for p in self.config.pools}
+        out = []
+        for node in inventory(self.probe):
+            for key, value in node.labels:
+                if key in keys and (key, value) not in known:
+                    out.append(
+                        f"node {node.name} carries {key}={value}, which no pool in config.toml "
+                        f"names, so it serves the public pool; add a pool with that label or "
+                        f"remove it: docker node update --label-rm {key} {node.name}"
+                    )
+        return out
 
     def flavor_status(self, flavor: Flavor, pool_name: str = PUBLIC) -> FlavorStatus:
         """Whether one instance of the flavor can ever run in the pool, with the reason."""
@@ -156,11 +249,19 @@ class Pools:
             return FlavorStatus(flavor, False, f"not offered in pool {pool_name}")
         nodes = self._nodes(pool_name)
         if not nodes:
-            return FlavorStatus(flavor, False, f"pool {pool_name} has no nodes")
-        if pool is None:
+            fix = (
+                f": label one with `docker node update --label-add {'='.join(pool.node_label)} "
+                "NODE`"
+                if pool is not None
+                else ""
+            )
+            return FlavorStatus(flavor, False, f"pool {pool_name} has no nodes{fix}")
+        if pool is None or not pool.declared:
+            # Public: a node's share times the overcommit; a pool of nodes: a node as it is.
             factors = (
-                self.config.public_pool.cpu_overcommit,
-                self.config.public_pool.memory_overcommit,
+                (self.config.public_pool.cpu_overcommit, self.config.public_pool.memory_overcommit)
+                if pool is None
+                else (1.0, 1.0)
             )
             reasons = []
             for node in nodes:

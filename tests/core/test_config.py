@@ -79,7 +79,21 @@ def test_full_file(home: Path) -> None:
             "config.toml: pools.0.name",
             ["shared pool", "another name"],
         ),
-        ('[[pools]]\nname = "team"\nmemory_gib = 1', "config.toml: pools.0.cpus", ["required"]),
+        (
+            '[[pools]]\nname = "team"\nmemory_gib = 1',
+            "config.toml: pools.0",
+            ["declare both cpus and memory_gib", "or neither", "labelled nodes"],
+        ),
+        (
+            '[[pools]]\nname = "team"\nlabel = "team a"',
+            "config.toml: pools.0.label",
+            ["no node label", "KEY=VALUE", "--label-add"],
+        ),
+        (
+            '[[pools]]\nname = "a"\n[[pools]]\nname = "b"\nlabel = "opsbot.pool=a"',
+            "config.toml: pools",
+            ["its own node label", "opsbot.pool=a names more than one pool"],
+        ),
         (
             '[[pools]]\nname = "bad name"\ncpus = 1\nmemory_gib = 1',
             "config.toml: pools.0.name",

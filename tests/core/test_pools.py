@@ -4,6 +4,7 @@ config, members, and admission control that refuses with what is free."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from opsbot.core.app import DB_NAME, Core
 from opsbot.core.config import Config, PoolConfig, PublicPoolConfig
 from opsbot.core.errors import CapacityExceeded, NotFound, SpecInvalid
 from opsbot.core.flavors import load_flavors
-from opsbot.core.hardware import FakeProbe, Node
+from opsbot.core.hardware import GIB, FakeProbe, Node, Reserved
 from opsbot.core.pools import PUBLIC, Capacity, Pools, demand
 
 TEAM = PoolConfig(
@@ -104,7 +105,11 @@ def test_dedicated_pool_runs_on_its_nodes() -> None:
     assert not without.flavor_status(without.flavors["gpu.t4"], "team").available
     missing = pools(node("cpu-1"), config=Config(pools=[pool]))
     status = missing.flavor_status(missing.flavors["cpu.2u8g"], "team")
-    assert (status.available, status.reason) == (False, "pool team has no nodes")
+    assert not status.available
+    assert status.reason == (
+        "pool team has no nodes: label one with "
+        "`docker node update --label-add opsbot.pool=team NODE`"
+    )
 
 
 def test_members() -> None:
@@ -241,3 +246,103 @@ def test_nodes_labelled_for_a_dedicated_pool_are_its_own_and_not_public() -> Non
     # a label for a pool the config does not know leaves the node public
     stray = pools(_labelled("c", "nobody", 4), config=config)
     assert [n.name for n in stray._nodes(PUBLIC)] == ["c"]
+
+
+# -- pools of labelled nodes ----------------------------------------------------------------
+
+
+class LabelledProbe(FakeProbe):
+    """A swarm's nodes: instances run only where the labels say."""
+
+    places_by_label = True
+
+    def __init__(self, nodes: list[Node], down: list[Node] | None = None):
+        super().__init__(nodes)
+        self.down = down or []
+
+    def inventory(self) -> list[Node]:
+        return [*self.nodes(), *self.down]
+
+
+def labelled(name: str, cpus: int, gib: float, *labels: str, **kw: object) -> Node:
+    pairs = tuple(sorted(tuple(label.split("=", 1)) for label in labels))
+    return replace(node(name, cpus=cpus, memory_gib=gib), labels=pairs, **kw)  # type: ignore[arg-type]
+
+
+TEAM_A = PoolConfig(name="team-a")  # no capacity declared: what its nodes have
+
+
+def test_a_pool_of_labelled_nodes_offers_what_they_have_and_public_the_rest() -> None:
+    gpu = labelled("gpu-1", 16, 64, "opsbot.pool=team-a", devices=(nvidia("T4"),))
+    probe = LabelledProbe([node("cpu-1", cpus=4, memory_gib=8), gpu])
+    p = Pools(Config(pools=[TEAM_A]), load_flavors(), probe)
+    assert p.capacity("team-a") == Capacity(16, 64, {"nvidia": 1})  # never overcommitted
+    assert p.capacity(PUBLIC) == Capacity(16, 16, {})  # cpu-1 times 4 and 2
+    assert p.flavor_status(p.flavors["gpu.t4"], "team-a").available
+    assert not p.flavor_status(p.flavors["gpu.t4"], PUBLIC).available
+    # one instance must fit one node as it is: 32 GiB of gpu.t4 fits 64, 64 GiB of v100 does
+    # only just; a flavor larger than every node of the pool is refused with the node's words
+    big = p.flavor_status(p.flavors["ascend.910x8"], "team-a")
+    assert not big.available and "vCPUs" in big.reason
+
+
+def test_a_pool_whose_label_no_node_carries_has_no_nodes_on_a_swarm() -> None:
+    probe = LabelledProbe([node("cpu-1")])
+    p = Pools(Config(pools=[TEAM_A]), load_flavors(), probe)
+    status = p.flavor_status(p.flavors["cpu.2u8g"], "team-a")
+    assert not status.available
+    assert "label one with `docker node update --label-add opsbot.pool=team-a NODE`" in (
+        status.reason
+    )
+    assert p.capacity("team-a") == Capacity()
+    # on one machine (no placing by label) a pool without labelled nodes is a share of it
+    local = pools(node("cpu-1"), config=Config(pools=[TEAM]))
+    assert local.flavor_status(local.flavors["cpu.2u8g"], "team").available
+
+
+def test_a_deploy_to_a_pool_of_nodes_is_refused_with_what_is_free(
+    examples_home: Path, me: str
+) -> None:
+    probe = LabelledProbe([labelled("a-1", 4, 16, "opsbot.pool=team-a"), node("cpu-1")])
+    core = make_core(examples_home, probe, Config(pools=[TEAM_A]))
+    actor = core.user(me)
+    make = spec(name="small", resource_pool="team-a", models=[entry(instances=2)])
+    core.create_service(actor, make)  # 2 x cpu.2u8g = 4 vCPUs, 16 GiB: all of a-1
+    with pytest.raises(CapacityExceeded) as refused:
+        core.create_service(actor, spec(name="more", resource_pool="team-a"))
+    assert refused.value.field == "resource_pool"
+    assert (
+        "pool team-a cannot take 2 vCPUs, 8.0 GiB: 0 vCPUs, 0.0 GiB free of 4 vCPUs, 16.0 GiB"
+        in refused.value.message
+    )
+
+
+def test_nodes_are_listed_with_their_pool_state_and_what_is_free() -> None:
+    a1 = labelled(
+        "a-1", 4, 16, "opsbot.pool=team-a", reserved=Reserved(1.5, 4 * GIB), addr="10.0.0.2"
+    )
+    gone = labelled("old-1", 2, 4, state="down")
+    p = Pools(Config(pools=[TEAM_A]), load_flavors(), LabelledProbe([a1, node("cpu-1")], [gone]))
+    listed = {s.node.name: s.as_dict() for s in p.node_statuses()}
+    assert listed["a-1"]["pool"] == "team-a" and listed["a-1"]["addr"] == "10.0.0.2"
+    assert listed["a-1"]["free"] == {"cpus": 2.5, "memory_gib": 12.0, "accelerators": {}}
+    assert listed["a-1"]["summary"] == "2.5 vCPUs, 12.0 GiB free of 4 vCPUs, 16.0 GiB"
+    assert listed["cpu-1"]["pool"] == PUBLIC and listed["cpu-1"]["free"] is None
+    assert listed["old-1"]["state"] == "down"
+    assert p.capacity(PUBLIC) == Capacity(32, 64, {})  # a node that is down offers nothing
+
+
+def test_pool_labels_no_pool_names_are_reported_with_the_fix() -> None:
+    stale = labelled("cpu-1", 4, 8, "opsbot.pool=team-z", "rack=east")
+    custom = PoolConfig(name="east", label="rack=west")
+    p = Pools(Config(pools=[TEAM_A, custom]), load_flavors(), LabelledProbe([stale]))
+    assert p.stray_labels() == [
+        "node cpu-1 carries opsbot.pool=team-z, which no pool in config.toml names, so it "
+        "serves the public pool; add a pool with that label or remove it: "
+        "docker node update --label-rm opsbot.pool cpu-1",
+        "node cpu-1 carries rack=east, which no pool in config.toml names, so it serves the "
+        "public pool; add a pool with that label or remove it: "
+        "docker node update --label-rm rack cpu-1",
+    ]
+    assert p.pool_of(stale) == PUBLIC
+    assert Pools(Config(pools=[]), load_flavors(), LabelledProbe([node()])).stray_labels() == []

@@ -10,12 +10,14 @@ from typing import Any
 
 from opsbot.core.config import Config, PoolConfig, PublicPoolConfig
 from opsbot.core.flavors import load_flavors
+from opsbot.core.hardware import Reserved
 from opsbot.core.runtimes.swarm import (
     Handle,
     View,
     _slot_command,
     constraints,
     node_of,
+    reservations,
     resources,
 )
 
@@ -106,9 +108,50 @@ def test_a_node_document_becomes_hardware_with_its_gpus_and_labels() -> None:
         },
     }
     node = node_of(attrs)
-    assert node is not None
-    assert (node.name, node.cpus, node.memory_gib, node.pool) == ("gpu-1", 16, 64, "team-a")
+    assert (node.name, node.cpus, node.memory_gib) == ("gpu-1", 16, 64)
+    assert node.label("opsbot.pool") == "team-a" and node.state == "ready"
     assert node.count("nvidia", "T4") == 2
+    # a manager that reports no address of its own is reached at its listener's
+    assert node.addr == "127.0.0.1"
+    managed = {**attrs, "ManagerStatus": {"Addr": "10.0.0.5:2377"}}
+    assert node_of(managed).addr == "10.0.0.5"
+    worker = {**attrs, "Status": {"State": "ready", "Addr": "10.231.0.2"}}
+    assert node_of(worker).addr == "10.231.0.2"
+    # nodes that take no instances are listed with what they are, and Swarm's probe skips them
     drained = {**attrs, "Spec": {**attrs["Spec"], "Availability": "drain"}}
     down = {**attrs, "Status": {"State": "down"}}
-    assert node_of(drained) is None and node_of(down) is None
+    assert (node_of(drained).state, node_of(down).state) == ("drain", "down")
+    assert not node_of(drained).ready and not node_of(down).ready
+
+
+def test_what_the_tasks_on_a_node_reserve_is_summed_per_node() -> None:
+    def task(node: str, state: str, cpus: float, gib: int, gpus: int = 0) -> dict[str, Any]:
+        generic = [{"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": gpus}}] if gpus else []
+        reservations = {"NanoCPUs": int(cpus * 10**9), "MemoryBytes": gib * 2**30}
+        if generic:
+            reservations["GenericResources"] = generic
+        return {
+            "NodeID": node,
+            "Status": {"State": state},
+            "Spec": {"Resources": {"Reservations": reservations}},
+        }
+
+    held = reservations(
+        [
+            task("a", "running", 0.5, 4),
+            task("a", "starting", 2, 8, gpus=1),
+            task("a", "shutdown", 8, 32),  # ended: holds nothing
+            task("b", "running", 1, 2),
+            task("", "pending", 4, 4),  # not placed: holds no node
+        ]
+    )
+    assert held == {
+        "a": Reserved(2.5, 12 * 2**30, (("nvidia", 1),)),
+        "b": Reserved(1.0, 2 * 2**30, ()),
+    }
+
+
+def test_a_pool_that_names_its_own_label_is_placed_by_it() -> None:
+    config = Config(pools=[PoolConfig(name="gpu", label="rack=gpu-east")])
+    assert constraints(FLAVORS["cpu.2u8g"], "gpu", config) == ["node.labels.rack == gpu-east"]
+    assert constraints(FLAVORS["cpu.2u8g"], "public", config) == ["node.labels.rack != gpu-east"]

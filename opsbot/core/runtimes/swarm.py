@@ -63,10 +63,10 @@ from typing import Any
 import docker.errors
 from docker import types as dt
 
-from opsbot.core.config import Config, load_config
+from opsbot.core.config import POOL_LABEL_KEY, Config, load_config
 from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import Flavor
-from opsbot.core.hardware import POOL_LABEL, Device, Node, normalise_arch
+from opsbot.core.hardware import Device, Node, Reserved, normalise_arch
 from opsbot.core.images import IMAGE_FORMAT, USER, require_image
 from opsbot.core.pools import PUBLIC
 from opsbot.core.runtime import Exit, InstanceSpec, Owned, Started, failure_reason
@@ -89,8 +89,7 @@ LABEL_CONFIG = "opsbot.config"
 LABEL_POOL = "opsbot.pool"
 LABEL_PORT = "opsbot.port"
 LABEL_SLOTS = "opsbot.slots"
-#: The node label that puts a node in a dedicated pool, and the one naming its accelerators.
-NODE_POOL_LABEL = POOL_LABEL
+#: The node label naming a node's accelerator model (its pool's label is the pool's config).
 NODE_ACCELERATOR_LABEL = "opsbot.accelerator"
 #: Generic resource kinds the nodes advertise (``node-generic-resources`` in daemon.json).
 GENERIC_KINDS = {"nvidia": "NVIDIA-GPU", "ascend": "ASCEND-NPU"}
@@ -102,6 +101,10 @@ PLACE_WAIT_S = 5.0
 #: Task lists are read at most this often per service (the controller asks every second).
 CACHE_S = 0.5
 LISTEN_ALL = "0.0.0.0"
+#: Node states are read at most this often (a lost node is noticed within this).
+NODE_TTL_S = 2.0
+#: Node states in which a node's tasks no longer run there: Swarm reschedules them.
+LOST_STATES = frozenset({"down", "disconnected", "unknown", "drain"})
 _NS = 1_000_000_000
 #: Desired states of a task that is meant to run (or to run again after a restart delay).
 _RUNNABLE = frozenset(
@@ -150,9 +153,11 @@ def constraints(flavor: Flavor, pool: str, config: Config) -> list[str]:
     """Placement: the pool's nodes by label, the flavor's architecture and accelerator model."""
     out = []
     if pool == PUBLIC:
-        out += [f"node.labels.{NODE_POOL_LABEL} != {p.name}" for p in config.pools]
+        out += [f"node.labels.{k} != {v}" for k, v in (p.node_label for p in config.pools)]
     else:
-        out.append(f"node.labels.{NODE_POOL_LABEL} == {pool}")
+        found = config.pool(pool)
+        key, value = found.node_label if found else (POOL_LABEL_KEY, pool)
+        out.append(f"node.labels.{key} == {value}")
     if flavor.arch != "any":
         out.append(f"node.platform.arch == {flavor.arch}")
     if flavor.accelerator and flavor.accelerator.model:
@@ -353,10 +358,15 @@ KIND_OF_GENERIC = {generic: kind for kind, generic in GENERIC_KINDS.items()}
 class SwarmProbe:
     """The swarm's nodes as hardware: what admission, pools and the flavors list count.
 
-    Ready, active nodes only, read from the manager (cached for ``ttl_s``): CPUs and memory,
-    the accelerators each advertises as generic resources (their model from the node label
-    ``opsbot.accelerator``), the architecture, and the labels (``opsbot.pool`` for pools).
+    Read from the manager (cached for ``ttl_s``): each node's CPUs and memory, the accelerators
+    it advertises as generic resources (their model from the node label
+    ``opsbot.accelerator``), its architecture, labels (a pool's label puts it in that pool),
+    state, address, and what the tasks placed on it reserve. ``nodes()`` is the ready, active
+    ones; ``inventory()`` every node.
     """
+
+    #: Swarm places instances only on nodes whose labels let it: a pool is its labelled nodes.
+    places_by_label = True
 
     def __init__(self, client: Any, ttl_s: float = 5.0):
         self.client = client
@@ -364,27 +374,68 @@ class SwarmProbe:
         self._cache: tuple[float, list[Node]] | None = None
         self._lock = threading.Lock()
 
-    def nodes(self) -> list[Node]:
+    def inventory(self) -> list[Node]:
         with self._lock:
             if self._cache is not None and time.monotonic() - self._cache[0] < self.ttl_s:
                 return self._cache[1]
             try:
-                listed = [node_of(n.attrs) for n in self.client.nodes.list()]
+                listed = self.client.api.nodes()
+                tasks = self.client.api.tasks(filters={"desired-state": "running"})
             except ENGINE_DOWN:
                 if self._cache is not None:  # keep counting what was last seen
                     return self._cache[1]
                 raise
-            found = [n for n in listed if n is not None]
+            held = reservations(tasks)
+            found = [node_of(n, held.get(n.get("ID", ""), Reserved())) for n in listed]
             self._cache = (time.monotonic(), found)
             return found
 
+    def nodes(self) -> list[Node]:
+        return [n for n in self.inventory() if n.ready]
 
-def node_of(attrs: dict[str, Any]) -> Node | None:
-    """A Swarm node (its ``docker node inspect`` document) as a Node; None unless it is ready
-    and active."""
+
+def reservations(tasks: Sequence[dict[str, Any]]) -> dict[str, Reserved]:
+    """Node id -> what the tasks placed on it reserve (tasks that hold their node: those
+    assigned there and not yet ended)."""
+    sums: dict[str, tuple[float, int, dict[str, int]]] = {}
+    for task in tasks:
+        node = task.get("NodeID") or ""
+        if not node or _task_state(task) in _ENDED:
+            continue
+        res = (((task.get("Spec") or {}).get("Resources") or {}).get("Reservations")) or {}
+        cpus, memory, acc = sums.get(node, (0.0, 0, {}))
+        for generic in res.get("GenericResources") or []:
+            discrete = generic.get("DiscreteResourceSpec") or {}
+            kind = KIND_OF_GENERIC.get(discrete.get("Kind", ""))
+            if kind is not None:
+                acc[kind] = acc.get(kind, 0) + int(discrete.get("Value", 0))
+        sums[node] = (
+            cpus + res.get("NanoCPUs", 0) / _NS,
+            memory + int(res.get("MemoryBytes", 0)),
+            acc,
+        )
+    return {
+        node: Reserved(cpus, memory, tuple(sorted(acc.items())))
+        for node, (cpus, memory, acc) in sums.items()
+    }
+
+
+def node_address(attrs: dict[str, Any]) -> str:
+    """Where a node's tasks answer: its address as the manager sees it (a manager that reports
+    none: its listener's address)."""
+    addr = str((attrs.get("Status") or {}).get("Addr", ""))
+    if addr in ("", "0.0.0.0"):
+        manager = str((attrs.get("ManagerStatus") or {}).get("Addr", ""))
+        addr = manager.rpartition(":")[0] or "127.0.0.1"
+    return addr
+
+
+def node_of(attrs: dict[str, Any], reserved: Reserved | None = None) -> Node:
+    """A Swarm node (its ``docker node inspect`` document) as a Node; its ``state`` is
+    "ready" only when it is ready and active, else what it is (down, drain, pause...)."""
     spec = attrs.get("Spec") or {}
-    if (attrs.get("Status") or {}).get("State") != "ready" or spec.get("Availability") != "active":
-        return None
+    status = str((attrs.get("Status") or {}).get("State", "unknown"))
+    availability = str(spec.get("Availability", "active"))
     desc = attrs.get("Description") or {}
     res = desc.get("Resources") or {}
     labels = {str(k): str(v) for k, v in (spec.get("Labels") or {}).items()}
@@ -402,6 +453,10 @@ def node_of(attrs: dict[str, Any]) -> Node | None:
         arch=normalise_arch(str((desc.get("Platform") or {}).get("Architecture", ""))),
         devices=tuple(devices),
         labels=tuple(sorted(labels.items())),
+        # A ready node that is drained or paused takes no new tasks: its availability says why.
+        state=availability if status == "ready" and availability != "active" else status,
+        addr=node_address(attrs),
+        reserved=reserved,
     )
 
 
@@ -428,7 +483,16 @@ class SwarmRuntime:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._cache: dict[str, tuple[float, View | None]] = {}
-        self._nodes: dict[str, str] = {}
+        self._nodes: tuple[float, dict[str, Node]] = (0.0, {})
+        self._nodes_guard = threading.Lock()
+        named = [p.name for p in self.config.pools if p.nodes]
+        if named:
+            raise OpsbotError(
+                f"on Swarm a pool's nodes are the nodes with its label; pool(s) {', '.join(named)} "
+                "list nodes by name: label them instead (docker node update --label-add "
+                "opsbot.pool=POOL NODE) and remove `nodes` from config.toml",
+                field="pools",
+            )
         self._warned_down = False
 
     # -- reading ------------------------------------------------------------------------------
@@ -492,15 +556,42 @@ class SwarmRuntime:
             tasks={t["ID"]: t for t in tasks},
         )
 
+    def _node(self, node_id: str) -> Node | None:
+        """The swarm node with this id, read at most every ``NODE_TTL_S`` (its state changes)."""
+        if not node_id:
+            return None
+        with self._nodes_guard:
+            read_at, known = self._nodes
+            if node_id not in known or time.monotonic() - read_at > NODE_TTL_S:
+                known = {n["ID"]: node_of(n) for n in self.client.api.nodes()}
+                self._nodes = (time.monotonic(), known)
+            return known.get(node_id)
+
     def _node_addr(self, node_id: str) -> str:
-        if node_id and node_id not in self._nodes:
-            for node in self.client.api.nodes():
-                addr = (node.get("Status") or {}).get("Addr", "")
-                if addr in ("", "0.0.0.0"):  # a manager may report no address: its listener's
-                    manager = (node.get("ManagerStatus") or {}).get("Addr", "")
-                    addr = manager.rpartition(":")[0] or "127.0.0.1"
-                self._nodes[node["ID"]] = addr
-        return self._nodes.get(node_id, "")
+        node = self._node(node_id)
+        return node.addr if node is not None else ""
+
+    def node_name(self, handle: str) -> str:
+        """The name (hostname) of the node an instance's task runs on; "" until placed."""
+        h = Handle.parse(handle)
+        try:
+            node = self._node(h.node) if h is not None else None
+        except ENGINE_DOWN:
+            return ""
+        return node.name if node is not None else ""
+
+    def _lost(self, node_id: str) -> str:
+        """Why the node a task was placed on runs it no more (down, drained); "" if it does."""
+        node = self._node(node_id)
+        if node is None:
+            return f"node {node_id[:12]} left the swarm: Swarm moves the task to another node"
+        if node.state in LOST_STATES:
+            what = "drained" if node.state == "drain" else node.state
+            return (
+                f"node {node.name} ({node.addr}) is {what}: Swarm moves the task to another "
+                "node that fits"
+            )
+        return ""
 
     def _max_node_cpus(self) -> float:
         cpus = [
@@ -658,6 +749,9 @@ class SwarmRuntime:
                 return Exit(None, "Swarm made the task after the start: attaching to it")
             return Exit(None, f"task {h.task[:12] or '?'} of {h.service} is gone")
         state = _task_state(task)
+        lost = self._lost(task.get("NodeID", "")) if state not in _ENDED else ""
+        if lost:
+            return Exit(None, lost)
         if state in _ENDED or task.get("DesiredState") not in _RUNNABLE:
             code = _exit_code(task)
             status = task.get("Status") or {}
