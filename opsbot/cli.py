@@ -174,6 +174,34 @@ def flavors(
     out.print(table)
 
 
+@app.command()
+@reports_errors
+def nodes(as_json: bool = JSON_OPT) -> None:
+    """Each resource pool with its nodes: state, address, CPUs, memory, accelerators, what is
+    free; and node pool labels that no pool names."""
+    report = _client().request("GET", "/v1/nodes")
+    if as_json:
+        _json(report)
+        return
+    for pool in report["pools"]:
+        out.print(f"pool {pool['name']} ({pool['kind']}): {pool['summary']}", markup=False)
+        table = Table("node", "state", "address", "labels", "has", "free")
+        for n in pool["nodes"]:
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
+            table.add_row(
+                n["name"],
+                n["state"],
+                n["addr"] or "-",
+                labels,
+                n["capacity_text"],
+                n["free_text"] or "-",
+                style=None if n["state"] == "ready" else "dim",
+            )
+        out.print(table if pool["nodes"] else "  no nodes")
+    for warning in report["warnings"]:
+        err.print(f"warning: {warning}", markup=False)
+
+
 # -- models -------------------------------------------------------------------------------
 
 
@@ -674,13 +702,14 @@ def show(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> 
         out.print(f"rule {i + 1}: {r['header']} {test} -> {r['version']}", markup=False)
     instances = s.get("instances", [])
     with_stats = any("stats" in inst for inst in instances)  # from the runtime, if it tells
-    columns = ["version", "n", "state", "port", "restarts", "reason"]
+    columns = ["version", "n", "state", "node", "port", "restarts", "reason"]
     table = Table(*columns, *(["cpu", "memory"] if with_stats else []))
     for inst in instances:
         row = [
             label.get(inst["version_index"], str(inst["version_index"])),
             str(inst["n"]),
             inst["state"],
+            inst.get("node", ""),
             str(inst["port"] or ""),
             str(inst["restarts"]),
             inst["reason"],

@@ -112,6 +112,19 @@ class Core:
         db = self.store.db
         return [self.pools.status(db, name, actor.name) for name in self.pools.names()]
 
+    def node_report(self, actor: User) -> dict[str, Any]:
+        """Each pool (public first) as ``pool_statuses`` gives it, with the nodes it holds:
+        their state, address, CPUs, memory, accelerators and what their instances leave free
+        (when the runtime can tell); and warnings about pool labels no pool names."""
+        nodes = self.pools.node_statuses()
+        return {
+            "pools": [
+                {**p.as_dict(), "nodes": [n.as_dict() for n in nodes if n.pool == p.name]}
+                for p in self.pool_statuses(actor)
+            ],
+            "warnings": self.pools.stray_labels(),
+        }
+
     def use_probe(self, probe: HardwareProbe) -> None:
         """Count another machine room (the swarm's nodes instead of this machine's)."""
         self.probe = probe

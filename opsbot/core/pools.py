@@ -144,6 +144,8 @@ class NodeStatus:
             "capacity": node_capacity(n).as_dict(),
             "accelerator_models": sorted({d.model for d in n.devices}),
             "free": free.as_dict() if free is not None else None,
+            "capacity_text": node_capacity(n).describe(),
+            "free_text": free.describe() if free is not None else "",
             "summary": (
                 f"{free.describe()} free of {node_capacity(n).describe()}"
                 if free is not None

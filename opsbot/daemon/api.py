@@ -264,6 +264,11 @@ async def pools(request: web.Request) -> web.Response:
     return web.json_response([p.as_dict() for p in rows])
 
 
+async def nodes(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    return web.json_response(await call(daemon.core.node_report, user(request)))
+
+
 async def validate(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     data = await body(request)
@@ -597,6 +602,7 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_post("/v1/models/{name}/publish", publish_model)
     r.add_post("/v1/models/{owner}/{name}/subscribe", subscribe_model)
     r.add_get("/v1/pools", pools)
+    r.add_get("/v1/nodes", nodes)
     r.add_post("/v1/validate", validate)
     r.add_get("/v1/services", list_services)
     r.add_post("/v1/services", create_service)

@@ -165,6 +165,20 @@ def openapi_document() -> dict[str, Any]:
                     schema={"type": "array", "items": {"type": "object"}},
                 )
             },
+            "/v1/nodes": {
+                "get": _op(
+                    "Each pool with its nodes (state, address, CPUs, memory, accelerators, what "
+                    "is free) and warnings about node pool labels no pool names",
+                    schema={
+                        "type": "object",
+                        "required": ["pools", "warnings"],
+                        "properties": {
+                            "pools": {"type": "array", "items": {"type": "object"}},
+                            "warnings": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                )
+            },
             "/v1/validate": {"post": _op("Validate a deploy spec", body=spec_ref)},
             "/v1/services": {
                 "get": _op(

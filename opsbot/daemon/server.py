@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -166,12 +167,19 @@ class Daemon:
         """The service's instances as the core lists them; ``with_stats``: with CPU and memory
         (``stats``) when the runtime can tell (the engine's figures on docker)."""
         listed = self.core.instances(service)
-        stats = getattr(self.runtime, "stats", None)
-        if stats is None or not with_stats:
-            return listed
         handles = {
             (r.idx, r.n): r.handle for r in instance_rows(self.core.store, service.id) if r.handle
         }
+        # Which node each instance runs on: the runtime's answer (Swarm), else this machine.
+        node_name = getattr(self.runtime, "node_name", None)
+        for inst in listed:
+            handle = handles.get((inst["version_index"], inst["n"]))
+            inst["node"] = (
+                (node_name(handle) if handle else "") if node_name else socket.gethostname()
+            )
+        stats = getattr(self.runtime, "stats", None)
+        if stats is None or not with_stats:
+            return listed
         wanted = [(i, handles.get((i["version_index"], i["n"]))) for i in listed]
         with ThreadPoolExecutor(max_workers=8) as pool:
             found = list(pool.map(lambda p: stats(p[1]) if p[1] else None, wanted))
@@ -357,6 +365,8 @@ class Daemon:
             f"opsbot daemon for {self.home} (runtime {self.runtime.name}); "
             f"adopted {adopted} instance(s), removed {removed} stray(s)"
         )
+        for warning in await asyncio.to_thread(self.core.pools.stray_labels):
+            self.say(f"warning: {warning}")
         await asyncio.to_thread(self.ensure_gateway)
         await asyncio.to_thread(self.scheduler.start)
         # Slack in-process, when configured (SLACK_BOT_TOKEN and a signing secret or app token)

@@ -1,6 +1,12 @@
-"""Fixtures of the Swarm tests: the Docker tests' engine and image, the engine made a one-node
-swarm (idempotent: ``docker swarm init --advertise-addr 127.0.0.1`` unless it is in one), and
-clean-up of every Swarm service a test home made.
+"""Fixtures of the Swarm tests: the Docker tests' engine and image, the engine made a swarm
+manager (idempotent: ``docker swarm init --advertise-addr 127.0.0.1`` unless it is in one) with
+a second node joined as a worker (``scripts/swarm-node.sh up``: an engine in its own network
+namespace), and clean-up of every Swarm service a test home made.
+
+Every Swarm test runs on these two nodes. The worker is started here unless it runs already
+(CI starts it first), and removed at the end of the session when it was started here. Pool
+labels a test puts on a node use values unique to the run (``POOL_PREFIX``), and labels an
+interrupted run left with that prefix are removed before the first test.
 
 Like the Docker tests, a test skips only when no Docker engine answers (and fails instead under
 ``OPSBOT_REQUIRE_DOCKER=1``, which CI sets). Test modules import the fixtures they use.
@@ -8,12 +14,18 @@ Like the Docker tests, a test skips only when no Docker engine answers (and fail
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import docker
 import pytest
 
 # The Docker tests' helpers live beside them (their folder has no package, its name would
@@ -29,6 +41,70 @@ __all__ = ["engine_fixture", "engine_or_skip", "image_fixture", "swarm_fixture"]
 
 SWARM_ADDR = "127.0.0.1"
 T = TypeVar("T")
+NODE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "swarm-node.sh"
+WORKER = os.environ.get("OPSBOT_NODE_NAME", "opsbot-node2")
+WORKER_SOCKET = f"unix:///run/opsbot-node/{WORKER}/docker.sock"
+#: Pool label values the tests use start so, and end with a token unique to the run.
+POOL_PREFIX = "opsbot-test-"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The two nodes the Swarm tests run on: this engine (the manager) and the worker."""
+
+    manager: str  # node ids
+    worker: str
+    worker_addr: str
+    worker_client: Any  # a docker-py client of the worker's own engine
+
+    def node_script(self, *args: str) -> None:
+        """Run ``scripts/swarm-node.sh`` on the worker (stop, start...), failing with its words."""
+        node_script(*args)
+
+
+def node_script(*args: str, timeout: float = 300) -> str:
+    done = subprocess.run(
+        ["bash", str(NODE_SCRIPT), *args],
+        env={**os.environ, "OPSBOT_NODE_NAME": WORKER},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"swarm-node.sh {' '.join(args)} failed: {done.stderr[-2000:]}")
+    return done.stderr
+
+
+def pool_name() -> str:
+    """A dedicated pool's name unique to this run (its label value): an interrupted run's
+    label can never capture another run's services."""
+    return f"{POOL_PREFIX}{secrets.token_hex(4)}"
+
+
+@contextlib.contextmanager
+def node_labels(client: Any, node_id: str, labels: dict[str, str]) -> Iterator[None]:
+    """Add labels to a swarm node for the block; removed again however it ends."""
+    node = client.nodes.get(node_id)
+    before = dict(node.attrs["Spec"].get("Labels") or {})
+    node.update({**node.attrs["Spec"], "Labels": {**before, **labels}})
+    try:
+        yield
+    finally:
+        node.reload()
+        kept = {
+            k: v for k, v in (node.attrs["Spec"].get("Labels") or {}).items() if k not in labels
+        }
+        node.update({**node.attrs["Spec"], "Labels": kept})
+
+
+def remove_stale_test_labels(client: Any) -> None:
+    """Labels with the tests' prefix that an interrupted run left on any node."""
+    for node in client.nodes.list():
+        labels = dict(node.attrs["Spec"].get("Labels") or {})
+        kept = {k: v for k, v in labels.items() if not v.startswith(POOL_PREFIX)}
+        if kept != labels:
+            node.update({**node.attrs["Spec"], "Labels": kept})
 
 
 def ensure_swarm(client: Any) -> str:
@@ -42,10 +118,40 @@ def ensure_swarm(client: Any) -> str:
     return str(swarm["NodeID"])
 
 
+def _worker(client: Any) -> dict[str, Any] | None:
+    """The manager's ready node of the worker's name, if any."""
+    for node in client.api.nodes(filters={"name": WORKER}):
+        if node["Description"].get("Hostname") == WORKER and node["Status"]["State"] == "ready":
+            found: dict[str, Any] = node
+            return found
+    return None
+
+
 @pytest.fixture(scope="session", name="swarm")
-def swarm_fixture(engine: Any) -> str:
-    """The engine as a swarm manager; the value is this node's id."""
-    return ensure_swarm(engine)
+def swarm_fixture(engine: Any, image: str) -> Iterator[Cluster]:
+    """The engine as a swarm manager with the worker joined and the serving image on it."""
+    manager = ensure_swarm(engine)
+    remove_stale_test_labels(engine)
+    started_here = _worker(engine) is None
+    if started_here:
+        try:
+            node_script("up")
+        except AssertionError as exc:
+            if os.environ.get("OPSBOT_REQUIRE_DOCKER") == "1":
+                raise
+            pytest.skip(f"no second Swarm node, so no Swarm test can run: {exc}")
+    else:
+        node_script("load", image)  # CI started it before building this image, maybe
+    worker = _worker(engine)
+    assert worker is not None, f"{WORKER} is not a ready node of the swarm"
+    client = docker.DockerClient(base_url=WORKER_SOCKET, timeout=30)
+    try:
+        yield Cluster(manager, worker["ID"], worker["Status"]["Addr"], client)
+    finally:
+        client.close()
+        remove_stale_test_labels(engine)
+        if started_here:
+            node_script("down")
 
 
 def swarm_runtime(

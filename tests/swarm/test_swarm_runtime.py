@@ -1,7 +1,8 @@
-"""The swarm runtime on a real engine (a one-node swarm), driven the way the controller drives
-it: one Swarm service per version with replicas = instances, the service spec (limits,
-reservations, generic resources, placement, env, labels), pools placed by node label, scale
-changes, crashes, and services without this home's labels left alone.
+"""The swarm runtime on a real two-node swarm (this engine, the manager, and a worker engine in
+its own network namespace), driven the way the controller drives it: one Swarm service per
+version with replicas = instances spread over both nodes and answering on each node's address,
+the service spec (limits, reservations, generic resources, placement, env, labels), pools placed
+by node label, scale changes, crashes, and services without this home's labels left alone.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import platform
 import secrets
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,10 +22,14 @@ from typing import Any
 import docker.errors
 import pytest
 from swarm_fixtures import (  # noqa: F401 - the fixtures
+    WORKER,
+    Cluster,
     cleanup,
     engine_fixture,
     image_fixture,
     live_tasks,
+    node_labels,
+    pool_name,
     replicas,
     services_of,
     swarm_fixture,
@@ -51,8 +57,10 @@ from opsbot.core.runtimes.swarm import (
 pytestmark = pytest.mark.slow
 
 FLAVORS = {f.id: f for f in load_flavors()}
+#: A dedicated pool whose label value is unique to this run.
+POOL = pool_name()
 CONFIG = Config(
-    pools=[PoolConfig(name="team-a", cpus=16, memory_gib=64)],
+    pools=[PoolConfig(name=POOL, cpus=16, memory_gib=64)],
     public_pool=PublicPoolConfig(cpu_overcommit=4, memory_overcommit=2),
 )
 UID = "5a7e" + secrets.token_hex(6)
@@ -62,7 +70,7 @@ IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
 
 @pytest.fixture
-def runtime(tmp_path: Path, engine: Any, image: str, swarm: str) -> Iterator[SwarmRuntime]:
+def runtime(tmp_path: Path, engine: Any, image: str, swarm: Cluster) -> Iterator[SwarmRuntime]:
     home = tmp_path / "home"
     rt = swarm_runtime(home, engine, image, CONFIG)
     yield rt
@@ -131,7 +139,7 @@ def settle(rt: SwarmRuntime, s: InstanceSpec, started: Started, timeout: float =
 
 
 def test_one_service_per_version_with_replicas_equal_to_instances(
-    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, swarm: Cluster
 ) -> None:
     v1 = [spec(example_dirs, n) for n in range(2)]
     v2 = spec(example_dirs, 0, idx=1, version="2.0.0")
@@ -146,10 +154,13 @@ def test_one_service_per_version_with_replicas_equal_to_instances(
     # each task has its own port, the service's base port plus its slot, on the node's address
     base = int(by_idx["0"]["Spec"]["Labels"]["opsbot.port"])
     assert [s.port for s in started[:2]] == [base + 1, base + 2]
-    assert {s.host for s in started} == {"127.0.0.1"}
+    # Swarm spreads a version's replicas: one on each node, reached at that node's address
+    assert {s.host for s in started[:2]} == {"127.0.0.1", swarm.worker_addr}
+    nodes = {runtime.node_name(s.handle) for s in started[:2]}
+    assert nodes == {socket.gethostname(), WORKER}
     assert len({s.port for s in started}) == 3
     until_ready(started)
-    assert predict(started[0]) == {"predictions": [0, 2]}
+    assert all(predict(s) == {"predictions": [0, 2]} for s in started)
     assert all(runtime.exited(s.handle) is None for s in started)
     owned = runtime.owned()
     assert sorted(o.key for o in owned) == [f"{UID}/0/0", f"{UID}/0/1", f"{UID}/1/0"]
@@ -158,13 +169,19 @@ def test_one_service_per_version_with_replicas_equal_to_instances(
     again = runtime.start(v1[1])
     assert again == started[1]
     assert replicas(inspect(runtime, v1[1])) == 2
-    assert any("ready" in line for line in runtime.logs(started[0].handle))
+    # each task's lines, from its node (the worker's reach the manager through Swarm's logs)
+    for s in started[:2]:
+        wait_for(
+            f"the log of the task on {runtime.node_name(s.handle)}",
+            lambda s=s: any("ready" in line for line in runtime.logs(s.handle)),  # type: ignore[misc]
+            15,
+        )
 
 
 def test_service_spec_carries_limits_reservations_gpus_placement_and_env(
     runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any
 ) -> None:
-    gpu = spec(example_dirs, 0, flavor=FLAVORS["gpu.t4"], pool="team-a", env={"MODE": "fast"})
+    gpu = spec(example_dirs, 0, flavor=FLAVORS["gpu.t4"], pool=POOL, env={"MODE": "fast"})
     started = runtime.start(gpu)
     template = inspect(runtime, gpu)["Spec"]["TaskTemplate"]
     node_cpus = max(
@@ -180,7 +197,7 @@ def test_service_spec_carries_limits_reservations_gpus_placement_and_env(
     ]
     assert sorted(template["Placement"]["Constraints"]) == [
         "node.labels.opsbot.accelerator == T4",
-        "node.labels.opsbot.pool == team-a",
+        f"node.labels.opsbot.pool == {POOL}",
     ]
     container = template["ContainerSpec"]
     env = dict(e.split("=", 1) for e in container["Env"])
@@ -207,48 +224,58 @@ def test_service_spec_carries_limits_reservations_gpus_placement_and_env(
         "NanoCPUs": 2 * 10**9 // 4,
         "MemoryBytes": 8 * 2**30 // 2,
     }
-    assert template["Placement"]["Constraints"] == ["node.labels.opsbot.pool != team-a"]
+    assert template["Placement"]["Constraints"] == [f"node.labels.opsbot.pool != {POOL}"]
     env = dict(e.split("=", 1) for e in template["ContainerSpec"]["Env"])
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU flavor sees no GPU
 
 
 def test_a_dedicated_pool_runs_only_on_nodes_with_its_label(
-    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, swarm: str
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, swarm: Cluster
 ) -> None:
-    s = spec(example_dirs, 0, pool="team-a")
+    s = spec(example_dirs, 0, pool=POOL)
     started = runtime.start(s)
     ended = wait_for("the scheduler's verdict", lambda: runtime.exited(started.handle), 20)
-    assert "scheduling constraints not satisfied" in ended.reason
-    node = engine.nodes.get(swarm)
-    labels = dict(node.attrs["Spec"].get("Labels") or {})
-    node.update({**node.attrs["Spec"], "Labels": {**labels, "opsbot.pool": "team-a"}})
-    try:
+    assert "scheduling constraints not satisfied on 2 nodes" in ended.reason
+    with node_labels(engine, swarm.worker, {"opsbot.pool": POOL}):
         started = settle(runtime, s, started)
-        assert Handle.parse(started.handle).node == swarm  # type: ignore[union-attr]
+        assert Handle.parse(started.handle).node == swarm.worker  # type: ignore[union-attr]
+        assert started.host == swarm.worker_addr
         until_ready([started])
-    finally:
-        node.reload()
-        node.update({**node.attrs["Spec"], "Labels": labels})
+        assert predict(started) == {"predictions": [0, 2]}
+        # a public instance now runs only on the node no pool holds
+        public = [spec(example_dirs, n, idx=1) for n in range(2)]
+        placed = [settle(runtime, p, runtime.start(p)) for p in public]
+        assert {Handle.parse(p.handle).node for p in placed} == {swarm.manager}  # type: ignore[union-attr]
 
 
 def test_the_probe_counts_the_swarm_nodes_and_their_pool_labels(
-    runtime: SwarmRuntime, engine: Any, swarm: str
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, swarm: Cluster
 ) -> None:
-    (node,) = SwarmProbe(engine, ttl_s=0).nodes()
-    assert node.cpus == os.cpu_count() and node.memory_bytes > 2**30
-    assert node.arch == normalise_arch(platform.machine()) and node.devices == ()
-    pools = Pools(CONFIG, list(FLAVORS.values()), SwarmProbe(engine, ttl_s=0))
-    assert pools.capacity(PUBLIC).cpus == node.cpus * CONFIG.public_pool.cpu_overcommit
-    swarm_node = engine.nodes.get(swarm)
-    labels = dict(swarm_node.attrs["Spec"].get("Labels") or {})
-    swarm_node.update({**swarm_node.attrs["Spec"], "Labels": {**labels, "opsbot.pool": "team-a"}})
-    try:
-        # labelled for team-a: the node leaves the public pool and serves the dedicated one
-        assert pools.capacity(PUBLIC).cpus == 0
-        assert pools.flavor_status(FLAVORS["cpu.2u8g"], "team-a").available
-    finally:
-        swarm_node.reload()
-        swarm_node.update({**swarm_node.attrs["Spec"], "Labels": labels})
+    probe = SwarmProbe(engine, ttl_s=0)
+    nodes = {n.name: n for n in probe.nodes()}
+    assert set(nodes) == {socket.gethostname(), WORKER}
+    for node in nodes.values():
+        assert node.cpus == os.cpu_count() and node.memory_bytes > 2**30
+        assert node.arch == normalise_arch(platform.machine()) and node.devices == ()
+    assert nodes[WORKER].addr == swarm.worker_addr
+    # what the tasks placed on a node reserve: one SMALL instance, 1 vCPU / 4 and 2 GiB / 2
+    started = settle(runtime, spec(example_dirs, 0), runtime.start(spec(example_dirs, 0)))
+    held = {n.name: n.reserved for n in probe.nodes()}
+    where = runtime.node_name(started.handle)
+    assert held[where] is not None and (held[where].cpus, held[where].memory_bytes) == (0.25, 2**30)  # type: ignore[union-attr]
+
+    by_label = Config(pools=[PoolConfig(name=POOL)])  # no capacity declared: its nodes'
+    pools = Pools(by_label, list(FLAVORS.values()), probe)
+    both = sum(n.cpus for n in nodes.values()) * CONFIG.public_pool.cpu_overcommit
+    assert pools.capacity(PUBLIC).cpus == both
+    assert not pools.flavor_status(FLAVORS["cpu.2u8g"], POOL).available  # no node has its label
+    with node_labels(engine, swarm.worker, {"opsbot.pool": POOL}):
+        # labelled: the worker leaves the public pool and is the dedicated one, as it is
+        assert pools.capacity(PUBLIC).cpus == nodes[socket.gethostname()].cpus * 4
+        assert pools.capacity(POOL).cpus == nodes[WORKER].cpus
+        assert pools.flavor_status(FLAVORS["cpu.2u8g"], POOL).available
+        assert [s.node.name for s in pools.node_statuses() if s.pool == POOL] == [WORKER]
+    assert pools.capacity(PUBLIC).cpus == both
 
 
 def test_scale_up_and_down_keeps_exactly_the_instances(
@@ -288,13 +315,15 @@ def test_scale_up_and_down_keeps_exactly_the_instances(
 
 
 def test_a_dead_task_is_an_exit_and_swarm_replaces_it(
-    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, swarm: Cluster
 ) -> None:
     s = spec(example_dirs, 0)
     started = runtime.start(s)
     until_ready([started])
     task = engine.api.inspect_task(Handle.parse(started.handle).task)  # type: ignore[union-attr]
-    engine.api.kill(task["Status"]["ContainerStatus"]["ContainerID"], "SIGKILL")
+    # the container lives on the engine of the node Swarm put it on
+    on = engine if task["NodeID"] == swarm.manager else swarm.worker_client
+    on.api.kill(task["Status"]["ContainerStatus"]["ContainerID"], "SIGKILL")
     ended = wait_for("the exit", lambda: runtime.exited(started.handle), 20)
     assert ended.code == 137
     # the controller starts it again: the instance is on Swarm's new task, same slot and port
@@ -349,3 +378,15 @@ def test_an_engine_that_is_no_swarm_manager_is_refused_with_the_fix(tmp_path: Pa
     assert refused.value.field == "runtime"
     with pytest.raises(NotSwarmManager):
         SwarmRuntime(tmp_path, client=_NotInSwarm(), image="x", config=Config())
+
+
+def test_a_pool_that_lists_nodes_by_name_is_refused_on_swarm_with_the_fix(
+    tmp_path: Path, engine: Any, image: str, swarm: Cluster
+) -> None:
+    named = Config(pools=[PoolConfig(name="team", cpus=1, memory_gib=1, nodes=["gpu-1"])])
+    with pytest.raises(OpsbotError) as refused:
+        SwarmRuntime(tmp_path, client=engine, image=image, config=named)
+    assert refused.value.field == "pools"
+    assert "label them instead (docker node update --label-add opsbot.pool=POOL NODE)" in str(
+        refused.value
+    )

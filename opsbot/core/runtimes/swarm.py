@@ -581,7 +581,10 @@ class SwarmRuntime:
         return node.name if node is not None else ""
 
     def _lost(self, node_id: str) -> str:
-        """Why the node a task was placed on runs it no more (down, drained); "" if it does."""
+        """Why the node a task was placed on runs it no more (down, drained); "" if it does
+        (or the task is not placed yet)."""
+        if not node_id:
+            return ""
         node = self._node(node_id)
         if node is None:
             return f"node {node_id[:12]} left the swarm: Swarm moves the task to another node"
