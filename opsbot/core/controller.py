@@ -499,8 +499,17 @@ class Controller:
                     if not down and ready > 0 and ready + coming >= desired
                     else (Status.CONCERNING if ready > 0 else Status.ABNORMAL)
                 )
+                reason = "" if target == Status.RUNNING else self._down_reasons(rows)
                 if target == Status.RUNNING and settling:
                     self._wake_later(self.route_settle_s)
+                elif target == status and reason != current.reason:
+                    # Still Concerning (or Abnormal), for another reason now: say the current
+                    # one (an instance that stopped answering turns out to be on a lost node).
+                    db.execute(
+                        "UPDATE services SET reason = ?, updated_at = ? WHERE id = ?",
+                        (reason, now, current.id),
+                    )
+                    self._notify()
                 elif target != status:
                     svc.transition(
                         db,
@@ -509,7 +518,7 @@ class Controller:
                         target,
                         actor=ACTOR,
                         message=f"{ready} of {desired} instances ready",
-                        reason="" if target == Status.RUNNING else self._down_reasons(rows),
+                        reason=reason,
                     )
                     self._notify()
                 return

@@ -232,6 +232,28 @@ def test_an_instance_that_stops_answering_makes_the_service_concerning(world: Wo
     assert world.status() == Status.RUNNING
 
 
+def test_a_concerning_service_says_the_reason_it_has_now(world: World) -> None:
+    # an instance stops answering (its node went away), then the runtime says why it ended
+    world.deploy(models=[entry(instances=2)])
+    world.controller.reconcile_all()
+    world.not_ready = {20001}
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert service.status == Status.CONCERNING
+    assert service.reason == "stopped answering its readiness check"
+    lost = "node gpu-2 (10.0.0.2) is down: Swarm moves the task to another node that fits"
+    world.runtime.kill(world.handles()[0], reason=lost)
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert (service.status, service.reason) == (Status.CONCERNING, lost)
+    assert world.kinds().count(Kind.CONCERNING) == 1  # the same status: no second event
+    world.not_ready = set()
+    world.clock.advance(1.5)
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    assert (service.status, service.reason) == (Status.RUNNING, "")
+
+
 def test_model_load_failure_fails_the_deploy_with_the_reason(world: World) -> None:
     world.deploy()
     world.not_ready = {20001}
