@@ -64,12 +64,14 @@ class Daemon:
         return created
 
 
-def start_daemon(home: Path, runtime: str | None = None) -> Daemon:
-    """A real daemon for ``home`` (``runtime``: passed as ``--runtime``, else the default)."""
+def start_daemon(home: Path, runtime: str | None = None, config: str = "") -> Daemon:
+    """A real daemon for ``home`` (``runtime``: passed as ``--runtime``, else the default;
+    ``config``: more of config.toml, such as ``[[pools]]`` tables)."""
     listen = f"127.0.0.1:{free_port()}"
     # The tests deploy more instances than 2 cores x 4 may hold: let the public pool stretch.
     (home / "config.toml").write_text(
         f'api_listen = "{listen}"\n[public_pool]\ncpu_overcommit = 32\nmemory_overcommit = 8\n'
+        + config
     )
     log = open(home / "daemon-test.log", "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(

@@ -1,7 +1,7 @@
-"""``opsbot up --runtime swarm`` on a real engine (a one-node swarm): a deploy to Running with
-predictions through the gateway, scale changes with ``opsbot update``, and a ``kill -9`` of the
-daemon in the middle of a deploy, after which the restarted daemon converges with exactly the
-desired tasks and leaves a Swarm service without opsbot labels alone.
+"""``opsbot up --runtime swarm`` on a real two-node swarm: a deploy to Running with predictions
+through the gateway from instances on both nodes, scale changes with ``opsbot update``, and a
+``kill -9`` of the daemon in the middle of a deploy, after which the restarted daemon converges
+with exactly the desired tasks and leaves a Swarm service without opsbot labels alone.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ from e2e.test_daemon import (  # clone_home too: a bare `conftest` may be anothe
     stop_everything,
 )
 from swarm_fixtures import (  # noqa: F401 - the fixtures
+    WORKER,
+    Cluster,
     cleanup,
     engine_fixture,
     image_fixture,
@@ -81,7 +84,7 @@ def exactly(client: Any, home: Path, uid: str, count: int) -> bool:
 
 
 def test_deploy_on_swarm_predicts_and_follows_scale_changes(
-    template: Path, tmp_path: Path, engine: Any, image: str, swarm: str
+    template: Path, tmp_path: Path, engine: Any, image: str, swarm: Cluster
 ) -> None:
     with swarm_daemon(template, tmp_path / "home", engine, image) as d:
         created = d.deploy(
@@ -98,9 +101,11 @@ def test_deploy_on_swarm_predicts_and_follows_scale_changes(
         (service,) = version_services(engine, d.home, uid)
         base = int(service["Spec"]["Labels"]["opsbot.port"])
         shown = d.client.service("iris-swarm")
-        # the gateway's upstreams are the tasks' node address and slot ports
+        # the gateway's upstreams are the tasks' node address and slot ports: one on each node
         assert sorted(i["port"] for i in shown["instances"]) == [base + 1, base + 2]
-        assert {i["host"] for i in shown["instances"]} == {"127.0.0.1"}
+        assert {i["host"] for i in shown["instances"]} == {"127.0.0.1", swarm.worker_addr}
+        assert {i["node"] for i in shown["instances"]} == {socket.gethostname(), WORKER}
+        assert WORKER in d.cli("show", "iris-swarm").stdout
         logs = d.cli("logs", "iris-swarm").stdout
         assert "ready" in logs
 
@@ -117,7 +122,7 @@ def test_deploy_on_swarm_predicts_and_follows_scale_changes(
 
 
 def test_kill_9_mid_deploy_then_restart_converges_without_duplicates(
-    template: Path, tmp_path: Path, engine: Any, image: str, swarm: str
+    template: Path, tmp_path: Path, engine: Any, image: str, swarm: Cluster
 ) -> None:
     home = tmp_path / "home"
     foreign = engine.services.create(
