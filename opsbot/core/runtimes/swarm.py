@@ -790,15 +790,11 @@ class SwarmRuntime:
             self._wait_gone(view, h, removed=not by_n, timeout=grace_s + 10)
 
     def _wait_gone(self, before: View, h: Handle, *, removed: bool, timeout: float) -> None:
-        """Until the tasks Swarm stops for this call have ended (their containers, when the
-        service went, on this engine)."""
+        """Until the tasks Swarm stops for this call have ended, on whichever node they ran."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if removed:
-                left = self.client.api.containers(
-                    filters={"label": f"com.docker.swarm.service.id={before.id}"}
-                )
-                if not left:
+                if not tasks_left(self.client, before.id):
                     return
             else:
                 view = self.view(h.service, fresh=True)
@@ -905,8 +901,15 @@ def remove_all(runtime: SwarmRuntime) -> int:
             runtime.client.api.remove_service(service["ID"])
     deadline = time.monotonic() + 30
     for service in services:
-        while time.monotonic() < deadline and runtime.client.api.containers(
-            filters={"label": f"com.docker.swarm.service.id={service['ID']}"}
-        ):
+        while time.monotonic() < deadline and tasks_left(runtime.client, service["ID"]):
             time.sleep(0.1)
     return len(services)
+
+
+def tasks_left(client: Any, service_id: str) -> bool:
+    """Whether a task of the service (removed or not) still runs or stops on any node: Swarm
+    lists a removed service's tasks until their containers are gone."""
+    return any(
+        t.get("ServiceID") == service_id and _task_state(t) not in _ENDED
+        for t in client.api.tasks()
+    )
