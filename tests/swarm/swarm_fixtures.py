@@ -108,10 +108,11 @@ def remove_stale_test_labels(client: Any) -> None:
 
 
 def ensure_swarm(client: Any) -> str:
-    """Make the engine a one-node swarm manager unless it is in a swarm; return the node id."""
+    """Make the engine a swarm manager unless it is in a swarm; return the node id."""
     swarm = client.info().get("Swarm") or {}
     if swarm.get("LocalNodeState") == "inactive":
-        client.swarm.init(advertise_addr=SWARM_ADDR, listen_addr=f"{SWARM_ADDR}:2377")
+        # listening on every address: the worker reaches it over its veth
+        client.swarm.init(advertise_addr=SWARM_ADDR, listen_addr="0.0.0.0:2377")
         swarm = client.info().get("Swarm") or {}
     if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
         pytest.fail(f"the test engine is in a swarm but not a manager of it: {swarm}")
