@@ -25,8 +25,8 @@
 # Both subcommands are idempotent: `up` on a running, joined node changes nothing; `up` and
 # `down` first remove what an interrupted run left (processes by their pid files, the
 # namespace, the veth, the manager's nodes of that name). `up` loads every
-# opsbot-serving image of the local engine onto the node (the node has its own image store);
-# `down --purge` also deletes its data root (images included).
+# opsbot-serving image of the local engine onto the node (the node has its own image store;
+# `up --no-images` loads none); `down --purge` also deletes its data root (images included).
 #
 # Needs root, iproute2, util-linux (nsenter, unshare), socat, dockerd and containerd; the local
 # engine must be a swarm manager. No iptables: like the main engine, the node runs with
@@ -36,10 +36,12 @@ set -euo pipefail
 cmd=${1:-}
 shift || true
 purge=0
+images=1
 args=()
 for a in "$@"; do
   case $a in
     --purge) purge=1 ;;
+    --no-images) images=0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -266,9 +268,12 @@ cmd_up() {
     join
     log "up: worker $name at $node_ip (DOCKER_HOST=unix://$sock)"
   fi
-  mapfile -t images < <(serving_images)
-  if ((${#images[@]})); then
-    cmd_load "${images[@]}"
+  if ((images)); then
+    local found
+    mapfile -t found < <(serving_images)
+    if ((${#found[@]})); then
+      cmd_load "${found[@]}"
+    fi
   fi
 }
 
