@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -195,8 +196,22 @@ def test_openapi_names_the_new_routes(daemon: Daemon) -> None:
         "/v1/models/{name}/publish",
         "/v1/models/{owner}/{name}/subscribe",
         "/v1/pools",
+        "/v1/nodes",
     ):
         assert route in paths, route
+
+
+def test_nodes_on_one_machine_are_this_machine_in_the_public_pool(daemon: Daemon) -> None:
+    report = daemon.client.request("GET", "/v1/nodes")
+    assert report["warnings"] == []
+    (public,) = report["pools"]  # no dedicated pool in this home's config
+    (node,) = public["nodes"]
+    assert (node["name"], node["state"], node["pool"]) == (socket.gethostname(), "ready", "public")
+    assert node["capacity"]["cpus"] == os.cpu_count()
+    assert node["free"] is None  # the process runtime does not tell what each node holds
+    shown = CliRunner().invoke(app, ["--home", str(daemon.home), "nodes"])
+    assert shown.exit_code == 0, shown.output
+    assert "pool public (public)" in shown.stdout and socket.gethostname() in shown.stdout
 
 
 def test_the_daemon_copies_only_what_the_caller_may_read(tmp_path: Path) -> None:
