@@ -752,7 +752,10 @@ class SwarmRuntime:
                 return Exit(None, "Swarm made the task after the start: attaching to it")
             return Exit(None, f"task {h.task[:12] or '?'} of {h.service} is gone")
         state = _task_state(task)
-        lost = self._lost(task.get("NodeID", "")) if state not in _ENDED else ""
+        try:
+            lost = self._lost(task.get("NodeID", "")) if state not in _ENDED else ""
+        except ENGINE_DOWN:
+            return None  # as above: unknown is not dead
         if lost:
             return Exit(None, lost)
         if state in _ENDED or task.get("DesiredState") not in _RUNNABLE:
