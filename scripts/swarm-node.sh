@@ -216,6 +216,12 @@ joined() { # the node is a ready worker of the manager's swarm
 
 join() {
   local token
+  if ! nsenter --net="/run/netns/$name" timeout 5 bash -c "exec 3<>/dev/tcp/$host_ip/2377" \
+    2>/dev/null; then
+    log "the manager does not answer on $host_ip:2377 from the node: it must listen on every" \
+      "address (docker swarm init --listen-addr 0.0.0.0:2377, the default)"
+    return 1
+  fi
   token=$("${manager[@]}" swarm join-token -q worker)
   "${node[@]}" swarm join --token "$token" --advertise-addr "$node_ip" \
     --listen-addr "$node_ip:2377" "$host_ip:2377" >/dev/null
