@@ -54,10 +54,10 @@ fi
   exit 2
 }
 net=${OPSBOT_NODE_NET:-0}
-[[ $net =~ ^[0-9]+$ ]] && ((net < 256)) || {
+if ! [[ $net =~ ^[0-9]+$ ]] || ((net > 255)); then
   echo "swarm-node: OPSBOT_NODE_NET must be 0-255 (got '$net')" >&2
   exit 2
-}
+fi
 host_ip=10.231.$net.1
 node_ip=10.231.$net.2
 # Interface names are at most 15 characters: a short hash of the name keeps them unique.
@@ -112,16 +112,18 @@ remove_network() {
 
 unmount_leftovers() { # mounts the node's engine left in the host's table (after a hard kill)
   local m
-  for m in $(awk -v d="$data" -v r="$run" 'index($2, d) == 1 || index($2, r) == 1 {print $2}' \
-    /proc/self/mounts | sort -r); do
+  while read -r m; do
     umount -l "$m" 2>/dev/null || true
-  done
+  done < <(awk -v d="$data" -v r="$run" 'index($2, d) == 1 || index($2, r) == 1 {print $2}' \
+    /proc/self/mounts | sort -r)
 }
 
 forget_nodes() { # every node of this name the manager lists is a leftover of an earlier run
   local id _
   while read -r id _; do
-    [[ -n $id ]] && "${manager[@]}" node rm --force "$id" >/dev/null 2>&1 || true
+    if [[ -n $id ]]; then
+      "${manager[@]}" node rm --force "$id" >/dev/null 2>&1 || true
+    fi
   done < <(node_ids)
 }
 
@@ -156,6 +158,7 @@ start_network() {
 in_node() { # run a program inside the node's network and UTS namespaces, detached, logging
   local logfile=$1
   shift
+  # shellcheck disable=SC2016 # the inner shell expands $0 and $@
   nsenter --net="/run/netns/$name" unshare --uts sh -c 'hostname "$0"; exec "$@"' "$name" "$@" \
     >>"$logfile" 2>&1 </dev/null &
 }
