@@ -141,7 +141,7 @@ class DetailsScreen(Screen[None]):
         s = self.service
         self.sub_title = f"{s['owner']}/{s['name']}"
         self.query_one("#instances-table", DataTable).add_columns(
-            "Version", "#", "State", "Address", "Restarts", "Started", "Reason"
+            "Version", "#", "State", "Node", "Address", "Restarts", "Started", "Reason"
         )
         self.query_one("#events-table", DataTable).add_columns(
             "Time", "Level", "Kind", "Who", "Message"
@@ -304,6 +304,7 @@ class DetailsScreen(Screen[None]):
                 version_name(service, inst.get("version_index")),
                 str(inst.get("n", "")),
                 str(inst.get("state", "")),
+                str(inst.get("node", "")),
                 f"{inst.get('host', '')}:{inst.get('port', '')}",
                 str(inst.get("restarts", 0)),
                 local_time(inst.get("started_at")),

@@ -61,7 +61,9 @@ async def test_enter_opens_details_with_every_tab(pilot: Pilot[None]) -> None:
     screen = await open_details(pilot)
     overview = str(screen.query_one("#overview-text", Static).content)
     assert "alpha" in overview and "iris 1.0.0" in overview
-    assert screen.query_one("#instances-table", DataTable).row_count == 1
+    instances = screen.query_one("#instances-table", DataTable)
+    assert instances.row_count == 1
+    assert instances.get_row_at(0)[3:5] == ["gpu-box", "127.0.0.1:40001"]  # where it runs
     assert screen.query_one("#events-table", DataTable).row_count == 1
     assert "instance 0: ready" in "\n".join(screen.query_one("#log", Log).lines)
     monitoring = str(screen.query_one("#monitoring-text", Static).content)

@@ -474,6 +474,7 @@ class FakeClient:
                     "version_index": 0,
                     "n": 0,
                     "state": "ready",
+                    "node": "gpu-box",
                     "host": "127.0.0.1",
                     "port": 40001,
                     "reason": "",
