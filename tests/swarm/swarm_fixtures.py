@@ -98,6 +98,18 @@ def node_labels(client: Any, node_id: str, labels: dict[str, str]) -> Iterator[N
         node.update({**node.attrs["Spec"], "Labels": kept})
 
 
+@contextlib.contextmanager
+def node_availability(client: Any, node_id: str, availability: str) -> Iterator[None]:
+    """Drain (or pause) a swarm node for the block; active again however it ends."""
+    node = client.nodes.get(node_id)
+    node.update({**node.attrs["Spec"], "Availability": availability})
+    try:
+        yield
+    finally:
+        node.reload()
+        node.update({**node.attrs["Spec"], "Availability": "active"})
+
+
 def remove_stale_test_labels(client: Any) -> None:
     """Labels with the tests' prefix that an interrupted run left on any node."""
     for node in client.nodes.list():
@@ -145,6 +157,9 @@ def swarm_fixture(engine: Any, image: str) -> Iterator[Cluster]:
         node_script("load", image)  # CI started it before building this image, maybe
     worker = _worker(engine)
     assert worker is not None, f"{WORKER} is not a ready node of the swarm"
+    if worker["Spec"].get("Availability") != "active":  # an interrupted run drained it
+        node = engine.nodes.get(worker["ID"])
+        node.update({**node.attrs["Spec"], "Availability": "active"})
     client = docker.DockerClient(base_url=WORKER_SOCKET, timeout=30)
     try:
         yield Cluster(manager, worker["ID"], worker["Status"]["Addr"], client)

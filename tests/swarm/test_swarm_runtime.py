@@ -28,6 +28,7 @@ from swarm_fixtures import (  # noqa: F401 - the fixtures
     engine_fixture,
     image_fixture,
     live_tasks,
+    node_availability,
     node_labels,
     pool_name,
     replicas,
@@ -333,6 +334,26 @@ def test_a_dead_task_is_an_exit_and_swarm_replaces_it(
     until_ready([again])
     assert runtime.exited(again.handle) is None
     assert replicas(inspect(runtime, s)) == 1
+
+
+def test_a_drained_node_is_an_exit_with_the_reason_and_the_instance_moves(
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, swarm: Cluster
+) -> None:
+    specs = [spec(example_dirs, n) for n in range(2)]
+    started = [runtime.start(s) for s in specs]
+    until_ready(started)
+    (there,) = [i for i, s in enumerate(started) if s.host == swarm.worker_addr]
+    with node_availability(engine, swarm.worker, "drain"):
+        ended = wait_for("the exit", lambda: runtime.exited(started[there].handle), 30)
+        assert ended.reason == (
+            f"node {WORKER} ({swarm.worker_addr}) is drained: Swarm moves the task to another "
+            "node that fits"
+        )
+        moved = settle(runtime, specs[there], started[there], timeout=60)
+        assert Handle.parse(moved.handle).node == swarm.manager  # type: ignore[union-attr]
+        assert moved.port == started[there].port  # the same slot, on the node left
+        until_ready([moved])
+        assert runtime.exited(started[1 - there].handle) is None  # the other one stayed
 
 
 def test_services_without_this_homes_labels_are_never_touched(
