@@ -98,9 +98,14 @@ def test_a_dedicated_pool_is_its_labelled_nodes(
             (WORKER, swarm.worker_addr)
         ]
         assert call(created["url"], {"instances": IRIS}, created["api_key"])[0] == 200
-        held = json.loads(d.cli("nodes", "--json").stdout)
-        (node,) = next(p for p in held["pools"] if p["name"] == pool)["nodes"]
-        assert node["free"]["cpus"] == cpus - 2  # Swarm reserves the whole cpu.2u8g there
+
+        def worker_free() -> float:
+            held = json.loads(d.cli("nodes", "--json").stdout)
+            (node,) = next(p for p in held["pools"] if p["name"] == pool)["nodes"]
+            return float(node["free"]["cpus"])
+
+        # Swarm reserves the whole cpu.2u8g there (the daemon reads the nodes every 5 s)
+        wait_for("the worker's reservation", lambda: worker_free() == cpus - 2, 20, 1.0)
 
         # the pool is full when one more does not fit: refused with what is free, nothing made
         more = d.cli(
@@ -170,11 +175,18 @@ def test_a_lost_node_is_concerning_then_swarm_moves_its_instance_and_the_node_re
                 stopped = True
                 lost = f"node {WORKER} ({swarm.worker_addr}) is down"
 
+                seen: list[tuple[str, str]] = []
+
                 def concerning_for_the_node() -> bool:
                     s = d.client.service("spread")
+                    if not seen or seen[-1] != (s["status"], s["reason"]):
+                        seen.append((s["status"], s["reason"]))
                     return s["status"] == "concerning" and lost in s["reason"]
 
-                wait_for("Concerning, saying the node is down", concerning_for_the_node, 90)
+                try:
+                    wait_for("Concerning, saying the node is down", concerning_for_the_node, 90)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; seen: {seen}") from None
                 # Swarm puts the lost replica on the node left; the service is Running again
                 wait_running(d, "spread", 2, timeout=120)
                 assert nodes_of(d, "spread") == [MANAGER, MANAGER]

@@ -556,13 +556,14 @@ class SwarmRuntime:
             tasks={t["ID"]: t for t in tasks},
         )
 
-    def _node(self, node_id: str) -> Node | None:
-        """The swarm node with this id, read at most every ``NODE_TTL_S`` (its state changes)."""
+    def _node(self, node_id: str, *, fresh: bool = False) -> Node | None:
+        """The swarm node with this id, read at most every ``NODE_TTL_S`` (its state changes)
+        unless ``fresh``."""
         if not node_id:
             return None
         with self._nodes_guard:
             read_at, known = self._nodes
-            if node_id not in known or time.monotonic() - read_at > NODE_TTL_S:
+            if fresh or node_id not in known or time.monotonic() - read_at > NODE_TTL_S:
                 known = {n["ID"]: node_of(n) for n in self.client.api.nodes()}
                 self._nodes = (time.monotonic(), known)
             return known.get(node_id)
@@ -580,12 +581,12 @@ class SwarmRuntime:
             return ""
         return node.name if node is not None else ""
 
-    def _lost(self, node_id: str) -> str:
+    def _lost(self, node_id: str, *, fresh: bool = False) -> str:
         """Why the node a task was placed on runs it no more (down, drained); "" if it does
         (or the task is not placed yet)."""
         if not node_id:
             return ""
-        node = self._node(node_id)
+        node = self._node(node_id, fresh=fresh)
         if node is None:
             return f"node {node_id[:12]} left the swarm: Swarm moves the task to another node"
         if node.state in LOST_STATES:
@@ -752,8 +753,11 @@ class SwarmRuntime:
                 return Exit(None, "Swarm made the task after the start: attaching to it")
             return Exit(None, f"task {h.task[:12] or '?'} of {h.service} is gone")
         state = _task_state(task)
+        # Swarm shutting down a task that still runs is often its node's loss: read the node's
+        # state now rather than from the cache, which may predate it.
+        moving = task.get("DesiredState") not in _RUNNABLE
         try:
-            lost = self._lost(task.get("NodeID", "")) if state not in _ENDED else ""
+            lost = self._lost(task.get("NodeID", ""), fresh=moving) if state not in _ENDED else ""
         except ENGINE_DOWN:
             return None  # as above: unknown is not dead
         if lost:
