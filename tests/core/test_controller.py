@@ -237,6 +237,9 @@ def test_a_concerning_service_says_the_reason_it_has_now(world: World) -> None:
     world.deploy(models=[entry(instances=2)])
     world.controller.reconcile_all()
     world.not_ready = {20001}
+    for _ in range(FAILURE_THRESHOLD):
+        world.controller.reconcile_all()
+    world.clock.advance(FAILURE_WINDOW_S)
     world.controller.reconcile_all()
     service = world.core.service(world.me, "svc")
     assert service.status == Status.CONCERNING
