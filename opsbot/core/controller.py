@@ -15,7 +15,7 @@ import logging
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_all
 from dataclasses import dataclass
@@ -58,10 +58,15 @@ RECONCILE_WORKERS = 8
 #: How long an instance leaves the routes before it is stopped: a few gateway polls; calls
 #: still in flight then finish during the model server's own SIGTERM grace.
 DRAIN_S = 2.0
-#: How long an instance must have been ready before its service is called Running: the gateway
-#: reads the store every 200 ms, so by then it routes to the instance and a caller who sees
-#: Running is served.
+#: Without a gateway to ask (``routed``), or while it does not answer: how long an instance must
+#: have been ready before its service is called Running. The gateway reads the store every
+#: 200 ms, so by then it routes to the instance and a caller who sees Running is served.
 ROUTE_SETTLE_S = 0.3
+#: How often the instances still starting are asked whether they are ready, between passes: a
+#: deploy is Running a moment after its model has loaded, not at the next 1-second pass.
+READY_POLL_S = 0.05
+#: How soon the gateway is asked again while it does not yet route a ready instance.
+ROUTE_RECHECK_S = 0.05
 #: Starts an instance gets while its service is Deploying before the deploy is called Failed.
 DEPLOY_ATTEMPTS = 3
 ACTIVE = (Status.DEPLOYING, Status.RUNNING, Status.CONCERNING, Status.ABNORMAL)
@@ -103,6 +108,11 @@ class InstanceRow:
     @property
     def key_tail(self) -> tuple[int, int]:
         return (self.idx, self.n)
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as the gateway names its upstreams."""
+        return f"{self.host}:{self.port}"
 
 
 _INSTANCE_COLUMNS = (
@@ -157,7 +167,11 @@ class Controller:
         failure_threshold: int = FAILURE_THRESHOLD,
         failure_window_s: float = FAILURE_WINDOW_S,
         backoff_reset_s: float = BACKOFF_RESET_S,
+        routed: Callable[[], Collection[str] | None] | None = None,
     ):
+        """``routed`` tells the upstream addresses (``host:port``) the gateway routes to once it
+        has read the store afresh, or None when it does not answer; without it a service waits
+        ``route_settle_s`` after its last instance became ready before it is called Running."""
         self.store = store
         self.runtime = runtime
         self.flavors = flavors
@@ -167,6 +181,7 @@ class Controller:
         self.drain_s = drain_s
         self.route_settle_s = route_settle_s
         self.ready = ready
+        self.routed = routed
         self.on_event = on_event
         self.wake_event = threading.Event()
         self.failure_threshold = max(1, failure_threshold)
@@ -183,6 +198,10 @@ class Controller:
         # Consecutive missed readiness checks of instances still ready, by instance row id: how
         # many, and when the first of them was.
         self._misses: dict[int, tuple[int, float]] = {}
+        # Services woken while busy: reconciled again once the running reconciliation is done.
+        self._again: set[int] = set()
+        # Ready instances the gateway was seen routing, by service: (row id, ready since).
+        self._confirmed: dict[int, set[tuple[int, float]]] = {}
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -223,6 +242,10 @@ class Controller:
         self.wake_event.set()
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        watcher = threading.Thread(
+            target=self.watch_starting, args=(stop,), name="opsbot-ready-watch", daemon=True
+        )
+        watcher.start()
         while not stop.is_set():
             try:
                 # Each service in its own worker: the loop goes on while a slow one finishes.
@@ -235,6 +258,26 @@ class Controller:
         with self._lock:
             running = list(self._running)
         wait_for_all(running)
+        watcher.join()
+
+    def watch_starting(self, stop: threading.Event, interval: float = READY_POLL_S) -> None:
+        """Until ``stop``: ask every starting instance whether it is ready, each ``interval``,
+        and wake the loop when one is, so its pass marks it ready at once."""
+        db = self.store.db  # this thread's own connection
+        try:
+            while not stop.wait(interval):
+                try:
+                    rows = db.execute(
+                        "SELECT host, port FROM instances WHERE state = ? AND port IS NOT NULL",
+                        (STARTING,),
+                    ).fetchall()
+                    if rows and any(self._pool.map(lambda r: self.ready(r[0], int(r[1])), rows)):
+                        self.wake()
+                except Exception:  # the pass still finds them; this only makes it sooner
+                    log.exception("watching starting instances failed")
+                    stop.wait(1.0)
+        finally:
+            self.store.close()
 
     def reconcile_all(self, *, wait: bool = True) -> None:
         """Reconcile every service, each in a worker of its own; a service whose last
@@ -248,6 +291,7 @@ class Controller:
         for sid in ids:
             with self._lock:
                 if sid in self._busy:
+                    self._again.add(sid)
                     continue
                 self._busy.add(sid)
             future = self._workers.submit(self._reconcile_id, sid, wait)
@@ -275,6 +319,10 @@ class Controller:
         finally:
             with self._lock:
                 self._busy.discard(sid)
+                again = sid in self._again
+                self._again.discard(sid)
+            if again:  # woken meanwhile (an instance became ready): the loop runs a pass now
+                self.wake()
 
     def reconcile(self, service: Service) -> None:
         rows = instance_rows(self.store, service.id)
@@ -449,8 +497,7 @@ class Controller:
         desired = sum(p.instances for p in self._plans(service))
         ready = sum(1 for r in rows if r.state == READY)
         now = self.clock.now()
-        # Instances that became ready a moment ago may not be in the gateway's routes yet.
-        settling = any(r.state == READY and now - r.updated_at < self.route_settle_s for r in rows)
+        settling = self._unrouted(service, rows, now)
         with self.store.write() as db:
             current = svc.service_by_id(db, service.id)
             if current is None or current.status != service.status:
@@ -458,7 +505,7 @@ class Controller:
             status = current.status
             if status == Status.DEPLOYING:
                 if ready >= desired and settling:
-                    self._wake_later(self.route_settle_s)
+                    self._wake_later(settling)
                     return
                 if ready >= desired:
                     minutes = current.spec.auto_stop.minutes
@@ -501,7 +548,7 @@ class Controller:
                 )
                 reason = "" if target == Status.RUNNING else self._down_reasons(rows)
                 if target == Status.RUNNING and settling:
-                    self._wake_later(self.route_settle_s)
+                    self._wake_later(settling)
                 elif target == status and reason != current.reason:
                     # Still Concerning (or Abnormal), for another reason now: say the current
                     # one (an instance that stopped answering turns out to be on a lost node).
@@ -529,6 +576,28 @@ class Controller:
             f"deploy timed out after {minutes} min with {ready} of {desired} instances ready"
             f"{': ' + self._down_reasons(rows) if self._down_reasons(rows) else ''}",
         )
+
+    def _unrouted(self, service: Service, rows: list[InstanceRow], now: float) -> float:
+        """How soon to look again when a ready instance may not be in the gateway's routes yet;
+        0 when every one is.
+
+        The gateway is asked (it reads the store afresh first) until it lists them; instances
+        it was seen routing are not asked about again. Without an answer, instances ready for
+        ``route_settle_s`` count as routed.
+        """
+        ready = {(r.id, r.updated_at): r for r in rows if r.state == READY}
+        confirmed = self._confirmed.get(service.id, set()) & ready.keys()
+        self._confirmed[service.id] = confirmed
+        pending = [key for key in ready if key not in confirmed]
+        if not pending:
+            return 0.0
+        routed = self.routed() if self.routed is not None else None
+        if routed is not None:
+            found = {key for key in pending if ready[key].address in routed}
+            confirmed |= found
+            return ROUTE_RECHECK_S if len(found) < len(pending) else 0.0
+        young = any(now - ready[key].updated_at < self.route_settle_s for key in pending)
+        return self.route_settle_s if young else 0.0
 
     @staticmethod
     def _down_reasons(rows: list[InstanceRow]) -> str:

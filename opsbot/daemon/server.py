@@ -43,7 +43,7 @@ from opsbot.core.scheduler import AutoStopScheduler, SyncOnEvents
 from opsbot.core.services import Service
 from opsbot.core.store import table
 from opsbot.daemon.api import make_app
-from opsbot.serving.gateway import INTERNAL_SECRET
+from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
 from opsbot.slack.app import start_slack
 
 log = logging.getLogger("opsbot.daemon")
@@ -123,6 +123,7 @@ class Daemon:
             self.core.probe,
             self.core.clock,
             deploy_timeout_s=config.deploy_timeout_s,
+            routed=self.gateway_routes,
         )
         self.dispatcher = Dispatcher(self.core.store)
         self.controller.on_event = self.dispatcher.wake
@@ -195,6 +196,21 @@ class Daemon:
                 return doc
         except (OSError, ValueError):
             return None
+
+    def gateway_routes(self) -> list[str] | None:
+        """The upstream addresses the gateway routes to, once it has read the store afresh
+        (``POST /-/routes``); None while it does not answer."""
+        request = urllib.request.Request(
+            f"{self.gateway_url}/-/routes",
+            method="POST",
+            headers={INTERNAL_HEADER: self.internal_token},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                routed = json.loads(resp.read())["routed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return [str(a) for a in routed]
 
     def version_numbers(
         self, service: Service, instances: list[dict[str, Any]]

@@ -617,6 +617,20 @@ class Gateway:
             self._db.close()
             self._db = None
 
+    async def refresh(self) -> list[str]:
+        """Read the routes now rather than at the next poll; the addresses routed to after.
+
+        The controller calls this (``POST /-/routes``) when instances became ready, and calls a
+        service Running once the answer lists them: it knows the gateway has the route.
+        """
+        loop = asyncio.get_running_loop()
+        routes = await loop.run_in_executor(self._reader, self._read_routes)
+        if routes is not None:
+            self.apply(routes)
+        return sorted(
+            t.address for s in self.services.values() for v in s.versions for t in v.targets
+        )
+
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -1424,6 +1438,15 @@ def make_app(
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(gateway.stats_document())
 
+    async def routes(request: web.Request) -> web.Response:
+        if not gateway._internal(request.headers):
+            return _error(
+                403,
+                "forbidden",
+                f"only the daemon reads the routes: send its token in {INTERNAL_HEADER}",
+            )
+        return web.json_response({"routed": await gateway.refresh()})
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "ok", "services": len(gateway.services), "loaded_at": gateway.loaded_at}
@@ -1450,6 +1473,7 @@ def make_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", stats)
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/-/routes", routes)
     app.cleanup_ctx.append(lifecycle)
     return app
 

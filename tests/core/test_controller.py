@@ -453,6 +453,91 @@ def test_a_runtime_that_places_devices_gets_none_from_this_machine(examples_home
     assert world.status() == Status.RUNNING
 
 
+def test_running_waits_until_the_gateway_routes_the_ready_instances(world: World) -> None:
+    """With a gateway to ask, Running waits for it to list the instance, not for time: the
+    fake clock never moves here."""
+    routed: list[str] = []
+    asked = 0
+
+    def gateway() -> list[str]:
+        nonlocal asked
+        asked += 1
+        return list(routed)
+
+    world.controller.route_settle_s = 0.3  # used only without an answer
+    world.controller.routed = gateway
+    world.deploy(models=[entry(instances=2)])
+    world.controller.reconcile_all()
+    service = world.core.service(world.me, "svc")
+    rows = instance_rows(world.core.store, service.id)
+    assert [r.state for r in rows] == ["ready", "ready"]
+    assert world.status() == Status.DEPLOYING and asked == 1
+    routed.append(rows[0].address)
+    world.controller.reconcile_all()
+    assert world.status() == Status.DEPLOYING  # one of two is routed
+    routed.append(rows[1].address)
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING
+    before = asked
+    world.controller.reconcile_all()
+    assert asked == before  # instances seen routed are not asked about again
+
+
+def test_without_an_answer_from_the_gateway_running_waits_the_settle_time(world: World) -> None:
+    world.controller.route_settle_s = 0.3
+    world.controller.routed = lambda: None
+    world.deploy()
+    world.controller.reconcile_all()
+    assert world.status() == Status.DEPLOYING
+    world.clock.advance(0.31)
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING
+
+
+def test_a_starting_instance_that_answers_wakes_the_loop_between_passes(world: World) -> None:
+    """The readiness of starting instances is polled on its own, every 50 ms, so a deploy does
+    not wait for the next 1-second pass to be seen ready."""
+    world.deploy()
+    world.not_ready = {20001}
+    world.controller.reconcile_all()
+    assert world.status() == Status.DEPLOYING
+    asked = threading.Semaphore(0)
+    ready_now = threading.Event()
+
+    def ready(host: str, port: int) -> bool:
+        asked.release()
+        return ready_now.is_set()
+
+    world.controller.ready = ready
+    world.controller.wake_event.clear()
+    stop = threading.Event()
+    watcher = threading.Thread(target=world.controller.watch_starting, args=(stop, 0.01))
+    watcher.start()
+    try:
+        for _ in range(3):  # asked three times while loading: no wake-up
+            assert asked.acquire(timeout=5)
+        assert not world.controller.wake_event.is_set()
+        ready_now.set()
+        assert world.controller.wake_event.wait(5)
+    finally:
+        stop.set()
+        watcher.join(5)
+    world.not_ready = set()
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING
+
+
+def test_a_service_woken_while_busy_is_reconciled_again_after(world: World) -> None:
+    world.deploy()
+    service = world.core.service(world.me, "svc")
+    world.controller._busy.add(service.id)  # a reconciliation of it is under way
+    world.controller.wake_event.clear()
+    world.controller.reconcile_all()  # skips it
+    assert world.status() == Status.DEPLOYING and not world.controller.wake_event.is_set()
+    world.controller._reconcile_id(service.id, True)  # the one under way ends
+    assert world.controller.wake_event.is_set()
+
+
 def test_running_waits_until_the_gateway_can_have_read_the_ready_instances(world: World) -> None:
     world.controller.route_settle_s = 0.3
     world.deploy()

@@ -884,3 +884,26 @@ async def test_gateway_process_serves_and_stops_on_sigterm(store_home: Home, ins
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.asyncio
+async def test_the_daemon_learns_the_routes_read_afresh(
+    store_home: Home, instance: Any, gateway: Any
+) -> None:
+    """``POST /-/routes`` reads the store now, not at the next poll, and names what is routed:
+    what the controller waits on before it calls a service Running."""
+    first, second = await instance("v1"), await instance("v2")
+    store_home.add_service([("1.0.0", 100, [first.port])])
+    digest = hashlib.sha256(b"daemon-secret").hexdigest()
+    # A poll far beyond the test's length: only the call itself can have read the change.
+    client = await gateway(internal_token_hash=digest, poll_s=3600)
+    uid = store_home.add_service([("1.0.0", 100, [second.port])], key=KEY + "2")
+    resp = await client.post("/-/routes", headers={INTERNAL_HEADER: "daemon-secret"})
+    assert resp.status == 200
+    routed = (await resp.json())["routed"]
+    assert sorted(routed) == sorted(f"127.0.0.1:{p}" for p in (first.port, second.port))
+    assert (await _call(client, uid, {"X-Auth-Token": KEY + "2"})).status == 200
+    for headers in ({}, {INTERNAL_HEADER: "guess"}):
+        refused = await client.post("/-/routes", headers=headers)
+        assert refused.status == 403
+        assert INTERNAL_HEADER in (await refused.json())["error"]
