@@ -6,9 +6,12 @@ One run trains and registers the example models once, starts two real daemons (`
 --runtime process`` and ``--runtime docker``, each on its own copy of that data directory), then
 in each round deploys ``iris`` 1.0.0 to each in turn (alternating which goes first) and times the
 control API's ``POST /v1/services`` until the service reads Running (every instance answered its
-readiness check), then deletes it and waits for it to be gone (not timed). It prints each
-runtime's median, min and max and the docker/process ratio of the medians, measured in the same
-run. Needs a Docker engine and the serving image (``opsbot image build``).
+readiness check and the gateway routes it), then deletes it and waits for it to be gone (not
+timed). The baseline, in the same rounds: the bare model server started by the same runtime
+(no daemon, no store, no gateway) until it answers ``/v2/health/ready``, polled every 5 ms. It
+prints each runtime's median, min and max of both, the deploy's ratio and difference to the bare
+start, and the docker/process ratio of the medians. Needs a Docker engine and the serving image
+(``opsbot image build``).
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from opsbot.core.app import DB_NAME, Core  # noqa: E402
+from opsbot.core.controller import http_ready  # noqa: E402
 from opsbot.core.identity import local_user_name  # noqa: E402
 from opsbot.core.images import ensure_image  # noqa: E402
+from opsbot.core.runtime import InstanceSpec, Runtime  # noqa: E402
 from opsbot.core.runtimes.docker import DockerRuntime, connect, remove_all  # noqa: E402
 from opsbot.core.runtimes.process import ProcessRuntime  # noqa: E402
+from opsbot.core.spec import DEFAULT_FLAVOR  # noqa: E402
 from opsbot.daemon.client import Client, RemoteError  # noqa: E402
 
 RUNTIMES = ("process", "docker")
@@ -122,6 +128,46 @@ def deploy_seconds(client: Client, name: str, instances: int) -> float:
     return took
 
 
+def bare_spec(home: Path, n: int) -> InstanceSpec:
+    """iris 1.0.0 as a deploy with the default flavor would start it."""
+    core = Core(home)
+    path, fmt, entry = core.store.db.execute(
+        "SELECT v.path, v.format, v.entry FROM model_versions v JOIN models m "
+        "ON m.id = v.model_id WHERE m.name = 'iris' AND v.version = '1.0.0'"
+    ).fetchone()
+    flavor = next(f for f in core.flavors if f.id == DEFAULT_FLAVOR)
+    owner = local_user_name()
+    core.store.close()
+    return InstanceSpec(
+        service_uid=f"bare{n}",
+        owner=owner,
+        idx=0,
+        n=0,
+        model_name="iris",
+        version="1.0.0",
+        path=Path(path),
+        format=fmt,
+        entry=entry,
+        flavor=flavor,
+        env={},
+    )
+
+
+def bare_seconds(runtime: Runtime, spec: InstanceSpec) -> float:
+    """The runtime starting the model server alone until it answers its readiness check."""
+    started = time.perf_counter()
+    handle = runtime.start(spec)
+    try:
+        deadline = time.monotonic() + 60
+        while not http_ready(handle.host, handle.port, timeout=1.0):
+            if time.monotonic() > deadline or runtime.exited(handle.handle) is not None:
+                raise SystemExit(f"the bare model server did not start ({handle.handle})")
+            time.sleep(0.005)
+        return time.perf_counter() - started
+    finally:
+        runtime.stop(handle.handle, grace_s=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -133,23 +179,41 @@ def main() -> None:
     try:
         template = template_home(root)
         times: dict[str, list[float]] = {r: [] for r in RUNTIMES}
+        bare: dict[str, list[float]] = {r: [] for r in RUNTIMES}
         with contextlib.ExitStack() as stack:
-            clients = {
-                r: stack.enter_context(daemon(copy_home(template, root / r), r)) for r in RUNTIMES
+            homes = {r: copy_home(template, root / r) for r in RUNTIMES}
+            clients = {r: stack.enter_context(daemon(homes[r], r)) for r in RUNTIMES}
+            baremetal = root / "bare"
+            copy_home(template, baremetal)
+            runtimes: dict[str, Runtime] = {
+                "process": ProcessRuntime(baremetal),
+                "docker": DockerRuntime(baremetal),
             }
             for i in range(args.rounds):
                 order = RUNTIMES if i % 2 == 0 else tuple(reversed(RUNTIMES))
                 for runtime in order:
                     took = deploy_seconds(clients[runtime], f"bench{i}", args.instances)
+                    alone = bare_seconds(runtimes[runtime], bare_spec(baremetal, i))
                     times[runtime].append(took)
-                    print(f"round {i + 1} {runtime:>8}: {took:6.2f} s", flush=True)
+                    bare[runtime].append(alone)
+                    print(
+                        f"round {i + 1} {runtime:>8}: deploy {took:6.2f} s, bare {alone:6.2f} s",
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\ndeploy call -> Running, {args.instances} instance(s), {args.rounds} rounds")
-    print(f"{'runtime':>8} {'median s':>9} {'min s':>7} {'max s':>7}")
+    print(
+        f"{'runtime':>8} {'median s':>9} {'min s':>7} {'max s':>7} {'bare median s':>14} "
+        f"{'bare min-max s':>15} {'deploy/bare':>12} {'deploy-bare s':>14}"
+    )
     for runtime in RUNTIMES:
-        t = times[runtime]
-        print(f"{runtime:>8} {statistics.median(t):9.2f} {min(t):7.2f} {max(t):7.2f}")
+        t, b = times[runtime], bare[runtime]
+        mt, mb = statistics.median(t), statistics.median(b)
+        print(
+            f"{runtime:>8} {mt:9.2f} {min(t):7.2f} {max(t):7.2f} {mb:14.2f} "
+            f"{min(b):7.2f}-{max(b):<7.2f} {mt / mb:11.2f}x {mt - mb:14.2f}"
+        )
     ratio = statistics.median(times["docker"]) / statistics.median(times["process"])
     print(f"docker / process (medians): {ratio:.2f}x")
 
