@@ -145,6 +145,9 @@ class Config(BaseModel):
     gateway_port: int = Field(8780, ge=0, le=65535, description="0: any free port")
     gateway_max_body_mb: float = Field(12, gt=0, le=1024, description="request body cap")
     gateway_timeout_s: float = Field(40, gt=0, le=3600, description="upstream call timeout")
+    gateway_workers: int = Field(
+        0, ge=0, le=256, description="gateway worker processes on its port; 0: one per core"
+    )
     socket_group: str | None = Field(
         None, description="group given the control socket (mode 0660), e.g. opsbot"
     )

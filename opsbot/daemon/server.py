@@ -272,6 +272,7 @@ class Daemon:
             str(config.gateway_max_body_mb),
             "--timeout-s",
             str(config.gateway_timeout_s),
+            *(["--workers", str(config.gateway_workers)] if config.gateway_workers else []),
         ]
         with open(log_path, "ab") as out:
             self._gateway = subprocess.Popen(

@@ -38,6 +38,7 @@ import logging
 import math
 import random
 import signal
+import socket
 import sqlite3
 import sys
 from collections import deque
@@ -46,6 +47,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Collection,
+    Coroutine,
     Iterable,
     Mapping,
     Sequence,
@@ -59,6 +61,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import sqlite_utils
+import uvloop
 from aiohttp import web
 from aiohttp.web import RequestPayloadError
 from multidict import CIMultiDictProxy
@@ -75,6 +78,17 @@ from opsbot.serving.upstream import (
     Disconnected,
     UpstreamClient,
     make_client,
+)
+from opsbot.serving.workers import (
+    SIBLING_HEADER,
+    SharedBucket,
+    SharedBuckets,
+    Siblings,
+    default_workers,
+    listen,
+    merge_metrics,
+    merge_stats,
+    supervise,
 )
 
 log = logging.getLogger("opsbot.serving.gateway")
@@ -421,7 +435,7 @@ class Service:
         self,
         route: ServiceRoute,
         versions: tuple[Version, ...],
-        bucket: TokenBucket,
+        bucket: TokenBucket | SharedBucket,
         counters: ServiceCounters,
     ):
         self.route = route
@@ -543,8 +557,15 @@ DatabaseOpener = Callable[[], sqlite_utils.Database]
 class Gateway:
     """Routes, counters and the upstream client of one gateway process."""
 
-    def __init__(self, opener: DatabaseOpener, options: GatewayOptions):
+    def __init__(
+        self,
+        opener: DatabaseOpener,
+        options: GatewayOptions,
+        shared: SharedBuckets | None = None,
+    ):
+        """``shared``: the traffic buckets of a gateway run as several worker processes."""
         self.options = options
+        self._shared = shared
         self.services: dict[str, Service] = {}
         self.stats: dict[tuple[str, str], VersionStats] = {}
         self.counters: dict[str, ServiceCounters] = {}
@@ -683,7 +704,7 @@ class Gateway:
             # The bucket outlives the reload, so a route change never refills it.
             previous = self.services.get(uid)
             if previous is None:
-                bucket = TokenBucket(route.traffic_limit, now)
+                bucket = self._bucket(uid, route.traffic_limit, now)
             else:
                 bucket = previous.bucket
                 if previous.route.traffic_limit != route.traffic_limit:
@@ -716,6 +737,16 @@ class Gateway:
         )
 
     # -- calls -------------------------------------------------------------------------------
+
+    def _bucket(self, uid: str, rate: int, now: float) -> TokenBucket | SharedBucket:
+        """A new service's bucket: the workers' shared one when there are several workers."""
+        if self._shared is not None:
+            shared = self._shared.bucket(uid, rate, now)
+            if shared is not None:
+                shared.configure(rate)  # another worker may have made it under an older limit
+                return shared
+            log.warning("no shared traffic bucket left for %s: this worker limits it alone", uid)
+        return TokenBucket(rate, now)
 
     def _internal(self, headers: Mapping[str, str]) -> bool:
         """Whether the call carries the daemon's own token."""
@@ -1083,7 +1114,7 @@ class Gateway:
         self._draining = {k: t for k, t in self._draining.items() if t.outstanding > 0}
         return list(self._draining.values())
 
-    def stats_document(self) -> dict[str, Any]:
+    def stats_document(self, *, recent: bool = False) -> dict[str, Any]:
         """What ``GET /stats`` answers: per service and version, calls, failures, latency,
         rule hits and each instance's calls in flight; ``upstreams`` has every instance the
         gateway routes to or is draining, by address (what a controller waits on before it
@@ -1120,6 +1151,7 @@ class Gateway:
                         "failures_per_s": failures,
                         "rule_hits": stats.rule_hits,
                         "rule_fallbacks": stats.rule_fallbacks,
+                        **({"recent_s": list(stats.recent)} if recent else {}),
                         "instances": [
                             {
                                 "address": t.address,
@@ -1379,12 +1411,18 @@ async def _json_errors(
 
 
 def make_app(
-    source: Path | str | DatabaseOpener, options: GatewayOptions | None = None
+    source: Path | str | DatabaseOpener,
+    options: GatewayOptions | None = None,
+    *,
+    shared: SharedBuckets | None = None,
+    siblings: Siblings | None = None,
 ) -> web.Application:
     """The gateway as an aiohttp application, reading routes from ``source``.
 
     ``source`` is the store's database file (created and migrated if missing) or a callable that
-    opens a database; it is called once, in the thread that reads routes.
+    opens a database; it is called once, in the thread that reads routes. ``shared`` and
+    ``siblings`` make it one worker of several: traffic limits shared, and ``/stats``,
+    ``/metrics`` and ``POST /-/routes`` answered for all of them.
     """
     options = options or GatewayOptions()
     if callable(source):
@@ -1395,7 +1433,7 @@ def make_app(
         def opener() -> sqlite_utils.Database:
             return Store(path).db
 
-    gateway = Gateway(opener, options)
+    gateway = Gateway(opener, options, shared)
     # The body cap is checked by the handler (413 with a JSON message); aiohttp's own limit sits
     # just above it so a chunked body is cut off while it is read.
     app = web.Application(client_max_size=options.max_body_bytes, middlewares=[_json_errors])
@@ -1430,13 +1468,25 @@ def make_app(
         return web.json_response({"status": "alive"})
 
     async def metrics(request: web.Request) -> web.Response:
+        text = gateway.metrics_text()
+        if siblings is not None:
+            if not siblings.ready():
+                return _starting()
+            others = await siblings.gather("GET", "/-/local/metrics")
+            text = merge_metrics([text, *(o.decode() for o in others)])
         return web.Response(
-            body=gateway.metrics_text().encode(),
+            body=text.encode(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(gateway.stats_document())
+        if siblings is None:
+            return web.json_response(gateway.stats_document())
+        if not siblings.ready():
+            return _starting()
+        others = await siblings.gather("GET", "/-/local/stats")
+        docs = [gateway.stats_document(recent=True), *(json.loads(o) for o in others)]
+        return web.json_response(merge_stats(docs))
 
     async def routes(request: web.Request) -> web.Response:
         if not gateway._internal(request.headers):
@@ -1445,7 +1495,14 @@ def make_app(
                 "forbidden",
                 f"only the daemon reads the routes: send its token in {INTERNAL_HEADER}",
             )
-        return web.json_response({"routed": await gateway.refresh()})
+        routed = set(await gateway.refresh())
+        if siblings is not None:
+            if not siblings.ready():
+                return _starting()
+            # Routed only once every worker routes it.
+            for other in await siblings.gather("POST", "/-/local/routes"):
+                routed &= set(json.loads(other)["routed"])
+        return web.json_response({"routed": sorted(routed)})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response(
@@ -1455,6 +1512,8 @@ def make_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
         yield
+        if siblings is not None:
+            await siblings.close()
         await gateway.stop()
 
     # ModelArts style, and KServe v1 (which takes and answers the same JSON).
@@ -1478,6 +1537,43 @@ def make_app(
     return app
 
 
+def _starting() -> web.Response:
+    return _error(
+        503,
+        "starting",
+        "the gateway's workers are still starting: retry in a moment",
+        {"Retry-After": "1"},
+    )
+
+
+def sibling_app(gateway: Gateway, siblings: Siblings) -> web.Application:
+    """What one worker answers the others on its private loopback port: its own numbers, and
+    the routes it has after reading the store afresh."""
+
+    @web.middleware
+    async def only_siblings(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.headers.get(SIBLING_HEADER) != siblings.secret:
+            return _error(403, "forbidden", "this port is for the gateway's own workers")
+        return await handler(request)
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(gateway.stats_document(recent=True))
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=gateway.metrics_text())
+
+    async def routes(request: web.Request) -> web.Response:
+        return web.json_response({"routed": await gateway.refresh()})
+
+    app = web.Application(middlewares=[only_siblings])
+    app.router.add_get("/-/local/stats", stats)
+    app.router.add_get("/-/local/metrics", metrics)
+    app.router.add_post("/-/local/routes", routes)
+    return app
+
+
 async def serve(
     db_path: Path,
     host: str,
@@ -1485,10 +1581,19 @@ async def serve(
     options: GatewayOptions,
     *,
     on_ready: Callable[[int], None] | None = None,
+    sock: socket.socket | None = None,
+    shared: SharedBuckets | None = None,
+    siblings: Siblings | None = None,
+    index: int = 0,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then finish the calls in flight and stop."""
+    """Serve until SIGTERM or SIGINT, then finish the calls in flight and stop.
+
+    With ``sock`` (a listening socket other workers accept on too), serve on it as worker
+    ``index`` of ``siblings``, with the traffic buckets ``shared``.
+    """
+    app = make_app(db_path, options, shared=shared, siblings=siblings)
     runner = web.AppRunner(
-        make_app(db_path, options),
+        app,
         access_log=None,
         handle_signals=False,
         # aiohttp closes a connection whose next request head has not arrived whole by then:
@@ -1496,10 +1601,20 @@ async def serve(
         keepalive_timeout=options.read_timeout_s,
     )
     await runner.setup()
+    private: web.AppRunner | None = None
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site: web.BaseSite = (
+            web.TCPSite(runner, host, port, backlog=1024)
+            if sock is None
+            else web.SockSite(runner, sock)
+        )
         await site.start()
         bound = _bound_port(runner.addresses, port)
+        if siblings is not None:
+            private = web.AppRunner(sibling_app(app[GATEWAY], siblings), access_log=None)
+            await private.setup()
+            await web.TCPSite(private, "127.0.0.1", 0).start()
+            siblings.publish(index, _bound_port(private.addresses, 0))
         log.info("gateway listening on http://%s:%d", host, bound)
         if on_ready is not None:
             on_ready(bound)
@@ -1510,7 +1625,18 @@ async def serve(
         await stop.wait()
         log.info("gateway stopping")
     finally:
+        if private is not None:
+            await private.cleanup()
         await runner.cleanup()
+
+
+def run_loop(main: Coroutine[Any, Any, None], loop: str = "uvloop") -> None:
+    """Run ``main`` to its end on a new event loop of the kind named."""
+    if loop == "uvloop":
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:
+        asyncio.run(main)
 
 
 def _bound_port(addresses: Iterable[Any], asked: int) -> int:
@@ -1573,6 +1699,18 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.client,
         help="HTTP client for the hop to instances (default: raw, the lean asyncio one)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on the one port (config: gateway_workers; default: one per core)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop: uvloop (libuv; less CPU per call) or the standard library's",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -1588,6 +1726,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         host = host if host is not None else config.gateway_host
         port = port if port is not None else config.gateway_port
+    workers = args.workers if args.workers is not None else default_workers()
+    if workers < 1:
+        parser.error("--workers must be at least 1")
     positive = (args.max_body_mb, args.timeout_s, args.max_buffered_mb, args.read_timeout_s)
     if min(positive) <= 0 or args.attempts < 1:
         parser.error(
@@ -1607,12 +1748,37 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     give_back_large_buffers()
+    if workers == 1:
+        try:
+            run_loop(serve(home / DB_NAME, host, port, options), args.loop)
+        except OSError as exc:
+            print(f"opsbot gateway: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
-        asyncio.run(serve(home / DB_NAME, host, port, options))
+        sock = listen(host, port)
     except OSError as exc:
         print(f"opsbot gateway: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    return 0
+    shared, siblings = SharedBuckets(), Siblings(workers)
+
+    def work(index: int) -> None:
+        run_loop(
+            serve(
+                home / DB_NAME,
+                host,
+                port,
+                options,
+                sock=sock,
+                shared=shared,
+                siblings=siblings,
+                index=index,
+            ),
+            args.loop,
+        )
+
+    log.info("gateway: %d workers on %s:%d", workers, host, sock.getsockname()[1])
+    return supervise(workers, work)
 
 
 if __name__ == "__main__":

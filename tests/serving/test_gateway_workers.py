@@ -1,0 +1,240 @@
+"""The gateway as several worker processes on one port: one traffic limit across them, numbers
+added up, routes acknowledged only once every worker has them, and stopping together."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, TCPConnector
+from prometheus_client.parser import text_string_to_metric_families
+
+from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
+from opsbot.serving.workers import SharedBuckets, merge_metrics
+from serving.test_gateway import AUTH, BODY, KEY, FakeInstance, Home, _free_port
+
+SECRET = "daemon-secret"
+
+
+def _take_for(buckets: SharedBuckets, seconds: float, out: Any) -> None:
+    bucket = buckets.bucket("svc", 0, 0.0)
+    assert bucket is not None
+    end = perf_counter() + seconds
+    taken = 0
+    while (now := perf_counter()) < end:
+        if bucket.take(now) == 0.0:
+            taken += 1
+    out.put(taken)
+
+
+def test_a_shared_bucket_holds_its_rate_across_processes() -> None:
+    """Two processes taking as fast as they can get, together, the rate plus the burst."""
+    rate, seconds = 2000, 1.0
+    buckets = SharedBuckets(slots=8)
+    start = perf_counter()
+    bucket = buckets.bucket("svc", rate, start)
+    assert bucket is not None
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_take_for, args=(buckets, seconds, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    counts = [out.get(timeout=30) for _ in procs]
+    elapsed = perf_counter() - start
+    for p in procs:
+        p.join(10)
+    expected = rate + rate * elapsed  # a full burst, then the rate
+    assert all(c > 0 for c in counts)
+    assert abs(sum(counts) - expected) <= 0.05 * expected, (counts, expected)
+
+
+def test_a_shared_bucket_is_found_again_by_name_and_keeps_its_tokens() -> None:
+    buckets = SharedBuckets(slots=2)
+    first = buckets.bucket("a", 1, 0.0)
+    assert first is not None and first.take(0.0) == 0.0
+    again = buckets.bucket("a", 1, 0.0)  # another worker meets the service
+    assert again is not None and again.take(0.0) > 0  # the token is gone for it too
+    assert buckets.bucket("b", 1, 0.0) is not None
+    assert buckets.bucket("c", 1, 0.0) is None  # full: the caller limits alone
+
+
+def test_merged_metrics_add_counts_and_take_shared_facts_once() -> None:
+    one = (
+        "# HELP opsbot_gateway_requests_total Answers.\n"
+        "# TYPE opsbot_gateway_requests_total counter\n"
+        'opsbot_gateway_requests_total{service="s",code="200"} 3\n'
+        "# HELP opsbot_gateway_upstreams_ready Ready.\n"
+        "# TYPE opsbot_gateway_upstreams_ready gauge\n"
+        'opsbot_gateway_upstreams_ready{service="s"} 2\n'
+    )
+    two = one.replace("} 3", "} 4")
+    merged = {
+        s.name: s.value
+        for f in text_string_to_metric_families(merge_metrics([one, two]))
+        for s in f.samples
+    }
+    assert merged == {"opsbot_gateway_requests_total": 7, "opsbot_gateway_upstreams_ready": 2}
+
+
+@asynccontextmanager
+async def _gateway(home: Path, workers: int, *extra: str) -> AsyncIterator[tuple[str, Any]]:
+    (home / INTERNAL_SECRET).write_text(SECRET)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opsbot.serving.gateway", "--home", str(home),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with ClientSession() as session:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, proc.communicate()
+                try:
+                    async with session.get(f"{url}/stats") as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "the gateway did not come up"
+                await asyncio.sleep(0.05)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.communicate, timeout=20)
+
+
+async def _fresh_calls(url: str, uid: str, n: int, width: int = 16) -> list[int]:
+    """``n`` calls, each on a new connection, so the kernel hands them to either worker."""
+    statuses: list[int] = []
+    queue = list(range(n))
+
+    async def one_by_one() -> None:
+        async with ClientSession(connector=TCPConnector(force_close=True)) as session:
+            while queue:
+                queue.pop()
+                async with session.post(f"{url}/v1/infers/{uid}", json=BODY, headers=AUTH) as r:
+                    statuses.append(r.status)
+
+    await asyncio.gather(*(one_by_one() for _ in range(width)))
+    return statuses
+
+
+async def _json(url: str, path: str, method: str = "GET", **kw: Any) -> tuple[int, Any]:
+    async with ClientSession() as session, session.request(method, url + path, **kw) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.asyncio
+async def test_two_workers_serve_one_port_and_count_together(
+    store_home: Home, instance: Callable[..., Awaitable[FakeInstance]]
+) -> None:
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])])
+    async with _gateway(store_home.path, 2) as (url, proc):
+        statuses = await _fresh_calls(url, uid, 200)
+        assert statuses == [200] * 200
+        status, stats = await _json(url, "/stats")
+        assert status == 200 and stats["workers"] == 2
+        assert all(n > 0 for n in stats["worker_calls"]), stats["worker_calls"]
+        (version,) = stats["services"][0]["versions"]
+        assert version["calls"] == 200 == sum(stats["worker_calls"])
+        assert version["latency_ms"]["p50"] is not None
+        assert stats["upstreams"][f"127.0.0.1:{up.port}"]["routed"] is True
+        async with ClientSession() as session, session.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+        counted = sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "opsbot_gateway_requests_total" and s.labels["service"] == uid
+        )
+        assert counted == 200
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=20)
+        assert proc.returncode == 0, stderr
+        assert stderr.decode().count("gateway listening on") == 2
+
+
+@pytest.mark.asyncio
+async def test_the_traffic_limit_holds_across_workers(
+    store_home: Home, instance: Callable[..., Awaitable[FakeInstance]]
+) -> None:
+    """A limit of 40 calls/s with calls spread over two workers: the burst plus the rate over
+    the time taken, to 5 %, as from one process."""
+    up = await instance("v1")
+    limit = 40
+    uid = store_home.add_service([("1.0.0", 100, [up.port])], traffic_limit=limit)
+    async with _gateway(store_home.path, 2) as (url, _):
+        started = perf_counter()
+        statuses = await _fresh_calls(url, uid, 600, width=8)
+        elapsed = perf_counter() - started
+        _, stats = await _json(url, "/stats")
+    served = statuses.count(200)
+    assert statuses.count(429) == len(statuses) - served
+    expected = limit + limit * elapsed
+    assert abs(served - expected) <= 0.05 * expected + 1, (served, expected, elapsed)
+    assert all(n > 0 for n in stats["worker_calls"]), stats["worker_calls"]
+
+
+@pytest.mark.asyncio
+async def test_routes_are_acknowledged_once_every_worker_has_them(
+    store_home: Home, instance: Callable[..., Awaitable[FakeInstance]]
+) -> None:
+    first, second = await instance("v1"), await instance("v2")
+    store_home.add_service([("1.0.0", 100, [first.port])])
+    async with _gateway(store_home.path, 2) as (url, _):
+        store_home.add_service([("1.0.0", 100, [second.port])], key=KEY + "2")
+        status, body = await _json(url, "/-/routes", "POST", headers={INTERNAL_HEADER: SECRET})
+        assert status == 200
+        assert body["routed"] == sorted(f"127.0.0.1:{p}" for p in (first.port, second.port))
+        status, _ = await _json(url, "/-/routes", "POST")
+        assert status == 403
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_dies_takes_the_gateway_down_whole(store_home: Home) -> None:
+    async with _gateway(store_home.path, 2) as (_, proc):
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        os.kill(int(children[0]), signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 20)
+        assert proc.returncode == 1
+        # It stopped the other worker and waited for it before it ended.
+        assert not Path(f"/proc/{children[1]}").exists()
+
+
+def test_workers_must_be_at_least_one(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "opsbot.serving.gateway", "--home", str(tmp_path),
+         "--host", "127.0.0.1", "--port", "0", "--workers", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--workers must be at least 1" in done.stderr
+
+
+@pytest.mark.asyncio
+async def test_workers_end_with_a_supervisor_killed_outright(store_home: Home) -> None:
+    async with _gateway(store_home.path, 2) as (_, proc):
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 20)
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in children):
+            assert time.monotonic() < deadline, "a worker outlived its supervisor"
+            await asyncio.sleep(0.05)
