@@ -5,12 +5,15 @@
 One run starts one upstream (``iris``: the real model server with a scikit-learn iris model;
 ``echo``: a trivial aiohttp ``/predict`` that does nothing, the worst case for the gateway's
 share), the gateway as its own process on a store that routes one service to that upstream (once
-per upstream client: ``gateway`` is the default raw asyncio client, ``gw-aiohttp`` aiohttp's), and,
-when installed, nginx as a reference proxy. Then, at each concurrency, it offers the same closed
-load (``wrk`` when installed, else a built-in asyncio client) to each target in turn and prints
-throughput and latency, with the gateway's figures as ratios against the direct ones measured in
-the same run. Targets: at most 0.3 ms added to the median at concurrency 1, at least 90 % of the
-direct throughput at concurrency 16.
+per variant, ``--gateways``: ``gateway`` is the default, the raw asyncio client on uvloop with
+one worker; ``gw-asyncio`` the standard event loop; ``gw-aiohttp`` aiohttp's client; ``gw-2w``
+two worker processes), and, when installed, nginx as a reference proxy. Then, at each
+concurrency, it offers the same closed load (``wrk`` when installed, else a built-in asyncio
+client) to each target in turn and prints throughput, latency and the CPU time the target's
+processes spent per call (so calls per second per core: the gateway's own ceiling, which the
+echo upstream shows best), with the figures as ratios against the direct ones measured in the
+same run. Targets (issue 18): at concurrency 16 at least 0.92x of direct throughput and within
+0.05x of nginx; at concurrency 1 at most 0.15 ms added to the median.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from time import perf_counter, perf_counter_ns
 
@@ -59,6 +62,8 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    #: CPU time the target's processes (and their children: workers) spent per call.
+    cpu_us: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,32 @@ class Target:
     name: str
     port: int
     path: str
+    pid: int | None = None
+
+
+#: Gateway variants: upstream client, event loop, worker processes.
+VARIANTS: dict[str, tuple[str, str, int]] = {
+    "gateway": ("raw", "uvloop", 1),
+    "gw-asyncio": ("raw", "asyncio", 1),
+    "gw-aiohttp": ("aiohttp", "uvloop", 1),
+    "gw-2w": ("raw", "uvloop", 2),
+}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` and its children so far."""
+    total = 0.0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+            pids += Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 # -- the echo upstream (run as this file with --serve-echo PORT) -------------------------------
@@ -329,11 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
     parser.add_argument(
-        "--gateway-clients",
+        "--gateways",
         nargs="+",
-        choices=["raw", "aiohttp"],
-        default=["raw", "aiohttp"],
-        help="the gateway's upstream clients to measure, each in its own gateway process",
+        choices=sorted(VARIANTS),
+        default=["gateway", "gw-asyncio", "gw-2w"],
+        help="gateway variants to measure, each its own gateway: gateway (raw client, uvloop, "
+        "1 worker), gw-asyncio (the standard event loop), gw-aiohttp (aiohttp's client), "
+        "gw-2w (2 workers)",
     )
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -377,13 +410,12 @@ def main(argv: list[str] | None = None) -> int:
             'wrk.headers["Content-Type"] = "application/json"\n'
             f'wrk.headers["X-Auth-Token"] = "{KEY}"\n'
         )
-        targets = [Target("direct", upstream_port, "/predict")]
         with ExitStack() as stack:
             upstream = stack.enter_context(running(upstream_cmd, tmp / "upstream.log", env))
             wait_http(f"http://127.0.0.1:{upstream_port}/v2/health/ready", upstream, "upstream")
-            for client in args.gateway_clients:
-                # The default client is "gateway"; another is named after its client.
-                name = "gateway" if client == "raw" else f"gw-{client}"
+            targets = [Target("direct", upstream_port, "/predict", upstream.pid)]
+            for name in args.gateways:
+                client, loop, workers = VARIANTS[name]
                 port = free_port()
                 cmd = [
                     sys.executable,
@@ -397,12 +429,16 @@ def main(argv: list[str] | None = None) -> int:
                     str(port),
                     "--upstream-client",
                     client,
+                    "--loop",
+                    loop,
+                    "--workers",
+                    str(workers),
                     "--log-level",
                     "WARNING",
                 ]
                 gateway = stack.enter_context(running(cmd, tmp / f"{name}.log", env))
                 wait_http(f"http://127.0.0.1:{port}/healthz", gateway, name)
-                targets.append(Target(name, port, f"/v1/infers/{SERVICE_UID}"))
+                targets.append(Target(name, port, f"/v1/infers/{SERVICE_UID}", gateway.pid))
             if nginx is not None:
                 nginx_port = free_port()
                 conf = tmp / "nginx.conf"
@@ -410,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [nginx, "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(conf)]
                 proxy = stack.enter_context(running(cmd, tmp / "nginx.log"))
                 wait_port(nginx_port, proxy, "nginx")
-                targets.append(Target("nginx", nginx_port, "/"))
+                targets.append(Target("nginx", nginx_port, "/", proxy.pid))
             results = measure(args, targets, wrk, script)
         failed = sorted({r.target for r in results if r.errors})
         logs = {name: (tmp / f"{name}.log").read_text(errors="replace") for name in failed}
@@ -424,9 +460,15 @@ def measure(
     args: argparse.Namespace, targets: list[Target], wrk: str | None, script: Path
 ) -> list[Result]:
     def once(target: Target, concurrency: int, duration: float) -> Result:
+        cpu = tree_cpu_s(target.pid) if target.pid is not None else None
         if wrk is not None:
-            return load_wrk(wrk, target, concurrency, duration, script)
-        return load_python(target, concurrency, duration)
+            result = load_wrk(wrk, target, concurrency, duration, script)
+        else:
+            result = load_python(target, concurrency, duration)
+        if cpu is None or not result.requests or target.pid is None:
+            return result
+        used = tree_cpu_s(target.pid) - cpu
+        return replace(result, cpu_us=used / result.requests * 1e6)
 
     results = []
     for concurrency in args.concurrency:
@@ -448,6 +490,9 @@ def measure(
                     statistics.median(r.rps for r in runs),
                     statistics.median(r.p50_ms for r in runs),
                     statistics.median(r.p99_ms for r in runs),
+                    statistics.median(r.cpu_us for r in runs if r.cpu_us is not None)
+                    if any(r.cpu_us is not None for r in runs)
+                    else None,
                 )
             )
     return results
@@ -461,8 +506,8 @@ def report(args: argparse.Namespace, results: list[Result], loadgen: str, nginx:
         + ("" if nginx else "; nginx not installed")
     )
     print(
-        f"{'conc':>4}  {'target':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
-        "vs direct"
+        f"{'conc':>4}  {'target':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+        f"{'cpu us/call':>11} {'calls/s/core':>12}  vs direct"
     )
     direct = {r.concurrency: r for r in results if r.target == "direct"}
     for r in results:
@@ -472,9 +517,10 @@ def report(args: argparse.Namespace, results: list[Result], loadgen: str, nginx:
             if r.target == "direct"
             else f"{r.rps / base.rps:5.2f}x req/s, p50 {r.p50_ms - base.p50_ms:+.3f} ms"
         )
+        cpu = f"{r.cpu_us:11.0f} {1e6 / r.cpu_us:12.0f}" if r.cpu_us else f"{'':>11} {'':>12}"
         print(
             f"{r.concurrency:>4}  {r.target:<10} {r.rps:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
-            f"{r.errors:>6}  {versus}"
+            f"{r.errors:>6} {cpu}  {versus}"
         )
 
 
