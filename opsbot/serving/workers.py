@@ -232,7 +232,8 @@ def merge_stats(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 seen["workers"] += 1
     for up in upstreams.values():
         # Routed only where every worker routes it.
-        up["routed"] = up["routed"] and up.pop("workers") == len(docs)
+        routing = up.pop("workers")
+        up["routed"] = up["routed"] and routing == len(docs)
     return {
         "loaded_at": min(d["loaded_at"] for d in docs),
         "reloads": min(d["reloads"] for d in docs),

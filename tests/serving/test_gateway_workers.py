@@ -21,8 +21,9 @@ from aiohttp import ClientSession, TCPConnector
 from prometheus_client.parser import text_string_to_metric_families
 
 from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
-from opsbot.serving.workers import SharedBuckets, merge_metrics
+from opsbot.serving.workers import SharedBuckets, merge_metrics, merge_stats
 from serving.test_gateway import AUTH, BODY, KEY, FakeInstance, Home, _free_port
+from serving.test_gateway_drain import add_instance, address, set_state, until
 
 SECRET = "daemon-secret"
 
@@ -115,7 +116,11 @@ async def _gateway(home: Path, workers: int, *extra: str) -> AsyncIterator[tuple
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(proc.communicate, timeout=20)
+            try:
+                await asyncio.to_thread(proc.communicate, timeout=20)
+            except subprocess.TimeoutExpired:  # calls still held by a failed test
+                proc.kill()
+                proc.communicate()
 
 
 async def _fresh_calls(url: str, uid: str, n: int, width: int = 16) -> list[int]:
@@ -238,3 +243,93 @@ async def test_workers_end_with_a_supervisor_killed_outright(store_home: Home) -
         while any(Path(f"/proc/{pid}").exists() for pid in children):
             assert time.monotonic() < deadline, "a worker outlived its supervisor"
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_an_instance_drains_on_every_worker_before_it_is_safe_to_stop(
+    store_home: Home, instance: Callable[..., Awaitable[FakeInstance]]
+) -> None:
+    """Calls held on an instance through both workers: once it leaves the routes, /stats says
+    it is not routed while any worker still has calls on it, and every call finishes there."""
+    old, new = await instance("old"), await instance("new")
+    old.hold = asyncio.Event()
+    uid = store_home.add_service([("1.0.0", 100, [old.port])])
+    async with _gateway(store_home.path, 2) as (url, _):
+        held = asyncio.create_task(_fresh_calls(url, uid, 8, width=8))
+
+        async def all_held() -> bool:
+            _, doc = await _json(url, "/stats")
+            return bool(doc["upstreams"][address(old)]["inflight"] == 8)
+
+        await until(all_held, "the held calls did not reach the instance", 10)
+        _, doc = await _json(url, "/stats")
+        assert all(n == 0 for n in doc["worker_calls"])  # none answered yet
+        add_instance(store_home, uid, 0, 1, new.port)
+        set_state(store_home, old.port, "draining")
+
+        async def drained_out() -> bool:
+            _, doc = await _json(url, "/stats")
+            return address(old) not in {
+                i["address"] for i in doc["services"][0]["versions"][0]["instances"]
+            }
+
+        await until(drained_out, "a worker kept routing to the draining instance", 10)
+        _, doc = await _json(url, "/stats")
+        assert doc["upstreams"][address(old)] == {
+            "service": uid,
+            "version": "1.0.0",
+            "inflight": 8,
+            "routed": False,
+        }
+        assert (await _fresh_calls(url, uid, 10)) == [200] * 10
+        assert len(old.calls) == 8 and len(new.calls) == 10
+        old.hold.set()
+        assert await held == [200] * 8
+        _, doc = await _json(url, "/stats")
+        assert address(old) not in doc["upstreams"]
+        assert sum(doc["worker_calls"]) == 18
+
+
+def _doc(calls: int, recent: list[float], upstreams: dict[str, Any]) -> dict[str, Any]:
+    version = {
+        "idx": 0, "version": "1.0.0", "model": "alice/iris", "ratio": 100, "calls": calls,
+        "failures": 0, "upstream_errors": 0, "inflight": 1, "codes": {"200": calls},
+        "latency_ms": {}, "calls_per_s": [calls, 0], "failures_per_s": [0, 0], "rule_hits": 0,
+        "rule_fallbacks": 0, "recent_s": recent,
+        "instances": [{"address": "h:1", "inflight": 1, "outstanding": 1, "ejected": False}],
+        "draining": [],
+    }  # fmt: skip
+    service = {
+        "id": "u", "name": "s", "owner": "alice", "status": "running", "traffic_limit": 5,
+        "unauthorized": 1, "rate_limited": 0, "too_large": 0, "unavailable": 0,
+        "refused": {"401": 1}, "versions": [version],
+    }  # fmt: skip
+    return {
+        "loaded_at": 1.0, "reloads": 1, "buffered_bytes": 10, "unrouted": {"404": 1},
+        "services": [service], "upstreams": upstreams,
+    }  # fmt: skip
+
+
+def test_merged_stats_add_counts_and_route_only_what_every_worker_routes() -> None:
+    up = {"service": "u", "version": "1.0.0", "inflight": 1, "routed": True}
+    leaving = {**up, "routed": False}
+    merged = merge_stats(
+        [
+            _doc(2, [0.001, 0.003], {"h:1": up, "h:2": up}),
+            _doc(1, [0.002], {"h:1": up, "h:2": leaving, "h:3": up}),
+        ]
+    )
+    (service,) = merged["services"]
+    (version,) = service["versions"]
+    assert version["calls"] == 3 and version["codes"] == {"200": 3}
+    assert version["calls_per_s"] == [3, 0] and "recent_s" not in version
+    assert version["latency_ms"] == {"p50": 2.0, "p99": 3.0, "mean": 2.0}
+    assert version["instances"] == [
+        {"address": "h:1", "inflight": 2, "outstanding": 2, "ejected": False}
+    ]
+    assert service["unauthorized"] == 2 and service["refused"] == {"401": 2}
+    assert merged["worker_calls"] == [2, 1] and merged["unrouted"] == {"404": 2}
+    assert merged["upstreams"]["h:1"] == {**up, "inflight": 2}
+    # One worker lets h:2 drain; h:3 only one worker has read yet: neither is routed.
+    assert merged["upstreams"]["h:2"]["routed"] is False
+    assert merged["upstreams"]["h:3"]["routed"] is False
