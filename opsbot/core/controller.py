@@ -765,6 +765,7 @@ class Controller:
         list(self._pool.map(self._stop_row, rows))
 
     def _finish_stop(self, service: Service) -> None:
+        self._confirmed.pop(service.id, None)
         now = self.clock.now()
         with self.store.write() as db:
             current = svc.service_by_id(db, service.id)
