@@ -184,7 +184,7 @@ def bare_seconds(runtime: Runtime, spec: InstanceSpec) -> float:
     started = time.perf_counter()
     handle = runtime.start(spec)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while not http_ready(handle.host, handle.port, timeout=1.0):
             if time.monotonic() > deadline or runtime.exited(handle.handle) is not None:
                 raise SystemExit(f"the bare model server did not start ({handle.handle})")
