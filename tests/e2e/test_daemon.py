@@ -34,6 +34,8 @@ from sklearn.datasets import load_iris
 
 from opsbot.core.runtimes.process import ProcessRuntime, free_port
 from opsbot.daemon.client import Client
+from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
+from opsbot.serving.workers import default_workers
 
 pytestmark = pytest.mark.slow
 
@@ -193,6 +195,18 @@ def test_deploy_running_and_predictions_equal_sklearn(daemon: Daemon) -> None:
     shown = json.loads(daemon.cli("show", "iris-one", "--json").stdout)
     assert "api_key" not in shown and shown["status"] == "running"
     assert [i["state"] for i in shown["instances"]] == ["ready"]
+    # Running came from the gateway saying it routes the instance, on every worker.
+    gateway = created["url"].split("/v1/")[0]
+    secret = (daemon.home / INTERNAL_SECRET).read_text().strip()
+    req = urllib.request.Request(
+        f"{gateway}/-/routes", method="POST", headers={INTERNAL_HEADER: secret}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        routed = json.loads(resp.read())["routed"]
+    (inst,) = shown["instances"]
+    assert f"{inst['host']}:{inst['port']}" in routed
+    with urllib.request.urlopen(f"{gateway}/stats", timeout=10) as resp:
+        assert json.loads(resp.read())["workers"] == default_workers()
 
 
 def test_wrong_or_missing_key_is_401_and_bearer_works(daemon: Daemon) -> None:
