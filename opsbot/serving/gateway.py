@@ -1480,8 +1480,8 @@ def make_app(
         )
 
     async def stats(request: web.Request) -> web.Response:
-        if siblings is None:
-            return web.json_response(gateway.stats_document())
+        if siblings is None:  # one worker: the same document, from its numbers alone
+            return web.json_response(merge_stats([gateway.stats_document(recent=True)]))
         if not siblings.ready():
             return _starting()
         others = await siblings.gather("GET", "/-/local/stats")

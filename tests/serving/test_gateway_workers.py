@@ -333,3 +333,19 @@ def test_merged_stats_add_counts_and_route_only_what_every_worker_routes() -> No
     # One worker lets h:2 drain; h:3 only one worker has read yet: neither is routed.
     assert merged["upstreams"]["h:2"]["routed"] is False
     assert merged["upstreams"]["h:3"]["routed"] is False
+
+
+@pytest.mark.asyncio
+async def test_one_worker_answers_the_same_stats_document(
+    store_home: Home, instance: Callable[..., Awaitable[FakeInstance]], gateway: Any
+) -> None:
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])])
+    client = await gateway()
+    for _ in range(3):
+        resp = await client.post(f"/v1/infers/{uid}", json=BODY, headers=AUTH)
+        assert resp.status == 200
+    doc = await (await client.get("/stats")).json()
+    assert doc["workers"] == 1 and doc["worker_calls"] == [3]
+    (version,) = doc["services"][0]["versions"]
+    assert "recent_s" not in version and version["latency_ms"]["p50"] is not None
