@@ -251,10 +251,18 @@ class Core:
         with self.store.write() as db:
             return services_mod.rotate_key(db, self.clock.now(), service, actor.name)
 
+    def extend_plan(
+        self, actor: User, name: str, hours: int, owner: str | None = None
+    ) -> deadlines.ExtendPlan:
+        """What extending by ``hours`` would do (time left, new deadline), changing nothing:
+        what a front shows before the user confirms."""
+        service = self._acted_on(actor, name, owner)
+        return deadlines.plan_extend(self.clock.now(), service, hours)
+
     def extend_auto_stop(
         self, actor: User, name: str, hours: int, owner: str | None = None
     ) -> Service:
-        """Keep a running service up ``hours`` (1-24) from now."""
+        """Add ``hours`` (1-24) to a running service's time left, capped at 24 h from now."""
         service = self._acted_on(actor, name, owner)
         with self.store.write() as db:
             deadlines.extend(db, self.clock.now(), service, hours, actor.name)

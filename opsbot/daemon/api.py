@@ -352,6 +352,16 @@ async def extend_service(request: web.Request) -> web.Response:
     return web.json_response(service_view(request, service))
 
 
+async def extend_plan(request: web.Request) -> web.Response:
+    """What Extend would do (time left, new deadline), so a front can show it first."""
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    data = await body(request)
+    hours = data.get("hours") if isinstance(data, dict) else None
+    plan = await call(daemon.core.extend_plan, user(request), name, hours, owner)
+    return web.json_response(plan.as_dict())
+
+
 async def auto_stop(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
@@ -612,6 +622,7 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_post("/v1/services/{name}/start", start_service)
     r.add_post("/v1/services/{name}/key", rotate_key)
     r.add_post("/v1/services/{name}/extend", extend_service)
+    r.add_post("/v1/services/{name}/extend/plan", extend_plan)
     r.add_post("/v1/services/{name}/autostop", auto_stop)
     r.add_post("/v1/services/{name}/update", update_service)
     r.add_get("/v1/services/{name}/history", service_history)
