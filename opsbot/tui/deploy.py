@@ -21,7 +21,9 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
+from opsbot.core import form
 from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
+from opsbot.core.form import whole_or_text
 from opsbot.core.spec import MAX_RULES, parse_spec, spec_warnings
 from opsbot.tui.changes import is_masked, plan_changes, to_form_paths
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
@@ -32,34 +34,16 @@ from opsbot.tui.wording import FIELD_LABELS, field_message, plain
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
 
-AUTO_STOP_CHOICES: list[tuple[str, str]] = [
-    ("1 hour later", "1h"),
-    ("2 hours later", "2h"),
-    ("4 hours later", "4h"),
-    ("6 hours later", "6h"),
-    ("Custom (whole hours)", "custom"),
-    ("Off", "off"),
-]
-SOURCES: list[tuple[str, str]] = [("My Models", "mine"), ("My Subscriptions", "subscribed")]
+#: The core form's choices as Textual's (label, value) pairs.
+AUTO_STOP_CHOICES: list[tuple[str, str]] = [(label, value) for value, label in form.AUTO_STOP_CHOICES]
+SOURCES: list[tuple[str, str]] = [(label, value) for value, label in form.SOURCES]
 TOP_FIELDS = ("name", "auto_stop", "description", "resource_pool", "traffic_limit")
 ENTRY_FIELD = re.compile(r"^models\[(\d+)\]\.(\w+)")
 RULE_FIELD = re.compile(r"^rules\[(\d+)\]")
-RULE_TESTS: list[tuple[str, str]] = [("equals", "equals"), ("matches", "matches")]
+RULE_TESTS: list[tuple[str, str]] = [(label, value) for value, label in form.RULE_TESTS]
 VALIDATE_DELAY_S = 0.3
 POLL_S = 0.5
 MODIFY_POLL_S = 1.0
-
-
-def whole_or_text(text: str) -> int | str | None:
-    """A number field's value: an int when it is one, the text itself otherwise (so the core
-    names the problem), None when empty."""
-    value = text.strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return value
 
 
 def field_row(field: str, *widgets: Widget) -> Vertical:
@@ -112,6 +96,8 @@ class ModelGroup(Vertical):
         self.preset = preset
         #: Select values wanted before the select has its options (model, version, flavor).
         self.wanted: dict[str, str] = {}
+        #: The Specifications offered, as the core form judged them for this version.
+        self.flavor_choices: list[form.Choice] = []
         source = "mine"
         instances = "1"
         env: dict[str, str] = {}
@@ -128,7 +114,7 @@ class ModelGroup(Vertical):
     def _fields(ratio: str, source: str, instances: str, env: dict[str, str]) -> list[Widget]:
         return [
             Horizontal(
-                Label("Model version", classes="label"),
+                Label(FIELD_LABELS["models"], classes="label"),
                 Static("", classes="group-title"),
                 Button("Remove version", classes="remove-group", variant="warning", compact=True),
                 classes="field",
@@ -240,43 +226,36 @@ class ModelGroup(Vertical):
         elif versions:
             select.value = versions[-1]
 
-    def fill_flavors(self, flavors: list[dict[str, Any]]) -> None:
-        """Every flavor; unavailable ones greyed with the reason (the core refuses them)."""
+    def fill_flavors(self, flavors: list[dict[str, Any]], models: list[dict[str, Any]]) -> None:
+        """Every flavor of the pool, as the core form offers them for this version's kind of
+        model: those it cannot take dimmed with the reason, and never chosen by default."""
+        self.flavor_choices = form.flavor_choices(flavors, self._origin(models))
         options: list[tuple[str | Text, str]] = []
-        for f in flavors:
-            if f.get("available", True):
-                options.append((f"{f['id']}  {f.get('name', '')}", str(f["id"])))
+        for c in self.flavor_choices:
+            if c.available:
+                options.append((f"{c.value}  {c.label}", c.value))
             else:
-                text = f"{f['id']}  unavailable: {f.get('reason', '')}"
-                options.append((Text(text, style="dim"), str(f["id"])))
+                text = f"{c.value}  unavailable: {c.reason}"
+                options.append((Text(text, style="dim"), c.value))
         select = self.query_one("#flavor", Select)
         current = self._select("flavor") or self.wanted.get("flavor", "")
         select.set_options(options)
-        ids = [str(f["id"]) for f in flavors]
-        available = [str(f["id"]) for f in flavors if f.get("available", True)]
-        if current in ids:
-            choose(select, current)  # its label may have changed (available in this pool?)
-        elif available:
-            select.value = available[0]
-
-    def suit_flavor(self, flavors: list[dict[str, Any]], models: list[dict[str, Any]]) -> None:
-        """Keep the flavor when it is available and takes the chosen version's kind of model
-        (custom or exeml); otherwise pick the first that does. Only a default: the core
-        still judges the choice."""
         preset = self.preset
-        if preset is not None and self.ref == (str(preset["model"]), str(preset["version"])):
-            return  # a version of the modified service keeps its flavor unless the user picks
-        origin = self._origin(models)
+        own = preset is not None and self.ref == (str(preset["model"]), str(preset["version"]))
+        ids = [c.value for c in self.flavor_choices]
+        # A version of the modified service keeps its flavor unless the user picks another.
+        chosen = current if own and current in ids else form.default_flavor(
+            self.flavor_choices, current
+        )
+        if chosen is not None:
+            choose(select, chosen)  # its label may have changed (available in this pool?)
 
-        def fits(f: dict[str, Any]) -> bool:
-            return bool(f.get("available", True)) and origin in f.get("allows", [origin])
-
-        current = next((f for f in flavors if f["id"] == self._select("flavor")), None)
-        if current is not None and fits(current):
-            return
-        fitting = [str(f["id"]) for f in flavors if fits(f)]
-        if fitting:
-            self.query_one("#flavor", Select).value = fitting[0]
+    def refused_flavor(self) -> str:
+        """The reason the chosen flavor cannot be chosen, or "" (it can)."""
+        chosen = self._select("flavor")
+        return next(
+            (c.reason for c in self.flavor_choices if c.value == chosen and not c.available), ""
+        )
 
     def _origin(self, models: list[dict[str, Any]]) -> str:
         source = self._select("source") or "mine"
@@ -438,9 +417,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
 
     def compose(self) -> ComposeResult:
         s = self.original or {}
-        auto_stop = str(s.get("auto_stop", "1h"))
-        choice = auto_stop if auto_stop in dict((v, v) for _, v in AUTO_STOP_CHOICES) else "custom"
-        hours = "" if choice != "custom" else auto_stop.removesuffix("h")
+        choice, hours = form.auto_stop_choice(str(s.get("auto_stop", "1h")))
+        choices = AUTO_STOP_CHOICES
+        if choice not in {v for _, v in choices}:  # "90m": the form cannot write it; keep it
+            choices = [*choices, (f"Keep {choice}", choice)]
         pool = str(s.get("resource_pool", "public"))
         yield Header(show_clock=False)
         yield ConnectionBanner()
@@ -457,7 +437,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             )
             yield field_row(
                 "auto_stop",
-                Select(AUTO_STOP_CHOICES, value=choice, allow_blank=False, id="auto-stop"),
+                Select(choices, value=choice, allow_blank=False, id="auto-stop"),
                 Input(hours, placeholder="hours, 1-24", id="custom-hours"),
             )
             yield field_row(
@@ -478,7 +458,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             presets = list(s.get("models", [])) or [None]
             yield Vertical(*(ModelGroup(preset=m) for m in presets), id="groups")
             yield Horizontal(
-                Button("Add model version", id="add-version"),
+                Button(form.ADD_VERSION_LABEL, id="add-version"),
                 Static("", id="ratios"),
                 classes="field",
             )
@@ -510,7 +490,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         s = self.original
         self.sub_title = f"Modify {s['owner']}/{s['name']}" if s else "Deploy a real-time service"
         custom = self.query_one("#custom-hours", Input)
-        custom.display = self.query_one("#auto-stop", Select).value == "custom"
+        custom.display = self.query_one("#auto-stop", Select).value == form.CUSTOM
         if s is None:
             self.query_one("#name", Input).focus()
         else:
@@ -556,14 +536,13 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         self.models = models
         for group in self.groups:
             group.fill_models(models)
-            group.suit_flavor(self.flavors, models)
+            group.fill_flavors(self.flavors, models)
         self._offer_versions()
 
     def _got_flavors(self, flavors: list[dict[str, Any]]) -> None:
         self.flavors = flavors
         for group in self.groups:
-            group.fill_flavors(flavors)
-            group.suit_flavor(flavors, self.models)
+            group.fill_flavors(flavors, self.models)
 
     # -- the spec ------------------------------------------------------------------------------
 
@@ -575,13 +554,13 @@ class DeployScreen(Screen[dict[str, Any] | None]):
     def spec_body(self) -> dict[str, Any]:
         """The form as a DeploySpec body (what POST /v1/validate and /v1/services take)."""
         choice = self.query_one("#auto-stop", Select).value
-        auto_stop: str = str(choice)
-        if choice == "custom":
-            hours = self.query_one("#custom-hours", Input).value.strip()
-            auto_stop = f"{hours}h" if hours.isdigit() else hours
+        hours = self.query_one("#custom-hours", Input).value
+        # The core form's custom-hours rule; what it refuses goes to the core as typed, so the
+        # core's error lands on Auto Stop.
+        auto_stop, _ = form.auto_stop_value(str(choice), hours)
         body: dict[str, Any] = {
             "name": self.query_one("#name", Input).value.strip(),
-            "auto_stop": auto_stop,
+            "auto_stop": auto_stop if auto_stop is not None else f"{hours.strip()}h",
             "description": self.query_one("#description", Input).value,
             "resource_pool": self._pool(),
             "models": [g.entry() for g in self.groups],
@@ -640,7 +619,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         groups = self.groups
         for i, group in enumerate(groups):
             group.query_one(".group-title", Static).update(f"#{i + 1}")
-            group.query_one(".remove-group", Button).display = len(groups) > 1
+            remove = group.query_one(".remove-group", Button)
+            # Hidden and disabled: a hidden button must not be reachable with Tab either.
+            remove.display = len(groups) > 1
+            remove.disabled = len(groups) <= 1
         self._update_ratios()
 
     def _update_ratios(self) -> None:
@@ -714,14 +696,22 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             self.load_flavors()
         elif select.id == "auto-stop":
             custom = self.query_one("#custom-hours", Input)
-            custom.display = event.value == "custom"
+            custom.display = event.value == form.CUSTOM
         elif group is not None and select.id == "source":
             group.fill_models(self.models)
         elif group is not None and select.id == "model":
             group.fill_versions(self.models)
         if group is not None and select.id in ("source", "model", "version"):
-            group.suit_flavor(self.flavors, self.models)
+            group.fill_flavors(self.flavors, self.models)
             self._offer_versions()
+        elif group is not None and select.id == "flavor" and select.has_focus_within:
+            reason = group.refused_flavor()
+            if reason:  # shown, as on the reference page, but it cannot be chosen
+                self.notify(f"{event.value}: {reason}", severity="warning")
+                fallback = form.default_flavor(group.flavor_choices)
+                if fallback is not None:
+                    choose(select, fallback)
+                return
         self.changed(select)
 
     def validate(self) -> None:
@@ -833,10 +823,18 @@ class DeployScreen(Screen[dict[str, Any] | None]):
 
     async def action_add_version(self) -> None:
         group = ModelGroup(ratio="0")
+        # The next version the form does not list yet (a copy of version 1 is a duplicate).
+        offered = [
+            (model_ref(m), str(m["version"]))
+            for m in self.models
+            if m.get("source", "mine") == "mine" and is_normal(m)
+        ]
+        nxt = form.next_version(offered, self.version_refs())
+        if nxt is not None:
+            group.wanted = {"model": nxt[0], "version": nxt[1]}
         await self.query_one("#groups", Vertical).mount(group)
         group.fill_models(self.models)
-        group.fill_flavors(self.flavors)
-        group.suit_flavor(self.flavors, self.models)
+        group.fill_flavors(self.flavors, self.models)
         if self.original is not None:
             # A version added to a running service starts with the first version's environment
             # (masked secrets included, which the daemon copies with their real values).

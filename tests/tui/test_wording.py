@@ -14,9 +14,9 @@ from opsbot.tui.wording import field_label, field_message, plain
     ("path", "label"),
     [
         ("name", "Name"),
-        ("traffic_limit", "Calls per second"),
+        ("traffic_limit", "Traffic Limit"),
         ("models[0].env.DB_PASSWORD", "Version 1, environment variable DB_PASSWORD"),
-        ("models[1].instances", "Version 2, instances"),
+        ("models[1].instances", "Version 2, compute nodes"),
         ("models[2]", "Version 3"),
         ("rules[0].header", "Rule 1, header"),
     ],
@@ -38,7 +38,7 @@ def test_the_cores_own_errors_come_out_in_plain_words() -> None:
     assert shown, "the core found nothing wrong"
     for line in shown:
         assert "models[" not in line and "Input should" not in line and "String should" not in line
-    assert any(line.startswith("Version 1, instances: must be a whole number") for line in shown)
+    assert any(line.startswith("Version 1, compute nodes: must be a whole number") for line in shown)
 
 
 def test_cli_advice_becomes_the_key_to_press() -> None:
