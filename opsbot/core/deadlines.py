@@ -57,6 +57,17 @@ class ExtendPlan:
     new_due: float | None
     capped: bool
 
+    @classmethod
+    def compute(cls, service: str, hours: int, now: float, due: float | None) -> ExtendPlan:
+        """The hours added to the time left (``due - now``), capped at 24 h from now, never
+        shortening it; no new deadline where there is none (auto stop off). Pure: a front may
+        compute it from a service it lists, the core applies the same."""
+        if due is None:
+            return cls(service, hours, now, None, None, False)
+        wanted = max(due, now) + hours * 3600
+        cap = now + MAX_EXTEND_HOURS * 3600
+        return cls(service, hours, now, due, max(due, min(wanted, cap)), wanted > cap)
+
     @property
     def auto_stop_off(self) -> bool:
         """The service has no deadline to extend: auto stop is off (offer to turn it on)."""
@@ -71,6 +82,13 @@ class ExtendPlan:
         if self.due is None or self.new_due is None:
             return 0.0
         return self.new_due - max(self.due, self.now)
+
+    @property
+    def choice(self) -> str:
+        """The short line of a menu: "Extend 2 h: stops in 3h 05m"."""
+        if self.new_due is None or self.added <= 0:
+            return f"Extend {self.hours} h: not possible"
+        return f"Extend {self.hours} h: stops in {format_remaining(self.new_due - self.now)}"
 
     def text(self) -> str:
         """One line a front shows before applying, and the refusal when nothing can be added."""
@@ -123,13 +141,7 @@ def plan_extend(now: float, service: Service, hours: int) -> ExtendPlan:
     range and Conflict when the service is not running."""
     _check_hours(hours)
     _ticking(service)
-    due = service.due_time
-    if due is None:
-        return ExtendPlan(service.name, hours, now, None, None, False)
-    wanted = max(due, now) + hours * 3600
-    cap = now + MAX_EXTEND_HOURS * 3600
-    new_due = max(due, min(wanted, cap))
-    return ExtendPlan(service.name, hours, now, due, new_due, wanted > cap)
+    return ExtendPlan.compute(service.name, hours, now, service.due_time)
 
 
 def extend(

@@ -56,7 +56,9 @@ FIELDS: tuple[FormField, ...] = (
         "basic",
         "1h",
     ),
-    FormField("description", "Description", "at most 100 characters, none of ! < > = & \" '", "basic"),
+    FormField(
+        "description", "Description", "at most 100 characters, none of ! < > = & \" '", "basic"
+    ),
     FormField(
         "resource_pool",
         "Resource Pool",
@@ -64,9 +66,7 @@ FIELDS: tuple[FormField, ...] = (
         "basic",
         "public",
     ),
-    FormField(
-        "source", "Model Source", "My Models or My Subscriptions", "version", "mine"
-    ),
+    FormField("source", "Model Source", "My Models or My Subscriptions", "version", "mine"),
     FormField("model", "Model", "a model with a version in the Normal state", "version"),
     FormField("version", "Version", "a Normal version of the model", "version"),
     FormField(
@@ -135,6 +135,7 @@ AUTO_STOP_CHOICES: tuple[tuple[str, str], ...] = (
     ("off", "Off"),
 )
 CUSTOM_HOURS = (1, MAX_MINUTES // 60)
+CUSTOM_HOURS_LABEL = "Custom: hours from 1 to 24"
 
 
 def auto_stop_choice(value: str) -> tuple[str, str]:
@@ -177,7 +178,9 @@ def whole_or_text(text: str | None) -> int | str | None:
     return int(value) if re.fullmatch(r"[+-]?\d+", value) else value
 
 
-def parse_env_lines(text: str | None, field: str = "env") -> tuple[dict[str, str], list[FieldError]]:
+def parse_env_lines(
+    text: str | None, field: str = "env"
+) -> tuple[dict[str, str], list[FieldError]]:
     """``NAME=value`` lines into variables; blank lines and ``#`` comments are skipped.
 
     A line without ``=`` or without a name is an error on ``field`` naming the line."""
@@ -231,8 +234,9 @@ def error_field(path: str) -> FieldRef:
         kind, index, key, _ = match.groups()
         if kind == "models":
             return FieldRef(key if key in FIELD_BY_KEY else "model", "version", int(index))
-        key = {"model": "rule_version", "version": "rule_version"}.get(key or "", key or "header")
-        return FieldRef(key if key in FIELD_BY_KEY else "header", "rule", int(index))
+        # A rule without a field (exactly one of equals and matches) is its test's value.
+        key = {"model": "rule_version", "version": "rule_version"}.get(key or "", key or "equals")
+        return FieldRef(key if key in FIELD_BY_KEY else "equals", "rule", int(index))
     if path == "models":
         return FieldRef("traffic_ratio", "version", 0)
     if path == "rules":
@@ -288,7 +292,9 @@ def flavor_choices(flavors: Iterable[Mapping[str, Any]], origin: str = "custom")
             reason = str(f.get("reason") or "no node can host it")
         elif origin not in allows:
             kinds = " or ".join(ORIGIN_WORDS.get(a, a) for a in allows)
-            reason = f"takes only {kinds} models; this version is {ORIGIN_WORDS.get(origin, origin)}"
+            reason = (
+                f"takes only {kinds} models; this version is {ORIGIN_WORDS.get(origin, origin)}"
+            )
         name = str(f.get("name") or f["id"])
         out.append(Choice(str(f["id"]), name, not reason, reason))
     return out

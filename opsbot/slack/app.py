@@ -87,6 +87,13 @@ class SlackBot:
             out.setdefault(source, {}).setdefault(name, []).append(mv.version)
         return out
 
+    def origins(self, actor: User) -> dict[tuple[str, str, str], str]:
+        """The origin (custom or exeml) of each model version, keyed as the catalog names it."""
+        return {
+            (source, mv.name if source == "mine" else mv.ref, mv.version): mv.origin
+            for source, mv in self.core.models(actor)
+        }
+
     def modal(self, actor: User, state: views.FormState) -> views.View:
         """The deploy modal, or the modify modal when ``state.target`` names a service."""
         pools = self.core.pools.names()
@@ -105,7 +112,7 @@ class SlackBot:
                 known = catalog.setdefault(g.source, {}).setdefault(g.model, [])
                 if g.version not in known:
                     known.append(g.version)
-        return views.deploy_modal(state, catalog, pools, flavors)
+        return views.deploy_modal(state, catalog, pools, flavors, self.origins(owner))
 
     def _services(self, actor: User, everyone: bool) -> list[dict[str, Any]]:
         return [
@@ -193,8 +200,10 @@ class SlackBot:
             views.choose_model(
                 state, views.group_uid(action["block_id"]), chosen, self.catalog(actor)
             )
+        elif action_id == views.A_VERSION:
+            views.choose_version(state, views.group_uid(action["block_id"]), chosen)
         elif action_id == views.A_ADD:
-            views.add_group(state)
+            views.add_group(state, self.catalog(actor))
         elif action_id == views.A_REMOVE:
             views.remove_group(state, int(action["value"]))
         elif action_id == views.A_ADD_RULE:
@@ -439,13 +448,16 @@ class SlackBot:
             elif action_id == views.A_DELETE:
                 self.core.delete_service(actor, name, owner)
                 done = f"Deleting {name}."
+            elif action_id == views.A_AUTO_STOP_ON:
+                service = self.core.set_auto_stop(actor, name, "on", owner)
+                done = f"Auto stop of {name} is on: {service.spec.auto_stop} from now."
             else:
                 hours = target.hours
                 if hours is None:
                     hours = 4 if action_id == views.A_EXTEND_4 else 1
-                service = self.core.extend_auto_stop(actor, name, hours, owner)
-                left = (service.due_time or self.clock()) - self.clock()
-                done = f"Extended {name} by {hours} h: it stops in {views.remaining(left)}."
+                plan = self.core.extend_plan(actor, name, hours, owner)
+                self.core.extend_auto_stop(actor, name, hours, owner)
+                done = f"Extended {name}: {plan.text()}."
         except OpsbotError as exc:
             self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
             return
@@ -483,6 +495,7 @@ class SlackBot:
             views.A_REMOVE,
             views.A_ADD_RULE,
             views.A_REMOVE_RULE,
+            views.A_VERSION,
         ):
             app.action(action_id)(self.modal_action)
         for action_id in (
@@ -492,6 +505,7 @@ class SlackBot:
             views.A_DELETE,
             views.A_EXTEND_1,
             views.A_EXTEND_4,
+            views.A_AUTO_STOP_ON,
         ):
             app.action(action_id)(self.service_action)
         app.action(views.A_HOME_DEPLOY)(self.home_deploy)
@@ -499,8 +513,6 @@ class SlackBot:
         app.action(views.A_HISTORY)(self.history_open)
         app.action(views.A_ROLLBACK)(self.rollback_action)
         app.action(views.A_DETAILS)(self.details_open)
-        # Version picks need no answer, but Slack sends them: acknowledge so none time out.
-        app.action(views.A_VERSION)(lambda ack: ack())
         app.event("app_home_opened")(self.home_opened)
 
 

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from opsbot.core import form
+from opsbot.core.deadlines import EXTEND_HOURS, ExtendPlan
 from opsbot.core.errors import FieldError
 from opsbot.core.flavors import FlavorStatus
-from opsbot.core.spec import DEFAULT_FLAVOR, MAX_RULES, MAX_VERSIONS, DeploySpec, mask_value
+from opsbot.core.form import LABELS
+from opsbot.core.spec import MAX_RULES, MAX_VERSIONS, DeploySpec, mask_value
 from opsbot.core.status import Status
 from opsbot.core.update import UPDATABLE
 
@@ -39,15 +42,8 @@ MAX_BLOCKS = 100
 MAX_MESSAGE_BLOCKS = 50
 OPTION_TEXT_MAX = 75
 
-AUTO_STOP_CHOICES: tuple[tuple[str, str], ...] = (
-    ("1h", "1 hour later"),
-    ("2h", "2 hours later"),
-    ("4h", "4 hours later"),
-    ("6h", "6 hours later"),
-    ("custom", "Custom (1-24 hours)"),
-    ("off", "Off"),
-)
-SOURCES: tuple[tuple[str, str], ...] = (("mine", "My Models"), ("subscribed", "My Subscriptions"))
+AUTO_STOP_CHOICES = form.AUTO_STOP_CHOICES
+SOURCES = form.SOURCES
 
 # Action ids the app listens to.
 A_AUTO_STOP = "deploy_auto_stop"
@@ -71,9 +67,9 @@ A_DETAILS = "svc_details"
 A_ROLLBACK = "svc_rollback"
 A_EXTEND_1 = "remind_extend_1"
 A_EXTEND_4 = "remind_extend_4"
+A_AUTO_STOP_ON = "svc_auto_stop_on"
 
-#: The choices of the Extend menu in /services and App Home (the core checks the range).
-EXTEND_HOURS: tuple[int, ...] = (1, 4, 8, 24)
+#: The choices of the Extend menu in /services and App Home are the core's EXTEND_HOURS.
 #: Longest value Slack takes in a select option.
 OPTION_VALUE_MAX = 150
 
@@ -87,13 +83,12 @@ _GROUP_BLOCKS = 9
 #: Blocks of one routing rule: header with Remove, header name, test, value, version.
 _RULE_BLOCKS = 5
 MAX_GROUPS = min(MAX_VERSIONS, (MAX_BLOCKS - _FIXED_BLOCKS) // _GROUP_BLOCKS)
-RULE_TESTS: tuple[tuple[str, str], ...] = (
-    ("equals", "equals"),
-    ("matches", "matches (regular expression)"),
-)
+RULE_TESTS = form.RULE_TESTS
 
 #: Catalog of deployable models: source -> model (as the spec names it) -> Normal versions.
 Catalog = Mapping[str, Mapping[str, Sequence[str]]]
+#: The origin ("custom" or "exeml") of each (source, model, version) of the catalog.
+Origins = Mapping[tuple[str, str, str], str]
 
 
 # -- modal state -----------------------------------------------------------------------------
@@ -325,13 +320,37 @@ def can_add_rule(state: FormState) -> bool:
     return len(state.rules) < MAX_RULES and _blocks_used(state) + _RULE_BLOCKS <= MAX_BLOCKS
 
 
-def add_group(state: FormState) -> FormState:
-    """Another model version for a gated launch, like the first group's model by default."""
+def add_group(state: FormState, catalog: Catalog | None = None) -> FormState:
+    """Another model version for a gated launch: the next version of the first group's source
+    the form does not list yet (the core form's rule), else the first group's model."""
     if not can_add_group(state):
         return state
     first = state.groups[0]
-    state.groups.append(GroupState(uid=state.next_uid, source=first.source, model=first.model))
+    offered = [
+        (model, version)
+        for model, versions in (catalog or {}).get(first.source, {}).items()
+        for version in versions
+    ]
+    used = [(g.model, g.version) for g in state.groups if g.model and g.version]
+    nxt = form.next_version(
+        sorted(offered, key=lambda ref: ref[0] != first.model),
+        used,  # its own model first
+    )
+    model, version = nxt if nxt is not None else (first.model, None)
+    state.groups.append(
+        GroupState(uid=state.next_uid, source=first.source, model=model, version=version)
+    )
     state.next_uid += 1
+    return state
+
+
+def choose_version(state: FormState, uid: int, version: str | None) -> FormState:
+    """A new version: its kind of model (custom or ExeML) decides which flavors it can take,
+    so the flavor choices are offered again (each group's choice kept where still possible)."""
+    g = state.group(uid)
+    if g.version != version:
+        g.version = version
+        state.flavor_gen += 1
     return state
 
 
@@ -358,10 +377,8 @@ def form_from_spec(
     spec: DeploySpec, owner: str, *, origin: str | None = None, everyone: bool = False
 ) -> FormState:
     """The modify modal's state: the service's current spec, name and pool fixed."""
-    auto = str(spec.auto_stop)
-    custom: str | None = None
-    if auto not in {value for value, _ in AUTO_STOP_CHOICES} and auto.endswith("h"):
-        auto, custom = "custom", auto.removesuffix("h")
+    auto, hours = form.auto_stop_choice(str(spec.auto_stop))
+    custom = hours or None
     groups = [
         GroupState(
             uid=i,
@@ -371,7 +388,8 @@ def form_from_spec(
             traffic_ratio=None if m.traffic_ratio is None else str(m.traffic_ratio),
             flavor=m.flavor,
             instances=str(m.instances),
-            env="\n".join(f"{k}={v}" for k, v in m.env.items()) or None,
+            # Secrets masked, as everywhere they are shown; a masked value sent back is kept.
+            env=form.env_lines(m.env) or None,
         )
         for i, m in enumerate(spec.models)
     ]
@@ -385,7 +403,9 @@ def form_from_spec(
                 header=r.header,
                 test="equals" if r.equals is not None else "matches",
                 value=r.equals if r.equals is not None else r.matches,
-                version=f"{model}:{r.version}",
+                version=rule_target_value(
+                    next((g.uid for g in groups if g.model == model), 0), r.version
+                ),
             )
         )
     return FormState(
@@ -503,9 +523,21 @@ def _plain(
     return element
 
 
-def flavor_label(status: FlavorStatus) -> str:
-    name = status.flavor.name
-    return name if status.available else f"{name} (unavailable)"
+def flavor_choices(
+    state: FormState, g: GroupState, flavors: Sequence[FlavorStatus], origins: Origins
+) -> list[form.Choice]:
+    """The core form's Specifications for this group's version (its kind of model decides
+    which flavors it may take)."""
+    origin = origins.get((g.source, g.model or "", g.version or ""), "custom")
+    return form.flavor_choices([s.as_dict() for s in flavors], origin)
+
+
+def _label(key: str) -> str:
+    return LABELS[key]
+
+
+def _help(key: str) -> str:
+    return form.FIELD_BY_KEY[key].help
 
 
 def _group_blocks(
@@ -514,13 +546,14 @@ def _group_blocks(
     index: int,
     catalog: Catalog,
     flavors: Sequence[FlavorStatus],
+    origins: Origins,
 ) -> list[Block]:
     models = catalog.get(g.source, {})
     versions = list(models.get(g.model or "", []))
     header: Block = {
         "type": "section",
         "block_id": _bid(g, "head"),
-        "text": _md(f"*Model and configuration {index + 1}*"),
+        "text": _md(f"*{_label('models')} {index + 1}*"),
     }
     if len(state.groups) > 1:
         header["accessory"] = {
@@ -529,41 +562,40 @@ def _group_blocks(
             "text": _text("Remove"),
             "value": str(g.uid),
         }
-    unavailable = [s for s in flavors if not s.available]
+    choices = flavor_choices(state, g, flavors, origins)
+    # Shown, as on the reference page, but not choosable: Slack cannot grey an option, so the
+    # select offers the flavors this version can take and the notes say why the others cannot.
+    refused = [c for c in choices if not c.available]
     notes = (
-        "; ".join(f"{s.flavor.name}: {s.reason}" for s in unavailable)
-        if unavailable
-        else "every flavor can run in this pool"
+        "; ".join(f"{c.label}: {c.reason}" for c in refused)
+        if refused
+        else "every flavor can run here"
     )
-    # The spec's default flavor where it can run (exeml.* flavors, listed first, take only
-    # ExeML models), else the first that can.
-    usable = [s.flavor.id for s in flavors if s.available]
-    default_flavor = g.flavor or (DEFAULT_FLAVOR if DEFAULT_FLAVOR in usable else None)
-    default_flavor = default_flavor or next(iter(usable), None)
     return [
         header,
         _input(
             _bid(g, "source"),
-            "Model source",
+            _label("source"),
             _select(A_SOURCE, "My Models or My Subscriptions", SOURCES, g.source),
             dispatch=True,
         ),
         _input(
             _bid(g, "model"),
-            "Model",
+            _label("model"),
             _select(A_MODEL, "Choose a model", [(m, m) for m in models], g.model),
             dispatch=True,
             hint=None if models else "No model in the Normal state here: create or subscribe.",
         ),
         _input(
             _bid(g, "version"),
-            "Version",
+            _label("version"),
             _select(A_VERSION, "Choose a version", [(v, v) for v in versions], g.version),
+            dispatch=True,
             hint=None if g.model else "Choose a model first.",
         ),
         _input(
             _bid(g, "traffic_ratio"),
-            "Traffic ratio (%)",
+            _label("traffic_ratio"),
             _number(
                 A_VALUE,
                 g.traffic_ratio or ("100" if len(state.groups) == 1 else None),
@@ -572,31 +604,32 @@ def _group_blocks(
                 "100",
             ),
             optional=len(state.groups) == 1,
-            hint="The ratios of all versions sum to 100.",
+            hint=_help("traffic_ratio"),
         ),
         _input(
             _bid(g, "flavor", state.flavor_gen),
-            "Specifications",
+            _label("flavor"),
             _select(
                 A_VALUE,
                 "Choose a flavor",
-                [(s.flavor.id, flavor_label(s)) for s in flavors],
-                default_flavor,
+                [(c.value, c.label) for c in choices if c.available],
+                form.default_flavor(choices, g.flavor),
             ),
         ),
         {
             "type": "context",
             "block_id": _bid(g, "flavor_notes"),
-            "elements": [_md(_clip(f"Unavailable flavors: {notes}", 2000))],
+            "elements": [_md(_clip(f"Not available: {notes}", 2000))],
         },
         _input(
             _bid(g, "instances"),
-            "Compute nodes (instances)",
+            _label("instances"),
             _number(A_VALUE, g.instances or "1", 1, 128, "1"),
+            hint=_help("instances"),
         ),
         _input(
             _bid(g, "env"),
-            "Environment variables",
+            _label("env"),
             _plain(
                 A_VALUE,
                 g.env,
@@ -605,23 +638,32 @@ def _group_blocks(
                 placeholder="NAME=value, one per line",
             ),
             optional=True,
-            hint="Do not enter secrets such as passwords: values are visible to the instances.",
+            hint=_help("env") + "; a masked value (ab****yz) is kept as it is",
         ),
     ]
 
 
+def rule_target_value(uid: int, version: str) -> str:
+    """A rule's target as an option value: the group that holds the model, and the version
+    (at most 75 characters; the model's name, up to 129, would pass Slack's 150)."""
+    return f"{uid}:{version}"
+
+
 def rule_targets(state: FormState, catalog: Catalog) -> list[tuple[str, str]]:
     """The versions a rule may send calls to: those of the form's models, as option values
-    ``MODEL:VERSION`` and texts ``MODEL VERSION``."""
+    ``GROUP:VERSION`` (see :func:`rule_target_value`) and texts ``MODEL VERSION``."""
     out: dict[str, str] = {}
+    seen: set[str] = set()
     for g in state.groups:
-        if not g.model:
+        if not g.model or g.model in seen:
             continue
+        seen.add(g.model)
         versions = list(catalog.get(g.source, {}).get(g.model, []))
-        if g.version and g.version not in versions:
-            versions.append(g.version)
+        for other in state.groups:
+            if other.model == g.model and other.version and other.version not in versions:
+                versions.append(other.version)
         for v in versions:
-            out.setdefault(f"{g.model}:{v}", f"{g.model} {v}")
+            out.setdefault(rule_target_value(g.uid, v), f"{g.model} {v}")
     return list(out.items())
 
 
@@ -640,7 +682,7 @@ def _rule_blocks(rule: RuleState, index: int, targets: Sequence[tuple[str, str]]
         },
         _input(
             f"r{rule.uid}.header",
-            "Header",
+            _label("header"),
             _plain(A_VALUE, rule.header, max_length=64, placeholder="X-User-Group"),
         ),
         _input(
@@ -650,13 +692,13 @@ def _rule_blocks(rule: RuleState, index: int, targets: Sequence[tuple[str, str]]
         ),
         _input(
             f"r{rule.uid}.value",
-            "Value",
+            _label("equals"),
             _plain(A_VALUE, rule.value, max_length=256, placeholder="beta"),
-            hint="The exact value, or a regular expression the whole value must match.",
+            hint=f"{_help('equals')}, or {_help('matches')}",
         ),
         _input(
             f"r{rule.uid}.version",
-            "Send matching calls to",
+            _label("rule_version"),
             _select(A_VALUE, "Choose a version", targets, rule.version),
             hint=None if targets else "Choose the models and versions above first.",
         ),
@@ -685,6 +727,7 @@ def deploy_modal(
     catalog: Catalog,
     pools: Sequence[str],
     flavors: Sequence[FlavorStatus],
+    origins: Origins | None = None,
 ) -> View:
     """The /deploy modal: the fields of the reference Deploy page, in its order.
 
@@ -696,7 +739,7 @@ def deploy_modal(
     if state.warnings:
         blocks.append(warnings_block(state.warnings, "Apply" if state.target else "Deploy"))
     auto_choices = AUTO_STOP_CHOICES
-    if state.auto_stop not in {value for value, _ in AUTO_STOP_CHOICES}:
+    if state.auto_stop not in {value for value, _ in AUTO_STOP_CHOICES}:  # "90m": kept as is
         auto_choices = (*AUTO_STOP_CHOICES, (state.auto_stop, f"Keep {state.auto_stop}"))
     if state.target:
         blocks.append(
@@ -710,15 +753,15 @@ def deploy_modal(
         blocks.append(
             _input(
                 "name",
-                "Name",
+                _label("name"),
                 _plain(A_VALUE, state.name, max_length=64, placeholder="service-name"),
-                hint="1-64 letters, digits, - or _, starting with a letter.",
+                hint=_help("name"),
             )
         )
     blocks.append(
         _input(
             "auto_stop",
-            "Auto stop",
+            _label("auto_stop"),
             _select(A_AUTO_STOP, "When it stops", auto_choices, state.auto_stop),
             dispatch=True,
         )
@@ -727,30 +770,30 @@ def deploy_modal(
         blocks.append(
             _input(
                 "auto_stop_hours",
-                "Auto stop after (hours)",
-                _number(A_VALUE, state.custom_hours, 1, 24, "1 to 24"),
+                form.CUSTOM_HOURS_LABEL,
+                _number(A_VALUE, state.custom_hours, *form.CUSTOM_HOURS, "1 to 24"),
             )
         )
     blocks.append(
         _input(
             "description",
-            "Description",
+            _label("description"),
             _plain(A_VALUE, state.description, multiline=True, max_length=100),
             optional=True,
-            hint="At most 100 characters, none of ! < > = & \" '",
+            hint=_help("description"),
         )
     )
     if not state.target:
         blocks.append(
             _input(
                 "resource_pool",
-                "Resource pool",
+                _label("resource_pool"),
                 _select(A_POOL, "Choose a pool", [(p, p) for p in pools], state.pool),
                 dispatch=True,
             )
         )
     for i, g in enumerate(state.groups):
-        blocks += _group_blocks(state, g, i, catalog, flavors)
+        blocks += _group_blocks(state, g, i, catalog, flavors, origins or {})
     first = state.groups[0]
     single_version = first.model is not None and (
         len(catalog.get(first.source, {}).get(first.model, [])) == 1
@@ -764,7 +807,7 @@ def deploy_modal(
                     {
                         "type": "button",
                         "action_id": A_ADD,
-                        "text": _text("Add model version and configuration"),
+                        "text": _text(form.ADD_VERSION_LABEL),
                         "value": "add",
                     }
                 ],
@@ -773,8 +816,9 @@ def deploy_modal(
     blocks.append(
         _input(
             "traffic_limit",
-            "Traffic limit (requests per second)",
+            _label("traffic_limit"),
             _number(A_VALUE, state.traffic_limit or "100", 1, 1_000_000, "100"),
+            hint=_help("traffic_limit"),
         )
     )
     blocks.append(_rules_heading(state))
@@ -826,41 +870,15 @@ def warning_mark(warnings: Sequence[FieldError]) -> str:
 # -- submission --------------------------------------------------------------------------------
 
 
-def _number_or_text(value: str | None) -> int | str | None:
-    if value is None or value.strip() == "":
-        return None
-    text = value.strip()
-    return int(text) if re.fullmatch(r"-?\d+", text) else text
-
-
-def parse_env(text: str | None) -> tuple[dict[str, str], list[str]]:
-    """NAME=value lines into a dict, and the lines that are not NAME=value."""
-    env: dict[str, str] = {}
-    bad: list[str] = []
-    for line in (text or "").splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not name.strip():
-            bad.append(line.strip())
-            continue
-        env[name.strip()] = value.strip()
-    return env, bad
-
-
 def spec_data(state: FormState) -> tuple[dict[str, Any], list[FieldError]]:
     """The submitted modal as spec data for the core, plus problems found while reading it.
 
     Empty fields are left out so the core reports them (or applies its defaults).
     """
     problems: list[FieldError] = []
-    if state.auto_stop == "custom":
-        hours = _number_or_text(state.custom_hours)
-        auto_stop: Any = f"{hours}h" if hours is not None else None
-        if hours is None:
-            problems.append(FieldError("auto_stop", "enter the hours (1 to 24) for a custom stop"))
-    else:
-        auto_stop = state.auto_stop
+    auto_stop, problem = form.auto_stop_value(state.auto_stop, state.custom_hours)
+    if problem is not None:
+        problems.append(problem)
     name = state.target[1] if state.target else (state.name or "").strip()
     data: dict[str, Any] = {
         "name": name,
@@ -869,7 +887,7 @@ def spec_data(state: FormState) -> tuple[dict[str, Any], list[FieldError]]:
     }
     if auto_stop is not None:
         data["auto_stop"] = auto_stop
-    limit = _number_or_text(state.traffic_limit)
+    limit = form.whole_or_text(state.traffic_limit)
     if limit is not None:
         data["traffic_limit"] = limit
     models: list[dict[str, Any]] = []
@@ -880,19 +898,13 @@ def spec_data(state: FormState) -> tuple[dict[str, Any], list[FieldError]]:
         if g.version:
             entry["version"] = g.version
         for key, raw in (("traffic_ratio", g.traffic_ratio), ("instances", g.instances)):
-            number = _number_or_text(raw)
+            number = form.whole_or_text(raw)
             if number is not None:
                 entry[key] = number
         if g.flavor:
             entry["flavor"] = g.flavor
-        env, bad = parse_env(g.env)
-        if bad:
-            problems.append(
-                FieldError(
-                    f"models[{i}].env",
-                    f"write one NAME=value per line; not understood: {_clip(bad[0], 60)}",
-                )
-            )
+        env, bad = form.parse_env_lines(g.env, f"models[{i}].env")
+        problems += bad
         entry["env"] = env
         models.append(entry)
     data["models"] = models
@@ -908,7 +920,9 @@ def _rule_data(state: FormState, rule: RuleState) -> dict[str, Any]:
     if rule.value is not None:
         out["matches" if rule.test == "matches" else "equals"] = rule.value
     if rule.version:
-        model, _, version = rule.version.rpartition(":")
+        uid, _, version = rule.version.partition(":")
+        holder = next((g for g in state.groups if str(g.uid) == uid), None)
+        model = holder.model if holder is not None else None
         out["version"] = version
         sharing = {g.model for g in state.groups if g.version == version and g.model}
         if model and sharing - {model}:
@@ -917,58 +931,49 @@ def _rule_data(state: FormState, rule: RuleState) -> dict[str, Any]:
 
 
 def error_block_ids(state: FormState, errors: Sequence[FieldError]) -> dict[str, str]:
-    """Field errors of the core, keyed by the block id of the input they concern.
+    """Field errors of the core, keyed by the block id of the input they concern (the core
+    form's :func:`~opsbot.core.form.error_field` says which field a path belongs to).
 
     Errors on fields the modal has no input for go under the name (the auto stop in the modify
-    modal, which has no name input), prefixed with the field.
+    modal, which has no name input), prefixed with the field's label.
     """
     out: dict[str, list[str]] = {}
     top = "auto_stop" if state.target else "name"
+    fixed = {"name", "resource_pool"} if state.target else set()
 
     def put(block_id: str, message: str) -> None:
         out.setdefault(block_id, []).append(message)
 
     for error in errors:
-        path = error.field
-        match = re.match(r"^models\[(\d+)\](?:\.(\w+))?", path)
-        if match:
-            index = int(match.group(1))
+        ref = form.error_field(error.field)
+        elsewhere = (
+            f"{form.field_label(error.field)}: {error.message}"
+            if error.field not in ("", "spec")
+            else error.message
+        )
+        if ref.section == "version":
+            index = ref.index or 0
             if index >= len(state.groups):
-                put(top, f"{path}: {error.message}")
+                put(top, elsewhere)
                 continue
             g = state.groups[index]
-            what = match.group(2) or "model"
-            if what == "source":
-                put(_bid(g, "source"), error.message)
-            elif what in ("model", "version"):
-                put(_bid(g, what), error.message)
-            elif what == "flavor":
-                put(_bid(g, "flavor", state.flavor_gen), error.message)
-            elif what in ("traffic_ratio", "instances", "env"):
-                put(_bid(g, what), error.message)
-            else:
-                put(_bid(g, "model"), f"{what}: {error.message}")
-        elif path == "models":
-            put(_bid(state.groups[0], "traffic_ratio"), error.message)
-        elif path == "auto_stop" or path.startswith("auto_stop."):
-            put("auto_stop_hours" if state.auto_stop == "custom" else "auto_stop", error.message)
-        elif (rule := re.match(r"^rules\[(\d+)\](?:\.(\w+))?", path)) is not None:
-            index = int(rule.group(1))
+            key = ref.key
+            put(_bid(g, key, state.flavor_gen), error.message)
+        elif ref.section == "rule":
+            index = ref.index or 0
             if index >= len(state.rules):
-                put(top, f"{path}: {error.message}")
+                put(top, elsewhere)
                 continue
-            what = {"equals": "value", "matches": "value", "header": "header"}.get(
-                rule.group(2) or "", "version" if rule.group(2) in ("version", "model") else "value"
-            )
+            what = {"header": "header", "rule_version": "version"}.get(ref.key, "value")
             put(f"r{state.rules[index].uid}.{what}", error.message)
-        elif path == "rules" and state.rules:
-            put(f"r{state.rules[0].uid}.header", error.message)
-        elif path in ("description", "traffic_limit") or (
-            path in ("name", "resource_pool") and not state.target
+        elif ref.key == "auto_stop":
+            put("auto_stop_hours" if state.auto_stop == form.CUSTOM else "auto_stop", error.message)
+        elif ref.key in ("name", "description", "resource_pool", "traffic_limit") and (
+            ref.key not in fixed
         ):
-            put(path, error.message)
+            put(ref.key, error.message)
         else:
-            put(top, f"{path}: {error.message}" if path not in ("", "spec") else error.message)
+            put(top, elsewhere)
     return {block: _clip(" ".join(messages), 2000) for block, messages in out.items()}
 
 
@@ -1067,16 +1072,37 @@ def action_target(action: Mapping[str, Any]) -> Target:
     )
 
 
-def extend_element(svc: Mapping[str, Any], everyone: bool = False) -> list[dict[str, Any]]:
-    """A menu to extend auto stop by 1, 4, 8 or 24 hours.
+def extend_element(
+    svc: Mapping[str, Any], now: float, everyone: bool = False
+) -> list[dict[str, Any]]:
+    """A menu to extend auto stop by the core's EXTEND_HOURS, each option saying when the
+    service would stop (hours are added to the time left, capped at 24 h from now).
 
-    Options carry owner and name; where those are too long for an option value (150
-    characters), two buttons (1 h, 4 h) stand in, since a button value may be longer.
+    A running service without auto stop gets a button to turn it on instead (Extend has
+    nothing to add to). Options carry owner and name; where those are too long for an option
+    value (150 characters), two buttons (1 h, 4 h) stand in, since a button value may be longer.
     """
-    values = [(action_value(svc, everyone, h), f"Extend {h} h") for h in EXTEND_HOURS]
+    due = svc.get("due_time")
+    name = str(svc["name"])
+    if due is None:
+        if Status(str(svc["status"])) not in form.CAN_EXTEND:
+            return []
+        on = _button(A_AUTO_STOP_ON, "Turn auto stop on", action_value(svc, everyone))
+        on["confirm"] = _confirm(
+            "Turn auto stop on?",
+            f"*{name}* has auto stop off: it runs until stopped. Turn auto stop on, with its "
+            "own duration counted from now?",
+            "Turn on",
+        )
+        return [on]
+    plans = [ExtendPlan.compute(name, h, now, float(due)) for h in EXTEND_HOURS]
+    values = [(action_value(svc, everyone, p.hours), p.choice) for p in plans]
     if any(len(v) > OPTION_VALUE_MAX for v, _ in values):
         value = action_value(svc, everyone)
-        return [_button(A_EXTEND_1, "Extend 1 h", value), _button(A_EXTEND_4, "Extend 4 h", value)]
+        return [
+            _button(A_EXTEND_1, plans[0].choice, value),
+            _button(A_EXTEND_4, ExtendPlan.compute(name, 4, now, float(due)).choice, value),
+        ]
     return [
         {
             "type": "static_select",
@@ -1107,7 +1133,7 @@ def service_blocks(svc: Mapping[str, Any], now: float, everyone: bool = False) -
             "elements": [
                 stop,
                 _button(A_START, "Start", value, "primary"),
-                *extend_element(svc, everyone),
+                *extend_element(svc, now, everyone),
                 *modify,
                 _button(A_DETAILS, "Details", value),
                 _button(A_HISTORY, "History", value),

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
 
 #: The core form's choices as Textual's (label, value) pairs.
-AUTO_STOP_CHOICES: list[tuple[str, str]] = [(label, value) for value, label in form.AUTO_STOP_CHOICES]
+AUTO_STOP_CHOICES: list[tuple[str, str]] = [
+    (label, value) for value, label in form.AUTO_STOP_CHOICES
+]
 SOURCES: list[tuple[str, str]] = [(label, value) for value, label in form.SOURCES]
 TOP_FIELDS = ("name", "auto_stop", "description", "resource_pool", "traffic_limit")
 ENTRY_FIELD = re.compile(r"^models\[(\d+)\]\.(\w+)")
@@ -244,8 +246,8 @@ class ModelGroup(Vertical):
         own = preset is not None and self.ref == (str(preset["model"]), str(preset["version"]))
         ids = [c.value for c in self.flavor_choices]
         # A version of the modified service keeps its flavor unless the user picks another.
-        chosen = current if own and current in ids else form.default_flavor(
-            self.flavor_choices, current
+        chosen = (
+            current if own and current in ids else form.default_flavor(self.flavor_choices, current)
         )
         if chosen is not None:
             choose(select, chosen)  # its label may have changed (available in this pool?)

@@ -27,6 +27,7 @@ from slack_support import (
 from opsbot.core import events
 from opsbot.core import services as services_mod
 from opsbot.core.app import Core
+from opsbot.core.deadlines import EXTEND_HOURS
 from opsbot.core.events import Kind, Level
 from opsbot.core.notify import Dispatcher
 from opsbot.core.status import Status
@@ -47,10 +48,15 @@ def free_port() -> int:
 
 
 def move(core: Core, name: str, owner: str, to: Status, actor: str = "controller") -> None:
+    """Move a service as the controller would: Running starts its auto stop countdown."""
     service = core.service(core.user(owner), name)
+    now = time.time()
+    due = {}
+    if to == Status.RUNNING and service.spec.auto_stop.enabled:
+        due = {"due_time": now + service.spec.auto_stop.seconds}
     with core.store.write() as db:
         assert services_mod.transition(
-            db, time.time(), service, to, actor=actor, message=f"now {to.value}"
+            db, now, service, to, actor=actor, message=f"now {to.value}", **due
         )
 
 
@@ -301,11 +307,14 @@ def test_reminder_dm_extends(bot: Bot, me: str, action_id: str, hours: int) -> N
     assert [e["text"]["text"] for e in buttons] == ["Extend 1 h", "Extend 4 h"]
     button = next(e for e in buttons if e["action_id"] == action_id)
     action = {"action_id": action_id, "block_id": "x", "value": button["value"]}
+    before = bot.core.service(bot.core.user(me), "reminded").due_time
+    assert before is not None
     post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
     done = bot.fake.wait_for("response", lambda a: "Extended" in a.get("text", ""))
-    assert f"by {hours} h" in done["text"] and done["replace_original"] is True
+    # The hours are added to the time left, and the answer says both.
+    assert f"left; +{hours}h 00m: stops in" in done["text"] and done["replace_original"] is True
     due = bot.core.service(bot.core.user(me), "reminded").due_time
-    assert due is not None and abs(due - time.time() - hours * 3600) < 60
+    assert due == pytest.approx(before + hours * 3600)
 
 
 def test_rate_limited_calls_are_retried(bot: Bot) -> None:
@@ -472,19 +481,18 @@ def running_service(bot: Bot, me: str, name: str) -> None:
     move(bot.core, name, me, Status.RUNNING)
 
 
-@pytest.mark.parametrize("hours", [8, 24])
+@pytest.mark.parametrize("hours", [2, 6])
 def test_services_extend_menu_extends_by_the_chosen_hours(bot: Bot, me: str, hours: int) -> None:
     running_service(bot, me, "longer")
+    before = bot.core.service(bot.core.user(me), "longer").due_time
+    assert before is not None
     post(bot.url, command_body("/services", "", bot.fake.response_url), FORM)
     listed = bot.fake.wait_for("response")
     menu = extend_menu(listed["blocks"])
-    assert [o["text"]["text"] for o in menu["options"]] == [
-        "Extend 1 h",
-        "Extend 4 h",
-        "Extend 8 h",
-        "Extend 24 h",
-    ]
-    option = next(o for o in menu["options"] if o["text"]["text"] == f"Extend {hours} h")
+    texts = [o["text"]["text"] for o in menu["options"]]
+    assert [t.partition(":")[0] for t in texts] == [f"Extend {h} h" for h in EXTEND_HOURS]
+    assert all(": stops in " in t for t in texts)  # the new deadline, before choosing
+    option = next(o for o in menu["options"] if o["text"]["text"].startswith(f"Extend {hours} h:"))
     action = {
         "action_id": views.A_EXTEND,
         "block_id": "x",
@@ -494,16 +502,17 @@ def test_services_extend_menu_extends_by_the_chosen_hours(bot: Bot, me: str, hou
     # Someone else may not extend it.
     post(bot.url, block_action(action, user="U2", response_url=bot.fake.response_url), FORM)
     bot.fake.wait_for("response", lambda a: "Not allowed" in a.get("text", ""))
-    assert bot.core.service(bot.core.user(me), "longer").due_time is None
+    assert bot.core.service(bot.core.user(me), "longer").due_time == before
     post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
     refreshed = bot.fake.wait_for("response", lambda a: a.get("replace_original") is True)
     due = bot.core.service(bot.core.user(me), "longer").due_time
-    assert due is not None and abs(due - time.time() - hours * 3600) < 60
-    assert f"stops in {hours - 1} h 59 min" in json.dumps(refreshed["blocks"])
+    assert due == pytest.approx(before + hours * 3600)
+    assert f"stops in {hours} h 59 min" in json.dumps(refreshed["blocks"])
 
 
 def test_forged_extend_hours_are_refused_by_the_core(bot: Bot, me: str) -> None:
     running_service(bot, me, "forged")
+    before = bot.core.service(bot.core.user(me), "forged").due_time
     value = json.dumps({"o": me, "n": "forged", "a": 0, "h": 30})
     action = {
         "action_id": views.A_EXTEND,
@@ -514,14 +523,16 @@ def test_forged_extend_hours_are_refused_by_the_core(bot: Bot, me: str) -> None:
     post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
     said = bot.fake.wait_for("response", lambda a: "hours" in a.get("text", ""))
     assert "1 to 24" in said["text"] and said["replace_original"] is False
-    assert bot.core.service(bot.core.user(me), "forged").due_time is None
+    assert bot.core.service(bot.core.user(me), "forged").due_time == before
 
 
 def test_home_extend_menu_republishes_home_and_dms(bot: Bot, me: str) -> None:
     running_service(bot, me, "homely")
+    before = bot.core.service(bot.core.user(me), "homely").due_time
+    assert before is not None
     bot.bot.publish_home(make_client("xoxb-test", bot.fake.url), "U1")
     home = bot.fake.wait_for("views.publish")["view"]
-    option = extend_menu(home["blocks"])["options"][1]  # 4 h
+    option = extend_menu(home["blocks"])["options"][1]  # 2 h
     action = {
         "action_id": views.A_EXTEND,
         "block_id": "x",
@@ -530,10 +541,10 @@ def test_home_extend_menu_republishes_home_and_dms(bot: Bot, me: str) -> None:
     }
     post(bot.url, block_action(action, view={"id": "VH", "type": "home"}), FORM)
     done = bot.fake.wait_for("chat.postMessage", lambda a: "Extended homely" in a["text"])
-    assert "by 4 h" in done["text"]
+    assert "+2h 00m: stops in" in done["text"]
     assert len(bot.fake.of("views.publish")) == 2
     due = bot.core.service(bot.core.user(me), "homely").due_time
-    assert due is not None and abs(due - time.time() - 4 * 3600) < 60
+    assert due == pytest.approx(before + 2 * 3600)
 
 
 # -- secret warnings shown in the modal before the deploy -----------------------------------------

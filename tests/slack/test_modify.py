@@ -265,9 +265,11 @@ def test_add_version_in_modify_and_submit_a_third_version(bot: Bot, me: str) -> 
     updated = wait_count(bot, "views.update", 1)[0]["view"]
     valid_view(updated)
     assert updated["callback_id"] == views.MODIFY_CALLBACK
-    # Values typed so far are kept; the new group has the first model.
+    # Values typed so far are kept; the new group starts at the next version the form does not
+    # list (iris 1.0.0 and 2.0.0 are taken), never a duplicate of the first.
     assert initial(block(updated, "m0.traffic_ratio")["element"]) == "70"
-    assert initial(block(updated, "m2.model")["element"]) == "iris"
+    assert initial(block(updated, "m2.model")["element"]) == "flowers"
+    assert initial(block(updated, "m2.version")["element"]) is not None
     pick = {
         "action_id": views.A_MODEL,
         "block_id": block(updated, "m2.model")["block_id"],
@@ -313,17 +315,19 @@ def test_rules_added_in_the_modal_land_in_the_spec(bot: Bot, me: str) -> None:
         "*Rule 2*",
     ]
     targets = block(view, "r0.version")["element"]["options"]
-    assert [o["value"] for o in targets] == ["iris:1.0.0", "iris:2.0.0"]
+    # Option values name the group holding the model, not the model (its name may pass 150).
+    assert [o["value"] for o in targets] == ["0:1.0.0", "0:2.0.0"]
+    assert [o["text"]["text"] for o in targets] == ["iris 1.0.0", "iris 2.0.0"]
     sent = as_sent(
         view,
         {
             "r0.header": "X-User-Group",
             "r0.value": "beta",
-            "r0.version": "iris:2.0.0",
+            "r0.version": "0:2.0.0",
             "r1.header": "X-Canary",
             "r1.test": "matches",
             "r1.value": "yes|true",
-            "r1.version": "iris:1.0.0",
+            "r1.version": "0:1.0.0",
         },
     )
     assert post(bot.url, submission(sent), FORM).body == ""
@@ -350,20 +354,20 @@ def test_rule_errors_come_back_under_the_rule_inputs(bot: Bot, me: str) -> None:
     deploy_gated(bot, me)
     view = add_rule(bot, open_modify(bot))
     bad_header = as_sent(
-        view, {"r0.header": "bad header", "r0.value": "x", "r0.version": "iris:2.0.0"}
+        view, {"r0.header": "bad header", "r0.value": "x", "r0.version": "0:2.0.0"}
     )
     answer = post(bot.url, submission(bad_header), FORM).json()
     assert (
         list(answer["errors"]) == ["r0.header"] and "header name" in answer["errors"]["r0.header"]
     )
     # A version the service does not run (a forged option).
-    elsewhere = as_sent(view, {"r0.header": "X-G", "r0.value": "x", "r0.version": "iris:9.9.9"})
+    elsewhere = as_sent(view, {"r0.header": "X-G", "r0.value": "x", "r0.version": "0:9.9.9"})
     answer = post(bot.url, submission(elsewhere), FORM).json()
     assert list(answer["errors"]) == ["r0.version"]
     assert "not one version of this service" in answer["errors"]["r0.version"]
     bad_regex = as_sent(
         view,
-        {"r0.header": "X-G", "r0.test": "matches", "r0.value": "(", "r0.version": "iris:1.0.0"},
+        {"r0.header": "X-G", "r0.test": "matches", "r0.value": "(", "r0.version": "0:1.0.0"},
     )
     answer = post(bot.url, submission(bad_regex), FORM).json()
     assert list(answer["errors"]) == ["r0.value"]
@@ -378,7 +382,7 @@ def test_deploy_modal_takes_rules_too(bot: Bot, me: str) -> None:
     view = bot.fake.wait_for("views.update")["view"]
     valid_view(view)
     assert view["callback_id"] == views.DEPLOY_CALLBACK
-    sent = as_sent(view, {"r0.header": "X-Beta", "r0.value": "1", "r0.version": "iris:1.0.0"})
+    sent = as_sent(view, {"r0.header": "X-Beta", "r0.value": "1", "r0.version": "0:1.0.0"})
     assert post(bot.url, submission(sent), FORM).body == ""
     rules = bot.core.service(bot.core.user(me), "ruled").spec.rules
     assert [(r.header, r.equals, r.version) for r in rules] == [("X-Beta", "1", "1.0.0")]

@@ -38,7 +38,8 @@ def test_the_cores_own_errors_come_out_in_plain_words() -> None:
     assert shown, "the core found nothing wrong"
     for line in shown:
         assert "models[" not in line and "Input should" not in line and "String should" not in line
-    assert any(line.startswith("Version 1, compute nodes: must be a whole number") for line in shown)
+    expected = "Version 1, compute nodes: must be a whole number"
+    assert any(line.startswith(expected) for line in shown)
 
 
 def test_cli_advice_becomes_the_key_to_press() -> None:
