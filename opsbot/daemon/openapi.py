@@ -231,6 +231,18 @@ def openapi_document() -> dict[str, Any]:
                     },
                 )
             },
+            "/v1/services/{name}/update/plan": {
+                "post": _op(
+                    "What a modification would change and restart (masked values mean keep), "
+                    "changing nothing",
+                    schema={"type": "object"},
+                    params=svc,
+                    body={
+                        "type": "object",
+                        "properties": {"spec": spec_ref, "changes": _CHANGES},
+                    },
+                )
+            },
             "/v1/services/{name}/history": {
                 "get": _op(
                     "Config snapshots, #1 the deploy",

@@ -712,7 +712,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
                 self.notify(f"{event.value}: {reason}", severity="warning")
                 fallback = form.default_flavor(group.flavor_choices)
                 if fallback is not None:
-                    choose(select, fallback)
+                    choose(group.query_one("#flavor", Select), fallback)
                 return
         self.changed(select)
 
