@@ -10,6 +10,7 @@ from textual.pilot import Pilot
 from textual.widgets import Button, Input, Label, Select, Static
 from tui_fake import NOW, FakeClient, screen_text, service
 
+from opsbot.core import form
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.deploy import DeployScreen, ModelGroup
 from opsbot.tui.services import ServicesScreen
@@ -301,3 +302,43 @@ async def test_resource_pool_is_a_select_of_usable_pools(
     await settle(pilot)
     assert len([c for c in client.calls if c[1] == "/v1/flavors"]) == asked + 1
     assert s.spec_body()["resource_pool"] == "team-a"
+
+
+async def test_the_form_renders_the_core_definition(pilot: Pilot[None]) -> None:
+    """Fields, labels, auto stop choices and flavor choices are the core form's, not a copy."""
+    s = screen(pilot)
+    shown = [str(label.content) for label in s.query(".label").results(Label)]
+    core = [f.label for f in form.FIELDS if f.section != "rule"]
+    assert [label for label in shown if label in core] == core
+    auto = s.query_one("#auto-stop", Select)
+    assert [(str(p), v) for p, v in auto._options if isinstance(v, str)] == [
+        (label, value) for value, label in form.AUTO_STOP_CHOICES
+    ]
+    group = s.groups[0]
+    client_flavors = [dict(f) for f in screen(pilot).flavors]
+    expected = form.flavor_choices(client_flavors, "custom")
+    select = group.query_one("#flavor", Select)
+    assert [v for _, v in select._options if isinstance(v, str)] == [c.value for c in expected]
+    assert [c.value for c in group.flavor_choices if not c.available] == ["exeml.cpu", "gpu.t4"]
+    # An unavailable flavor the user picks is refused with its reason; the default comes back.
+    select.focus()
+    select.value = "gpu.t4"
+    await settle(pilot)
+    assert select.value == "cpu.2u8g"
+
+
+async def test_an_added_version_is_the_next_unused_and_remove_is_out_of_reach(
+    pilot: Pilot[None],
+) -> None:
+    s = screen(pilot)
+    remove = s.groups[0].query_one(".remove-group", Button)
+    assert remove.disabled and not remove.display  # Tab cannot reach a hidden button
+    s.groups[0].query_one("#model", Select).value = "iris"
+    await settle(pilot)
+    s.groups[0].query_one("#version", Select).value = "1.0.0"
+    await settle(pilot)
+    s.query_one("#add-version", Button).press()
+    await settle(pilot)
+    # iris 1.0.0 is taken: the next Normal version of My Models, never a copy of version 1.
+    assert s.groups[1].ref == ("iris", "2.0.0")
+    assert not s.groups[0].query_one(".remove-group", Button).disabled
