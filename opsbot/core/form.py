@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
+from opsbot.core import update
 from opsbot.core.autostop import MAX_MINUTES, PRESET_HOURS
 from opsbot.core.errors import FieldError
 from opsbot.core.spec import (
@@ -199,6 +200,11 @@ def parse_env_lines(
             continue
         env[name.strip()] = value.strip()
     return env, errors
+
+
+def is_masked(value: str) -> bool:
+    """Whether a value is shown masked; sent back unchanged, it means "keep"."""
+    return update.MASK in value
 
 
 def env_lines(env: Mapping[str, str], *, masked: bool = True) -> str:

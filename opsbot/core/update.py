@@ -286,6 +286,10 @@ def spec_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: What :func:`~opsbot.core.spec.mask_value` puts in place of a secret's middle.
+MASK = "****"
+
+
 def keep_masked(current: DeploySpec, data: Any) -> Any:
     """An edited spec with its masked values resolved: a front shows secrets masked, and a
     masked value sent back means "keep". A variable whose value is exactly the mask of the
@@ -295,7 +299,8 @@ def keep_masked(current: DeploySpec, data: Any) -> Any:
         return data
     by_key = {(m.model, m.version): m.env for m in current.models}
     out_models: list[Any] = []
-    for entry in data["models"]:
+    errors: list[FieldError] = []
+    for i, entry in enumerate(data["models"]):
         env = entry.get("env") if isinstance(entry, dict) else None
         if not isinstance(env, dict):
             out_models.append(entry)
@@ -310,7 +315,19 @@ def keep_masked(current: DeploySpec, data: Any) -> Any:
                 if real is not None and real != value and value == mask_value(name, real):
                     resolved[name] = real
                     break
+            else:
+                if isinstance(value, str) and MASK in value:
+                    # A mask that hides no current value: storing it would lose the secret.
+                    errors.append(
+                        FieldError(
+                            f"models[{i}].env.{name}",
+                            f"{name} shows a masked value that hides none of this service's "
+                            "values: type the value again",
+                        )
+                    )
         out_models.append({**entry, "env": resolved})
+    if errors:
+        raise InvalidInput(errors)
     return {**data, "models": out_models}
 
 

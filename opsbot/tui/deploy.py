@@ -3,7 +3,7 @@
 The screen holds no rules. It turns the widgets into a DeploySpec body, sends it to
 ``POST /v1/validate`` as the user types, and shows each returned error beside its field.
 :class:`ModifyScreen` is the same form prefilled from a running service (name and pool fixed),
-submitted through ``POST /v1/services/{name}/update`` (see :mod:`opsbot.tui.changes`).
+planned and applied by the daemon (``POST /v1/services/{name}/update/plan``, then ``/update``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from textual.widget import Widget
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from opsbot.core import form
-from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
+from opsbot.core.errors import FieldError, OpsbotError
 from opsbot.core.form import whole_or_text
-from opsbot.core.spec import MAX_RULES, parse_spec, spec_warnings
-from opsbot.tui.changes import is_masked, plan_changes, to_form_paths
+from opsbot.core.spec import MAX_RULES
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.view import instances_text, refusal, status_text
@@ -71,7 +70,7 @@ class EnvRow(Horizontal):
         # Children made here, not in compose(), so the row can be read as soon as it exists.
         self.name_input = Input(name, placeholder="NAME", classes="env-name")
         self.value_input = Input(value, placeholder="value", classes="env-value")
-        if is_masked(value):
+        if form.is_masked(value):
             self.value_input.tooltip = (
                 "masked secret: left as it is, the service keeps its value; type a new one to "
                 "replace it"
@@ -963,9 +962,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
 class ModifyScreen(DeployScreen):
     """The Deploy form prefilled from a service (name and pool fixed), sent as a modification.
 
-    What the user changed goes to ``POST /v1/services/{name}/update`` as ``changes`` (see
-    :mod:`opsbot.tui.changes`): masked secrets left as they are never travel back as values.
-    Dismisses with the modified service, or None when nothing was applied.
+    The edited spec goes to the daemon, which computes the modification once: first
+    ``POST /v1/services/{name}/update/plan`` answers what would change and what restarts (a
+    masked secret left as it is means "keep"), the user confirms, then ``.../update`` applies
+    the same spec. Dismisses with the modified service, or None when nothing was applied.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "submit", "Apply changes")]
@@ -975,6 +975,10 @@ class ModifyScreen(DeployScreen):
         super().__init__(service)
         self.service = service
 
+    def _target(self) -> tuple[str, dict[str, str]]:
+        service = self.service
+        return f"/v1/services/{service['name']}", {"owner": str(service["owner"])}
+
     def action_submit(self) -> None:
         if self.created is not None:
             return
@@ -982,36 +986,50 @@ class ModifyScreen(DeployScreen):
         if self._timer is not None:
             self._timer.stop()
         self._seq += 1
-        body = self.spec_body()
-        service = self.service
-        name, owner = str(service["name"]), str(service["owner"])
+        body = {"spec": self.spec_body()}
+        path, query = self._target()
         app = self.opsbot
         self.query_one("#submit", Button).disabled = True
 
-        def send() -> dict[str, Any]:
-            # The core's parser reads the whole form first, so what it refuses is named by the
-            # form's own groups. (Not POST /v1/validate: it resolves models as the caller's,
-            # and an admin may modify another user's service.)
-            wanted = parse_spec(body).model_dump(mode="json")
-            plan = plan_changes(service, wanted)
-            if plan.errors:
-                raise InvalidInput(plan.errors, title="Cannot apply these changes")
-            try:
-                result: dict[str, Any] = app.client.request(
-                    "POST",
-                    f"/v1/services/{name}/update",
-                    body={"changes": plan.changes},
-                    query={"owner": owner},
-                )
-            except OpsbotError as exc:
-                if not exc.errors:
-                    raise
-                errors = to_form_paths(exc.errors, plan.order, wanted)
-                raise InvalidInput(errors, title=exc.title) from None
-            result["warnings"] = [w.as_dict() for w in spec_warnings(parse_spec(wanted))]
+        def plan() -> dict[str, Any]:
+            result: dict[str, Any] = app.client.request(
+                "POST", f"{path}/update/plan", body=body, query=query
+            )
             return result
 
-        app.call_api(send, self._modified, self._submit_failed)
+        app.call_api(plan, lambda answer: self._confirm(body, answer), self._submit_failed)
+
+    def _confirm(self, body: dict[str, Any], plan: dict[str, Any]) -> None:
+        """Show the daemon's plan; apply it on yes."""
+        self.show_errors([], self.warnings)
+        changes = [str(c) for c in plan.get("changes", [])]
+        if not changes:
+            self.query_one("#submit", Button).disabled = False
+            self.notify("nothing changed: the form is the service's configuration", title="Modify")
+            return
+        restarts = [str(r) for r in plan.get("restarts", [])] or ["no instance restarts"]
+        question = "\n".join(
+            [
+                f"Apply to {self.service['name']}? This changes:",
+                *(f"  {c}" for c in changes),
+                "Instances:",
+                *(f"  {r}" for r in restarts),
+            ]
+        )
+        path, query = self._target()
+        app = self.opsbot
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                self.query_one("#submit", Button).disabled = False
+                return
+            app.call_api(
+                lambda: app.client.request("POST", f"{path}/update", body=body, query=query),
+                self._modified,
+                self._submit_failed,
+            )
+
+        self.app.push_screen(ConfirmModal(question, "Apply"), answered)
 
     def _modified(self, result: dict[str, Any]) -> None:
         self.show_errors([], [FieldError(**w) for w in result.get("warnings", [])])

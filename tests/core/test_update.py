@@ -406,3 +406,16 @@ def test_history_comes_with_each_snapshots_diff(world: World) -> None:
     world.core.update_service(world.me, "svc", Changes(traffic_limit=10))
     history = world.core.history(world.me, "svc")
     assert [s.changes for s in history] == [(), ("traffic_limit: 100 -> 10",)]
+
+
+def test_a_mask_that_hides_no_current_value_is_refused_by_name(world: World) -> None:
+    running(world, models=[entry(env={"LEVEL": "info"})])
+    current = world.core.service(world.me, "svc").spec.model_dump(mode="json")
+    forged = {**current, "models": [{**current["models"][0], "env": {"API_KEY": "sk****78"}}]}
+    with pytest.raises(InvalidInput) as exc:
+        world.core.update_plan(world.me, "svc", forged)
+    assert fields_of(exc.value) == ["models[0].env.API_KEY"]
+    assert "type the value again" in message_for(exc.value, "models[0].env.API_KEY")
+    with pytest.raises(InvalidInput):
+        world.core.update_service(world.me, "svc", forged)
+    assert world.core.service(world.me, "svc").spec.models[0].env == {"LEVEL": "info"}
