@@ -26,7 +26,6 @@ from opsbot.core.identity import User
 from opsbot.core.notify import Dispatcher
 from opsbot.core.registry import NORMAL
 from opsbot.core.services import Created, Service
-from opsbot.core.update import spec_diff
 from opsbot.slack import views
 from opsbot.slack.http import serve
 from opsbot.slack.notifier import SlackNotifier
@@ -338,7 +337,6 @@ class SlackBot:
     def history_entries(self, actor: User, name: str, owner: str) -> list[views.HistoryEntry]:
         snapshots = self.core.history(actor, name, owner)
         entries = []
-        before: dict[str, Any] | None = None
         for snap in snapshots:
             try:
                 back = self.core.rollback_preview(actor, name, snap.n, owner)
@@ -349,11 +347,10 @@ class SlackBot:
                     n=snap.n,
                     created_at=snap.created_at,
                     actor=snap.actor,
-                    changes=spec_diff(before, snap.spec) if before is not None else [],
+                    changes=snap.changes,  # the core's diff to the snapshot before
                     rollback=back,
                 )
             )
-            before = snap.spec
         return entries
 
     def history_open(

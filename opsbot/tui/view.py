@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from opsbot.core.timefmt import format_remaining
-from opsbot.core.update import UPDATABLE, spec_diff
+from opsbot.core.update import UPDATABLE
 
 #: The statuses from which each operation is allowed (the core's rules, mirrored only to explain
 #: a refused key before asking the daemon; the daemon still decides).
@@ -459,12 +459,11 @@ def version_cells(row: dict[str, Any]) -> tuple[str, ...]:
 
 def history_rows(snapshots: list[dict[str, Any]]) -> list[tuple[int, float, str, list[str]]]:
     """(n, time, actor, difference to the previous snapshot) for each config snapshot of
-    ``GET /v1/services/NAME/history``, newest first. #1 is the deploy."""
+    ``GET /v1/services/NAME/history`` (the daemon sends each with its diff), newest first.
+    #1 is the deploy."""
     out: list[tuple[int, float, str, list[str]]] = []
-    previous: dict[str, Any] | None = None
     for snap in sorted(snapshots, key=lambda s: int(s["n"])):
-        spec = snap["spec"]
-        lines = ["deployed"] if previous is None else spec_diff(previous, spec) or ["no change"]
+        changes = [str(c) for c in snap.get("changes") or []]
+        lines = ["deployed"] if not out else changes or ["no change"]
         out.append((int(snap["n"]), float(snap.get("created_at") or 0), str(snap["actor"]), lines))
-        previous = spec
     return out[::-1]

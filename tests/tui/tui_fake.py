@@ -424,8 +424,11 @@ class FakeClient:
         """update, history and rollback, as the daemon answers them."""
         key = (svc["owner"], svc["name"])
         snaps = self.snapshots.setdefault(key, [])
-        if verb == "history":
-            return copy.deepcopy(snaps)
+        if verb == "history":  # as the daemon sends it: each snapshot with its diff
+            out = copy.deepcopy(snaps)
+            for before, snap in zip([None, *out], out, strict=False):
+                snap["changes"] = spec_diff(before["spec"], snap["spec"]) if before else []
+            return out
         current = spec_of(svc)
         if verb == "rollback":
             to = body.get("to")
