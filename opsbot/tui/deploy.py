@@ -24,7 +24,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 from opsbot.core import form
 from opsbot.core.errors import FieldError, OpsbotError
 from opsbot.core.form import whole_or_text
-from opsbot.core.spec import MAX_RULES
+from opsbot.core.spec import MAX_RULES, parse_spec
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.view import instances_text, refusal, status_text
@@ -869,11 +869,33 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         body = self.spec_body()
         app = self.opsbot
         self.query_one("#submit", Button).disabled = True
+        # Checked first, then the entered information to confirm (the reference page's "After
+        # confirming the entered information"), then deployed.
         app.call_api(
-            lambda: app.client.request("POST", "/v1/services", body=body),
-            self._created,
+            lambda: app.client.request("POST", "/v1/validate", body=body),
+            lambda result: self._confirm_deploy(body, result),
             self._submit_failed,
         )
+
+    def _confirm_deploy(self, body: dict[str, Any], result: dict[str, Any]) -> None:
+        warnings = [FieldError(**w) for w in result.get("warnings", [])]
+        self.show_errors([], warnings)
+        lines = [f"{label}: {value}" for label, value in form.deploy_summary(parse_spec(body))]
+        notes = [f"⚠ {field_message(w.field, w.message)}" for w in warnings]
+        question = "\n".join(["Deploy this service?", *lines, *notes])
+        app = self.opsbot
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                self.query_one("#submit", Button).disabled = False
+                return
+            app.call_api(
+                lambda: app.client.request("POST", "/v1/services", body=body),
+                self._created,
+                self._submit_failed,
+            )
+
+        self.app.push_screen(ConfirmModal(question, "Deploy"), answered)
 
     def _submit_failed(self, exc: OpsbotError) -> None:
         self.query_one("#submit", Button).disabled = False

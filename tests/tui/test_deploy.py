@@ -13,6 +13,7 @@ from tui_fake import NOW, FakeClient, screen_text, service
 from opsbot.core import form
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.deploy import DeployScreen, ModelGroup
+from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.table import ServicesTable
 
@@ -58,6 +59,15 @@ async def type_into(pilot: Pilot[None], widget: Input, text: str) -> None:
     await pilot.pause()
 
 
+async def submit(pilot: Pilot[None]) -> None:
+    """Press Deploy; confirm the summary of the entered information when it is shown."""
+    screen(pilot).query_one("#submit", Button).press()
+    await settle(pilot)
+    if isinstance(pilot.app.screen, ConfirmModal):
+        await pilot.press("y")
+        await settle(pilot)
+
+
 async def validated(pilot: Pilot[None]) -> None:
     await pilot.pause(0.4)
     await settle(pilot)
@@ -95,7 +105,20 @@ async def test_full_deploy_until_running(pilot: Pilot[None], client: FakeClient)
     group.query_one("#version", Select).value = "1.0.0"
     await type_into(pilot, group.query_one("#instances", Input), "2")
     await type_into(pilot, s.query_one("#traffic-limit", Input), "50")
-    screen(pilot).query_one("#submit", Button).press()
+    s.query_one("#submit", Button).press()
+    await settle(pilot)
+    # The entered information, to confirm before anything is deployed.
+    summary = pilot.app.screen
+    assert isinstance(summary, ConfirmModal)
+    assert not any(p == "/v1/services" and m == "POST" for m, p, _ in client.calls)
+    for line in (
+        "Name: fresh",
+        "Auto Stop: 4 hours later",
+        "Compute Nodes: 2",
+        "Traffic Limit: 50",
+    ):
+        assert line in summary.question
+    await pilot.press("y")
     await settle(pilot)
     body = next(b for m, p, b in client.calls if m == "POST" and p == "/v1/services")
     assert body == {
@@ -170,8 +193,7 @@ async def test_each_kind_of_error_beside_its_field(pilot: Pilot[None], client: F
     client.models[1]["status"] = "building"  # iris 2.0.0 is chosen by default
     group.query_one("#flavor", Select).value = "cpu.2u8g"
     group.query_one("#version", Select).value = "2.0.0"
-    screen(pilot).query_one("#submit", Button).press()
-    await settle(pilot)
+    await submit(pilot)
     assert "only Normal versions" in error_text(pilot, "#err-version", group=0)
 
 
@@ -180,8 +202,7 @@ async def test_duplicate_name_from_the_daemon_shows_beside_name(
 ) -> None:
     s = screen(pilot)
     await type_into(pilot, s.query_one("#name", Input), "alpha")
-    screen(pilot).query_one("#submit", Button).press()
-    await settle(pilot)
+    await submit(pilot)
     assert "already have a service named alpha" in error_text(pilot, "#err-name")
 
 
@@ -238,8 +259,7 @@ async def test_add_and_remove_versions(pilot: Pilot[None], client: FakeClient) -
     third.query_one(".remove-group", Button).press()
     await settle(pilot)
     assert len(s.groups) == 2
-    screen(pilot).query_one("#submit", Button).press()
-    await settle(pilot)
+    await submit(pilot)
     body = next(b for m, p, b in client.calls if m == "POST" and p == "/v1/services")
     assert [(e["version"], e["traffic_ratio"]) for e in body["models"]] == [
         ("1.0.0", 80),
