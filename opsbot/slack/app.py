@@ -20,12 +20,14 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
+from opsbot.core import form
 from opsbot.core.app import Core
 from opsbot.core.errors import FieldError, NotFound, OpsbotError
 from opsbot.core.identity import User
 from opsbot.core.notify import Dispatcher
 from opsbot.core.registry import NORMAL
 from opsbot.core.services import Created, Service
+from opsbot.core.spec import parse_spec
 from opsbot.slack import views
 from opsbot.slack.http import serve
 from opsbot.slack.notifier import SlackNotifier
@@ -213,17 +215,26 @@ class SlackBot:
             view_id=view["id"], hash=view.get("hash"), view=self.modal(actor, state)
         )
 
-    def _warned(
-        self, ack: Ack, actor: User, owner: User, state: views.FormState, data: dict[str, Any]
+    def _confirmed(
+        self,
+        ack: Ack,
+        actor: User,
+        owner: User,
+        state: views.FormState,
+        data: dict[str, Any],
+        summary: Callable[[], list[str]],
     ) -> list[FieldError] | None:
-        """The core's warnings about the form; None when they were shown in the modal (the
-        ack is given): the user confirms or changes the form. Raises OpsbotError."""
+        """The core's warnings about the form, once the user has confirmed what ``summary``
+        says (and the warnings); None when they are shown in the modal first (the ack is
+        given): the user confirms or changes the form. Raises OpsbotError."""
         warnings = self.core.validate(owner, data).warnings
-        mark = views.warning_mark(warnings)
+        lines = summary()
+        mark = views.warning_mark(warnings, lines)
         if mark and mark != state.warned:
-            # The same warnings are not asked about again.
+            # What was confirmed is not asked about again; a changed form is.
             state.warned = mark
             state.warnings = [w.message for w in warnings]
+            state.summary = lines
             ack(response_action="update", view=self.modal(actor, state))
             return None
         return warnings
@@ -244,7 +255,14 @@ class SlackBot:
             ack(response_action="errors", errors=views.error_block_ids(state, problems))
             return
         try:
-            warnings = self._warned(ack, actor, actor, state, data)
+            warnings = self._confirmed(
+                ack,
+                actor,
+                actor,
+                state,
+                data,
+                lambda: [f"{k}: {v}" for k, v in form.deploy_summary(parse_spec(data))],
+            )
             if warnings is None:
                 return
             created = self.core.create_service(actor, data)
@@ -302,7 +320,14 @@ class SlackBot:
             return
         actor = self.actor(body)
         try:
-            if self._warned(ack, actor, self.core.user(owner), state, data) is None:
+
+            def planned() -> list[str]:
+                plan = self.core.update_plan(actor, name, data, owner)
+                if not plan.changes:
+                    return []
+                return [*plan.changes, *(plan.restarts or ("no instance restarts",))]
+
+            if self._confirmed(ack, actor, self.core.user(owner), state, data, planned) is None:
                 return
             updated = self.core.update_service(actor, name, data, owner)
         except OpsbotError as exc:

@@ -138,6 +138,9 @@ class FormState:
     warned: str = ""
     #: Warnings to show above the form this time (not kept in the view).
     warnings: list[str] = field(default_factory=list)
+    #: What the user confirms this time: the entered information before a deploy, the
+    #: daemon's plan before a modification (not kept in the view; its mark is, in ``warned``).
+    summary: list[str] = field(default_factory=list)
     rules: list[RuleState] = field(default_factory=list)
     next_rule: int = 0
     #: Modify mode: the (owner, name) of the service modified; name and pool are fixed.
@@ -736,8 +739,10 @@ def deploy_modal(
     is the modify modal of that service: the same fields, the name and pool shown, not editable.
     """
     blocks: list[Block] = []
-    if state.warnings:
-        blocks.append(warnings_block(state.warnings, "Apply" if state.target else "Deploy"))
+    if state.warnings or state.summary:
+        blocks.append(
+            warnings_block(state.warnings, "Apply" if state.target else "Deploy", state.summary)
+        )
     auto_choices = AUTO_STOP_CHOICES
     if state.auto_stop not in {value for value, _ in AUTO_STOP_CHOICES}:  # "90m": kept as is
         auto_choices = (*AUTO_STOP_CHOICES, (state.auto_stop, f"Keep {state.auto_stop}"))
@@ -830,6 +835,8 @@ def deploy_modal(
         submit = "Apply"
     if state.warnings:
         submit += " anyway"
+    elif state.summary:
+        submit = f"Confirm: {submit.lower()}"
     return {
         "type": "modal",
         "callback_id": MODIFY_CALLBACK if state.target else DEPLOY_CALLBACK,
@@ -841,29 +848,37 @@ def deploy_modal(
     }
 
 
-def warnings_block(warnings: Sequence[str], verb: str = "Deploy") -> Block:
-    """The notice shown above the form when the core warned about a submission."""
+def warnings_block(
+    warnings: Sequence[str], verb: str = "Deploy", summary: Sequence[str] = ()
+) -> Block:
+    """The notice shown above the form once it is submitted: what the user confirms (the
+    entered information, or the daemon's plan of a modification) and the core's warnings."""
     doing = "deploying" if verb == "Deploy" else "applying"
-    lines = "\n".join(f"• {_clip(w, 400)}" for w in warnings[:5])
-    more = f"\n…and {len(warnings) - 5} more" if len(warnings) > 5 else ""
+    parts: list[str] = []
+    if summary:
+        shown = "\n".join(f"• {_clip(line, 200)}" for line in summary[:30])
+        more = f"\n…and {len(summary) - 30} more" if len(summary) > 30 else ""
+        parts.append(f"*Check before {doing}*\n{shown}{more}")
+    if warnings:
+        lines = "\n".join(f"• {_clip(w, 400)}" for w in warnings[:5])
+        more = f"\n…and {len(warnings) - 5} more" if len(warnings) > 5 else ""
+        parts.append(f":warning: *Warnings*\n{lines}{more}")
+        parts.append(f"Press *{verb} anyway* to go on, or change the environment variables.")
+    else:
+        parts.append("Press *Confirm* to go on, or change the form.")
     return {
         "type": "section",
         "block_id": "warnings",
-        "text": _md(
-            _clip(
-                f":warning: *Check before {doing}*\n{lines}{more}\n"
-                f"Press *{verb} anyway* to go on, or change the environment variables.",
-                3000,
-            )
-        ),
+        "text": _md(_clip("\n".join(parts), 3000)),
     }
 
 
-def warning_mark(warnings: Sequence[FieldError]) -> str:
-    """A short mark of a set of warnings: the same warnings are not asked about twice."""
-    if not warnings:
+def warning_mark(warnings: Sequence[FieldError], summary: Sequence[str] = ()) -> str:
+    """A short mark of what the user was asked to confirm (the summary and the warnings): the
+    same is not asked about twice, and anything changed since is asked about again."""
+    if not warnings and not summary:
         return ""
-    text = "\n".join(sorted(f"{w.field}: {w.message}" for w in warnings))
+    text = "\n".join([*summary, *sorted(f"{w.field}: {w.message}" for w in warnings)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -22,6 +22,7 @@ from slack_support import (
     post,
     sign,
     submission,
+    submit,
 )
 
 from opsbot.core import events
@@ -94,7 +95,7 @@ def test_valid_submission_deploys_then_dm_turns_running(bot: Bot, me: str) -> No
         modal_for(bot),
         {"name": "from-modal", "m0.model": "iris", "m0.version": "1.0.0", "m0.env": "A=1"},
     )
-    reply = post(bot.url, submission(view), FORM)
+    reply = submit(bot.url, view)
     assert reply.status == 200 and reply.body == ""
     service = bot.core.service(bot.core.user(me), "from-modal")
     assert service.spec.models[0].env == {"A": "1"}
@@ -137,7 +138,7 @@ def test_invalid_submission_answers_errors_under_inputs(
         "m1.traffic_ratio": "30",
         **changes,
     }
-    reply = post(bot.url, submission(filled(modal, values)), FORM)
+    reply = submit(bot.url, filled(modal, values))
     assert reply.status == 200
     answer = reply.json()
     assert answer["response_action"] == "errors"
@@ -161,15 +162,15 @@ def test_gated_submission_deploys_two_versions(bot: Bot, me: str) -> None:
         "m1.version": "2.0.0",
         "m1.traffic_ratio": "30",
     }
-    assert post(bot.url, submission(filled(modal, values)), FORM).body == ""
+    assert submit(bot.url, filled(modal, values)).body == ""
     spec = bot.core.service(bot.core.user(me), "gated").spec
     assert [(m.version, m.traffic_ratio) for m in spec.models] == [("1.0.0", 70), ("2.0.0", 30)]
 
 
 def test_quota_and_duplicate_names_come_back_on_the_name(bot: Bot) -> None:
     values = {"name": "twice", "m0.model": "iris", "m0.version": "1.0.0"}
-    assert post(bot.url, submission(filled(modal_for(bot), values)), FORM).body == ""
-    again = post(bot.url, submission(filled(modal_for(bot), values)), FORM).json()
+    assert submit(bot.url, filled(modal_for(bot), values)).body == ""
+    again = submit(bot.url, filled(modal_for(bot), values)).json()
     assert "already have a service named twice" in again["errors"]["name"]
 
 
@@ -202,7 +203,7 @@ def test_add_version_button_adds_a_group(bot: Bot) -> None:
 
 def test_services_lists_and_buttons_act(bot: Bot, me: str) -> None:
     values = {"name": "listed", "m0.model": "iris", "m0.version": "1.0.0"}
-    post(bot.url, submission(filled(modal_for(bot), values)), FORM)
+    submit(bot.url, filled(modal_for(bot), values))
     post(bot.url, command_body("/services", "", bot.fake.response_url), FORM)
     listed = bot.fake.wait_for("response")
     assert "listed" in listed["text"] and listed["response_type"] == "ephemeral"
@@ -227,7 +228,7 @@ def test_services_lists_and_buttons_act(bot: Bot, me: str) -> None:
 
 def test_app_home_shows_quota(bot: Bot) -> None:
     values = {"name": "home-one", "m0.model": "iris", "m0.version": "1.0.0"}
-    post(bot.url, submission(filled(modal_for(bot), values)), FORM)
+    submit(bot.url, filled(modal_for(bot), values))
     body = event_body({"type": "app_home_opened", "user": "U1", "tab": "home", "channel": "D1"})
     reply = post(bot.url, body, "application/json")
     assert reply.status == 200
@@ -362,7 +363,7 @@ def test_start_slack_http_mode(
 def deploy_from_modal(bot: Bot, name: str) -> tuple[str, str]:
     """Deploy through the modal; the (channel, ts) Slack gave the "Deploying ..." DM."""
     values = {"name": name, "m0.model": "iris", "m0.version": "1.0.0"}
-    assert post(bot.url, submission(filled(modal_for(bot), values)), FORM).body == ""
+    assert submit(bot.url, filled(modal_for(bot), values)).body == ""
     bot.fake.wait_for("chat.postMessage", lambda a: f"Deploying {name}" in a["text"])
     posted = next(
         c.reply
@@ -553,14 +554,15 @@ def test_home_extend_menu_republishes_home_and_dms(bot: Bot, me: str) -> None:
 def test_secret_warnings_are_shown_in_the_modal_before_deploying(bot: Bot, me: str) -> None:
     values = {"name": "secretive", "m0.model": "iris", "m0.version": "1.0.0"}
     first = filled(modal_for(bot), {**values, "m0.env": "API_TOKEN=abc\nLEVEL=info"})
-    answer = post(bot.url, submission(first), FORM).json()
+    answer = submit(bot.url, first).json()
     assert answer["response_action"] == "update"
     shown = answer["view"]
     View(**shown).validate_json()
     notice = shown["blocks"][0]
     assert notice["block_id"] == "warnings"
     assert "API_TOKEN looks like a secret" in notice["text"]["text"]
-    assert "LEVEL" not in notice["text"]["text"]
+    assert "LEVEL looks like" not in notice["text"]["text"]
+    assert "API_TOKEN=****" in notice["text"]["text"]  # the summary, its secret masked
     assert shown["submit"]["text"] == "Deploy anyway"
     # Nothing deployed yet, and the typed values are still in the form.
     assert bot.core.services(bot.core.user(me)) == []
@@ -568,21 +570,30 @@ def test_secret_warnings_are_shown_in_the_modal_before_deploying(bot: Bot, me: s
     assert name["element"]["initial_value"] == "secretive"
     # A different secret is a new warning: asked again.
     changed = filled(shown, {**values, "m0.env": "DB_PASSWORD=x"})
-    again = post(bot.url, submission(changed), FORM).json()
+    again = submit(bot.url, changed).json()
     assert again["response_action"] == "update"
     assert "DB_PASSWORD looks like a secret" in again["view"]["blocks"][0]["text"]["text"]
     # The same warnings confirmed with "Deploy anyway": deployed, the DM repeats them.
     confirmed = filled(again["view"], {**values, "m0.env": "DB_PASSWORD=x"})
-    assert post(bot.url, submission(confirmed), FORM).body == ""
+    assert submit(bot.url, confirmed).body == ""
     service = bot.core.service(bot.core.user(me), "secretive")
     assert service.spec.models[0].env == {"DB_PASSWORD": "x"}
     dm = bot.fake.wait_for("chat.postMessage", lambda a: "Deploying secretive" in a["text"])
     assert "DB_PASSWORD looks like a secret" in json.dumps(dm["blocks"])
 
 
-def test_form_without_secrets_deploys_at_once(bot: Bot, me: str) -> None:
+def test_a_deploy_shows_the_entered_information_to_confirm_first(bot: Bot, me: str) -> None:
     values = {"name": "plain", "m0.model": "iris", "m0.version": "1.0.0", "m0.env": "LEVEL=info"}
-    assert post(bot.url, submission(filled(modal_for(bot), values)), FORM).body == ""
+    first = post(bot.url, submission(filled(modal_for(bot), values)), FORM).json()
+    assert first["response_action"] == "update"
+    shown = first["view"]
+    View(**shown).validate_json()
+    notice = shown["blocks"][0]["text"]["text"]
+    for line in ("Name: plain", "Auto Stop: 1 hour later", "Model: iris 1.0.0"):
+        assert line in notice
+    assert shown["submit"]["text"] == "Confirm: deploy"
+    assert bot.core.services(bot.core.user(me)) == []  # nothing deployed before confirming
+    assert submit(bot.url, filled(modal_for(bot), values)).body == ""
     assert bot.core.service(bot.core.user(me), "plain").status == Status.DEPLOYING
 
 
