@@ -10,6 +10,7 @@ from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
 from opsbot.core import form
+from opsbot.core.deadlines import EXTEND_HOURS
 from opsbot.core.errors import FieldError
 from opsbot.core.flavors import FlavorStatus, load_flavors
 from opsbot.slack import views
@@ -241,7 +242,7 @@ def test_dm_and_alert_messages_have_fallback_text(
 def test_extend_options_carry_the_target_and_hours() -> None:
     menu = views.extend_element(SVC, 1000.0, everyone=True)[0]
     targets = [views.action_target({"selected_option": o}) for o in menu["options"]]
-    assert targets == [views.Target("alice", "svc", True, h) for h in views.EXTEND_HOURS]
+    assert targets == [views.Target("alice", "svc", True, h) for h in EXTEND_HOURS]
     # A button (the reminder's) carries no hours: the action id says them.
     button = {"value": views.action_value(SVC)}
     assert views.action_target(button) == views.Target("alice", "svc", False, None)
