@@ -410,3 +410,23 @@ def test_details_view_is_valid() -> None:
     view = views.details_view({**SVC, "rules": [rule]}, 1000.0, None)
     valid_view(view)
     assert "X-G = b -> 1.0.0" in json.dumps(view["blocks"])
+
+
+def test_rule_targets_fit_slacks_option_values_whatever_the_model_name() -> None:
+    owner, name = "o" * 64, "m" * 64  # a subscribed model's longest name: 129 characters
+    model = f"{owner}/{name}"
+    catalog = {"mine": {}, "subscribed": {model: ["v" * 64, "1.0.0"]}}
+    state = views.FormState()
+    state.groups[0].source, state.groups[0].model = "subscribed", model
+    state.groups[0].version = "v" * 64
+    views.add_rule(state)
+    view = views.deploy_modal(state, catalog, ["public"], flavors())
+    valid_view(view)
+    options = next(b for b in view["blocks"] if b["block_id"] == "r0.version")["element"]
+    assert all(len(o["value"]) <= views.OPTION_VALUE_MAX for o in options["options"])
+    # The value still names the version and, through its group, the model.
+    state.rules[0] = views.RuleState(
+        uid=0, header="X", value="a", version=options["options"][0]["value"]
+    )
+    data, _ = views.spec_data(state)
+    assert data["rules"] == [{"header": "X", "equals": "a", "version": "v" * 64}]
