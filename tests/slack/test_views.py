@@ -53,6 +53,13 @@ def test_modal_fields_follow_the_reference_order() -> None:
     notes = next(b for b in view["blocks"] if b["block_id"] == "m0.flavor_notes")
     assert "no GPU here" in notes["elements"][0]["text"]
     assert "takes only ExeML models" in notes["elements"][0]["text"]
+    # The choices are the core form's: auto stop, model source.
+    auto = next(b for b in view["blocks"] if b["block_id"] == "auto_stop")["element"]
+    assert [(o["value"], o["text"]["text"]) for o in auto["options"]] == list(
+        form.AUTO_STOP_CHOICES
+    )
+    source = next(b for b in view["blocks"] if b["block_id"] == "m0.source")["element"]
+    assert [(o["value"], o["text"]["text"]) for o in source["options"]] == list(form.SOURCES)
 
 
 def test_custom_auto_stop_shows_hours() -> None:
