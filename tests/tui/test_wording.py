@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from opsbot.core.errors import OpsbotError
+from opsbot.core.form import Verb, allowed_verbs
 from opsbot.core.spec import parse_spec
-from opsbot.tui.view import COLUMN_KEYS, auto_stop_text, shown_columns, sort_key
+from opsbot.core.status import Status
+from opsbot.tui.view import COLUMN_KEYS, auto_stop_text, refusal, shown_columns, sort_key
 from opsbot.tui.wording import field_label, field_message, plain
 
 
@@ -78,3 +80,17 @@ def test_auto_stop_sorts_by_the_deadline_not_the_text() -> None:
     assert auto_stop_text(long, 0.0) == "1h 48m" and auto_stop_text(short, 0.0) == "58m"
     keys = [sort_key(s, "auto_stop", None) for s in (long, short, svc(None, auto_stop="off"))]
     assert sorted(keys) == [keys[1], keys[0], keys[2]]
+
+
+@pytest.mark.parametrize("status", [s.value for s in Status])
+def test_keys_are_refused_as_the_core_forms_verbs_say(status: str) -> None:
+    service = {"name": "s", "owner": "me", "status": status}
+    verbs = allowed_verbs(status, owner=True, admin=False)
+    for verb, key in ((Verb.START, "start"), (Verb.STOP, "stop"), (Verb.EXTEND, "extend")):
+        assert (refusal(key, service, "me", False) is None) == (verb in verbs), (verb, status)
+    assert (refusal("modify", service, "me", False) is None) == (Verb.MODIFY in verbs)
+    # Extend while Deploying: no deadline runs yet, the core refuses it, so does the key.
+    if status == "deploying":
+        assert "auto stop applies to a running service" in str(
+            refusal("extend", service, "me", False)
+        )
