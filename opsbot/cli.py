@@ -1011,7 +1011,7 @@ def extend(
     owner: str | None = OWNER_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Keep a running service up for HOURS from now (auto stop moves, reminder too)."""
+    """Add HOURS to a running service's time left, up to 24 h from now (reminder moves too)."""
     text = hours.strip().lower().removesuffix("h")
     if not text.isdigit():
         raise InvalidInput([FieldError("hours", f"{hours!r}: write whole hours such as 2h")])

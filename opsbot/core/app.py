@@ -251,10 +251,18 @@ class Core:
         with self.store.write() as db:
             return services_mod.rotate_key(db, self.clock.now(), service, actor.name)
 
+    def extend_plan(
+        self, actor: User, name: str, hours: int, owner: str | None = None
+    ) -> deadlines.ExtendPlan:
+        """What extending by ``hours`` would do (time left, new deadline), changing nothing:
+        what a front shows before the user confirms."""
+        service = self._acted_on(actor, name, owner)
+        return deadlines.plan_extend(self.clock.now(), service, hours)
+
     def extend_auto_stop(
         self, actor: User, name: str, hours: int, owner: str | None = None
     ) -> Service:
-        """Keep a running service up ``hours`` (1-24) from now."""
+        """Add ``hours`` (1-24) to a running service's time left, capped at 24 h from now."""
         service = self._acted_on(actor, name, owner)
         with self.store.write() as db:
             deadlines.extend(db, self.clock.now(), service, hours, actor.name)
@@ -285,10 +293,25 @@ class Core:
         service = self._acted_on(actor, name, owner)
         if isinstance(data, update.Changes):
             data = update.apply_changes(service.spec, data)
+        data = update.keep_masked(service.spec, data)
         checked = check_spec(parse_spec(data), service.owner, self.registry, self.pools)
         return update.update_service(
             self.store, self.clock, self.pools, service, checked, actor.name, message=message
         )
+
+    def update_plan(
+        self, actor: User, name: str, data: Any, owner: str | None = None
+    ) -> update.Plan:
+        """What :meth:`update_service` with this edited spec would change and restart, checked
+        like it (masked values mean keep), changing nothing: what a front asks the user to
+        confirm before applying."""
+        service = self._acted_on(actor, name, owner)
+        update.ensure_updatable(service)
+        if isinstance(data, update.Changes):
+            data = update.apply_changes(service.spec, data)
+        data = update.keep_masked(service.spec, data)
+        checked = check_spec(parse_spec(data), service.owner, self.registry, self.pools)
+        return update.plan(service.spec, checked.spec)
 
     def modifiable(self, actor: User, name: str, owner: str | None = None) -> Service:
         """The service, if the actor may modify it now; else PermissionDenied or Conflict with

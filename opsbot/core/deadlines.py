@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from opsbot.core import events
 from opsbot.core import services as svc
-from opsbot.core.autostop import AutoStop, format_auto_stop
+from opsbot.core.autostop import PRESET_HOURS, AutoStop, format_auto_stop
 from opsbot.core.clock import Clock
 from opsbot.core.errors import Conflict, FieldError, InvalidInput
 from opsbot.core.events import Kind
@@ -41,33 +41,132 @@ def _ticking(service: Service) -> None:
         )
 
 
-def extend(
-    db: sqlite_utils.Database, now: float, service: Service, hours: int, actor: str
-) -> float:
-    """Move the deadline to ``hours`` from now (1 to 24, whole hours), turning auto stop on."""
+#: The Extend choices every front offers (the auto stop presets): hours added to the time left.
+EXTEND_HOURS: tuple[int, ...] = PRESET_HOURS
+
+
+@dataclass(frozen=True)
+class ExtendPlan:
+    """What "Extend N h" does to a service now: the time left, the new deadline, and whether
+    the 24-hour cap cut the addition. Fronts show it before the user confirms."""
+
+    service: str
+    hours: int
+    now: float
+    due: float | None
+    new_due: float | None
+    capped: bool
+
+    @classmethod
+    def compute(cls, service: str, hours: int, now: float, due: float | None) -> ExtendPlan:
+        """The hours added to the time left (``due - now``), capped at 24 h from now, never
+        shortening it; no new deadline where there is none (auto stop off). Pure: a front may
+        compute it from a service it lists, the core applies the same."""
+        if due is None:
+            return cls(service, hours, now, None, None, False)
+        wanted = max(due, now) + hours * 3600
+        cap = now + MAX_EXTEND_HOURS * 3600
+        return cls(service, hours, now, due, max(due, min(wanted, cap)), wanted > cap)
+
+    @property
+    def auto_stop_off(self) -> bool:
+        """The service has no deadline to extend: auto stop is off (offer to turn it on)."""
+        return self.due is None
+
+    @property
+    def time_left(self) -> float | None:
+        return None if self.due is None else max(0.0, self.due - self.now)
+
+    @property
+    def added(self) -> float:
+        if self.due is None or self.new_due is None:
+            return 0.0
+        return self.new_due - max(self.due, self.now)
+
+    @property
+    def choice(self) -> str:
+        """The short line of a menu: "Extend 2 h: stops in 3h 05m"."""
+        if self.new_due is None or self.added <= 0:
+            return f"Extend {self.hours} h: not possible"
+        return f"Extend {self.hours} h: stops in {format_remaining(self.new_due - self.now)}"
+
+    def text(self) -> str:
+        """One line a front shows before applying, and the refusal when nothing can be added."""
+        if self.due is None or self.new_due is None:
+            return (
+                f"{self.service} has auto stop off: it runs until stopped. Turn auto stop on "
+                f"(`opsbot autostop {self.service} on`) to give it a deadline."
+            )
+        left = format_remaining(self.time_left)
+        after = format_remaining(self.new_due - self.now)
+        if self.added <= 0:
+            return (
+                f"{self.service} already stops in {left}, the most it may have "
+                f"({MAX_EXTEND_HOURS} h from now); nothing to add"
+            )
+        cap = f" (capped at {MAX_EXTEND_HOURS} h from now)" if self.capped else ""
+        return f"{left} left; +{format_remaining(self.added)}{cap}: stops in {after}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "hours": self.hours,
+            "time_left_s": self.time_left,
+            "due_time": self.due,
+            "new_due_time": self.new_due,
+            "added_s": self.added,
+            "capped": self.capped,
+            "auto_stop_off": self.auto_stop_off,
+            "text": self.text(),
+        }
+
+
+def _check_hours(hours: int) -> None:
     if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= MAX_EXTEND_HOURS:
+        choices = ", ".join(str(h) for h in EXTEND_HOURS)
         raise InvalidInput(
             [
                 FieldError(
-                    "hours", f"extend by whole hours from 1 to {MAX_EXTEND_HOURS}: 1, 2, 4 or 6"
+                    "hours",
+                    f"extend by whole hours from 1 to {MAX_EXTEND_HOURS} (the menu offers "
+                    f"{choices}); they are added to the time left",
                 )
             ]
         )
+
+
+def plan_extend(now: float, service: Service, hours: int) -> ExtendPlan:
+    """What extending by ``hours`` would do: add them to the time left, capped at
+    24 h from now, never shortening it. Raises InvalidInput for hours out of
+    range and Conflict when the service is not running."""
+    _check_hours(hours)
     _ticking(service)
-    due = now + hours * 3600
+    return ExtendPlan.compute(service.name, hours, now, service.due_time)
+
+
+def extend(
+    db: sqlite_utils.Database, now: float, service: Service, hours: int, actor: str
+) -> ExtendPlan:
+    """Add ``hours`` (1 to 24, whole hours) to the time left, as :func:`plan_extend` says.
+
+    Refuses (Conflict, changing nothing) a service whose auto stop is off, and one that already
+    has the most time it may have."""
+    plan = plan_extend(now, service, hours)
+    if plan.new_due is None or plan.added <= 0:
+        raise Conflict(plan.text(), field="hours")
     db.execute(
         "UPDATE services SET due_time = ?, reminded_due = NULL, updated_at = ? WHERE id = ?",
-        (due, now, service.id),
+        (plan.new_due, now, service.id),
     )
     svc.record_event(
         db,
         now,
         service,
         Kind.EXTENDED,
-        f"auto stop extended by {hours} h: stops in {format_remaining(due - now)}",
+        f"auto stop extended by {format_remaining(plan.added)}: {plan.text()}",
         actor=actor,
     )
-    return due
+    return plan
 
 
 def set_auto_stop(

@@ -27,7 +27,7 @@ from opsbot.core.deadlines import TICKING
 from opsbot.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from opsbot.core.events import Kind
 from opsbot.core.pools import Pools
-from opsbot.core.spec import DeploySpec, ModelEntry
+from opsbot.core.spec import DeploySpec, ModelEntry, mask_value, masked_env
 from opsbot.core.status import HOLDS_CAPACITY, Status
 from opsbot.core.store import Store
 
@@ -44,6 +44,26 @@ class Snapshot:
     spec: dict[str, Any]
     actor: str
     created_at: float
+    #: What this snapshot changed from the one before (the deploy, #1, changed nothing).
+    changes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a modification would do, for the user to confirm before it is applied."""
+
+    changes: tuple[str, ...]
+    """A line per change, as the history shows it."""
+    restarts: tuple[str, ...]
+    """Which versions' instances start, restart or stop; the rest keep running."""
+    spec: dict[str, Any]
+    """The spec that would be applied (masked values already resolved, shown masked)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        spec = json.loads(json.dumps(self.spec))
+        for entry in spec["models"]:
+            entry["env"] = masked_env(entry["env"])
+        return {"changes": list(self.changes), "restarts": list(self.restarts), "spec": spec}
 
 
 @dataclass(frozen=True)
@@ -266,6 +286,85 @@ def spec_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: What :func:`~opsbot.core.spec.mask_value` puts in place of a secret's middle.
+MASK = "****"
+
+
+def keep_masked(current: DeploySpec, data: Any) -> Any:
+    """An edited spec with its masked values resolved: a front shows secrets masked, and a
+    masked value sent back means "keep". A variable whose value is exactly the mask of the
+    same variable of the same version (or, for a version added, of any current version) gets
+    that value back; anything else is taken as typed."""
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        return data
+    by_key = {(m.model, m.version): m.env for m in current.models}
+    out_models: list[Any] = []
+    errors: list[FieldError] = []
+    for i, entry in enumerate(data["models"]):
+        env = entry.get("env") if isinstance(entry, dict) else None
+        if not isinstance(env, dict):
+            out_models.append(entry)
+            continue
+        own = by_key.get((entry.get("model"), entry.get("version")))
+        sources = [own] if own is not None else list(by_key.values())
+        resolved: dict[Any, Any] = {}
+        for name, value in env.items():
+            resolved[name] = value
+            for known in sources:
+                real = known.get(name) if isinstance(name, str) else None
+                if real is not None and real != value and value == mask_value(name, real):
+                    resolved[name] = real
+                    break
+            else:
+                if isinstance(value, str) and MASK in value:
+                    # A mask that hides no current value: storing it would lose the secret.
+                    errors.append(
+                        FieldError(
+                            f"models[{i}].env.{name}",
+                            f"{name} shows a masked value that hides none of this service's "
+                            "values: type the value again",
+                        )
+                    )
+        out_models.append({**entry, "env": resolved})
+    if errors:
+        raise InvalidInput(errors)
+    return {**data, "models": out_models}
+
+
+def restarts(old: DeploySpec, new: DeploySpec) -> list[str]:
+    """Which versions' instances a modification starts, replaces or stops: a version whose
+    flavor or environment changes is replaced (new instances ready before the old drain);
+    more or fewer instances start or stop only those; ratios, rules, the limit, the
+    description and auto stop restart nothing."""
+    before = {m.key: m for m in old.models}
+    after = {m.key: m for m in new.models}
+    lines: list[str] = []
+    for key, m in after.items():
+        name = f"{key[0]} {key[1]}"
+        was = before.get(key)
+        if was is None:
+            lines.append(f"{name}: starts {m.instances} instance(s)")
+        elif was.flavor != m.flavor or was.env != m.env:
+            lines.append(f"{name}: {m.instances} instance(s) replaced, one at a time")
+        elif was.instances != m.instances:
+            verb = "start" if m.instances > was.instances else "stop"
+            lines.append(f"{name}: {abs(m.instances - was.instances)} instance(s) {verb}")
+    for key, was in before.items():
+        if key not in after:
+            lines.append(f"{key[0]} {key[1]}: {was.instances} instance(s) stop")
+    return lines
+
+
+def plan(current: DeploySpec, new: DeploySpec) -> Plan:
+    """What applying ``new`` to a service running ``current`` changes and restarts."""
+    body = new.model_dump(mode="json")
+    return Plan(
+        tuple(spec_diff(current.model_dump(mode="json"), body)),
+        tuple(restarts(current, new)),
+        body,
+    )
+
+
 # -- applying ----------------------------------------------------------------------------------
 
 
@@ -381,7 +480,14 @@ def history(store: Store, service: svc.Service) -> list[Snapshot]:
         "SELECT n, spec, actor, created_at FROM config_snapshots WHERE service_id = ? ORDER BY n",
         (service.id,),
     ).fetchall()
-    return [Snapshot(n, json.loads(body), actor, at) for n, body, actor, at in rows]
+    out: list[Snapshot] = []
+    before: dict[str, Any] | None = None
+    for n, body, actor, at in rows:
+        spec = json.loads(body)
+        changes = tuple(spec_diff(before, spec)) if before is not None else ()
+        out.append(Snapshot(n, spec, actor, at, changes))
+        before = spec
+    return out
 
 
 def snapshot_spec(store: Store, service: svc.Service, n: int) -> dict[str, Any]:

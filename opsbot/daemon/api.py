@@ -352,6 +352,16 @@ async def extend_service(request: web.Request) -> web.Response:
     return web.json_response(service_view(request, service))
 
 
+async def extend_plan(request: web.Request) -> web.Response:
+    """What Extend would do (time left, new deadline), so a front can show it first."""
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    data = await body(request)
+    hours = data.get("hours") if isinstance(data, dict) else None
+    plan = await call(daemon.core.extend_plan, user(request), name, hours, owner)
+    return web.json_response(plan.as_dict())
+
+
 async def auto_stop(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
@@ -385,12 +395,35 @@ async def update_service(request: web.Request) -> web.Response:
     return _updated(request, result)
 
 
+async def update_plan(request: web.Request) -> web.Response:
+    """Body as for update; answers what it would change and restart, changing nothing."""
+    daemon = request.app[DAEMON]
+    name, owner = _target(request)
+    data = await body(request)
+    if not isinstance(data, dict) or ("spec" in data) == ("changes" in data):
+        raise InvalidInput(
+            [FieldError("spec", 'send {"spec": {...}} (a whole spec) or {"changes": {...}}')]
+        )
+    wanted = data["spec"] if "spec" in data else update.parse_changes(data["changes"])
+    plan = await call(daemon.core.update_plan, user(request), name, wanted, owner)
+    return web.json_response(plan.as_dict())
+
+
 async def service_history(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
     rows = await call(daemon.core.history, user(request), name, owner)
     return web.json_response(
-        [{"n": r.n, "actor": r.actor, "created_at": r.created_at, "spec": r.spec} for r in rows]
+        [
+            {
+                "n": r.n,
+                "actor": r.actor,
+                "created_at": r.created_at,
+                "spec": r.spec,
+                "changes": list(r.changes),
+            }
+            for r in rows
+        ]
     )
 
 
@@ -491,15 +524,15 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             sent = e.id
         while True:
             try:
-                e = await asyncio.wait_for(queue.get(), timeout=15)
+                got = await asyncio.wait_for(queue.get(), timeout=15)
             except TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
-            if e is None:  # the daemon is stopping: end the stream, the client reconnects
+            if got is None:  # the daemon is stopping: end the stream, the client reconnects
                 break
-            if e.id > sent and visible(e):
-                await resp.write(f"id: {e.id}\ndata: {json.dumps(e.as_dict())}\n\n".encode())
-                sent = e.id
+            if got.id > sent and visible(got):
+                await resp.write(f"id: {got.id}\ndata: {json.dumps(got.as_dict())}\n\n".encode())
+                sent = got.id
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -510,7 +543,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 async def end_streams(app: web.Application) -> None:
     """``on_shutdown``: end every open event stream, so none holds the daemon's shutdown."""
-    for queue in list(app[STREAMS]):
+    streams: set[asyncio.Queue[Event | None]] = app[STREAMS]
+    for queue in list(streams):
         queue.put_nowait(None)
 
 
@@ -612,8 +646,10 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_post("/v1/services/{name}/start", start_service)
     r.add_post("/v1/services/{name}/key", rotate_key)
     r.add_post("/v1/services/{name}/extend", extend_service)
+    r.add_post("/v1/services/{name}/extend/plan", extend_plan)
     r.add_post("/v1/services/{name}/autostop", auto_stop)
     r.add_post("/v1/services/{name}/update", update_service)
+    r.add_post("/v1/services/{name}/update/plan", update_plan)
     r.add_get("/v1/services/{name}/history", service_history)
     r.add_post("/v1/services/{name}/rollback", rollback_service)
     r.add_get("/v1/services/{name}/events", list_events)

@@ -197,8 +197,17 @@ def openapi_document() -> dict[str, Any]:
             "/v1/services/{name}/key": {"post": _op("Rotate the API key", params=svc)},
             "/v1/services/{name}/extend": {
                 "post": _op(
-                    "Extend auto stop by hours from now",
+                    "Extend auto stop: add hours to the time left, capped at 24 h from now",
                     schema=service_ref,
+                    params=svc,
+                    body={"type": "object", "properties": {"hours": {"type": "integer"}}},
+                )
+            },
+            "/v1/services/{name}/extend/plan": {
+                "post": _op(
+                    "What Extend would do: time left, new deadline (capped at 24 h), changing "
+                    "nothing",
+                    schema={"type": "object"},
                     params=svc,
                     body={"type": "object", "properties": {"hours": {"type": "integer"}}},
                 )
@@ -215,6 +224,18 @@ def openapi_document() -> dict[str, Any]:
                 "post": _op(
                     "Modify a service: a whole new spec, or changes to the current one",
                     schema=service_ref,
+                    params=svc,
+                    body={
+                        "type": "object",
+                        "properties": {"spec": spec_ref, "changes": _CHANGES},
+                    },
+                )
+            },
+            "/v1/services/{name}/update/plan": {
+                "post": _op(
+                    "What a modification would change and restart (masked values mean keep), "
+                    "changing nothing",
+                    schema={"type": "object"},
                     params=svc,
                     body={
                         "type": "object",

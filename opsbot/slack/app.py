@@ -20,13 +20,14 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
+from opsbot.core import form
 from opsbot.core.app import Core
 from opsbot.core.errors import FieldError, NotFound, OpsbotError
 from opsbot.core.identity import User
 from opsbot.core.notify import Dispatcher
 from opsbot.core.registry import NORMAL
 from opsbot.core.services import Created, Service
-from opsbot.core.update import spec_diff
+from opsbot.core.spec import parse_spec
 from opsbot.slack import views
 from opsbot.slack.http import serve
 from opsbot.slack.notifier import SlackNotifier
@@ -87,6 +88,13 @@ class SlackBot:
             out.setdefault(source, {}).setdefault(name, []).append(mv.version)
         return out
 
+    def origins(self, actor: User) -> dict[tuple[str, str, str], str]:
+        """The origin (custom or exeml) of each model version, keyed as the catalog names it."""
+        return {
+            (source, mv.name if source == "mine" else mv.ref, mv.version): mv.origin
+            for source, mv in self.core.models(actor)
+        }
+
     def modal(self, actor: User, state: views.FormState) -> views.View:
         """The deploy modal, or the modify modal when ``state.target`` names a service."""
         pools = self.core.pools.names()
@@ -105,7 +113,7 @@ class SlackBot:
                 known = catalog.setdefault(g.source, {}).setdefault(g.model, [])
                 if g.version not in known:
                     known.append(g.version)
-        return views.deploy_modal(state, catalog, pools, flavors)
+        return views.deploy_modal(state, catalog, pools, flavors, self.origins(owner))
 
     def _services(self, actor: User, everyone: bool) -> list[dict[str, Any]]:
         return [
@@ -193,8 +201,10 @@ class SlackBot:
             views.choose_model(
                 state, views.group_uid(action["block_id"]), chosen, self.catalog(actor)
             )
+        elif action_id == views.A_VERSION:
+            views.choose_version(state, views.group_uid(action["block_id"]), chosen)
         elif action_id == views.A_ADD:
-            views.add_group(state)
+            views.add_group(state, self.catalog(actor))
         elif action_id == views.A_REMOVE:
             views.remove_group(state, int(action["value"]))
         elif action_id == views.A_ADD_RULE:
@@ -205,17 +215,26 @@ class SlackBot:
             view_id=view["id"], hash=view.get("hash"), view=self.modal(actor, state)
         )
 
-    def _warned(
-        self, ack: Ack, actor: User, owner: User, state: views.FormState, data: dict[str, Any]
+    def _confirmed(
+        self,
+        ack: Ack,
+        actor: User,
+        owner: User,
+        state: views.FormState,
+        data: dict[str, Any],
+        summary: Callable[[], list[str]],
     ) -> list[FieldError] | None:
-        """The core's warnings about the form; None when they were shown in the modal (the
-        ack is given): the user confirms or changes the form. Raises OpsbotError."""
+        """The core's warnings about the form, once the user has confirmed what ``summary``
+        says (and the warnings); None when they are shown in the modal first (the ack is
+        given): the user confirms or changes the form. Raises OpsbotError."""
         warnings = self.core.validate(owner, data).warnings
-        mark = views.warning_mark(warnings)
+        lines = summary()
+        mark = views.warning_mark(warnings, lines)
         if mark and mark != state.warned:
-            # The same warnings are not asked about again.
+            # What was confirmed is not asked about again; a changed form is.
             state.warned = mark
             state.warnings = [w.message for w in warnings]
+            state.summary = lines
             ack(response_action="update", view=self.modal(actor, state))
             return None
         return warnings
@@ -236,7 +255,14 @@ class SlackBot:
             ack(response_action="errors", errors=views.error_block_ids(state, problems))
             return
         try:
-            warnings = self._warned(ack, actor, actor, state, data)
+            warnings = self._confirmed(
+                ack,
+                actor,
+                actor,
+                state,
+                data,
+                lambda: [f"{k}: {v}" for k, v in form.deploy_summary(parse_spec(data))],
+            )
             if warnings is None:
                 return
             created = self.core.create_service(actor, data)
@@ -294,7 +320,14 @@ class SlackBot:
             return
         actor = self.actor(body)
         try:
-            if self._warned(ack, actor, self.core.user(owner), state, data) is None:
+
+            def planned() -> list[str]:
+                plan = self.core.update_plan(actor, name, data, owner)
+                if not plan.changes:
+                    return []
+                return [*plan.changes, *(plan.restarts or ("no instance restarts",))]
+
+            if self._confirmed(ack, actor, self.core.user(owner), state, data, planned) is None:
                 return
             updated = self.core.update_service(actor, name, data, owner)
         except OpsbotError as exc:
@@ -329,7 +362,6 @@ class SlackBot:
     def history_entries(self, actor: User, name: str, owner: str) -> list[views.HistoryEntry]:
         snapshots = self.core.history(actor, name, owner)
         entries = []
-        before: dict[str, Any] | None = None
         for snap in snapshots:
             try:
                 back = self.core.rollback_preview(actor, name, snap.n, owner)
@@ -340,11 +372,10 @@ class SlackBot:
                     n=snap.n,
                     created_at=snap.created_at,
                     actor=snap.actor,
-                    changes=spec_diff(before, snap.spec) if before is not None else [],
+                    changes=snap.changes,  # the core's diff to the snapshot before
                     rollback=back,
                 )
             )
-            before = snap.spec
         return entries
 
     def history_open(
@@ -439,13 +470,16 @@ class SlackBot:
             elif action_id == views.A_DELETE:
                 self.core.delete_service(actor, name, owner)
                 done = f"Deleting {name}."
+            elif action_id == views.A_AUTO_STOP_ON:
+                service = self.core.set_auto_stop(actor, name, "on", owner)
+                done = f"Auto stop of {name} is on: {service.spec.auto_stop} from now."
             else:
                 hours = target.hours
                 if hours is None:
                     hours = 4 if action_id == views.A_EXTEND_4 else 1
-                service = self.core.extend_auto_stop(actor, name, hours, owner)
-                left = (service.due_time or self.clock()) - self.clock()
-                done = f"Extended {name} by {hours} h: it stops in {views.remaining(left)}."
+                plan = self.core.extend_plan(actor, name, hours, owner)
+                self.core.extend_auto_stop(actor, name, hours, owner)
+                done = f"Extended {name}: {plan.text()}."
         except OpsbotError as exc:
             self.tell(body, respond, client, f"*{exc.title}*: {exc.message}")
             return
@@ -483,6 +517,7 @@ class SlackBot:
             views.A_REMOVE,
             views.A_ADD_RULE,
             views.A_REMOVE_RULE,
+            views.A_VERSION,
         ):
             app.action(action_id)(self.modal_action)
         for action_id in (
@@ -492,6 +527,7 @@ class SlackBot:
             views.A_DELETE,
             views.A_EXTEND_1,
             views.A_EXTEND_4,
+            views.A_AUTO_STOP_ON,
         ):
             app.action(action_id)(self.service_action)
         app.action(views.A_HOME_DEPLOY)(self.home_deploy)
@@ -499,8 +535,6 @@ class SlackBot:
         app.action(views.A_HISTORY)(self.history_open)
         app.action(views.A_ROLLBACK)(self.rollback_action)
         app.action(views.A_DETAILS)(self.details_open)
-        # Version picks need no answer, but Slack sends them: acknowledge so none time out.
-        app.action(views.A_VERSION)(lambda ack: ack())
         app.event("app_home_opened")(self.home_opened)
 
 

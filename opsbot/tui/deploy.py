@@ -3,7 +3,7 @@
 The screen holds no rules. It turns the widgets into a DeploySpec body, sends it to
 ``POST /v1/validate`` as the user types, and shows each returned error beside its field.
 :class:`ModifyScreen` is the same form prefilled from a running service (name and pool fixed),
-submitted through ``POST /v1/services/{name}/update`` (see :mod:`opsbot.tui.changes`).
+planned and applied by the daemon (``POST /v1/services/{name}/update/plan``, then ``/update``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
-from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
-from opsbot.core.spec import MAX_RULES, parse_spec, spec_warnings
-from opsbot.tui.changes import is_masked, plan_changes, to_form_paths
+from opsbot.core import form
+from opsbot.core.errors import FieldError, OpsbotError
+from opsbot.core.form import whole_or_text
+from opsbot.core.spec import MAX_RULES, parse_spec
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.view import instances_text, refusal, status_text
@@ -32,34 +33,18 @@ from opsbot.tui.wording import FIELD_LABELS, field_message, plain
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
 
+#: The core form's choices as Textual's (label, value) pairs.
 AUTO_STOP_CHOICES: list[tuple[str, str]] = [
-    ("1 hour later", "1h"),
-    ("2 hours later", "2h"),
-    ("4 hours later", "4h"),
-    ("6 hours later", "6h"),
-    ("Custom (whole hours)", "custom"),
-    ("Off", "off"),
+    (label, value) for value, label in form.AUTO_STOP_CHOICES
 ]
-SOURCES: list[tuple[str, str]] = [("My Models", "mine"), ("My Subscriptions", "subscribed")]
+SOURCES: list[tuple[str, str]] = [(label, value) for value, label in form.SOURCES]
 TOP_FIELDS = ("name", "auto_stop", "description", "resource_pool", "traffic_limit")
 ENTRY_FIELD = re.compile(r"^models\[(\d+)\]\.(\w+)")
 RULE_FIELD = re.compile(r"^rules\[(\d+)\]")
-RULE_TESTS: list[tuple[str, str]] = [("equals", "equals"), ("matches", "matches")]
+RULE_TESTS: list[tuple[str, str]] = [(label, value) for value, label in form.RULE_TESTS]
 VALIDATE_DELAY_S = 0.3
 POLL_S = 0.5
 MODIFY_POLL_S = 1.0
-
-
-def whole_or_text(text: str) -> int | str | None:
-    """A number field's value: an int when it is one, the text itself otherwise (so the core
-    names the problem), None when empty."""
-    value = text.strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return value
 
 
 def field_row(field: str, *widgets: Widget) -> Vertical:
@@ -85,7 +70,7 @@ class EnvRow(Horizontal):
         # Children made here, not in compose(), so the row can be read as soon as it exists.
         self.name_input = Input(name, placeholder="NAME", classes="env-name")
         self.value_input = Input(value, placeholder="value", classes="env-value")
-        if is_masked(value):
+        if form.is_masked(value):
             self.value_input.tooltip = (
                 "masked secret: left as it is, the service keeps its value; type a new one to "
                 "replace it"
@@ -112,6 +97,8 @@ class ModelGroup(Vertical):
         self.preset = preset
         #: Select values wanted before the select has its options (model, version, flavor).
         self.wanted: dict[str, str] = {}
+        #: The Specifications offered, as the core form judged them for this version.
+        self.flavor_choices: list[form.Choice] = []
         source = "mine"
         instances = "1"
         env: dict[str, str] = {}
@@ -128,7 +115,7 @@ class ModelGroup(Vertical):
     def _fields(ratio: str, source: str, instances: str, env: dict[str, str]) -> list[Widget]:
         return [
             Horizontal(
-                Label("Model version", classes="label"),
+                Label(FIELD_LABELS["models"], classes="label"),
                 Static("", classes="group-title"),
                 Button("Remove version", classes="remove-group", variant="warning", compact=True),
                 classes="field",
@@ -240,43 +227,36 @@ class ModelGroup(Vertical):
         elif versions:
             select.value = versions[-1]
 
-    def fill_flavors(self, flavors: list[dict[str, Any]]) -> None:
-        """Every flavor; unavailable ones greyed with the reason (the core refuses them)."""
+    def fill_flavors(self, flavors: list[dict[str, Any]], models: list[dict[str, Any]]) -> None:
+        """Every flavor of the pool, as the core form offers them for this version's kind of
+        model: those it cannot take dimmed with the reason, and never chosen by default."""
+        self.flavor_choices = form.flavor_choices(flavors, self._origin(models))
         options: list[tuple[str | Text, str]] = []
-        for f in flavors:
-            if f.get("available", True):
-                options.append((f"{f['id']}  {f.get('name', '')}", str(f["id"])))
+        for c in self.flavor_choices:
+            if c.available:
+                options.append((f"{c.value}  {c.label}", c.value))
             else:
-                text = f"{f['id']}  unavailable: {f.get('reason', '')}"
-                options.append((Text(text, style="dim"), str(f["id"])))
+                text = f"{c.value}  unavailable: {c.reason}"
+                options.append((Text(text, style="dim"), c.value))
         select = self.query_one("#flavor", Select)
         current = self._select("flavor") or self.wanted.get("flavor", "")
         select.set_options(options)
-        ids = [str(f["id"]) for f in flavors]
-        available = [str(f["id"]) for f in flavors if f.get("available", True)]
-        if current in ids:
-            choose(select, current)  # its label may have changed (available in this pool?)
-        elif available:
-            select.value = available[0]
-
-    def suit_flavor(self, flavors: list[dict[str, Any]], models: list[dict[str, Any]]) -> None:
-        """Keep the flavor when it is available and takes the chosen version's kind of model
-        (custom or exeml); otherwise pick the first that does. Only a default: the core
-        still judges the choice."""
         preset = self.preset
-        if preset is not None and self.ref == (str(preset["model"]), str(preset["version"])):
-            return  # a version of the modified service keeps its flavor unless the user picks
-        origin = self._origin(models)
+        own = preset is not None and self.ref == (str(preset["model"]), str(preset["version"]))
+        ids = [c.value for c in self.flavor_choices]
+        # A version of the modified service keeps its flavor unless the user picks another.
+        chosen = (
+            current if own and current in ids else form.default_flavor(self.flavor_choices, current)
+        )
+        if chosen is not None:
+            choose(select, chosen)  # its label may have changed (available in this pool?)
 
-        def fits(f: dict[str, Any]) -> bool:
-            return bool(f.get("available", True)) and origin in f.get("allows", [origin])
-
-        current = next((f for f in flavors if f["id"] == self._select("flavor")), None)
-        if current is not None and fits(current):
-            return
-        fitting = [str(f["id"]) for f in flavors if fits(f)]
-        if fitting:
-            self.query_one("#flavor", Select).value = fitting[0]
+    def refused_flavor(self) -> str:
+        """The reason the chosen flavor cannot be chosen, or "" (it can)."""
+        chosen = self._select("flavor")
+        return next(
+            (c.reason for c in self.flavor_choices if c.value == chosen and not c.available), ""
+        )
 
     def _origin(self, models: list[dict[str, Any]]) -> str:
         source = self._select("source") or "mine"
@@ -438,9 +418,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
 
     def compose(self) -> ComposeResult:
         s = self.original or {}
-        auto_stop = str(s.get("auto_stop", "1h"))
-        choice = auto_stop if auto_stop in dict((v, v) for _, v in AUTO_STOP_CHOICES) else "custom"
-        hours = "" if choice != "custom" else auto_stop.removesuffix("h")
+        choice, hours = form.auto_stop_choice(str(s.get("auto_stop", "1h")))
+        choices = AUTO_STOP_CHOICES
+        if choice not in {v for _, v in choices}:  # "90m": the form cannot write it; keep it
+            choices = [*choices, (f"Keep {choice}", choice)]
         pool = str(s.get("resource_pool", "public"))
         yield Header(show_clock=False)
         yield ConnectionBanner()
@@ -457,7 +438,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             )
             yield field_row(
                 "auto_stop",
-                Select(AUTO_STOP_CHOICES, value=choice, allow_blank=False, id="auto-stop"),
+                Select(choices, value=choice, allow_blank=False, id="auto-stop"),
                 Input(hours, placeholder="hours, 1-24", id="custom-hours"),
             )
             yield field_row(
@@ -478,7 +459,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             presets = list(s.get("models", [])) or [None]
             yield Vertical(*(ModelGroup(preset=m) for m in presets), id="groups")
             yield Horizontal(
-                Button("Add model version", id="add-version"),
+                Button(form.ADD_VERSION_LABEL, id="add-version"),
                 Static("", id="ratios"),
                 classes="field",
             )
@@ -510,7 +491,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         s = self.original
         self.sub_title = f"Modify {s['owner']}/{s['name']}" if s else "Deploy a real-time service"
         custom = self.query_one("#custom-hours", Input)
-        custom.display = self.query_one("#auto-stop", Select).value == "custom"
+        custom.display = self.query_one("#auto-stop", Select).value == form.CUSTOM
         if s is None:
             self.query_one("#name", Input).focus()
         else:
@@ -556,14 +537,13 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         self.models = models
         for group in self.groups:
             group.fill_models(models)
-            group.suit_flavor(self.flavors, models)
+            group.fill_flavors(self.flavors, models)
         self._offer_versions()
 
     def _got_flavors(self, flavors: list[dict[str, Any]]) -> None:
         self.flavors = flavors
         for group in self.groups:
-            group.fill_flavors(flavors)
-            group.suit_flavor(flavors, self.models)
+            group.fill_flavors(flavors, self.models)
 
     # -- the spec ------------------------------------------------------------------------------
 
@@ -575,13 +555,13 @@ class DeployScreen(Screen[dict[str, Any] | None]):
     def spec_body(self) -> dict[str, Any]:
         """The form as a DeploySpec body (what POST /v1/validate and /v1/services take)."""
         choice = self.query_one("#auto-stop", Select).value
-        auto_stop: str = str(choice)
-        if choice == "custom":
-            hours = self.query_one("#custom-hours", Input).value.strip()
-            auto_stop = f"{hours}h" if hours.isdigit() else hours
+        hours = self.query_one("#custom-hours", Input).value
+        # The core form's custom-hours rule; what it refuses goes to the core as typed, so the
+        # core's error lands on Auto Stop.
+        auto_stop, _ = form.auto_stop_value(str(choice), hours)
         body: dict[str, Any] = {
             "name": self.query_one("#name", Input).value.strip(),
-            "auto_stop": auto_stop,
+            "auto_stop": auto_stop if auto_stop is not None else f"{hours.strip()}h",
             "description": self.query_one("#description", Input).value,
             "resource_pool": self._pool(),
             "models": [g.entry() for g in self.groups],
@@ -640,7 +620,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         groups = self.groups
         for i, group in enumerate(groups):
             group.query_one(".group-title", Static).update(f"#{i + 1}")
-            group.query_one(".remove-group", Button).display = len(groups) > 1
+            remove = group.query_one(".remove-group", Button)
+            # Hidden and disabled: a hidden button must not be reachable with Tab either.
+            remove.display = len(groups) > 1
+            remove.disabled = len(groups) <= 1
         self._update_ratios()
 
     def _update_ratios(self) -> None:
@@ -714,14 +697,22 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             self.load_flavors()
         elif select.id == "auto-stop":
             custom = self.query_one("#custom-hours", Input)
-            custom.display = event.value == "custom"
+            custom.display = event.value == form.CUSTOM
         elif group is not None and select.id == "source":
             group.fill_models(self.models)
         elif group is not None and select.id == "model":
             group.fill_versions(self.models)
         if group is not None and select.id in ("source", "model", "version"):
-            group.suit_flavor(self.flavors, self.models)
+            group.fill_flavors(self.flavors, self.models)
             self._offer_versions()
+        elif group is not None and select.id == "flavor" and select.has_focus_within:
+            reason = group.refused_flavor()
+            if reason:  # shown, as on the reference page, but it cannot be chosen
+                self.notify(f"{event.value}: {reason}", severity="warning")
+                fallback = form.default_flavor(group.flavor_choices)
+                if fallback is not None:
+                    choose(group.query_one("#flavor", Select), fallback)
+                return
         self.changed(select)
 
     def validate(self) -> None:
@@ -833,10 +824,18 @@ class DeployScreen(Screen[dict[str, Any] | None]):
 
     async def action_add_version(self) -> None:
         group = ModelGroup(ratio="0")
+        # The next version the form does not list yet (a copy of version 1 is a duplicate).
+        offered = [
+            (model_ref(m), str(m["version"]))
+            for m in self.models
+            if m.get("source", "mine") == "mine" and is_normal(m)
+        ]
+        nxt = form.next_version(offered, self.version_refs())
+        if nxt is not None:
+            group.wanted = {"model": nxt[0], "version": nxt[1]}
         await self.query_one("#groups", Vertical).mount(group)
         group.fill_models(self.models)
-        group.fill_flavors(self.flavors)
-        group.suit_flavor(self.flavors, self.models)
+        group.fill_flavors(self.flavors, self.models)
         if self.original is not None:
             # A version added to a running service starts with the first version's environment
             # (masked secrets included, which the daemon copies with their real values).
@@ -870,11 +869,33 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         body = self.spec_body()
         app = self.opsbot
         self.query_one("#submit", Button).disabled = True
+        # Checked first, then the entered information to confirm (the reference page's "After
+        # confirming the entered information"), then deployed.
         app.call_api(
-            lambda: app.client.request("POST", "/v1/services", body=body),
-            self._created,
+            lambda: app.client.request("POST", "/v1/validate", body=body),
+            lambda result: self._confirm_deploy(body, result),
             self._submit_failed,
         )
+
+    def _confirm_deploy(self, body: dict[str, Any], result: dict[str, Any]) -> None:
+        warnings = [FieldError(**w) for w in result.get("warnings", [])]
+        self.show_errors([], warnings)
+        lines = [f"{label}: {value}" for label, value in form.deploy_summary(parse_spec(body))]
+        notes = [f"⚠ {field_message(w.field, w.message)}" for w in warnings]
+        question = "\n".join(["Deploy this service?", *lines, *notes])
+        app = self.opsbot
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                self.query_one("#submit", Button).disabled = False
+                return
+            app.call_api(
+                lambda: app.client.request("POST", "/v1/services", body=body),
+                self._created,
+                self._submit_failed,
+            )
+
+        self.app.push_screen(ConfirmModal(question, "Deploy"), answered)
 
     def _submit_failed(self, exc: OpsbotError) -> None:
         self.query_one("#submit", Button).disabled = False
@@ -963,9 +984,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
 class ModifyScreen(DeployScreen):
     """The Deploy form prefilled from a service (name and pool fixed), sent as a modification.
 
-    What the user changed goes to ``POST /v1/services/{name}/update`` as ``changes`` (see
-    :mod:`opsbot.tui.changes`): masked secrets left as they are never travel back as values.
-    Dismisses with the modified service, or None when nothing was applied.
+    The edited spec goes to the daemon, which computes the modification once: first
+    ``POST /v1/services/{name}/update/plan`` answers what would change and what restarts (a
+    masked secret left as it is means "keep"), the user confirms, then ``.../update`` applies
+    the same spec. Dismisses with the modified service, or None when nothing was applied.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "submit", "Apply changes")]
@@ -975,6 +997,10 @@ class ModifyScreen(DeployScreen):
         super().__init__(service)
         self.service = service
 
+    def _target(self) -> tuple[str, dict[str, str]]:
+        service = self.service
+        return f"/v1/services/{service['name']}", {"owner": str(service["owner"])}
+
     def action_submit(self) -> None:
         if self.created is not None:
             return
@@ -982,36 +1008,50 @@ class ModifyScreen(DeployScreen):
         if self._timer is not None:
             self._timer.stop()
         self._seq += 1
-        body = self.spec_body()
-        service = self.service
-        name, owner = str(service["name"]), str(service["owner"])
+        body = {"spec": self.spec_body()}
+        path, query = self._target()
         app = self.opsbot
         self.query_one("#submit", Button).disabled = True
 
-        def send() -> dict[str, Any]:
-            # The core's parser reads the whole form first, so what it refuses is named by the
-            # form's own groups. (Not POST /v1/validate: it resolves models as the caller's,
-            # and an admin may modify another user's service.)
-            wanted = parse_spec(body).model_dump(mode="json")
-            plan = plan_changes(service, wanted)
-            if plan.errors:
-                raise InvalidInput(plan.errors, title="Cannot apply these changes")
-            try:
-                result: dict[str, Any] = app.client.request(
-                    "POST",
-                    f"/v1/services/{name}/update",
-                    body={"changes": plan.changes},
-                    query={"owner": owner},
-                )
-            except OpsbotError as exc:
-                if not exc.errors:
-                    raise
-                errors = to_form_paths(exc.errors, plan.order, wanted)
-                raise InvalidInput(errors, title=exc.title) from None
-            result["warnings"] = [w.as_dict() for w in spec_warnings(parse_spec(wanted))]
+        def plan() -> dict[str, Any]:
+            result: dict[str, Any] = app.client.request(
+                "POST", f"{path}/update/plan", body=body, query=query
+            )
             return result
 
-        app.call_api(send, self._modified, self._submit_failed)
+        app.call_api(plan, lambda answer: self._confirm(body, answer), self._submit_failed)
+
+    def _confirm(self, body: dict[str, Any], plan: dict[str, Any]) -> None:
+        """Show the daemon's plan; apply it on yes."""
+        self.show_errors([], self.warnings)
+        changes = [str(c) for c in plan.get("changes", [])]
+        if not changes:
+            self.query_one("#submit", Button).disabled = False
+            self.notify("nothing changed: the form is the service's configuration", title="Modify")
+            return
+        restarts = [str(r) for r in plan.get("restarts", [])] or ["no instance restarts"]
+        question = "\n".join(
+            [
+                f"Apply to {self.service['name']}? This changes:",
+                *(f"  {c}" for c in changes),
+                "Instances:",
+                *(f"  {r}" for r in restarts),
+            ]
+        )
+        path, query = self._target()
+        app = self.opsbot
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                self.query_one("#submit", Button).disabled = False
+                return
+            app.call_api(
+                lambda: app.client.request("POST", f"{path}/update", body=body, query=query),
+                self._modified,
+                self._submit_failed,
+            )
+
+        self.app.push_screen(ConfirmModal(question, "Apply"), answered)
 
     def _modified(self, result: dict[str, Any]) -> None:
         self.show_errors([], [FieldError(**w) for w in result.get("warnings", [])])

@@ -10,13 +10,16 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from opsbot.core.deadlines import EXTEND_HOURS, ExtendPlan
+from opsbot.core.timefmt import format_remaining
+
 HELP_TEXT = """\
 [b]Services[/b]
   d      deploy a new service     u  modify the selected service
   enter  details: overview, instances, events, logs, monitoring,
          predict, usage, history
   s / r  stop (asks) / start      x  delete (asks)
-  e      extend auto stop, or turn it off or on
+  e      extend auto stop (adds to the time left), or turn it off or on
   p      send a test prediction   l  tail the service's logs
   c      copy the service's URL (OSC 52)
   m      models (My Models, My Subscriptions)
@@ -62,36 +65,53 @@ class ConfirmModal(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-#: What the extend modal offers: (button id, label, endpoint, body).
-EXTEND_CHOICES: tuple[tuple[str, str, str, dict[str, object]], ...] = (
-    ("extend-1", "Extend 1 h", "extend", {"hours": 1}),
-    ("extend-2", "Extend 2 h", "extend", {"hours": 2}),
-    ("extend-4", "Extend 4 h", "extend", {"hours": 4}),
-    ("autostop-off", "Auto stop off", "autostop", {"auto_stop": "off"}),
-    ("autostop-on", "Auto stop on", "autostop", {"auto_stop": "on"}),
-)
-
-
 class ExtendModal(ModalScreen[tuple[str, dict[str, object]] | None]):
-    """Choices for the `e` key: dismisses with (endpoint, body) or None."""
+    """Choices for the `e` key: dismisses with (endpoint, body) or None.
+
+    Each Extend button says when the service would stop (the core's rule: the hours add to
+    the time left, capped at 24 h from now); a service without auto stop says so and offers to
+    turn it on instead."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "choose('extend-1')", "+1 h"),
-        Binding("2", "choose('extend-2')", "+2 h"),
-        Binding("4", "choose('extend-4')", "+4 h"),
+        *(Binding(str(h), f"choose('extend-{h}')", f"+{h} h") for h in EXTEND_HOURS),
         Binding("escape", "choose('')", "Cancel"),
     ]
 
-    def __init__(self, service_name: str, current: str) -> None:
+    def __init__(self, service_name: str, current: str, left_s: float | None = None) -> None:
+        """``left_s``: the seconds left before auto stop, None when none runs."""
         super().__init__()
         self.service_name = service_name
         self.current = current
+        now = 0.0
+        due = None if current == "off" or left_s is None else now + left_s
+        self.plans = [ExtendPlan.compute(service_name, h, now, due) for h in EXTEND_HOURS]
+        self.choices: list[tuple[str, str, str, dict[str, object]]] = [
+            (f"extend-{p.hours}", p.choice, "extend", {"hours": p.hours})
+            for p in self.plans
+            if p.new_due is not None and p.added > 0
+        ]
+        self.choices += [
+            ("autostop-off", "Auto stop off", "autostop", {"auto_stop": "off"}),
+            ("autostop-on", "Turn auto stop on", "autostop", {"auto_stop": "on"}),
+        ]
+
+    def question(self) -> str:
+        plan = self.plans[0]
+        if plan.auto_stop_off:
+            if self.current == "off":
+                return f"{self.service_name} has auto stop off: it runs until stopped."
+            return f"Auto stop of {self.service_name}: {self.current}, counted once it runs."
+        return (
+            f"Auto stop of {self.service_name}: {format_remaining(plan.time_left)} left. "
+            "Extending adds to it, up to 24 h from now."
+        )
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(f"Auto stop of {self.service_name} (now: {self.current})", id="question")
-            with Horizontal(classes="buttons"):
-                for ident, label, _, _ in EXTEND_CHOICES:
+            yield Label(self.question(), id="question")
+            # One choice a line: each says when the service would stop.
+            with Vertical(classes="choices"):
+                for ident, label, _, _ in self.choices:
                     yield Button(label, id=ident)
             yield Button("Cancel", id="cancel", variant="primary")
 
@@ -99,7 +119,7 @@ class ExtendModal(ModalScreen[tuple[str, dict[str, object]] | None]):
         self.action_choose(event.button.id or "")
 
     def action_choose(self, ident: str) -> None:
-        for choice, _, endpoint, body in EXTEND_CHOICES:
+        for choice, _, endpoint, body in self.choices:
             if choice == ident:
                 self.dismiss((endpoint, body))
                 return

@@ -13,7 +13,7 @@ from opsbot.core.errors import OpsbotError
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal, ExtendModal
 from opsbot.tui.table import ServicesTable
-from opsbot.tui.view import COLUMN_LABELS, parse_stats, refusal, row_key
+from opsbot.tui.view import COLUMN_LABELS, parse_stats, refusal, remaining_s, row_key
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
@@ -319,7 +319,8 @@ class ServicesScreen(Screen[None]):
                 done,
             )
 
-        self.app.push_screen(ExtendModal(name, str(service.get("auto_stop", ""))), chosen)
+        left = remaining_s(service, self.opsbot.now())
+        self.app.push_screen(ExtendModal(name, str(service.get("auto_stop", "")), left), chosen)
 
     def action_details(self, tab: str = "overview") -> None:
         from opsbot.tui.details import DetailsScreen

@@ -11,16 +11,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from opsbot.core.form import Verb
+from opsbot.core.form import allowed_verbs as _allowed
+from opsbot.core.status import Status
 from opsbot.core.timefmt import format_remaining
-from opsbot.core.update import UPDATABLE, spec_diff
 
-#: The statuses from which each operation is allowed (the core's rules, mirrored only to explain
-#: a refused key before asking the daemon; the daemon still decides).
-CAN_START = frozenset({"stopped", "failed"})
-CAN_STOP = frozenset({"running", "deploying", "concerning", "abnormal", "failed"})
-CAN_EXTEND = frozenset({"running", "deploying", "concerning", "abnormal"})
-#: Modify and roll back: the core's own set (the daemon still decides).
-CAN_MODIFY = frozenset(str(s.value) for s in UPDATABLE)
+
+def _verbs(status: Status) -> frozenset[Verb]:
+    return _allowed(status, owner=True, admin=False)
+
+
+#: The statuses from which each operation is allowed: the core form's verbs by status, used to
+#: explain a refused key before asking the daemon (the daemon still decides).
+CAN_START = frozenset(str(s.value) for s in Status if Verb.START in _verbs(s))
+CAN_STOP = frozenset(str(s.value) for s in Status if Verb.STOP in _verbs(s))
+CAN_EXTEND = frozenset(str(s.value) for s in Status if Verb.EXTEND in _verbs(s))
+CAN_MODIFY = frozenset(str(s.value) for s in Status if Verb.MODIFY in _verbs(s))
+#: Statuses whose countdown is shown (Deploying: the duration it will run once up).
+COUNTING = CAN_EXTEND | {Status.DEPLOYING.value}
 
 #: Versions come last: the one column of any length is the one a narrow terminal cuts.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -209,7 +217,7 @@ def auto_stop_line(service: dict[str, Any], now: float) -> str:
     setting = str(service.get("auto_stop", ""))
     if setting == "off":
         return "off"
-    if service.get("status") not in CAN_EXTEND:
+    if service.get("status") not in COUNTING:
         return f"{setting} (counts while the service runs)"
     left = remaining_s(service, now)
     if left is None:
@@ -263,7 +271,7 @@ def auto_stop_text(service: dict[str, Any], now: float) -> str:
     """The countdown; before the clock starts (Deploying), the time it will run once up."""
     if service.get("auto_stop") == "off":
         return "off"
-    if service.get("status") not in CAN_EXTEND:
+    if service.get("status") not in COUNTING:
         return "-"
     left = remaining_s(service, now)
     if left is None:
@@ -304,7 +312,7 @@ def sort_key(
 def _deadline(service: dict[str, Any]) -> float | None:
     """When auto stop fires (the daemon's ``remaining_s`` from when it was fetched), or None
     when it is off or not counting."""
-    if service.get("auto_stop") == "off" or service.get("status") not in CAN_EXTEND:
+    if service.get("auto_stop") == "off" or service.get("status") not in COUNTING:
         return None
     remaining = service.get("remaining_s")
     if remaining is None:
@@ -459,12 +467,11 @@ def version_cells(row: dict[str, Any]) -> tuple[str, ...]:
 
 def history_rows(snapshots: list[dict[str, Any]]) -> list[tuple[int, float, str, list[str]]]:
     """(n, time, actor, difference to the previous snapshot) for each config snapshot of
-    ``GET /v1/services/NAME/history``, newest first. #1 is the deploy."""
+    ``GET /v1/services/NAME/history`` (the daemon sends each with its diff), newest first.
+    #1 is the deploy."""
     out: list[tuple[int, float, str, list[str]]] = []
-    previous: dict[str, Any] | None = None
     for snap in sorted(snapshots, key=lambda s: int(s["n"])):
-        spec = snap["spec"]
-        lines = ["deployed"] if previous is None else spec_diff(previous, spec) or ["no change"]
+        changes = [str(c) for c in snap.get("changes") or []]
+        lines = ["deployed"] if not out else changes or ["no change"]
         out.append((int(snap["n"]), float(snap.get("created_at") or 0), str(snap["actor"]), lines))
-        previous = spec
     return out[::-1]

@@ -2,35 +2,16 @@
 words instead of pydantic's, the key to press instead of a CLI command. Every message the
 dashboard shows passes through here (one place; the core keeps speaking for every front).
 
-No Textual here.
+No Textual here. The labels and what an error path names are the core form's
+(:mod:`opsbot.core.form`), the same in every front.
 """
 
 from __future__ import annotations
 
 import re
 
-#: The form's labels by spec field (the Deploy screen's rows use these too).
-FIELD_LABELS: dict[str, str] = {
-    "name": "Name",
-    "auto_stop": "Auto stop",
-    "description": "Description",
-    "resource_pool": "Resource pool",
-    "traffic_limit": "Calls per second",
-    "models": "Model versions",
-    "rules": "Routing rules",
-    "source": "Model source",
-    "model": "Model",
-    "version": "Version",
-    "traffic_ratio": "Traffic ratio (%)",
-    "flavor": "Specifications",
-    "instances": "Instances",
-    "env": "Environment variables",
-    "header": "Header",
-    "equals": "Value",
-    "matches": "Pattern",
-}
-
-_PATH = re.compile(r"^(models|rules)\[(\d+)\](?:\.(\w+))?(?:\.(.+))?$")
+from opsbot.core.form import LABELS as FIELD_LABELS
+from opsbot.core.form import field_label
 
 #: pydantic's phrases, and what a person would say.
 _PYDANTIC: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -77,23 +58,6 @@ _COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
-def field_label(path: str) -> str:
-    """How the form names the field an error path points at: ``models[0].env.DB_PASSWORD`` is
-    "Version 1, environment variable DB_PASSWORD"."""
-    if path in FIELD_LABELS:
-        return FIELD_LABELS[path]
-    match = _PATH.match(path)
-    if match is None:
-        return path
-    kind, index, field, rest = match.groups()
-    where = f"{'Version' if kind == 'models' else 'Rule'} {int(index) + 1}"
-    if field is None:
-        return where
-    if field == "env" and rest:
-        return f"{where}, environment variable {rest}"
-    return f"{where}, {FIELD_LABELS.get(field, field).lower()}"
-
-
 def plain(message: str) -> str:
     """A message in the dashboard's words: pydantic's phrases and CLI commands replaced."""
     for pattern, words in (*_PYDANTIC, *_COMMANDS):
@@ -106,3 +70,6 @@ def plain(message: str) -> str:
 def field_message(path: str, message: str) -> str:
     """An error for a line of its own: "Version 1, instances: must be at most 128"."""
     return f"{field_label(path)}: {plain(message)}"
+
+
+__all__ = ["FIELD_LABELS", "field_label", "field_message", "plain"]

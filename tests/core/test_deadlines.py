@@ -80,20 +80,60 @@ def test_deadline_fires_exactly_once_and_reminder_comes_before(fx: Fixture) -> N
     assert fx.runtime.instances == {}
 
 
-def test_extension_moves_the_deadline_and_the_reminder(fx: Fixture) -> None:
+def test_extension_adds_to_the_time_left_and_moves_the_reminder(fx: Fixture) -> None:
     fx.running(auto_stop="1h")
     fx.clock.advance(55 * 60)
     assert fx.core.run_due().reminded == ("svc",)
+    old_due = fx.core.service(fx.me, "svc").due_time
+    assert old_due is not None
     service = fx.core.extend_auto_stop(fx.me, "svc", 2)
-    assert service.due_time == pytest.approx(fx.clock.now() + 2 * 3600)
+    assert service.due_time == pytest.approx(old_due + 2 * 3600)  # 5 min left + 2 h
     fx.clock.advance(60 * 60)  # past the old deadline
     assert fx.core.run_due() == type(fx.core.run_due())()  # nothing due
     assert fx.status() == Status.RUNNING
-    fx.clock.advance(50 * 60)
+    fx.clock.advance(55 * 60)  # 10 minutes before the new deadline
     assert fx.core.run_due().reminded == ("svc",)  # a new reminder for the new deadline
     fx.clock.advance(10 * 60)
     assert fx.core.run_due().expired == ("svc",)
     assert fx.count(Kind.EXTENDED) == 1 and fx.count(Kind.REMINDER) == 2
+
+
+def test_extending_never_shortens_the_time_left(fx: Fixture) -> None:
+    fx.running(auto_stop="6h")
+    fx.clock.advance(3 * 3600)  # 3 h left
+    service = fx.core.extend_auto_stop(fx.me, "svc", 2)
+    assert service.due_time == pytest.approx(fx.clock.now() + 5 * 3600)
+
+
+def test_extension_is_capped_at_24_hours_from_now_and_says_so(fx: Fixture) -> None:
+    fx.running(auto_stop="24h")
+    fx.clock.advance(3600)  # 23 h left
+    plan = fx.core.extend_plan(fx.me, "svc", 4)
+    assert plan.capped and plan.time_left == pytest.approx(23 * 3600)
+    assert plan.new_due == pytest.approx(fx.clock.now() + 24 * 3600)
+    assert plan.text() == "23h 00m left; +1h 00m (capped at 24 h from now): stops in 24h 00m"
+    assert fx.core.service(fx.me, "svc").due_time == pytest.approx(plan.due)  # a plan only
+    service = fx.core.extend_auto_stop(fx.me, "svc", 4)
+    assert service.due_time == pytest.approx(plan.new_due)
+    with pytest.raises(Conflict, match="already stops in 24h 00m") as info:
+        fx.core.extend_auto_stop(fx.me, "svc", 1)  # nothing left to add
+    assert info.value.field == "hours"
+    assert fx.count(Kind.EXTENDED) == 1
+
+
+def test_extending_a_service_without_auto_stop_says_so_and_starts_no_countdown(
+    fx: Fixture,
+) -> None:
+    fx.running()
+    fx.core.set_auto_stop(fx.me, "svc", "off")
+    plan = fx.core.extend_plan(fx.me, "svc", 2)
+    assert plan.auto_stop_off and plan.new_due is None
+    assert "auto stop off" in plan.text() and "autostop svc on" in plan.text()
+    with pytest.raises(Conflict, match="auto stop off"):
+        fx.core.extend_auto_stop(fx.me, "svc", 2)
+    service = fx.core.service(fx.me, "svc")
+    assert service.due_time is None and not service.spec.auto_stop.enabled
+    assert fx.count(Kind.EXTENDED) == 0
 
 
 @pytest.mark.parametrize("hours", [0, 25, -1, True, "2"])

@@ -355,3 +355,67 @@ def test_modifiable_says_why_before_a_front_opens_its_form(world: World) -> None
     assert world.core.modifiable(world.me, "svc").name == "svc"
     with pytest.raises(PermissionDenied):
         world.core.modifiable(world.core.user("mallory"), "svc", owner=world.me.name)
+
+
+# -- Modify planned on the daemon: masked values mean keep, a plan before applying ------------
+
+
+def test_masked_values_sent_back_keep_the_secret_and_a_typed_one_replaces_it(
+    world: World,
+) -> None:
+    secret = "s3cr3t-Value-0123456789"
+    running(world, models=[entry(env={"DB_PASSWORD": secret, "LEVEL": "info"})])
+    shown = world.core.service(world.me, "svc").as_dict()
+    masked = shown["models"][0]["env"]["DB_PASSWORD"]
+    assert masked != secret and "****" in masked
+    edited = {
+        "name": "svc",
+        "auto_stop": shown["auto_stop"],
+        "models": [{**shown["models"][0], "env": {"DB_PASSWORD": masked, "LEVEL": "debug"}}],
+    }
+    plan = world.core.update_plan(world.me, "svc", edited)
+    assert plan.changes == ("iris 1.0.0 env: LEVEL changed",)  # the secret is not a change
+    assert plan.restarts == ("iris 1.0.0: 1 instance(s) replaced, one at a time",)
+    assert plan.as_dict()["spec"]["models"][0]["env"]["DB_PASSWORD"] == masked  # shown masked
+    assert world.core.history(world.me, "svc")[-1].n == 1  # a plan changes nothing
+    world.core.update_service(world.me, "svc", edited)
+    assert world.core.service(world.me, "svc").spec.models[0].env == {
+        "DB_PASSWORD": secret,
+        "LEVEL": "debug",
+    }
+    retyped = {**edited, "models": [{**edited["models"][0], "env": {"DB_PASSWORD": "new"}}]}
+    world.core.update_service(world.me, "svc", retyped)
+    assert world.core.service(world.me, "svc").spec.models[0].env == {"DB_PASSWORD": "new"}
+
+
+def test_a_plan_says_what_restarts_and_what_does_not(world: World) -> None:
+    running(world)
+    current = world.core.service(world.me, "svc").spec.model_dump(mode="json")
+    more = {**current, "traffic_limit": 5, "models": [{**current["models"][0], "instances": 3}]}
+    plan = world.core.update_plan(world.me, "svc", more)
+    assert plan.changes == ("traffic_limit: 100 -> 5", "iris 1.0.0 instances: 1 -> 3")
+    assert plan.restarts == ("iris 1.0.0: 2 instance(s) start",)
+    bad = {**current, "traffic_limit": 0}
+    with pytest.raises(SpecInvalid) as exc:
+        world.core.update_plan(world.me, "svc", bad)
+    assert fields_of(exc.value) == ["traffic_limit"]
+
+
+def test_history_comes_with_each_snapshots_diff(world: World) -> None:
+    running(world)
+    world.core.update_service(world.me, "svc", Changes(traffic_limit=10))
+    history = world.core.history(world.me, "svc")
+    assert [s.changes for s in history] == [(), ("traffic_limit: 100 -> 10",)]
+
+
+def test_a_mask_that_hides_no_current_value_is_refused_by_name(world: World) -> None:
+    running(world, models=[entry(env={"LEVEL": "info"})])
+    current = world.core.service(world.me, "svc").spec.model_dump(mode="json")
+    forged = {**current, "models": [{**current["models"][0], "env": {"API_KEY": "sk****78"}}]}
+    with pytest.raises(InvalidInput) as exc:
+        world.core.update_plan(world.me, "svc", forged)
+    assert fields_of(exc.value) == ["models[0].env.API_KEY"]
+    assert "type the value again" in message_for(exc.value, "models[0].env.API_KEY")
+    with pytest.raises(InvalidInput):
+        world.core.update_service(world.me, "svc", forged)
+    assert world.core.service(world.me, "svc").spec.models[0].env == {"LEVEL": "info"}

@@ -361,3 +361,20 @@ def event_body(event: Mapping[str, Any]) -> str:
             "event_time": int(time.time()),
         }
     )
+
+
+def submit(url: str, view: Mapping[str, Any], user: str = "U1") -> Reply:
+    """Submit a modal as Slack does. When opsbot answers with what to confirm first (the
+    entered information before a deploy, the daemon's plan before a modification) and no
+    warning, confirm it as the user would: the same form again, with the modal's new metadata."""
+    form = "application/x-www-form-urlencoded"
+    reply = post(url, submission(view, user), form)
+    if not reply.body:
+        return reply
+    answer = json.loads(reply.body)
+    shown = answer.get("view") or {}
+    asks = answer.get("response_action") == "update"
+    if asks and str(shown.get("submit", {}).get("text", "")).startswith("Confirm"):
+        confirmed = {**view, "private_metadata": shown["private_metadata"]}
+        return post(url, submission(confirmed, user), form)
+    return reply

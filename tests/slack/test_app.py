@@ -22,11 +22,13 @@ from slack_support import (
     post,
     sign,
     submission,
+    submit,
 )
 
 from opsbot.core import events
 from opsbot.core import services as services_mod
 from opsbot.core.app import Core
+from opsbot.core.deadlines import EXTEND_HOURS
 from opsbot.core.events import Kind, Level
 from opsbot.core.notify import Dispatcher
 from opsbot.core.status import Status
@@ -47,10 +49,15 @@ def free_port() -> int:
 
 
 def move(core: Core, name: str, owner: str, to: Status, actor: str = "controller") -> None:
+    """Move a service as the controller would: Running starts its auto stop countdown."""
     service = core.service(core.user(owner), name)
+    now = time.time()
+    due = {}
+    if to == Status.RUNNING and service.spec.auto_stop.enabled:
+        due = {"due_time": now + service.spec.auto_stop.seconds}
     with core.store.write() as db:
         assert services_mod.transition(
-            db, time.time(), service, to, actor=actor, message=f"now {to.value}"
+            db, now, service, to, actor=actor, message=f"now {to.value}", **due
         )
 
 
@@ -88,7 +95,7 @@ def test_valid_submission_deploys_then_dm_turns_running(bot: Bot, me: str) -> No
         modal_for(bot),
         {"name": "from-modal", "m0.model": "iris", "m0.version": "1.0.0", "m0.env": "A=1"},
     )
-    reply = post(bot.url, submission(view), FORM)
+    reply = submit(bot.url, view)
     assert reply.status == 200 and reply.body == ""
     service = bot.core.service(bot.core.user(me), "from-modal")
     assert service.spec.models[0].env == {"A": "1"}
@@ -131,7 +138,7 @@ def test_invalid_submission_answers_errors_under_inputs(
         "m1.traffic_ratio": "30",
         **changes,
     }
-    reply = post(bot.url, submission(filled(modal, values)), FORM)
+    reply = submit(bot.url, filled(modal, values))
     assert reply.status == 200
     answer = reply.json()
     assert answer["response_action"] == "errors"
@@ -155,15 +162,15 @@ def test_gated_submission_deploys_two_versions(bot: Bot, me: str) -> None:
         "m1.version": "2.0.0",
         "m1.traffic_ratio": "30",
     }
-    assert post(bot.url, submission(filled(modal, values)), FORM).body == ""
+    assert submit(bot.url, filled(modal, values)).body == ""
     spec = bot.core.service(bot.core.user(me), "gated").spec
     assert [(m.version, m.traffic_ratio) for m in spec.models] == [("1.0.0", 70), ("2.0.0", 30)]
 
 
 def test_quota_and_duplicate_names_come_back_on_the_name(bot: Bot) -> None:
     values = {"name": "twice", "m0.model": "iris", "m0.version": "1.0.0"}
-    assert post(bot.url, submission(filled(modal_for(bot), values)), FORM).body == ""
-    again = post(bot.url, submission(filled(modal_for(bot), values)), FORM).json()
+    assert submit(bot.url, filled(modal_for(bot), values)).body == ""
+    again = submit(bot.url, filled(modal_for(bot), values)).json()
     assert "already have a service named twice" in again["errors"]["name"]
 
 
@@ -196,7 +203,7 @@ def test_add_version_button_adds_a_group(bot: Bot) -> None:
 
 def test_services_lists_and_buttons_act(bot: Bot, me: str) -> None:
     values = {"name": "listed", "m0.model": "iris", "m0.version": "1.0.0"}
-    post(bot.url, submission(filled(modal_for(bot), values)), FORM)
+    submit(bot.url, filled(modal_for(bot), values))
     post(bot.url, command_body("/services", "", bot.fake.response_url), FORM)
     listed = bot.fake.wait_for("response")
     assert "listed" in listed["text"] and listed["response_type"] == "ephemeral"
@@ -221,7 +228,7 @@ def test_services_lists_and_buttons_act(bot: Bot, me: str) -> None:
 
 def test_app_home_shows_quota(bot: Bot) -> None:
     values = {"name": "home-one", "m0.model": "iris", "m0.version": "1.0.0"}
-    post(bot.url, submission(filled(modal_for(bot), values)), FORM)
+    submit(bot.url, filled(modal_for(bot), values))
     body = event_body({"type": "app_home_opened", "user": "U1", "tab": "home", "channel": "D1"})
     reply = post(bot.url, body, "application/json")
     assert reply.status == 200
@@ -301,11 +308,14 @@ def test_reminder_dm_extends(bot: Bot, me: str, action_id: str, hours: int) -> N
     assert [e["text"]["text"] for e in buttons] == ["Extend 1 h", "Extend 4 h"]
     button = next(e for e in buttons if e["action_id"] == action_id)
     action = {"action_id": action_id, "block_id": "x", "value": button["value"]}
+    before = bot.core.service(bot.core.user(me), "reminded").due_time
+    assert before is not None
     post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
     done = bot.fake.wait_for("response", lambda a: "Extended" in a.get("text", ""))
-    assert f"by {hours} h" in done["text"] and done["replace_original"] is True
+    # The hours are added to the time left, and the answer says both.
+    assert f"left; +{hours}h 00m: stops in" in done["text"] and done["replace_original"] is True
     due = bot.core.service(bot.core.user(me), "reminded").due_time
-    assert due is not None and abs(due - time.time() - hours * 3600) < 60
+    assert due == pytest.approx(before + hours * 3600)
 
 
 def test_rate_limited_calls_are_retried(bot: Bot) -> None:
@@ -353,7 +363,7 @@ def test_start_slack_http_mode(
 def deploy_from_modal(bot: Bot, name: str) -> tuple[str, str]:
     """Deploy through the modal; the (channel, ts) Slack gave the "Deploying ..." DM."""
     values = {"name": name, "m0.model": "iris", "m0.version": "1.0.0"}
-    assert post(bot.url, submission(filled(modal_for(bot), values)), FORM).body == ""
+    assert submit(bot.url, filled(modal_for(bot), values)).body == ""
     bot.fake.wait_for("chat.postMessage", lambda a: f"Deploying {name}" in a["text"])
     posted = next(
         c.reply
@@ -472,19 +482,18 @@ def running_service(bot: Bot, me: str, name: str) -> None:
     move(bot.core, name, me, Status.RUNNING)
 
 
-@pytest.mark.parametrize("hours", [8, 24])
+@pytest.mark.parametrize("hours", [2, 6])
 def test_services_extend_menu_extends_by_the_chosen_hours(bot: Bot, me: str, hours: int) -> None:
     running_service(bot, me, "longer")
+    before = bot.core.service(bot.core.user(me), "longer").due_time
+    assert before is not None
     post(bot.url, command_body("/services", "", bot.fake.response_url), FORM)
     listed = bot.fake.wait_for("response")
     menu = extend_menu(listed["blocks"])
-    assert [o["text"]["text"] for o in menu["options"]] == [
-        "Extend 1 h",
-        "Extend 4 h",
-        "Extend 8 h",
-        "Extend 24 h",
-    ]
-    option = next(o for o in menu["options"] if o["text"]["text"] == f"Extend {hours} h")
+    texts = [o["text"]["text"] for o in menu["options"]]
+    assert [t.partition(":")[0] for t in texts] == [f"Extend {h} h" for h in EXTEND_HOURS]
+    assert all(": stops in " in t for t in texts)  # the new deadline, before choosing
+    option = next(o for o in menu["options"] if o["text"]["text"].startswith(f"Extend {hours} h:"))
     action = {
         "action_id": views.A_EXTEND,
         "block_id": "x",
@@ -494,16 +503,17 @@ def test_services_extend_menu_extends_by_the_chosen_hours(bot: Bot, me: str, hou
     # Someone else may not extend it.
     post(bot.url, block_action(action, user="U2", response_url=bot.fake.response_url), FORM)
     bot.fake.wait_for("response", lambda a: "Not allowed" in a.get("text", ""))
-    assert bot.core.service(bot.core.user(me), "longer").due_time is None
+    assert bot.core.service(bot.core.user(me), "longer").due_time == before
     post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
     refreshed = bot.fake.wait_for("response", lambda a: a.get("replace_original") is True)
     due = bot.core.service(bot.core.user(me), "longer").due_time
-    assert due is not None and abs(due - time.time() - hours * 3600) < 60
-    assert f"stops in {hours - 1} h 59 min" in json.dumps(refreshed["blocks"])
+    assert due == pytest.approx(before + hours * 3600)
+    assert f"stops in {hours} h 59 min" in json.dumps(refreshed["blocks"])
 
 
 def test_forged_extend_hours_are_refused_by_the_core(bot: Bot, me: str) -> None:
     running_service(bot, me, "forged")
+    before = bot.core.service(bot.core.user(me), "forged").due_time
     value = json.dumps({"o": me, "n": "forged", "a": 0, "h": 30})
     action = {
         "action_id": views.A_EXTEND,
@@ -514,14 +524,16 @@ def test_forged_extend_hours_are_refused_by_the_core(bot: Bot, me: str) -> None:
     post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
     said = bot.fake.wait_for("response", lambda a: "hours" in a.get("text", ""))
     assert "1 to 24" in said["text"] and said["replace_original"] is False
-    assert bot.core.service(bot.core.user(me), "forged").due_time is None
+    assert bot.core.service(bot.core.user(me), "forged").due_time == before
 
 
 def test_home_extend_menu_republishes_home_and_dms(bot: Bot, me: str) -> None:
     running_service(bot, me, "homely")
+    before = bot.core.service(bot.core.user(me), "homely").due_time
+    assert before is not None
     bot.bot.publish_home(make_client("xoxb-test", bot.fake.url), "U1")
     home = bot.fake.wait_for("views.publish")["view"]
-    option = extend_menu(home["blocks"])["options"][1]  # 4 h
+    option = extend_menu(home["blocks"])["options"][1]  # 2 h
     action = {
         "action_id": views.A_EXTEND,
         "block_id": "x",
@@ -530,10 +542,10 @@ def test_home_extend_menu_republishes_home_and_dms(bot: Bot, me: str) -> None:
     }
     post(bot.url, block_action(action, view={"id": "VH", "type": "home"}), FORM)
     done = bot.fake.wait_for("chat.postMessage", lambda a: "Extended homely" in a["text"])
-    assert "by 4 h" in done["text"]
+    assert "+2h 00m: stops in" in done["text"]
     assert len(bot.fake.of("views.publish")) == 2
     due = bot.core.service(bot.core.user(me), "homely").due_time
-    assert due is not None and abs(due - time.time() - 4 * 3600) < 60
+    assert due == pytest.approx(before + 2 * 3600)
 
 
 # -- secret warnings shown in the modal before the deploy -----------------------------------------
@@ -542,14 +554,15 @@ def test_home_extend_menu_republishes_home_and_dms(bot: Bot, me: str) -> None:
 def test_secret_warnings_are_shown_in_the_modal_before_deploying(bot: Bot, me: str) -> None:
     values = {"name": "secretive", "m0.model": "iris", "m0.version": "1.0.0"}
     first = filled(modal_for(bot), {**values, "m0.env": "API_TOKEN=abc\nLEVEL=info"})
-    answer = post(bot.url, submission(first), FORM).json()
+    answer = submit(bot.url, first).json()
     assert answer["response_action"] == "update"
     shown = answer["view"]
     View(**shown).validate_json()
     notice = shown["blocks"][0]
     assert notice["block_id"] == "warnings"
     assert "API_TOKEN looks like a secret" in notice["text"]["text"]
-    assert "LEVEL" not in notice["text"]["text"]
+    assert "LEVEL looks like" not in notice["text"]["text"]
+    assert "API_TOKEN=****" in notice["text"]["text"]  # the summary, its secret masked
     assert shown["submit"]["text"] == "Deploy anyway"
     # Nothing deployed yet, and the typed values are still in the form.
     assert bot.core.services(bot.core.user(me)) == []
@@ -557,21 +570,30 @@ def test_secret_warnings_are_shown_in_the_modal_before_deploying(bot: Bot, me: s
     assert name["element"]["initial_value"] == "secretive"
     # A different secret is a new warning: asked again.
     changed = filled(shown, {**values, "m0.env": "DB_PASSWORD=x"})
-    again = post(bot.url, submission(changed), FORM).json()
+    again = submit(bot.url, changed).json()
     assert again["response_action"] == "update"
     assert "DB_PASSWORD looks like a secret" in again["view"]["blocks"][0]["text"]["text"]
     # The same warnings confirmed with "Deploy anyway": deployed, the DM repeats them.
     confirmed = filled(again["view"], {**values, "m0.env": "DB_PASSWORD=x"})
-    assert post(bot.url, submission(confirmed), FORM).body == ""
+    assert submit(bot.url, confirmed).body == ""
     service = bot.core.service(bot.core.user(me), "secretive")
     assert service.spec.models[0].env == {"DB_PASSWORD": "x"}
     dm = bot.fake.wait_for("chat.postMessage", lambda a: "Deploying secretive" in a["text"])
     assert "DB_PASSWORD looks like a secret" in json.dumps(dm["blocks"])
 
 
-def test_form_without_secrets_deploys_at_once(bot: Bot, me: str) -> None:
+def test_a_deploy_shows_the_entered_information_to_confirm_first(bot: Bot, me: str) -> None:
     values = {"name": "plain", "m0.model": "iris", "m0.version": "1.0.0", "m0.env": "LEVEL=info"}
-    assert post(bot.url, submission(filled(modal_for(bot), values)), FORM).body == ""
+    first = post(bot.url, submission(filled(modal_for(bot), values)), FORM).json()
+    assert first["response_action"] == "update"
+    shown = first["view"]
+    View(**shown).validate_json()
+    notice = shown["blocks"][0]["text"]["text"]
+    for line in ("Name: plain", "Auto Stop: 1 hour later", "Model: iris 1.0.0"):
+        assert line in notice
+    assert shown["submit"]["text"] == "Confirm: deploy"
+    assert bot.core.services(bot.core.user(me)) == []  # nothing deployed before confirming
+    assert submit(bot.url, filled(modal_for(bot), values)).body == ""
     assert bot.core.service(bot.core.user(me), "plain").status == Status.DEPLOYING
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from conftest import Bot
 from slack_sdk.models.views import View
-from slack_support import block_action, command_body, filled, post, submission
+from slack_support import block_action, command_body, filled, post, submission, submit
 
 from opsbot.core import services as services_mod
 from opsbot.core.app import Core
@@ -54,7 +54,7 @@ def deploy_gated(bot: Bot, me: str, name: str = "gated", running: bool = True) -
         "m1.version": "2.0.0",
         "m1.traffic_ratio": "30",
     }
-    assert post(bot.url, submission(filled(modal, values)), FORM).body == ""
+    assert submit(bot.url, filled(modal, values)).body == ""
     if running:
         move(bot.core, name, me, Status.RUNNING)
 
@@ -185,7 +185,7 @@ def test_bad_ratio_sum_comes_back_under_the_ratio_and_changes_nothing(bot: Bot, 
     deploy_gated(bot, me)
     view = open_modify(bot)
     sent = as_sent(view, {"m0.traffic_ratio": "60", "m1.traffic_ratio": "30"})
-    answer = post(bot.url, submission(sent), FORM).json()
+    answer = submit(bot.url, sent).json()
     assert answer["response_action"] == "errors"
     assert list(answer["errors"]) == ["m0.traffic_ratio"]
     assert "sum to 90%" in answer["errors"]["m0.traffic_ratio"]
@@ -202,7 +202,7 @@ def test_good_submission_changes_the_spec_and_adds_a_snapshot(bot: Bot, me: str)
         {"m0.traffic_ratio": "50", "m1.traffic_ratio": "50", "m1.instances": "2",
          "description": "canary half way"},
     )  # fmt: skip
-    reply = post(bot.url, submission(sent), FORM)
+    reply = submit(bot.url, sent)
     assert reply.status == 200 and reply.body == "" and reply.seconds < 3
     service = bot.core.service(bot.core.user(me), "gated")
     assert [(m.traffic_ratio, m.instances) for m in service.spec.models] == [(50, 1), (50, 2)]
@@ -220,7 +220,7 @@ def test_good_submission_changes_the_spec_and_adds_a_snapshot(bot: Bot, me: str)
 def test_unchanged_form_says_nothing_changed(bot: Bot, me: str) -> None:
     deploy_gated(bot, me)
     view = open_modify(bot)
-    assert post(bot.url, submission(as_sent(view)), FORM).body == ""
+    assert submit(bot.url, as_sent(view)).body == ""
     dm = bot.fake.wait_for("chat.postMessage", lambda a: "Nothing changed" in a["text"])
     assert "gated" in dm["text"]
     assert snapshots(bot, me) == [1]
@@ -252,7 +252,7 @@ def test_modify_is_refused_while_deploying_and_for_others(bot: Bot, me: str) -> 
     state = views.form_from_spec(bot.core.service(bot.core.user(me), "gated").spec, me)
     modal = bot.bot.modal(bot.core.slack_user("U1"), state)
     sent = as_sent(modal, {"m0.traffic_ratio": "50", "m1.traffic_ratio": "50"})
-    answer = post(bot.url, submission(sent, user="U2"), FORM).json()
+    answer = submit(bot.url, sent, user="U2").json()
     assert "only its owner or an admin" in answer["errors"]["auto_stop"]
     assert snapshots(bot, me) == [1]
 
@@ -265,9 +265,11 @@ def test_add_version_in_modify_and_submit_a_third_version(bot: Bot, me: str) -> 
     updated = wait_count(bot, "views.update", 1)[0]["view"]
     valid_view(updated)
     assert updated["callback_id"] == views.MODIFY_CALLBACK
-    # Values typed so far are kept; the new group has the first model.
+    # Values typed so far are kept; the new group starts at the next version the form does not
+    # list (iris 1.0.0 and 2.0.0 are taken), never a duplicate of the first.
     assert initial(block(updated, "m0.traffic_ratio")["element"]) == "70"
-    assert initial(block(updated, "m2.model")["element"]) == "iris"
+    assert initial(block(updated, "m2.model")["element"]) == "flowers"
+    assert initial(block(updated, "m2.version")["element"]) is not None
     pick = {
         "action_id": views.A_MODEL,
         "block_id": block(updated, "m2.model")["block_id"],
@@ -280,10 +282,10 @@ def test_add_version_in_modify_and_submit_a_third_version(bot: Bot, me: str) -> 
     assert initial(block(picked, "m2.version")["element"]) == "1.0.0"  # its only version
     ratios = {"m0.traffic_ratio": "80", "m1.traffic_ratio": "10", "m2.traffic_ratio": "10"}
     wrong = as_sent(picked, {**ratios, "m2.flavor": "exeml.cpu"})
-    answer = post(bot.url, submission(wrong), FORM).json()
+    answer = submit(bot.url, wrong).json()
     assert list(answer["errors"]) == [block(picked, "m2.flavor")["block_id"]]
     sent = as_sent(picked, {**ratios, "m2.flavor": "cpu.2u8g"})
-    assert post(bot.url, submission(sent), FORM).body == ""
+    assert submit(bot.url, sent).body == ""
     spec = bot.core.service(bot.core.user(me), "gated").spec
     assert [(m.model, m.version, m.traffic_ratio) for m in spec.models] == [
         ("iris", "1.0.0", 80),
@@ -313,20 +315,22 @@ def test_rules_added_in_the_modal_land_in_the_spec(bot: Bot, me: str) -> None:
         "*Rule 2*",
     ]
     targets = block(view, "r0.version")["element"]["options"]
-    assert [o["value"] for o in targets] == ["iris:1.0.0", "iris:2.0.0"]
+    # Option values name the group holding the model, not the model (its name may pass 150).
+    assert [o["value"] for o in targets] == ["0:1.0.0", "0:2.0.0"]
+    assert [o["text"]["text"] for o in targets] == ["iris 1.0.0", "iris 2.0.0"]
     sent = as_sent(
         view,
         {
             "r0.header": "X-User-Group",
             "r0.value": "beta",
-            "r0.version": "iris:2.0.0",
+            "r0.version": "0:2.0.0",
             "r1.header": "X-Canary",
             "r1.test": "matches",
             "r1.value": "yes|true",
-            "r1.version": "iris:1.0.0",
+            "r1.version": "0:1.0.0",
         },
     )
-    assert post(bot.url, submission(sent), FORM).body == ""
+    assert submit(bot.url, sent).body == ""
     rules = bot.core.service(bot.core.user(me), "gated").spec.rules
     assert [(r.header, r.equals, r.matches, r.version, r.model) for r in rules] == [
         ("X-User-Group", "beta", None, "2.0.0", None),
@@ -341,7 +345,7 @@ def test_rules_added_in_the_modal_land_in_the_spec(bot: Bot, me: str) -> None:
     post(bot.url, block_action(remove, view=as_sent(again)), FORM)
     fewer = bot.fake.wait_for("views.update")["view"]
     assert not any(b.get("block_id") == "r0.header" for b in fewer["blocks"])
-    assert post(bot.url, submission(as_sent(fewer)), FORM).body == ""
+    assert submit(bot.url, as_sent(fewer)).body == ""
     rules = bot.core.service(bot.core.user(me), "gated").spec.rules
     assert [r.header for r in rules] == ["X-Canary"]
 
@@ -350,22 +354,22 @@ def test_rule_errors_come_back_under_the_rule_inputs(bot: Bot, me: str) -> None:
     deploy_gated(bot, me)
     view = add_rule(bot, open_modify(bot))
     bad_header = as_sent(
-        view, {"r0.header": "bad header", "r0.value": "x", "r0.version": "iris:2.0.0"}
+        view, {"r0.header": "bad header", "r0.value": "x", "r0.version": "0:2.0.0"}
     )
-    answer = post(bot.url, submission(bad_header), FORM).json()
+    answer = submit(bot.url, bad_header).json()
     assert (
         list(answer["errors"]) == ["r0.header"] and "header name" in answer["errors"]["r0.header"]
     )
     # A version the service does not run (a forged option).
-    elsewhere = as_sent(view, {"r0.header": "X-G", "r0.value": "x", "r0.version": "iris:9.9.9"})
-    answer = post(bot.url, submission(elsewhere), FORM).json()
+    elsewhere = as_sent(view, {"r0.header": "X-G", "r0.value": "x", "r0.version": "0:9.9.9"})
+    answer = submit(bot.url, elsewhere).json()
     assert list(answer["errors"]) == ["r0.version"]
     assert "not one version of this service" in answer["errors"]["r0.version"]
     bad_regex = as_sent(
         view,
-        {"r0.header": "X-G", "r0.test": "matches", "r0.value": "(", "r0.version": "iris:1.0.0"},
+        {"r0.header": "X-G", "r0.test": "matches", "r0.value": "(", "r0.version": "0:1.0.0"},
     )
-    answer = post(bot.url, submission(bad_regex), FORM).json()
+    answer = submit(bot.url, bad_regex).json()
     assert list(answer["errors"]) == ["r0.value"]
     assert bot.core.service(bot.core.user(me), "gated").spec.rules == []
 
@@ -378,8 +382,8 @@ def test_deploy_modal_takes_rules_too(bot: Bot, me: str) -> None:
     view = bot.fake.wait_for("views.update")["view"]
     valid_view(view)
     assert view["callback_id"] == views.DEPLOY_CALLBACK
-    sent = as_sent(view, {"r0.header": "X-Beta", "r0.value": "1", "r0.version": "iris:1.0.0"})
-    assert post(bot.url, submission(sent), FORM).body == ""
+    sent = as_sent(view, {"r0.header": "X-Beta", "r0.value": "1", "r0.version": "0:1.0.0"})
+    assert submit(bot.url, sent).body == ""
     rules = bot.core.service(bot.core.user(me), "ruled").spec.rules
     assert [(r.header, r.equals, r.version) for r in rules] == [("X-Beta", "1", "1.0.0")]
 
@@ -500,9 +504,26 @@ def test_app_home_offers_modify(bot: Bot, me: str) -> None:
     press(bot, modify, view={"id": "VH", "type": "home"})
     view = bot.fake.wait_for("views.open")["view"]
     sent = as_sent(view, {"traffic_limit": "300"})
-    assert post(bot.url, submission(sent), FORM).body == ""
+    assert submit(bot.url, sent).body == ""
     assert bot.core.service(bot.core.user(me), "gated").spec.traffic_limit == 300
     # Opened from App Home: the home is published again with the change.
     View(**wait_count(bot, "views.publish", 2)[1]["view"]).validate_json()
     dm = bot.fake.wait_for("chat.postMessage", lambda a: "Modified gated" in a["text"])
     assert "traffic_limit: 100 -> 300" in dm["text"]
+
+
+def test_the_daemons_plan_is_shown_to_confirm_before_applying(bot: Bot, me: str) -> None:
+    deploy_gated(bot, me)
+    view = open_modify(bot)
+    sent = as_sent(view, {"m1.instances": "2"})
+    first = post(bot.url, submission(sent), FORM).json()
+    assert first["response_action"] == "update"
+    shown = first["view"]
+    valid_view(shown)
+    plan = shown["blocks"][0]["text"]["text"]
+    assert "iris 2.0.0 instances: 1 -> 2" in plan and "iris 2.0.0: 1 instance(s) start" in plan
+    assert shown["submit"]["text"] == "Confirm: apply"
+    assert snapshots(bot, me) == [1]  # nothing applied before confirming
+    confirmed = {**sent, "private_metadata": shown["private_metadata"]}
+    assert post(bot.url, submission(confirmed), FORM).body == ""
+    assert snapshots(bot, me) == [1, 2]

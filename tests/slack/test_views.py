@@ -9,6 +9,8 @@ import pytest
 from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
+from opsbot.core import form
+from opsbot.core.deadlines import EXTEND_HOURS
 from opsbot.core.errors import FieldError
 from opsbot.core.flavors import FlavorStatus, load_flavors
 from opsbot.slack import views
@@ -40,25 +42,24 @@ def test_modal_fields_follow_the_reference_order() -> None:
     view = views.deploy_modal(views.FormState(), CATALOG, ["public"], flavors())
     valid_view(view)
     labels = [b["label"]["text"] for b in view["blocks"] if b["type"] == "input"]
-    assert labels == [
-        "Name",
-        "Auto stop",
-        "Description",
-        "Resource pool",
-        "Model source",
-        "Model",
-        "Version",
-        "Traffic ratio (%)",
-        "Specifications",
-        "Compute nodes (instances)",
-        "Environment variables",
-        "Traffic limit (requests per second)",
-    ]
+    # The core form's fields, in its order and with its labels (the reference page's).
+    assert labels == [f.label for f in form.FIELDS if f.section != "rule"]
     flavor_block = next(b for b in view["blocks"] if b["block_id"].startswith("m0.flavor."))
-    texts = [o["text"]["text"] for o in flavor_block["element"]["options"]]
-    assert any("(unavailable)" in t for t in texts)
+    offered = [o["value"] for o in flavor_block["element"]["options"]]
+    # Unavailable flavors are shown with their reason, but cannot be chosen.
+    choices = form.flavor_choices([s.as_dict() for s in flavors()], "custom")
+    assert offered == [c.value for c in choices if c.available]
+    assert any(not c.available for c in choices)
     notes = next(b for b in view["blocks"] if b["block_id"] == "m0.flavor_notes")
     assert "no GPU here" in notes["elements"][0]["text"]
+    assert "takes only ExeML models" in notes["elements"][0]["text"]
+    # The choices are the core form's: auto stop, model source.
+    auto = next(b for b in view["blocks"] if b["block_id"] == "auto_stop")["element"]
+    assert [(o["value"], o["text"]["text"]) for o in auto["options"]] == list(
+        form.AUTO_STOP_CHOICES
+    )
+    source = next(b for b in view["blocks"] if b["block_id"] == "m0.source")["element"]
+    assert [(o["value"], o["text"]["text"]) for o in source["options"]] == list(form.SOURCES)
 
 
 def test_custom_auto_stop_shows_hours() -> None:
@@ -213,8 +214,12 @@ def test_service_messages_and_home_are_valid() -> None:
         views.A_HISTORY,
         views.A_DELETE,
     ]
+    # Each option says when the service would stop: the hours add to the 1 h 05 min left.
     assert [o["text"]["text"] for o in actions[2]["options"]] == [
-        f"Extend {h} h" for h in views.EXTEND_HOURS
+        "Extend 1 h: stops in 2h 05m",
+        "Extend 2 h: stops in 3h 05m",
+        "Extend 4 h: stops in 5h 05m",
+        "Extend 6 h: stops in 7h 05m",
     ]
     assert "confirm" in actions[-1]
     home = views.home_view([SVC] * 40, 3, 20, 1000.0)
@@ -242,9 +247,9 @@ def test_dm_and_alert_messages_have_fallback_text(
 
 
 def test_extend_options_carry_the_target_and_hours() -> None:
-    menu = views.extend_element(SVC, everyone=True)[0]
+    menu = views.extend_element(SVC, 1000.0, everyone=True)[0]
     targets = [views.action_target({"selected_option": o}) for o in menu["options"]]
-    assert targets == [views.Target("alice", "svc", True, h) for h in views.EXTEND_HOURS]
+    assert targets == [views.Target("alice", "svc", True, h) for h in EXTEND_HOURS]
     # A button (the reminder's) carries no hours: the action id says them.
     button = {"value": views.action_value(SVC)}
     assert views.action_target(button) == views.Target("alice", "svc", False, None)
@@ -252,7 +257,7 @@ def test_extend_options_carry_the_target_and_hours() -> None:
 
 def test_extend_falls_back_to_buttons_when_options_cannot_hold_the_target() -> None:
     long_owner = {**SVC, "owner": "o" * 130}
-    elements = views.extend_element(long_owner)
+    elements = views.extend_element(long_owner, 1000.0)
     assert [e["action_id"] for e in elements] == [views.A_EXTEND_1, views.A_EXTEND_4]
     _, blocks = views.services_message([long_owner], 1000.0)
     valid_blocks(blocks)
@@ -358,11 +363,11 @@ def test_rule_errors_map_to_the_rule_inputs() -> None:
         "r1.header": "bad header",
         "r1.value": "bad regex give exactly one",
         "r1.version": "no such version",
-        "name": "rules[4].version: out of range",
+        "name": "Rule 5, version: out of range",
     }
     state.target = ("alice", "svc")
     assert views.error_block_ids(state, [FieldError("name", "keeps its name")]) == {
-        "auto_stop": "name: keeps its name"
+        "auto_stop": "Name: keeps its name"
     }
 
 
@@ -373,9 +378,16 @@ def test_rule_model_is_named_only_when_two_models_share_the_version() -> None:
     state.groups[1].model, state.groups[1].version = "solo", "1.0.0"
     views.add_rule(state)
     views.add_rule(state)
-    state.rules[0] = views.RuleState(uid=0, header="X", value="a", version="solo:1.0.0")
+    solo, iris = state.groups[1].uid, state.groups[0].uid
+    state.rules[0] = views.RuleState(
+        uid=0, header="X", value="a", version=views.rule_target_value(solo, "1.0.0")
+    )
     state.rules[1] = views.RuleState(
-        uid=1, header="Y", test="matches", value="b.*", version="iris:2.0.0"
+        uid=1,
+        header="Y",
+        test="matches",
+        value="b.*",
+        version=views.rule_target_value(iris, "2.0.0"),
     )
     data, _ = views.spec_data(state)
     assert data["rules"] == [
@@ -405,3 +417,23 @@ def test_details_view_is_valid() -> None:
     view = views.details_view({**SVC, "rules": [rule]}, 1000.0, None)
     valid_view(view)
     assert "X-G = b -> 1.0.0" in json.dumps(view["blocks"])
+
+
+def test_rule_targets_fit_slacks_option_values_whatever_the_model_name() -> None:
+    owner, name = "o" * 64, "m" * 64  # a subscribed model's longest name: 129 characters
+    model = f"{owner}/{name}"
+    catalog = {"mine": {}, "subscribed": {model: ["v" * 64, "1.0.0"]}}
+    state = views.FormState()
+    state.groups[0].source, state.groups[0].model = "subscribed", model
+    state.groups[0].version = "v" * 64
+    views.add_rule(state)
+    view = views.deploy_modal(state, catalog, ["public"], flavors())
+    valid_view(view)
+    options = next(b for b in view["blocks"] if b["block_id"] == "r0.version")["element"]
+    assert all(len(o["value"]) <= views.OPTION_VALUE_MAX for o in options["options"])
+    # The value still names the version and, through its group, the model.
+    state.rules[0] = views.RuleState(
+        uid=0, header="X", value="a", version=options["options"][0]["value"]
+    )
+    data, _ = views.spec_data(state)
+    assert data["rules"] == [{"header": "X", "equals": "a", "version": "v" * 64}]

@@ -10,8 +10,10 @@ from textual.pilot import Pilot
 from textual.widgets import Button, Input, Label, Select, Static
 from tui_fake import NOW, FakeClient, screen_text, service
 
+from opsbot.core import form
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.deploy import DeployScreen, ModelGroup
+from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.table import ServicesTable
 
@@ -57,6 +59,15 @@ async def type_into(pilot: Pilot[None], widget: Input, text: str) -> None:
     await pilot.pause()
 
 
+async def submit(pilot: Pilot[None]) -> None:
+    """Press Deploy; confirm the summary of the entered information when it is shown."""
+    screen(pilot).query_one("#submit", Button).press()
+    await settle(pilot)
+    if isinstance(pilot.app.screen, ConfirmModal):
+        await pilot.press("y")
+        await settle(pilot)
+
+
 async def validated(pilot: Pilot[None]) -> None:
     await pilot.pause(0.4)
     await settle(pilot)
@@ -94,7 +105,20 @@ async def test_full_deploy_until_running(pilot: Pilot[None], client: FakeClient)
     group.query_one("#version", Select).value = "1.0.0"
     await type_into(pilot, group.query_one("#instances", Input), "2")
     await type_into(pilot, s.query_one("#traffic-limit", Input), "50")
-    screen(pilot).query_one("#submit", Button).press()
+    s.query_one("#submit", Button).press()
+    await settle(pilot)
+    # The entered information, to confirm before anything is deployed.
+    summary = pilot.app.screen
+    assert isinstance(summary, ConfirmModal)
+    assert not any(p == "/v1/services" and m == "POST" for m, p, _ in client.calls)
+    for line in (
+        "Name: fresh",
+        "Auto Stop: 4 hours later",
+        "Compute Nodes: 2",
+        "Traffic Limit: 50",
+    ):
+        assert line in summary.question
+    await pilot.press("y")
     await settle(pilot)
     body = next(b for m, p, b in client.calls if m == "POST" and p == "/v1/services")
     assert body == {
@@ -169,8 +193,7 @@ async def test_each_kind_of_error_beside_its_field(pilot: Pilot[None], client: F
     client.models[1]["status"] = "building"  # iris 2.0.0 is chosen by default
     group.query_one("#flavor", Select).value = "cpu.2u8g"
     group.query_one("#version", Select).value = "2.0.0"
-    screen(pilot).query_one("#submit", Button).press()
-    await settle(pilot)
+    await submit(pilot)
     assert "only Normal versions" in error_text(pilot, "#err-version", group=0)
 
 
@@ -179,8 +202,7 @@ async def test_duplicate_name_from_the_daemon_shows_beside_name(
 ) -> None:
     s = screen(pilot)
     await type_into(pilot, s.query_one("#name", Input), "alpha")
-    screen(pilot).query_one("#submit", Button).press()
-    await settle(pilot)
+    await submit(pilot)
     assert "already have a service named alpha" in error_text(pilot, "#err-name")
 
 
@@ -237,8 +259,7 @@ async def test_add_and_remove_versions(pilot: Pilot[None], client: FakeClient) -
     third.query_one(".remove-group", Button).press()
     await settle(pilot)
     assert len(s.groups) == 2
-    screen(pilot).query_one("#submit", Button).press()
-    await settle(pilot)
+    await submit(pilot)
     body = next(b for m, p, b in client.calls if m == "POST" and p == "/v1/services")
     assert [(e["version"], e["traffic_ratio"]) for e in body["models"]] == [
         ("1.0.0", 80),
@@ -301,3 +322,43 @@ async def test_resource_pool_is_a_select_of_usable_pools(
     await settle(pilot)
     assert len([c for c in client.calls if c[1] == "/v1/flavors"]) == asked + 1
     assert s.spec_body()["resource_pool"] == "team-a"
+
+
+async def test_the_form_renders_the_core_definition(pilot: Pilot[None]) -> None:
+    """Fields, labels, auto stop choices and flavor choices are the core form's, not a copy."""
+    s = screen(pilot)
+    shown = [str(label.content) for label in s.query(".label").results(Label)]
+    core = [f.label for f in form.FIELDS if f.section != "rule"]
+    assert [label for label in shown if label in core] == core
+    auto = s.query_one("#auto-stop", Select)
+    assert [(str(p), v) for p, v in auto._options if isinstance(v, str)] == [
+        (label, value) for value, label in form.AUTO_STOP_CHOICES
+    ]
+    group = s.groups[0]
+    client_flavors = [dict(f) for f in screen(pilot).flavors]
+    expected = form.flavor_choices(client_flavors, "custom")
+    select = group.query_one("#flavor", Select)
+    assert [v for _, v in select._options if isinstance(v, str)] == [c.value for c in expected]
+    assert [c.value for c in group.flavor_choices if not c.available] == ["exeml.cpu", "gpu.t4"]
+    # An unavailable flavor the user picks is refused with its reason; the default comes back.
+    select.focus()
+    select.value = "gpu.t4"
+    await settle(pilot)
+    assert select.value == "cpu.2u8g"
+
+
+async def test_an_added_version_is_the_next_unused_and_remove_is_out_of_reach(
+    pilot: Pilot[None],
+) -> None:
+    s = screen(pilot)
+    remove = s.groups[0].query_one(".remove-group", Button)
+    assert remove.disabled and not remove.display  # Tab cannot reach a hidden button
+    s.groups[0].query_one("#model", Select).value = "iris"
+    await settle(pilot)
+    s.groups[0].query_one("#version", Select).value = "1.0.0"
+    await settle(pilot)
+    s.query_one("#add-version", Button).press()
+    await settle(pilot)
+    # iris 1.0.0 is taken: the next Normal version of My Models, never a copy of version 1.
+    assert s.groups[1].ref == ("iris", "2.0.0")
+    assert not s.groups[0].query_one(".remove-group", Button).disabled

@@ -1,6 +1,6 @@
 """Gated launch in the dashboard: modify a running service through the Deploy form, routing
 rules, history and rollback, per-version numbers. Driven through Pilot against the fake client,
-whose update route applies changes with the core's own functions."""
+whose update routes plan and apply with the core's own functions (masked values mean keep)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from tui_fake import NOW, FakeClient, sample_client, service
 
 from opsbot.core.errors import FieldError, SpecInvalid
 from opsbot.tui.app import OpsbotApp
-from opsbot.tui.changes import plan_changes, to_form_paths
 from opsbot.tui.deploy import ModifyScreen, RuleRow
 from opsbot.tui.details import DetailsScreen
 from opsbot.tui.modals import ConfirmModal
@@ -76,16 +75,25 @@ async def open_modify(pilot: Pilot[None], key: str) -> ModifyScreen:
 
 
 def update_bodies(client: FakeClient, name: str) -> list[Any]:
-    return [b for m, p, b in client.calls if p == f"/v1/services/{name}/update"]
+    """The specs applied (each confirmed after the daemon's plan)."""
+    return [b["spec"] for m, p, b in client.calls if p == f"/v1/services/{name}/update"]
+
+
+def plan_bodies(client: FakeClient, name: str) -> list[Any]:
+    return [b["spec"] for m, p, b in client.calls if p == f"/v1/services/{name}/update/plan"]
 
 
 def label(root: Any, selector: str) -> str:
     return str(root.query_one(selector, Label).content)
 
 
-async def submit(pilot: Pilot[None]) -> None:
+async def submit(pilot: Pilot[None], confirm: bool = True) -> None:
+    """ctrl+s, then yes to the daemon's plan when it asks."""
     await pilot.press("ctrl+s")
     await settle(pilot)
+    if confirm and isinstance(pilot.app.screen, ConfirmModal):
+        await pilot.press("y")
+        await settle(pilot)
 
 
 async def test_modify_a_gated_launch_prefilled_and_ratio_changed(
@@ -111,9 +119,18 @@ async def test_modify_a_gated_launch_prefilled_and_ratio_changed(
 
     groups[0].query_one("#ratio", Input).value = "50"
     groups[1].query_one("#ratio", Input).value = "50"
-    await submit(pilot)
-    assert update_bodies(client, "canary") == [
-        {"changes": {"traffic": {"iris:1.0.0": 50, "iris:2.0.0": 50}}}
+    await submit(pilot, confirm=False)
+    # The daemon's plan, before anything is applied: what changes, and that nothing restarts.
+    confirm = pilot.app.screen
+    assert isinstance(confirm, ConfirmModal) and update_bodies(client, "canary") == []
+    assert "iris 1.0.0 traffic_ratio: 90 -> 50" in confirm.question
+    assert "no instance restarts" in confirm.question
+    await pilot.press("y")
+    await settle(pilot)
+    (body,) = update_bodies(client, "canary")
+    assert [(m["version"], m["traffic_ratio"]) for m in body["models"]] == [
+        ("1.0.0", 50),
+        ("2.0.0", 50),
     ]
     progress = str(s.query_one("#progress-text", Static).content)
     assert "config snapshot #2" in progress
@@ -132,7 +149,7 @@ async def test_modify_a_gated_launch_prefilled_and_ratio_changed(
 async def test_nothing_changed_sends_no_snapshot(pilot: Pilot[None], client: FakeClient) -> None:
     s = await open_modify(pilot, "alice/alpha")
     await submit(pilot)
-    assert update_bodies(client, "alpha") == [{"changes": {}}]
+    assert len(plan_bodies(client, "alpha")) == 1 and update_bodies(client, "alpha") == []
     assert any("nothing changed" in n for n in notes(pilot))
     assert s.created is None and not s.query_one("#submit", Button).disabled
     assert len(client.snapshots[("alice", "alpha")]) == 1
@@ -160,8 +177,8 @@ async def test_validation_error_beside_its_field_and_nothing_sent(
 async def test_update_route_errors_land_beside_the_group_they_name(
     pilot: Pilot[None], client: FakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The core names versions by their place in the new spec, where each kept version keeps
-    its place: 2.0.0, moved to the form's first group, is still models[1] there."""
+    """The daemon names versions by their place in the spec the form sent: the form's own
+    groups, whatever order they are in."""
     seen: list[list[str]] = []
 
     def refuse(svc: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
@@ -174,16 +191,11 @@ async def test_update_route_errors_land_beside_the_group_they_name(
     s.groups[1].query_one("#version", Select).value = "1.0.0"
     await settle(pilot)
     await submit(pilot)
-    assert update_bodies(client, "canary") == [
-        {
-            "changes": {
-                "traffic": {"iris:2.0.0": 90, "iris:1.0.0": 10},
-            }
-        }
-    ]
-    assert seen == [["1.0.0", "2.0.0"]]
-    assert "room for 1 more" in label(s.groups[0], "#err-instances")
-    assert label(s.groups[1], "#err-instances") == ""
+    (body,) = update_bodies(client, "canary")
+    assert [m["version"] for m in body["models"]] == ["2.0.0", "1.0.0"]
+    assert seen == [["2.0.0", "1.0.0"]]
+    assert "room for 1 more" in label(s.groups[1], "#err-instances")
+    assert label(s.groups[0], "#err-instances") == ""
 
 
 async def test_refused_for_deploying_and_for_other_users(pilot: Pilot[None]) -> None:
@@ -231,28 +243,30 @@ async def test_masked_secrets_are_never_sent_back(pilot: Pilot[None], client: Fa
     await settle(pilot)
     await submit(pilot)
     (body,) = update_bodies(client, "vault")
-    assert body == {
-        "changes": {
-            "traffic": {"iris:1.0.0": 70, "iris:2.0.0": 30},
-            "instances": {"iris:1.0.0": 2, "iris:2.0.0": 1},
-            "flavor": {"iris:2.0.0": "cpu.2u8g"},
-        }
-    }
+    # Only the masks travel; the daemon keeps (and copies to the new version) the secret.
+    assert SECRET not in repr(body) and SECRET not in repr(plan_bodies(client, "vault"))
+    assert [m["env"]["API_KEY"] for m in body["models"]] == [env["API_KEY"], env["API_KEY"]]
     stored = client.services_by_key[("alice", "vault")]["models"]
     assert [m["env"]["API_KEY"] for m in stored] == [SECRET, SECRET]
+    assert [(m["traffic_ratio"], m["instances"]) for m in stored] == [(70, 2), (30, 1)]
 
 
-async def test_env_change_in_one_version_only_is_explained(
+async def test_env_change_in_one_version_only_restarts_that_version(
     pilot: Pilot[None], client: FakeClient
 ) -> None:
     s = await open_modify(pilot, "alice/canary")
     row = s.groups[1].add_env("DEBUG", "1")
     await settle(pilot)
     assert row.pair == ("DEBUG", "1")
-    await submit(pilot)
-    assert "every version at once" in label(s.groups[1], "#err-env")
-    assert "every version at once" in label(s.groups[0], "#err-env")
-    assert update_bodies(client, "canary") == []
+    await submit(pilot, confirm=False)
+    confirm = pilot.app.screen
+    assert isinstance(confirm, ConfirmModal)
+    assert "iris 2.0.0: 2 instance(s) replaced" in confirm.question
+    assert "iris 1.0.0" not in confirm.question.split("Instances:")[1]
+    await pilot.press("y")
+    await settle(pilot)
+    stored = client.services_by_key[("alice", "canary")]["models"]
+    assert [m["env"].get("DEBUG") for m in stored] == [None, "1"]
 
 
 async def test_routing_rules_added_removed_and_checked(
@@ -286,15 +300,10 @@ async def test_routing_rules_added_removed_and_checked(
         "2.",
     ]
     await submit(pilot)
-    assert update_bodies(client, "canary") == [
-        {
-            "changes": {
-                "rules": [
-                    {"header": "X-User-Group", "equals": "beta", "version": "2.0.0"},
-                    {"header": "X-Canary", "matches": "(yes|1)", "version": "2.0.0"},
-                ]
-            }
-        }
+    (body,) = update_bodies(client, "canary")
+    assert body["rules"] == [
+        {"header": "X-User-Group", "equals": "beta", "version": "2.0.0"},
+        {"header": "X-Canary", "matches": "(yes|1)", "version": "2.0.0"},
     ]
     assert "rules: 0 -> 2" in str(s.query_one("#progress-text", Static).content)
     assert len(client.services_by_key[("alice", "canary")]["rules"]) == 2
@@ -406,7 +415,7 @@ async def test_u_on_details_opens_modify_and_refreshes_history(
     assert isinstance(s, ModifyScreen)
     s.query_one("#description", Input).value = "smaller"
     await submit(pilot)
-    assert update_bodies(client, "alpha") == [{"changes": {"description": "smaller"}}]
+    assert [b["description"] for b in update_bodies(client, "alpha")] == ["smaller"]
     await pilot.press("escape")
     await settle(pilot)
     assert pilot.app.screen is details
@@ -466,34 +475,6 @@ async def test_modify_is_in_the_command_palette(pilot: Pilot[None]) -> None:
     assert isinstance(pilot.app.screen, ModifyScreen)
 
 
-def test_plan_renumbers_errors_of_the_new_spec() -> None:
-    shown = service(
-        "x",
-        models=[
-            {
-                "source": "mine",
-                "model": "iris",
-                "version": v,
-                "traffic_ratio": r,
-                "flavor": "cpu.2u8g",
-                "instances": 1,
-                "env": {},
-            }
-            for v, r in (("1.0.0", 50), ("2.0.0", 50))
-        ],
-    )
-    wanted = {**shown, "models": [dict(m) for m in shown["models"]]}
-    wanted["models"][0] = {**wanted["models"][0], "version": "3.0.0"}
-    plan = plan_changes(shown, wanted)
-    assert plan.changes["remove"] == ["iris:1.0.0"]
-    assert plan.order == [("iris", "2.0.0"), ("iris", "3.0.0")]
-    errors = [FieldError("models[1].version", "Building"), FieldError("rules[0].version", "no")]
-    assert to_form_paths(errors, plan.order, wanted) == [
-        FieldError("models[0].version", "Building"),
-        FieldError("rules[0].version", "no"),
-    ]
-
-
 async def test_the_services_own_version_stays_offered(
     pilot: Pilot[None], client: FakeClient
 ) -> None:
@@ -504,31 +485,5 @@ async def test_the_services_own_version_stays_offered(
     assert s.groups[0].ref == ("iris", "1.0.0")
     s.query_one("#traffic-limit", Input).value = "50"
     await submit(pilot)
-    assert update_bodies(client, "alpha") == [{"changes": {"traffic_limit": 50}}]
-
-
-def test_a_masked_value_is_never_sent_as_a_value() -> None:
-    """Replacing the only version: the new one would start without the secret, and the form
-    only holds its mask; the plan refuses rather than store the mask."""
-    shown = service(
-        "x",
-        models=[
-            {
-                "source": "mine",
-                "model": "iris",
-                "version": "1.0.0",
-                "traffic_ratio": 100,
-                "flavor": "cpu.2u8g",
-                "instances": 1,
-                "env": {"API_KEY": "sk****78"},
-            }
-        ],
-    )
-    wanted = {**shown, "models": [{**shown["models"][0], "version": "2.0.0"}]}
-    plan = plan_changes(shown, wanted)
-    assert [e.field for e in plan.errors] == ["models[0].env"]
-    assert "API_KEY" in plan.errors[0].message and "type the value again" in plan.errors[0].message
-    wanted["models"][0]["env"] = {"API_KEY": "typed-again-value"}
-    plan = plan_changes(shown, wanted)
-    assert plan.errors == []
-    assert plan.changes["env_set"] == {"API_KEY": "typed-again-value"}
+    (body,) = plan_bodies(client, "alpha")  # the form sent keeps the version it runs
+    assert body["traffic_limit"] == 50 and body["models"][0]["version"] == "1.0.0"

@@ -23,6 +23,7 @@ from opsbot.tui.app import OpsbotApp
 from opsbot.tui.connection import ConnectionBanner
 from opsbot.tui.deploy import DeployScreen, ModifyScreen
 from opsbot.tui.details import DetailsScreen
+from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.table import ServicesTable
 
@@ -71,6 +72,8 @@ async def test_deploy_watch_predict_and_stop(daemon: Daemon, me: str) -> None:
         # one that takes custom models.
         assert group.query_one("#flavor", Select).value == "cpu.2u8g"
         await pilot.press("ctrl+s")
+        await until(pilot, "the summary", lambda: isinstance(app.screen, ConfirmModal))
+        await pilot.press("y")
         await until(pilot, "the deploy's answer", lambda: deploy.created is not None)
         progress = str(deploy.query_one("#progress-text", Static).content)
         assert "API key (shown once" in progress and "ob_" in progress
@@ -105,6 +108,8 @@ async def test_deploy_watch_predict_and_stop(daemon: Daemon, me: str) -> None:
         modify.query_one("#description", Input).value = "changed from the tui"
         await pilot.pause()
         await pilot.press("ctrl+s")
+        await until(pilot, "the daemon's plan", lambda: isinstance(app.screen, ConfirmModal))
+        await pilot.press("y")
         await until(pilot, "the update's answer", lambda: modify.created is not None)
         progress = str(modify.query_one("#progress-text", Static).content)
         assert "config snapshot #2" in progress and "description" in progress

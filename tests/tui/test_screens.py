@@ -146,7 +146,7 @@ async def test_snapshot_deploy(pilot: Pilot[None]) -> None:
     screen = pilot.app.screen
     assert isinstance(screen, DeployScreen)
     svg = text_of(save(pilot.app, "deploy"))  # type: ignore[arg-type]
-    for text in ("Basic information", "Name", "Auto stop", "1 hour later", "Model source"):
+    for text in ("Basic information", "Name", "Auto Stop", "1 hour later", "Model Source"):
         assert text in svg, text
 
 

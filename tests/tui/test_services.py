@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import Button, Input
 from tui_fake import NOW, FakeClient, service, stats_document
 
+from opsbot.core.deadlines import EXTEND_HOURS
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.modals import ConfirmModal, ExtendModal, HelpModal
 from opsbot.tui.services import ServicesScreen
@@ -165,7 +166,12 @@ async def test_extend_shows_error_until_endpoint_exists(
     await select(pilot, "alice/alpha")
     await pilot.press("e")
     await pilot.pause()
-    assert isinstance(pilot.app.screen, ExtendModal)
+    modal = pilot.app.screen
+    assert isinstance(modal, ExtendModal)
+    # The time left and what each choice makes of it (the hours add to the 1 h left).
+    assert "1h 00m left" in modal.question()
+    labels = [str(b.label) for b in modal.query(Button) if (b.id or "").startswith("extend-")]
+    assert labels == [f"Extend {h} h: stops in {h + 1}h 00m" for h in EXTEND_HOURS]
     await pilot.press("1")
     await settle(pilot)
     assert ("POST", "/v1/services/alpha/extend", {"hours": 1}) in client.calls
@@ -252,3 +258,21 @@ async def test_help_and_quit(pilot: Pilot[None]) -> None:
 
 
 KeyCheck = Callable[[Pilot[None]], Any]
+
+
+async def test_extend_on_a_service_without_auto_stop_offers_to_turn_it_on(
+    pilot: Pilot[None], client: FakeClient
+) -> None:
+    client.has_extend = True
+    await select(pilot, "alice/alpha")
+    await pilot.press("e")
+    await pilot.pause()
+    await pilot.click("#autostop-off")
+    await settle(pilot)
+    await pilot.press("e")
+    await pilot.pause()
+    modal = pilot.app.screen
+    assert isinstance(modal, ExtendModal)
+    assert "auto stop off" in modal.question()
+    ids = [b.id for b in modal.query(Button)]
+    assert not any((i or "").startswith("extend-") for i in ids) and "autostop-on" in ids

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from opsbot.core.errors import OpsbotError
+from opsbot.core.form import Verb, allowed_verbs
 from opsbot.core.spec import parse_spec
-from opsbot.tui.view import COLUMN_KEYS, auto_stop_text, shown_columns, sort_key
+from opsbot.core.status import Status
+from opsbot.tui.view import COLUMN_KEYS, auto_stop_text, refusal, shown_columns, sort_key
 from opsbot.tui.wording import field_label, field_message, plain
 
 
@@ -14,9 +16,9 @@ from opsbot.tui.wording import field_label, field_message, plain
     ("path", "label"),
     [
         ("name", "Name"),
-        ("traffic_limit", "Calls per second"),
+        ("traffic_limit", "Traffic Limit"),
         ("models[0].env.DB_PASSWORD", "Version 1, environment variable DB_PASSWORD"),
-        ("models[1].instances", "Version 2, instances"),
+        ("models[1].instances", "Version 2, compute nodes"),
         ("models[2]", "Version 3"),
         ("rules[0].header", "Rule 1, header"),
     ],
@@ -38,7 +40,8 @@ def test_the_cores_own_errors_come_out_in_plain_words() -> None:
     assert shown, "the core found nothing wrong"
     for line in shown:
         assert "models[" not in line and "Input should" not in line and "String should" not in line
-    assert any(line.startswith("Version 1, instances: must be a whole number") for line in shown)
+    expected = "Version 1, compute nodes: must be a whole number"
+    assert any(line.startswith(expected) for line in shown)
 
 
 def test_cli_advice_becomes_the_key_to_press() -> None:
@@ -77,3 +80,17 @@ def test_auto_stop_sorts_by_the_deadline_not_the_text() -> None:
     assert auto_stop_text(long, 0.0) == "1h 48m" and auto_stop_text(short, 0.0) == "58m"
     keys = [sort_key(s, "auto_stop", None) for s in (long, short, svc(None, auto_stop="off"))]
     assert sorted(keys) == [keys[1], keys[0], keys[2]]
+
+
+@pytest.mark.parametrize("status", [s.value for s in Status])
+def test_keys_are_refused_as_the_core_forms_verbs_say(status: str) -> None:
+    service = {"name": "s", "owner": "me", "status": status}
+    verbs = allowed_verbs(status, owner=True, admin=False)
+    for verb, key in ((Verb.START, "start"), (Verb.STOP, "stop"), (Verb.EXTEND, "extend")):
+        assert (refusal(key, service, "me", False) is None) == (verb in verbs), (verb, status)
+    assert (refusal("modify", service, "me", False) is None) == (Verb.MODIFY in verbs)
+    # Extend while Deploying: no deadline runs yet, the core refuses it, so does the key.
+    if status == "deploying":
+        assert "auto stop applies to a running service" in str(
+            refusal("extend", service, "me", False)
+        )

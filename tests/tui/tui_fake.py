@@ -27,7 +27,14 @@ from opsbot.core.errors import (
 )
 from opsbot.core.registry import split_ref
 from opsbot.core.spec import masked_env, parse_spec, spec_warnings
-from opsbot.core.update import UPDATABLE, apply_changes, parse_changes, spec_diff
+from opsbot.core.update import (
+    UPDATABLE,
+    apply_changes,
+    keep_masked,
+    parse_changes,
+    plan,
+    spec_diff,
+)
 from opsbot.daemon.client import DaemonUnavailable
 
 NOW = 1_750_000_000.0
@@ -277,7 +284,9 @@ class FakeClient:
             if svc is None:
                 raise NotFound(f"{owner} has no service {name!r}: see `opsbot services`")
             verb = parts[3] if len(parts) > 3 else ""
-            if verb in ("update", "history", "rollback"):
+            if verb == "update" and parts[4:] == ["plan"]:
+                verb = "update/plan"
+            if verb in ("update", "update/plan", "history", "rollback"):
                 return self._modification(verb, svc, body)
             return self._on_service(method, verb, svc, body, query)
         raise NotFound(f"no route {method} {path}")
@@ -415,8 +424,11 @@ class FakeClient:
         """update, history and rollback, as the daemon answers them."""
         key = (svc["owner"], svc["name"])
         snaps = self.snapshots.setdefault(key, [])
-        if verb == "history":
-            return copy.deepcopy(snaps)
+        if verb == "history":  # as the daemon sends it: each snapshot with its diff
+            out = copy.deepcopy(snaps)
+            for before, snap in zip([None, *out], out, strict=False):
+                snap["changes"] = spec_diff(before["spec"], snap["spec"]) if before else []
+            return out
         current = spec_of(svc)
         if verb == "rollback":
             to = body.get("to")
@@ -431,7 +443,13 @@ class FakeClient:
         if "changes" in body:
             wanted = apply_changes(parse_spec(current), parse_changes(body["changes"]))
         else:
-            wanted = body["spec"]
+            # As the daemon does: a masked value sent back means "keep".
+            wanted = keep_masked(parse_spec(current), body["spec"])
+        if verb == "update/plan":
+            if svc["status"] not in {s.value for s in UPDATABLE}:
+                raise Conflict(f"{svc['name']} is {svc['status'].capitalize()}", title="Not now")
+            new, _ = self._check(wanted)
+            return plan(parse_spec(current), parse_spec(new)).as_dict()
         return self._apply(svc, wanted)
 
     def _apply(self, svc: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
