@@ -171,6 +171,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE instances ADD COLUMN config TEXT NOT NULL DEFAULT '';
     """,
+    # 7: the uid opsbot manages for each owner who has no local account to run model code as.
+    """
+    CREATE TABLE runtime_accounts (
+        owner TEXT PRIMARY KEY,
+        uid INTEGER NOT NULL UNIQUE
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from opsbot.core.errors import FieldError
 from opsbot.core.flavors import FlavorStatus
-from opsbot.core.spec import DEFAULT_FLAVOR, MAX_RULES, MAX_VERSIONS, DeploySpec, mask_value
+from opsbot.core.spec import DEFAULT_FLAVOR, MAX_RULES, MAX_VERSIONS, DeploySpec, masked_env
 from opsbot.core.status import Status
 from opsbot.core.update import UPDATABLE
 
@@ -1436,6 +1436,6 @@ def reminder_message(service: str, owner: str, message: str) -> tuple[str, list[
     ]
 
 
-def env_preview(env: Mapping[str, str]) -> str:
+def env_preview(env: Mapping[str, str], secret_names: Iterable[str] = ()) -> str:
     """Environment variables as shown in messages: secrets masked."""
-    return ", ".join(f"{k}={mask_value(k, v)}" for k, v in env.items())
+    return ", ".join(f"{k}={v}" for k, v in masked_env(dict(env), secret_names).items())

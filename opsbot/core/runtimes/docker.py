@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ import requests.exceptions
 from docker.types import DeviceRequest, LogConfig, Mount
 
 from opsbot.core.errors import OpsbotError
-from opsbot.core.images import IMAGE_FORMAT, USER, require_image
+from opsbot.core.images import IMAGE_FORMAT, USER, USER_ID, require_image
+from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
 from opsbot.core.runtime import (
     Exit,
     InstanceSpec,
@@ -152,6 +154,27 @@ def _devices(spec: InstanceSpec) -> dict[str, Any]:
     return out
 
 
+def staged_for_container(home: Path, spec: InstanceSpec) -> InstanceSpec:
+    """``spec`` with its model directory replaced by a copy the container's user may read: the
+    registry's own files are the daemon's alone. One copy per service version, made once
+    (a version's files never change), under ``$OPSBOT_HOME/run``."""
+    from opsbot.core.accounts import Account, privileged
+    from opsbot.core.runtimes.process import RUN_DIR, RUN_DIR_MODE
+    from opsbot.core.sandbox import private_dir, stage
+
+    run = private_dir(home / RUN_DIR, RUN_DIR_MODE)
+    leaf = re.sub(r"[^A-Za-z0-9_.-]", "_", f"container-{spec.service_uid}-{spec.idx}")
+    base = run / leaf
+    target = base / "model"
+    if not target.is_dir():
+        base.mkdir(mode=0o711, exist_ok=True)
+        if privileged():
+            stage(spec.path, target, Account(USER_ID, USER_ID, "container"))
+        else:
+            stage(spec.path, target, None, world=True)
+    return replace(spec, path=target)
+
+
 def container_args(
     spec: InstanceSpec,
     *,
@@ -163,6 +186,7 @@ def container_args(
 ) -> dict[str, Any]:
     """The keyword arguments of ``client.containers.create`` for one instance."""
     env: dict[str, str] = dict(spec.env)
+    env[INSTANCE_SECRET_ENV] = instance_secret(daemon_secret(home), spec.service_uid, spec.idx)
     env.update(thread_env(spec.flavor))
     env.update(device_env(spec.flavor, spec.devices))
     env.update(
@@ -277,6 +301,7 @@ class DockerRuntime:
         for old in self._containers(spec.key):
             self._remove(old["Id"], grace_s=2)
         port = free_port()
+        spec = staged_for_container(self.home, spec)
         args = container_args(
             spec, image=self.image, port=port, home=self.home, engine_cpus=self.engine_cpus
         )

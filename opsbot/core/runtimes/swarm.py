@@ -80,6 +80,7 @@ from opsbot.core.runtimes.docker import (
     connect,
     container_args,
     home_id,
+    staged_for_container,
 )
 
 log = logging.getLogger(__name__)
@@ -673,6 +674,7 @@ class SwarmRuntime:
         )
 
     def start(self, spec: InstanceSpec) -> Started:
+        spec = staged_for_container(self.home, spec)
         name = service_name(self.home, spec)
         with self._lock(name):
             view = self._settled(name)
