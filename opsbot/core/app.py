@@ -6,6 +6,7 @@ opsbot as plain methods that take the calling user and raise OpsbotError subclas
 
 from __future__ import annotations
 
+import grp
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,7 +27,6 @@ from opsbot.core.identity import User, link_slack, slack_user_name
 from opsbot.core.identity import user as make_user
 from opsbot.core.pools import PUBLIC, Pools, PoolStatus
 from opsbot.core.registry import ModelVersion, Registry, Source
-from opsbot.core.runtimes.process import RUN_DIR
 from opsbot.core.sandbox import SOCKET_NAME, reader_for, secure_home
 from opsbot.core.services import Created, Service
 from opsbot.core.spec import DeploySpec, masked_spec, parse_spec
@@ -78,12 +78,20 @@ class Core:
 
     @property
     def registry(self) -> Registry:
-        return Registry(self.store, self.home, self.clock)
+        return Registry(
+            self.store,
+            self.home,
+            self.clock,
+            python=self.config.model_python,
+            run_dir=self.config.run_dir,
+        )
 
     def secure_home(self) -> None:
         """Make OPSBOT_HOME private (the daemon calls this at start; an existing home is
         tightened): see :func:`opsbot.core.sandbox.secure_home`."""
-        secure_home(self.home, open_dirs=(RUN_DIR,), keep=(SOCKET_NAME,))
+        group = self.config.socket_group
+        gid = grp.getgrnam(group).gr_gid if group else None
+        secure_home(self.home, group=gid, keep=(SOCKET_NAME,))
 
     def has_store(self) -> bool:
         return self._store is not None or (self.home / DB_NAME).exists()

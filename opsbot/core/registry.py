@@ -7,13 +7,13 @@ until published; others subscribe to a published model and find it under My Subs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +21,14 @@ from typing import Any, Literal
 
 from opsbot.core.accounts import Account, runtime_account
 from opsbot.core.clock import Clock
-from opsbot.core.errors import Conflict, FieldError, InvalidInput, ModelInvalid, NotFound
+from opsbot.core.errors import (
+    Conflict,
+    FieldError,
+    InvalidInput,
+    ModelInvalid,
+    NotFound,
+    OpsbotError,
+)
 from opsbot.core.sandbox import (
     MARKER,
     Limits,
@@ -29,8 +36,10 @@ from opsbot.core.sandbox import (
     clean_env,
     copy_tree,
     kill_tree,
+    pick_python,
     private_dir,
     remove_tree,
+    run_root,
     spawn,
     stage,
 )
@@ -107,8 +116,20 @@ def _row(row: tuple[Any, ...]) -> ModelVersion:
 
 
 class Registry:
-    def __init__(self, store: Store, home: Path, clock: Clock):
+    def __init__(
+        self,
+        store: Store,
+        home: Path,
+        clock: Clock,
+        *,
+        python: str | None = None,
+        run_dir: str | None = None,
+    ):
         self.store = store
+        #: The interpreter configured for model code (None: see sandbox.pick_python).
+        self.python = python
+        #: Where the check's copy goes (config ``run_dir``; None: see sandbox.run_root).
+        self.run_dir = run_dir
         self.home = home
         self.root = home / "models"
         self.clock = clock
@@ -235,8 +256,8 @@ class Registry:
             errors.append(
                 FieldError(
                     "entry",
-                    "name a module inside the directory and its class, like predictor:Model "
-                    "or pkg.module:Model (no paths)",
+                    "name a module inside the directory and its class as module:Class, like "
+                    "predictor:Model or pkg.module:Model (no paths)",
                 )
             )
         if errors:
@@ -251,6 +272,7 @@ class Registry:
             )
 
         target = self.root / _safe(owner) / name / version
+        fresh = not self.root.exists()
         private_dir(self.root)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
@@ -316,8 +338,13 @@ class Registry:
                 if target.exists():  # left by a crash between copy and commit
                     shutil.rmtree(target)
                 os.replace(copy, target)
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if fresh:  # bad input changes nothing: not even the models directory
+                with contextlib.suppress(OSError):
+                    self.root.rmdir()
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
         return self._query("v.id = ?", (version_id,))[0]
 
     def check(self, mv: ModelVersion, timeout: float = CHECK_TIMEOUT_S) -> ModelVersion:
@@ -351,15 +378,17 @@ class Registry:
         return self._query("v.id = ?", (mv.id,))[0]
 
     def _sandboxed_check(self, mv: ModelVersion, timeout: float) -> dict[str, Any]:
-        from opsbot.core.runtimes.process import RUN_DIR, RUN_DIR_MODE
-
         account = runtime_account(self.store, mv.owner)
-        run = private_dir(self.home / RUN_DIR, RUN_DIR_MODE)
+        run = run_root(self.home, self.run_dir)
         base = run / f"check-{secrets.token_hex(8)}"
         base.mkdir(mode=0o711)
         try:
             model = stage(Path(mv.path), base / "model", account)
-            cmd = [sys.executable, "-m", "opsbot.serving.check", "--path", str(model)]
+            try:
+                python = pick_python(self.python, account)
+            except OpsbotError as exc:
+                return {"ok": False, "reason": exc.message}
+            cmd = [python, "-m", "opsbot.serving.check", "--path", str(model)]
             cmd += ["--format", mv.format] + (["--entry", mv.entry] if mv.entry else [])
             return _child_check(cmd, timeout, account=account, base=base)
         finally:
@@ -452,7 +481,7 @@ def _child_check(
     """Run ``opsbot.serving.check`` as ``account`` in ``base`` (its scratch home there); its
     JSON verdict. Output goes to files the daemon opened (a pipe a grandchild keeps open would
     hold the wait past the time limit); whatever the check started is killed with it."""
-    from opsbot.core.runtimes.process import child_pythonpath
+    from opsbot.core.runtimes.process import model_pythonpath
 
     scratch = base / "home"
     scratch.mkdir(mode=0o700)
@@ -463,7 +492,7 @@ def _child_check(
         {
             "HOME": str(scratch),
             "TMPDIR": str(scratch),
-            "PYTHONPATH": child_pythonpath(),
+            "PYTHONPATH": model_pythonpath(cmd[0]),
             "PYTHONUNBUFFERED": "1",
             MARKER: marker,
         }

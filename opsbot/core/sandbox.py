@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import pwd
 import shutil
 import signal
 import stat
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from opsbot.core.accounts import Account
-from opsbot.core.errors import ModelInvalid, PermissionDenied
+from opsbot.core.errors import ModelInvalid, OpsbotError, PermissionDenied
 
 #: Defaults of the bounded walk over a directory handed to ``model create``.
 MAX_FILES = 10_000
@@ -147,7 +150,10 @@ def open_dir(path: Path, reader: Reader | None = None) -> int:
             fd = nxt
     except FileNotFoundError:
         os.close(fd)
-        raise ModelInvalid(f"{resolved} does not exist", field="path") from None
+        raise ModelInvalid(
+            f"{resolved} is not a directory (nothing is there): give the model's directory",
+            field="path",
+        ) from None
     except NotADirectoryError:
         os.close(fd)
         raise ModelInvalid(f"{resolved} is not a directory", field="path") from None
@@ -310,6 +316,30 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def run_root(home: Path, configured: str | None = None) -> Path:
+    """Where model code's own directories live: outside ``OPSBOT_HOME``, which model code may
+    not enter. ``configured`` (config ``run_dir``), else one directory per daemon account and
+    home under the system's temporary directory. Search-only for others (0711): an instance
+    reaches its own directory by name and lists nothing. A directory there that is not ours
+    (made by someone else before the daemon, or a symlink) is refused."""
+    if configured:
+        root = Path(configured)
+    else:
+        digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+        root = Path(tempfile.gettempdir()) / f"opsbot-run-{os.geteuid()}-{digest}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(root, 0o711)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise OpsbotError(
+            f"{root} is not a directory of this account's: remove it, or set run_dir in "
+            "config.toml",
+            field="run_dir",
+        )
+    os.chmod(root, 0o711)
+    return root
+
+
 def private_dir(path: Path, mode: int = 0o700) -> Path:
     """Make ``path`` a directory only the daemon may read (created or tightened)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -317,26 +347,21 @@ def private_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def secure_home(
-    home: Path, *, open_dirs: Iterable[str] = ("run",), keep: Iterable[str] = ()
-) -> None:
-    """Make ``home`` private: search-only for others (0711, so an instance reaches its own
-    directory under ``open_dirs`` and a socket-group member the socket, by name, listing
-    nothing), every other directory 0700 and file 0600, all the way down. Names in ``keep``
-    (the control socket) are left as they are. The daemon's umask becomes 077, so what it
-    creates later is private too."""
+def secure_home(home: Path, *, group: int | None = None, keep: Iterable[str] = ()) -> None:
+    """Make ``home`` private: 0700, or 0710 with ``group`` (the socket group, whose members
+    reach the control socket by name and list nothing); every directory in it 0700 and every
+    file 0600, all the way down. Names in ``keep`` (the control socket) are left as they are.
+    The daemon's umask becomes 077, so what it creates later is private too."""
     os.umask(0o077)
     home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o711)
+    if group is not None:
+        os.chown(home, -1, group)
+    os.chmod(home, 0o710 if group is not None else 0o700)
     skip = set(keep)
-    opened = set(open_dirs)
     for entry in os.scandir(home):
         if entry.name in skip or entry.is_symlink():
             continue
         path = Path(entry.path)
-        if entry.name in opened and entry.is_dir(follow_symlinks=False):
-            os.chmod(path, 0o711)
-            continue
         if entry.is_dir(follow_symlinks=False):
             _tighten_tree(path)
         elif entry.is_file(follow_symlinks=False):
@@ -357,6 +382,68 @@ def _tighten_tree(root: Path) -> None:
 
 
 # -- processes -------------------------------------------------------------------------------
+
+
+def runnable_by(program: str, account: Account | None) -> str | None:
+    """Why ``account`` cannot run ``program`` (a directory on the way it may not search, the
+    file not executable for it), or None when it can. None for the daemon's own account."""
+    if account is None:
+        return None
+    groups = frozenset({account.gid})
+    who = Reader(account.name, account.uid, groups)
+    path = Path(program)
+    seen = 0
+    while True:  # follow the links, as exec does, checking every directory on the way
+        resolved = Path(os.path.abspath(path))
+        for parent in reversed(resolved.parents):
+            try:
+                st = os.stat(parent)
+            except OSError as exc:
+                return f"{parent}: {exc.strerror}"
+            if not who.may(st, 1):
+                return (
+                    f"uid {account.uid} may not enter {parent}, so it cannot run {program}: "
+                    "install opsbot where every account can run it, or set model_python in "
+                    "config.toml to a python3 of the same version they can run"
+                )
+        if not resolved.is_symlink():
+            break
+        seen += 1
+        if seen > 40:
+            return f"{program}: too many levels of symbolic links"
+        path = resolved.parent / os.readlink(resolved)
+    try:
+        st = os.stat(resolved)
+    except OSError as exc:
+        return f"{program}: {exc.strerror}"
+    if not who.may(st, 5):
+        return f"uid {account.uid} may not run {resolved}: set model_python in config.toml"
+    return None
+
+
+def pick_python(configured: str | None, account: Account | None) -> str:
+    """The interpreter to run ``account``'s model code with: ``configured`` (config
+    ``model_python``) when set; else opsbot's own, or, when the account may not run that (a
+    pyenv under /root), the system's python of the same version. OpsbotError saying what to set
+    when the account can run none of them."""
+    if configured:
+        candidates = [configured]
+    else:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        candidates = [
+            sys.executable,
+            f"/usr/local/bin/python{version}",
+            f"/usr/bin/python{version}",
+        ]
+    first_problem = None
+    for candidate in candidates:
+        if candidate != sys.executable and not os.path.exists(candidate):
+            continue
+        problem = runnable_by(candidate, account)
+        if problem is None:
+            return candidate
+        first_problem = first_problem or problem
+    raise OpsbotError(first_problem or "no python to run model code", field="model_python")
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:

@@ -159,10 +159,10 @@ def staged_for_container(home: Path, spec: InstanceSpec) -> InstanceSpec:
     registry's own files are the daemon's alone. One copy per service version, made once
     (a version's files never change), under ``$OPSBOT_HOME/run``."""
     from opsbot.core.accounts import Account, privileged
-    from opsbot.core.runtimes.process import RUN_DIR, RUN_DIR_MODE
-    from opsbot.core.sandbox import private_dir, stage
+    from opsbot.core.config import load_config
+    from opsbot.core.sandbox import run_root, stage
 
-    run = private_dir(home / RUN_DIR, RUN_DIR_MODE)
+    run = run_root(home, load_config(home).run_dir)
     leaf = re.sub(r"[^A-Za-z0-9_.-]", "_", f"container-{spec.service_uid}-{spec.idx}")
     base = run / leaf
     target = base / "model"

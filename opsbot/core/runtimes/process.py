@@ -22,12 +22,14 @@ import secrets
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from opsbot.core.accounts import Account, runtime_account
+from opsbot.core.config import load_config
 from opsbot.core.flavors import Flavor
 from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
 from opsbot.core.runtime import (
@@ -45,8 +47,10 @@ from opsbot.core.sandbox import (
     clean_env,
     environ_value,
     kill_tree,
+    pick_python,
     private_dir,
     remove_tree,
+    run_root,
     spawn,
     stage,
     tree,
@@ -56,10 +60,6 @@ from opsbot.core.store import DB_NAME, Store
 HOST = "127.0.0.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
-#: Under $OPSBOT_HOME, the one directory model code may enter: each instance's own corner.
-RUN_DIR = "run"
-#: Search-only for everyone: an instance reaches its own corner by name, lists nothing.
-RUN_DIR_MODE = 0o711
 
 
 def package_root() -> str:
@@ -70,6 +70,16 @@ def package_root() -> str:
 def child_pythonpath() -> str:
     current = os.environ.get("PYTHONPATH", "")
     return package_root() + (os.pathsep + current if current else "")
+
+
+def model_pythonpath(python: str) -> str:
+    """PYTHONPATH for model code run by ``python``: this opsbot first, then, when ``python`` is
+    another interpreter than the daemon's (``model_python``), the daemon's own packages."""
+    parts = [child_pythonpath()]
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        paths = sysconfig.get_paths()
+        parts += dict.fromkeys([paths["purelib"], paths["platlib"]])
+    return os.pathsep.join(parts)
 
 
 def free_port(host: str = HOST) -> int:
@@ -210,20 +220,31 @@ class ProcessRuntime:
         self,
         home: Path,
         *,
-        python: str = sys.executable,
+        python: str | None = None,
         limiter: CgroupLimiter | None = None,
         accounts: Callable[[str], Account | None] | None = None,
+        run_dir: Path | None = None,
     ):
         self.home = Path(home).resolve()
-        self.python = python
+        #: The interpreter configured for model code (None: see sandbox.pick_python).
+        config = load_config(self.home) if python is None or run_dir is None else None
+        self.python = config.model_python if python is None and config else python
+        self._run_dir_setting = config.run_dir if config else None
         self.limiter = limiter or CgroupLimiter()
         self.log_dir = self.home / "logs"
         self.records_dir = self.home / "instances"
-        self.run_dir = self.home / RUN_DIR
+        self._run_dir = run_dir
         self._accounts = accounts
         self._store: Store | None = None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._keys: dict[str, str] = {}
+
+    @property
+    def run_dir(self) -> Path:
+        """Each instance's own directory lives here, outside OPSBOT_HOME."""
+        if self._run_dir is None:
+            self._run_dir = run_root(self.home, self._run_dir_setting)
+        return self._run_dir
 
     def account(self, owner: str) -> Account | None:
         """Who the owner's instances run as (None: the daemon's own account, when not root)."""
@@ -241,8 +262,8 @@ class ProcessRuntime:
         log_path = self.log_path(spec.key)
         private_dir(self.log_dir)
         private_dir(self.records_dir)
-        private_dir(self.run_dir, RUN_DIR_MODE)
         account = self.account(spec.owner)
+        python = pick_python(self.python, account)
         # The instance's own corner: its version's files read-only, a scratch home, nothing else.
         base = self.run_dir / _leaf(spec.key)
         remove_tree(base)
@@ -263,7 +284,7 @@ class ProcessRuntime:
                 "HOME": str(scratch),
                 "TMPDIR": str(scratch),
                 "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": child_pythonpath(),
+                "PYTHONPATH": model_pythonpath(python),
                 "OPSBOT_INSTANCE": spec.key,
                 "OPSBOT_HOME_ID": str(self.home),
                 "OPSBOT_PORT": str(port),
@@ -273,7 +294,7 @@ class ProcessRuntime:
                 MARKER: marker,
             }
         )
-        argv = server_argv(self.python, str(model), spec, HOST, port)
+        argv = server_argv(python, str(model), spec, HOST, port)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         with open(fd, "ab") as log:
             who = f"uid {account.uid}" if account else "the daemon's account"
