@@ -381,7 +381,8 @@ class Registry:
         account = runtime_account(self.store, mv.owner)
         run = run_root(self.home, self.run_dir)
         base = run / f"check-{secrets.token_hex(8)}"
-        base.mkdir(mode=0o711)
+        base.mkdir()
+        os.chmod(base, 0o711)  # explicit: the daemon's umask is 077
         try:
             model = stage(Path(mv.path), base / "model", account)
             try:

@@ -23,9 +23,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -145,6 +147,15 @@ class ModelEntry(_Strict):
             if "\x00" in item:
                 raise ValueError(f"the value of {name} contains a NUL character")
         return value
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_secrets(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Shown only when set, so a spec without marked secrets dumps as it always did (the
+        # same snapshots, fingerprints and forms).
+        out: dict[str, Any] = handler(self)
+        if not self.secret_env:
+            out.pop("secret_env", None)
+        return out
 
     @model_validator(mode="after")
     def _secret_names_in_env(self) -> ModelEntry:

@@ -167,7 +167,8 @@ def staged_for_container(home: Path, spec: InstanceSpec) -> InstanceSpec:
     base = run / leaf
     target = base / "model"
     if not target.is_dir():
-        base.mkdir(mode=0o711, exist_ok=True)
+        base.mkdir(exist_ok=True)
+        os.chmod(base, 0o711)  # explicit: the daemon's umask is 077
         if privileged():
             stage(spec.path, target, Account(USER_ID, USER_ID, "container"))
         else:
