@@ -35,11 +35,11 @@ from opsbot.core.sandbox import (
     Reader,
     clean_env,
     copy_tree,
+    corner,
     kill_tree,
     pick_python,
     private_dir,
-    remove_tree,
-    run_root,
+    release_corner,
     spawn,
     stage,
 )
@@ -379,10 +379,8 @@ class Registry:
 
     def _sandboxed_check(self, mv: ModelVersion, timeout: float) -> dict[str, Any]:
         account = runtime_account(self.store, mv.owner)
-        run = run_root(self.home, self.run_dir)
-        base = run / f"check-{secrets.token_hex(8)}"
-        base.mkdir()
-        os.chmod(base, 0o711)  # explicit: the daemon's umask is 077
+        base = corner(self.home, self.run_dir, f"check-{secrets.token_hex(8)}")
+        os.chmod(base, 0o711)  # the account enters it; it lists nothing
         try:
             model = stage(Path(mv.path), base / "model", account)
             try:
@@ -393,7 +391,7 @@ class Registry:
             cmd += ["--format", mv.format] + (["--entry", mv.entry] if mv.entry else [])
             return _child_check(cmd, timeout, account=account, base=base)
         finally:
-            remove_tree(base)
+            release_corner(base)
 
     # -- changing --------------------------------------------------------------------------
 

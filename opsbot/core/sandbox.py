@@ -340,6 +340,28 @@ def run_root(home: Path, configured: str | None = None) -> Path:
     return root
 
 
+def corner(home: Path, configured: str | None, name: str) -> Path:
+    """A new directory ``name`` in the run directory (0700 until its owner is set), whatever
+    was there before removed. The run directory is made again if a release emptied and removed
+    it meanwhile."""
+    for _ in range(5):
+        base = run_root(home, configured) / name
+        remove_tree(base)
+        try:
+            os.mkdir(base, 0o700)
+        except FileNotFoundError:  # the run directory went between the two: make it again
+            continue
+        return base
+    raise OpsbotError(f"cannot make {name} in the run directory: set run_dir in config.toml")
+
+
+def release_corner(base: Path) -> None:
+    """Remove a directory made by :func:`corner`, and the run directory once it is empty."""
+    remove_tree(base)
+    with contextlib.suppress(OSError):
+        base.parent.rmdir()
+
+
 def private_dir(path: Path, mode: int = 0o700) -> Path:
     """Make ``path`` a directory only the daemon may read (created or tightened)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -452,6 +474,11 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     return {**BASE_ENV, **extra}
 
 
+#: Holds a started process before it runs anything until the daemon says go (a line on its
+#: stdin): the daemon first puts it in its cgroup, so no child it forks starts outside.
+_GATE = ("/bin/sh", "-c", 'read -r _go; exec "$@"', "opsbot-gate")
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -460,31 +487,31 @@ def spawn(
     cwd: Path,
     stdout: int | IO[bytes],
     stderr: int | IO[bytes],
+    held: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session with exactly ``env``, as ``account`` when given (its
-    primary group only)."""
-    if account is None:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            env=dict(env),
-            cwd=str(cwd),
-            start_new_session=True,
-        )
-    return subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
+    primary group only). ``held``: it waits, having run nothing, until :func:`release`."""
+    who: dict[str, object] = (
+        {} if account is None else {"user": account.uid, "group": account.gid, "extra_groups": []}
+    )
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [*_GATE, *argv] if held else list(argv),
+        stdin=subprocess.PIPE if held else subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
         env=dict(env),
         cwd=str(cwd),
         start_new_session=True,
-        user=account.uid,
-        group=account.gid,
-        extra_groups=[],
+        **who,
     )
+
+
+def release(proc: subprocess.Popen[bytes]) -> None:
+    """Let a process started ``held`` run."""
+    if proc.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
 
 
 def environ_value(pid: int, name: str) -> str | None:

@@ -45,11 +45,13 @@ from opsbot.core.runtime import (
 from opsbot.core.sandbox import (
     MARKER,
     clean_env,
+    corner,
     environ_value,
     kill_tree,
     pick_python,
     private_dir,
-    remove_tree,
+    release,
+    release_corner,
     run_root,
     spawn,
     stage,
@@ -229,11 +231,10 @@ class ProcessRuntime:
         #: The interpreter configured for model code (None: see sandbox.pick_python).
         config = load_config(self.home) if python is None or run_dir is None else None
         self.python = config.model_python if python is None and config else python
-        self._run_dir_setting = config.run_dir if config else None
+        self._run_dir_setting = str(run_dir) if run_dir else config.run_dir if config else None
         self.limiter = limiter or CgroupLimiter()
         self.log_dir = self.home / "logs"
         self.records_dir = self.home / "instances"
-        self._run_dir = run_dir
         self._accounts = accounts
         self._store: Store | None = None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -242,9 +243,7 @@ class ProcessRuntime:
     @property
     def run_dir(self) -> Path:
         """Each instance's own directory lives here, outside OPSBOT_HOME."""
-        if self._run_dir is None:
-            self._run_dir = run_root(self.home, self._run_dir_setting)
-        return self._run_dir
+        return run_root(self.home, self._run_dir_setting)
 
     def account(self, owner: str) -> Account | None:
         """Who the owner's instances run as (None: the daemon's own account, when not root)."""
@@ -265,9 +264,7 @@ class ProcessRuntime:
         account = self.account(spec.owner)
         python = pick_python(self.python, account)
         # The instance's own corner: its version's files read-only, a scratch home, nothing else.
-        base = self.run_dir / _leaf(spec.key)
-        remove_tree(base)
-        base.mkdir(parents=True, mode=0o700)
+        base = corner(self.home, self._run_dir_setting, _leaf(spec.key))
         model = stage(spec.path, base / "model", account)
         scratch = base / "home"
         scratch.mkdir(mode=0o700)
@@ -302,8 +299,13 @@ class ProcessRuntime:
                 f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {spec.key} as {who}\n".encode()
             )
             log.flush()
-            proc = spawn(argv, account=account, env=env, cwd=scratch, stdout=log, stderr=log)
-        how = self.limiter.apply(proc.pid, spec.key, spec.flavor)
+            proc = spawn(
+                argv, account=account, env=env, cwd=scratch, stdout=log, stderr=log, held=True
+            )
+        try:  # in its cgroup before it runs anything, so all it forks is in there too
+            how = self.limiter.apply(proc.pid, spec.key, spec.flavor)
+        finally:
+            release(proc)
         with open(log_path, "ab") as log:
             log.write(f"--- limits: {how}\n".encode())
         handle = f"{proc.pid}:{_start_time(proc.pid) or '0'}"
@@ -373,10 +375,16 @@ class ProcessRuntime:
         if key:
             self.limiter.release(key)
             if not any(r.key == key and r.handle != handle for r in self._records()):
-                remove_tree(self.run_dir / _leaf(key))
+                release_corner(self.run_dir / _leaf(key))
         if record is not None:
             with contextlib.suppress(FileNotFoundError):
                 (self.records_dir / f"{record.leaf}.json").unlink()
+
+    def _forget(self, record: _Record) -> None:
+        self.limiter.release(record.key)
+        release_corner(self.run_dir / record.leaf)
+        with contextlib.suppress(FileNotFoundError):
+            (self.records_dir / f"{record.leaf}.json").unlink()
 
     def owned(self) -> Sequence[Owned]:
         """The instances this daemon started that still run, then one entry per orphan: a
@@ -394,6 +402,8 @@ class ProcessRuntime:
                 -1, record.marker, [d / "cgroup.procs" for d in self.limiter.dirs(record.key)]
             ):
                 found.append(Owned(record.handle, f"orphan:{record.key}", HOST, record.port))
+            else:  # ended with nothing left behind: its files go
+                self._forget(record)
             seen.add(record.marker)
         home = str(self.home)
         for pid in _all_pids():
