@@ -316,17 +316,21 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def run_root_path(home: Path, configured: str | None = None) -> Path:
+    """Where :func:`run_root` is, without making it."""
+    if configured:
+        return Path(configured)
+    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"opsbot-run-{os.geteuid()}-{digest}"
+
+
 def run_root(home: Path, configured: str | None = None) -> Path:
     """Where model code's own directories live: outside ``OPSBOT_HOME``, which model code may
     not enter. ``configured`` (config ``run_dir``), else one directory per daemon account and
     home under the system's temporary directory. Search-only for others (0711): an instance
     reaches its own directory by name and lists nothing. A directory there that is not ours
     (made by someone else before the daemon, or a symlink) is refused."""
-    if configured:
-        root = Path(configured)
-    else:
-        digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
-        root = Path(tempfile.gettempdir()) / f"opsbot-run-{os.geteuid()}-{digest}"
+    root = run_root_path(home, configured)
     with contextlib.suppress(FileExistsError):
         os.mkdir(root, 0o711)
     st = os.lstat(root)

@@ -52,7 +52,7 @@ from opsbot.core.sandbox import (
     private_dir,
     release,
     release_corner,
-    run_root,
+    run_root_path,
     spawn,
     stage,
     tree,
@@ -243,7 +243,7 @@ class ProcessRuntime:
     @property
     def run_dir(self) -> Path:
         """Each instance's own directory lives here, outside OPSBOT_HOME."""
-        return run_root(self.home, self._run_dir_setting)
+        return run_root_path(self.home, self._run_dir_setting)
 
     def account(self, owner: str) -> Account | None:
         """Who the owner's instances run as (None: the daemon's own account, when not root)."""
