@@ -184,10 +184,12 @@ def container_args(
     home: Path,
     engine_cpus: int | None = None,
     package_dir: Path | None = None,
+    secret: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``client.containers.create`` for one instance."""
     env: dict[str, str] = dict(spec.env)
-    env[INSTANCE_SECRET_ENV] = instance_secret(daemon_secret(home), spec.service_uid, spec.idx)
+    if secret:  # what the server asks of every caller (see opsbot.core.instance_auth)
+        env[INSTANCE_SECRET_ENV] = secret
     env.update(thread_env(spec.flavor))
     env.update(device_env(spec.flavor, spec.devices))
     env.update(
@@ -304,7 +306,12 @@ class DockerRuntime:
         port = free_port()
         spec = staged_for_container(self.home, spec)
         args = container_args(
-            spec, image=self.image, port=port, home=self.home, engine_cpus=self.engine_cpus
+            spec,
+            image=self.image,
+            port=port,
+            home=self.home,
+            engine_cpus=self.engine_cpus,
+            secret=instance_secret(daemon_secret(self.home), spec.service_uid, spec.idx),
         )
         container = self.client.containers.create(**args)
         try:
