@@ -321,3 +321,16 @@ def people_group_gid(people: People) -> int:
     import grp
 
     return grp.getgrnam(people.group).gr_gid
+
+
+def test_a_new_store_and_its_wal_are_private(tmp_path: Path) -> None:
+    umask = os.umask(0o022)  # what a CLI run by hand may have
+    try:
+        core = Core(tmp_path / "home")
+        core.store.db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        names = [DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"]
+        modes = {n: (tmp_path / "home" / n).stat().st_mode & 0o777 for n in names}
+        core.store.close()
+    finally:
+        os.umask(umask)
+    assert modes == dict.fromkeys(names, 0o600)
