@@ -334,3 +334,42 @@ def test_a_new_store_and_its_wal_are_private(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert modes == dict.fromkeys(names, 0o600)
+
+
+#: A model whose load() starts a daemonized child (setsid, parent gone), then never returns.
+STUCK_PY = """
+import os, subprocess, sys, time
+
+class Model:
+    sample = [1]
+
+    def load(self, path):
+        subprocess.Popen(["/bin/sh", "-c", "setsid sh -c 'sleep 300 & echo $! > %s' &"])
+        time.sleep(3600)
+
+    def predict(self, instances):
+        return instances
+"""
+
+
+def test_the_check_is_time_limited_and_killed_with_what_it_started(
+    world: World, people: People
+) -> None:
+    spot = Path("/tmp") / f"stuck-{people.alice.name}"
+    spot.mkdir(mode=0o777)
+    spot.chmod(0o1777)
+    pid_file = spot / "child.pid"
+    src = _readable_dir(spot / "model")
+    try:
+        (src / "model.py").write_text(STUCK_PY % pid_file)
+        (src / "model.py").chmod(0o644)
+        started = time.monotonic()
+        mv = world.core.registry.create(people.alice.name, "stuck", "1", src, "python")
+        result = world.core.registry._sandboxed_check(mv, timeout=5)
+        assert time.monotonic() - started < 30
+        assert result == {"ok": False, "reason": "loading took longer than 5 s"}
+        child = int(pid_file.read_text())
+        stat = Path(f"/proc/{child}/stat")
+        assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
+    finally:
+        shutil.rmtree(spot)
