@@ -160,7 +160,7 @@ def staged_for_container(home: Path, spec: InstanceSpec) -> InstanceSpec:
     (a version's files never change), under ``$OPSBOT_HOME/run``."""
     from opsbot.core.accounts import Account, privileged
     from opsbot.core.config import load_config
-    from opsbot.core.sandbox import run_root, stage
+    from opsbot.core.sandbox import remove_tree, run_root, stage
 
     run = run_root(home, load_config(home).run_dir)
     leaf = re.sub(r"[^A-Za-z0-9_.-]", "_", f"container-{spec.service_uid}-{spec.idx}")
@@ -169,10 +169,17 @@ def staged_for_container(home: Path, spec: InstanceSpec) -> InstanceSpec:
     if not target.is_dir():
         base.mkdir(exist_ok=True)
         os.chmod(base, 0o711)  # explicit: the daemon's umask is 077
+        # Staged aside, then renamed in: instances starting together, or a daemon killed
+        # halfway, never leave a container a half-copied model.
+        aside = base / f".staging-{secrets.token_hex(4)}"
         if privileged():
-            stage(spec.path, target, Account(USER_ID, USER_ID, "container"))
+            stage(spec.path, aside, Account(USER_ID, USER_ID, "container"))
         else:
-            stage(spec.path, target, None, world=True)
+            stage(spec.path, aside, None, world=True)
+        try:
+            os.rename(aside, target)
+        except OSError:  # another start put it there first
+            remove_tree(aside)
     return replace(spec, path=target)
 
 
