@@ -6,9 +6,10 @@ opsbot as plain methods that take the calling user and raise OpsbotError subclas
 
 from __future__ import annotations
 
+import grp
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from opsbot.core.identity import User, link_slack, slack_user_name
 from opsbot.core.identity import user as make_user
 from opsbot.core.pools import PUBLIC, Pools, PoolStatus
 from opsbot.core.registry import ModelVersion, Registry, Source
+from opsbot.core.sandbox import SOCKET_NAME, reader_for, secure_home
 from opsbot.core.services import Created, Service
-from opsbot.core.spec import DeploySpec, parse_spec
+from opsbot.core.spec import DeploySpec, masked_spec, parse_spec
 from opsbot.core.status import CAN_START, CAN_STOP, Status
 from opsbot.core.store import DB_NAME, Store
 
@@ -76,7 +78,20 @@ class Core:
 
     @property
     def registry(self) -> Registry:
-        return Registry(self.store, self.home, self.clock)
+        return Registry(
+            self.store,
+            self.home,
+            self.clock,
+            python=self.config.model_python,
+            run_dir=self.config.run_dir,
+        )
+
+    def secure_home(self) -> None:
+        """Make OPSBOT_HOME private (the daemon calls this at start; an existing home is
+        tightened): see :func:`opsbot.core.sandbox.secure_home`."""
+        group = self.config.socket_group
+        gid = grp.getgrnam(group).gr_gid if group else None
+        secure_home(self.home, group=gid, keep=(SOCKET_NAME,))
 
     def has_store(self) -> bool:
         return self._store is not None or (self.home / DB_NAME).exists()
@@ -156,10 +171,22 @@ class Core:
         )
 
     def services(self, actor: User, *, everyone: bool = False) -> list[Service]:
+        """The actor's services; everyone's for an admin who asks."""
+        if everyone and not actor.is_admin:
+            raise PermissionDenied(
+                "only an admin may list everyone's services; list your own (leave out --all)"
+            )
         return services_mod.list_services(self.store.db, None if everyone else actor.name)
 
     def service(self, actor: User, name: str, owner: str | None = None) -> Service:
-        return services_mod.get_service(self.store.db, owner or actor.name, name)
+        """A service the actor may see: their own, or any for an admin (reads are authorized
+        like writes, on every route and front)."""
+        service = services_mod.get_service(self.store.db, owner or actor.name, name)
+        if not actor.can_act_on(service.owner):
+            raise PermissionDenied(
+                f"{service.name} belongs to {service.owner}; only its owner or an admin may see it"
+            )
+        return service
 
     def instances(self, service: Service) -> list[dict[str, Any]]:
         """The service's instances as the controller last saw them."""
@@ -179,7 +206,7 @@ class Core:
         ]
 
     def _acted_on(self, actor: User, name: str, owner: str | None) -> Service:
-        service = self.service(actor, name, owner)
+        service = services_mod.get_service(self.store.db, owner or actor.name, name)
         if not actor.can_act_on(service.owner):
             raise PermissionDenied(
                 f"{service.name} belongs to {service.owner}; only its owner or an admin may "
@@ -321,8 +348,12 @@ class Core:
         return service
 
     def history(self, actor: User, name: str, owner: str | None = None) -> list[update.Snapshot]:
-        """The service's config snapshots, oldest first (#1 is the deploy)."""
-        return update.history(self.store, self.service(actor, name, owner))
+        """The service's config snapshots, oldest first (#1 is the deploy), env values masked
+        as everywhere else."""
+        return [
+            replace(snap, spec=masked_spec(snap.spec))
+            for snap in update.history(self.store, self.service(actor, name, owner))
+        ]
 
     def rollback_preview(
         self, actor: User, name: str, to: int, owner: str | None = None
@@ -348,6 +379,13 @@ class Core:
         return services_mod.count_services(self.store.db, actor.name), self.config.quota
 
     def events(self, actor: User, **filters: Any) -> list[events.Event]:
+        """Events the actor may see: of their own services, deleted ones included (everyone's
+        for an admin). Asking for another owner's raises PermissionDenied."""
+        owner = filters.get("owner")
+        if owner is not None and not actor.can_act_on(owner):
+            raise PermissionDenied(
+                f"events of {owner}'s services are theirs; only an admin may read them"
+            )
         if not actor.is_admin:
             filters["owner"] = actor.name
         return events.query(self.store.db, **filters)
@@ -366,8 +404,13 @@ class Core:
         entry: str | None = None,
         description: str = "",
         on_building: Callable[[ModelVersion], None] | None = None,
+        trusted_path: bool = False,
     ) -> ModelVersion:
-        """Register a model version and check it (Building -> Normal or Failed)."""
+        """Register a model version and check it (Building -> Normal or Failed).
+
+        The directory is copied with the actor's own read rights (a local account), unless
+        ``trusted_path``: one the daemon made itself (the examples)."""
+        reader = None if trusted_path else reader_for(actor.name)
         mv = self.registry.create(
             actor.name,
             name,
@@ -377,6 +420,7 @@ class Core:
             origin=origin,
             entry=entry,
             description=description,
+            reader=reader,
         )
         if on_building:
             on_building(mv)
@@ -418,6 +462,7 @@ class Core:
                                 path,
                                 example.format,
                                 description=example.description,
+                                trusted_path=True,
                             )
                         )
             finally:

@@ -154,6 +154,18 @@ class Config(BaseModel):
     api_listen: str | None = Field(
         None, description="HOST:PORT of an optional TCP control listener (user tokens)"
     )
+    model_python: str | None = Field(
+        None,
+        description="the interpreter model code runs with (the registry's check, process "
+        "instances); default: opsbot's own. Every owner's account must be able to run it: when "
+        "opsbot's own lives where they cannot (a pyenv under /root), name a system python3 of "
+        "the same version, and opsbot puts its packages on that interpreter's path",
+    )
+    run_dir: str | None = Field(
+        None,
+        description="where each instance's own copy of its model lives, outside OPSBOT_HOME "
+        "(default: a directory per daemon under the system's temporary directory)",
+    )
     flavors_file: str | None = Field(
         None, description="path to a flavors.toml that replaces the built-in list"
     )

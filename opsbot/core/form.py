@@ -28,7 +28,7 @@ from opsbot.core.spec import (
     MAX_RULES,
     MAX_VERSIONS,
     DeploySpec,
-    mask_value,
+    masked_env,
 )
 from opsbot.core.status import CAN_MODIFY, CAN_START, CAN_STOP, Status
 
@@ -207,12 +207,13 @@ def is_masked(value: str) -> bool:
     return update.MASK in value
 
 
-def env_lines(env: Mapping[str, str], *, masked: bool = True) -> str:
-    """Variables as ``NAME=value`` lines, secrets masked unless told otherwise (a masked value
-    sent back means "keep")."""
-    return "\n".join(
-        f"{name}={mask_value(name, value) if masked else value}" for name, value in env.items()
-    )
+def env_lines(
+    env: Mapping[str, str], *, masked: bool = True, secret_names: Iterable[str] = ()
+) -> str:
+    """Variables as ``NAME=value`` lines, secrets (those named in ``secret_names`` and those
+    that look like one) masked unless told otherwise (a masked value sent back means "keep")."""
+    shown = masked_env(dict(env), secret_names) if masked else dict(env)
+    return "\n".join(f"{name}={value}" for name, value in shown.items())
 
 
 # -- error paths ------------------------------------------------------------------------------
@@ -398,7 +399,7 @@ def deploy_summary(spec: DeploySpec) -> list[tuple[str, str]]:
             (f"{where}{LABELS['instances']}", str(m.instances)),
             (
                 f"{where}{LABELS['env']}",
-                ", ".join(f"{k}={mask_value(k, v)}" for k, v in m.env.items()) or "-",
+                ", ".join(f"{k}={v}" for k, v in masked_env(m.env, m.secret_env).items()) or "-",
             ),
         ]
     lines.append((LABELS["traffic_limit"], f"{spec.traffic_limit} calls per second"))

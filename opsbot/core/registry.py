@@ -7,18 +7,42 @@ until published; others subscribe to a published model and find it under My Subs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from opsbot.core.accounts import Account, runtime_account
 from opsbot.core.clock import Clock
-from opsbot.core.errors import Conflict, FieldError, InvalidInput, ModelInvalid, NotFound
+from opsbot.core.errors import (
+    Conflict,
+    FieldError,
+    InvalidInput,
+    ModelInvalid,
+    NotFound,
+    OpsbotError,
+)
+from opsbot.core.sandbox import (
+    MARKER,
+    Limits,
+    Reader,
+    clean_env,
+    copy_tree,
+    corner,
+    kill_tree,
+    pick_python,
+    private_dir,
+    release_corner,
+    spawn,
+    stage,
+)
 from opsbot.core.spec import NAME_PATTERN, TOKEN_PATTERN
 from opsbot.core.store import Store, table
 
@@ -28,6 +52,8 @@ ORIGINS = ("custom", "exeml")
 BUILDING, NORMAL, FAILED = "building", "normal", "failed"
 MANIFEST = "opsbot-model.json"
 CHECK_TIMEOUT_S = 300
+#: A python model's entry: MODULE:Class, the module a dotted name of a file inside the copy.
+ENTRY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 @dataclass(frozen=True)
@@ -90,8 +116,21 @@ def _row(row: tuple[Any, ...]) -> ModelVersion:
 
 
 class Registry:
-    def __init__(self, store: Store, home: Path, clock: Clock):
+    def __init__(
+        self,
+        store: Store,
+        home: Path,
+        clock: Clock,
+        *,
+        python: str | None = None,
+        run_dir: str | None = None,
+    ):
         self.store = store
+        #: The interpreter configured for model code (None: see sandbox.pick_python).
+        self.python = python
+        #: Where the check's copy goes (config ``run_dir``; None: see sandbox.run_root).
+        self.run_dir = run_dir
+        self.home = home
         self.root = home / "models"
         self.clock = clock
 
@@ -179,11 +218,16 @@ class Registry:
         origin: str = "custom",
         entry: str | None = None,
         description: str = "",
+        reader: Reader | None = None,
+        limits: Limits | None = None,
     ) -> ModelVersion:
         """Register a version: copy the directory in and record it as Building.
 
-        Bad input (name, version, format, a directory without the format's files, a version
-        that exists) raises before anything is copied or stored.
+        The directory is copied first (see :func:`opsbot.core.sandbox.copy_tree`: nothing
+        followed out of it, a bounded walk, only what ``reader`` may read itself) and everything
+        after looks at the copy alone, so a file changed meanwhile cannot slip in. Bad input
+        (name, version, format, entry, a directory without the format's files, a version that
+        exists) raises before anything is stored.
         """
         from opsbot.core.images import IMAGE_FORMAT, image_model_problem
         from opsbot.serving.loaders import required_files
@@ -208,16 +252,16 @@ class Registry:
             errors.append(FieldError("origin", f"use one of {', '.join(ORIGINS)}"))
         if len(description) > 100:
             errors.append(FieldError("description", "at most 100 characters"))
+        if fmt == "python" and entry is not None and not ENTRY_PATTERN.match(entry):
+            errors.append(
+                FieldError(
+                    "entry",
+                    "name a module inside the directory and its class as module:Class, like "
+                    "predictor:Model or pkg.module:Model (no paths)",
+                )
+            )
         if errors:
             raise InvalidInput(errors, title="Invalid model")
-        path = Path(path).expanduser().resolve()
-        where, problem = (
-            image_model_problem(path, entry)
-            if fmt == IMAGE_FORMAT
-            else ("path", required_files(path, fmt, entry))
-        )
-        if problem:
-            raise ModelInvalid(problem, field=where)
         existing = self._query(
             "m.owner = ? AND m.name = ? AND v.version = ?", (owner, name, version)
         )
@@ -228,11 +272,19 @@ class Registry:
             )
 
         target = self.root / _safe(owner) / name / version
-        self.root.mkdir(parents=True, exist_ok=True)
+        fresh = not self.root.exists()
+        private_dir(self.root)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
             copy = staging / "model"
-            shutil.copytree(path, copy, symlinks=False)
+            copy_tree(Path(path), copy, reader=reader, limits=limits)
+            where, problem = (
+                image_model_problem(copy, entry)
+                if fmt == IMAGE_FORMAT
+                else ("path", required_files(copy, fmt, entry))
+            )
+            if problem:
+                raise ModelInvalid(problem.replace(str(copy), str(path)), field=where)
             now = self.clock.now()
             with self.store.write() as db:
                 row = db.execute(
@@ -282,33 +334,31 @@ class Registry:
                     "created_at": now,
                 }
                 (copy / MANIFEST).write_text(json.dumps(manifest, indent=2))
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 if target.exists():  # left by a crash between copy and commit
                     shutil.rmtree(target)
                 os.replace(copy, target)
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if fresh:  # bad input changes nothing: not even the models directory
+                with contextlib.suppress(OSError):
+                    self.root.rmdir()
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
         return self._query("v.id = ?", (version_id,))[0]
 
     def check(self, mv: ModelVersion, timeout: float = CHECK_TIMEOUT_S) -> ModelVersion:
-        """Load the version once in a child process and predict its sample: Normal or Failed."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "opsbot.serving.check",
-            "--path",
-            mv.path,
-            "--format",
-            mv.format,
-        ]
-        if mv.entry:
-            cmd += ["--entry", mv.entry]
+        """Load the version once in a child process and predict its sample: Normal or Failed.
+
+        The child is model code: it runs as the owner's runtime account, on a private copy of
+        the version, with a clean environment, and is killed with all it started after
+        ``timeout`` seconds."""
         if mv.format == "image":  # its own server: the image must be on the engine
             from opsbot.core.images import check_image_model
 
             result = check_image_model(mv.entry or "")
         else:
-            result = _child_check(cmd, timeout)
+            result = self._sandboxed_check(mv, timeout)
         status = NORMAL if result.get("ok") else FAILED
         reason = "" if result.get("ok") else str(result.get("reason", "unknown"))
         with self.store.write() as db:
@@ -326,6 +376,22 @@ class Registry:
                     (json.dumps(manifest), mv.id),
                 )
         return self._query("v.id = ?", (mv.id,))[0]
+
+    def _sandboxed_check(self, mv: ModelVersion, timeout: float) -> dict[str, Any]:
+        account = runtime_account(self.store, mv.owner)
+        base = corner(self.home, self.run_dir, f"check-{secrets.token_hex(8)}")
+        os.chmod(base, 0o711)  # the account enters it; it lists nothing
+        try:
+            model = stage(Path(mv.path), base / "model", account)
+            try:
+                python = pick_python(self.python, account)
+            except OpsbotError as exc:
+                return {"ok": False, "reason": exc.message}
+            cmd = [python, "-m", "opsbot.serving.check", "--path", str(model)]
+            cmd += ["--format", mv.format] + (["--entry", mv.entry] if mv.entry else [])
+            return _child_check(cmd, timeout, account=account, base=base)
+        finally:
+            release_corner(base)
 
     # -- changing --------------------------------------------------------------------------
 
@@ -408,19 +474,51 @@ def split_ref(ref: str) -> tuple[str, str]:
     return owner, name
 
 
-def _child_check(cmd: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``opsbot.serving.check`` in a child process; its JSON verdict."""
+def _child_check(
+    cmd: list[str], timeout: float, *, account: Account | None, base: Path
+) -> dict[str, Any]:
+    """Run ``opsbot.serving.check`` as ``account`` in ``base`` (its scratch home there); its
+    JSON verdict. Output goes to files the daemon opened (a pipe a grandchild keeps open would
+    hold the wait past the time limit); whatever the check started is killed with it."""
+    from opsbot.core.runtimes.process import model_pythonpath
+
+    scratch = base / "home"
+    scratch.mkdir(mode=0o700)
+    if account is not None:
+        os.chown(scratch, account.uid, account.gid)
+    marker = secrets.token_hex(16)
+    env = clean_env(
+        {
+            "HOME": str(scratch),
+            "TMPDIR": str(scratch),
+            "PYTHONPATH": model_pythonpath(cmd[0]),
+            "PYTHONUNBUFFERED": "1",
+            MARKER: marker,
+        }
+    )
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = spawn(cmd, account=account, env=env, cwd=scratch, stdout=out, stderr=err)
+        try:
+            proc.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        kill_tree(proc.pid, marker, grace_s=1.0, reap=proc)
+        proc.wait()
+        if timed_out:
+            return {"ok": False, "reason": f"loading took longer than {timeout:.0f} s"}
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        lines = proc.stdout.strip().splitlines()
+        lines = stdout.strip().splitlines()
         result = json.loads(lines[-1]) if lines else None
-        if not isinstance(result, dict):
-            tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-            result = {"ok": False, "reason": f"the check crashed: {tail[0]}"}
-    except subprocess.TimeoutExpired:
-        result = {"ok": False, "reason": f"loading took longer than {timeout:.0f} s"}
     except ValueError:
-        result = {"ok": False, "reason": "the check printed something that is not JSON"}
+        return {"ok": False, "reason": "the check printed something that is not JSON"}
+    if not isinstance(result, dict):
+        tail = stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"ok": False, "reason": f"the check crashed: {tail[0]}"}
     return result
 
 

@@ -18,7 +18,7 @@ from opsbot.core.events import Kind, Level
 from opsbot.core.keys import hash_key, key_prefix, new_key
 from opsbot.core.pools import Pools
 from opsbot.core.routes import READY
-from opsbot.core.spec import DeploySpec, ModelEntry, masked_env, parse_spec
+from opsbot.core.spec import DeploySpec, ModelEntry, masked_spec, parse_spec
 from opsbot.core.status import Status
 from opsbot.core.store import Store, table
 
@@ -48,9 +48,7 @@ class Service:
 
     def as_dict(self, *, gateway_url: str = "") -> dict[str, Any]:
         """The service as every front end shows it; secret-looking env values masked."""
-        spec = self.spec.model_dump(mode="json")
-        for entry in spec["models"]:
-            entry["env"] = masked_env(entry["env"])
+        spec = masked_spec(self.spec.model_dump(mode="json"))
         return {
             "id": self.uid,
             "name": self.name,

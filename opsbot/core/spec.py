@@ -14,6 +14,7 @@ import math
 import re
 import tomllib
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,9 +23,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -97,6 +100,11 @@ class ModelEntry(_Strict):
         default_factory=dict,
         description="environment variables as NAME = value, NAME a shell name",
     )
+    secret_env: tuple[str, ...] = Field(
+        (),
+        description="names in env whose values are secret: masked wherever shown, like the "
+        "names and values that look secret",
+    )
 
     @field_validator("traffic_ratio", "instances", mode="before")
     @classmethod
@@ -139,6 +147,24 @@ class ModelEntry(_Strict):
             if "\x00" in item:
                 raise ValueError(f"the value of {name} contains a NUL character")
         return value
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_secrets(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Shown only when set, so a spec without marked secrets dumps as it always did (the
+        # same snapshots, fingerprints and forms).
+        out: dict[str, Any] = handler(self)
+        if not self.secret_env:
+            out.pop("secret_env", None)
+        return out
+
+    @model_validator(mode="after")
+    def _secret_names_in_env(self) -> ModelEntry:
+        unknown = [name for name in self.secret_env if name not in self.env]
+        if unknown:
+            raise ValueError(
+                f"secret_env names {', '.join(unknown)}, not in env: list only variables set in env"
+            )
+        return self
 
     @field_validator("model")
     @classmethod
@@ -529,12 +555,27 @@ def spec_warnings(spec: DeploySpec) -> list[FieldError]:
     return out
 
 
-def mask_value(name: str, value: str) -> str:
-    """The value of an environment variable as it may be shown: secrets masked."""
-    if not looks_secret(name, value):
+def mask_value(name: str, value: str, secret: bool = False) -> str:
+    """The value of an environment variable as it may be shown: secrets (marked ``secret``, or
+    looking like one) masked."""
+    if not (secret or looks_secret(name, value)):
         return value
     return "****" if len(value) <= 8 else value[:2] + "****" + value[-2:]
 
 
-def masked_env(env: dict[str, str]) -> dict[str, str]:
-    return {name: mask_value(name, value) for name, value in env.items()}
+def masked_env(env: dict[str, str], secret_names: Iterable[str] = ()) -> dict[str, str]:
+    marked = set(secret_names)
+    return {name: mask_value(name, value, name in marked) for name, value in env.items()}
+
+
+def masked_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec as dumped to JSON (a service's, or a history snapshot's), env values masked: what
+    every answer shows, whoever asks."""
+    out = dict(spec)
+    models = []
+    for entry in spec.get("models", []):
+        entry = dict(entry)
+        entry["env"] = masked_env(entry.get("env") or {}, entry.get("secret_env") or ())
+        models.append(entry)
+    out["models"] = models
+    return out

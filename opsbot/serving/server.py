@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from opsbot import __version__
+from opsbot.core.instance_auth import INSTANCE_HEADER, INSTANCE_SECRET_ENV, secret_matches
 from opsbot.serving import HEADER_LENGTH, MODEL_NAME_HEADER
 from opsbot.serving.loaders import (
     FORMATS,
@@ -512,6 +513,27 @@ async def _json_errors(
         return _error(exc.status, message, headers=headers or None)
 
 
+#: Paths any caller may probe (liveness and readiness say nothing of the model's data).
+_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
+def _secret_check(secret: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """A middleware answering 401 to a call without the instance's secret: only the gateway
+    and the daemon, who derive it, reach the model."""
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path in _OPEN_PATHS or secret_matches(
+            secret, request.headers.get(INSTANCE_HEADER)
+        ):
+            return await handler(request)
+        return _error(401, "call the service through the opsbot gateway, with its key")
+
+    return check
+
+
 def make_app(
     model_path: Path | str,
     fmt: str,
@@ -522,16 +544,19 @@ def make_app(
     threads: int | None = None,
     queue: int | None = None,
     loader: Loader | None = None,
+    secret: str | None = None,
 ) -> web.Application:
     """The model server as an aiohttp application; loading starts when the app starts.
 
     ``loader`` replaces how the model is loaded (tests use it to hold loading back);
     ``threads`` sizes the prediction pool (default: the flavor's CPU cap), ``queue`` bounds the
-    predictions queued or running at once (default: QUEUE_PER_THREAD per thread).
+    predictions queued or running at once (default: QUEUE_PER_THREAD per thread); ``secret``,
+    when given, is asked of every call but the health probes (``X-Opsbot-Instance-Secret``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    middlewares = [_json_errors] + ([_secret_check(secret)] if secret else [])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     workers = threads or default_threads()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
     state = ModelState(
@@ -628,7 +653,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = make_app(
-        args.path, args.format, args.entry, args.name, args.version, threads=args.threads
+        args.path,
+        args.format,
+        args.entry,
+        args.name,
+        args.version,
+        threads=args.threads,
+        secret=os.environ.get(INSTANCE_SECRET_ENV) or None,
     )
     code = asyncio.run(serve(app, args.host, args.port))
     thread = app[STATE].load_thread

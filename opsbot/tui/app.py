@@ -7,16 +7,14 @@ renders. The services table follows the daemon's event stream and is updated by 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Final, Literal, TypeVar
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -52,11 +50,9 @@ def require_terminal(stdin: IO[Any], stdout: IO[Any]) -> None:
         )
 
 
-def fetch_gateway_stats(gateway_url: str) -> dict[str, Any]:
-    """The gateway's ``/stats`` document (calls, failures, latency per service and version)."""
-    with urllib.request.urlopen(f"{gateway_url}/stats", timeout=2) as resp:
-        document: dict[str, Any] = json.loads(resp.read())
-    return document
+#: ``stats`` of :class:`OpsbotApp` when the numbers come from the daemon (``GET /v1/stats``):
+#: the gateway's own ``/stats`` answers the daemon only.
+FROM_DAEMON: Final = "daemon"
 
 
 class OpsbotApp(App[None]):
@@ -73,14 +69,22 @@ class OpsbotApp(App[None]):
         self,
         client: ControlClient,
         *,
-        stats: StatsFetcher | None = fetch_gateway_stats,
+        stats: StatsFetcher | Literal["daemon"] | None = FROM_DAEMON,
         now: Callable[[], float] = time.time,
         live: bool = True,
         watch_terminal: bool = False,
     ) -> None:
         super().__init__()
         self.client = client
-        self.stats_fetcher = stats
+        if stats == FROM_DAEMON:
+
+            def from_daemon(_gateway_url: str) -> dict[str, Any]:
+                document: dict[str, Any] = client.request("GET", "/v1/stats")
+                return document
+
+            self.stats_fetcher: StatsFetcher | None = from_daemon
+        else:
+            self.stats_fetcher = stats
         self.now = now
         self.live = live
         self.user = ""

@@ -30,7 +30,10 @@ def runtime(tmp_path: Path) -> Iterator[ProcessRuntime]:
     script = tmp_path / "fake-python"
     script.write_text(FAKE_PYTHON)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    rt = ProcessRuntime(tmp_path, python=str(script), limiter=_NoLimits())
+    (tmp_path / "model").mkdir()
+    # As the daemon's own account: these tests are about the environment, sessions and
+    # adoption (tests/security runs instances as their owners' accounts).
+    rt = ProcessRuntime(tmp_path, python=str(script), limiter=_NoLimits(), accounts=lambda _: None)
     yield rt
     for owned in rt.owned():
         rt.stop(owned.handle, grace_s=1)

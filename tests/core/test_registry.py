@@ -271,9 +271,10 @@ def test_bad_model_directory_changes_nothing(
 
 def test_python_entry_must_be_module_and_class(core: Core, me: str, tmp_path: Path) -> None:
     src = python_model(tmp_path / "py", PYTHON_MODEL)
-    with pytest.raises(ModelInvalid) as info:
-        core.create_model(core.user(me), "adder", "1", src, "python", entry="model")
-    message_for(info.value, "path", "module:Class")
+    for entry in ("model", "../outside:Model", "/etc/evil:Model", "..x:Model"):
+        with pytest.raises(InvalidInput) as info:
+            core.create_model(core.user(me), "adder", "1", src, "python", entry=entry)
+        message_for(info.value, "entry", "module:Class", "no paths")
 
 
 def test_existing_version_is_refused(

@@ -131,7 +131,11 @@ def test_deploy_to_running_in_containers_and_predict_through_the_gateway(
     assert host["RestartPolicy"]["Name"] == "on-failure"
     model_mount = next(m for m in info["Mounts"] if m["Destination"] == "/model")
     assert model_mount["RW"] is False
-    assert model_mount["Source"].endswith("/iris/2.0.0")
+    # A copy of that version's files for the container's user, outside the daemon's home.
+    source = Path(model_mount["Source"])
+    assert not source.is_relative_to(shared.home)
+    assert (source / "model.joblib").stat().st_uid == int(USER.split(":")[0])
+    assert host["CapDrop"] == ["ALL"]
     # the process in the container really is not root
     top = engine.api.top(mine[0]["Id"], ps_args="-o pid,uid,args")
     assert {row[1] for row in top["Processes"]} == {"10001"}, top

@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ import requests.exceptions
 from docker.types import DeviceRequest, LogConfig, Mount
 
 from opsbot.core.errors import OpsbotError
-from opsbot.core.images import IMAGE_FORMAT, USER, require_image
+from opsbot.core.images import IMAGE_FORMAT, USER, USER_ID, require_image
+from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
 from opsbot.core.runtime import (
     Exit,
     InstanceSpec,
@@ -152,6 +154,35 @@ def _devices(spec: InstanceSpec) -> dict[str, Any]:
     return out
 
 
+def staged_for_container(home: Path, spec: InstanceSpec) -> InstanceSpec:
+    """``spec`` with its model directory replaced by a copy the container's user may read: the
+    registry's own files are the daemon's alone. One copy per service version, made once
+    (a version's files never change), under ``$OPSBOT_HOME/run``."""
+    from opsbot.core.accounts import Account, privileged
+    from opsbot.core.config import load_config
+    from opsbot.core.sandbox import remove_tree, run_root, stage
+
+    run = run_root(home, load_config(home).run_dir)
+    leaf = re.sub(r"[^A-Za-z0-9_.-]", "_", f"container-{spec.service_uid}-{spec.idx}")
+    base = run / leaf
+    target = base / "model"
+    if not target.is_dir():
+        base.mkdir(exist_ok=True)
+        os.chmod(base, 0o711)  # explicit: the daemon's umask is 077
+        # Staged aside, then renamed in: instances starting together, or a daemon killed
+        # halfway, never leave a container a half-copied model.
+        aside = base / f".staging-{secrets.token_hex(4)}"
+        if privileged():
+            stage(spec.path, aside, Account(USER_ID, USER_ID, "container"))
+        else:
+            stage(spec.path, aside, None, world=True)
+        try:
+            os.rename(aside, target)
+        except OSError:  # another start put it there first
+            remove_tree(aside)
+    return replace(spec, path=target)
+
+
 def container_args(
     spec: InstanceSpec,
     *,
@@ -160,9 +191,12 @@ def container_args(
     home: Path,
     engine_cpus: int | None = None,
     package_dir: Path | None = None,
+    secret: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``client.containers.create`` for one instance."""
     env: dict[str, str] = dict(spec.env)
+    if secret:  # what the server asks of every caller (see opsbot.core.instance_auth)
+        env[INSTANCE_SECRET_ENV] = secret
     env.update(thread_env(spec.flavor))
     env.update(device_env(spec.flavor, spec.devices))
     env.update(
@@ -277,8 +311,14 @@ class DockerRuntime:
         for old in self._containers(spec.key):
             self._remove(old["Id"], grace_s=2)
         port = free_port()
+        spec = staged_for_container(self.home, spec)
         args = container_args(
-            spec, image=self.image, port=port, home=self.home, engine_cpus=self.engine_cpus
+            spec,
+            image=self.image,
+            port=port,
+            home=self.home,
+            engine_cpus=self.engine_cpus,
+            secret=instance_secret(daemon_secret(self.home), spec.service_uid, spec.idx),
         )
         container = self.client.containers.create(**args)
         try:

@@ -14,18 +14,24 @@ Otherwise memory is capped with ``RLIMIT_DATA`` and CPU only by the thread-pool 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
-import signal
+import secrets
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from opsbot.core.accounts import Account, runtime_account
+from opsbot.core.config import load_config
 from opsbot.core.flavors import Flavor
+from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
 from opsbot.core.runtime import (
     Exit,
     InstanceSpec,
@@ -36,6 +42,22 @@ from opsbot.core.runtime import (
     server_argv,
     thread_env,
 )
+from opsbot.core.sandbox import (
+    MARKER,
+    clean_env,
+    corner,
+    environ_value,
+    kill_tree,
+    pick_python,
+    private_dir,
+    release,
+    release_corner,
+    run_root_path,
+    spawn,
+    stage,
+    tree,
+)
+from opsbot.core.store import DB_NAME, Store
 
 HOST = "127.0.0.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -50,6 +72,16 @@ def package_root() -> str:
 def child_pythonpath() -> str:
     current = os.environ.get("PYTHONPATH", "")
     return package_root() + (os.pathsep + current if current else "")
+
+
+def model_pythonpath(python: str) -> str:
+    """PYTHONPATH for model code run by ``python``: this opsbot first, then, when ``python`` is
+    another interpreter than the daemon's (``model_python``), the daemon's own packages."""
+    parts = [child_pythonpath()]
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        paths = sysconfig.get_paths()
+        parts += dict.fromkeys([paths["purelib"], paths["platlib"]])
+    return os.pathsep.join(parts)
 
 
 def free_port(host: str = HOST) -> int:
@@ -100,7 +132,8 @@ class CgroupLimiter:
             return "v1"
         return "rlimit"
 
-    def _dirs(self, key: str) -> list[Path]:
+    def dirs(self, key: str) -> list[Path]:
+        """The instance's cgroup directories (none in rlimit mode)."""
         leaf = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
         if self.mode == "v2":
             return [self.root / self.name / leaf]
@@ -133,13 +166,13 @@ class CgroupLimiter:
                 (self.root / "cgroup.subtree_control").write_text("+cpu +memory")
             with contextlib.suppress(OSError):
                 (parent / "cgroup.subtree_control").write_text("+cpu +memory")
-            leaf = self._dirs(key)[0]
+            leaf = self.dirs(key)[0]
             leaf.mkdir(exist_ok=True)
             (leaf / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
             (leaf / "memory.max").write_text(str(flavor.memory_bytes))
             (leaf / "cgroup.procs").write_text(str(pid))
             return
-        cpu, mem = self._dirs(key)
+        cpu, mem = self.dirs(key)
         for leaf in (cpu, mem):
             leaf.mkdir(parents=True, exist_ok=True)
         (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
@@ -150,16 +183,34 @@ class CgroupLimiter:
 
     def memory_limit(self, key: str) -> int:
         """The memory cap of the instance's cgroup in bytes; 0 when none holds it."""
-        for leaf in self._dirs(key):
+        for leaf in self.dirs(key):
             for name in ("memory.max", "memory.limit_in_bytes"):
                 with contextlib.suppress(OSError, ValueError):
                     return int((leaf / name).read_text().strip())
         return 0
 
     def release(self, key: str) -> None:
-        for leaf in self._dirs(key):
+        for leaf in self.dirs(key):
             with contextlib.suppress(OSError):
                 leaf.rmdir()
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What the daemon keeps, privately, of an instance it started: how to find all of it."""
+
+    key: str
+    handle: str
+    port: int
+    marker: str
+
+    @property
+    def leaf(self) -> str:
+        return _leaf(self.key)
+
+
+def _leaf(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key)
 
 
 class ProcessRuntime:
@@ -168,14 +219,39 @@ class ProcessRuntime:
     name = "process"
 
     def __init__(
-        self, home: Path, *, python: str = sys.executable, limiter: CgroupLimiter | None = None
+        self,
+        home: Path,
+        *,
+        python: str | None = None,
+        limiter: CgroupLimiter | None = None,
+        accounts: Callable[[str], Account | None] | None = None,
+        run_dir: Path | None = None,
     ):
         self.home = Path(home).resolve()
-        self.python = python
+        #: The interpreter configured for model code (None: see sandbox.pick_python).
+        config = load_config(self.home) if python is None or run_dir is None else None
+        self.python = config.model_python if python is None and config else python
+        self._run_dir_setting = str(run_dir) if run_dir else config.run_dir if config else None
         self.limiter = limiter or CgroupLimiter()
         self.log_dir = self.home / "logs"
+        self.records_dir = self.home / "instances"
+        self._accounts = accounts
+        self._store: Store | None = None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._keys: dict[str, str] = {}
+
+    @property
+    def run_dir(self) -> Path:
+        """Each instance's own directory lives here, outside OPSBOT_HOME."""
+        return run_root_path(self.home, self._run_dir_setting)
+
+    def account(self, owner: str) -> Account | None:
+        """Who the owner's instances run as (None: the daemon's own account, when not root)."""
+        if self._accounts is not None:
+            return self._accounts(owner)
+        if self._store is None:
+            self._store = Store(self.home / DB_NAME)
+        return runtime_account(self._store, owner)
 
     def log_path(self, key: str) -> Path:
         return self.log_dir / (key.replace("/", "-") + ".log")
@@ -183,48 +259,90 @@ class ProcessRuntime:
     def start(self, spec: InstanceSpec) -> Started:
         port = free_port()
         log_path = self.log_path(spec.key)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("OPSBOT_") and k not in {"CUDA_VISIBLE_DEVICES"}
-        }
-        env.update(spec.env)
-        env.update(thread_env(spec.flavor))
-        env.update(device_env(spec.flavor, spec.devices))
-        env.update(
+        private_dir(self.log_dir)
+        private_dir(self.records_dir)
+        account = self.account(spec.owner)
+        python = pick_python(self.python, account)
+        # The instance's own corner: its version's files read-only, a scratch home, nothing else.
+        base = corner(self.home, self._run_dir_setting, _leaf(spec.key))
+        model = stage(spec.path, base / "model", account)
+        scratch = base / "home"
+        scratch.mkdir(mode=0o700)
+        if account is not None:
+            os.chown(scratch, account.uid, account.gid)
+            os.chown(base, account.uid, account.gid)
+        os.chmod(base, 0o500)
+        marker = secrets.token_hex(16)
+        env = clean_env(
             {
+                **spec.env,
+                **thread_env(spec.flavor),
+                **device_env(spec.flavor, spec.devices),
+                "HOME": str(scratch),
+                "TMPDIR": str(scratch),
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": model_pythonpath(python),
                 "OPSBOT_INSTANCE": spec.key,
                 "OPSBOT_HOME_ID": str(self.home),
                 "OPSBOT_PORT": str(port),
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": child_pythonpath(),
+                INSTANCE_SECRET_ENV: instance_secret(
+                    daemon_secret(self.home), spec.service_uid, spec.idx
+                ),
+                MARKER: marker,
             }
         )
-        argv = server_argv(self.python, str(spec.path), spec, HOST, port)
-        with open(log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {spec.key}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=str(self.home),
-                start_new_session=True,
+        argv = server_argv(python, str(model), spec, HOST, port)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        with open(fd, "ab") as log:
+            who = f"uid {account.uid}" if account else "the daemon's account"
+            log.write(
+                f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {spec.key} as {who}\n".encode()
             )
-        how = self.limiter.apply(proc.pid, spec.key, spec.flavor)
+            log.flush()
+            proc = spawn(
+                argv, account=account, env=env, cwd=scratch, stdout=log, stderr=log, held=True
+            )
+        try:  # in its cgroup before it runs anything, so all it forks is in there too
+            how = self.limiter.apply(proc.pid, spec.key, spec.flavor)
+        finally:
+            release(proc)
         with open(log_path, "ab") as log:
             log.write(f"--- limits: {how}\n".encode())
         handle = f"{proc.pid}:{_start_time(proc.pid) or '0'}"
         self._children[handle] = proc
         self._keys[handle] = spec.key
+        self._write_record(_Record(spec.key, handle, port, marker))
         return Started(handle, HOST, port)
+
+    # -- records: the daemon's private list of what it started --------------------------------
+
+    def _write_record(self, record: _Record) -> None:
+        path = self.records_dir / f"{record.leaf}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(record)))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    def _records(self) -> list[_Record]:
+        out: list[_Record] = []
+        if not self.records_dir.is_dir():
+            return out
+        for path in sorted(self.records_dir.glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                out.append(_Record(**json.loads(path.read_text())))
+        return out
+
+    def _record(self, handle: str) -> _Record | None:
+        return next((r for r in self._records() if r.handle == handle), None)
 
     @staticmethod
     def _pid(handle: str) -> int:
         return int(handle.split(":", 1)[0])
+
+    @staticmethod
+    def _alive(handle: str) -> bool:
+        pid_text, _, started = handle.partition(":")
+        return _start_time(int(pid_text)) == started
 
     def exited(self, handle: str) -> Exit | None:
         proc = self._children.get(handle)
@@ -233,46 +351,78 @@ class ProcessRuntime:
             if code is None:
                 return None
             return Exit(code, failure_reason(self._log_lines(handle), code))
-        pid_text, _, started = handle.partition(":")
-        if _start_time(int(pid_text)) == started:
+        if self._alive(handle):
             return None
         return Exit(None, failure_reason(self._log_lines(handle), None))
 
     def stop(self, handle: str, grace_s: float = 10.0) -> None:
+        """End the instance and everything it started (its cgroup, its session, every process
+        carrying its marker), then remove its files. Idempotent."""
+        record = self._record(handle)
         pid = self._pid(handle)
-        if self.exited(handle) is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and self.exited(handle) is None:
-                time.sleep(0.05)
-            if self.exited(handle) is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                proc = self._children.get(handle)
-                if proc is not None:
-                    proc.wait(timeout=5)
-        self._children.pop(handle, None)
-        key = self._keys.pop(handle, None)
+        key = record.key if record else self._keys.get(handle)
+        marker = record.marker if record else sandbox_marker(pid)
+        leader = pid if self._alive(handle) else -1  # a dead leader's pid may be someone else's
+        procs = [d / "cgroup.procs" for d in self.limiter.dirs(key)] if key else []
+        kill_tree(
+            leader, marker, cgroup_procs=procs, grace_s=grace_s, reap=self._children.get(handle)
+        )
+        proc = self._children.pop(handle, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self._keys.pop(handle, None)
         if key:
             self.limiter.release(key)
+            if not any(r.key == key and r.handle != handle for r in self._records()):
+                release_corner(self.run_dir / _leaf(key))
+        if record is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.records_dir / f"{record.leaf}.json").unlink()
+
+    def _forget(self, record: _Record) -> None:
+        self.limiter.release(record.key)
+        release_corner(self.run_dir / record.leaf)
+        with contextlib.suppress(FileNotFoundError):
+            (self.records_dir / f"{record.leaf}.json").unlink()
 
     def owned(self) -> Sequence[Owned]:
+        """The instances this daemon started that still run, then one entry per orphan: a
+        process left by an instance that ended (or of a record lost), which the controller stops
+        as a stray. Orphans are named ``orphan:KEY`` so no service claims them."""
         found: list[Owned] = []
+        live_markers: set[str] = set()
+        seen: set[str] = set()
+        for record in self._records():
+            if self._alive(record.handle):
+                self._keys.setdefault(record.handle, record.key)
+                found.append(Owned(record.handle, record.key, HOST, record.port))
+                live_markers.add(record.marker)
+            elif record.marker not in seen and tree(
+                -1, record.marker, [d / "cgroup.procs" for d in self.limiter.dirs(record.key)]
+            ):
+                found.append(Owned(record.handle, f"orphan:{record.key}", HOST, record.port))
+            else:  # ended with nothing left behind: its files go
+                self._forget(record)
+            seen.add(record.marker)
         home = str(self.home)
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
+        for pid in _all_pids():
             env = _environ(pid)
-            if env.get("OPSBOT_HOME_ID") != home or "OPSBOT_INSTANCE" not in env:
+            if env.get("OPSBOT_HOME_ID") != home:
+                continue
+            marker = sandbox_marker(pid) or f"pid:{pid}"
+            if marker in live_markers or marker in seen:
                 continue
             started = _start_time(pid)
             if started is None:
                 continue
-            handle = f"{pid}:{started}"
-            self._keys.setdefault(handle, env["OPSBOT_INSTANCE"])
-            found.append(Owned(handle, env["OPSBOT_INSTANCE"], HOST, int(env["OPSBOT_PORT"])))
+            seen.add(marker)
+            key = env.get("OPSBOT_INSTANCE", "?")
+            found.append(
+                Owned(
+                    f"{pid}:{started}", f"orphan:{key}", HOST, int(env.get("OPSBOT_PORT", "0") or 0)
+                )
+            )
         return found
 
     def _log_lines(self, handle: str, tail: int = 50) -> list[str]:
@@ -301,6 +451,14 @@ class ProcessRuntime:
             "memory_bytes": float(second[1]),
             "memory_limit_bytes": float(self.limiter.memory_limit(key) if key else 0),
         }
+
+
+def sandbox_marker(pid: int) -> str | None:
+    return environ_value(pid, MARKER)
+
+
+def _all_pids() -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
 
 
 def _group_usage(pgid: int) -> tuple[int, int] | None:

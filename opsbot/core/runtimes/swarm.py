@@ -68,6 +68,7 @@ from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import Flavor
 from opsbot.core.hardware import Device, Node, Reserved, normalise_arch
 from opsbot.core.images import IMAGE_FORMAT, USER, require_image
+from opsbot.core.instance_auth import daemon_secret, instance_secret
 from opsbot.core.pools import PUBLIC
 from opsbot.core.runtime import Exit, InstanceSpec, Owned, Started, failure_reason
 from opsbot.core.runtimes.docker import (
@@ -80,6 +81,7 @@ from opsbot.core.runtimes.docker import (
     connect,
     container_args,
     home_id,
+    staged_for_container,
 )
 
 log = logging.getLogger(__name__)
@@ -220,10 +222,11 @@ def task_template(
     config: Config,
     max_node_cpus: float,
     container_labels: dict[str, str],
+    secret: str | None = None,
 ) -> dt.TaskTemplate:
     """The tasks of one version: the docker runtime's container, placed and sized by Swarm."""
     # The docker runtime's container for this instance, port 0: the slot decides the port.
-    like = container_args(spec, image=image, port=0, home=home)
+    like = container_args(spec, image=image, port=0, home=home, secret=secret)
     # No instance key or port (the slot decides them); accelerators are Swarm's to assign
     # (generic resources), so the devices the controller picked on this machine do not apply.
     dropped = {"OPSBOT_INSTANCE", "OPSBOT_PORT"}
@@ -646,6 +649,7 @@ class SwarmRuntime:
             config=self.config,
             max_node_cpus=self._max_node_cpus(),
             container_labels=common,
+            secret=instance_secret(daemon_secret(self.home), spec.service_uid, spec.idx),
         )
         try:
             self.client.api.create_service(
@@ -673,6 +677,7 @@ class SwarmRuntime:
         )
 
     def start(self, spec: InstanceSpec) -> Started:
+        spec = staged_for_container(self.home, spec)
         name = service_name(self.home, spec)
         with self._lock(name):
             view = self._settled(name)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opsbot.core.errors import FieldError
-from opsbot.core.spec import mask_value
+from opsbot.core.spec import masked_env
 from opsbot.slack.views.blocks import (
     A_EXTEND_1,
     A_EXTEND_4,
@@ -118,6 +118,6 @@ def reminder_message(service: str, owner: str, message: str) -> tuple[str, list[
     ]
 
 
-def env_preview(env: Mapping[str, str]) -> str:
+def env_preview(env: Mapping[str, str], secret_names: Iterable[str] = ()) -> str:
     """Environment variables as shown in messages: secrets masked."""
-    return ", ".join(f"{k}={mask_value(k, v)}" for k, v in env.items())
+    return ", ".join(f"{k}={v}" for k, v in masked_env(dict(env), secret_names).items())

@@ -335,7 +335,7 @@ def form_from_spec(
             flavor=m.flavor,
             instances=str(m.instances),
             # Secrets masked, as everywhere they are shown; a masked value sent back is kept.
-            env=form.env_lines(m.env) or None,
+            env=form.env_lines(m.env, secret_names=m.secret_env) or None,
         )
         for i, m in enumerate(spec.models)
     ]
