@@ -141,7 +141,7 @@ def main() -> None:
             on_change=lambda: None,
             gateway_url="http://127.0.0.1:8080",
         )
-        server = serve(app, 0, host="127.0.0.1")
+        server = serve(app, SECRET, 0, host="127.0.0.1")
         modal = bot.modal(core.slack_user("U1"), views.FormState())
         counter = iter(range(10**9))
 

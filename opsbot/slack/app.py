@@ -9,10 +9,12 @@ ack (``response_action: errors``); that work is a few SQLite statements.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -39,6 +41,9 @@ DEPLOY_USAGE = (
     "Type `/deploy` for the form, or `/deploy NAME MODEL VERSION` to deploy with the defaults "
     "(MODEL is OWNER/NAME for a subscribed model)."
 )
+
+#: Threads running listeners: enough for a burst of Slack requests to be acknowledged in time.
+LISTENER_THREADS = 64
 
 #: Per-version numbers of a service (see opsbot.core.usage.version_numbers); the daemon has them.
 Numbers = Callable[[Service], list[dict[str, Any]]]
@@ -153,12 +158,9 @@ class SlackBot:
         if words and len(words) != 3:
             ack(text=DEPLOY_USAGE)
             return
-        if words:
-            ack(text=f"Deploying {words[0]}…")
-        else:
-            ack()
         actor = self.core.slack_user(str(body["user_id"]))
         if not words:
+            ack()
             client.views_open(
                 trigger_id=body["trigger_id"], view=self.modal(actor, views.FormState())
             )
@@ -166,10 +168,17 @@ class SlackBot:
         name, model, version = words
         source = "subscribed" if "/" in model else "mine"
         data = {"name": name, "models": [{"source": source, "model": model, "version": version}]}
+        # Checked before anything is said (a few SQLite reads, well within Slack's 3 s), so the
+        # answer is either the refusal or "Deploying", never both.
         try:
             warnings = self.core.validate(actor, data).warnings
-            created = self.core.create_service(actor, data)
         except OpsbotError as exc:
+            ack(text=f"*{exc.title}*: {exc.message}")
+            return
+        ack(text=f"Deploying {name}…")
+        try:
+            created = self.core.create_service(actor, data)
+        except OpsbotError as exc:  # a race: the quota or the name was taken meanwhile
             respond(text=f"*{exc.title}*: {exc.message}", response_type="ephemeral")
             return
         self.on_change()
@@ -487,15 +496,63 @@ class SlackBot:
         container = body.get("container") or {}
         if container.get("type") == "view":
             self.publish_home(client, str(body["user"]["id"]))
+            client.chat_postMessage(channel=str(body["user"]["id"]), text=done)
         elif action_id in (views.A_EXTEND_1, views.A_EXTEND_4):
             respond(text=done, replace_original=True)
         else:
+            # The list shows the new state; a line of its own says what the button did.
             text, blocks = views.services_message(
                 self._services(actor, everyone), self.clock(), everyone=everyone
             )
             respond(text=text, blocks=blocks, replace_original=True)
-        if container.get("type") == "view":
-            client.chat_postMessage(channel=str(body["user"]["id"]), text=done)
+            self.tell(body, respond, client, done)
+
+    # -- failures --------------------------------------------------------------------------
+
+    def guarded(self, listener: Callable[..., None]) -> Callable[..., None]:
+        """``listener`` as Bolt runs it: a failure is told to the user and logged, never raised.
+
+        Bolt forgets an ``ack()`` already given when the listener raises after it (with
+        ``process_before_response`` off); Slack then got Bolt's 404 "unhandled request" after
+        3 s instead of the ack. Here the ack stands, and the user hears what failed.
+        """
+
+        @functools.wraps(listener)
+        def run(**kwargs: Any) -> None:
+            try:
+                listener(**kwargs)
+            except Exception as exc:
+                self.failed(listener.__name__, kwargs, exc)
+
+        return run
+
+    def failed(self, name: str, kwargs: Mapping[str, Any], exc: Exception) -> None:
+        if isinstance(exc, OpsbotError):
+            text = f"*{exc.title}*: {exc.message}"
+            log.warning("Slack %s refused: %s", name, exc.message)
+        else:
+            log.error("Slack %s failed", name, exc_info=exc)
+            text = (
+                f"*Something went wrong*: {type(exc).__name__}: {exc}. Nothing more was done; "
+                "try again, and tell the opsbot admin if it keeps failing (the daemon log has "
+                "the details)."
+            )
+        ack: Ack | None = kwargs.get("ack")
+        if ack is not None and ack.response is None:
+            ack(text=text)  # not acknowledged yet: the answer carries the failure
+            return
+        body = kwargs.get("body") or {}
+        client: WebClient | None = kwargs.get("client")
+        respond: Respond | None = kwargs.get("respond")
+        user = body.get("user") if isinstance(body, Mapping) else None
+        slack_id = (user or {}).get("id") if isinstance(user, Mapping) else body.get("user_id")
+        try:
+            if respond is not None and body.get("response_url"):
+                respond(text=text, response_type="ephemeral", replace_original=False)
+            elif client is not None and slack_id:
+                client.chat_postMessage(channel=str(slack_id), text=text)
+        except Exception:  # Slack itself out of reach: the log keeps the failure
+            log.error("could not tell %s that %s failed", slack_id, name, exc_info=True)
 
     # -- App Home ----------------------------------------------------------------------------
 
@@ -504,10 +561,10 @@ class SlackBot:
             self.publish_home(client, str(event["user"]))
 
     def register(self, app: App) -> None:
-        app.command("/deploy")(self.deploy_command)
-        app.command("/services")(self.services_command)
-        app.view(views.DEPLOY_CALLBACK)(self.submit_ack)
-        app.view(views.MODIFY_CALLBACK)(self.modify_submit)
+        app.command("/deploy")(self.guarded(self.deploy_command))
+        app.command("/services")(self.guarded(self.services_command))
+        app.view(views.DEPLOY_CALLBACK)(self.guarded(self.submit_ack))
+        app.view(views.MODIFY_CALLBACK)(self.guarded(self.modify_submit))
         for action_id in (
             views.A_AUTO_STOP,
             views.A_POOL,
@@ -519,7 +576,7 @@ class SlackBot:
             views.A_REMOVE_RULE,
             views.A_VERSION,
         ):
-            app.action(action_id)(self.modal_action)
+            app.action(action_id)(self.guarded(self.modal_action))
         for action_id in (
             views.A_STOP,
             views.A_START,
@@ -529,13 +586,13 @@ class SlackBot:
             views.A_EXTEND_4,
             views.A_AUTO_STOP_ON,
         ):
-            app.action(action_id)(self.service_action)
-        app.action(views.A_HOME_DEPLOY)(self.home_deploy)
-        app.action(views.A_MODIFY)(self.modify_open)
-        app.action(views.A_HISTORY)(self.history_open)
-        app.action(views.A_ROLLBACK)(self.rollback_action)
-        app.action(views.A_DETAILS)(self.details_open)
-        app.event("app_home_opened")(self.home_opened)
+            app.action(action_id)(self.guarded(self.service_action))
+        app.action(views.A_HOME_DEPLOY)(self.guarded(self.home_deploy))
+        app.action(views.A_MODIFY)(self.guarded(self.modify_open))
+        app.action(views.A_HISTORY)(self.guarded(self.history_open))
+        app.action(views.A_ROLLBACK)(self.guarded(self.rollback_action))
+        app.action(views.A_DETAILS)(self.guarded(self.details_open))
+        app.event("app_home_opened")(self.guarded(self.home_opened))
 
 
 def build_app(
@@ -558,6 +615,11 @@ def build_app(
         # No auth.test while the daemon starts: Slack being out of reach must not stop it. The
         # token is checked (once, cached) with the first request instead.
         token_verification_enabled=False,
+        # Bolt runs each listener on this pool and waits up to 3 s for its ack(); its default of
+        # 5 threads left a burst of requests queued past that and answered 404.
+        listener_executor=ThreadPoolExecutor(
+            max_workers=LISTENER_THREADS, thread_name_prefix="slack-listener"
+        ),
     )
     notifier = SlackNotifier(core, client, gateway_url=gateway_url, alert_channel=alert_channel)
     bot = SlackBot(core, notifier, on_change=on_change, gateway_url=gateway_url, numbers=numbers)
@@ -610,7 +672,19 @@ def start_slack(
         runner.start()
         close: Callable[[], None] = runner.stop
     else:
-        server = serve(app, int(str(port)))
+        assert secret is not None and port is not None
+        try:
+            server = serve(app, secret, int(port))
+        except (OSError, ValueError) as exc:
+            log.error(
+                "Slack is off: cannot listen on OPSBOT_SLACK_PORT=%s (%s); free the port or "
+                "choose another",
+                port,
+                exc,
+            )
+            dispatcher.unsubscribe(bot.notifier)
+            bot.notifier.close()
+            return None
         close = server.stop
 
     def stop() -> None:

@@ -39,6 +39,13 @@ STOP_FAILURE_KINDS = frozenset({Kind.AUTO_STOP_FAILED, Kind.STOP_FAILED})
 DEPLOY_END_KINDS = frozenset(
     {Kind.RUNNING, Kind.CONCERNING, Kind.FAILED, Kind.ABNORMAL, Kind.STOPPED, Kind.DELETING}
 )
+#: What to do when Slack refuses a post to a channel, by its error code.
+CHANNEL_FIXES = {
+    "not_in_channel": "invite the bot to the channel (/invite @opsbot)",
+    "channel_not_found": "set OPSBOT_SLACK_ALERT_CHANNEL to a channel ID the bot can see",
+    "is_archived": "unarchive the channel or choose another alert channel",
+    "ratelimited": "Slack kept rate limiting after the retries; the message is lost",
+}
 #: The kind of row in ``slack_messages`` for the DM that follows a deploy.
 DEPLOY_DM = "deploy"
 
@@ -188,10 +195,21 @@ class SlackNotifier:
         text, blocks = views.alert_message(
             event.service or "?", owner, event.kind, why, owner_mention=mention
         )
-        if self.alert_channel:
-            self.client.chat_postMessage(channel=self.alert_channel, text=text, blocks=blocks)
-        if slack_id:
-            self.client.chat_postMessage(channel=slack_id, text=text, blocks=blocks)
+        # The channel and the owner's DM are separate deliveries: one refused (the bot not in
+        # the channel) must not cost the other.
+        for channel in (self.alert_channel, slack_id):
+            if channel:
+                self._post(channel, text, blocks)
+
+    def _post(self, channel: str, text: str, blocks: list[views.Block]) -> None:
+        """Post to one channel; a refusal is logged with its fix (429s were already retried
+        by the client's RateLimitErrorRetryHandler)."""
+        try:
+            self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            fix = CHANNEL_FIXES.get(error, "check the channel and the bot's scopes")
+            log.error("Slack refused a message to %s (%s): %s", channel, error, fix)
 
     def _remind(self, event: Event) -> None:
         owner = event.owner or ""

@@ -57,7 +57,7 @@ def bot(core: Core, fake: FakeSlack) -> Iterator[Bot]:
         alert_channel="C_ALERTS",
         request_verification_enabled=True,
     )
-    server = serve(app, 0, host="127.0.0.1")
+    server = serve(app, SECRET, 0, host="127.0.0.1")
     dispatcher = Dispatcher(core.store)
     dispatcher.subscribe(slack_bot.notifier)
     yield Bot(core, slack_bot, fake, server, dispatcher, changes)

@@ -24,6 +24,21 @@ from aiohttp import WSMsgType, web
 from opsbot.core.hardware import GIB, FakeProbe, Node
 
 SECRET = "test-signing-secret"
+#: Slack gives every request its own trigger_id (and event_id): so do the helpers, so that two
+#: requests alike in all else are not one request replayed.
+_SERIAL = itertools.count(1)
+
+
+def new_trigger() -> str:
+    return f"1.{next(_SERIAL)}.trigger"
+
+
+def trigger_of(body: str) -> str:
+    """The trigger_id of a request body made by these helpers."""
+    form = parse_qs(body)
+    if "payload" in form:
+        return str(json.loads(form["payload"][0])["trigger_id"])
+    return form["trigger_id"][0]
 
 
 def big_probe() -> FakeProbe:
@@ -47,6 +62,8 @@ class FakeSlack(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _FakeHandler)
         self.calls: list[Call] = []
         self.rate_limit_next: set[str] = set()
+        #: chat.postMessage to these channels answers the error given (e.g. not_in_channel).
+        self.refuse: dict[str, str] = {}
         #: What apps.connections.open answers: the websocket URL (Socket Mode), or an error.
         self.socket_url: str | None = None
         self.socket_error: str | None = None
@@ -120,6 +137,11 @@ class _FakeHandler(BaseHTTPRequestHandler):
             self._send(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "0"})
             return
         body: dict[str, Any] = {"ok": True}
+        refused = self.server.refuse.get(str(args.get("channel")))
+        if method == "chat.postMessage" and refused:
+            self.server.record(Call(f"{method}#refused", args))
+            self._send(200, {"ok": False, "error": refused})
+            return
         if method == "apps.connections.open":
             args["authorization"] = self.headers.get("Authorization", "")
             if self.server.socket_error or self.server.socket_url is None:
@@ -271,7 +293,7 @@ def command_body(command: str, text: str, response_url: str, user: str = "U1") -
             "user_name": user.lower(),
             "team_id": "T1",
             "channel_id": "C1",
-            "trigger_id": "1.2.trigger",
+            "trigger_id": new_trigger(),
             "response_url": response_url,
         }
     )
@@ -294,7 +316,7 @@ def block_action(
         "user": {"id": user},
         "team": {"id": "T1"},
         "api_app_id": "A1",
-        "trigger_id": "1.2.trigger",
+        "trigger_id": new_trigger(),
         "actions": [action],
         "container": container or {"type": "message"},
     }
@@ -345,6 +367,7 @@ def submission(view: Mapping[str, Any], user: str = "U1") -> str:
             "user": {"id": user},
             "team": {"id": "T1"},
             "api_app_id": "A1",
+            "trigger_id": new_trigger(),
             "view": view,
         }
     )
@@ -357,7 +380,7 @@ def event_body(event: Mapping[str, Any]) -> str:
             "team_id": "T1",
             "api_app_id": "A1",
             "event": event,
-            "event_id": "Ev1",
+            "event_id": f"Ev{next(_SERIAL)}",
             "event_time": int(time.time()),
         }
     )

@@ -23,6 +23,7 @@ from slack_support import (
     sign,
     submission,
     submit,
+    trigger_of,
 )
 
 from opsbot.core import events
@@ -62,10 +63,11 @@ def move(core: Core, name: str, owner: str, to: Status, actor: str = "controller
 
 
 def test_deploy_command_acks_and_opens_a_valid_modal(bot: Bot) -> None:
-    reply = post(bot.url, command_body("/deploy", "", bot.fake.response_url), FORM)
+    body = command_body("/deploy", "", bot.fake.response_url)
+    reply = post(bot.url, body, FORM)
     assert reply.status == 200 and reply.seconds < 3
     opened = bot.fake.wait_for("views.open")
-    assert opened["trigger_id"] == "1.2.trigger"
+    assert opened["trigger_id"] == trigger_of(body)
     View(**opened["view"]).validate_json()
     model = next(b for b in opened["view"]["blocks"] if b["block_id"].startswith("m0.model."))
     assert [o["value"] for o in model["element"]["options"]] == ["flowers", "iris", "iris-onnx"]
@@ -82,10 +84,14 @@ def test_deploy_shortcut_creates_the_service_and_dms(bot: Bot, me: str) -> None:
     assert bot.changes
 
 
-def test_deploy_shortcut_errors_are_ephemeral(bot: Bot) -> None:
-    post(bot.url, command_body("/deploy", "quick iris 9.9.9", bot.fake.response_url), FORM)
-    said = bot.fake.wait_for("response")
-    assert said["response_type"] == "ephemeral" and "9.9.9" in said["text"]
+def test_deploy_shortcut_checks_before_it_answers(bot: Bot, me: str) -> None:
+    reply = post(bot.url, command_body("/deploy", "quick iris 9.9.9", bot.fake.response_url), FORM)
+    # The ack itself is the refusal (a command's ack is seen by the user alone): no
+    # "Deploying" first, no service, nothing posted afterwards.
+    assert reply.status == 200 and "9.9.9" in reply.body and "Deploying" not in reply.body
+    assert bot.core.services(bot.core.user(me)) == []
+    bot.bot.notifier.drain()
+    assert bot.fake.of("response") == [] and bot.fake.of("chat.postMessage") == []
     reply = post(bot.url, command_body("/deploy", "too few", bot.fake.response_url), FORM)
     assert "/deploy NAME MODEL VERSION" in reply.body
 
@@ -602,10 +608,11 @@ def test_a_deploy_shows_the_entered_information_to_confirm_first(bot: Bot, me: s
 
 def test_home_deploy_button_opens_the_deploy_modal(bot: Bot) -> None:
     action = {"action_id": views.A_HOME_DEPLOY, "block_id": "x", "value": "deploy"}
-    reply = post(bot.url, block_action(action, view={"id": "VH", "type": "home"}), FORM)
+    body = block_action(action, view={"id": "VH", "type": "home"})
+    reply = post(bot.url, body, FORM)
     assert reply.status == 200 and reply.seconds < 3
     opened = bot.fake.wait_for("views.open")
-    assert opened["trigger_id"] == "1.2.trigger"
+    assert opened["trigger_id"] == trigger_of(body)
     assert opened["view"]["callback_id"] == views.DEPLOY_CALLBACK
     View(**opened["view"]).validate_json()
 

@@ -61,11 +61,12 @@ def test_app_token_runs_the_bot_in_socket_mode(
         opened = fake.wait_for("apps.connections.open")
         assert opened["authorization"] == "Bearer xapp-test"
         # /deploy with no text: an empty ack for the envelope, then the modal opens.
-        socket_server.send(slash_envelope("env-1", "/deploy", "", fake.response_url))
+        envelope = slash_envelope("env-1", "/deploy", "", fake.response_url)
+        socket_server.send(envelope)
         answer = socket_server.wait_for("env-1")
         assert answer == {"envelope_id": "env-1"}
         modal = fake.wait_for("views.open")
-        assert modal["trigger_id"] == "1.2.trigger"
+        assert modal["trigger_id"] == envelope["payload"]["trigger_id"]
         assert modal["view"]["callback_id"] == views.DEPLOY_CALLBACK
         View(**modal["view"]).validate_json()
         # An ack that carries a message comes back as the envelope's payload.
