@@ -27,8 +27,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from slack_bolt import App
 from slack_bolt.request import BoltRequest
+from slack_bolt.request.internals import parse_body
 from slack_sdk.signature import Clock, SignatureVerifier
 
 log = logging.getLogger(__name__)
@@ -104,17 +106,44 @@ def bolt_request(body: bytes, query: str, headers: dict[str, str]) -> BoltReques
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest(400, "the body is not UTF-8") from None
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
     try:
-        request = BoltRequest(body=text, query=query, headers=dict(headers))
+        parsed = parse_body(text, (content_type or "").split(";")[0].strip() or None)
     except ValueError as exc:  # json.JSONDecodeError included
         raise BadRequest(400, f"the body is neither a JSON object nor a form ({exc})") from None
-    if not isinstance(request.body, dict):
+    if not isinstance(parsed, dict):
         raise BadRequest(400, "the body (or its payload field) must be a JSON object")
+    try:
+        request = BoltRequest(body=text, query=query, headers=dict(headers))
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        # Bolt reads the team, user and channel out of the object: odd types there
+        raise BadRequest(400, f"the JSON object is not shaped as Slack's ({exc!r})") from None
     return request
 
 
+class _OneLineBadRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (a bad Content-Length, a broken request line)
+    with 400 itself, then logs it with a traceback; here it is one line, as any refusal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            first = (exc.message or "").strip().splitlines()
+            record.msg = "malformed HTTP request refused (%s): %s"
+            record.args = (exc.code, first[0] if first else "")
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+SERVER_LOG = logging.getLogger(__name__ + ".server")
+SERVER_LOG.addFilter(_OneLineBadRequests())
+
+
 def _answer(status: int, message: str) -> web.Response:
-    return web.json_response({"ok": False, "error": message}, status=status)
+    reply = web.json_response({"ok": False, "error": message}, status=status)
+    reply.force_close()  # what is left of a refused request (a half-sent body) is not read
+    return reply
 
 
 class SlackHTTPServer:
@@ -196,6 +225,8 @@ class SlackHTTPServer:
             handle_signals=False,
             access_log=None,
             keepalive_timeout=self.idle_timeout_s,
+            logger=SERVER_LOG,
+            lingering_time=0,  # a refused body is not waited for
             shutdown_timeout=2.0,
         )
         await self._runner.setup()
@@ -203,6 +234,16 @@ class SlackHTTPServer:
         sock = socket.create_server((self.host, self.port), backlog=BACKLOG)
         self.port = int(sock.getsockname()[1])
         await web.SockSite(self._runner, sock, backlog=BACKLOG).start()
+
+    async def _close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        # Connections still open (idle ones, within their timeout) end with the loop.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def start(self) -> None:
         """Listen; returns once the port is bound (raises OSError when it cannot be)."""
@@ -219,9 +260,7 @@ class SlackHTTPServer:
     def stop(self) -> None:
         if self._thread is None:
             return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-            self._runner = None
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._thread = None

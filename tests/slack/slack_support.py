@@ -105,6 +105,13 @@ class FakeSlack(ThreadingHTTPServer):
             )
             return found[0]
 
+    def wait_count(self, method: str, n: int, timeout: float = 30) -> None:
+        """Wait until ``method`` was called ``n`` times."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.of(method)) >= n, timeout), (
+                f"{len(self.of(method))} {method} calls of {n}"
+            )
+
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
