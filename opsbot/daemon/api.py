@@ -7,8 +7,12 @@ claims. Handlers parse, call the core in a worker thread, and render; every rule
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import json
+import logging
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from pydantic import BaseModel
 
 from opsbot.core import update
 from opsbot.core.autostop import format_auto_stop
@@ -24,6 +29,17 @@ from opsbot.core.events import Event
 from opsbot.core.identity import User, local_user_name
 from opsbot.core.services import Service
 from opsbot.core.timefmt import parse_duration_s
+from opsbot.daemon.bodies import (
+    AutoStopBody,
+    ExtendBody,
+    ModelCreateBody,
+    PublishBody,
+    RollbackBody,
+    UpdateBody,
+    parse,
+    query_choice,
+    query_int,
+)
 from opsbot.daemon.openapi import openapi_document
 from opsbot.serving.gateway import INTERNAL_HEADER
 
@@ -31,6 +47,12 @@ if TYPE_CHECKING:
     from opsbot.daemon.server import Daemon
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
+LEVELS = ("normal", "abnormal")
+MAX_ID = 2**63 - 1
+#: At most this many log lines per instance in one answer.
+MAX_TAIL = 10_000
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 #: The queues of the open event streams. At shutdown each gets ``None`` and its stream ends: an
 #: open stream would otherwise hold the daemon's shutdown until aiohttp's 60 s grace runs out.
@@ -47,8 +69,99 @@ def peer_uid(request: web.Request) -> int | None:
     return int(uid)
 
 
+class Unauthorized(OpsbotError):
+    """No credentials, or credentials the daemon does not know (TCP listener only)."""
+
+    title = "Not authenticated"
+    status = 401
+
+
+class StorageFull(OpsbotError):
+    title = "Disk full"
+    status = 507
+
+
+class StorageUnavailable(OpsbotError):
+    title = "Storage not writable"
+    status = 503
+
+
+#: Titles of the errors aiohttp raises itself (no route, wrong method, body too large).
+HTTP_ERROR_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 413: "BodyTooLarge"}
+
+
 def error_response(exc: OpsbotError) -> web.Response:
-    return web.json_response(exc.as_dict(), status=exc.status)
+    response = web.json_response(exc.as_dict(), status=exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="opsbot"'
+    return response
+
+
+def storage_error(exc: BaseException) -> OpsbotError | None:
+    """What a failed write to OPSBOT_HOME means for the caller, or None if it is no such
+    failure. Nothing was recorded: the store's transaction rolled back."""
+    text = str(exc).lower()
+    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(exc, sqlite3.OperationalError) and "disk is full" in text
+    )
+    if full:
+        return StorageFull(
+            "the disk holding the opsbot home is full, so nothing was changed; free space "
+            "there (old logs, unused model versions) and try again"
+        )
+    read_only = (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES)) or (
+        isinstance(exc, sqlite3.OperationalError)
+        and ("readonly" in text or "read-only" in text or "unable to open" in text)
+    )
+    if read_only:
+        return StorageUnavailable(
+            "the opsbot home cannot be written (read-only or not ours), so nothing was "
+            "changed; make it writable for the daemon's account and try again"
+        )
+    return None
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error is a JSON Error document: the core's, aiohttp's own (no such route, wrong
+    method) and the unexpected (500, logged with its traceback)."""
+    try:
+        return await handler(request)
+    except OpsbotError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = HTTP_ERROR_KINDS.get(exc.status, "HTTPError")
+        response = web.json_response(
+            {
+                "error": kind,
+                "title": exc.reason,
+                "message": _http_message(request, exc),
+                "errors": [],
+            },
+            status=exc.status,
+        )
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except (OSError, sqlite3.Error) as exc:
+        known = storage_error(exc)
+        if known is None:
+            log.exception("control API: %s %s failed", request.method, request.path)
+            known = OpsbotError(f"the daemon failed: {exc}; see its log", title="Internal error")
+            known.status = 500
+        return error_response(known)
+
+
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no such endpoint: {request.method} {request.path}; see /openapi.json"
+    if exc.status == 405:
+        return f"{request.path} does not take {request.method}; it takes {exc.headers.get('Allow')}"
+    return exc.text or exc.reason
 
 
 @web.middleware
@@ -59,21 +172,55 @@ async def identity(
     if request.path in ("/openapi.json", "/healthz"):
         return await handler(request)
     uid = peer_uid(request)
-    try:
-        if uid is not None:
-            request[USER] = daemon.core.user(local_user_name(uid))
-        else:
-            token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            name = await asyncio.to_thread(daemon.user_for_token, token) if token else None
-            if name is None:
-                raise PermissionDenied(
-                    "this listener needs `Authorization: Bearer TOKEN`; create a token with "
-                    "`opsbot token create` on the machine"
-                )
-            request[USER] = daemon.core.user(name)
-        return await handler(request)
-    except OpsbotError as exc:
-        return error_response(exc)
+    if uid is not None:
+        request[USER] = daemon.core.user(local_user_name(uid))
+    else:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        name = (
+            await asyncio.to_thread(daemon.user_for_token, token)
+            if scheme.lower() == "bearer" and token
+            else None
+        )
+        if name is None:
+            raise Unauthorized(
+                "this listener needs `Authorization: Bearer TOKEN` with a token it knows; "
+                "create one with `opsbot token create` on the machine"
+            )
+        request[USER] = daemon.core.user(name)
+    return await handler(request)
+
+
+@functools.cache
+def query_names(path: str, method: str) -> frozenset[str] | None:
+    """The query parameters the document declares for an operation (None: not documented)."""
+    operation = openapi_document()["paths"].get(path, {}).get(method.lower())
+    if operation is None:
+        return None
+    return frozenset(p["name"] for p in operation.get("parameters", []) if p["in"] == "query")
+
+
+@web.middleware
+async def known_query(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A query parameter the endpoint does not take is refused, not ignored: a misspelt
+    ``?onwer=`` must not act on the caller's own service instead."""
+    route = request.match_info.route
+    path = route.resource.canonical if route.resource is not None else None
+    known = query_names(path, request.method) if path else None
+    if known is not None:
+        unknown = sorted(set(request.query) - known)
+        if unknown:
+            takes = ", ".join(sorted(known)) or "none"
+            raise InvalidInput(
+                [
+                    FieldError(name, f"unknown query parameter; this endpoint takes: {takes}")
+                    for name in unknown
+                ],
+                title="Invalid request",
+            )
+    return await handler(request)
 
 
 def user(request: web.Request) -> User:
@@ -88,9 +235,37 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 async def body(request: web.Request) -> Any:
     try:
-        return await request.json()
+        return json.loads(await request.read() or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OpsbotError(f"the request body is not JSON ({exc}); send a JSON object") from None
+        raise InvalidInput(
+            [FieldError("body", f"not JSON ({exc}); send a JSON object")], title="Invalid request"
+        ) from None
+
+
+async def body_as(request: web.Request, model: type[M]) -> M:
+    """The JSON body as ``model`` (an empty body is an empty object)."""
+    data = await body(request)
+    return parse(model, {} if data is None else data)
+
+
+async def spec_body(request: web.Request) -> dict[str, Any]:
+    """A deploy spec: a JSON object, checked field by field by the core."""
+    data = await body(request)
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            [FieldError("body", "send the deploy spec as a JSON object")], title="Invalid spec"
+        )
+    return data
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: true/1/yes or false/0/no (absent: false)."""
+    value = request.query.get(name, "false").lower()
+    if value in ("0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise InvalidInput([FieldError(name, f"{value!r}: use true or false")], title="Invalid request")
 
 
 def service_view(request: web.Request, service: Service) -> dict[str, Any]:
@@ -138,7 +313,7 @@ async def flavors(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    source = request.query.get("source")
+    source = query_choice(request.query.get("source"), "source", ("mine", "subscribed"))
     rows = await call(daemon.core.models, user(request), source)
     return web.json_response([mv.as_dict(src) for src, mv in rows])
 
@@ -151,23 +326,9 @@ async def create_model(request: web.Request) -> web.Response:
     """Register a model version from a directory on this machine (``opsbot model create``):
     Building while it is loaded once and predicts its sample, then Normal or Failed."""
     daemon = request.app[DAEMON]
-    data = await body(request)
-    if not isinstance(data, dict):
-        raise InvalidInput([FieldError("body", 'send {"name", "version", "path", "format"}')])
-    problems = [
-        FieldError(f, "required: a string")
-        for f in MODEL_FIELDS
-        if not isinstance(data.get(f), str)
-    ]
-    problems += [
-        FieldError(f, "must be a string")
-        for f in MODEL_OPTIONAL
-        if data.get(f) is not None and not isinstance(data.get(f), str)
-    ]
-    if problems:
-        raise InvalidInput(problems, title="Invalid model")
+    data = await body_as(request, ModelCreateBody)
     me = user(request)
-    path = Path(data["path"])
+    path = Path(data.path)
     if not path.is_absolute():
         raise InvalidInput(
             [FieldError("path", f"{path} is relative; give the directory's absolute path")],
@@ -176,13 +337,13 @@ async def create_model(request: web.Request) -> web.Response:
     mv = await call(
         daemon.core.create_model,
         me,
-        data["name"],
-        data["version"],
+        data.name,
+        data.version,
         path,
-        data["format"],
-        origin=data.get("origin") or "custom",
-        entry=data.get("entry") or None,
-        description=data.get("description") or "",
+        data.format,
+        origin=data.origin,
+        entry=data.entry or None,
+        description=data.description,
     )
     return web.json_response(mv.as_dict("mine"), status=201)
 
@@ -191,10 +352,7 @@ async def publish_model(request: web.Request) -> web.Response:
     """Body (optional): {"public": false} makes the model private again."""
     daemon = request.app[DAEMON]
     name = request.match_info["name"]
-    data = await body(request) if request.can_read_body else {}
-    public = data.get("public", True) if isinstance(data, dict) else True
-    if not isinstance(public, bool):
-        raise InvalidInput([FieldError("public", 'send {"public": true} or {"public": false}')])
+    public = (await body_as(request, PublishBody)).public
     me = user(request)
     await call(daemon.core.publish_model, me, name, public)
     return web.json_response({"owner": me.name, "name": name, "public": public})
@@ -235,7 +393,7 @@ async def gateway_numbers(request: web.Request) -> web.Response:
 
 async def validate(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    data = await body(request)
+    data = await spec_body(request)
     result = await call(daemon.core.validate, user(request), data, use_registry=True)
     return web.json_response(
         {
@@ -247,14 +405,14 @@ async def validate(request: web.Request) -> web.Response:
 
 async def list_services(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    everyone = request.query.get("all", "") in ("1", "true", "yes")
+    everyone = flag(request, "all")
     rows = await call(daemon.core.services, user(request), everyone=everyone)
     return web.json_response([service_view(request, s) for s in rows])
 
 
 async def create_service(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    data = await body(request)
+    data = await spec_body(request)
     me = user(request)
     validation = await call(daemon.core.validate, me, data, use_registry=True)
     created = await call(daemon.core.create_service, me, data)
@@ -276,7 +434,7 @@ async def show_service(request: web.Request) -> web.Response:
     out = service_view(request, service)
     # ?stats=1: CPU and memory from the runtime (about a second: two samples) and the
     # per-version numbers, which also read the gateway's /stats. Pollers leave it off.
-    with_stats = request.query.get("stats") == "1"
+    with_stats = flag(request, "stats")
     out["instances"] = await call(daemon.instances, service, with_stats)
     if with_stats:
         out["versions"] = await call(daemon.version_numbers, service, out["instances"])
@@ -309,8 +467,7 @@ async def delete_service(request: web.Request) -> web.Response:
 async def extend_service(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
-    data = await body(request)
-    hours = data.get("hours") if isinstance(data, dict) else None
+    hours = (await body_as(request, ExtendBody)).hours
     service = await call(daemon.core.extend_auto_stop, user(request), name, hours, owner)
     daemon.changed()
     return web.json_response(service_view(request, service))
@@ -329,10 +486,7 @@ async def extend_plan(request: web.Request) -> web.Response:
 async def auto_stop(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
-    data = await body(request)
-    value = data.get("auto_stop") if isinstance(data, dict) else None
-    if not isinstance(value, str):
-        raise InvalidInput([FieldError("auto_stop", 'send {"auto_stop": "off" | "on" | "4h"}')])
+    value = (await body_as(request, AutoStopBody)).auto_stop
     service = await call(daemon.core.set_auto_stop, user(request), name, value, owner)
     daemon.changed()
     return web.json_response(service_view(request, service))
@@ -349,12 +503,13 @@ async def update_service(request: web.Request) -> web.Response:
     """Body: {"spec": {...whole new spec...}} or {"changes": {...}} (see update.Changes)."""
     daemon = request.app[DAEMON]
     name, owner = _target(request)
-    data = await body(request)
-    if not isinstance(data, dict) or ("spec" in data) == ("changes" in data):
+    data = await body_as(request, UpdateBody)
+    if (data.spec is None) == (data.changes is None):
         raise InvalidInput(
-            [FieldError("spec", 'send {"spec": {...}} (a whole spec) or {"changes": {...}}')]
+            [FieldError("spec", 'send {"spec": {...}} (a whole spec) or {"changes": {...}}')],
+            title="Invalid request",
         )
-    wanted = data["spec"] if "spec" in data else update.parse_changes(data["changes"])
+    wanted = data.spec if data.spec is not None else update.parse_changes(data.changes)
     result = await call(daemon.core.update_service, user(request), name, wanted, owner)
     return _updated(request, result)
 
@@ -396,11 +551,9 @@ async def rollback_service(request: web.Request) -> web.Response:
     service as modified)."""
     daemon = request.app[DAEMON]
     name, owner = _target(request)
-    data = await body(request)
-    to = data.get("to") if isinstance(data, dict) else None
-    if not isinstance(to, int) or isinstance(to, bool):
-        raise InvalidInput([FieldError("to", 'send {"to": N}, N a snapshot from the history')])
-    if data.get("dry_run"):
+    data = await body_as(request, RollbackBody)
+    to = data.to
+    if data.dry_run:
         changes = await call(daemon.core.rollback_preview, user(request), name, to, owner)
         return web.json_response({"changes": changes, "snapshot": None})
     result = await call(daemon.core.rollback, user(request), name, to, owner)
@@ -417,7 +570,7 @@ def _updated(request: web.Request, result: update.Updated) -> web.Response:
 
 
 def _since(text: str | None) -> float | None:
-    if not text:
+    if text is None:
         return None
     return time.time() - parse_duration_s(text, field="since")
 
@@ -427,9 +580,9 @@ async def list_events(request: web.Request) -> web.Response:
     q = request.query
     filters: dict[str, Any] = {
         "service": request.match_info.get("name") or q.get("service") or None,
-        "level": q.get("level") or None,
+        "level": query_choice(q.get("level"), "level", LEVELS),
         "since": _since(q.get("since")),
-        "after_id": int(q.get("after_id", "0") or 0),
+        "after_id": query_int(q.get("after_id"), "after_id", 0, 0, MAX_ID),
     }
     if q.get("owner"):
         filters["owner"] = q["owner"]
@@ -457,8 +610,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     me = user(request)
     q = request.query
     service = q.get("service") or None
-    level = q.get("level") or None
-    after = int(q.get("after_id", "0") or 0)
+    level = query_choice(q.get("level"), "level", LEVELS)
+    after = query_int(q.get("after_id"), "after_id", 0, 0, MAX_ID)
 
     def visible(e: Event) -> bool:
         return (
@@ -515,7 +668,7 @@ async def end_streams(app: web.Application) -> None:
 async def service_logs(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
-    tail = int(request.query.get("tail", "100"))
+    tail = query_int(request.query.get("tail"), "tail", 100, 1, MAX_TAIL)
     service = await call(daemon.core.service, user(request), name, owner)
     lines = await call(daemon.instance_logs, service, tail)
     return web.json_response(lines)
@@ -525,6 +678,11 @@ async def predict(request: web.Request) -> web.Response:
     """Call the service through the gateway for its owner, who need not hold the key."""
     daemon = request.app[DAEMON]
     name, owner = _target(request)
+    if not isinstance(await body(request), dict):
+        raise InvalidInput(
+            [FieldError("body", 'send a JSON object, e.g. {"instances": [[5.1, 3.5, 1.4, 0.2]]}')],
+            title="Invalid request",
+        )
     service = await call(daemon.core.service, user(request), name, owner)
     if not user(request).can_act_on(service.owner):
         raise PermissionDenied(
@@ -564,20 +722,6 @@ async def predict(request: web.Request) -> web.Response:
     )
 
 
-async def _errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except OpsbotError as exc:
-        return error_response(exc)
-    except ValueError as exc:
-        return error_response(OpsbotError(f"bad request: {exc}"))
-
-
-errors = web.middleware(_errors)
-
-
 async def create_token(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     me = user(request)
@@ -586,7 +730,9 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application(middlewares=[identity, errors], client_max_size=16 * 1024**2)
+    app = web.Application(
+        middlewares=[json_errors, identity, known_query], client_max_size=16 * 1024**2
+    )
     app[DAEMON] = daemon
     app[STREAMS] = set()
     app.on_shutdown.append(end_streams)

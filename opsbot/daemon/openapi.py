@@ -1,17 +1,35 @@
-"""The control API's OpenAPI 3.1 document, built from the core's pydantic models."""
+"""The control API's OpenAPI 3.1 document: the contract, tested by schemathesis in CI.
+
+Request bodies come from the pydantic models the handlers validate with (opsbot.daemon.bodies
+and the core's DeploySpec and Changes), so the document and the code cannot disagree on them.
+"""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from opsbot import __version__
 from opsbot.core.spec import DeploySpec
+from opsbot.core.status import Status
 from opsbot.core.update import Changes
+from opsbot.daemon.bodies import (
+    AutoStopBody,
+    ExtendBody,
+    ModelCreateBody,
+    PublishBody,
+    RollbackBody,
+    UpdateBody,
+)
 
 REF = "#/components/schemas/{model}"
+
+
+def ref(model: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=model)}
+
 
 _ERROR = {
     "type": "object",
@@ -31,6 +49,8 @@ _ERROR = {
     },
 }
 
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+
 _SERVICE = {
     "type": "object",
     "required": ["id", "name", "owner", "status", "url"],
@@ -40,44 +60,68 @@ _SERVICE = {
         "owner": {"type": "string"},
         "status": {
             "type": "string",
-            "enum": [
-                "deploying",
-                "running",
-                "concerning",
-                "abnormal",
-                "failed",
-                "stopping",
-                "stopped",
-                "deleting",
-            ],
+            "enum": [s.value for s in Status],
+            "description": "lower case on the wire; shown capitalised (Running, Stopped)",
         },
         "progress": {"type": "integer"},
         "reason": {"type": "string"},
         "url": {"type": "string"},
         "auto_stop": {"type": "string"},
-        "due_time": {"type": ["number", "null"]},
-        "remaining_s": {"type": ["number", "null"]},
+        "due_time": _NUMBER_OR_NULL,
+        "remaining_s": _NUMBER_OR_NULL,
         "instances_ready": {"type": "integer", "description": "instances answering readiness"},
         "instances_desired": {"type": "integer", "description": "instances the spec asks for"},
         "api_key": {"type": "string", "description": "only in the reply to the deploy"},
+        "instances": {"type": "array", "items": {"type": "object"}},
+        "changes": {"type": "array", "items": {"type": "string"}},
+        "snapshot": {"type": ["integer", "null"]},
     },
 }
 
-
-_CHANGES = TypeAdapter(Changes).json_schema()
-
-_MODEL_CREATE = {
+_EVENT = {
     "type": "object",
-    "required": ["name", "version", "path", "format"],
+    "required": ["id", "time", "level", "kind", "message", "actor"],
     "properties": {
-        "name": {"type": "string"},
-        "version": {"type": "string"},
-        "path": {"type": "string", "description": "absolute path of a directory the caller reads"},
-        "format": {"type": "string", "enum": ["sklearn", "onnx", "python"]},
-        "entry": {"type": "string", "description": "python format: module:Class"},
-        "origin": {"type": "string", "enum": ["custom", "exeml"]},
-        "description": {"type": "string"},
+        "id": {"type": "integer"},
+        "time": {"type": "number"},
+        "service_id": {"type": ["integer", "null"]},
+        "service": {"type": ["string", "null"]},
+        "owner": {"type": ["string", "null"]},
+        "level": {"type": "string", "enum": ["normal", "abnormal"]},
+        "kind": {"type": "string"},
+        "message": {"type": "string"},
+        "actor": {"type": "string"},
     },
+}
+
+_OBJECTS = {"type": "array", "items": {"type": "object"}}
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(ref_template=REF)
+
+
+def _param(name: str, schema: dict[str, Any], where: str = "query", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path", "schema": schema, **extra}
+
+
+_NAME = _param("name", {"type": "string", "minLength": 1}, "path", description="service name")
+_OWNER = _param("owner", {"type": "string"}, description="the owner, for an admin's call")
+_BOOL = {"type": "boolean"}
+PARAMS: dict[str, dict[str, Any]] = {
+    "pool": _param("pool", {"type": "string", "default": "public"}),
+    "source": _param("source", {"type": "string", "enum": ["mine", "subscribed"]}),
+    "all": _param("all", _BOOL, description="everyone's services (admins)"),
+    "stats": _param("stats", _BOOL, description="CPU, memory and per-version numbers (slow)"),
+    "service": _param("service", {"type": "string"}),
+    "level": _param("level", {"type": "string", "enum": ["normal", "abnormal"]}),
+    "since": _param(
+        "since",
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdSMHD]\s*$"},
+        description="only newer than this: 45s, 30m, 1h, 2d",
+    ),
+    "after_id": _param("after_id", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
+    "tail": _param("tail", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}),
 }
 
 
@@ -87,6 +131,8 @@ def _op(
     schema: dict[str, Any] | None = None,
     body: dict[str, Any] | None = None,
     params: tuple[str, ...] = (),
+    body_required: bool = True,
+    public: bool = False,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -96,65 +142,86 @@ def _op(
                 "content": {"application/json": {"schema": schema or {"type": "object"}}},
             },
             "default": {
-                "description": "error",
-                "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},
+                "description": "error (401 with WWW-Authenticate when the token is missing)",
+                "content": {"application/json": {"schema": ref("Error")}},
             },
         },
     }
-    parameters = [
-        {
-            "name": p,
-            "in": "path" if p == "name" else "query",
-            "required": p == "name",
-            "schema": {"type": "string"},
-        }
-        for p in params
-    ]
+    parameters = [_NAME if p == "name" else _OWNER if p == "owner" else PARAMS[p] for p in params]
     if parameters:
         op["parameters"] = parameters
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": body}},
+        }
+    if public:
+        op["security"] = []
     return op
+
+
+SVC = ("name", "owner")
 
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     schema = DeploySpec.model_json_schema(ref_template=REF)
     defs = schema.pop("$defs", {})
-    spec_ref = {"$ref": REF.format(model="DeploySpec")}
-    service_ref = {"$ref": REF.format(model="Service")}
-    svc = ("name", "owner")
+    changes = TypeAdapter(Changes).json_schema(ref_template=REF)
+    defs.update(changes.pop("$defs", {}))
+    update = _schema(UpdateBody)
+    update["properties"]["spec"] = {"anyOf": [ref("DeploySpec"), {"type": "null"}]}
+    update["properties"]["changes"] = {"anyOf": [ref("Changes"), {"type": "null"}]}
+    update["description"] = "Exactly one of spec and changes."
+    update["minProperties"] = 1
+    service, services = ref("Service"), {"type": "array", "items": ref("Service")}
+    events = {"type": "array", "items": ref("Event")}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "opsbot control API",
             "version": __version__,
-            "description": "Served on the daemon's unix socket; the caller is the socket's peer.",
+            "description": (
+                "Served on the daemon's unix socket, where the caller is the socket's peer and "
+                "needs no token, and optionally on TCP (api_listen), where every call but "
+                "/healthz and /openapi.json needs `Authorization: Bearer TOKEN` "
+                "(`opsbot token create`). Every error is a JSON Error document."
+            ),
         },
+        "security": [{"bearerAuth": []}],
         "paths": {
-            "/healthz": {"get": _op("Liveness of the daemon")},
+            "/healthz": {"get": _op("Liveness of the daemon", public=True)},
+            "/openapi.json": {"get": _op("This document", public=True)},
             "/v1/whoami": {"get": _op("The calling user, admin flag and quota use")},
-            "/v1/flavors": {"get": _op("Flavors with availability", params=("pool",))},
+            "/v1/tokens": {
+                "post": _op("A token for the TCP listener, acting as the caller", ok="201")
+            },
+            "/v1/flavors": {
+                "get": _op("Flavors with availability", schema=_OBJECTS, params=("pool",))
+            },
             "/v1/models": {
-                "get": _op("Model versions the caller can deploy", params=("source",)),
+                "get": _op(
+                    "Model versions the caller can deploy", schema=_OBJECTS, params=("source",)
+                ),
                 "post": _op(
                     "Register a model version from a directory (Building, then Normal or Failed)",
                     ok="201",
-                    body=_MODEL_CREATE,
+                    body=_schema(ModelCreateBody),
                 ),
             },
             "/v1/models/{name}/publish": {
                 "post": _op(
                     "Publish one of the caller's models (public: false makes it private)",
                     params=("name",),
-                    body={"type": "object", "properties": {"public": {"type": "boolean"}}},
+                    body=_schema(PublishBody),
+                    body_required=False,
                 )
             },
             "/v1/models/{owner}/{name}/subscribe": {
                 "post": {
                     **_op("Subscribe to a published model (My Subscriptions)"),
                     "parameters": [
-                        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                        _param(p, {"type": "string", "minLength": 1}, "path")
                         for p in ("owner", "name")
                     ],
                 }
@@ -162,7 +229,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/pools": {
                 "get": _op(
                     "Resource pools: kind, capacity, free capacity, whether the caller may use it",
-                    schema={"type": "array", "items": {"type": "object"}},
+                    schema=_OBJECTS,
                 )
             },
             "/v1/nodes": {
@@ -190,28 +257,35 @@ def openapi_document() -> dict[str, Any]:
                     },
                 )
             },
-            "/v1/validate": {"post": _op("Validate a deploy spec", body=spec_ref)},
+            "/v1/validate": {"post": _op("Validate a deploy spec", body=ref("DeploySpec"))},
             "/v1/services": {
                 "get": _op(
-                    "Services (the caller's, or everyone's with all=1)",
-                    schema={"type": "array", "items": service_ref},
+                    "Services (the caller's, or everyone's with all=true)",
+                    schema=services,
                     params=("all",),
                 ),
-                "post": _op("Deploy a service", ok="201", schema=service_ref, body=spec_ref),
+                "post": _op("Deploy a service", ok="201", schema=service, body=ref("DeploySpec")),
             },
             "/v1/services/{name}": {
-                "get": _op("One service with its instances", schema=service_ref, params=svc),
-                "delete": _op("Delete a service", ok="202", schema=service_ref, params=svc),
+                "get": _op(
+                    "One service with its instances", schema=service, params=(*SVC, "stats")
+                ),
+                "delete": _op("Delete a service", ok="202", schema=service, params=SVC),
             },
-            "/v1/services/{name}/stop": {"post": _op("Stop", schema=service_ref, params=svc)},
-            "/v1/services/{name}/start": {"post": _op("Start", schema=service_ref, params=svc)},
-            "/v1/services/{name}/key": {"post": _op("Rotate the API key", params=svc)},
+            "/v1/services/{name}/stop": {"post": _op("Stop", schema=service, params=SVC)},
+            "/v1/services/{name}/start": {"post": _op("Start", schema=service, params=SVC)},
+            "/v1/services/{name}/key": {
+                "post": _op(
+                    "Rotate the API key; answers once the gateway routes the new key",
+                    params=SVC,
+                )
+            },
             "/v1/services/{name}/extend": {
                 "post": _op(
                     "Extend auto stop: add hours to the time left, capped at 24 h from now",
-                    schema=service_ref,
-                    params=svc,
-                    body={"type": "object", "properties": {"hours": {"type": "integer"}}},
+                    schema=service,
+                    params=SVC,
+                    body=_schema(ExtendBody),
                 )
             },
             "/v1/services/{name}/extend/plan": {
@@ -219,27 +293,24 @@ def openapi_document() -> dict[str, Any]:
                     "What Extend would do: time left, new deadline (capped at 24 h), changing "
                     "nothing",
                     schema={"type": "object"},
-                    params=svc,
-                    body={"type": "object", "properties": {"hours": {"type": "integer"}}},
+                    params=SVC,
+                    body=_schema(ExtendBody),
                 )
             },
             "/v1/services/{name}/autostop": {
                 "post": _op(
                     "Auto stop off, on or a duration",
-                    schema=service_ref,
-                    params=svc,
-                    body={"type": "object", "properties": {"auto_stop": {"type": "string"}}},
+                    schema=service,
+                    params=SVC,
+                    body=_schema(AutoStopBody),
                 )
             },
             "/v1/services/{name}/update": {
                 "post": _op(
                     "Modify a service: a whole new spec, or changes to the current one",
-                    schema=service_ref,
-                    params=svc,
-                    body={
-                        "type": "object",
-                        "properties": {"spec": spec_ref, "changes": _CHANGES},
-                    },
+                    schema=service,
+                    params=SVC,
+                    body=update,
                 )
             },
             "/v1/services/{name}/update/plan": {
@@ -247,53 +318,80 @@ def openapi_document() -> dict[str, Any]:
                     "What a modification would change and restart (masked values mean keep), "
                     "changing nothing",
                     schema={"type": "object"},
-                    params=svc,
-                    body={
-                        "type": "object",
-                        "properties": {"spec": spec_ref, "changes": _CHANGES},
-                    },
+                    params=SVC,
+                    body=update,
                 )
             },
             "/v1/services/{name}/history": {
-                "get": _op(
-                    "Config snapshots, #1 the deploy",
-                    schema={"type": "array", "items": {"type": "object"}},
-                    params=svc,
-                )
+                "get": _op("Config snapshots, #1 the deploy", schema=_OBJECTS, params=SVC)
             },
             "/v1/services/{name}/rollback": {
                 "post": _op(
                     "Apply snapshot N again (dry_run: only the changes)",
-                    params=svc,
-                    body={
-                        "type": "object",
-                        "required": ["to"],
-                        "properties": {
-                            "to": {"type": "integer"},
-                            "dry_run": {"type": "boolean"},
-                        },
-                    },
+                    params=SVC,
+                    body=_schema(RollbackBody),
                 )
             },
             "/v1/events/stream": {
-                "get": _op("Server-sent events", params=("service", "level", "after_id"))
+                "get": {
+                    "summary": "Server-sent events, endless: one `data: {Event}` per event",
+                    "parameters": [PARAMS["service"], PARAMS["level"], PARAMS["after_id"]],
+                    "responses": {
+                        "200": {
+                            "description": "an endless event stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "default": {
+                            "description": "error",
+                            "content": {"application/json": {"schema": ref("Error")}},
+                        },
+                    },
+                }
             },
             "/v1/services/{name}/events": {
-                "get": _op("Events of a service", params=(*svc, "level", "since", "after_id"))
+                "get": _op(
+                    "Events of a service",
+                    schema=events,
+                    params=(*SVC, "level", "since", "after_id"),
+                )
             },
             "/v1/services/{name}/logs": {
-                "get": _op("Log tail of the instances", params=(*svc, "tail"))
+                "get": _op(
+                    "Log tail of the instances",
+                    schema={"type": "array", "items": {"type": "string"}},
+                    params=(*SVC, "tail"),
+                )
             },
             "/v1/services/{name}/predict": {
                 "post": _op(
-                    "Predict through the gateway as the owner", params=svc, body={"type": "object"}
+                    "Predict through the gateway as the owner",
+                    params=SVC,
+                    body={"type": "object", "description": "the model's JSON request"},
                 )
             },
             "/v1/events": {
-                "get": _op("Events", params=("service", "owner", "level", "since", "after_id"))
+                "get": _op(
+                    "Events",
+                    schema=events,
+                    params=("service", "owner", "level", "since", "after_id"),
+                )
             },
         },
         "components": {
-            "schemas": {**defs, "DeploySpec": schema, "Service": _SERVICE, "Error": _ERROR}
+            "schemas": {
+                **defs,
+                "DeploySpec": schema,
+                "Changes": changes,
+                "Service": _SERVICE,
+                "Event": _EVENT,
+                "Error": _ERROR,
+            },
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a token from `opsbot token create` (TCP listener only)",
+                }
+            },
         },
     }

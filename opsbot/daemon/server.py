@@ -80,6 +80,20 @@ def make_runtime(name: str, home: Path) -> Runtime:
     )
 
 
+def store_token(core: Core, user: str, token: str) -> str:
+    """Let ``token`` act as ``user`` on the TCP listener (the store keeps its hash only)."""
+    with core.store.write() as db:
+        table(db, "user_tokens").insert(
+            {
+                "user": user,
+                "token_hash": hash_key(token),
+                "prefix": key_prefix(token),
+                "created_at": time.time(),
+            }
+        )
+    return token
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -142,17 +156,7 @@ class Daemon:
         return str(row[0]) if row else None
 
     def create_token(self, user: str) -> str:
-        token = new_key()
-        with self.core.store.write() as db:
-            table(db, "user_tokens").insert(
-                {
-                    "user": user,
-                    "token_hash": hash_key(token),
-                    "prefix": key_prefix(token),
-                    "created_at": time.time(),
-                }
-            )
-        return token
+        return store_token(self.core, user, new_key())
 
     # -- logs --------------------------------------------------------------------------------
 
