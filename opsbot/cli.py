@@ -9,13 +9,13 @@ import functools
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import typer
 from rich import box
@@ -26,12 +26,14 @@ from rich.table import Table
 from opsbot.core import update as update_mod
 from opsbot.core.app import Core
 from opsbot.core.config import default_home
-from opsbot.core.errors import FieldError, InvalidInput, OpsbotError
+from opsbot.core.errors import FieldError, InvalidInput, OpsbotError, storage_error
+from opsbot.core.events import Level
 from opsbot.core.identity import User, local_user_name
 from opsbot.core.runtimes.process import tail_lines
 from opsbot.core.spec import load_spec_file, spec_to_dict
+from opsbot.core.status import Status
 from opsbot.core.timefmt import format_remaining
-from opsbot.daemon.client import Client
+from opsbot.daemon.client import Client, service_path
 from opsbot.daemon.server import LOCK_NAME, Daemon
 
 app = typer.Typer(
@@ -52,11 +54,26 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of a table.")
-
 
 class State:
     home: Path | None = None
+    #: --json was given: results and errors are JSON documents on stdout.
+    as_json: bool = False
+
+
+def _json_mode(value: bool) -> bool:
+    State.as_json = State.as_json or value
+    return value
+
+
+JSON_OPT = typer.Option(
+    False,
+    "--json",
+    help='Print one JSON document; errors too, as {"error", "title", "message", "field", '
+    '"errors"} on stdout (exit code 1).',
+    callback=_json_mode,
+    is_eager=True,
+)
 
 
 @app.callback()
@@ -79,17 +96,48 @@ def _me(core: Core) -> User:
     return core.user(local_user_name())
 
 
+def error_document(exc: OpsbotError) -> dict[str, Any]:
+    """An error as ``--json`` prints it: the API's Error document plus the first field."""
+    doc = exc.as_dict()
+    doc["field"] = exc.errors[0].field if exc.errors else None
+    return doc
+
+
 def print_error(exc: OpsbotError) -> None:
-    err.print(f"[bold red]Error[/]: {exc.title}", markup=True)
-    if exc.errors:
+    """One line (one per field when several are wrong), or the JSON document with --json."""
+    if State.as_json:
+        _json(error_document(exc))
+        return
+    if len(exc.errors) > 1:
+        err.print(f"[bold red]Error[/]: {exc.title}", markup=True)
         for e in exc.errors:
             err.print(f"  {e.field}: {e.message}", markup=False)
-    else:
-        err.print(f"  {exc.message}", markup=False)
+        return
+    text = f"{exc.errors[0].field}: {exc.errors[0].message}" if exc.errors else exc.message
+    err.print("[bold red]Error[/]: ", end="", markup=True)
+    err.print(f"{exc.title}: {text}", markup=False)
+
+
+def as_opsbot_error(exc: OSError | sqlite3.Error) -> OpsbotError:
+    """A file or storage failure as the error a person reads: what, where, what to do."""
+    known = storage_error(exc, where=str(_home()))
+    if known is not None:
+        return known
+    if isinstance(exc, sqlite3.Error):
+        return OpsbotError(
+            f"the store in {_home()} failed: {exc}; check the disk, then try again",
+            title="Store error",
+        )
+    where = f" {exc.filename}" if exc.filename else ""
+    return OpsbotError(
+        f"cannot use{where}: {exc.strerror or exc}; check the path and its permissions",
+        title="File error",
+    )
 
 
 def reports_errors(fn: F) -> F:
-    """Turn OpsbotError into a message on stderr and exit code 1."""
+    """Turn OpsbotError (and file errors) into one message and exit code 1: never a
+    traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -98,8 +146,28 @@ def reports_errors(fn: F) -> F:
         except OpsbotError as exc:
             print_error(exc)
             raise typer.Exit(1) from None
+        except (OSError, sqlite3.Error) as exc:
+            print_error(as_opsbot_error(exc))
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _service_name(value: str) -> str:
+    if not value.strip():
+        raise typer.BadParameter("give the service's name; `opsbot services` lists them")
+    return value
+
+
+NAME_ARG = typer.Argument(..., help="The service's name.", callback=_service_name)
+
+
+def _label(status: str) -> str:
+    """A status as the reference page writes it: Running, Stopped."""
+    try:
+        return Status(status).label
+    except ValueError:
+        return status.capitalize()
 
 
 def _json(data: Any) -> None:
@@ -316,10 +384,14 @@ def model_delete(
     version: str | None = typer.Option(
         None, "--version", "-v", help="One version; without it, the whole model."
     ),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Delete a model version (or the model); refused while a service uses it."""
     core = _core()
     gone = core.delete_model(_me(core), name, version)
+    if as_json:
+        _json([v.as_dict("mine") for v in gone])
+        return
     out.print(f"deleted {', '.join(f'{v.name} {v.version}' for v in gone)}", markup=False)
 
 
@@ -328,14 +400,20 @@ def model_delete(
 def model_publish(
     name: str,
     unpublish: bool = typer.Option(False, "--unpublish", help="Make it private again."),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Make a model visible to every user, who can then subscribe to it."""
     client = _daemon()
     if client is not None:
-        client.publish_model(name, not unpublish)
+        done = client.publish_model(name, not unpublish)
     else:
         core = _core()
-        core.publish_model(_me(core), name, not unpublish)
+        me = _me(core)
+        core.publish_model(me, name, not unpublish)
+        done = {"owner": me.name, "name": name, "public": not unpublish}
+    if as_json:
+        _json(done)
+        return
     out.print(f"{name} is {'private' if unpublish else 'published'}", markup=False)
 
 
@@ -343,6 +421,7 @@ def model_publish(
 @reports_errors
 def model_subscribe(
     ref: str = typer.Argument(..., help="OWNER/NAME of a published model."),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Subscribe to a published model: it appears under My Subscriptions."""
     client = _daemon()
@@ -351,6 +430,9 @@ def model_subscribe(
     else:
         core = _core()
         core.subscribe(_me(core), ref)
+    if as_json:
+        _json({"model": ref, "subscribed": True})
+        return
     out.print(f"subscribed to {ref}", markup=False)
 
 
@@ -376,10 +458,13 @@ def model_examples(as_json: bool = JSON_OPT) -> None:
 
 @user_app.command("link")
 @reports_errors
-def user_link(local_name: str, slack_user_id: str) -> None:
+def user_link(local_name: str, slack_user_id: str, as_json: bool = JSON_OPT) -> None:
     """Make a Slack user act as a local account (same services, same quota)."""
     core = _core()
     core.link_slack(_me(core), local_name, slack_user_id)
+    if as_json:
+        _json({"user": local_name, "slack_id": slack_user_id})
+        return
     out.print(f"Slack user {slack_user_id} now acts as {local_name}", markup=False)
 
 
@@ -408,7 +493,11 @@ def up(
         None, help="process (default), docker or swarm; overrides config.toml."
     ),
     gateway_port: int | None = typer.Option(
-        None, help="Gateway port (default from config.toml: 8780; 0 picks a free one)."
+        None,
+        min=0,
+        max=65535,
+        help="Gateway port (default from config.toml: 8780; 0 picks a free one). A port another "
+        "program holds is refused, naming it.",
     ),
     listen: str | None = typer.Option(
         None, help="Also serve the control API on HOST:PORT (callers need a user token)."
@@ -417,11 +506,14 @@ def up(
         False, "--detach", "-d", help="Run in the background; return once it answers."
     ),
     examples: bool = typer.Option(True, help="Create the iris example models on first start."),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Run the daemon: control API, controller, gateway. Model instances outlive it."""
     home = _home()
     if detach:
-        _detach(home, runtime, gateway_port, listen, examples)
+        started = _detach(home, runtime, gateway_port, listen, examples)
+        if as_json:
+            _json(started)
         return
     Daemon(
         home,
@@ -435,11 +527,12 @@ def up(
 
 def _detach(
     home: Path, runtime: str | None, gateway_port: int | None, listen: str | None, examples: bool
-) -> None:
+) -> dict[str, Any]:
+    """Start the daemon in the background; what it answers once it does (whoami, pid, log)."""
     client = Client(home)
     if client.available():
         err.print(f"an opsbot daemon already answers on {client.socket}", markup=False)
-        return
+        return {**client.request("GET", "/v1/whoami"), "pid": None, "already_running": True}
     if examples:
         core = Core(home)
         core.create_examples(_me(core), lambda w: err.print(f"example model: {w}", markup=False))
@@ -465,9 +558,13 @@ def _detach(
     with err.status("starting the daemon"):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                # Its own one-line error (port busy, home not writable) says it best.
+                lines = tail_lines(log_path, 8)
+                said = [ln for ln in lines if ln.startswith("Error: ")]
+                why = said[-1].removeprefix("Error: ") if said else " / ".join(lines[-3:])
                 raise OpsbotError(
-                    f"the daemon exited at start; see {log_path}:\n"
-                    + "\n".join(tail_lines(log_path, 8))
+                    f"the daemon exited at start: {why} (log: {log_path})",
+                    title="Daemon not started",
                 )
             if client.available():
                 me = client.request("GET", "/v1/whoami")
@@ -476,26 +573,32 @@ def _detach(
                     f"gateway {me['gateway_url']}; log: {log_path}",
                     markup=False,
                 )
-                return
+                return {**me, "pid": proc.pid, "log": str(log_path)}
             time.sleep(0.2)
     raise OpsbotError(f"the daemon did not answer within 60 s; see {log_path}")
 
 
 @app.command()
 @reports_errors
-def down() -> None:
+def down(as_json: bool = JSON_OPT) -> None:
     """Stop the daemon (SIGTERM). Model instances keep running; `opsbot up` adopts them."""
     lock = _home() / LOCK_NAME
     client = _client()
     if not client.available():
-        err.print("no opsbot daemon is running", markup=False)
+        if as_json:
+            _json({"stopped": None})
+        else:
+            err.print("no opsbot daemon is running", markup=False)
         return
     pid = int(lock.read_text().strip())
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
         time.sleep(0.1)
-    err.print(f"daemon {pid} stopped", markup=False)
+    if as_json:
+        _json({"stopped": pid})
+    else:
+        err.print(f"daemon {pid} stopped", markup=False)
 
 
 # -- services -----------------------------------------------------------------------------
@@ -522,7 +625,9 @@ def deploy(
     version: str | None = typer.Option(None, "--version", help="Model version (Normal)."),
     source: str | None = typer.Option(None, "--source", help="mine (default) or subscribed."),
     flavor: str | None = typer.Option(None, "--flavor", help="Flavor id: see `opsbot flavors`."),
-    instances: int | None = typer.Option(None, "--instances", help="Compute nodes, 1-128."),
+    instances: int | None = typer.Option(
+        None, "--instances", min=1, max=128, help="Compute nodes, 1-128."
+    ),
     traffic_limit: int | None = typer.Option(
         None, "--traffic-limit", help="Requests per second for the service (default 100)."
     ),
@@ -535,10 +640,49 @@ def deploy(
     wait: bool = typer.Option(False, "--wait", help="Block until Running or Failed."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Deploy a model as a real-time service (one version by flags, any spec with -f)."""
+    """Deploy a model as a real-time service (one version by flags, any spec with -f).
+
+    With -f, --name, --traffic-limit, --auto-stop, --description and --pool override the
+    file's values; the per-version flags (--model, --version, --source, --flavor,
+    --instances, --env) are refused: write them in the file.
+    """
+    per_version = {
+        "--model": model,
+        "--version": version,
+        "--source": source,
+        "--flavor": flavor,
+        "--instances": instances,
+        "--env": env or None,
+    }
     if file is not None:
+        given = [flag for flag, value in per_version.items() if value is not None]
+        if given:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        given[0].lstrip("-"),
+                        f"{', '.join(given)} cannot go with -f (which versions would they "
+                        "change?); write them in the spec file",
+                    )
+                ]
+            )
         data: dict[str, Any] = dict(load_spec_file(file))
     else:
+        missing = [
+            flag
+            for flag, value in (("--name", name), ("--model", model), ("--version", version))
+            if not value
+        ]
+        if missing:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        missing[0].lstrip("-"),
+                        f"{', '.join(missing)} required; e.g. opsbot deploy --name iris-one "
+                        "--model iris --version 1.0.0 (or a spec file with -f)",
+                    )
+                ]
+            )
         entry: dict[str, Any] = {"model": model, "version": version}
         for key, value in (("source", source), ("flavor", flavor), ("instances", instances)):
             if value is not None:
@@ -566,7 +710,7 @@ def deploy(
     if as_json:
         _json(result)
     else:
-        out.print(f"service {result['name']}: {result['status']}", markup=False)
+        out.print(f"service {result['name']}: {_label(result['status'])}", markup=False)
         out.print(f"URL:     {result['url']}", markup=False)
         out.print(
             f"API key: {created['api_key']}  (shown once; rotate with `opsbot key rotate`)",
@@ -617,7 +761,7 @@ def services_cmd(
         return
     table = Table("name", "owner", "status", "versions", "auto stop", "url")
     for s in rows:
-        status = s["status"] + (f" {s['progress']}%" if s["status"] == "deploying" else "")
+        status = _label(s["status"]) + (f" {s['progress']}%" if s["status"] == "deploying" else "")
         table.add_row(
             s["name"],
             s["owner"],
@@ -640,18 +784,16 @@ OWNER_OPT = typer.Option(None, "--owner", help="The service's owner (admins; def
 
 @app.command()
 @reports_errors
-def show(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+def show(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
     """One service: status, URL, versions, instances (with CPU and memory), auto stop."""
-    s = _client().request(
-        "GET", f"/v1/services/{quote(name)}", query={"owner": owner, "stats": "1"}
-    )
+    s = _client().request("GET", service_path(name), query={"owner": owner, "stats": "true"})
     if as_json:
         _json(s)
         return
     lines = [
         ("name", s["name"]),
         ("owner", s["owner"]),
-        ("status", s["status"] + (f" ({s['reason']})" if s["reason"] else "")),
+        ("status", _label(s["status"]) + (f" ({s['reason']})" if s["reason"] else "")),
         ("url", s["url"]),
         ("auto stop", _auto_stop_text(s)),
         ("traffic limit", f"{s['traffic_limit']}/s"),
@@ -735,32 +877,32 @@ def _stats_cells(stats: dict[str, float] | None) -> list[str]:
 def _simple_action(verb: str, name: str, owner: str | None, as_json: bool) -> None:
     client = _client()
     if verb == "delete":
-        s = client.request("DELETE", f"/v1/services/{name}", query={"owner": owner})
+        s = client.request("DELETE", service_path(name), query={"owner": owner})
     else:
         s = client.action(name, verb, owner)
     if as_json:
         _json(s)
     else:
-        out.print(f"{s['name']}: {s['status']}", markup=False)
+        out.print(f"{s['name']}: {_label(s['status'])}", markup=False)
 
 
 @app.command()
 @reports_errors
-def stop(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+def stop(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
     """Stop a service (its instances stop; it keeps its name, key and settings)."""
     _simple_action("stop", name, owner, as_json)
 
 
 @app.command()
 @reports_errors
-def start(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+def start(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
     """Start a Stopped or Failed service again."""
     _simple_action("start", name, owner, as_json)
 
 
 @app.command()
 @reports_errors
-def delete(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+def delete(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
     """Delete a service: instances stop, then the service and its key are gone."""
     _simple_action("delete", name, owner, as_json)
 
@@ -768,9 +910,13 @@ def delete(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -
 @app.command()
 @reports_errors
 def update(
-    name: str = typer.Argument(..., help="The service to modify."),
+    name: str = NAME_ARG,
     file: Path | None = typer.Option(
-        None, "-f", "--file", help="A whole new spec (TOML or JSON) instead of flags."
+        None,
+        "-f",
+        "--file",
+        help="A whole new spec (TOML or JSON) instead of flags; the flags below are refused "
+        "beside it.",
     ),
     traffic: str | None = typer.Option(
         None,
@@ -802,9 +948,34 @@ def update(
     """Modify a service: versions and ratios, instances, flavor, env, limit, rules, auto stop.
 
     New instances become ready before the old ones drain and stop; refused while Deploying.
+    Give either -f or flags: beside -f, flags are refused (the file is the whole spec).
     """
     client = _client()
+    flags = {
+        "--traffic": traffic,
+        "--remove": remove or None,
+        "--instances": instances,
+        "--flavor": flavor,
+        "--env": env or None,
+        "--unset-env": unset_env or None,
+        "--traffic-limit": traffic_limit,
+        "--description": description,
+        "--auto-stop": auto_stop,
+        "--rule": rule or None,
+        "--clear-rules": clear_rules or None,
+    }
     if file is not None:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        given[0].lstrip("-"),
+                        f"{', '.join(given)} cannot go with -f: the file is the whole new spec; "
+                        "edit the file, or leave -f out and give only flags",
+                    )
+                ]
+            )
         payload: dict[str, Any] = {"spec": load_spec_file(file)}
     else:
         changes: dict[str, Any] = {
@@ -823,26 +994,30 @@ def update(
             )
         if flavor is not None:
             changes["flavor"] = update_mod.parse_assignments(flavor, "flavor", default_key="*")
+        changes = {k: v for k, v in changes.items() if v not in (None, [], ())}
         if rule or clear_rules:
+            # An empty list is the change --clear-rules asks for: it must not be dropped.
             changes["rules"] = [update_mod.parse_rule(r) for r in rule]
-        payload = {"changes": {k: v for k, v in changes.items() if v not in (None, [], ())}}
-    s = client.request("POST", f"/v1/services/{name}/update", payload, query={"owner": owner})
+        payload = {"changes": changes}
+    s = client.request("POST", service_path(name, "update"), payload, query={"owner": owner})
     if as_json:
         _json(s)
         return
     if not s["changes"]:
         out.print(f"{s['name']}: nothing to change", markup=False)
         return
-    out.print(f"{s['name']}: modified (snapshot #{s['snapshot']}), {s['status']}", markup=False)
+    out.print(
+        f"{s['name']}: modified (snapshot #{s['snapshot']}), {_label(s['status'])}", markup=False
+    )
     for line in s["changes"]:
         out.print(f"  {line}", markup=False)
 
 
 @app.command()
 @reports_errors
-def history(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
+def history(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) -> None:
     """The service's config snapshots, #1 the deploy; each line says what changed."""
-    rows = _client().request("GET", f"/v1/services/{name}/history", query={"owner": owner})
+    rows = _client().request("GET", service_path(name, "history"), query={"owner": owner})
     if as_json:
         _json(rows)
         return
@@ -859,15 +1034,15 @@ def history(name: str, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT) 
 @app.command()
 @reports_errors
 def rollback(
-    name: str,
-    to: int = typer.Option(..., "--to", help="The snapshot number, from `opsbot history`."),
+    name: str = NAME_ARG,
+    to: int = typer.Option(..., "--to", min=1, help="The snapshot number, from `opsbot history`."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the difference only."),
     owner: str | None = OWNER_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Bring a service back to snapshot N: shows the difference, then applies it."""
     client = _client()
-    path = f"/v1/services/{name}/rollback"
+    path = service_path(name, "rollback")
     preview = client.request("POST", path, {"to": to, "dry_run": True}, query={"owner": owner})
     if not as_json:
         if not preview["changes"]:
@@ -884,13 +1059,16 @@ def rollback(
     if as_json:
         _json(s)
     else:
-        out.print(f"{s['name']}: rolled back (snapshot #{s['snapshot']}), {s['status']}")
+        out.print(
+            f"{s['name']}: rolled back (snapshot #{s['snapshot']}), {_label(s['status'])}",
+            markup=False,
+        )
 
 
 @app.command()
 @reports_errors
 def predict(
-    name: str,
+    name: str = NAME_ARG,
     data: str = typer.Option(
         ...,
         "--data",
@@ -901,7 +1079,7 @@ def predict(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Send a prediction through the gateway (as the owner; no key needed)."""
-    text = Path(data[1:]).read_text() if data.startswith("@") else data
+    text = _read_data(data)
     try:
         json.loads(text)
     except json.JSONDecodeError as exc:
@@ -909,7 +1087,7 @@ def predict(
             [FieldError("data", f'not JSON ({exc}); e.g. {{"instances": [[1, 2]]}}')]
         ) from None
     reply = _client().request(
-        "POST", f"/v1/services/{name}/predict", query={"owner": owner}, raw=text.encode()
+        "POST", service_path(name, "predict"), query={"owner": owner}, raw=text.encode()
     )
     if as_json:
         _json(reply)
@@ -924,27 +1102,50 @@ def predict(
         raise typer.Exit(1)
 
 
+def _read_data(data: str) -> str:
+    """The --data value, or the text of the file named after @."""
+    if not data.startswith("@"):
+        return data
+    path = Path(data[1:]).expanduser()
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InvalidInput(
+            [FieldError("data", f"cannot read {path}: {why}; give @FILE of a JSON file")]
+        ) from None
+
+
 @app.command()
 @reports_errors
 def events(
     name: str | None = typer.Argument(None, help="Service name (default: all you can see)."),
-    level: str | None = typer.Option(None, help="normal or abnormal."),
+    level: Level | None = typer.Option(None, help="normal or abnormal."),
     since: str | None = typer.Option(None, help="Only newer than this: 30m, 1h, 2d."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        "-f",
+        help="Keep printing new events (with --json: one JSON object per line, as they come).",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Events: every change of state, with level, who and why."""
     client = _client()
-    path = f"/v1/services/{name}/events" if name else "/v1/events"
-    after = 0
-    for e in client.request("GET", path, query={"level": level, "since": since}):
-        after = max(after, e["id"])
+    path = service_path(name, "events") if name is not None else "/v1/events"
+    wanted = level.value if level is not None else None
+    rows = client.request("GET", path, query={"level": wanted, "since": since})
+    after = max((e["id"] for e in rows), default=0)
+    if as_json and not follow:
+        _json(rows)  # one document, as every other --json
+        return
+    for e in rows:
         _print_event(e, as_json)
     if not follow:
         return
     # live: the daemon streams events (server-sent events) from the last one printed on
     stream = client.stream(
-        "/v1/events/stream", {"service": name, "level": level, "after_id": after or None}
+        "/v1/events/stream", {"service": name, "level": wanted, "after_id": after or None}
     )
     for e in stream:
         _print_event(e, as_json)
@@ -966,19 +1167,32 @@ def _print_event(e: dict[str, Any], as_json: bool) -> None:
 @app.command()
 @reports_errors
 def logs(
-    name: str,
-    tail: int = typer.Option(100, help="Lines per instance."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    name: str = NAME_ARG,
+    tail: int = typer.Option(100, min=1, max=10_000, help="Lines per instance, 1-10000."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        "-f",
+        help="Keep printing new lines (with --json: one JSON string per line).",
+    ),
     owner: str | None = OWNER_OPT,
+    as_json: bool = JSON_OPT,
 ) -> None:
     """The log lines of the service's instances."""
     client = _client()
     seen: list[str] = []
     while True:
         lines = client.request(
-            "GET", f"/v1/services/{name}/logs", query={"tail": tail, "owner": owner}
+            "GET", service_path(name, "logs"), query={"tail": tail, "owner": owner}
         )
+        if as_json and not follow:
+            _json(lines)
+            return
         for line in _new_lines(seen, lines):
+            if as_json:
+                sys.stdout.write(json.dumps(line) + "\n")
+                sys.stdout.flush()
+                continue
             out.print(line, markup=False, highlight=False)
         seen = lines
         if not follow:
@@ -1006,7 +1220,7 @@ def tui() -> None:
 @app.command()
 @reports_errors
 def extend(
-    name: str,
+    name: str = NAME_ARG,
     hours: str = typer.Argument(..., help="1h, 2h, 4h, 6h or any whole hours up to 24h."),
     owner: str | None = OWNER_OPT,
     as_json: bool = JSON_OPT,
@@ -1016,7 +1230,7 @@ def extend(
     if not text.isdigit():
         raise InvalidInput([FieldError("hours", f"{hours!r}: write whole hours such as 2h")])
     s = _client().request(
-        "POST", f"/v1/services/{name}/extend", {"hours": int(text)}, query={"owner": owner}
+        "POST", service_path(name, "extend"), {"hours": int(text)}, query={"owner": owner}
     )
     if as_json:
         _json(s)
@@ -1027,14 +1241,14 @@ def extend(
 @app.command()
 @reports_errors
 def autostop(
-    name: str,
+    name: str = NAME_ARG,
     value: str = typer.Argument(..., help='"off", "on", or a duration: 1h, 2h, 4h, 6h, 90m.'),
     owner: str | None = OWNER_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Turn a service's auto stop off, on again, or on with a new duration."""
     s = _client().request(
-        "POST", f"/v1/services/{name}/autostop", {"auto_stop": value}, query={"owner": owner}
+        "POST", service_path(name, "autostop"), {"auto_stop": value}, query={"owner": owner}
     )
     if as_json:
         _json(s)
@@ -1044,17 +1258,28 @@ def autostop(
 
 @key_app.command("rotate")
 @reports_errors
-def key_rotate(name: str, owner: str | None = OWNER_OPT) -> None:
-    """Give the service a new API key; the old one stops working at once."""
-    reply = _client().request("POST", f"/v1/services/{name}/key", query={"owner": owner})
+def key_rotate(
+    name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JSON_OPT
+) -> None:
+    """Give the service a new API key; returns once the gateway takes it and refuses the old
+    one."""
+    reply = _client().request("POST", service_path(name, "key"), query={"owner": owner})
+    if as_json:
+        _json(reply)
+        return
     out.print(f"new API key for {name}: {reply['api_key']}  (shown once)", markup=False)
+    if reply.get("warning"):
+        err.print(f"warning: {reply['warning']}", markup=False)
 
 
 @token_app.command("create")
 @reports_errors
-def token_create() -> None:
+def token_create(as_json: bool = JSON_OPT) -> None:
     """A token for the TCP control listener, acting as you."""
     reply = _client().request("POST", "/v1/tokens")
+    if as_json:
+        _json(reply)
+        return
     out.print(f"token for {reply['user']}: {reply['token']}  (shown once)", markup=False)
 
 
@@ -1092,7 +1317,32 @@ def image_build(
 
 
 def main() -> None:
-    app()
+    """The console script: usage errors (a bad flag or value) follow --json too."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # typer's usage errors: bad flags and values
+        if State.as_json or "--json" in sys.argv:
+            param = getattr(exc, "param", None)
+            _json(
+                {
+                    "error": "UsageError",
+                    "title": "Invalid usage",
+                    "message": exc.format_message(),
+                    "field": getattr(param, "name", None),
+                    "errors": [],
+                }
+            )
+        else:
+            show = getattr(exc, "show", None)
+            if show is not None:
+                show()
+            else:
+                err.print(f"Error: {exc.format_message()}", markup=False)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

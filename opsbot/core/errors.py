@@ -6,6 +6,8 @@ field, Slack puts them under an input with ``response_action: errors``.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +119,42 @@ class ModelInvalid(OpsbotError):
 
     title = "Invalid model"
     status = 422
+
+
+class StorageFull(OpsbotError):
+    """The disk holding OPSBOT_HOME is full: nothing was recorded."""
+
+    title = "Disk full"
+    status = 507
+
+
+class StorageUnavailable(OpsbotError):
+    """OPSBOT_HOME cannot be written (read-only, not ours): nothing was recorded."""
+
+    title = "Storage not writable"
+    status = 503
+
+
+def storage_error(exc: BaseException, where: str = "the opsbot home") -> OpsbotError | None:
+    """What a failed write means for a person, or None when ``exc`` is no such failure.
+
+    SQLite rolls the transaction back, so the store still holds what it held before: the
+    caller reports this error, never a status the store did not record.
+    """
+    text = str(exc).lower()
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(exc, sqlite3.OperationalError) and "disk is full" in text
+    ):
+        return StorageFull(
+            f"the disk holding {where} is full, so nothing was changed; free space there "
+            "(old logs, unused model versions) and try again"
+        )
+    if (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)) or (
+        isinstance(exc, sqlite3.OperationalError)
+        and ("readonly" in text or "read-only" in text or "unable to open" in text)
+    ):
+        return StorageUnavailable(
+            f"{where} cannot be written ({exc}), so nothing was changed; make it writable for "
+            "this account, or choose another with --home / OPSBOT_HOME"
+        )
+    return None

@@ -7,7 +7,6 @@ claims. Handlers parse, call the core in a worker thread, and render; every rule
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import json
 import logging
@@ -24,10 +23,18 @@ from pydantic import BaseModel
 
 from opsbot.core import update
 from opsbot.core.autostop import format_auto_stop
-from opsbot.core.errors import FieldError, InvalidInput, OpsbotError, PermissionDenied
+from opsbot.core.errors import (
+    Conflict,
+    FieldError,
+    InvalidInput,
+    OpsbotError,
+    PermissionDenied,
+    storage_error,
+)
 from opsbot.core.events import Event
 from opsbot.core.identity import User, local_user_name
 from opsbot.core.services import Service
+from opsbot.core.status import Status
 from opsbot.core.timefmt import parse_duration_s
 from opsbot.daemon.bodies import (
     AutoStopBody,
@@ -51,6 +58,13 @@ M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
 LEVELS = ("normal", "abnormal")
 MAX_ID = 2**63 - 1
+#: Statuses in which a service takes no predictions, and what to do about each.
+NOT_SERVING = {
+    Status.STOPPED: "start it with `opsbot start {name}`",
+    Status.STOPPING: "it is stopping; start it again with `opsbot start {name}` once Stopped",
+    Status.FAILED: "see why with `opsbot show {name}`, then `opsbot start {name}`",
+    Status.DELETING: "it is being deleted; deploy it again under a new name",
+}
 #: At most this many log lines per instance in one answer.
 MAX_TAIL = 10_000
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
@@ -76,16 +90,6 @@ class Unauthorized(OpsbotError):
     status = 401
 
 
-class StorageFull(OpsbotError):
-    title = "Disk full"
-    status = 507
-
-
-class StorageUnavailable(OpsbotError):
-    title = "Storage not writable"
-    status = 503
-
-
 #: Titles of the errors aiohttp raises itself (no route, wrong method, body too large).
 HTTP_ERROR_KINDS = {404: "NotFound", 405: "MethodNotAllowed", 413: "BodyTooLarge"}
 
@@ -95,30 +99,6 @@ def error_response(exc: OpsbotError) -> web.Response:
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="opsbot"'
     return response
-
-
-def storage_error(exc: BaseException) -> OpsbotError | None:
-    """What a failed write to OPSBOT_HOME means for the caller, or None if it is no such
-    failure. Nothing was recorded: the store's transaction rolled back."""
-    text = str(exc).lower()
-    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-        isinstance(exc, sqlite3.OperationalError) and "disk is full" in text
-    )
-    if full:
-        return StorageFull(
-            "the disk holding the opsbot home is full, so nothing was changed; free space "
-            "there (old logs, unused model versions) and try again"
-        )
-    read_only = (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES)) or (
-        isinstance(exc, sqlite3.OperationalError)
-        and ("readonly" in text or "read-only" in text or "unable to open" in text)
-    )
-    if read_only:
-        return StorageUnavailable(
-            "the opsbot home cannot be written (read-only or not ours), so nothing was "
-            "changed; make it writable for the daemon's account and try again"
-        )
-    return None
 
 
 @web.middleware
@@ -496,7 +476,17 @@ async def rotate_key(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
     key = await call(daemon.core.rotate_key, user(request), name, owner)
-    return web.json_response({"name": name, "api_key": key})
+    # Answer once the gateway takes the new key (and refuses the old one), so a script can
+    # use the key it is handed at once.
+    # The key is shown once, so a gateway that is slow to follow is a warning, not an error.
+    routed = await call(daemon.wait_for_routes)
+    out: dict[str, Any] = {"name": name, "api_key": key, "routed": routed}
+    if not routed:
+        out["warning"] = (
+            f"the gateway at {daemon.gateway_url} did not answer; the new key works once it "
+            "reads the store again (see the daemon's log)"
+        )
+    return web.json_response(out)
 
 
 async def update_service(request: web.Request) -> web.Response:
@@ -688,6 +678,9 @@ async def predict(request: web.Request) -> web.Response:
         raise PermissionDenied(
             f"{service.name} belongs to {service.owner}; call it through the gateway with its key"
         )
+    if service.status in NOT_SERVING:
+        hint = NOT_SERVING[service.status].format(name=service.name)
+        raise Conflict(f"{service.name} is {service.status.label}; {hint}", title="Not serving")
     payload = await request.read()
     url = f"{daemon.gateway_url}/v1/infers/{service.uid}"
     headers = {INTERNAL_HEADER: daemon.internal_token, "Content-Type": "application/json"}

@@ -52,6 +52,17 @@ class RemoteError(OpsbotError):
     def errors(self) -> list[FieldError]:
         return list(self._errors)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {**super().as_dict(), "error": self.kind}
+
+
+def service_path(name: str, verb: str = "") -> str:
+    """The API path of a service (and of one of its verbs): the name quoted whole, so a
+    name with a slash cannot reach another route."""
+    if not name:
+        raise InvalidInput([FieldError("name", "give the service's name; see `opsbot services`")])
+    return f"/v1/services/{quote(name, safe='')}" + (f"/{verb}" if verb else "")
+
 
 class Client:
     def __init__(self, home: Path, timeout: float = 60.0):
@@ -100,7 +111,20 @@ class Client:
             ) from None
         finally:
             conn.close()
-        payload = json.loads(text) if text else None
+        try:
+            payload = json.loads(text) if text else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            # Not the daemon's answer (a proxy, another program on the socket): say what came.
+            snippet = text[:200].decode(errors="replace").strip()
+            raise RemoteError(
+                {
+                    "error": "BadAnswer",
+                    "title": "Unexpected answer",
+                    "message": f"{method} {path} answered HTTP {resp.status} with non-JSON "
+                    f"({snippet!r}); is {self.socket} an opsbot daemon of this version?",
+                },
+                resp.status,
+            ) from None
         if resp.status >= 400:
             if isinstance(payload, dict) and payload.get("error") in (
                 "SpecInvalid",
@@ -128,7 +152,10 @@ class Client:
                     f"no opsbot daemon answers on {self.socket}; start one with `opsbot up -d`"
                 ) from None
             if resp.status >= 400:
-                payload = json.loads(resp.read() or b"{}")
+                try:
+                    payload = json.loads(resp.read() or b"{}")
+                except ValueError:
+                    payload = {"message": f"{path} answered HTTP {resp.status}"}
                 raise RemoteError(payload if isinstance(payload, dict) else {}, resp.status)
             while True:
                 line = resp.readline()
@@ -148,14 +175,12 @@ class Client:
         return result
 
     def service(self, name: str, owner: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(
-            "GET", f"/v1/services/{quote(name)}", query={"owner": owner}
-        )
+        result: dict[str, Any] = self.request("GET", service_path(name), query={"owner": owner})
         return result
 
     def action(self, name: str, verb: str, owner: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.request(
-            "POST", f"/v1/services/{quote(name)}/{verb}", query={"owner": owner}
+            "POST", service_path(name, verb), query={"owner": owner}
         )
         return result
 

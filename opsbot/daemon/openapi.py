@@ -276,8 +276,19 @@ def openapi_document() -> dict[str, Any]:
             "/v1/services/{name}/start": {"post": _op("Start", schema=service, params=SVC)},
             "/v1/services/{name}/key": {
                 "post": _op(
-                    "Rotate the API key; answers once the gateway routes the new key",
+                    "Rotate the API key; answers once the gateway routes the new key "
+                    "(routed: false, with a warning, if it did not within 5 s)",
                     params=SVC,
+                    schema={
+                        "type": "object",
+                        "required": ["name", "api_key", "routed"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "api_key": {"type": "string"},
+                            "routed": {"type": "boolean"},
+                            "warning": {"type": "string"},
+                        },
+                    },
                 )
             },
             "/v1/services/{name}/extend": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import grp
 import json
@@ -92,6 +93,66 @@ def store_token(core: Core, user: str, token: str) -> str:
             }
         )
     return token
+
+
+class PortBusy(OpsbotError):
+    title = "Port busy"
+    status = 409
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on ``port`` (any address), from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table_path).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            # local address "ADDR:PORT" in hex; state 0A is LISTEN
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    return inodes
+
+
+def port_holder(port: int) -> str | None:
+    """ "pid N (command)" of the process listening on ``port``, when this account can see it."""
+    inodes = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    command = " ".join(_cmdline(int(proc.name)))[:120] or "?"
+                    return f"pid {proc.name} ({command})"
+            except OSError:
+                continue
+    return None
+
+
+def check_port_free(host: str, port: int, what: str, setting: str, field: str) -> None:
+    """Raise PortBusy naming ``port`` and, if known, the process holding it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            holder = port_holder(port) or "another program"
+            raise PortBusy(
+                f"{what} port {port} on {host} is taken by {holder}; stop it, or choose "
+                f"another port ({setting})",
+                field=field,
+            ) from None
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -211,6 +272,11 @@ class Daemon:
             return None
         return [str(a) for a in routed]
 
+    def wait_for_routes(self) -> bool:
+        """Whether the gateway (every worker) now routes by what the store holds: ``POST
+        /-/routes`` makes it read the store afresh before it answers."""
+        return self.gateway_routes() is not None
+
     def version_numbers(
         self, service: Service, instances: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
@@ -255,6 +321,15 @@ class Daemon:
         if self._gateway_alive():
             return
         config = self.core.config
+        # Another program (another daemon's gateway) on the port would answer our services'
+        # URLs while ours crash-looped: refuse to start instead.
+        check_port_free(
+            config.gateway_host,
+            self.gateway_port,
+            "the gateway",
+            "--gateway-port, or gateway_port in config.toml",
+            "gateway_port",
+        )
         log_path = self.home / "logs" / "gateway.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -431,6 +506,9 @@ class Daemon:
         self.say(f"control API on {sock_path}")
         if self.api_listen:
             host, _, port = self.api_listen.rpartition(":")
+            check_port_free(
+                host or "127.0.0.1", int(port), "the control API", "--listen", "api_listen"
+            )
             await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
             self.say(f"control API (tokens) on {self.api_listen}")
 

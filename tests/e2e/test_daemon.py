@@ -33,7 +33,7 @@ from scipy.stats import binom
 from sklearn.datasets import load_iris
 
 from opsbot.core.runtimes.process import ProcessRuntime, free_port
-from opsbot.daemon.client import Client
+from opsbot.daemon.client import Client, RemoteError
 from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
 from opsbot.serving.workers import default_workers
 
@@ -163,13 +163,25 @@ def test_whoami_comes_from_the_socket(daemon: Daemon) -> None:
 
 def test_tcp_listener_needs_a_user_token(daemon: Daemon) -> None:
     url = f"http://{daemon.listen}/v1/whoami"
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(url, timeout=5)
-    assert refused.value.code == 403
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+        assert refused.value.code == 401
+        assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "opsbot token create" in json.loads(refused.value.read())["message"]
     token = daemon.cli("token", "create").stdout.split(": ")[1].split()[0]
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=5) as resp:
         assert json.loads(resp.read())["user"] == _me()
+
+
+def test_unknown_routes_and_methods_answer_json(daemon: Daemon) -> None:
+    with pytest.raises(RemoteError) as missing:
+        daemon.client.request("GET", "/v1/nothing-here")
+    assert missing.value.status == 404 and "/openapi.json" in missing.value.message
+    with pytest.raises(RemoteError) as wrong:
+        daemon.client.request("PUT", "/v1/services")
+    assert wrong.value.status == 405 and "GET" in wrong.value.message
 
 
 def test_openapi_document_is_served(daemon: Daemon) -> None:
@@ -216,14 +228,13 @@ def test_wrong_or_missing_key_is_401_and_bearer_works(daemon: Daemon) -> None:
     assert call(url, {"instances": IRIS[:1]}, key + "x")[0] == 401
     status, _, body = call(url, {"instances": IRIS[:1]}, key, header="Authorization")
     assert status == 200 and body["predictions"] == sklearn_predictions(daemon.home, "2.0.0")[:1]
-    # rotation: the old key stops working at once
-    out = daemon.cli("key", "rotate", "iris-auth").stdout
-    new_key = out.split("new API key for iris-auth: ")[1].split()[0]
-    deadline = time.monotonic() + 3
-    while call(url, {"instances": IRIS[:1]}, key)[0] != 401 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert call(url, {"instances": IRIS[:1]}, key)[0] == 401
-    assert call(url, {"instances": IRIS[:1]}, new_key)[0] == 200
+    # rotation: once the command returns, the new key works and the old one does not
+    for _ in range(5):
+        rotated = json.loads(daemon.cli("key", "rotate", "iris-auth", "--json").stdout)
+        assert rotated["routed"] is True
+        assert call(url, {"instances": IRIS[:1]}, key)[0] == 401
+        assert call(url, {"instances": IRIS[:1]}, rotated["api_key"])[0] == 200
+        key = rotated["api_key"]
 
 
 def test_ninety_ten_split_is_inside_the_binomial_interval(daemon: Daemon, tmp_path: Path) -> None:
