@@ -62,7 +62,7 @@ class State:
 
 
 def _json_mode(value: bool) -> bool:
-    State.as_json = State.as_json or value
+    State.as_json = value
     return value
 
 
@@ -86,6 +86,7 @@ def _root(
     ),
 ) -> None:
     State.home = home
+    State.as_json = False  # until the command's own --json says otherwise
 
 
 def _core() -> Core:

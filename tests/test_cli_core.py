@@ -297,16 +297,17 @@ def test_flavors_of_a_dedicated_pool(home: Path, cpu_only: None) -> None:
     assert found["exeml.cpu"]["reason"] == "not offered in pool team"
     unknown = cli("flavors", "--pool", "nope", "--json")
     assert unknown.exit_code == 1
-    assert "no pool 'nope'" in unknown.stderr
-    assert "public, team" in unknown.stderr
+    assert "no pool 'nope'" in as_json(unknown)["message"]  # --json: the error is JSON too
+    assert "public, team" in as_json(unknown)["message"]
 
 
 def test_flavors_with_a_bad_flavors_file(home: Path) -> None:
     (home / "flavors.toml").write_text("[[flavor]]\nid = 'x'\ncpus = 'many'\n")
     result = cli("flavors", "--json")
     assert result.exit_code == 1
-    assert "Invalid configuration" in result.stderr
-    assert "flavors.toml: flavor[0].cpus" in result.stderr
+    doc = as_json(result)  # --json: the error is a JSON document on stdout
+    assert doc["title"] == "Invalid configuration"
+    assert "flavors.toml: flavor[0].cpus" in [e["field"] for e in doc["errors"]]
 
 
 # -- model ----------------------------------------------------------------------------------
@@ -355,7 +356,8 @@ def test_model_create_with_origin(
     )
     again = cli("model", "create", "flowers", "--version", "1.0.0", *args)
     assert again.exit_code == 1
-    assert "version: flowers 1.0.0 exists" in again.stderr
+    refused = as_json(again)  # --json: the error is a JSON document on stdout
+    assert refused["field"] == "version" and "flowers 1.0.0 exists" in refused["message"]
 
 
 def test_model_list_json(examples_home: Path, me: str) -> None:
@@ -544,3 +546,128 @@ def test_command_line_in_a_process(home: Path, tmp_path: Path) -> None:
         "auto_stop",
         "models[1].instances",
     }
+
+
+# -- errors: one line, never a traceback --------------------------------------------------------
+
+
+def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed command in a process of its own, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "opsbot", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPSBOT_HOME": str(home)},
+        timeout=120,
+        check=False,
+    )
+
+
+NAMED_COMMANDS = [
+    ("show",),
+    ("stop",),
+    ("start",),
+    ("delete",),
+    ("history",),
+    ("logs",),
+    ("key", "rotate"),
+    ("extend", "__NAME__", "2h"),
+    ("autostop", "__NAME__", "off"),
+    ("update", "__NAME__", "--traffic-limit", "5"),
+    ("predict", "__NAME__", "-d", "{}"),
+    ("rollback", "__NAME__", "--to", "1"),
+]
+
+
+@pytest.mark.parametrize("command", NAMED_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_an_empty_service_name_is_a_usage_error(home: Path, command: tuple[str, ...]) -> None:
+    args = [("" if a == "__NAME__" else a) for a in command]
+    if "__NAME__" not in command:
+        args.append("")
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert "give the service's name" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"), [("@{missing}", "No such file"), ("@{directory}", "Is a directory")]
+)
+def test_predict_data_that_cannot_be_read_is_named(
+    home: Path, tmp_path: Path, data: str, why: str
+) -> None:
+    arg = data.format(missing=tmp_path / "nope.json", directory=tmp_path)
+    result = cli("predict", "svc", "-d", arg)
+    assert (result.exit_code == 1 and result.exception is None) or isinstance(
+        result.exception, SystemExit
+    )
+    assert "data: cannot read" in result.stderr and why in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_errors_are_json_documents_with_json(home: Path) -> None:
+    # No daemon here: the error is the client's, as a JSON document on stdout.
+    proc = run_cli(home, "services", "--json")
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["error"] == "DaemonUnavailable" and "opsbot up -d" in doc["message"]
+    assert set(doc) >= {"error", "title", "message", "field", "errors"}
+    # A bad flag value (typer's own usage error) follows --json too.
+    proc = run_cli(home, "events", "--level", "bogus", "--json")
+    assert proc.returncode == 2
+    usage = json.loads(proc.stdout)
+    assert usage["error"] == "UsageError" and usage["field"] == "level"
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("up", "--gateway-port", "99999"),
+        ("logs", "svc", "--tail", "-1"),
+        ("events", "--level", "bogus"),
+        ("deploy", "--name", "x", "--model", "iris", "--version", "1.0.0", "--instances", "0"),
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_out_of_range_flags_are_refused_in_one_line(home: Path, args: tuple[str, ...]) -> None:
+    proc = run_cli(home, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Invalid value for" in proc.stderr
+
+
+def test_deploy_names_the_missing_flags(home: Path) -> None:
+    result = cli("deploy", "--model", "iris")
+    assert result.exit_code == 1
+    assert "--name, --version required" in result.stderr
+
+
+def test_deploy_refuses_per_version_flags_beside_a_file(home: Path, tmp_path: Path) -> None:
+    spec = write(tmp_path / "spec.toml", SPEC_TOML)
+    result = cli("deploy", "-f", str(spec), "--instances", "3", "--json")
+    assert result.exit_code == 1
+    doc = as_json(result)
+    assert doc["field"] == "instances" and "cannot go with -f" in doc["message"]
+
+
+def test_update_refuses_flags_beside_a_file(home: Path, tmp_path: Path) -> None:
+    spec = write(tmp_path / "spec.toml", SPEC_TOML)
+    result = cli("update", "svc", "-f", str(spec), "--name-is-not-a-flag-here")
+    assert result.exit_code == 2  # an unknown flag: typer's usage error
+    result = cli("update", "svc", "-f", str(spec), "--instances", "2", "--clear-rules")
+    assert result.exit_code == 1
+    assert "--instances, --clear-rules cannot go with -f" in result.stderr
+
+
+def test_a_read_only_home_is_one_line(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        # root writes anywhere: a file where the home's directory should be does the same
+        home = write(tmp_path / "home", "not a directory")
+    else:
+        home = tmp_path / "ro"
+        home.mkdir()
+        home.chmod(0o500)
+    proc = run_cli(home / "inner", "up")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
+    assert str(home / "inner") in proc.stderr
