@@ -131,7 +131,7 @@ def port_holder(port: int) -> str | None:
         for fd in fds:
             try:
                 if os.readlink(fd) in inodes:
-                    command = " ".join(_cmdline(int(proc.name)))[:120] or "?"
+                    command = " ".join(_cmdline(int(proc.name)))[:240] or "?"
                     return f"pid {proc.name} ({command})"
             except OSError:
                 continue
