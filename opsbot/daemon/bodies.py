@@ -7,11 +7,12 @@ the wrong type is refused rather than coerced (``true`` is not an object, ``"1"`
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opsbot.core.errors import FieldError, InvalidInput
+from opsbot.core.registry import FORMATS, ORIGINS
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -50,9 +51,11 @@ class ModelCreateBody(Body):
     name: str
     version: str
     path: str = Field(description="absolute path of a directory the caller may read")
-    format: Literal["sklearn", "onnx", "python", "image"]
+    # The choices are the registry's, checked there with every other rule of a model; the
+    # document lists them from the same constants.
+    format: str = Field(json_schema_extra={"enum": list(FORMATS)})
     entry: str | None = Field(None, description="python: module:Class; image: the image")
-    origin: Literal["custom", "exeml"] = "custom"
+    origin: str = Field("custom", json_schema_extra={"enum": list(ORIGINS)})
     description: str = ""
 
 

@@ -329,8 +329,8 @@ def test_stop_frees_ports_and_processes_and_start_brings_it_back(daemon: Daemon)
     assert not {k for k in _pids(daemon.home) if k.startswith(created["id"])}
     assert not any(_port_open(p) for p in ports)
     assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] in (404, 503)
-    events = daemon.cli("events", "stoppable", "--json").stdout.splitlines()
-    kinds = [json.loads(e)["kind"] for e in events]
+    events = json.loads(daemon.cli("events", "stoppable", "--json").stdout)
+    kinds = [e["kind"] for e in events]
     assert kinds[-2:] == ["stopping", "stopped"]
     restarted = daemon.cli("start", "stoppable", "--json")
     assert json.loads(restarted.stdout)["status"] == "deploying"
