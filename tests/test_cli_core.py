@@ -671,3 +671,9 @@ def test_a_read_only_home_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
     assert str(home / "inner") in proc.stderr
+
+
+def test_a_version_given_twice_in_traffic_is_named(home: Path) -> None:
+    result = cli("update", "svc", "--traffic", "1.0.0=90,1.0.0=10")
+    assert result.exit_code == 1
+    assert "traffic: 1.0.0 is given twice" in result.stderr and "sum" not in result.stderr

@@ -135,6 +135,12 @@ def parse_assignments(text: str, field: str, *, default_key: str | None = None) 
             raise InvalidInput(
                 [FieldError(field, f"{part!r} is not VERSION=VALUE; e.g. {example}")]
             )
+        if key.strip() in out:
+            # A repeated key would silently replace the first (and its ratio vanish from the
+            # sum): name it instead.
+            raise InvalidInput(
+                [FieldError(field, f"{key.strip()} is given twice in {text!r}; give it once")]
+            )
         out[key.strip()] = value.strip()
     return out
 

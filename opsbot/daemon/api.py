@@ -11,7 +11,6 @@ import functools
 import json
 import logging
 import socket
-import sqlite3
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -127,11 +126,15 @@ async def json_errors(
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except (OSError, sqlite3.Error) as exc:
+    except Exception as exc:
         known = storage_error(exc)
         if known is None:
             log.exception("control API: %s %s failed", request.method, request.path)
-            known = OpsbotError(f"the daemon failed: {exc}; see its log", title="Internal error")
+            known = OpsbotError(
+                f"the daemon failed ({type(exc).__name__}: {exc}); nothing more was done; see "
+                "its log (logs/daemon.log) and report it",
+                title="Internal error",
+            )
             known.status = 500
         return error_response(known)
 
