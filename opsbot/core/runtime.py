@@ -8,6 +8,7 @@ default), ``docker`` and ``swarm``; tests use :class:`FakeRuntime`.
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,15 +93,37 @@ class Runtime(Protocol):
 LOAD_FAILED = "LOAD FAILED:"
 
 
+def _killing_signal(code: int | None) -> str | None:
+    """The signal that ended a process: a negative return code (a child), or 128+N (a
+    container's exit code, the shell's convention)."""
+    if code is None:
+        return None
+    number = -code if code < 0 else code - 128 if 128 < code < 160 else None
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def failure_reason(lines: Sequence[str], code: int | None) -> str:
     """The most telling line of a dead instance's log: the model server's LOAD FAILED line if
-    any, else the last non-empty line, with the exit code."""
+    any, else how it ended: the signal that killed it (its log, whose last line may well say
+    "ready", is not the cause then), or the exit code with the last non-empty line."""
     for line in reversed(lines):
         if LOAD_FAILED in line:
             return line[line.index(LOAD_FAILED) + len(LOAD_FAILED) :].strip()
+    killed = _killing_signal(code)
+    if killed is not None:
+        return (
+            f"killed by {killed} (exit code {code}): not a failure of the model server; out "
+            "of memory, or stopped from outside opsbot"
+        )
     last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
-    code_text = f"exit code {code}" if code is not None else "ended"
-    return f"{code_text}: {last}" if last else code_text
+    if code is None:
+        return f"ended, exit code unknown; last log line: {last}" if last else "ended"
+    return f"exit code {code}: {last}" if last else f"exit code {code}"
 
 
 @dataclass

@@ -132,6 +132,16 @@ def test_failure_reason_without_a_load_line() -> None:
     assert failure_reason([], None) == "ended"
 
 
+def test_a_killed_instance_is_not_blamed_on_its_last_log_line() -> None:
+    lines = ["loading", "iris 1.0.0 ready on 127.0.0.1:9000"]
+    for code in (-9, 137):
+        reason = failure_reason(lines, code)
+        assert reason.startswith("killed by SIGKILL") and "ready" not in reason
+    assert failure_reason(lines, None) == (
+        "ended, exit code unknown; last log line: iris 1.0.0 ready on 127.0.0.1:9000"
+    )
+
+
 def test_stats_measure_the_instance_cpu_and_memory(runtime: ProcessRuntime, tmp_path: Path) -> None:
     busy = runtime.start(_spec(tmp_path, "cpu.2u8g", BURN="1"))
     idle = runtime.start(_spec(tmp_path, "cpu.2u8g"))
