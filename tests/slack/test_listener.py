@@ -176,8 +176,9 @@ def test_a_listener_failing_after_its_ack_still_answers_and_says_so(
     assert any("services_command failed" in r.getMessage() for r in caplog.records)
 
 
-def test_channel_refusal_does_not_cost_the_owner_dm(bot: Bot, me: str) -> None:
+def test_channel_and_dm_alerts_are_independent_deliveries(bot: Bot, me: str) -> None:
     bot.fake.refuse["C_ALERTS"] = "not_in_channel"
+    bot.fake.rate_limit_next.add("chat.postMessage")  # the channel's post: 429 first, retried
     created = bot.core.create_service(
         bot.core.user(me), {"name": "told", "models": [{"model": "iris", "version": "1.0.0"}]}
     )
@@ -187,6 +188,7 @@ def test_channel_refusal_does_not_cost_the_owner_dm(bot: Bot, me: str) -> None:
             db, time.time(), created.service, Status.FAILED, actor="controller", message="boom"
         )
     bot.dispatcher.dispatch()
+    bot.fake.wait_for("chat.postMessage#429", lambda a: a["channel"] == "C_ALERTS")
     bot.fake.wait_for("chat.postMessage#refused", lambda a: a["channel"] == "C_ALERTS")
     dm = bot.fake.wait_for("chat.postMessage", lambda a: a["channel"] == "U1")
     assert "told" in dm["text"]
