@@ -191,10 +191,7 @@ def validate(
         core = _core()  # inside: a bad config.toml or flavors.toml is reported, not raised
         result = core.validate(_me(core), load_spec_file(file))
     except OpsbotError as exc:
-        if as_json:
-            _json([e.as_dict() for e in exc.errors] or [{"field": "spec", "message": exc.message}])
-        else:
-            print_error(exc)
+        print_error(exc)  # with --json, the Error document: every problem under "errors"
         raise typer.Exit(1) from None
     normalised = spec_to_dict(result.spec)
     warnings = [w.as_dict() for w in result.warnings]
@@ -1293,6 +1290,7 @@ app.add_typer(image_app, name="image")
 def image_build(
     force: bool = typer.Option(False, help="Rebuild the root filesystem even if cached."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the tag."),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Build the serving image from Debian packages (no registry pull) and `docker import` it
     as opsbot-serving:<content hash> and :latest; skipped when that image exists. The root
@@ -1301,7 +1299,7 @@ def image_build(
     from opsbot.core.runtimes.docker import connect
 
     client = connect()
-    if quiet:
+    if quiet or as_json:
         built = ensure_image(client, force=force)
     else:
         with err.status("serving image") as status:
@@ -1311,6 +1309,9 @@ def image_build(
                 status.update(line[:80])
 
             built = ensure_image(client, force=force, on_progress=progress)
+    if as_json:
+        _json({"tag": built.tag, "built": built.built, "seconds": built.seconds})
+        return
     if not quiet:
         what = f"built in {built.seconds:.0f} s" if built.built else "already built"
         err.print(f"{built.tag}: {what}", markup=False)

@@ -145,7 +145,7 @@ def test_validate_against_the_registry(examples_home: Path, tmp_path: Path, cpu_
     missing = write(tmp_path / "missing.toml", SPEC_TOML.replace('"2.0.0"', '"3.0.0"'))
     result = cli("validate", "-f", str(missing), "--json")
     assert result.exit_code == 1
-    (error,) = as_json(result)
+    (error,) = as_json(result)["errors"]
     assert error["field"] == "models[1].version"
     assert "3.0.0" in error["message"]
 
@@ -154,8 +154,9 @@ def test_validate_invalid_as_json(home: Path, tmp_path: Path, cpu_only: None) ->
     spec = write(tmp_path / "spec.json", json.dumps(BAD_SPEC))
     result = cli("validate", "-f", str(spec), "--json")
     assert result.exit_code == 1
-    errors = as_json(result)
-    assert isinstance(errors, list)
+    doc = as_json(result)
+    assert doc["error"] == "SpecInvalid" and doc["field"] == doc["errors"][0]["field"]
+    errors = doc["errors"]
     for error in errors:
         assert set(error) == {"field", "message"}
         assert error["message"]
@@ -178,7 +179,7 @@ def test_validate_cross_field_rules(home: Path, tmp_path: Path, cpu_only: None) 
     )
     result = cli("validate", "-f", str(write(tmp_path / "spec.toml", text)), "--json")
     assert result.exit_code == 1
-    fields = [e["field"] for e in as_json(result)]
+    fields = [e["field"] for e in as_json(result)["errors"]]
     assert fields == ["models", "models[0].version", "models[1].version"]
 
 
@@ -186,7 +187,7 @@ def test_validate_unavailable_flavor(home: Path, tmp_path: Path, cpu_only: None)
     text = SPEC_TOML.replace("instances = 2", 'instances = 2\nflavor = "gpu.v100"')
     result = cli("validate", "-f", str(write(tmp_path / "spec.toml", text)), "--json")
     assert result.exit_code == 1
-    (error,) = as_json(result)
+    (error,) = as_json(result)["errors"]
     assert error["field"] == "models[1].flavor"
     assert "V100" in error["message"]
 
@@ -208,7 +209,7 @@ def test_validate_bad_file(
         path.write_text(content)
     result = cli("validate", "-f", str(path), "--json")
     assert result.exit_code == 1
-    (error,) = as_json(result)
+    (error,) = as_json(result)["errors"]
     assert error["field"] == "file"
     assert words in error["message"]
 
@@ -231,7 +232,7 @@ def test_validate_with_a_bad_config(home: Path, tmp_path: Path) -> None:
     spec = write(tmp_path / "spec.toml", SPEC_TOML)
     result = cli("validate", "-f", str(spec), "--json")
     assert result.exit_code == 1
-    (error,) = as_json(result)
+    (error,) = as_json(result)["errors"]
     assert error["field"] == "config.toml: quota"
     people = cli("validate", "-f", str(spec))
     assert people.exit_code == 1
@@ -541,7 +542,7 @@ def test_command_line_in_a_process(home: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 1, proc.stderr
-    assert {e["field"] for e in json.loads(proc.stdout)} == {
+    assert {e["field"] for e in json.loads(proc.stdout)["errors"]} == {
         "name",
         "auto_stop",
         "models[1].instances",
