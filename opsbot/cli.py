@@ -33,6 +33,7 @@ from opsbot.core.runtimes.process import tail_lines
 from opsbot.core.spec import load_spec_file, spec_to_dict
 from opsbot.core.status import Status
 from opsbot.core.timefmt import format_remaining
+from opsbot.daemon.bodies import MAX_TAIL
 from opsbot.daemon.client import Client, service_path
 from opsbot.daemon.server import LOCK_NAME, Daemon
 
@@ -1166,7 +1167,7 @@ def _print_event(e: dict[str, Any], as_json: bool) -> None:
 @reports_errors
 def logs(
     name: str = NAME_ARG,
-    tail: int = typer.Option(100, min=1, max=10_000, help="Lines per instance, 1-10000."),
+    tail: int = typer.Option(100, min=1, max=MAX_TAIL, help=f"Lines per instance, 1-{MAX_TAIL}."),
     follow: bool = typer.Option(
         False,
         "--follow",

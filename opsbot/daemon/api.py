@@ -36,6 +36,10 @@ from opsbot.core.services import Service
 from opsbot.core.status import Status
 from opsbot.core.timefmt import parse_duration_s
 from opsbot.daemon.bodies import (
+    LEVELS,
+    MAX_ID,
+    MAX_TAIL,
+    SOURCES,
     AutoStopBody,
     ExtendBody,
     ModelCreateBody,
@@ -55,8 +59,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
-LEVELS = ("normal", "abnormal")
-MAX_ID = 2**63 - 1
 #: Statuses in which a service takes no predictions, and what to do about each.
 NOT_SERVING = {
     Status.STOPPED: "start it with `opsbot start {name}`",
@@ -64,8 +66,6 @@ NOT_SERVING = {
     Status.FAILED: "see why with `opsbot show {name}`, then `opsbot start {name}`",
     Status.DELETING: "it is being deleted; deploy it again under a new name",
 }
-#: At most this many log lines per instance in one answer.
-MAX_TAIL = 10_000
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 #: The queues of the open event streams. At shutdown each gets ``None`` and its stream ends: an
 #: open stream would otherwise hold the daemon's shutdown until aiohttp's 60 s grace runs out.
@@ -296,13 +296,9 @@ async def flavors(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    source = query_choice(request.query.get("source"), "source", ("mine", "subscribed"))
+    source = query_choice(request.query.get("source"), "source", SOURCES)
     rows = await call(daemon.core.models, user(request), source)
     return web.json_response([mv.as_dict(src) for src, mv in rows])
-
-
-MODEL_FIELDS = ("name", "version", "path", "format")
-MODEL_OPTIONAL = ("entry", "origin", "description")
 
 
 async def create_model(request: web.Request) -> web.Response:
@@ -480,8 +476,8 @@ async def rotate_key(request: web.Request) -> web.Response:
     name, owner = _target(request)
     key = await call(daemon.core.rotate_key, user(request), name, owner)
     # Answer once the gateway takes the new key (and refuses the old one), so a script can
-    # use the key it is handed at once.
-    # The key is shown once, so a gateway that is slow to follow is a warning, not an error.
+    # use the key it is handed at once. The key is shown once, so a gateway slow to follow is
+    # a warning, not an error.
     routed = await call(daemon.wait_for_routes)
     out: dict[str, Any] = {"name": name, "api_key": key, "routed": routed}
     if not routed:

@@ -7,14 +7,22 @@ the wrong type is refused rather than coerced (``true`` is not an object, ``"1"`
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opsbot.core.errors import FieldError, InvalidInput
-from opsbot.core.registry import FORMATS, ORIGINS
+from opsbot.core.events import Level
+from opsbot.core.registry import FORMATS, ORIGINS, Source
 
 M = TypeVar("M", bound=BaseModel)
+
+#: Choices and bounds of the query parameters, from the core where it defines them.
+LEVELS: tuple[str, ...] = tuple(level.value for level in Level)
+SOURCES: tuple[str, ...] = get_args(Source)
+#: At most this many log lines per instance in one answer (the CLI's --tail too).
+MAX_TAIL = 10_000
+MAX_ID = 2**63 - 1
 
 
 class Body(BaseModel):

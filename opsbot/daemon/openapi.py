@@ -16,6 +16,10 @@ from opsbot.core.spec import DeploySpec
 from opsbot.core.status import Status
 from opsbot.core.update import Changes
 from opsbot.daemon.bodies import (
+    LEVELS,
+    MAX_ID,
+    MAX_TAIL,
+    SOURCES,
     AutoStopBody,
     ExtendBody,
     ModelCreateBody,
@@ -87,7 +91,7 @@ _EVENT = {
         "service_id": {"type": ["integer", "null"]},
         "service": {"type": ["string", "null"]},
         "owner": {"type": ["string", "null"]},
-        "level": {"type": "string", "enum": ["normal", "abnormal"]},
+        "level": {"type": "string", "enum": list(LEVELS)},
         "kind": {"type": "string"},
         "message": {"type": "string"},
         "actor": {"type": "string"},
@@ -110,18 +114,18 @@ _OWNER = _param("owner", {"type": "string"}, description="the owner, for an admi
 _BOOL = {"type": "boolean"}
 PARAMS: dict[str, dict[str, Any]] = {
     "pool": _param("pool", {"type": "string", "default": "public"}),
-    "source": _param("source", {"type": "string", "enum": ["mine", "subscribed"]}),
+    "source": _param("source", {"type": "string", "enum": list(SOURCES)}),
     "all": _param("all", _BOOL, description="everyone's services (admins)"),
     "stats": _param("stats", _BOOL, description="CPU, memory and per-version numbers (slow)"),
     "service": _param("service", {"type": "string"}),
-    "level": _param("level", {"type": "string", "enum": ["normal", "abnormal"]}),
+    "level": _param("level", {"type": "string", "enum": list(LEVELS)}),
     "since": _param(
         "since",
         {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdSMHD]\s*$"},
         description="only newer than this: 45s, 30m, 1h, 2d",
     ),
-    "after_id": _param("after_id", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
-    "tail": _param("tail", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}),
+    "after_id": _param("after_id", {"type": "integer", "minimum": 0, "maximum": MAX_ID}),
+    "tail": _param("tail", {"type": "integer", "minimum": 1, "maximum": MAX_TAIL, "default": 100}),
 }
 
 
