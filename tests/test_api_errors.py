@@ -7,13 +7,15 @@ from __future__ import annotations
 import errno
 import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from opsbot.core.errors import StorageFull, StorageUnavailable, storage_error
-from opsbot.daemon.api import json_errors
+from opsbot.core.app import Core
+from opsbot.core.errors import OpsbotError, StorageFull, StorageUnavailable, storage_error
+from opsbot.daemon.api import json_errors, make_app
 
 Raiser = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -66,3 +68,40 @@ def test_other_errors_are_not_storage_errors() -> None:
     assert storage_error(sqlite3.OperationalError("no such table: x")) is None
     assert isinstance(storage_error(OSError(errno.EDQUOT, "quota")), StorageFull)
     assert isinstance(storage_error(PermissionError(errno.EACCES, "no")), StorageUnavailable)
+
+
+class RecordingDaemon:
+    """What the control API asks of the daemon for a services listing, over TCP with a token."""
+
+    def __init__(self, core: Core):
+        self.core = core
+        self.gateway_url = "http://gw.example:8780"
+        self.store_failure: OpsbotError | None = None
+
+    def user_for_token(self, token: str) -> str | None:
+        return "alice" if token == "alices-token" else None
+
+
+async def test_no_status_is_shown_that_the_store_could_not_record(home: Path) -> None:
+    core = Core(home)
+    daemon = RecordingDaemon(core)
+    app = make_app(daemon)  # type: ignore[arg-type]
+    headers = {"Authorization": "Bearer alices-token"}
+    try:
+        async with TestClient(TestServer(app)) as client:
+            assert (await client.get("/v1/services", headers=headers)).status == 200
+            # The controller's last pass could not be recorded (see Daemon._controller_pass).
+            daemon.store_failure = storage_error(
+                sqlite3.OperationalError("database or disk is full")
+            )
+            for path in ("/v1/services", "/v1/services/any"):
+                resp = await client.get(path, headers=headers)
+                assert resp.status == 507, path
+                doc = await resp.json()
+                assert (
+                    "statuses cannot be shown" in doc["message"] and "free space" in doc["message"]
+                )
+            daemon.store_failure = None
+            assert (await client.get("/v1/services", headers=headers)).status == 200
+    finally:
+        core.store.close()

@@ -195,6 +195,8 @@ class Controller:
         # Services being reconciled now: a pass skips them rather than wait for them.
         self._busy: set[int] = set()
         self._running: set[Future[None]] = set()
+        # Services whose last reconciliation failed, with the error (a full disk, say).
+        self._failed: dict[int, Exception] = {}
         # Consecutive missed readiness checks of instances still ready, by instance row id: how
         # many, and when the first of them was.
         self._misses: dict[int, tuple[int, float]] = {}
@@ -241,17 +243,29 @@ class Controller:
     def wake(self) -> None:
         self.wake_event.set()
 
-    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        interval: float = 1.0,
+        on_pass: Callable[[list[Exception]], None] | None = None,
+    ) -> None:
+        """Reconcile every ``interval`` (or when woken) until ``stop``. ``on_pass`` hears,
+        after each pass, what is failing now (the pass itself, or services' last
+        reconciliations): the daemon learns so when the store cannot record what it saw."""
         watcher = threading.Thread(
             target=self.watch_starting, args=(stop,), name="opsbot-ready-watch", daemon=True
         )
         watcher.start()
         while not stop.is_set():
+            failed: list[Exception] = []
             try:
                 # Each service in its own worker: the loop goes on while a slow one finishes.
                 self.reconcile_all(wait=False)
-            except Exception:  # the loop must survive any one bad pass; it is logged in full
+            except Exception as exc:  # the loop must survive any one bad pass; logged in full
                 log.exception("reconcile pass failed")
+                failed.append(exc)
+            if on_pass is not None:
+                on_pass([*failed, *self.failures()])
             self.wake_event.wait(interval)
             self.wake_event.clear()
         # Leave nothing half done behind: the store may be closed once this returns.
@@ -287,6 +301,9 @@ class Controller:
         error; without it, errors are logged.
         """
         ids = [r[0] for r in self.store.db.execute("SELECT id FROM services").fetchall()]
+        with self._lock:  # a service gone is failing no more
+            for gone in set(self._failed) - set(ids):
+                del self._failed[gone]
         futures: list[Future[None]] = []
         for sid in ids:
             with self._lock:
@@ -307,12 +324,21 @@ class Controller:
         with self._lock:
             self._running.discard(future)
 
+    def failures(self) -> list[Exception]:
+        """The errors of the services whose last reconciliation failed."""
+        with self._lock:
+            return list(self._failed.values())
+
     def _reconcile_id(self, sid: int, raise_errors: bool) -> None:
         try:
             service = svc.service_by_id(self.store.db, sid)
             if service is not None:
                 self.reconcile(service)
-        except Exception:
+            with self._lock:
+                self._failed.pop(sid, None)
+        except Exception as exc:
+            with self._lock:
+                self._failed[sid] = exc
             if raise_errors:
                 raise
             log.exception("reconciling service %d failed", sid)

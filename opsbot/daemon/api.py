@@ -70,7 +70,7 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 #: The queues of the open event streams. At shutdown each gets ``None`` and its stream ends: an
 #: open stream would otherwise hold the daemon's shutdown until aiohttp's 60 s grace runs out.
 STREAMS: web.AppKey[set[asyncio.Queue[Event | None]]] = web.AppKey("streams")
-USER = "opsbot.user"
+USER: web.RequestKey[User] = web.RequestKey("opsbot.user", User)
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -207,8 +207,7 @@ async def known_query(
 
 
 def user(request: web.Request) -> User:
-    value: User = request[USER]
-    return value
+    return request[USER]
 
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -249,6 +248,16 @@ def flag(request: web.Request, name: str) -> bool:
     if value in ("1", "true", "yes"):
         return True
     raise InvalidInput([FieldError(name, f"{value!r}: use true or false")], title="Invalid request")
+
+
+def statuses_recorded(request: web.Request) -> None:
+    """Refuse to report statuses while the store cannot record what the controller sees (an
+    instance died, and the disk is full): a status shown then could be one it never wrote."""
+    failure = request.app[DAEMON].store_failure
+    if failure is not None:
+        raise type(failure)(
+            f"statuses cannot be shown: the store cannot record them now ({failure.message})"
+        )
 
 
 def service_view(request: web.Request, service: Service) -> dict[str, Any]:
@@ -385,6 +394,7 @@ async def validate(request: web.Request) -> web.Response:
 async def list_services(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     everyone = flag(request, "all")
+    statuses_recorded(request)
     rows = await call(daemon.core.services, user(request), everyone=everyone)
     return web.json_response([service_view(request, s) for s in rows])
 
@@ -409,6 +419,7 @@ def _target(request: web.Request) -> tuple[str, str | None]:
 async def show_service(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     name, owner = _target(request)
+    statuses_recorded(request)
     service = await call(daemon.core.service, user(request), name, owner)
     out = service_view(request, service)
     # ?stats=1: CPU and memory from the runtime (about a second: two samples) and the

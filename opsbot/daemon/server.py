@@ -33,7 +33,7 @@ from aiohttp import web
 from opsbot.core import usage
 from opsbot.core.app import Core
 from opsbot.core.controller import Controller, instance_rows
-from opsbot.core.errors import OpsbotError
+from opsbot.core.errors import OpsbotError, storage_error
 from opsbot.core.identity import local_user_name
 from opsbot.core.instance_auth import daemon_secret
 from opsbot.core.keys import hash_key, key_prefix, new_key
@@ -207,6 +207,8 @@ class Daemon:
         self._lock_file: IO[str] | None = None
         self._gateway: subprocess.Popen[bytes] | None = None
         self._gateway_pid: int | None = None
+        #: Why the store could not record the controller's last pass; None while it can.
+        self.store_failure: OpsbotError | None = None
 
     # -- identity for the TCP listener -------------------------------------------------------
 
@@ -418,7 +420,14 @@ class Daemon:
             db.execute("DELETE FROM events WHERE time < ?", (time.time() - days * 86400,))
 
     def _controller_loop(self) -> None:
-        self.controller.run(self._stop, interval=1.0)
+        self.controller.run(self._stop, interval=1.0, on_pass=self._controller_pass)
+
+    def _controller_pass(self, failures: list[Exception]) -> None:
+        """Remember whether the store could record what the controller saw (a full disk, a
+        read-only home): until it can, the control API reports no status it could not record."""
+        self.store_failure = next(
+            (known for known in map(storage_error, failures) if known is not None), None
+        )
 
     def _dispatch_loop(self) -> None:
         self.dispatcher.run(self._stop)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -546,3 +549,39 @@ def test_running_waits_until_the_gateway_can_have_read_the_ready_instances(world
     world.clock.advance(0.31)
     world.controller.reconcile_all()
     assert world.status() == Status.RUNNING
+
+
+def test_a_reconciliation_the_store_could_not_record_is_reported(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    assert world.status() == Status.RUNNING and world.controller.failures() == []
+    full = sqlite3.OperationalError("database or disk is full")
+
+    @contextlib.contextmanager
+    def no_room() -> Iterator[None]:
+        raise full
+        yield
+
+    writable = world.core.store.write
+    # An instance dies while the disk is full: the controller cannot record it.
+    monkeypatch.setattr(world.core.store, "write", no_room)
+    world.runtime.kill(world.handles()[0], code=-9)
+    with pytest.raises(sqlite3.OperationalError):
+        world.controller.reconcile_all()
+    assert world.controller.failures() == [full]
+    assert world.status() == Status.RUNNING  # what the store still says; the API withholds it
+    seen: list[list[Exception]] = []
+    stop = threading.Event()
+
+    def on_pass(failures: list[Exception]) -> None:
+        seen.append(failures)
+        stop.set()
+
+    world.controller.run(stop, interval=0, on_pass=on_pass)
+    assert full in seen[0]
+    monkeypatch.setattr(world.core.store, "write", writable)  # space freed
+    world.controller.reconcile_all()
+    assert world.controller.failures() == []
+    assert world.status() != Status.RUNNING
