@@ -230,6 +230,8 @@ def test_services_lists_and_buttons_act(bot: Bot, me: str) -> None:
     post(bot.url, block_action(action, response_url=bot.fake.response_url), FORM)
     bot.fake.wait_for("response", lambda a: a.get("replace_original") is True)
     assert bot.core.service(bot.core.user(me), "listed").status == Status.STOPPING
+    said = bot.fake.wait_for("response", lambda a: a.get("text") == "Stopping listed.")
+    assert said["response_type"] == "ephemeral"  # the button says what it did
 
 
 def test_app_home_shows_quota(bot: Bot) -> None:
