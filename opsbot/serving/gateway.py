@@ -583,8 +583,6 @@ class Gateway:
         self.buffered = 0
         self.reloads = 0
         self.loaded_at = 0.0
-        #: The routes in use reflect every commit to the store before this time (epoch s).
-        self.routes_as_of = 0.0
         self._opener = opener
         self._targets: dict[tuple[str, int, str], Target] = {}
         # Instances that left the routes with calls still outstanding on them.
@@ -663,13 +661,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.options.poll_s)
-            began = time()
             try:
                 routes = await loop.run_in_executor(self._reader, self._read_routes)
                 if routes is not None:
                     self.apply(routes)
-                # Read (or unchanged) since ``began``: what was committed before is in use now.
-                self.routes_as_of = began
             except Exception:
                 # Calls keep flowing on the last good routes; the next poll reads them afresh.
                 log.exception("reading routes from the store failed; keeping the last ones")
@@ -1542,12 +1537,7 @@ def make_app(
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response(
-            {
-                "status": "ok",
-                "services": len(gateway.services),
-                "loaded_at": gateway.loaded_at,
-                "routes_as_of": gateway.routes_as_of,
-            }
+            {"status": "ok", "services": len(gateway.services), "loaded_at": gateway.loaded_at}
         )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
