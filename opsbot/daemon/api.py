@@ -610,12 +610,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     me = user(request)
     q = request.query
     service = q.get("service") or None
+    owner = q.get("owner") or None
     level = query_choice(q.get("level"), "level", LEVELS)
     after = query_int(q.get("after_id"), "after_id", 0, 0, MAX_ID)
 
     def visible(e: Event) -> bool:
         return (
             (me.is_admin or e.owner == me.name)
+            and (owner is None or e.owner == owner)
             and (service is None or e.service == service)
             and (level is None or e.level == level)
         )
@@ -631,7 +633,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     try:
         backlog = (
-            await call(daemon.core.events, me, service=service, level=level, after_id=after)
+            await call(
+                daemon.core.events,
+                me,
+                service=service,
+                level=level,
+                after_id=after,
+                **({"owner": owner} if owner else {}),
+            )
             if after
             else []
         )

@@ -350,7 +350,12 @@ def openapi_document() -> dict[str, Any]:
             "/v1/events/stream": {
                 "get": {
                     "summary": "Server-sent events, endless: one `data: {Event}` per event",
-                    "parameters": [PARAMS["service"], PARAMS["level"], PARAMS["after_id"]],
+                    "parameters": [
+                        PARAMS["service"],
+                        _OWNER,
+                        PARAMS["level"],
+                        PARAMS["after_id"],
+                    ],
                     "responses": {
                         "200": {
                             "description": "an endless event stream",
