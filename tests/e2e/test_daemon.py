@@ -217,7 +217,8 @@ def test_deploy_running_and_predictions_equal_sklearn(daemon: Daemon) -> None:
         routed = json.loads(resp.read())["routed"]
     (inst,) = shown["instances"]
     assert f"{inst['host']}:{inst['port']}" in routed
-    with urllib.request.urlopen(f"{gateway}/stats", timeout=10) as resp:
+    stats = urllib.request.Request(f"{gateway}/stats", headers={INTERNAL_HEADER: secret})
+    with urllib.request.urlopen(stats, timeout=10) as resp:
         assert json.loads(resp.read())["workers"] == default_workers()
 
 

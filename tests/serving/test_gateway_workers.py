@@ -105,7 +105,7 @@ async def _gateway(home: Path, workers: int, *extra: str) -> AsyncIterator[tuple
             while True:
                 assert proc.poll() is None, proc.communicate()
                 try:
-                    async with session.get(f"{url}/stats") as resp:
+                    async with session.get(f"{url}/stats", headers=DAEMON) as resp:
                         if resp.status == 200:
                             break
                 except OSError:
@@ -139,7 +139,12 @@ async def _fresh_calls(url: str, uid: str, n: int, width: int = 16) -> list[int]
     return statuses
 
 
+#: The daemon's token: these gateways have one, so their /stats answers only it.
+DAEMON = {INTERNAL_HEADER: SECRET}
+
+
 async def _json(url: str, path: str, method: str = "GET", **kw: Any) -> tuple[int, Any]:
+    kw.setdefault("headers", DAEMON)
     async with ClientSession() as session, session.request(method, url + path, **kw) as resp:
         return resp.status, await resp.json()
 
@@ -207,7 +212,7 @@ async def test_routes_are_acknowledged_once_every_worker_has_them(
         status, body = await _json(url, "/-/routes", "POST", headers={INTERNAL_HEADER: SECRET})
         assert status == 200
         assert body["routed"] == sorted(f"127.0.0.1:{p}" for p in (first.port, second.port))
-        status, _ = await _json(url, "/-/routes", "POST")
+        status, _ = await _json(url, "/-/routes", "POST", headers={})
         assert status == 403
 
 

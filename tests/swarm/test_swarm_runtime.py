@@ -44,8 +44,10 @@ from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import Flavor, load_flavors
 from opsbot.core.hardware import normalise_arch
 from opsbot.core.images import USER
+from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.pools import PUBLIC, Pools
 from opsbot.core.runtime import InstanceSpec, Started
+from opsbot.core.runtimes.docker import staged_for_container
 from opsbot.core.runtimes.swarm import (
     Handle,
     NotSwarmManager,
@@ -113,18 +115,24 @@ def until_ready(started: list[Started], timeout: float = 90) -> None:
     )
 
 
-def predict(s: Started) -> Any:
+def predict(rt: SwarmRuntime, spec: InstanceSpec, s: Started) -> Any:
+    """A prediction straight from the instance, with its version's secret as the gateway sends
+    it (without it the instance answers 401)."""
+    secret = instance_secret(daemon_secret(rt.home), spec.service_uid, spec.idx)
     req = urllib.request.Request(
         f"http://{s.host}:{s.port}/predict",
         data=json.dumps({"instances": IRIS_ROWS}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", INSTANCE_HEADER: secret},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
 
 def inspect(rt: SwarmRuntime, s: InstanceSpec) -> dict[str, Any]:
-    found: dict[str, Any] = rt.client.api.inspect_service(service_name(rt.home, s))
+    # the service is named after the spec the runtime starts: the version's files staged for
+    # the container's user
+    staged = staged_for_container(rt.home, s)
+    found: dict[str, Any] = rt.client.api.inspect_service(service_name(rt.home, staged))
     return found
 
 
@@ -161,7 +169,11 @@ def test_one_service_per_version_with_replicas_equal_to_instances(
     assert nodes == {socket.gethostname(), WORKER}
     assert len({s.port for s in started}) == 3
     until_ready(started)
-    assert all(predict(s) == {"predictions": [0, 2]} for s in started)
+    specs = [*v1, v2]
+    assert all(
+        predict(runtime, sp, s) == {"predictions": [0, 2]}
+        for sp, s in zip(specs, started, strict=True)
+    )
     assert all(runtime.exited(s.handle) is None for s in started)
     owned = runtime.owned()
     assert sorted(o.key for o in owned) == [f"{UID}/0/0", f"{UID}/0/1", f"{UID}/1/0"]
@@ -242,7 +254,7 @@ def test_a_dedicated_pool_runs_only_on_nodes_with_its_label(
         assert Handle.parse(started.handle).node == swarm.worker  # type: ignore[union-attr]
         assert started.host == swarm.worker_addr
         until_ready([started])
-        assert predict(started) == {"predictions": [0, 2]}
+        assert predict(runtime, s, started) == {"predictions": [0, 2]}
         # a public instance now runs only on the node no pool holds
         public = [spec(example_dirs, n, idx=1) for n in range(2)]
         placed = [settle(runtime, p, runtime.start(p)) for p in public]
