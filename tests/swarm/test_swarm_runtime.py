@@ -219,7 +219,9 @@ def test_service_spec_carries_limits_reservations_gpus_placement_and_env(
     assert container["User"] == USER and container["ReadOnly"] is True
     assert container["CapabilityDrop"] == ["ALL"]
     model = next(m for m in container["Mounts"] if m["Target"] == "/model")
-    assert model["ReadOnly"] is True and model["Source"] == str(gpu.path)
+    # only this version's files, staged for the container's user (never the registry's own)
+    staged = staged_for_container(runtime.home, gpu).path
+    assert model["ReadOnly"] is True and model["Source"] == str(staged) != str(gpu.path)
     assert container["Labels"]["opsbot.service"] == UID
     assert template["RestartPolicy"]["Condition"] == "any"
     networks = [engine.api.inspect_network(n["Target"])["Name"] for n in template["Networks"]]
@@ -372,7 +374,7 @@ def test_services_without_this_homes_labels_are_never_touched(
     runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, image: str
 ) -> None:
     s = spec(example_dirs, 0)
-    taken = service_name(runtime.home, s)
+    taken = service_name(runtime.home, staged_for_container(runtime.home, s))
     sleeper = {"image": image, "command": ["python3", "-c", "import time; time.sleep(3600)"]}
     foreign = [
         engine.services.create(name=taken, **sleeper),  # the very name the runtime wants
