@@ -464,6 +464,10 @@ def test_deploy_dm_of_a_service_deleted_while_deploying(bot: Bot, me: str) -> No
     assert bot.core.store.db.execute(count).fetchone()[0] == 0
     # A row left for a service that goes away goes with it.
     deploy_from_modal(bot, "dropped")
+    # The bot records the DM once Slack's answer to it is back, just after the fake saw it.
+    deadline = time.monotonic() + 10
+    while bot.core.store.db.execute(count).fetchone()[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert bot.core.store.db.execute(count).fetchone()[0] == 1
     service = bot.core.service(bot.core.user(me), "dropped")
     with bot.core.store.write() as db:
