@@ -72,6 +72,7 @@ from opsbot.core.instance_auth import DAEMON_SECRET_FILE, INSTANCE_HEADER, insta
 from opsbot.core.routes import ServiceRoute, VersionRoute, load_routes
 from opsbot.core.store import DB_NAME, Store
 from opsbot.serving import HEADER_LENGTH, MODEL_NAME_HEADER
+from opsbot.serving.http_errors import allow_header, routing_message
 from opsbot.serving.upstream import (
     BrokenReply,
     ClientKind,
@@ -1419,15 +1420,13 @@ async def _json_errors(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        headers = allow_header(exc)
+        message = routing_message(request, exc, _ROUTES_HINT)
         if isinstance(exc, web.HTTPMethodNotAllowed):
-            allowed = ", ".join(sorted(exc.allowed_methods))
-            message = f"{request.method} is not allowed on {request.path}: use {allowed}"
-            return _error(405, "method_not_allowed", message, headers)
+            return _error(405, "method_not_allowed", message or "", headers)
         if isinstance(exc, web.HTTPNotFound):
-            message = f"no route {request.method} {request.path}: use {_ROUTES_HINT}"
-            return _error(404, "no_route", message)
-        return _error(exc.status, "bad_request", exc.text or exc.reason, headers or None)
+            return _error(404, "no_route", message or "")
+        return _error(exc.status, "bad_request", exc.text or exc.reason, headers)
 
 
 def make_app(

@@ -41,6 +41,7 @@ from aiohttp import web
 from opsbot import __version__
 from opsbot.core.instance_auth import INSTANCE_HEADER, INSTANCE_SECRET_ENV, secret_matches
 from opsbot.serving import HEADER_LENGTH, MODEL_NAME_HEADER
+from opsbot.serving.http_errors import allow_header, routing_message
 from opsbot.serving.loaders import (
     FORMATS,
     LoadedModel,
@@ -497,20 +498,13 @@ async def _json_errors(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        if isinstance(exc, web.HTTPMethodNotAllowed):
-            allowed = ", ".join(sorted(exc.allowed_methods))
-            message = f"{request.method} is not allowed on {request.path}: use {allowed}"
-        elif isinstance(exc, web.HTTPNotFound):
-            message = f"no route {request.method} {request.path}: use {_ROUTES_HINT}"
-        elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+        message = routing_message(request, exc, _ROUTES_HINT)
+        if message is None and isinstance(exc, web.HTTPRequestEntityTooLarge):
             message = (
                 f"the body is larger than this server takes ({MAX_BODY_BYTES // 2**20} MiB): "
                 "send fewer instances per request"
             )
-        else:
-            message = exc.text or exc.reason
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return _error(exc.status, message, headers=headers or None)
+        return _error(exc.status, message or exc.text or exc.reason, headers=allow_header(exc))
 
 
 #: Paths any caller may probe (liveness and readiness say nothing of the model's data).
