@@ -56,6 +56,11 @@ class Cluster:
     worker: str
     worker_addr: str
     worker_client: Any  # a docker-py client of the worker's own engine
+    manager_client: Any = None  # the manager's (this engine's) docker-py client
+
+    def state(self) -> str:
+        """What Swarm and both engines say of the opsbot tasks (for a failure's message)."""
+        return swarm_state(self.manager_client, self.worker_client)
 
     def node_script(self, *args: str) -> None:
         """Run ``scripts/swarm-node.sh`` on the worker (stop, start...), failing with its words."""
@@ -162,7 +167,7 @@ def swarm_fixture(engine: Any, image: str) -> Iterator[Cluster]:
         node.update({**node.attrs["Spec"], "Availability": "active"})
     client = docker.DockerClient(base_url=WORKER_SOCKET, timeout=30)
     try:
-        yield Cluster(manager, worker["ID"], worker["Status"]["Addr"], client)
+        yield Cluster(manager, worker["ID"], worker["Status"]["Addr"], client, engine)
     finally:
         client.close()
         remove_stale_test_labels(engine)
@@ -182,15 +187,60 @@ def cleanup(home: Path, client: Any, image: str) -> int:
     return remove_all(swarm_runtime(home, client, image))
 
 
-def wait_for(what: str, check: Callable[[], T], timeout: float, step: float = 0.3) -> T:
+def wait_for(
+    what: str,
+    check: Callable[[], T],
+    timeout: float,
+    step: float = 0.3,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` until it is truthy; on timeout fail with ``explain()``'s account of the
+    state (what Swarm and the engines say), so that a failure on CI can be read there."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            why = ""
+            if explain is not None:
+                try:
+                    why = "\n" + explain()
+                except Exception as exc:  # the account must not hide the timeout
+                    why = f"\n(no account of the state: {exc!r})"
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{why}")
         time.sleep(step)
+
+
+def swarm_state(manager: Any, worker: Any) -> str:
+    """What Swarm says of every opsbot task (node, state, error) and, for each task's
+    container, its health checks' last output and its log's tail from the engine it runs on."""
+    lines: list[str] = []
+    names = {n["ID"]: n["Description"].get("Hostname", n["ID"]) for n in manager.api.nodes()}
+    engines = {"manager": manager, "worker": worker}
+    for svc in manager.api.services(filters={"label": "opsbot.home"}):
+        lines.append(f"service {svc['Spec']['Name']}")
+        for task in manager.api.tasks(filters={"service": svc["ID"]}):
+            status = task.get("Status", {})
+            cid = (status.get("ContainerStatus") or {}).get("ContainerID", "")
+            lines.append(
+                f"  task slot {task.get('Slot')} on {names.get(task.get('NodeID', ''), '?')}: "
+                f"desired {task.get('DesiredState')}, {status.get('State')} "
+                f"{status.get('Err') or status.get('Message', '')} container {cid[:12]}"
+            )
+            for where, client in engines.items():
+                if not cid:
+                    break
+                try:
+                    info = client.api.inspect_container(cid)
+                except Exception:  # not on this engine
+                    continue
+                health = (info.get("State", {}).get("Health") or {}).get("Log") or []
+                if health:
+                    lines.append(f"    health ({where}): {health[-1].get('Output', '')[-300:]!r}")
+                logs = client.api.logs(cid, tail=8).decode(errors="replace")
+                lines.extend(f"    log ({where}): {line}" for line in logs.splitlines())
+    return "\n".join(lines) or "no opsbot services"
 
 
 def services_of(client: Any, home: Path) -> list[dict[str, Any]]:

@@ -204,7 +204,8 @@ def test_a_lost_node_is_concerning_then_swarm_moves_its_instance_and_the_node_re
             stopped = False
             d.cli("update", "spread", "--instances", "3")
             wait_running(d, "spread", 3, timeout=120)
-            assert nodes_of(d, "spread") == sorted([MANAGER, MANAGER, WORKER])
+            placed = nodes_of(d, "spread")
+            assert placed == sorted([MANAGER, MANAGER, WORKER]), swarm.state()
             status, _, body = call(created["url"], {"instances": IRIS}, created["api_key"])
             assert status == 200, body
     finally:

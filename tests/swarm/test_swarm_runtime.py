@@ -107,11 +107,12 @@ def spec(
     )
 
 
-def until_ready(started: list[Started], timeout: float = 90) -> None:
+def until_ready(started: list[Started], swarm: Cluster, timeout: float = 90) -> None:
     wait_for(
         "the instances to answer their readiness check",
         lambda: all(http_ready(s.host, s.port) for s in started),
         timeout,
+        explain=swarm.state,
     )
 
 
@@ -168,7 +169,7 @@ def test_one_service_per_version_with_replicas_equal_to_instances(
     nodes = {runtime.node_name(s.handle) for s in started[:2]}
     assert nodes == {socket.gethostname(), WORKER}
     assert len({s.port for s in started}) == 3
-    until_ready(started)
+    until_ready(started, swarm)
     specs = [*v1, v2]
     assert all(
         predict(runtime, sp, s) == {"predictions": [0, 2]}
@@ -255,7 +256,7 @@ def test_a_dedicated_pool_runs_only_on_nodes_with_its_label(
         started = settle(runtime, s, started)
         assert Handle.parse(started.handle).node == swarm.worker  # type: ignore[union-attr]
         assert started.host == swarm.worker_addr
-        until_ready([started])
+        until_ready([started], swarm)
         assert predict(runtime, s, started) == {"predictions": [0, 2]}
         # a public instance now runs only on the node no pool holds
         public = [spec(example_dirs, n, idx=1) for n in range(2)]
@@ -294,13 +295,13 @@ def test_the_probe_counts_the_swarm_nodes_and_their_pool_labels(
 
 
 def test_scale_up_and_down_keeps_exactly_the_instances(
-    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any
+    runtime: SwarmRuntime, example_dirs: dict[tuple[str, str], Path], engine: Any, swarm: Cluster
 ) -> None:
     specs = [spec(example_dirs, n) for n in range(3)]
     started = {s.n: runtime.start(s) for s in specs}
     service = inspect(runtime, specs[0])
     assert replicas(service) == 3
-    until_ready(list(started.values()))
+    until_ready(list(started.values()), swarm)
 
     # the middle instance goes: two replicas, two tasks, the others keep serving
     runtime.stop(started[1].handle)
@@ -310,14 +311,14 @@ def test_scale_up_and_down_keeps_exactly_the_instances(
     wait_for("two tasks", lambda: len(live_tasks(engine, service["ID"])) == 2, 20)
     for n in started:
         started[n] = settle(runtime, specs[n], started[n])
-    until_ready(list(started.values()))
+    until_ready(list(started.values()), swarm)
     assert sorted(o.key for o in runtime.owned()) == [f"{UID}/0/0", f"{UID}/0/2"]
     assert len({s.port for s in started.values()}) == 2
 
     # and comes back: three again, on three distinct slots
     started[1] = runtime.start(specs[1])
     assert replicas(inspect(runtime, specs[0])) == 3
-    until_ready(list(started.values()))
+    until_ready(list(started.values()), swarm)
     tasks = live_tasks(engine, service["ID"])
     assert len(tasks) == 3 and len({t["Slot"] for t in tasks}) == 3
     assert sorted(o.key for o in runtime.owned()) == [f"{UID}/0/{n}" for n in range(3)]
@@ -334,7 +335,7 @@ def test_a_dead_task_is_an_exit_and_swarm_replaces_it(
 ) -> None:
     s = spec(example_dirs, 0)
     started = runtime.start(s)
-    until_ready([started])
+    until_ready([started], swarm)
     task = engine.api.inspect_task(Handle.parse(started.handle).task)  # type: ignore[union-attr]
     # the container lives on the engine of the node Swarm put it on
     on = engine if task["NodeID"] == swarm.manager else swarm.worker_client
@@ -345,7 +346,7 @@ def test_a_dead_task_is_an_exit_and_swarm_replaces_it(
     again = settle(runtime, s, started)
     assert Handle.parse(again.handle).task != Handle.parse(started.handle).task  # type: ignore[union-attr]
     assert again.port == started.port
-    until_ready([again])
+    until_ready([again], swarm)
     assert runtime.exited(again.handle) is None
     assert replicas(inspect(runtime, s)) == 1
 
@@ -355,7 +356,7 @@ def test_a_drained_node_is_an_exit_with_the_reason_and_the_instance_moves(
 ) -> None:
     specs = [spec(example_dirs, n) for n in range(2)]
     started = [runtime.start(s) for s in specs]
-    until_ready(started)
+    until_ready(started, swarm)
     (there,) = [i for i, s in enumerate(started) if s.host == swarm.worker_addr]
     with node_availability(engine, swarm.worker, "drain"):
         ended = wait_for("the exit", lambda: runtime.exited(started[there].handle), 30)
@@ -366,7 +367,7 @@ def test_a_drained_node_is_an_exit_with_the_reason_and_the_instance_moves(
         moved = settle(runtime, specs[there], started[there], timeout=60)
         assert Handle.parse(moved.handle).node == swarm.manager  # type: ignore[union-attr]
         assert moved.port == started[there].port  # the same slot, on the node left
-        until_ready([moved])
+        until_ready([moved], swarm)
         assert runtime.exited(started[1 - there].handle) is None  # the other one stayed
 
 
