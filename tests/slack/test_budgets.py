@@ -126,9 +126,7 @@ def modal_state(deploy: bool = False) -> views.FormState:
 
 def render(state: views.FormState) -> dict[str, Any]:
     spec = biggest()
-    return views.deploy_modal(
-        state, catalog(spec), ["public", "p" * 64], flavors(), {}
-    )
+    return views.deploy_modal(state, catalog(spec), ["public", "p" * 64], flavors(), {})
 
 
 @pytest.mark.parametrize("deploy", [False, True], ids=["modify", "deploy"])
@@ -179,9 +177,7 @@ def test_each_version_of_the_largest_service_has_a_modal_within_budget() -> None
     state = modal_state()
     spec = biggest()
     for g in state.groups:
-        view = views.version_modal(
-            state, g.uid, catalog(spec), flavors(), {}, parent="V" * 11
-        )
+        view = views.version_modal(state, g.uid, catalog(spec), flavors(), {}, parent="V" * 11)
         budget.check(view)
         assert view["callback_id"] == views.VERSION_CALLBACK
         inputs = [b for b in view["blocks"] if b["type"] == "input"]
@@ -304,7 +300,11 @@ def test_the_budget_helper_names_what_passes_a_budget() -> None:
                 "type": "input",
                 "block_id": "a",
                 "label": {"type": "plain_text", "text": "l"},
-                "element": {"type": "plain_text_input", "action_id": "p", "initial_value": "i" * 3001},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "p",
+                    "initial_value": "i" * 3001,
+                },
             },
             *({"type": "divider"} for _ in range(99)),
         ],
