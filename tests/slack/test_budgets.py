@@ -154,7 +154,7 @@ def test_the_largest_form_lists_versions_and_keeps_every_rule(deploy: bool) -> N
 @pytest.mark.parametrize("deploy", [False, True], ids=["modify", "deploy"])
 def test_the_largest_form_with_everything_to_confirm(deploy: bool) -> None:
     state = modal_state(deploy)
-    data, problems = views.spec_data(state)
+    _, problems = views.spec_data(state)
     assert problems == []
     state.summary = [f"{k}: {v}" for k, v in form.deploy_summary(biggest())]
     state.warnings = [f"V{i} looks like a secret" for i in range(MAX_VERSIONS * 10)]

@@ -471,3 +471,33 @@ def test_rule_targets_fit_slacks_option_values_whatever_the_model_name() -> None
     )
     data, _ = views.spec_data(state)
     assert data["rules"] == [{"header": "X", "equals": "a", "version": "v" * 64}]
+
+
+def test_a_versions_own_modal_and_its_row_take_the_core_forms_labels() -> None:
+    state = views.FormState(name="svc")
+    for _ in range(9):
+        views.add_group(state, CATALOG)
+    views.add_rule(state)
+    views.Drafts().save(state)
+    form_view = views.deploy_modal(state, CATALOG, ["public"], flavors())
+    valid_view(form_view)
+    assert not views.inline(state)
+    labels = [b["label"]["text"] for b in form_view["blocks"] if b["type"] == "input"]
+    # The form keeps the core's fields outside the versions, in its order (a rule's test,
+    # equals or matches, is one select before the value).
+    top = [f.label for f in form.FIELDS if f.section in ("basic", "limit")]
+    rule = [form.LABELS["header"], "Test", form.LABELS["equals"], form.LABELS["rule_version"]]
+    assert labels == top + rule
+    row = next(b for b in form_view["blocks"] if b.get("block_id") == "m1.row")["text"]["text"]
+    assert row.startswith(f"*{form.LABELS['models']} 2*")
+    for key in ("traffic_ratio", "flavor", "instances", "env"):
+        assert form.LABELS[key] in row
+    own = views.version_modal(state, 1, CATALOG, flavors(), parent="V1")
+    valid_view(own)
+    labels = [b["label"]["text"] for b in own["blocks"] if b["type"] == "input"]
+    assert labels == [f.label for f in form.FIELDS if f.section == "version"]
+    source = next(b for b in own["blocks"] if b["block_id"] == "m1.source")["element"]
+    assert [(o["value"], o["text"]["text"]) for o in source["options"]] == list(form.SOURCES)
+    flavor = next(b for b in own["blocks"] if b["block_id"].startswith("m1.flavor."))["element"]
+    choices = form.flavor_choices([s.as_dict() for s in flavors()], "custom")
+    assert [o["value"] for o in flavor["options"]] == [c.value for c in choices if c.available]
