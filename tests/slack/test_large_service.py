@@ -93,3 +93,18 @@ def test_version_ten_of_a_large_service_is_edited_in_its_own_modal(
     assert after.model_dump() == expected
     dm = bot.fake.wait_for("chat.postMessage", lambda a: "Modified big" in a["text"])
     assert "instances: 1 -> 3" in dm["text"]
+
+
+def test_a_form_whose_draft_is_gone_says_to_open_it_again(bot: Bot) -> None:
+    """A daemon restarted (or a form left open a day) no longer holds the draft: the modal
+    says so instead of acting on a form it cannot read."""
+    modal = bot.bot.modal(bot.core.slack_user("U1"), views.FormState())
+    bot.bot.drafts = views.Drafts()  # what a restart leaves
+    add = {"action_id": views.A_ADD, "block_id": "add_version", "value": "add"}
+    post(bot.url, block_action(add, view=as_sent(modal, {"name": "late"})), FORM)
+    gone = bot.fake.wait_for("views.update")["view"]
+    assert gone["callback_id"] == "expired" and "open it again" in str(gone["blocks"])
+    answer = post(bot.url, submission(as_sent(modal, {"name": "late"})), FORM).json()
+    assert answer["response_action"] == "update"
+    assert "open it again" in str(answer["view"]["blocks"])
+    assert bot.core.services(bot.core.slack_user("U1")) == []
