@@ -138,7 +138,7 @@ class SlackBot:
         """The deploy modal, or the modify modal when ``state.target`` names a service; the
         form is kept as a draft first (the view carries only its key)."""
         c = self._choices(actor, state)
-        self.drafts.save(state)
+        self.drafts.save(views.offer(state, c.catalog))
         return views.deploy_modal(state, c.catalog, c.pools, c.flavors, c.origins)
 
     def version_view(
@@ -146,7 +146,7 @@ class SlackBot:
     ) -> views.View:
         """Version ``uid``'s own modal over the form ``parent`` (a view id)."""
         c = self._choices(actor, state)
-        self.drafts.save(state)
+        self.drafts.save(views.offer(state, c.catalog))
         return views.version_modal(state, uid, c.catalog, c.flavors, c.origins, parent=parent)
 
     def render(self, actor: User, state: views.FormState, meta: Mapping[str, Any]) -> views.View:
@@ -233,7 +233,7 @@ class SlackBot:
         view = body["view"]
         action = body["actions"][0]
         try:
-            state = views.state_from_view(view, self.drafts)
+            state = views.state_from_view(view, self.drafts, acting=action.get("block_id"))
         except views.DraftGone as exc:
             client.views_update(view_id=view["id"], view=views.expired_view(exc.message))
             return
@@ -248,7 +248,10 @@ class SlackBot:
             views.choose_source(state, views.group_uid(action["block_id"]), chosen)
         elif action_id == views.A_MODEL:
             views.choose_model(
-                state, views.group_uid(action["block_id"]), chosen, self.catalog(actor)
+                state,
+                views.group_uid(action["block_id"]),
+                views.chosen_model(state, chosen),
+                self.catalog(actor),
             )
         elif action_id == views.A_VERSION:
             views.choose_version(state, views.group_uid(action["block_id"]), chosen)

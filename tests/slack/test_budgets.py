@@ -151,6 +151,21 @@ def test_the_largest_form_lists_versions_and_keeps_every_rule(deploy: bool) -> N
     assert len(view["private_metadata"]) < 100
 
 
+def test_option_values_are_short_keys_the_bot_resolves() -> None:
+    state = modal_state()
+    spec = biggest()
+    modal = views.version_modal(state, 0, catalog(spec), flavors(), {}, parent="V1")
+    model = next(b for b in modal["blocks"] if b["block_id"].startswith("m0.model."))
+    [option] = model["element"]["options"]
+    assert option["text"]["text"] == MODEL[:74] + "…"  # shown clipped to Slack's 75
+    assert len(option["value"]) == 16 and option["value"] == views.option_key(MODEL)
+    views.offer(state, catalog(spec))
+    assert views.chosen_model(state, option["value"]) == MODEL
+    assert views.chosen_model(state, "k" + "0" * 15) is None  # never offered
+    targets = next(b for b in render(state)["blocks"] if b.get("block_id") == "r0.version")
+    assert max(len(o["value"]) for o in targets["element"]["options"]) <= 67
+
+
 @pytest.mark.parametrize("deploy", [False, True], ids=["modify", "deploy"])
 def test_the_largest_form_with_everything_to_confirm(deploy: bool) -> None:
     state = modal_state(deploy)
@@ -198,7 +213,7 @@ def test_the_form_read_back_is_the_service_whatever_was_kept_aside() -> None:
     spec = biggest()
     drafts = views.Drafts()
     state = views.form_from_spec(spec, OWNER)
-    drafts.save(state)
+    drafts.save(views.offer(state, catalog(spec)))
     values: dict[str, dict[str, Any]] = {}
     for g in state.groups:  # every version's modal, sent back as it was shown
         modal = views.version_modal(state, g.uid, catalog(spec), flavors(), {}, parent="V1")

@@ -60,6 +60,7 @@ from opsbot.slack.views.state import (
     confirm_room,
     env_parts,
     inline,
+    option_key,
     rule_target_value,
 )
 
@@ -127,7 +128,12 @@ def _group_blocks(
         _input(
             _bid(g, "model"),
             _label("model"),
-            _select(A_MODEL, "Choose a model", [(m, m) for m in models], g.model),
+            _select(
+                A_MODEL,
+                "Choose a model",
+                [(option_key(m), m) for m in models],
+                option_key(g.model) if g.model else None,
+            ),
             dispatch=True,
             hint=None if models else "No model in the Normal state here: create or subscribe.",
         ),

@@ -126,6 +126,9 @@ class FormState:
     everyone: bool = False
     #: The draft's key (see :class:`Drafts`); empty until the draft is first saved.
     key: str = ""
+    #: The models offered, by the short option value that stands for each (see
+    #: :func:`option_key`): a model's name (up to 129 characters) never travels as one.
+    offered: dict[str, str] = field(default_factory=dict)
 
     def group(self, uid: int) -> GroupState:
         for g in self.groups:
@@ -224,6 +227,25 @@ class Drafts:
             del self._items[key]
 
 
+def option_key(name: str) -> str:
+    """The option value that stands for ``name`` in a select: 16 characters whatever the name,
+    resolved by the bot from the draft's ``offered`` (Slack takes 150 at most)."""
+    return "k" + hashlib.sha256(name.encode()).hexdigest()[:15]
+
+
+def offer(state: FormState, catalog: Catalog) -> FormState:
+    """Record the models the form's selects offer, by their option values."""
+    state.offered = {
+        option_key(model): model for models in catalog.values() for model in models
+    } | {option_key(g.model): g.model for g in state.groups if g.model}
+    return state
+
+
+def chosen_model(state: FormState, value: str | None) -> str | None:
+    """The model an option value stands for (None for one the form never offered)."""
+    return state.offered.get(value or "")
+
+
 def _meta(state: FormState, **extra: Any) -> str:
     """``private_metadata``: the draft's key, and in a version's modal the version (``g``) and
     the form's view (``p``): a few dozen characters whatever the form holds."""
@@ -244,15 +266,22 @@ def selected_value(value: Mapping[str, Any]) -> str | None:
     return None if raw is None else str(raw)
 
 
-def state_from_view(view: Mapping[str, Any], drafts: Drafts) -> FormState:
+def state_from_view(
+    view: Mapping[str, Any], drafts: Drafts, *, acting: str | None = None
+) -> FormState:
     """Read a modal back: its draft, with the values the view holds merged over it (only the
-    inputs it shows: a version's modal changes that version, the form the rest)."""
+    inputs it shows: a version's modal changes that version, the form the rest).
+
+    ``acting`` is the block of a select whose choice an action applies (a new model resets
+    the version): Slack sends its new value in the view too, left out here for the action."""
     state = drafts.load(str(view_meta(view).get("d") or ""))
     values: Mapping[str, Mapping[str, Any]] = (view.get("state") or {}).get("values") or {}
     by_group = {g.uid: g for g in state.groups}
     by_rule = {r.uid: r for r in state.rules}
     env_parts: dict[int, dict[int, str]] = {}
     for block_id, actions in values.items():
+        if block_id == acting:
+            continue
         for value in actions.values():
             chosen = selected_value(value)
             rule_match = re.match(r"^r(\d+)\.(header|test|value|version)$", block_id)
@@ -293,6 +322,8 @@ def state_from_view(view: Mapping[str, Any], drafts: Drafts) -> FormState:
                 continue
             if what in ("source", "model", "version") and chosen is None:
                 continue
+            if what == "model":
+                chosen = chosen_model(state, chosen)
             if what in (
                 "source",
                 "model",
