@@ -44,6 +44,8 @@ def env(i: int) -> dict[str, str]:
             out[name + "_TOKEN"] = f"s3cr3t-{k}-" + "Zq9" * 10
         elif k % 10 == 1:
             out[name] = ("word " * (MAX_ENV_VALUE // 5 + 1))[:MAX_ENV_VALUE].strip()
+        elif k % 10 == 2:
+            out[name] = "-----BEGIN CERT-----\nMIIB\n-----END CERT-----"  # several lines
         else:
             out[name] = f"value {k} " + "v" * 40
     return out
@@ -205,6 +207,8 @@ def test_each_version_of_the_largest_service_has_a_modal_within_budget() -> None
         assert "_TOKEN=s3****" in shown
         names = {line.split("=", 1)[0] for line in shown.splitlines()} | set(g.kept_env)
         assert names == set(spec.models[g.uid].env)
+        several = {k for k, v in spec.models[g.uid].env.items() if "\n" in v}
+        assert several and several <= set(g.kept_env)  # a NAME=value line cannot hold them
 
 
 def test_the_form_read_back_is_the_service_whatever_was_kept_aside() -> None:

@@ -214,8 +214,9 @@ def _env_blocks(g: GroupState, own_modal: bool) -> list[Block]:
                 "elements": [
                     _md(
                         _clip(
-                            f"Kept as they are, too long to edit in Slack ({len(g.kept_env)}): "
-                            f"{names}. Change them with `opsbot update`.",
+                            f"Kept as they are ({len(g.kept_env)}; too long for Slack's "
+                            f"inputs, or on several lines): {names}. Change them with "
+                            "`opsbot update`.",
                             2000,
                         )
                     )

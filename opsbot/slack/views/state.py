@@ -29,7 +29,7 @@ from typing import Any
 
 from opsbot.core import form
 from opsbot.core.errors import FieldError, OpsbotError
-from opsbot.core.spec import MAX_RULES, MAX_VERSIONS, DeploySpec
+from opsbot.core.spec import MAX_RULES, MAX_VERSIONS, DeploySpec, masked_env
 from opsbot.slack.views.blocks import (
     MAX_BLOCKS,
     SECTION_TEXT_MAX,
@@ -52,9 +52,6 @@ _GROUP_BLOCKS = 9
 _RULE_BLOCKS = 5
 #: Blocks of one version listed in a large form: its summary, and Edit / Remove.
 _ROW_BLOCKS = 2
-#: Blocks of a version's own modal besides its environment inputs: the group's inputs (as in
-#: the form), and the note on variables kept as they are.
-_EDITOR_BLOCKS = _GROUP_BLOCKS + 1
 #: Environment inputs a version's modal shows at most (3,000 characters each); the longest
 #: variables past that are kept as they are (see :func:`form_from_spec`).
 MAX_ENV_INPUTS = 20
@@ -81,8 +78,9 @@ class GroupState:
     flavor: str | None = None
     instances: str | None = None
     env: str | None = None
-    #: Variables of the service too long to show in Slack's inputs (each 3,000 characters):
-    #: sent back as they are, so they are kept; ``opsbot update`` changes them.
+    #: Variables of the service a NAME=value line cannot show (longer than Slack's input of
+    #: 3,000 characters, or on several lines): sent back as they are, so they are kept;
+    #: ``opsbot update`` changes them.
     kept_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -477,11 +475,8 @@ def form_from_spec(
     groups = []
     for i, m in enumerate(spec.models):
         # Secrets masked, as everywhere they are shown; a masked value sent back is kept.
-        shown = dict(
-            line.split("=", 1)
-            for line in form.env_lines(m.env, secret_names=m.secret_env).splitlines()
-        )
-        kept = _too_long(shown)
+        shown = masked_env(m.env, m.secret_env)
+        kept = _not_shown(shown)
         groups.append(
             GroupState(
                 uid=i,
@@ -527,10 +522,15 @@ def form_from_spec(
     )
 
 
-def _too_long(env: Mapping[str, str]) -> set[str]:
-    """The variables a version's modal cannot show (values as shown, secrets masked): a line
-    longer than one input, then the longest until the rest fit its inputs."""
-    kept = {k for k, v in env.items() if len(k) + 1 + len(v) > TEXT_INPUT_MAX}
+def _not_shown(env: Mapping[str, str]) -> set[str]:
+    """The variables a version's modal cannot show as NAME=value lines (values as shown,
+    secrets masked): a value on several lines, a line longer than one input, then the longest
+    until the rest fit the modal's inputs."""
+    kept = {
+        k
+        for k, v in env.items()
+        if len(k) + 1 + len(v) > TEXT_INPUT_MAX or len(f"{k}={v}".splitlines()) != 1
+    }
     by_length = sorted((k for k in env if k not in kept), key=lambda k: -len(env[k]) - len(k))
     while by_length:
         text = "\n".join(f"{k}={env[k]}" for k in env if k not in kept)
