@@ -108,3 +108,24 @@ def test_a_form_whose_draft_is_gone_says_to_open_it_again(bot: Bot) -> None:
     assert answer["response_action"] == "update"
     assert "open it again" in str(answer["view"]["blocks"])
     assert bot.core.services(bot.core.slack_user("U1")) == []
+
+
+def test_rows_remove_and_add_versions_of_a_large_service(
+    bot: Bot, me: str, example_dirs: dict[tuple[str, str], Path]
+) -> None:
+    large_service(bot.core, me, example_dirs)
+    press(bot, listed_button(bot, views.A_MODIFY), response_url=bot.fake.response_url)
+    form_view = bot.fake.wait_for("views.open")["view"]
+    remove = next(
+        e for e in block(form_view, "m4.edit")["elements"] if e["action_id"] == views.A_REMOVE
+    )
+    assert "Remove version 5?" in remove["confirm"]["title"]["text"]
+    post(bot.url, block_action({**remove, "block_id": "m4.edit"}, view=as_sent(form_view)), FORM)
+    fewer = wait_count(bot, "views.update", 1)[0]["view"]
+    rows = [b["block_id"] for b in fewer["blocks"] if str(b.get("block_id")).endswith(".row")]
+    assert rows == [f"m{i}.row" for i in range(10) if i != 4]
+    add = {"action_id": views.A_ADD, "block_id": "add_version", "value": "add"}
+    post(bot.url, block_action(add, view=as_sent(fewer)), FORM)
+    more = wait_count(bot, "views.update", 2)[1]["view"]
+    # The new version is the one the form no longer lists (3.2), never a duplicate.
+    assert "iris 3.2" in block(more, "m10.row")["text"]["text"]
