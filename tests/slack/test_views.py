@@ -501,3 +501,18 @@ def test_a_versions_own_modal_and_its_row_take_the_core_forms_labels() -> None:
     flavor = next(b for b in own["blocks"] if b["block_id"].startswith("m1.flavor."))["element"]
     choices = form.flavor_choices([s.as_dict() for s in flavors()], "custom")
     assert [o["value"] for o in flavor["options"]] == [c.value for c in choices if c.available]
+
+
+def test_variables_past_what_a_versions_modal_shows_are_refused_not_cut() -> None:
+    state = views.FormState(name="svc")
+    line = "V{}=" + "x" * (views.TEXT_INPUT_MAX - 10)  # one input each
+    state.groups[0].env = "\n".join(line.format(i) for i in range(views.MAX_ENV_INPUTS))
+    own = views.version_modal(state, 0, CATALOG, flavors(), parent="V1")
+    valid_view(own)
+    inputs = [b for b in own["blocks"] if b.get("block_id", "").startswith("m0.env")]
+    assert len(inputs) == views.MAX_ENV_INPUTS  # all of them; no empty one past the limit
+    assert views.spec_data(state)[1] == []
+    state.groups[0].env += "\n" + line.format("X")
+    problems = views.spec_data(state)[1]
+    assert [p.field for p in problems] == ["models[0].env"]
+    assert "opsbot update" in problems[0].message

@@ -45,6 +45,7 @@ from opsbot.slack.views.blocks import (
 )
 from opsbot.slack.views.state import (
     AUTO_STOP_CHOICES,
+    MAX_ENV_INPUTS,
     RULE_TESTS,
     SOURCES,
     Catalog,
@@ -187,7 +188,7 @@ def _env_blocks(g: GroupState, own_modal: bool) -> list[Block]:
     in inputs of 3,000 characters each and one more for new ones, and a note naming those kept
     as they are (too long for an input)."""
     parts = env_parts(g.env) if own_modal else [g.env or ""]
-    if own_modal:
+    if own_modal and len(parts) < MAX_ENV_INPUTS:  # spec_data refuses more than it shows
         parts.append("")
     blocks = [
         _input(

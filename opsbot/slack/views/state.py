@@ -590,6 +590,14 @@ def spec_data(state: FormState) -> tuple[dict[str, Any], list[FieldError]]:
             entry["flavor"] = g.flavor
         env, bad = form.parse_env_lines(g.env, f"models[{i}].env")
         problems += bad
+        if len(env_parts(g.env)) > MAX_ENV_INPUTS:  # more than a version's modal can show
+            problems.append(
+                FieldError(
+                    f"models[{i}].env",
+                    f"more variables than Slack can show ({MAX_ENV_INPUTS} inputs of "
+                    f"{TEXT_INPUT_MAX} characters): set the longest with `opsbot update`",
+                )
+            )
         entry["env"] = {**g.kept_env, **env}
         models.append(entry)
     data["models"] = models
