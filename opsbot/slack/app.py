@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -25,6 +26,7 @@ from slack_sdk.webhook import WebhookClient
 from opsbot.core import form
 from opsbot.core.app import Core
 from opsbot.core.errors import FieldError, NotFound, OpsbotError
+from opsbot.core.flavors import FlavorStatus
 from opsbot.core.identity import User
 from opsbot.core.notify import Dispatcher
 from opsbot.core.registry import NORMAL
@@ -44,6 +46,15 @@ DEPLOY_USAGE = (
 
 #: Threads running listeners: enough for a burst of Slack requests to be acknowledged in time.
 LISTENER_THREADS = 64
+
+
+@dataclass(frozen=True)
+class _Choices:
+    catalog: dict[str, dict[str, list[str]]]
+    pools: list[str]
+    flavors: list[FlavorStatus]
+    origins: dict[tuple[str, str, str], str]
+
 
 #: Per-version numbers of a service (see opsbot.core.usage.version_numbers); the daemon has them.
 Numbers = Callable[[Service], list[dict[str, Any]]]
@@ -75,6 +86,8 @@ class SlackBot:
         self.gateway_url = gateway_url
         self.clock = clock
         self.numbers = numbers
+        #: The forms being filled in (a modal's private_metadata holds only a draft's key).
+        self.drafts = views.Drafts()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -100,8 +113,9 @@ class SlackBot:
             for source, mv in self.core.models(actor)
         }
 
-    def modal(self, actor: User, state: views.FormState) -> views.View:
-        """The deploy modal, or the modify modal when ``state.target`` names a service."""
+    def _choices(self, actor: User, state: views.FormState) -> _Choices:
+        """What the form's selects offer: the catalog, the pools, the pool's flavors and each
+        version's origin."""
         pools = self.core.pools.names()
         if state.target is None and state.pool not in pools:
             state.pool = pools[0] if pools else "public"
@@ -118,7 +132,29 @@ class SlackBot:
                 known = catalog.setdefault(g.source, {}).setdefault(g.model, [])
                 if g.version not in known:
                     known.append(g.version)
-        return views.deploy_modal(state, catalog, pools, flavors, self.origins(owner))
+        return _Choices(catalog, pools, flavors, self.origins(owner))
+
+    def modal(self, actor: User, state: views.FormState) -> views.View:
+        """The deploy modal, or the modify modal when ``state.target`` names a service; the
+        form is kept as a draft first (the view carries only its key)."""
+        c = self._choices(actor, state)
+        self.drafts.save(views.offer(state, c.catalog))
+        return views.deploy_modal(state, c.catalog, c.pools, c.flavors, c.origins)
+
+    def version_view(
+        self, actor: User, state: views.FormState, uid: int, parent: str
+    ) -> views.View:
+        """Version ``uid``'s own modal over the form ``parent`` (a view id)."""
+        c = self._choices(actor, state)
+        self.drafts.save(views.offer(state, c.catalog))
+        return views.version_modal(state, uid, c.catalog, c.flavors, c.origins, parent=parent)
+
+    def render(self, actor: User, state: views.FormState, meta: Mapping[str, Any]) -> views.View:
+        """The view an action came from, drawn again: the form, or a version's own modal."""
+        uid = meta.get("g")
+        if isinstance(uid, int) and any(g.uid == uid for g in state.groups):
+            return self.version_view(actor, state, uid, str(meta.get("p") or ""))
+        return self.modal(actor, state)
 
     def _services(self, actor: User, everyone: bool) -> list[dict[str, Any]]:
         return [
@@ -196,7 +232,11 @@ class SlackBot:
         ack()
         view = body["view"]
         action = body["actions"][0]
-        state = views.state_from_view(view)
+        try:
+            state = views.state_from_view(view, self.drafts, acting=action.get("block_id"))
+        except views.DraftGone as exc:
+            client.views_update(view_id=view["id"], view=views.expired_view(exc.message))
+            return
         actor = self.actor(body)
         chosen = views.selected_value(action)
         action_id = action["action_id"]
@@ -208,7 +248,10 @@ class SlackBot:
             views.choose_source(state, views.group_uid(action["block_id"]), chosen)
         elif action_id == views.A_MODEL:
             views.choose_model(
-                state, views.group_uid(action["block_id"]), chosen, self.catalog(actor)
+                state,
+                views.group_uid(action["block_id"]),
+                views.chosen_model(state, chosen),
+                self.catalog(actor),
             )
         elif action_id == views.A_VERSION:
             views.choose_version(state, views.group_uid(action["block_id"]), chosen)
@@ -220,9 +263,51 @@ class SlackBot:
             views.add_rule(state)
         elif action_id == views.A_REMOVE_RULE:
             views.remove_rule(state, int(action["value"]))
+        elif action_id == views.A_EDIT:
+            # The form's values so far are kept in the draft; the version opens over it.
+            uid = int(action["value"])
+            client.views_push(
+                trigger_id=body["trigger_id"],
+                view=self.version_view(actor, state, uid, str(view["id"])),
+            )
+            return
         client.views_update(
-            view_id=view["id"], hash=view.get("hash"), view=self.modal(actor, state)
+            view_id=view["id"],
+            hash=view.get("hash"),
+            view=self.render(actor, state, views.view_meta(view)),
         )
+
+    def version_submit(
+        self, ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient
+    ) -> None:
+        """Done in a version's own modal: its fields checked by the core (only its own errors
+        are shown here; the form's are told when it is submitted), kept in the draft, and the
+        form under it drawn again with the version's new row."""
+        meta = views.view_meta(view)
+        try:
+            state = views.state_from_view(view, self.drafts)
+        except views.DraftGone as exc:
+            ack(response_action="update", view=views.expired_view(exc.message))
+            return
+        uid = int(meta.get("g", -1))
+        actor = self.actor(body)
+        data, problems = views.spec_data(state)
+        errors = views.error_block_ids(state, problems, own_modal=uid)
+        if not errors:
+            try:
+                if state.target:
+                    owner, name = state.target
+                    self.core.update_plan(actor, name, data, owner)
+                else:
+                    self.core.validate(actor, data)
+            except OpsbotError as exc:
+                errors = views.error_block_ids(state, exc.errors, own_modal=uid)
+        if errors:
+            ack(response_action="errors", errors=errors)
+            return
+        self.drafts.save(state)
+        ack()  # closes this modal: the form is under it
+        client.views_update(view_id=str(meta.get("p")), view=self.modal(actor, state))
 
     def _confirmed(
         self,
@@ -254,10 +339,20 @@ class SlackBot:
         errors = exc.errors or [FieldError(field, f"{exc.title}: {exc.message}")]
         ack(response_action="errors", errors=views.error_block_ids(state, errors))
 
+    def _read_submitted(self, ack: Ack, view: dict[str, Any]) -> views.FormState | None:
+        """The submitted form; None once the modal says it expired (its draft is gone)."""
+        try:
+            return views.state_from_view(view, self.drafts)
+        except views.DraftGone as exc:
+            ack(response_action="update", view=views.expired_view(exc.message))
+            return None
+
     def submit_ack(
         self, ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient
     ) -> None:
-        state = views.state_from_view(view)
+        state = self._read_submitted(ack, view)
+        if state is None:
+            return
         data, problems = views.spec_data(state)
         actor = self.actor(body)
         if problems:
@@ -279,6 +374,7 @@ class SlackBot:
             self._errors(ack, state, exc)
             return
         ack()
+        self.drafts.drop(state.key)
         self.on_change()
         self.dm_deploy(client, str(body["user"]["id"]), created, warnings)
 
@@ -320,7 +416,9 @@ class SlackBot:
     def modify_submit(
         self, ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient
     ) -> None:
-        state = views.state_from_view(view)
+        state = self._read_submitted(ack, view)
+        if state is None:
+            return
         assert state.target is not None
         owner, name = state.target
         data, problems = views.spec_data(state)
@@ -343,6 +441,7 @@ class SlackBot:
             self._errors(ack, state, exc)
             return
         ack()
+        self.drafts.drop(state.key)
         self.on_change()
         slack_id = str(body["user"]["id"])
         text, blocks = views.modified_message(name, updated.changes, updated.snapshot)
@@ -565,6 +664,7 @@ class SlackBot:
         app.command("/services")(self.guarded(self.services_command))
         app.view(views.DEPLOY_CALLBACK)(self.guarded(self.submit_ack))
         app.view(views.MODIFY_CALLBACK)(self.guarded(self.modify_submit))
+        app.view(views.VERSION_CALLBACK)(self.guarded(self.version_submit))
         for action_id in (
             views.A_AUTO_STOP,
             views.A_POOL,
@@ -575,6 +675,7 @@ class SlackBot:
             views.A_ADD_RULE,
             views.A_REMOVE_RULE,
             views.A_VERSION,
+            views.A_EDIT,
         ):
             app.action(action_id)(self.guarded(self.modal_action))
         for action_id in (

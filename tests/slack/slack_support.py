@@ -337,7 +337,8 @@ def block_action(
 
 def filled(view: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
     """The view as Slack sends it back with ``values`` typed in: keys are block ids, or block
-    id prefixes such as ``m0.model`` (the generation part left out)."""
+    id prefixes such as ``m0.model`` (the generation part left out); a select's value is an
+    option's value or the text it shows."""
     state: dict[str, dict[str, Any]] = {}
     for block in view["blocks"]:
         if block["type"] != "input":
@@ -349,10 +350,13 @@ def filled(view: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]
             continue
         value = values[key]
         if element["type"] == "static_select":
-            slot: dict[str, Any] = {
-                "type": "static_select",
-                "selected_option": {"value": value, "text": {"type": "plain_text", "text": value}},
-            }
+            # The user picks an option by what it shows; Slack sends the option's value (a
+            # value no option has is sent as is: a forged one).
+            option = next(
+                (o for o in element["options"] if value in (o["value"], o["text"]["text"])),
+                {"value": value, "text": {"type": "plain_text", "text": value}},
+            )
+            slot: dict[str, Any] = {"type": "static_select", "selected_option": option}
         else:
             slot = {"type": element["type"], "value": value}
         state[bid] = {element["action_id"]: slot}

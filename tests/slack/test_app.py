@@ -70,7 +70,8 @@ def test_deploy_command_acks_and_opens_a_valid_modal(bot: Bot) -> None:
     assert opened["trigger_id"] == trigger_of(body)
     View(**opened["view"]).validate_json()
     model = next(b for b in opened["view"]["blocks"] if b["block_id"].startswith("m0.model."))
-    assert [o["value"] for o in model["element"]["options"]] == ["flowers", "iris", "iris-onnx"]
+    offered = [(o["text"]["text"], o["value"]) for o in model["element"]["options"]]
+    assert offered == [(m, views.option_key(m)) for m in ("flowers", "iris", "iris-onnx")]
 
 
 def test_deploy_shortcut_creates_the_service_and_dms(bot: Bot, me: str) -> None:
@@ -196,6 +197,29 @@ def test_choosing_a_source_updates_the_modal(bot: Bot) -> None:
     ids = [b.get("block_id") for b in update["view"]["blocks"]]
     assert "m0.model.1" in ids and "m0.model.0" not in ids
     View(**update["view"]).validate_json()
+
+
+def test_a_new_model_resets_its_version_though_slack_sends_the_choice_in_the_view(
+    bot: Bot,
+) -> None:
+    """Slack's block_actions payload carries the select's new value in view.state as well;
+    the choice is the action's to apply (the version starts over, a fresh block), not a value
+    merged before it."""
+    modal = modal_for(bot)
+    first = {**filled(modal, {"m0.model": "iris", "m0.version": "2.0.0"}), "id": "V9"}
+    model_block = next(b for b in modal["blocks"] if b["block_id"].startswith("m0.model."))
+    action = {
+        "action_id": views.A_MODEL,
+        "block_id": model_block["block_id"],
+        "type": "static_select",
+        "selected_option": {"value": views.option_key("iris")},
+    }
+    post(bot.url, block_action(action, view=first), FORM)
+    update = bot.fake.wait_for("views.update")["view"]
+    version = next(b for b in update["blocks"] if b["block_id"].startswith("m0.version."))
+    assert version["block_id"] != "m0.version.0"  # a fresh block: Slack forgets the old pick
+    assert [o["value"] for o in version["element"]["options"]] == ["1.0.0", "2.0.0"]
+    assert "initial_option" not in version["element"]
 
 
 def test_add_version_button_adds_a_group(bot: Bot) -> None:

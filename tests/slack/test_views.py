@@ -13,6 +13,7 @@ from opsbot.core import form
 from opsbot.core.deadlines import EXTEND_HOURS
 from opsbot.core.errors import FieldError
 from opsbot.core.flavors import FlavorStatus, load_flavors
+from opsbot.core.spec import MAX_RULES, MAX_VERSIONS
 from opsbot.slack import views
 
 CATALOG = {"mine": {"iris": ["1.0.0", "2.0.0"], "solo": ["1.0.0"]}, "subscribed": {}}
@@ -73,7 +74,7 @@ def test_most_groups_stay_within_block_kit_limits() -> None:
     state = views.FormState(auto_stop="custom")
     for _ in range(20):
         views.add_group(state)
-    assert len(state.groups) == views.MAX_GROUPS
+    assert len(state.groups) == views.MAX_GROUPS == MAX_VERSIONS  # the core's limit
     view = views.deploy_modal(state, CATALOG, ["public", "gpu"], flavors())
     valid_view(view)
     assert not any(b.get("block_id") == "add_version" for b in view["blocks"])
@@ -85,6 +86,8 @@ def test_dependent_selects_renew_block_ids_and_drop_stale_values() -> None:
     state.groups[0].version = "2.0.0"
     before = views.deploy_modal(state, CATALOG, ["public"], flavors())
     views.choose_source(state, 0, "subscribed")
+    drafts = views.Drafts()
+    drafts.save(state)
     after = views.deploy_modal(state, CATALOG, ["public"], flavors())
     ids_before = {b.get("block_id") for b in before["blocks"]}
     ids_after = {b.get("block_id") for b in after["blocks"]}
@@ -101,7 +104,7 @@ def test_dependent_selects_renew_block_ids_and_drop_stale_values() -> None:
             }
         },
     }
-    read = views.state_from_view(sent)
+    read = views.state_from_view(sent, drafts)
     assert read.groups[0].source == "subscribed"
     assert read.groups[0].version is None
 
@@ -269,13 +272,15 @@ def test_warnings_show_above_the_form_and_are_marked() -> None:
     warned = [FieldError("models[0].env.API_TOKEN", "API_TOKEN looks like a secret")]
     state.warnings = [w.message for w in warned]
     state.warned = views.warning_mark(warned)
+    drafts = views.Drafts()
+    drafts.save(state)
     view = views.deploy_modal(state, CATALOG, ["public"], flavors())
     valid_view(view)
     assert view["blocks"][0]["block_id"] == "warnings"
     assert "API_TOKEN looks like a secret" in view["blocks"][0]["text"]["text"]
     assert view["submit"]["text"] == "Deploy anyway"
-    # The mark travels with the view; the notice itself is shown once.
-    read = views.state_from_view(view)
+    # The mark is kept with the form; the notice itself is shown once.
+    read = views.state_from_view(view, drafts)
     assert read.warned == state.warned and read.warnings == []
     assert views.deploy_modal(read, CATALOG, ["public"], flavors())["submit"]["text"] == "Deploy"
     assert views.warning_mark([]) == ""
@@ -291,7 +296,8 @@ def test_largest_form_with_warnings_stays_within_block_kit_limits() -> None:
     view = views.deploy_modal(state, CATALOG, ["public", "gpu"], flavors())
     valid_view(view)
     assert len(view["blocks"]) <= views.MAX_BLOCKS
-    assert "and 25 more" in view["blocks"][0]["text"]["text"]
+    assert views.inline(state)  # ten versions and the notice still fit: all inputs shown
+    assert "V29 looks like a secret" in view["blocks"][0]["text"]["text"]  # none left out
 
 
 def test_running_message_without_a_key_says_how_to_get_one() -> None:
@@ -304,28 +310,56 @@ def test_running_message_without_a_key_says_how_to_get_one() -> None:
 # -- modify, rules, history, details (issue 8) ----------------------------------------------------
 
 
-def test_rules_and_groups_share_the_block_budget() -> None:
+def test_a_form_past_one_modal_lists_its_versions_and_keeps_every_rule() -> None:
     state = views.FormState(auto_stop="custom", warnings=["w"])
     for _ in range(20):
         views.add_rule(state)
-    assert len(state.rules) == 10  # the spec's limit
+    assert len(state.rules) == MAX_RULES  # the spec's limit, whatever the versions
+    assert views.inline(state)
+    inline_ids = {
+        b.get("block_id")
+        for b in views.deploy_modal(state, CATALOG, ["public"], flavors())["blocks"]
+    }
+    assert "m0.traffic_ratio" in inline_ids  # small enough: the version's inputs are shown
     for _ in range(20):
         views.add_group(state)
+    assert len(state.groups) == MAX_VERSIONS and not views.inline(state)
     view = views.deploy_modal(state, CATALOG, ["public"], flavors())
     valid_view(view)
-    # Every block was built (none cut off), and there is no room left for another group.
-    assert len(view["blocks"]) == 9 + 9 * len(state.groups) + 5 * len(state.rules) - 1
-    assert not views.can_add_group(state)
-    assert not any(b.get("block_id") == "add_version" for b in view["blocks"])
+    ids = [b.get("block_id") for b in view["blocks"]]
+    # Every version is a row with Edit and Remove; every rule keeps its inputs.
+    assert [i for i in ids if str(i).endswith(".row")] == [f"m{g.uid}.row" for g in state.groups]
+    assert not any(str(i).endswith(".traffic_ratio") for i in ids)
+    assert all(f"r{r.uid}.version" in ids for r in state.rules)
+    buttons = [
+        e["action_id"]
+        for b in view["blocks"]
+        if b.get("block_id") == f"m{state.groups[3].uid}.edit"
+        for e in b["elements"]
+    ]
+    assert buttons == [views.A_EDIT, views.A_REMOVE]
+    assert not views.can_add_group(state) and not views.can_add_rule(state)
+    assert "add_version" not in ids
     rules = next(b for b in view["blocks"] if b.get("block_id") == "rules")
     assert "accessory" not in rules  # no "Add rule" either
-    # With the most groups, rules get whatever room is left.
-    crowded = views.FormState(auto_stop="custom", warnings=["w"])
-    for _ in range(20):
-        views.add_group(crowded)
-    assert len(crowded.groups) == views.MAX_GROUPS
-    views.add_rule(crowded)
-    assert crowded.rules == []
+
+
+def test_version_errors_go_under_the_name_when_versions_are_rows() -> None:
+    state = views.FormState()
+    for _ in range(10):
+        views.add_group(state, CATALOG)
+    views.add_rule(state)
+    assert not views.inline(state)
+    errors = [FieldError("models[4].instances", "use 1 to 128")]
+    assert views.error_block_ids(state, errors) == {
+        "name": "Version 5, compute nodes: use 1 to 128"
+    }
+    # In the version's own modal, its errors go under its inputs; the form's are left out.
+    g = state.groups[4]
+    errors += [FieldError("models", "ratios sum to 90%"), FieldError("name", "taken")]
+    assert views.error_block_ids(state, errors, own_modal=g.uid) == {
+        f"m{g.uid}.instances": "use 1 to 128"
+    }
 
 
 def test_form_from_spec_keeps_odd_auto_stops() -> None:
@@ -437,3 +471,48 @@ def test_rule_targets_fit_slacks_option_values_whatever_the_model_name() -> None
     )
     data, _ = views.spec_data(state)
     assert data["rules"] == [{"header": "X", "equals": "a", "version": "v" * 64}]
+
+
+def test_a_versions_own_modal_and_its_row_take_the_core_forms_labels() -> None:
+    state = views.FormState(name="svc")
+    for _ in range(9):
+        views.add_group(state, CATALOG)
+    views.add_rule(state)
+    views.Drafts().save(state)
+    form_view = views.deploy_modal(state, CATALOG, ["public"], flavors())
+    valid_view(form_view)
+    assert not views.inline(state)
+    labels = [b["label"]["text"] for b in form_view["blocks"] if b["type"] == "input"]
+    # The form keeps the core's fields outside the versions, in its order (a rule's test,
+    # equals or matches, is one select before the value).
+    top = [f.label for f in form.FIELDS if f.section in ("basic", "limit")]
+    rule = [form.LABELS["header"], "Test", form.LABELS["equals"], form.LABELS["rule_version"]]
+    assert labels == top + rule
+    row = next(b for b in form_view["blocks"] if b.get("block_id") == "m1.row")["text"]["text"]
+    assert row.startswith(f"*{form.LABELS['models']} 2*")
+    for key in ("traffic_ratio", "flavor", "instances", "env"):
+        assert form.LABELS[key] in row
+    own = views.version_modal(state, 1, CATALOG, flavors(), parent="V1")
+    valid_view(own)
+    labels = [b["label"]["text"] for b in own["blocks"] if b["type"] == "input"]
+    assert labels == [f.label for f in form.FIELDS if f.section == "version"]
+    source = next(b for b in own["blocks"] if b["block_id"] == "m1.source")["element"]
+    assert [(o["value"], o["text"]["text"]) for o in source["options"]] == list(form.SOURCES)
+    flavor = next(b for b in own["blocks"] if b["block_id"].startswith("m1.flavor."))["element"]
+    choices = form.flavor_choices([s.as_dict() for s in flavors()], "custom")
+    assert [o["value"] for o in flavor["options"]] == [c.value for c in choices if c.available]
+
+
+def test_variables_past_what_a_versions_modal_shows_are_refused_not_cut() -> None:
+    state = views.FormState(name="svc")
+    line = "V{}=" + "x" * (views.TEXT_INPUT_MAX - 10)  # one input each
+    state.groups[0].env = "\n".join(line.format(i) for i in range(views.MAX_ENV_INPUTS))
+    own = views.version_modal(state, 0, CATALOG, flavors(), parent="V1")
+    valid_view(own)
+    inputs = [b for b in own["blocks"] if b.get("block_id", "").startswith("m0.env")]
+    assert len(inputs) == views.MAX_ENV_INPUTS  # all of them; no empty one past the limit
+    assert views.spec_data(state)[1] == []
+    state.groups[0].env += "\n" + line.format("X")
+    problems = views.spec_data(state)[1]
+    assert [p.field for p in problems] == ["models[0].env"]
+    assert "opsbot update" in problems[0].message

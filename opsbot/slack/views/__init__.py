@@ -3,11 +3,13 @@
 Nothing here talks to Slack or to the core: builders take plain data and return dicts that
 slack_sdk's models accept, so every view can be validated in tests without a network.
 
-The modal keeps its structure (groups, their stable ids, the chosen pool) in
-``private_metadata``; values typed by the user live in ``view.state.values``. Blocks that depend
-on an earlier choice (model after source, version after model, flavor after pool) carry a
-generation number in their block id, renewed when the choice changes, so Slack forgets a value
-that no longer fits.
+The form being filled in is a draft the bot holds (:class:`Drafts`); a modal's
+``private_metadata`` carries only its key, and values typed by the user arrive in
+``view.state.values``. Blocks that depend on an earlier choice (model after source, version
+after model, flavor after pool) carry a generation number in their block id, renewed when the
+choice changes, so Slack forgets a value that no longer fits. Every view is planned within
+Block Kit's budgets: a form too large for one modal lists its versions, each edited in a modal
+of its own.
 
 Split by concern: :mod:`.blocks` (action ids, limits, element builders), :mod:`.state`
 (the form state), :mod:`.modal` (the deploy and modify modal), :mod:`.services` (service
@@ -23,6 +25,7 @@ from opsbot.slack.views.blocks import (
     A_AUTO_STOP_ON,
     A_DELETE,
     A_DETAILS,
+    A_EDIT,
     A_EXTEND,
     A_EXTEND_1,
     A_EXTEND_4,
@@ -49,6 +52,9 @@ from opsbot.slack.views.blocks import (
     MODIFY_TITLE,
     OPTION_TEXT_MAX,
     OPTION_VALUE_MAX,
+    SECTION_TEXT_MAX,
+    TEXT_INPUT_MAX,
+    VERSION_CALLBACK,
     Block,
     View,
 )
@@ -62,10 +68,11 @@ from opsbot.slack.views.messages import (
     running_message,
 )
 from opsbot.slack.views.modal import (
+    confirm_blocks,
     deploy_modal,
     flavor_choices,
     rule_targets,
-    warnings_block,
+    version_modal,
 )
 from opsbot.slack.views.services import (
     STATUS_ICON,
@@ -74,6 +81,7 @@ from opsbot.slack.views.services import (
     action_target,
     action_value,
     details_view,
+    expired_view,
     extend_element,
     history_view,
     home_view,
@@ -87,10 +95,13 @@ from opsbot.slack.views.services import (
 )
 from opsbot.slack.views.state import (
     AUTO_STOP_CHOICES,
+    MAX_ENV_INPUTS,
     MAX_GROUPS,
     RULE_TESTS,
     SOURCES,
     Catalog,
+    DraftGone,
+    Drafts,
     FormState,
     GroupState,
     Origins,
@@ -103,15 +114,21 @@ from opsbot.slack.views.state import (
     choose_pool,
     choose_source,
     choose_version,
+    chosen_model,
+    env_parts,
     error_block_ids,
     form_from_spec,
     group_uid,
+    inline,
+    offer,
+    option_key,
     remove_group,
     remove_rule,
     rule_target_value,
     selected_value,
     spec_data,
     state_from_view,
+    view_meta,
     warning_mark,
 )
 
@@ -123,6 +140,7 @@ __all__ = [
     "A_AUTO_STOP_ON",
     "A_DELETE",
     "A_DETAILS",
+    "A_EDIT",
     "A_EXTEND",
     "A_EXTEND_1",
     "A_EXTEND_4",
@@ -143,6 +161,7 @@ __all__ = [
     "DETAILS_TITLE",
     "HISTORY_TITLE",
     "MAX_BLOCKS",
+    "MAX_ENV_INPUTS",
     "MAX_GROUPS",
     "MAX_MESSAGE_BLOCKS",
     "MODAL_TITLE",
@@ -151,10 +170,15 @@ __all__ = [
     "OPTION_TEXT_MAX",
     "OPTION_VALUE_MAX",
     "RULE_TESTS",
+    "SECTION_TEXT_MAX",
     "SOURCES",
     "STATUS_ICON",
+    "TEXT_INPUT_MAX",
+    "VERSION_CALLBACK",
     "Block",
     "Catalog",
+    "DraftGone",
+    "Drafts",
     "FormState",
     "GroupState",
     "HistoryEntry",
@@ -173,11 +197,15 @@ __all__ = [
     "choose_pool",
     "choose_source",
     "choose_version",
+    "chosen_model",
+    "confirm_blocks",
     "deploy_modal",
     "deploying_message",
     "details_view",
+    "env_parts",
     "env_preview",
     "error_block_ids",
+    "expired_view",
     "extend_element",
     "failed_message",
     "flavor_choices",
@@ -185,8 +213,11 @@ __all__ = [
     "group_uid",
     "history_view",
     "home_view",
+    "inline",
     "loading_view",
     "modified_message",
+    "offer",
+    "option_key",
     "remaining",
     "reminder_message",
     "remove_group",
@@ -202,6 +233,7 @@ __all__ = [
     "services_message",
     "spec_data",
     "state_from_view",
+    "version_modal",
+    "view_meta",
     "warning_mark",
-    "warnings_block",
 ]

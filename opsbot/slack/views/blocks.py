@@ -12,6 +12,8 @@ Block = dict[str, Any]
 View = dict[str, Any]
 DEPLOY_CALLBACK = "deploy"
 MODIFY_CALLBACK = "modify"
+#: A version's own modal, pushed over a form too large to show every version's inputs.
+VERSION_CALLBACK = "deploy_version"
 MODAL_TITLE = "Deploy real-time svc"  # Slack allows 24 characters
 MODIFY_TITLE = "Modify service"
 HISTORY_TITLE = "Service history"
@@ -19,6 +21,10 @@ DETAILS_TITLE = "Service details"
 MAX_BLOCKS = 100
 MAX_MESSAGE_BLOCKS = 50
 OPTION_TEXT_MAX = 75
+#: The longest text a plain_text_input takes (its max_length, and so its initial value).
+TEXT_INPUT_MAX = 3000
+#: The longest text of a section (mrkdwn).
+SECTION_TEXT_MAX = 3000
 # Action ids the app listens to.
 A_AUTO_STOP = "deploy_auto_stop"
 A_POOL = "deploy_pool"
@@ -29,6 +35,7 @@ A_ADD = "deploy_add_version"
 A_REMOVE = "deploy_remove_version"
 A_ADD_RULE = "deploy_add_rule"
 A_REMOVE_RULE = "deploy_remove_rule"
+A_EDIT = "deploy_edit_version"
 A_VALUE = "value"  # inputs that need no listener
 A_STOP = "svc_stop"
 A_START = "svc_start"
@@ -186,4 +193,31 @@ def _mib(value: Any) -> str:
 
 
 def _section(text: str) -> Block:
-    return {"type": "section", "text": _md(_clip(text, 3000))}
+    return {"type": "section", "text": _md(_clip(text, SECTION_TEXT_MAX))}
+
+
+def pack(lines: Sequence[str], size: int) -> list[str]:
+    """Lines joined into parts of at most ``size`` characters, whole lines each (a line longer
+    than ``size`` is a part of its own: callers keep lines shorter)."""
+    parts: list[str] = []
+    for line in lines:
+        if parts and len(parts[-1]) + 1 + len(line) <= size:
+            parts[-1] += "\n" + line
+        else:
+            parts.append(line)
+    return parts
+
+
+def confirm_lines(warnings: Sequence[str], verb: str, summary: Sequence[str]) -> list[str]:
+    """What the user confirms once the form is submitted: the entered information (or the
+    daemon's plan of a modification), then the core's warnings, then what to press."""
+    doing = "deploying" if verb == "Deploy" else "applying"
+    lines: list[str] = []
+    if summary:
+        lines += [f"*Check before {doing}*", *(f"• {_clip(x, 200)}" for x in summary)]
+    if warnings:
+        lines += [":warning: *Warnings*", *(f"• {_clip(w, 400)}" for w in warnings)]
+        lines.append(f"Press *{verb} anyway* to go on, or change the environment variables.")
+    else:
+        lines.append("Press *Confirm* to go on, or change the form.")
+    return lines

@@ -1,4 +1,9 @@
-"""The /deploy modal (and Modify): the core form's fields in the reference page's order."""
+"""The /deploy modal (and Modify): the core form's fields in the reference page's order.
+
+Planned within Block Kit's budgets (100 blocks a modal, 3,000 characters an input or a
+section, 150 an option value, 75 an option text, 24 a title): a form that fits shows every
+version's inputs; a larger one lists each version as a row with Edit, which pushes the
+version's own modal (:func:`version_modal`), so no field is ever cut off."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from opsbot.slack.views.blocks import (
     A_ADD,
     A_ADD_RULE,
     A_AUTO_STOP,
+    A_EDIT,
     A_MODEL,
     A_POOL,
     A_REMOVE,
@@ -19,13 +25,16 @@ from opsbot.slack.views.blocks import (
     A_VALUE,
     A_VERSION,
     DEPLOY_CALLBACK,
-    MAX_BLOCKS,
     MODAL_TITLE,
     MODIFY_CALLBACK,
     MODIFY_TITLE,
+    TEXT_INPUT_MAX,
+    VERSION_CALLBACK,
     Block,
     View,
+    _button,
     _clip,
+    _confirm,
     _input,
     _md,
     _number,
@@ -36,6 +45,7 @@ from opsbot.slack.views.blocks import (
 )
 from opsbot.slack.views.state import (
     AUTO_STOP_CHOICES,
+    MAX_ENV_INPUTS,
     RULE_TESTS,
     SOURCES,
     Catalog,
@@ -47,6 +57,11 @@ from opsbot.slack.views.state import (
     _meta,
     can_add_group,
     can_add_rule,
+    confirm_parts,
+    confirm_room,
+    env_parts,
+    inline,
+    option_key,
     rule_target_value,
 )
 
@@ -75,7 +90,11 @@ def _group_blocks(
     catalog: Catalog,
     flavors: Sequence[FlavorStatus],
     origins: Origins,
+    *,
+    own_modal: bool = False,
 ) -> list[Block]:
+    """A version's inputs: in the form (with Remove), or in the version's own modal, where its
+    variables take as many inputs as they need and Remove is the form's row's."""
     models = catalog.get(g.source, {})
     versions = list(models.get(g.model or "", []))
     header: Block = {
@@ -83,7 +102,7 @@ def _group_blocks(
         "block_id": _bid(g, "head"),
         "text": _md(f"*{_label('models')} {index + 1}*"),
     }
-    if len(state.groups) > 1:
+    if len(state.groups) > 1 and not own_modal:
         header["accessory"] = {
             "type": "button",
             "action_id": A_REMOVE,
@@ -110,7 +129,12 @@ def _group_blocks(
         _input(
             _bid(g, "model"),
             _label("model"),
-            _select(A_MODEL, "Choose a model", [(m, m) for m in models], g.model),
+            _select(
+                A_MODEL,
+                "Choose a model",
+                [(option_key(m), m) for m in models],
+                option_key(g.model) if g.model else None,
+            ),
             dispatch=True,
             hint=None if models else "No model in the Normal state here: create or subscribe.",
         ),
@@ -155,19 +179,83 @@ def _group_blocks(
             _number(A_VALUE, g.instances or "1", 1, 128, "1"),
             hint=_help("instances"),
         ),
+        *_env_blocks(g, own_modal),
+    ]
+
+
+def _env_blocks(g: GroupState, own_modal: bool) -> list[Block]:
+    """Environment Variable: one input in the form; in a version's own modal, the variables
+    in inputs of 3,000 characters each and one more for new ones, and a note naming those kept
+    as they are (too long for an input)."""
+    parts = env_parts(g.env) if own_modal else [g.env or ""]
+    if own_modal and len(parts) < MAX_ENV_INPUTS:  # spec_data refuses more than it shows
+        parts.append("")
+    blocks = [
         _input(
-            _bid(g, "env"),
-            _label("env"),
+            _bid(g, "env") + (f".{i}" if i else ""),
+            _label("env") + (f" ({i + 1} of {len(parts)})" if len(parts) > 1 else ""),
             _plain(
                 A_VALUE,
-                g.env,
+                part or None,
                 multiline=True,
-                max_length=3000,
+                max_length=TEXT_INPUT_MAX,
                 placeholder="NAME=value, one per line",
             ),
             optional=True,
             hint=_help("env") + "; a masked value (ab****yz) is kept as it is",
-        ),
+        )
+        for i, part in enumerate(parts)
+    ]
+    if g.kept_env:
+        names = ", ".join(sorted(g.kept_env))
+        blocks.append(
+            {
+                "type": "context",
+                "block_id": _bid(g, "kept_env"),
+                "elements": [
+                    _md(
+                        _clip(
+                            f"Kept as they are ({len(g.kept_env)}; too long for Slack's "
+                            f"inputs, or on several lines): {names}. Change them with "
+                            "`opsbot update`.",
+                            2000,
+                        )
+                    )
+                ],
+            }
+        )
+    return blocks
+
+
+def _version_row(state: FormState, g: GroupState, index: int) -> list[Block]:
+    """A version of a form too large to show every version's inputs: what it holds, and Edit
+    (its own modal) and Remove."""
+    env, _ = form.parse_env_lines(g.env)
+    what = " · ".join(
+        [
+            f"{g.model or '_no model yet_'} {g.version or ''}".strip(),
+            f"{_label('traffic_ratio')} {g.traffic_ratio or '–'}",
+            f"{_label('flavor')} {g.flavor or '–'}",
+            f"{_label('instances')} {g.instances or '1'}",
+            f"{_label('env')}: {len(env) + len(g.kept_env)}",
+        ]
+    )
+    buttons = [_button(A_EDIT, "Edit", str(g.uid), "primary")]
+    if len(state.groups) > 1:
+        remove = _button(A_REMOVE, "Remove", str(g.uid))
+        remove["confirm"] = _confirm(
+            f"Remove version {index + 1}?",
+            f"Remove {_clip(g.model or 'this version', 140)} {g.version or ''} from the form?",
+            "Remove",
+        )
+        buttons.append(remove)
+    return [
+        {
+            "type": "section",
+            "block_id": _bid(g, "row"),
+            "text": _md(_clip(f"*{_label('models')} {index + 1}*\n{what}", 3000)),
+        },
+        {"type": "actions", "block_id": _bid(g, "edit"), "elements": buttons},
     ]
 
 
@@ -257,11 +345,8 @@ def deploy_modal(
     fields lists them and the submit button becomes "Deploy anyway". With ``state.target`` it
     is the modify modal of that service: the same fields, the name and pool shown, not editable.
     """
-    blocks: list[Block] = []
-    if state.warnings or state.summary:
-        blocks.append(
-            warnings_block(state.warnings, "Apply" if state.target else "Deploy", state.summary)
-        )
+    blocks: list[Block] = confirm_blocks(confirm_parts(state), confirm_room(state))
+    shown = inline(state)
     auto_choices = AUTO_STOP_CHOICES
     if state.auto_stop not in {value for value, _ in AUTO_STOP_CHOICES}:  # "90m": kept as is
         auto_choices = (*AUTO_STOP_CHOICES, (state.auto_stop, f"Keep {state.auto_stop}"))
@@ -317,7 +402,10 @@ def deploy_modal(
             )
         )
     for i, g in enumerate(state.groups):
-        blocks += _group_blocks(state, g, i, catalog, flavors, origins or {})
+        if shown:
+            blocks += _group_blocks(state, g, i, catalog, flavors, origins or {})
+        else:
+            blocks += _version_row(state, g, i)
     first = state.groups[0]
     single_version = first.model is not None and (
         len(catalog.get(first.source, {}).get(first.model, [])) == 1
@@ -363,30 +451,47 @@ def deploy_modal(
         "submit": _text(submit),
         "close": _text("Cancel"),
         "private_metadata": _meta(state),
-        "blocks": blocks[:MAX_BLOCKS],
+        "blocks": blocks,
     }
 
 
-def warnings_block(
-    warnings: Sequence[str], verb: str = "Deploy", summary: Sequence[str] = ()
-) -> Block:
-    """The notice shown above the form once it is submitted: what the user confirms (the
-    entered information, or the daemon's plan of a modification) and the core's warnings."""
-    doing = "deploying" if verb == "Deploy" else "applying"
-    parts: list[str] = []
-    if summary:
-        shown = "\n".join(f"• {_clip(line, 200)}" for line in summary[:30])
-        more = f"\n…and {len(summary) - 30} more" if len(summary) > 30 else ""
-        parts.append(f"*Check before {doing}*\n{shown}{more}")
-    if warnings:
-        lines = "\n".join(f"• {_clip(w, 400)}" for w in warnings[:5])
-        more = f"\n…and {len(warnings) - 5} more" if len(warnings) > 5 else ""
-        parts.append(f":warning: *Warnings*\n{lines}{more}")
-        parts.append(f"Press *{verb} anyway* to go on, or change the environment variables.")
-    else:
-        parts.append("Press *Confirm* to go on, or change the form.")
+def confirm_blocks(parts: Sequence[str], room: int) -> list[Block]:
+    """The confirmation above a submitted form, a section per part (``warnings``,
+    ``warnings.1``, ...), in the ``room`` the form leaves; past it (a plan of hundreds of
+    changes), the last section says how many lines more there are."""
+    shown = list(parts[: max(room, 1)])
+    if len(parts) > len(shown):
+        rest = sum(p.count("\n") + 1 for p in parts[len(shown) :])
+        shown[-1] = _clip(shown[-1], 2900) + f"\n…and {rest} more lines"
+    return [
+        {"type": "section", "block_id": "warnings" + (f".{i}" if i else ""), "text": _md(part)}
+        for i, part in enumerate(shown)
+    ]
+
+
+def version_modal(
+    state: FormState,
+    uid: int,
+    catalog: Catalog,
+    flavors: Sequence[FlavorStatus],
+    origins: Origins | None = None,
+    *,
+    parent: str,
+) -> View:
+    """A version's own modal, pushed over a form too large to show its inputs: the version's
+    fields as the form has them; Done keeps them in the form (``parent``, its view id), which
+    is then submitted as a whole."""
+    g = state.group(uid)
+    index = state.groups.index(g)
+    title = f"Version {index + 1}"
+    if state.target:
+        title += f" of {len(state.groups)}"
     return {
-        "type": "section",
-        "block_id": "warnings",
-        "text": _md(_clip("\n".join(parts), 3000)),
+        "type": "modal",
+        "callback_id": VERSION_CALLBACK,
+        "title": _text(title),
+        "submit": _text("Done"),
+        "close": _text("Back"),
+        "private_metadata": _meta(state, g=uid, p=parent),
+        "blocks": _group_blocks(state, g, index, catalog, flavors, origins or {}, own_modal=True),
     }

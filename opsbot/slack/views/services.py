@@ -367,6 +367,17 @@ def details_view(
     }
 
 
+def expired_view(message: str) -> View:
+    """What a form turns into when the bot no longer holds its draft."""
+    return {
+        "type": "modal",
+        "callback_id": "expired",
+        "title": _text("Form expired"),
+        "close": _text("Close"),
+        "blocks": [_section(f":hourglass: {message}")],
+    }
+
+
 def loading_view(title: str, what: str) -> View:
     return {
         "type": "modal",

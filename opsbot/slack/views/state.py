@@ -1,25 +1,43 @@
 """The Deploy (and Modify) modal's form state: what the modal holds, read back from Slack,
 changed by its dependent selects, and turned into spec data for the core.
 
-The modal keeps its structure (groups, their stable ids, the chosen pool) in
-``private_metadata``; values typed by the user live in ``view.state.values``. Blocks that depend
-on an earlier choice (model after source, version after model, flavor after pool or version)
-carry a generation number in their block id, renewed when the choice changes, so Slack forgets
-a value that no longer fits."""
+The whole form (structure and every value, also of versions the modal does not show) is a
+draft held by the bot (:class:`Drafts`); ``private_metadata`` carries only the draft's short key
+(and, in a version's own modal, which version and the form's view), so it never nears Slack's
+3,000 characters. Values typed by the user arrive in ``view.state.values`` and are merged into
+the draft on every action. Blocks that depend on an earlier choice (model after source, version
+after model, flavor after pool or version) carry a generation number in their block id, renewed
+when the choice changes, so Slack forgets a value that no longer fits.
+
+How much of the form one modal shows is planned within Block Kit's budgets (see
+:func:`inline`): a small form shows every version's inputs; a large one lists the versions,
+each edited in a modal of its own pushed on top (``views.push``)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opsbot.core import form
-from opsbot.core.errors import FieldError
-from opsbot.core.spec import MAX_RULES, MAX_VERSIONS, DeploySpec
-from opsbot.slack.views.blocks import MAX_BLOCKS, _clip
+from opsbot.core.errors import FieldError, OpsbotError
+from opsbot.core.spec import MAX_RULES, MAX_VERSIONS, DeploySpec, masked_env
+from opsbot.slack.views.blocks import (
+    MAX_BLOCKS,
+    SECTION_TEXT_MAX,
+    TEXT_INPUT_MAX,
+    _clip,
+    confirm_lines,
+    pack,
+)
 
 AUTO_STOP_CHOICES = form.AUTO_STOP_CHOICES
 SOURCES = form.SOURCES
@@ -32,7 +50,13 @@ _FIXED_BLOCKS = 9
 _GROUP_BLOCKS = 9
 #: Blocks of one routing rule: header with Remove, header name, test, value, version.
 _RULE_BLOCKS = 5
-MAX_GROUPS = min(MAX_VERSIONS, (MAX_BLOCKS - _FIXED_BLOCKS) // _GROUP_BLOCKS)
+#: Blocks of one version listed in a large form: its summary, and Edit / Remove.
+_ROW_BLOCKS = 2
+#: Environment inputs a version's modal shows at most (3,000 characters each); the longest
+#: variables past that are kept as they are (see :func:`form_from_spec`).
+MAX_ENV_INPUTS = 20
+#: Every version of the core's limit can be added: a form that outgrows one modal lists them.
+MAX_GROUPS = MAX_VERSIONS
 RULE_TESTS = form.RULE_TESTS
 #: Catalog of deployable models: source -> model (as the spec names it) -> Normal versions.
 Catalog = Mapping[str, Mapping[str, Sequence[str]]]
@@ -54,6 +78,10 @@ class GroupState:
     flavor: str | None = None
     instances: str | None = None
     env: str | None = None
+    #: Variables of the service a NAME=value line cannot show (longer than Slack's input of
+    #: 3,000 characters, or on several lines): sent back as they are, so they are kept;
+    #: ``opsbot update`` changes them.
+    kept_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +122,11 @@ class FormState:
     #: Where the modify modal was opened from: a message's response URL (None: App Home).
     origin: str | None = None
     everyone: bool = False
+    #: The draft's key (see :class:`Drafts`); empty until the draft is first saved.
+    key: str = ""
+    #: The models offered, by the short option value that stands for each (see
+    #: :func:`option_key`): a model's name (up to 129 characters) never travels as one.
+    offered: dict[str, str] = field(default_factory=dict)
 
     def group(self, uid: int) -> GroupState:
         for g in self.groups:
@@ -120,26 +153,107 @@ def group_uid(block_id: str) -> int:
     return int(match.group(1))
 
 
-def _meta(state: FormState) -> str:
-    return json.dumps(
-        {
-            "pool": state.pool,
-            "auto": state.auto_stop,
-            "fg": state.flavor_gen,
-            "next": state.next_uid,
-            "w": state.warned,
-            "g": [
-                [g.uid, g.source, g.model, g.version, g.model_gen, g.version_gen]
-                for g in state.groups
-            ],
-            "r": [r.uid for r in state.rules],
-            "nr": state.next_rule,
-            "t": list(state.target) if state.target else None,
-            "o": state.origin,
-            "a": int(state.everyone),
-        },
-        separators=(",", ":"),
-    )
+class DraftGone(OpsbotError):
+    """A view names a draft the bot no longer holds (opsbot restarted, or it was left open)."""
+
+    title = "Form expired"
+
+
+class Drafts:
+    """The forms being filled in, by key: what a modal's ``private_metadata`` points at.
+
+    Held in the daemon's memory (a form is a conversation, not state of the service), the
+    least recently used dropped past ``limit`` and any unused for ``ttl`` seconds. Thread-safe:
+    Bolt runs listeners on a pool. Every load and save copies, so a listener never changes a
+    draft another is reading."""
+
+    def __init__(
+        self,
+        *,
+        limit: int = 1000,
+        ttl: float = 24 * 3600,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._items: OrderedDict[str, tuple[float, FormState]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.limit = limit
+        self.ttl = ttl
+        self.clock = clock
+
+    def save(self, state: FormState) -> str:
+        """Keep ``state`` (a copy) under its key, given one if it has none; return the key."""
+        if not state.key:
+            state.key = secrets.token_urlsafe(9)
+        kept = copy.deepcopy(state)
+        kept.warnings, kept.summary = [], []  # shown once, never kept
+        with self._lock:
+            now = self.clock()
+            self._items[state.key] = (now, kept)
+            self._items.move_to_end(state.key)
+            self._expire(now)
+        return state.key
+
+    def load(self, key: str) -> FormState:
+        """A copy of the draft ``key``; DraftGone when the bot no longer holds it."""
+        with self._lock:
+            now = self.clock()
+            self._expire(now)
+            found = self._items.get(key)
+            if found is None:
+                raise DraftGone(
+                    "This form is no longer held by opsbot (it restarted, or the form was left "
+                    f"open over {int(self.ttl // 3600)} hours): close it and open it again."
+                )
+            self._items[key] = (now, found[1])
+            self._items.move_to_end(key)
+            return copy.deepcopy(found[1])
+
+    def drop(self, key: str) -> None:
+        """Forget a draft once its form is done with."""
+        with self._lock:
+            self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def _expire(self, now: float) -> None:
+        while self._items:
+            key, (used, _) = next(iter(self._items.items()))
+            if len(self._items) <= self.limit and now - used < self.ttl:
+                break
+            del self._items[key]
+
+
+def option_key(name: str) -> str:
+    """The option value that stands for ``name`` in a select: 16 characters whatever the name,
+    resolved by the bot from the draft's ``offered`` (Slack takes 150 at most)."""
+    return "k" + hashlib.sha256(name.encode()).hexdigest()[:15]
+
+
+def offer(state: FormState, catalog: Catalog) -> FormState:
+    """Record the models the form's selects offer, by their option values."""
+    state.offered = {
+        option_key(model): model for models in catalog.values() for model in models
+    } | {option_key(g.model): g.model for g in state.groups if g.model}
+    return state
+
+
+def chosen_model(state: FormState, value: str | None) -> str | None:
+    """The model an option value stands for (None for one the form never offered)."""
+    return state.offered.get(value or "")
+
+
+def _meta(state: FormState, **extra: Any) -> str:
+    """``private_metadata``: the draft's key, and in a version's modal the version (``g``) and
+    the form's view (``p``): a few dozen characters whatever the form holds."""
+    return json.dumps({"d": state.key, **extra}, separators=(",", ":"))
+
+
+def view_meta(view: Mapping[str, Any]) -> dict[str, Any]:
+    """What a view's ``private_metadata`` says (see :func:`_meta`)."""
+    raw = json.loads(view.get("private_metadata") or "{}")
+    return raw if isinstance(raw, dict) else {}
 
 
 def selected_value(value: Mapping[str, Any]) -> str | None:
@@ -150,29 +264,22 @@ def selected_value(value: Mapping[str, Any]) -> str | None:
     return None if raw is None else str(raw)
 
 
-def state_from_view(view: Mapping[str, Any]) -> FormState:
-    """Read the modal back: structure from private_metadata, values from view.state."""
-    meta = json.loads(view.get("private_metadata") or "{}")
-    state = FormState(
-        pool=meta.get("pool", "public"),
-        auto_stop=meta.get("auto", "1h"),
-        flavor_gen=meta.get("fg", 0),
-        next_uid=meta.get("next", 1),
-        warned=str(meta.get("w") or ""),
-        groups=[
-            GroupState(uid=u, source=s, model=m, version=v, model_gen=mg, version_gen=vg)
-            for u, s, m, v, mg, vg in meta.get("g", [[0, "mine", None, None, 0, 0]])
-        ],
-        rules=[RuleState(uid=int(u)) for u in meta.get("r", [])],
-        next_rule=int(meta.get("nr", 0)),
-        target=(str(meta["t"][0]), str(meta["t"][1])) if meta.get("t") else None,
-        origin=meta.get("o"),
-        everyone=bool(meta.get("a")),
-    )
+def state_from_view(
+    view: Mapping[str, Any], drafts: Drafts, *, acting: str | None = None
+) -> FormState:
+    """Read a modal back: its draft, with the values the view holds merged over it (only the
+    inputs it shows: a version's modal changes that version, the form the rest).
+
+    ``acting`` is the block of a select whose choice an action applies (a new model resets
+    the version): Slack sends its new value in the view too, left out here for the action."""
+    state = drafts.load(str(view_meta(view).get("d") or ""))
     values: Mapping[str, Mapping[str, Any]] = (view.get("state") or {}).get("values") or {}
     by_group = {g.uid: g for g in state.groups}
     by_rule = {r.uid: r for r in state.rules}
+    env_parts: dict[int, dict[int, str]] = {}
     for block_id, actions in values.items():
+        if block_id == acting:
+            continue
         for value in actions.values():
             chosen = selected_value(value)
             rule_match = re.match(r"^r(\d+)\.(header|test|value|version)$", block_id)
@@ -201,6 +308,10 @@ def state_from_view(view: Mapping[str, Any]) -> FormState:
             if g is None:
                 continue
             what = block_id.split(".")[1]
+            if what == "env":  # m3.env, m3.env.1, ...: one variable list in parts
+                part = block_id.split(".")[2] if block_id.count(".") > 1 else "0"
+                env_parts.setdefault(uid, {})[int(part) if part.isdigit() else 0] = chosen or ""
+                continue
             if what == "flavor" and block_id != _bid(g, "flavor", state.flavor_gen):
                 continue  # a stale flavor block: the pool changed since
             if what == "model" and block_id != _bid(g, "model"):
@@ -209,6 +320,8 @@ def state_from_view(view: Mapping[str, Any]) -> FormState:
                 continue
             if what in ("source", "model", "version") and chosen is None:
                 continue
+            if what == "model":
+                chosen = chosen_model(state, chosen)
             if what in (
                 "source",
                 "model",
@@ -216,9 +329,11 @@ def state_from_view(view: Mapping[str, Any]) -> FormState:
                 "traffic_ratio",
                 "flavor",
                 "instances",
-                "env",
             ):
                 setattr(g, what, chosen)
+    for uid, parts in env_parts.items():
+        lines = [parts[k].strip("\n") for k in sorted(parts) if parts[k].strip()]
+        by_group[uid].env = "\n".join(lines) or None
     return state
 
 
@@ -254,16 +369,48 @@ def choose_pool(state: FormState, pool: str) -> FormState:
     return state
 
 
-def _blocks_used(state: FormState) -> int:
-    return _FIXED_BLOCKS + _GROUP_BLOCKS * len(state.groups) + _RULE_BLOCKS * len(state.rules)
+def env_parts(text: str | None) -> list[str]:
+    """Environment lines in parts of one input each (whole lines; a line longer than an input
+    is never split: such variables are kept aside, see ``kept_env``)."""
+    return pack((text or "").splitlines(), TEXT_INPUT_MAX)
+
+
+def confirm_parts(state: FormState) -> list[str]:
+    """The confirmation shown above a submitted form, in sections of Slack's 3,000 characters
+    (none when there is nothing to confirm)."""
+    if not state.warnings and not state.summary:
+        return []
+    verb = "Apply" if state.target else "Deploy"
+    return pack(confirm_lines(state.warnings, verb, state.summary), SECTION_TEXT_MAX)
+
+
+def _form_blocks(state: FormState, rows: int) -> int:
+    return _FIXED_BLOCKS - 1 + rows * len(state.groups) + _RULE_BLOCKS * len(state.rules)
+
+
+def inline(state: FormState) -> bool:
+    """Whether the form shows every version's inputs in itself (the page's layout): only
+    while all of it, the confirmation included, fits one modal's 100 blocks and each version's
+    variables fit one input. Otherwise each version is a row with Edit (its own modal)."""
+    used = _form_blocks(state, _GROUP_BLOCKS) + len(confirm_parts(state))
+    return used <= MAX_BLOCKS and all(
+        len(g.env or "") <= TEXT_INPUT_MAX and not g.kept_env for g in state.groups
+    )
+
+
+def confirm_room(state: FormState) -> int:
+    """Blocks left for the confirmation once the form's own are placed (at least 20 when
+    versions are rows: 8 fixed, 10 rows of 2, 10 rules of 5)."""
+    return MAX_BLOCKS - _form_blocks(state, _GROUP_BLOCKS if inline(state) else _ROW_BLOCKS)
 
 
 def can_add_group(state: FormState) -> bool:
-    return len(state.groups) < MAX_GROUPS and _blocks_used(state) + _GROUP_BLOCKS <= MAX_BLOCKS
+    """Under the core's limit: a form too large for one modal lists its versions instead."""
+    return len(state.groups) < MAX_GROUPS
 
 
 def can_add_rule(state: FormState) -> bool:
-    return len(state.rules) < MAX_RULES and _blocks_used(state) + _RULE_BLOCKS <= MAX_BLOCKS
+    return len(state.rules) < MAX_RULES
 
 
 def add_group(state: FormState, catalog: Catalog | None = None) -> FormState:
@@ -325,20 +472,24 @@ def form_from_spec(
     """The modify modal's state: the service's current spec, name and pool fixed."""
     auto, hours = form.auto_stop_choice(str(spec.auto_stop))
     custom = hours or None
-    groups = [
-        GroupState(
-            uid=i,
-            source=m.source,
-            model=m.model,
-            version=m.version,
-            traffic_ratio=None if m.traffic_ratio is None else str(m.traffic_ratio),
-            flavor=m.flavor,
-            instances=str(m.instances),
-            # Secrets masked, as everywhere they are shown; a masked value sent back is kept.
-            env=form.env_lines(m.env, secret_names=m.secret_env) or None,
+    groups = []
+    for i, m in enumerate(spec.models):
+        # Secrets masked, as everywhere they are shown; a masked value sent back is kept.
+        shown = masked_env(m.env, m.secret_env)
+        kept = _not_shown(shown)
+        groups.append(
+            GroupState(
+                uid=i,
+                source=m.source,
+                model=m.model,
+                version=m.version,
+                traffic_ratio=None if m.traffic_ratio is None else str(m.traffic_ratio),
+                flavor=m.flavor,
+                instances=str(m.instances),
+                env="\n".join(f"{k}={v}" for k, v in shown.items() if k not in kept) or None,
+                kept_env={k: m.env[k] for k in kept},
+            )
         )
-        for i, m in enumerate(spec.models)
-    ]
     rules = []
     for i, r in enumerate(spec.rules):
         target = r.target(spec.models)
@@ -369,6 +520,24 @@ def form_from_spec(
         origin=origin,
         everyone=everyone,
     )
+
+
+def _not_shown(env: Mapping[str, str]) -> set[str]:
+    """The variables a version's modal cannot show as NAME=value lines (values as shown,
+    secrets masked): a value on several lines, a line longer than one input, then the longest
+    until the rest fit the modal's inputs."""
+    kept = {
+        k
+        for k, v in env.items()
+        if len(k) + 1 + len(v) > TEXT_INPUT_MAX or len(f"{k}={v}".splitlines()) != 1
+    }
+    by_length = sorted((k for k in env if k not in kept), key=lambda k: -len(env[k]) - len(k))
+    while by_length:
+        text = "\n".join(f"{k}={env[k]}" for k in env if k not in kept)
+        if len(env_parts(text)) < MAX_ENV_INPUTS:  # one input stays free for new variables
+            break
+        kept.add(by_length.pop(0))
+    return kept
 
 
 def rule_target_value(uid: int, version: str) -> str:
@@ -421,7 +590,15 @@ def spec_data(state: FormState) -> tuple[dict[str, Any], list[FieldError]]:
             entry["flavor"] = g.flavor
         env, bad = form.parse_env_lines(g.env, f"models[{i}].env")
         problems += bad
-        entry["env"] = env
+        if len(env_parts(g.env)) > MAX_ENV_INPUTS:  # more than a version's modal can show
+            problems.append(
+                FieldError(
+                    f"models[{i}].env",
+                    f"more variables than Slack can show ({MAX_ENV_INPUTS} inputs of "
+                    f"{TEXT_INPUT_MAX} characters): set the longest with `opsbot update`",
+                )
+            )
+        entry["env"] = {**g.kept_env, **env}
         models.append(entry)
     data["models"] = models
     data["rules"] = [_rule_data(state, r) for r in state.rules]
@@ -446,16 +623,21 @@ def _rule_data(state: FormState, rule: RuleState) -> dict[str, Any]:
     return out
 
 
-def error_block_ids(state: FormState, errors: Sequence[FieldError]) -> dict[str, str]:
+def error_block_ids(
+    state: FormState, errors: Sequence[FieldError], *, own_modal: int | None = None
+) -> dict[str, str]:
     """Field errors of the core, keyed by the block id of the input they concern (the core
     form's :func:`~opsbot.core.form.error_field` says which field a path belongs to).
 
-    Errors on fields the modal has no input for go under the name (the auto stop in the modify
-    modal, which has no name input), prefixed with the field's label.
+    Errors on fields the modal shows no input for go under the name (the auto stop in the
+    modify modal, which has no name input), prefixed with the field's label: so do a version's
+    when the form lists versions as rows. In a version's own modal (``own_modal``, its uid)
+    only that version's errors are kept: the rest are the form's, told when it is submitted.
     """
     out: dict[str, list[str]] = {}
     top = "auto_stop" if state.target else "name"
     fixed = {"name", "resource_pool"} if state.target else set()
+    versions_shown = own_modal is None and inline(state)
 
     def put(block_id: str, message: str) -> None:
         out.setdefault(block_id, []).append(message)
@@ -467,16 +649,20 @@ def error_block_ids(state: FormState, errors: Sequence[FieldError]) -> dict[str,
             if error.field not in ("", "spec")
             else error.message
         )
+        index = ref.index or 0
+        if own_modal is not None:
+            if ref.section == "version" and error.field != "models":
+                g = state.groups[index] if index < len(state.groups) else None
+                if g is not None and g.uid == own_modal:
+                    put(_bid(g, ref.key, state.flavor_gen), error.message)
+            continue
         if ref.section == "version":
-            index = ref.index or 0
-            if index >= len(state.groups):
+            if index >= len(state.groups) or not versions_shown:
                 put(top, elsewhere)
                 continue
             g = state.groups[index]
-            key = ref.key
-            put(_bid(g, key, state.flavor_gen), error.message)
+            put(_bid(g, ref.key, state.flavor_gen), error.message)
         elif ref.section == "rule":
-            index = ref.index or 0
             if index >= len(state.rules):
                 put(top, elsewhere)
                 continue
