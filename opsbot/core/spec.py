@@ -47,6 +47,8 @@ DEFAULT_FLAVOR = "cpu.2u8g"
 MAX_VERSIONS = 10
 MAX_ENV = 100
 MAX_ENV_VALUE = 4096
+#: A variable's name: long enough for any real one, short enough to show and edit in every front.
+MAX_ENV_NAME = 128
 MAX_RULES = 10
 MAX_RULE_VALUE = 256
 HEADER_PATTERN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
@@ -135,6 +137,11 @@ class ModelEntry(_Strict):
         if len(value) > MAX_ENV:
             raise ValueError(f"at most {MAX_ENV} variables; remove {len(value) - MAX_ENV}")
         for name, item in value.items():
+            if len(name) > MAX_ENV_NAME:
+                raise ValueError(
+                    f"the name {name[:24]}... is longer than {MAX_ENV_NAME} characters; "
+                    "use a shorter name"
+                )
             if not ENV_NAME_PATTERN.match(name):
                 raise ValueError(
                     f"{name!r} is not a valid variable name: use letters, digits and _, "

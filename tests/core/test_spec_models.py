@@ -9,6 +9,7 @@ from core_support import entry, fields_of, message_for, ok, refused, spec
 
 from opsbot.core.spec import (
     MAX_ENV,
+    MAX_ENV_NAME,
     MAX_ENV_VALUE,
     looks_secret,
     mask_value,
@@ -215,7 +216,7 @@ def test_env_defaults_to_empty() -> None:
     assert ok(spec()).models[0].env == {}
 
 
-@pytest.mark.parametrize("name", ["A", "_X", "MY_VAR_2", "lower", "x" * 200])
+@pytest.mark.parametrize("name", ["A", "_X", "MY_VAR_2", "lower", "x" * MAX_ENV_NAME])
 def test_env_name_valid(name: str) -> None:
     assert ok(one(env={name: "1"})).models[0].env == {name: "1"}
 
@@ -241,6 +242,15 @@ def test_env_numbers_and_booleans_become_text() -> None:
 @pytest.mark.parametrize("value", [None, [1], {"a": 1}, float("nan"), float("inf")])
 def test_env_value_must_be_text(value: object) -> None:
     message_for(refused(one(env={"A": value})), "models[0].env.A", "string")
+
+
+def test_env_name_length() -> None:
+    longest = "N" * MAX_ENV_NAME
+    assert ok(one(env={longest: "1"})).models[0].env == {longest: "1"}
+    message = message_for(
+        refused(one(env={longest + "N": "1"})), "models[0].env", f"longer than {MAX_ENV_NAME}"
+    )
+    assert "shorter name" in message and longest not in message  # the name is cut in the message
 
 
 def test_env_value_length_and_nul() -> None:
