@@ -22,6 +22,7 @@ from opsbot.core.controller import instance_rows
 from opsbot.core.errors import Conflict, FieldError, NotFound, PermissionDenied
 from opsbot.core.examples import EXAMPLES, build_all
 from opsbot.core.flavors import FlavorStatus, load_flavors
+from opsbot.core.form import deploy_summary
 from opsbot.core.hardware import HardwareProbe, LocalProbe
 from opsbot.core.identity import User, link_slack, slack_user_name
 from opsbot.core.identity import user as make_user
@@ -41,6 +42,18 @@ class Validation:
     spec: DeploySpec
     warnings: list[FieldError]
     registry_checked: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """As the control API answers it and ``--json`` prints it: the normalised spec, its
+        warnings, and the summary the user confirms before deploying (secrets masked)."""
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "warnings": [w.as_dict() for w in self.warnings],
+            "registry_checked": self.registry_checked,
+            "summary": [
+                {"label": label, "value": value} for label, value in deploy_summary(self.spec)
+            ],
+        }
 
 
 class Core:
@@ -159,13 +172,20 @@ class Core:
         return Validation(spec, list(checked.warnings), consult)
 
     def check(self, actor: User, data: Any) -> CheckedSpec:
+        """Check a spec against every rule, the registry's included (SpecInvalid otherwise):
+        what :meth:`create_service` takes to deploy it without checking it twice."""
         return check_spec(parse_spec(data), actor.name, self.registry, self.pools)
 
     # -- services --------------------------------------------------------------------------
 
-    def create_service(self, actor: User, data: Any) -> Created:
-        """Validate and record a new Deploying service; the API key comes back only here."""
-        checked = self.check(actor, data)
+    def create_service(self, actor: User, data: Any | CheckedSpec) -> Created:
+        """Validate and record a new Deploying service; the API key comes back only here, with
+        the spec's warnings.
+
+        ``data`` is the form (a dict, checked here once), or what :meth:`check` answered for
+        this actor when a front showed the warnings and summary first: it is not checked again.
+        Quota, name and capacity are checked in the write either way."""
+        checked = data if isinstance(data, CheckedSpec) else self.check(actor, data)
         return services_mod.create_service(
             self.store, self.clock, self.pools, checked, actor.name, self.config.quota
         )

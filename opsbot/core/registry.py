@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from opsbot.core.accounts import Account, runtime_account
 from opsbot.core.clock import Clock
@@ -43,10 +43,9 @@ from opsbot.core.sandbox import (
     spawn,
     stage,
 )
-from opsbot.core.spec import NAME_PATTERN, TOKEN_PATTERN
+from opsbot.core.spec import NAME_PATTERN, TOKEN_PATTERN, Source
 from opsbot.core.store import Store, table
 
-Source = Literal["mine", "subscribed"]
 FORMATS = ("sklearn", "onnx", "python", "image")  # image: see opsbot.core.images
 ORIGINS = ("custom", "exeml")
 BUILDING, NORMAL, FAILED = "building", "normal", "failed"
@@ -170,7 +169,8 @@ class Registry:
                 owner, _, name = model.partition("/")
                 if owner != user:
                     raise NotFound(
-                        f"{model} belongs to {owner}: set source to subscribed",
+                        f"{model} belongs to {owner}, so it is not in My Models: leave the "
+                        "source out (OWNER/NAME means My Subscriptions) or set it to subscribed",
                         field="model",
                     )
                 model = name

@@ -13,7 +13,13 @@ from opsbot.core import events
 from opsbot.core.admission import CheckedSpec
 from opsbot.core.autostop import format_auto_stop
 from opsbot.core.clock import Clock
-from opsbot.core.errors import CapacityExceeded, Conflict, NotFound, QuotaExceeded
+from opsbot.core.errors import (
+    CapacityExceeded,
+    Conflict,
+    FieldError,
+    NotFound,
+    QuotaExceeded,
+)
 from opsbot.core.events import Kind, Level
 from opsbot.core.keys import hash_key, key_prefix, new_key
 from opsbot.core.pools import Pools
@@ -129,6 +135,8 @@ def count_services(db: sqlite_utils.Database, owner: str) -> int:
 class Created:
     service: Service
     api_key: str
+    #: The spec's warnings (secrets in env), from the one check the deploy made.
+    warnings: tuple[FieldError, ...] = ()
 
 
 def create_service(
@@ -180,7 +188,7 @@ def create_service(
         kind = Kind.QUOTA_REFUSED if isinstance(exc, QuotaExceeded) else Kind.CAPACITY_REFUSED
         _refused(store, clock, owner, spec.name, kind, exc.message)
         raise
-    return Created(service, key)
+    return Created(service, key, checked.warnings)
 
 
 def _refused(store: Store, clock: Clock, owner: str, name: str, kind: Kind, message: str) -> None:

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_serializer,
@@ -44,6 +45,8 @@ DESCRIPTION_FORBIDDEN = set("!<>=&\"'")
 RESERVED_ENV_PREFIXES = ("OPSBOT_",)
 RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES", "PATH", "HOME"})
 DEFAULT_FLAVOR = "cpu.2u8g"
+#: Model Source: My Models or My Subscriptions.
+Source = Literal["mine", "subscribed"]
 MAX_VERSIONS = 10
 MAX_ENV = 100
 MAX_ENV_VALUE = 4096
@@ -67,12 +70,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
 
 
+def model_source(model: Any) -> Source:
+    """The Model Source a model reference means when none is given: OWNER/NAME names a
+    subscribed model (My Subscriptions), NAME one of the user's own (My Models). Every front
+    (Slack's ``/deploy NAME MODEL VERSION``, the CLI's ``--model``, spec files, the API) leaves
+    the source out and gets this rule."""
+    return "subscribed" if isinstance(model, str) and "/" in model else "mine"
+
+
 class ModelEntry(_Strict):
     """One model version of the service, with its share of traffic and its resources."""
 
-    source: Literal["mine", "subscribed"] = Field(
+    source: Source = Field(
         "mine",
-        description='"mine" (My Models) or "subscribed" (My Subscriptions)',
+        description='"mine" (My Models) or "subscribed" (My Subscriptions); left out, '
+        '"subscribed" for a model named OWNER/NAME, else "mine"',
     )
     model: str = Field(
         ...,
@@ -173,13 +185,25 @@ class ModelEntry(_Strict):
             )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_from_reference(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" not in data:
+            return {**data, "source": model_source(data.get("model"))}
+        return data
+
     @field_validator("model")
     @classmethod
-    def _model_name(cls, value: str) -> str:
+    def _model_name(cls, value: str, info: ValidationInfo) -> str:
         parts = value.split("/")
         if len(parts) > 2 or not all(NAME_PATTERN.match(p) for p in parts):
             raise ValueError(
                 f"{value!r} is not a model name: use NAME, or OWNER/NAME for a subscribed model"
+            )
+        if info.data.get("source") == "subscribed" and len(parts) == 1:
+            raise ValueError(
+                f'a subscribed model is named OWNER/NAME, e.g. "alice/{value}"; for your own '
+                f"model {value}, set the source to mine (or leave it out)"
             )
         return value
 

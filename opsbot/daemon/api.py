@@ -383,12 +383,7 @@ async def validate(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     data = await spec_body(request)
     result = await call(daemon.core.validate, user(request), data, use_registry=True)
-    return web.json_response(
-        {
-            "spec": result.spec.model_dump(mode="json"),
-            "warnings": [w.as_dict() for w in result.warnings],
-        }
-    )
+    return web.json_response(result.as_dict())
 
 
 async def list_services(request: web.Request) -> web.Response:
@@ -402,13 +397,11 @@ async def list_services(request: web.Request) -> web.Response:
 async def create_service(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     data = await spec_body(request)
-    me = user(request)
-    validation = await call(daemon.core.validate, me, data, use_registry=True)
-    created = await call(daemon.core.create_service, me, data)
+    created = await call(daemon.core.create_service, user(request), data)
     daemon.changed()
     out = service_view(request, created.service)
     out["api_key"] = created.api_key
-    out["warnings"] = [w.as_dict() for w in validation.warnings]
+    out["warnings"] = [w.as_dict() for w in created.warnings]
     return web.json_response(out, status=201)
 
 

@@ -202,8 +202,8 @@ class SlackBot:
             )
             return
         name, model, version = words
-        source = "subscribed" if "/" in model else "mine"
-        data = {"name": name, "models": [{"source": source, "model": model, "version": version}]}
+        # No source: the core reads OWNER/NAME as a subscribed model (spec.model_source).
+        data = {"name": name, "models": [{"model": model, "version": version}]}
         # Checked before anything is said (a few SQLite reads, well within Slack's 3 s), so the
         # answer is either the refusal or "Deploying", never both.
         try:

@@ -96,8 +96,34 @@ def test_unknown_model(core: Core, me: str) -> None:
 def test_another_users_models_are_not_mine(core: Core, me: str) -> None:
     error = check_error(core, "bob", spec())
     message_for(error, "models[0].model", "My Models")
-    error = check_error(core, "bob", spec(models=[entry(model=f"{me}/iris")]))
-    message_for(error, "models[0].model", f"belongs to {me}", "subscribed")
+    # The source and the reference disagree: OWNER/NAME of someone else is no model of mine.
+    error = check_error(core, "bob", spec(models=[entry(source="mine", model=f"{me}/iris")]))
+    message_for(error, "models[0].model", f"belongs to {me}", "leave the source out")
+
+
+def test_owner_slash_name_without_a_source_is_a_subscription(core: Core, me: str) -> None:
+    bob = core.user("bob")
+    wanted = spec(models=[entry(model=f"{me}/iris")])
+    error = check_error(core, "bob", wanted)
+    message_for(error, "models[0].model", "My Subscriptions", f"opsbot model subscribe {me}/iris")
+    core.subscribe(bob, f"{me}/iris")
+    checked = core.check(bob, wanted)
+    assert checked.spec.models[0].source == "subscribed"
+    assert (checked.versions[0].owner, checked.versions[0].name) == (me, "iris")
+
+
+def test_a_checked_spec_is_deployed_without_a_second_check(
+    core: Core, me: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    actor = core.user(me)
+    checked = core.check(actor, spec(models=[entry(env={"DB_PASSWORD": "hunter2hunter2"})]))
+    calls: list[object] = []
+    monkeypatch.setattr("opsbot.core.app.check_spec", lambda *a: calls.append(a))
+    created = core.create_service(actor, checked)
+    assert calls == [] and created.service.name == "svc"
+    # The one check's warnings come back with the service (the API's deploy answer has them).
+    assert [w.field for w in created.warnings] == [w.field for w in checked.warnings]
+    assert created.warnings and "DB_PASSWORD" in created.warnings[0].field
 
 
 def test_subscribed_model(core: Core, me: str) -> None:

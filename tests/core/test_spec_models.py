@@ -29,9 +29,27 @@ def test_source_defaults_to_mine() -> None:
     assert ok(spec()).models[0].source == "mine"
 
 
-@pytest.mark.parametrize("source", ["mine", "subscribed"])
-def test_source_valid(source: str) -> None:
-    assert ok(one(source=source)).models[0].source == source
+@pytest.mark.parametrize(("source", "model"), [("mine", "iris"), ("subscribed", "alice/iris")])
+def test_source_valid(source: str, model: str) -> None:
+    assert ok(one(source=source, model=model)).models[0].source == source
+
+
+@pytest.mark.parametrize(
+    ("model", "source"), [("iris", "mine"), ("alice/iris", "subscribed"), ("me/iris", "subscribed")]
+)
+def test_source_left_out_follows_the_reference(model: str, source: str) -> None:
+    entry_ = ok(spec(models=[{"model": model, "version": "1.0.0"}])).models[0]
+    assert entry_.source == source
+
+
+def test_a_subscription_named_without_its_owner_is_refused() -> None:
+    message_for(
+        refused(one(source="subscribed", model="iris")),
+        "models[0].model",
+        "OWNER/NAME",
+        "alice/iris",
+        "set the source to mine",
+    )
 
 
 @pytest.mark.parametrize("source", ["theirs", "", "MINE", None, 1])
