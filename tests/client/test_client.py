@@ -1,0 +1,148 @@
+"""The typed control client against the real control API app (served in-process): a method per
+route, answers as pydantic models, errors as the core's own classes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from inprocess import serve_control_api, settle
+
+from opsbot.client import ControlClient, DaemonUnavailable, RemoteError, UnixSocketTransport
+from opsbot.client import wire
+from opsbot.core.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    SpecInvalid,
+)
+from opsbot.core.status import Status
+from opsbot.daemon.client import Client
+
+IRIS = {"name": "iris-one", "models": [{"model": "iris", "version": "1.0.0"}]}
+
+
+@pytest.fixture
+def client(examples_home: Path) -> Iterator[ControlClient]:
+    with serve_control_api(examples_home) as (_, control):
+        yield control
+
+
+def test_deploy_then_every_read_is_typed(client: ControlClient, me: str) -> None:
+    spec = {**IRIS, "models": [{**IRIS["models"][0], "env": {"DB_PASSWORD": "hunter2hunter2"}}]}
+    deployed = client.deploy(spec)
+    assert isinstance(deployed, wire.Deployed)
+    assert deployed.status is Status.DEPLOYING and deployed.api_key.startswith("ob_")
+    assert [w.field for w in deployed.warnings] == ["models[0].env.DB_PASSWORD"]
+    assert deployed.models[0].env["DB_PASSWORD"] != "hunter2hunter2"  # masked on the wire
+    shown = client.service("iris-one")
+    assert isinstance(shown, wire.ServiceDetail) and shown.owner == me
+    assert [s.name for s in client.services()] == ["iris-one"]
+    assert client.whoami().user == me
+    assert {f.id for f in client.flavors()} >= {"cpu.2u8g"}
+    assert {(m.name, m.version) for m in client.models("mine")} >= {("iris", "1.0.0")}
+    assert client.pools()[0].name == "public"
+    assert client.nodes().pools[0].nodes[0].name == "roomy"
+    (snapshot,) = client.history("iris-one")
+    assert snapshot.n == 1 and snapshot.actor == me
+    assert "created" in [e.kind for e in client.events("iris-one")]
+    assert client.logs("iris-one") == []
+
+
+def test_life_cycle_and_modify(examples_home: Path) -> None:
+    with serve_control_api(examples_home) as (daemon, client):
+        client.deploy(IRIS)
+        with pytest.raises(Conflict):  # Deploying: the core refuses a modification
+            client.update_plan("iris-one", changes={"traffic_limit": 50})
+        settle(daemon, "iris-one", Status.RUNNING, due_in_s=1800)
+        plan = client.update_plan("iris-one", changes={"traffic_limit": 50})
+        assert plan.changes and plan.spec["traffic_limit"] == 50
+        modified = client.update("iris-one", changes={"traffic_limit": 50})
+        assert modified.traffic_limit == 50 and modified.snapshot == 2 and modified.changes
+        preview = client.rollback_preview("iris-one", 1)
+        assert preview.changes and "traffic" in preview.changes[0].lower()
+        back = client.rollback("iris-one", 1)
+        assert back.traffic_limit == 100 and back.snapshot == 3
+        extend = client.extend_plan("iris-one", 2)
+        assert extend.hours == 2 and extend.new_due_time and extend.text
+        extended = client.extend("iris-one", 2)
+        assert extended.remaining_s is not None and extended.remaining_s > 3600
+        assert client.set_auto_stop("iris-one", "off").auto_stop == "off"
+        assert client.stop("iris-one").status is Status.STOPPING
+        assert client.delete("iris-one").status is Status.DELETING
+        rotated = client.rotate_key("iris-one")
+        assert rotated.api_key.startswith("ob_") and rotated.routed is False and rotated.warning
+
+
+def test_validate_answers_the_summary_and_changes_nothing(client: ControlClient) -> None:
+    validated = client.validate({**IRIS, "auto_stop": "2h"})
+    lines = {line.label: line.value for line in validated.summary}
+    assert lines["Name"] == "iris-one" and lines["Auto Stop"] == "2 hours later"
+    assert lines["Model"] == "iris 1.0.0" and validated.registry_checked
+    assert client.services() == []
+
+
+def test_errors_come_back_as_the_cores_classes(client: ControlClient) -> None:
+    with pytest.raises(SpecInvalid) as bad:
+        client.deploy({"name": "9lives", "models": [{**IRIS["models"][0], "instances": 0}]})
+    assert isinstance(bad.value, RemoteError) and bad.value.status == 422
+    assert {e.field for e in bad.value.errors} == {"name", "models[0].instances"}
+    assert bad.value.title == "Invalid deploy spec"
+    with pytest.raises(NotFound) as missing:
+        client.service("nothing-here")
+    assert missing.value.status == 404 and "nothing-here" in missing.value.message
+    client.deploy(IRIS)
+    with pytest.raises(Conflict) as taken:
+        client.deploy(IRIS)
+    assert [e.field for e in taken.value.errors] == ["name"]
+    with pytest.raises(Conflict):
+        client.start("iris-one")  # Deploying: only Stopped or Failed start
+    with pytest.raises(InvalidInput) as query:
+        client.request("GET", "/v1/services", query={"onwer": "x"})
+    assert [e.field for e in query.value.errors] == ["onwer"]
+    with pytest.raises(RemoteError) as route:  # aiohttp's own refusal keeps its kind
+        client.request("PUT", "/v1/services")
+    assert route.value.status == 405 and route.value.as_dict()["error"] == "MethodNotAllowed"
+
+
+def test_quota_is_quota_exceeded(examples_home: Path) -> None:
+    (examples_home / "config.toml").write_text("quota = 1\n")
+    with serve_control_api(examples_home) as (_, client):
+        client.deploy(IRIS)
+        with pytest.raises(QuotaExceeded) as full:
+            client.deploy({**IRIS, "name": "iris-two"})
+    assert full.value.status == 429 and "1 of 1" in full.value.message
+
+
+def test_owner_slash_name_means_a_subscription(client: ControlClient) -> None:
+    # alice's model, no source given: looked up in My Subscriptions (as Slack's /deploy does).
+    ref = {"name": "theirs", "models": [{"model": "alice/iris", "version": "1.0.0"}]}
+    with pytest.raises(SpecInvalid) as not_subscribed:
+        client.validate(ref)
+    assert "My Subscriptions" in not_subscribed.value.message
+    assert "opsbot model subscribe alice/iris" in not_subscribed.value.message
+    # The source and the reference disagree: said so, with the way out.
+    mine = {"name": "theirs", "models": [{**ref["models"][0], "source": "mine"}]}
+    with pytest.raises(SpecInvalid) as disagree:
+        client.validate(mine)
+    assert "belongs to alice" in disagree.value.message
+    assert "leave the source out" in disagree.value.message
+
+
+def test_no_daemon_is_daemon_unavailable(tmp_path: Path) -> None:
+    client = ControlClient(UnixSocketTransport(tmp_path / "none.sock"))
+    assert client.available() is False
+    with pytest.raises(DaemonUnavailable, match="opsbot up -d"):
+        client.whoami()
+
+
+def test_the_dict_client_still_answers_json(examples_home: Path) -> None:
+    with serve_control_api(examples_home):
+        legacy = Client(examples_home)
+        created = legacy.request("POST", "/v1/services", IRIS)
+        assert created["name"] == "iris-one" and legacy.service("iris-one")["status"] == "deploying"
+        assert [s["name"] for s in legacy.services()] == ["iris-one"]
+        with pytest.raises(NotFound):
+            legacy.service("nothing-here")
