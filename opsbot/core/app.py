@@ -27,10 +27,10 @@ from opsbot.core.hardware import HardwareProbe, LocalProbe
 from opsbot.core.identity import User, link_slack, slack_user_name
 from opsbot.core.identity import user as make_user
 from opsbot.core.pools import PUBLIC, Pools, PoolStatus
-from opsbot.core.registry import ModelVersion, Registry, Source
+from opsbot.core.registry import ModelVersion, Registry
 from opsbot.core.sandbox import SOCKET_NAME, reader_for, secure_home
 from opsbot.core.services import Created, Service
-from opsbot.core.spec import DeploySpec, masked_spec, parse_spec
+from opsbot.core.spec import DeploySpec, Source, masked_spec, parse_spec
 from opsbot.core.status import CAN_START, CAN_STOP, Status
 from opsbot.core.store import DB_NAME, Store
 

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opsbot.core.errors import FieldError, InvalidInput
 from opsbot.core.events import Level
-from opsbot.core.registry import FORMATS, ORIGINS, Source
+from opsbot.core.registry import FORMATS, ORIGINS
+from opsbot.core.spec import Source
 
 M = TypeVar("M", bound=BaseModel)
 

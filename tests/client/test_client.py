@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from inprocess import serve_control_api, settle
 
-from opsbot.client import ControlClient, DaemonUnavailable, RemoteError, UnixSocketTransport
-from opsbot.client import wire
+from opsbot.client import ControlClient, DaemonUnavailable, RemoteError, UnixSocketTransport, wire
 from opsbot.core.errors import (
     Conflict,
     InvalidInput,
