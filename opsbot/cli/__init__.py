@@ -13,12 +13,13 @@ import sys
 
 import typer
 
+# Importing a group's module registers its commands on ``app``.
 from opsbot.cli import access, daemon, deploy, models, modify, resources, services, watch
 from opsbot.cli.base import app
 from opsbot.cli.output import State, err, print_json
 
-__all__ = ["access", "app", "daemon", "deploy", "main", "models", "modify", "resources"]
-__all__ += ["services", "watch"]
+GROUPS = (access, daemon, deploy, models, modify, resources, services, watch)
+__all__ = ["GROUPS", "app", "main"]
 
 
 def main() -> None:
