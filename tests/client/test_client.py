@@ -7,13 +7,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from inprocess import serve_control_api, settle
 
-from opsbot.client import ControlClient, DaemonUnavailable, RemoteError, UnixSocketTransport, wire
+from opsbot.client import (
+    ControlClient,
+    DaemonUnavailable,
+    InProcessTransport,
+    RemoteError,
+    UnixSocketTransport,
+    wire,
+)
 from opsbot.core.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    PermissionDenied,
     QuotaExceeded,
     SpecInvalid,
 )
@@ -98,6 +107,9 @@ def test_errors_come_back_as_the_cores_classes(client: ControlClient) -> None:
     assert [e.field for e in taken.value.errors] == ["name"]
     with pytest.raises(Conflict):
         client.start("iris-one")  # Deploying: only Stopped or Failed start
+    with pytest.raises(PermissionDenied) as not_admin:
+        client.services(everyone=True)
+    assert not_admin.value.status == 403 and "only an admin" in not_admin.value.message
     with pytest.raises(InvalidInput) as query:
         client.request("GET", "/v1/services", query={"onwer": "x"})
     assert [e.field for e in query.value.errors] == ["onwer"]
@@ -145,3 +157,27 @@ def test_the_dict_client_still_answers_json(examples_home: Path) -> None:
         assert [s["name"] for s in legacy.services()] == ["iris-one"]
         with pytest.raises(NotFound):
             legacy.service("nothing-here")
+
+
+def test_following_events_starts_after_the_last_one_seen(client: ControlClient) -> None:
+    client.deploy(IRIS)
+    client.stop("iris-one")
+    created, *later = client.events("iris-one")
+    stream = client.follow_events(service="iris-one", after_id=created.id)
+    try:
+        assert next(stream) == later[0]  # the backlog first: a reconnect misses nothing
+    finally:
+        stream.close()
+
+
+async def answers_text(request: web.Request) -> web.Response:
+    return web.Response(text="<html>a proxy</html>", status=502)
+
+
+def test_an_answer_that_is_not_the_daemons_is_named() -> None:
+    app = web.Application()
+    app.router.add_get("/v1/whoami", answers_text)
+    with InProcessTransport(app) as transport, pytest.raises(RemoteError) as bad:
+        ControlClient(transport).whoami()
+    assert bad.value.kind == "BadAnswer" and "a proxy" in bad.value.message
+    assert "HTTP 502" in bad.value.message
