@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -18,6 +19,7 @@ from opsbot.client import (
     UnixSocketTransport,
     wire,
 )
+from opsbot.core.admission import CheckedSpec, check_spec
 from opsbot.core.errors import (
     Conflict,
     InvalidInput,
@@ -26,6 +28,7 @@ from opsbot.core.errors import (
     QuotaExceeded,
     SpecInvalid,
 )
+from opsbot.core.spec import DeploySpec
 from opsbot.core.status import Status
 from opsbot.daemon.client import Client
 
@@ -181,3 +184,17 @@ def test_an_answer_that_is_not_the_daemons_is_named() -> None:
         ControlClient(transport).whoami()
     assert bad.value.kind == "BadAnswer" and "a proxy" in bad.value.message
     assert "HTTP 502" in bad.value.message
+
+
+def test_a_deploy_through_the_api_checks_the_form_once(
+    client: ControlClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks: list[str] = []
+
+    def counted(spec: DeploySpec, *rest: Any) -> CheckedSpec:
+        checks.append(spec.name)
+        return check_spec(spec, *rest)
+
+    monkeypatch.setattr("opsbot.core.app.check_spec", counted)
+    deployed = client.deploy({**IRIS, "description": "counted"})
+    assert checks == ["iris-one"] and deployed.description == "counted"
