@@ -113,6 +113,10 @@ def deploy(
     file's values; the per-version flags (--model, --version, --source, --flavor,
     --instances, --env) are refused: write them in the file.
     """
+    if dry_run and wait:
+        raise InvalidInput(
+            [FieldError("wait", "--wait cannot go with --dry-run: nothing is deployed to wait for")]
+        )
     per_version = {
         "--model": model,
         "--version": version,

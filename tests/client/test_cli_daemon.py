@@ -156,3 +156,22 @@ def test_errors_are_one_line_or_the_error_document(served: tuple[Daemon, Control
     document = cli(daemon.home, "start", "nothing-here", "--json")
     assert document.exit_code == 1
     assert json.loads(document.stdout)["error"] == "NotFound"
+
+
+def test_dry_run_of_a_gated_spec_file(served: tuple[Daemon, ControlClient], tmp_path: Path) -> None:
+    daemon, client = served
+    spec = tmp_path / "canary.toml"
+    spec.write_text(
+        'name = "canary"\n'
+        '[[models]]\nmodel = "iris"\nversion = "1.0.0"\ntraffic_ratio = 90\n'
+        '[[models]]\nmodel = "iris"\nversion = "2.0.0"\ntraffic_ratio = 10\n'
+        '[[rules]]\nheader = "X-Group"\nequals = "beta"\nversion = "2.0.0"\n'
+    )
+    summary = as_json(cli(daemon.home, "deploy", "-f", str(spec), "--dry-run", "--json"))
+    lines = {line["label"]: line["value"] for line in summary["summary"]}
+    assert lines["Version 1: Traffic Ratio (%)"] == "90"
+    assert lines["Version 2: Model"] == "iris 2.0.0"
+    assert lines["Rule 1"] == "X-Group = beta -> 2.0.0"
+    both = cli(daemon.home, "deploy", "-f", str(spec), "--dry-run", "--wait")
+    assert both.exit_code == 1 and "--wait cannot go with --dry-run" in both.stderr
+    assert client.services() == []
