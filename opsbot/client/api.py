@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from opsbot.client import wire
-from opsbot.client.errors import RemoteError, error_from
+from opsbot.client.errors import DaemonUnavailable, RemoteError, error_from
 from opsbot.client.transport import Transport, UnixSocketTransport
 from opsbot.core.errors import FieldError, InvalidInput
 from opsbot.core.registry import split_ref
@@ -130,8 +130,6 @@ class ControlClient:
 
     def available(self) -> bool:
         """Whether a daemon answers (``/healthz``)."""
-        from opsbot.client.errors import DaemonUnavailable
-
         try:
             self.request("GET", "/healthz")
         except DaemonUnavailable:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from opsbot.client.wire import ErrorDocument
 from opsbot.core import errors as core_errors
 from opsbot.core.errors import FieldError, OpsbotError
 
@@ -28,8 +29,6 @@ class RemoteError(OpsbotError):
     """An error the daemon reported, rebuilt on this side."""
 
     def __init__(self, payload: dict[str, Any], status: int):
-        from opsbot.client.wire import ErrorDocument
-
         try:
             doc = ErrorDocument.model_validate(payload)
         except ValidationError:

@@ -135,9 +135,11 @@ class InProcessTransport(UnixSocketTransport):
     so a CLI pointed at a home finds it at ``HOME/opsbot.sock``. Close it (or use ``with``)."""
 
     def __init__(self, app: web.Application, socket: Path | None = None):
-        self._tmp = None if socket is not None else tempfile.TemporaryDirectory(prefix="opsbot-")
-        path = socket if socket is not None else Path(self._tmp.name) / "api.sock"  # type: ignore[union-attr]
-        super().__init__(path)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if socket is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="opsbot-")
+            socket = Path(self._tmp.name) / "api.sock"
+        super().__init__(socket)
         self._app = app
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
