@@ -31,7 +31,6 @@ from opsbot.core.identity import User
 from opsbot.core.notify import Dispatcher
 from opsbot.core.registry import NORMAL
 from opsbot.core.services import Created, Service
-from opsbot.core.spec import parse_spec
 from opsbot.slack import views
 from opsbot.slack.http import serve
 from opsbot.slack.notifier import SlackNotifier
@@ -207,18 +206,18 @@ class SlackBot:
         # Checked before anything is said (a few SQLite reads, well within Slack's 3 s), so the
         # answer is either the refusal or "Deploying", never both.
         try:
-            warnings = self.core.validate(actor, data).warnings
+            checked = self.core.check(actor, data)
         except OpsbotError as exc:
             ack(text=f"*{exc.title}*: {exc.message}")
             return
         ack(text=f"Deploying {name}…")
         try:
-            created = self.core.create_service(actor, data)
+            created = self.core.create_service(actor, checked)  # checked once, above
         except OpsbotError as exc:  # a race: the quota or the name was taken meanwhile
             respond(text=f"*{exc.title}*: {exc.message}", response_type="ephemeral")
             return
         self.on_change()
-        self.dm_deploy(client, str(body["user_id"]), created, warnings)
+        self.dm_deploy(client, str(body["user_id"]), created, list(checked.warnings))
 
     def home_deploy(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
@@ -313,15 +312,13 @@ class SlackBot:
         self,
         ack: Ack,
         actor: User,
-        owner: User,
         state: views.FormState,
-        data: dict[str, Any],
+        warnings: list[FieldError],
         summary: Callable[[], list[str]],
-    ) -> list[FieldError] | None:
-        """The core's warnings about the form, once the user has confirmed what ``summary``
-        says (and the warnings); None when they are shown in the modal first (the ack is
-        given): the user confirms or changes the form. Raises OpsbotError."""
-        warnings = self.core.validate(owner, data).warnings
+    ) -> bool:
+        """Whether the user has confirmed what ``summary`` says and the core's ``warnings``
+        about the form; False when they are shown in the modal first (the ack is given): the
+        user confirms or changes the form. Raises OpsbotError."""
         lines = summary()
         mark = views.warning_mark(warnings, lines)
         if mark and mark != state.warned:
@@ -330,8 +327,8 @@ class SlackBot:
             state.warnings = [w.message for w in warnings]
             state.summary = lines
             ack(response_action="update", view=self.modal(actor, state))
-            return None
-        return warnings
+            return False
+        return True
 
     @staticmethod
     def _errors(ack: Ack, state: views.FormState, exc: OpsbotError) -> None:
@@ -359,17 +356,12 @@ class SlackBot:
             ack(response_action="errors", errors=views.error_block_ids(state, problems))
             return
         try:
-            warnings = self._confirmed(
-                ack,
-                actor,
-                actor,
-                state,
-                data,
-                lambda: [f"{k}: {v}" for k, v in form.deploy_summary(parse_spec(data))],
-            )
-            if warnings is None:
+            checked = self.core.check(actor, data)
+            warnings = list(checked.warnings)
+            summary = [f"{k}: {v}" for k, v in form.deploy_summary(checked.spec)]
+            if not self._confirmed(ack, actor, state, warnings, lambda: summary):
                 return
-            created = self.core.create_service(actor, data)
+            created = self.core.create_service(actor, checked)  # checked once, above
         except OpsbotError as exc:
             self._errors(ack, state, exc)
             return
@@ -434,7 +426,8 @@ class SlackBot:
                     return []
                 return [*plan.changes, *(plan.restarts or ("no instance restarts",))]
 
-            if self._confirmed(ack, actor, self.core.user(owner), state, data, planned) is None:
+            warnings = self.core.validate(self.core.user(owner), data).warnings
+            if not self._confirmed(ack, actor, state, warnings, planned):
                 return
             updated = self.core.update_service(actor, name, data, owner)
         except OpsbotError as exc:

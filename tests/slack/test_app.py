@@ -28,10 +28,12 @@ from slack_support import (
 
 from opsbot.core import events
 from opsbot.core import services as services_mod
+from opsbot.core.admission import CheckedSpec, check_spec
 from opsbot.core.app import Core
 from opsbot.core.deadlines import EXTEND_HOURS
 from opsbot.core.events import Kind, Level
 from opsbot.core.notify import Dispatcher
+from opsbot.core.spec import DeploySpec
 from opsbot.core.status import Status
 from opsbot.slack import views
 from opsbot.slack.app import build_app, make_client, start_slack
@@ -634,6 +636,28 @@ def test_a_deploy_shows_the_entered_information_to_confirm_first(bot: Bot, me: s
     assert bot.core.services(bot.core.user(me)) == []  # nothing deployed before confirming
     assert submit(bot.url, filled(modal_for(bot), values)).body == ""
     assert bot.core.service(bot.core.user(me), "plain").status == Status.DEPLOYING
+
+
+def test_a_deploy_from_slack_checks_the_form_once(
+    bot: Bot, me: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks: list[str] = []
+
+    def counted(spec: DeploySpec, *rest: Any) -> CheckedSpec:
+        checks.append(spec.name)
+        return check_spec(spec, *rest)
+
+    monkeypatch.setattr("opsbot.core.app.check_spec", counted)
+    values = {"name": "once", "m0.model": "iris", "m0.version": "1.0.0"}
+    view = filled(modal_for(bot), values)
+    first = post(bot.url, submission(view), FORM).json()  # the summary to confirm: one check
+    assert first["response_action"] == "update" and checks == ["once"]
+    confirmed = {**view, "private_metadata": first["view"]["private_metadata"]}
+    assert post(bot.url, submission(confirmed), FORM).body == ""  # confirmed: one check more
+    assert checks == ["once", "once"]
+    assert bot.core.service(bot.core.user(me), "once").status == Status.DEPLOYING
+    reply = post(bot.url, command_body("/deploy", "quick iris 2.0.0", bot.fake.response_url), FORM)
+    assert "Deploying quick" in reply.body and checks == ["once", "once", "quick"]
 
 
 # -- App Home --------------------------------------------------------------------------------------
