@@ -87,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         help="HTTP client for the hop to instances (default: raw, the lean asyncio one)",
     )
     parser.add_argument(
+        "--front",
+        choices=["fast", "aiohttp"],
+        default=defaults.front,
+        help="HTTP server side: fast (inference calls below aiohttp, the rest through it) or "
+        "aiohttp (all through aiohttp's server) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -128,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout_s,
         attempts=args.attempts,
         client=args.upstream_client,
+        front=args.front,
         max_buffered_mb=args.max_buffered_mb,
         read_timeout_s=args.read_timeout_s,
         internal_token_hash=(

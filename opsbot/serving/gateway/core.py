@@ -23,7 +23,6 @@ from typing import Any
 import sqlite_utils
 from aiohttp import web
 from aiohttp.web import RequestPayloadError
-from multidict import CIMultiDictProxy
 
 from opsbot.core.routes import ServiceRoute, load_routes
 from opsbot.serving import MODEL_NAME_HEADER
@@ -50,6 +49,7 @@ from opsbot.serving.upstream import (
     BrokenReply,
     ConnectFailed,
     Disconnected,
+    Reply,
     UpstreamClient,
     make_client,
 )
@@ -275,14 +275,16 @@ class Gateway:
         (self.unrouted if service is None else service.counters).count(status)
         return error(status, reason, message, headers)
 
-    def admit(self, request: web.Request) -> tuple[Service, Version | None] | web.Response:
+    def admit(
+        self, named: str, label: str | None, headers: Mapping[str, str]
+    ) -> tuple[Service, Version | None] | web.Response:
         """The service (and version, when the path names one) a call may go to, or the
         refusal: 404 unknown, 401 without the key, 503 with no ready instance."""
-        found = self.lookup(request.match_info["service"])
+        found = self.lookup(named)
         if isinstance(found, str):
             return self.refuse(None, 404, "not_found", found)
         service = found
-        if not self.authorized(service, request.headers):
+        if not self.authorized(service, headers):
             return self.refuse(
                 service,
                 401,
@@ -290,7 +292,6 @@ class Gateway:
                 "missing or wrong API key: send the service key as X-Auth-Token or "
                 "Authorization: Bearer",
             )
-        label = request.match_info.get("version")
         version = None if label is None else service.version(label)
         if label is not None and version is None:
             labels = ", ".join(v.label for v in service.versions)
@@ -313,13 +314,12 @@ class Gateway:
             )
         return service, version
 
-    async def infer(self, request: web.Request, kind: int) -> web.Response:
-        started = perf_counter()
-        admitted = self.admit(request)
-        if isinstance(admitted, web.Response):
-            return admitted
-        service, pinned = admitted
-        headers = request.headers
+    def reserve(
+        self, service: Service, headers: Mapping[str, str], length: int | None
+    ) -> int | web.Response:
+        """Before a body is read: the bytes it may take held against the buffered-bytes budget
+        (hand them back with :meth:`release`), or the refusal: 415 for an encoding not taken,
+        413 over the body cap, 503 over the budget. Refusals close the connection."""
         encoding = headers.get("Content-Encoding")
         if encoding is not None and encoding.strip().lower() not in ENCODINGS:
             return closing(
@@ -332,9 +332,8 @@ class Gateway:
                 )
             )
         cap = self.options.max_body_bytes
-        length = request.content_length
         if length is not None and length > cap:
-            return closing(self.refuse(service, 413, "too_large", too_large(cap)))
+            return self.too_large(service)
         # A compressed body may decode to more than it carries: reserve the cap for it.
         reserve = cap if length is None or encoding is not None else length
         budget = self.options.max_buffered_bytes
@@ -351,6 +350,54 @@ class Gateway:
                 )
             )
         self.buffered += reserve
+        return reserve
+
+    def release(self, reserved: int) -> None:
+        """Hand back what :meth:`reserve` held, once the call is answered."""
+        self.buffered -= reserved
+
+    def too_large(self, service: Service) -> web.Response:
+        return closing(
+            self.refuse(service, 413, "too_large", too_large(self.options.max_body_bytes))
+        )
+
+    async def call(
+        self,
+        service: Service,
+        kind: int,
+        body: bytes,
+        headers: Mapping[str, str],
+        started: float,
+        named: str,
+        pinned: Version | None,
+    ) -> Reply | web.Response:
+        """A call whose body arrived whole: its token taken (429 without one), then forwarded."""
+        wait = service.bucket.take(perf_counter())
+        if wait:
+            limit = service.route.traffic_limit
+            return self.refuse(
+                service,
+                429,
+                "rate_limited",
+                f"service {service.route.name} allows {limit} calls per second; "
+                "retry after the Retry-After seconds, or raise its traffic limit",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        return await self._forward(service, kind, body, headers, started, named, pinned)
+
+    async def infer(self, request: web.Request, kind: int) -> web.Response:
+        """An inference call through aiohttp's server: admitted, its body read within the caps
+        and the read timeout (decoded when gzip or deflate), limited and forwarded."""
+        started = perf_counter()
+        named = request.match_info["service"]
+        headers = request.headers
+        admitted = self.admit(named, request.match_info.get("version"), headers)
+        if isinstance(admitted, web.Response):
+            return admitted
+        service, pinned = admitted
+        reserved = self.reserve(service, headers, request.content_length)
+        if isinstance(reserved, web.Response):
+            return reserved
         try:
             try:
                 if request.content.is_eof():  # all here already (most small calls): no timer
@@ -359,17 +406,9 @@ class Gateway:
                     async with asyncio.timeout(self.options.read_timeout_s):
                         body = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                return closing(self.refuse(service, 413, "too_large", too_large(cap)))
+                return self.too_large(service)
             except TimeoutError:
-                return closing(
-                    self.refuse(
-                        service,
-                        408,
-                        "timeout",
-                        f"the request body did not arrive within {self.options.read_timeout_s:g}"
-                        " s: send it whole and at once",
-                    )
-                )
+                return self.body_timeout(service)
             except RequestPayloadError as exc:
                 return closing(
                     self.refuse(
@@ -380,34 +419,36 @@ class Gateway:
                         "): send it as is, or gzip or deflate compressed as Content-Encoding says",
                     )
                 )
-            # Only a call that arrived whole takes a token.
-            wait = service.bucket.take(perf_counter())
-            if wait:
-                limit = service.route.traffic_limit
-                return self.refuse(
-                    service,
-                    429,
-                    "rate_limited",
-                    f"service {service.route.name} allows {limit} calls per second; "
-                    "retry after the Retry-After seconds, or raise its traffic limit",
-                    {"Retry-After": str(max(1, math.ceil(wait)))},
-                )
-            named = request.match_info["service"]
-            return await self._forward(service, kind, body, headers, started, named, pinned)
+            return as_response(
+                await self.call(service, kind, body, headers, started, named, pinned)
+            )
         finally:
-            self.buffered -= reserve
+            self.release(reserved)
+
+    def body_timeout(self, service: Service) -> web.Response:
+        return closing(
+            self.refuse(
+                service,
+                408,
+                "timeout",
+                f"the request body did not arrive within {self.options.read_timeout_s:g}"
+                " s: send it whole and at once",
+            )
+        )
 
     async def metadata(self, request: web.Request) -> web.Response:
         """``GET /v2/models/{service}[/versions/{v}]``: the model's metadata from an instance,
         named as the caller named the service, with the service's versions."""
         started = perf_counter()
-        admitted = self.admit(request)
+        named = request.match_info["service"]
+        admitted = self.admit(named, request.match_info.get("version"), request.headers)
         if isinstance(admitted, web.Response):
             return admitted
         service, pinned = admitted
-        named = request.match_info["service"]
-        reply = await self._forward(
-            service, V2_METADATA, b"", request.headers, started, named, pinned, method="GET"
+        reply = as_response(
+            await self._forward(
+                service, V2_METADATA, b"", request.headers, started, named, pinned, method="GET"
+            )
         )
         if reply.status != 200 or not isinstance(reply.body, bytes):
             return reply
@@ -423,8 +464,8 @@ class Gateway:
 
     def model_ready(self, request: web.Request) -> web.Response:
         """Whether a service (or one version) has a ready instance: 200 or 503."""
-        admitted = self.admit(request)
         named = request.match_info["service"]
+        admitted = self.admit(named, request.match_info.get("version"), request.headers)
         if isinstance(admitted, web.Response):
             if admitted.status != 503:
                 return admitted
@@ -438,12 +479,12 @@ class Gateway:
         service: Service,
         kind: int,
         body: bytes,
-        headers: CIMultiDictProxy[str],
+        headers: Mapping[str, str],
         started: float,
         named: str,
         pinned: Version | None = None,
         method: str = "POST",
-    ) -> web.Response:
+    ) -> Reply | web.Response:
         """Send the call to an instance (of ``pinned``, when the path named a version)."""
         client = self._client
         assert client is not None, "the gateway is not started"
@@ -563,9 +604,8 @@ class Gateway:
                     retry = (version, other)
                     continue
             stats.record(reply.status, now - started, now)
-            reply_headers = reply.headers
-            reply_headers["X-Model-Version"] = version.label
-            return web.Response(body=reply.body, status=reply.status, headers=reply_headers)
+            reply.headers["X-Model-Version"] = version.label
+            return reply
 
     def _failed(
         self,
@@ -597,3 +637,10 @@ class Gateway:
     def metrics_text(self) -> str:
         """The Prometheus text exposition of every counter (see :func:`metrics.metrics_text`)."""
         return metrics.metrics_text(self)
+
+
+def as_response(answer: Reply | web.Response) -> web.Response:
+    """An instance's reply as aiohttp's response (the gateway's own answers already are)."""
+    if isinstance(answer, web.Response):
+        return answer
+    return web.Response(body=answer.body, status=answer.status, headers=answer.headers)

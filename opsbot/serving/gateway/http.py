@@ -20,6 +20,7 @@ from opsbot import __version__
 from opsbot.core.store import Store
 from opsbot.serving.gateway.answers import error, starting
 from opsbot.serving.gateway.core import DatabaseOpener, Gateway
+from opsbot.serving.gateway.fast import FastFront
 from opsbot.serving.gateway.options import INTERNAL_HEADER, PREDICT, V2_INFER, GatewayOptions
 from opsbot.serving.http_errors import allow_header, routing_message
 from opsbot.serving.workers import (
@@ -244,32 +245,17 @@ async def serve(
     ``index`` of ``siblings``, with the traffic buckets ``shared``.
     """
     app = make_app(db_path, options, shared=shared, siblings=siblings)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        # aiohttp closes a connection whose next request head has not arrived whole by then:
-        # the head read timeout (a slow sender's trickle does not extend it).
-        keepalive_timeout=options.read_timeout_s,
-    )
-    await runner.setup()
+    serving = await start_serving(app, options, host, port, sock)
     private: web.AppRunner | None = None
     try:
-        site: web.BaseSite = (
-            web.TCPSite(runner, host, port, backlog=1024)
-            if sock is None
-            else web.SockSite(runner, sock)
-        )
-        await site.start()
-        bound = _bound_port(runner.addresses, port)
         if siblings is not None:
             private = web.AppRunner(sibling_app(app[GATEWAY], siblings), access_log=None)
             await private.setup()
             await web.TCPSite(private, "127.0.0.1", 0).start()
             siblings.publish(index, _bound_port(private.addresses, 0))
-        log.info("gateway listening on http://%s:%d", host, bound)
+        log.info("gateway listening on http://%s:%d", host, serving.port)
         if on_ready is not None:
-            on_ready(bound)
+            on_ready(serving.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -279,7 +265,92 @@ async def serve(
     finally:
         if private is not None:
             await private.cleanup()
-        await runner.cleanup()
+        await serving.close()
+
+
+class Serving:
+    """A gateway application listening: through the fast front, or aiohttp's server alone."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        fast: asyncio.Server | None = None,
+        connections: set[FastFront] | None = None,
+    ):
+        self.runner = runner
+        self.host = host
+        self.port = port
+        self._fast = fast
+        self._connections = connections if connections is not None else set()
+
+    async def close(self) -> None:
+        """Stop listening, let the calls in flight finish, then close every connection."""
+        if self._fast is not None:
+            self._fast.close()
+            await _finish(self._connections, _SHUTDOWN_S)
+        await self.runner.cleanup()
+
+
+async def start_serving(
+    app: web.Application,
+    options: GatewayOptions,
+    host: str,
+    port: int,
+    sock: socket.socket | None = None,
+) -> Serving:
+    """Listen on ``host``:``port`` (or on ``sock``, a listening socket other workers accept on
+    too) with the front ``options`` names."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        # aiohttp closes a connection whose next request head has not arrived whole by then:
+        # the head read timeout (a slow sender's trickle does not extend it).
+        keepalive_timeout=options.read_timeout_s,
+    )
+    await runner.setup()
+    if options.front == "aiohttp":
+        site: web.BaseSite = (
+            web.TCPSite(runner, host, port, backlog=1024)
+            if sock is None
+            else web.SockSite(runner, sock)
+        )
+        await site.start()
+        return Serving(runner, host, _bound_port(runner.addresses, port))
+    # Inference calls below aiohttp; every other request handed to aiohttp's protocol.
+    gateway, fallback = app[GATEWAY], runner.server
+    assert fallback is not None
+    connections: set[FastFront] = set()
+
+    def front() -> FastFront:
+        return FastFront(gateway, fallback, connections)
+
+    loop = asyncio.get_running_loop()
+    if sock is None:
+        fast = await loop.create_server(front, host, port, backlog=1024)
+    else:
+        fast = await loop.create_server(front, sock=sock)
+    bound = _bound_port((s.getsockname() for s in fast.sockets), port)
+    return Serving(runner, host, bound, fast, connections)
+
+
+#: How long a stopping gateway waits for the calls in flight (aiohttp's own shutdown timeout).
+_SHUTDOWN_S: Final = 60.0
+
+
+async def _finish(connections: set[FastFront], timeout: float) -> None:
+    """Let the fast front's calls in flight finish (up to ``timeout``), then close every
+    connection it still holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for conn in list(connections):
+        conn.close_idle()
+    while any(c.busy for c in connections) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        for conn in list(connections):
+            conn.close_idle()
 
 
 def _bound_port(addresses: Iterable[Any], asked: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from opsbot.core.instance_auth import DAEMON_SECRET_FILE
 from opsbot.serving import HEADER_LENGTH
@@ -32,6 +32,8 @@ FORWARDED: Final = (
 ENCODINGS: Final = frozenset({"gzip", "deflate", "identity"})
 UNAVAILABLE_RETRY_S: Final = 5
 
+FrontKind = Literal["fast", "aiohttp"]
+
 
 @dataclass(frozen=True)
 class GatewayOptions:
@@ -56,6 +58,9 @@ class GatewayOptions:
     for no one: it gets 503 with Retry-After before its body is read."""
     read_timeout_s: float = 30.0
     """Time allowed for a request's head and for its body to arrive; then 408."""
+    front: FrontKind = "fast"
+    """HTTP server side: ``fast`` (inference calls parsed below aiohttp, every other request
+    handed to it; see :mod:`.fast`) or ``aiohttp`` (all of it through aiohttp's server)."""
     instance_key: str | None = None
     """The daemon's token, from which each service version's instance secret is derived
     (:mod:`opsbot.core.instance_auth`); None: instances are called without one."""
