@@ -91,11 +91,13 @@ class InstanceSecrets:
         self._secrets: dict[tuple[str, int], str] = {}
 
     def add_to(self, headers: dict[str, str], uid: str, idx: int) -> dict[str, str]:
-        """``headers`` plus the secret of version ``idx`` of service ``uid``."""
+        """``headers`` (changed in place: each call makes its own) with the secret of version
+        ``idx`` of service ``uid`` (a retry on another version replaces it)."""
         key = self._key
         if key is None:
             return headers
         secret = self._secrets.get((uid, idx))
         if secret is None:
             secret = self._secrets[(uid, idx)] = instance_secret(key, uid, idx)
-        return {**headers, INSTANCE_HEADER: secret}
+        headers[INSTANCE_HEADER] = secret
+        return headers
