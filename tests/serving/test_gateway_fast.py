@@ -226,3 +226,24 @@ async def test_stopping_finishes_the_calls_in_flight(
     writer.close()
     assert status == 200 and json.loads(body) == {"predictions": ["v1"]}
     assert idle_reader is None and idle_writer is None
+
+
+@pytest.mark.asyncio
+async def test_a_caller_that_half_closes_gets_its_answer_then_the_close(
+    routed: tuple[str, FakeInstance, Serving],
+) -> None:
+    uid, up, serving = routed
+    up.hold = asyncio.Event()
+    reader, writer = await _connect(serving)
+    writer.write(_post(uid))
+    writer.write_eof()
+    await writer.drain()
+    while not up.calls:  # the instance holds the call: the gateway has read the end by then
+        await asyncio.sleep(0.01)
+    up.hold.set()
+    status, headers, body = await _answer(reader)
+    assert status == 200 and headers["connection"] == "close"
+    assert json.loads(body) == {"predictions": ["v1"]}
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    assert len(up.calls) == 1

@@ -21,6 +21,7 @@ within the read timeout is closed; a body that has not arrived whole within it g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
@@ -140,6 +141,38 @@ class _Call:
         self.started = started
 
 
+class Connections:
+    """The fast front's open connections, and the calls in progress on them, so that a stopping
+    gateway lets those calls finish and then closes every connection."""
+
+    def __init__(self) -> None:
+        self.open: set[FastFront] = set()
+        self.stopping = False
+        self._calls = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def started(self) -> None:
+        self._calls += 1
+        self._none.clear()
+
+    def finished(self) -> None:
+        self._calls -= 1
+        if not self._calls:
+            self._none.set()
+
+    async def finish(self, timeout: float) -> None:
+        """Close idle connections now, the others once their call is answered (or when
+        ``timeout`` runs out)."""
+        self.stopping = True
+        for conn in list(self.open):
+            conn.close_idle()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none.wait(), timeout)
+        for conn in list(self.open):
+            conn.close_idle(force=True)
+
+
 class FastFront(asyncio.Protocol):
     """One client connection, served on the fast path until a request needs aiohttp."""
 
@@ -147,7 +180,7 @@ class FastFront(asyncio.Protocol):
         self,
         gateway: Gateway,
         fallback: Callable[[], asyncio.BaseProtocol],
-        connections: set[FastFront],
+        connections: Connections,
     ):
         self._gateway = gateway
         self._fallback = fallback
@@ -160,6 +193,7 @@ class FastFront(asyncio.Protocol):
         self._busy = False  # a call is being forwarded: later bytes wait in the buffer
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._eof = False
         self.closed = False
 
     @property
@@ -170,7 +204,7 @@ class FastFront(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._connections.add(self)
+        self._connections.open.add(self)
         self._arm(self._head_expired)
 
     def data_received(self, data: bytes) -> None:
@@ -184,21 +218,24 @@ class FastFront(asyncio.Protocol):
         self._advance()
 
     def eof_received(self) -> bool | None:
-        # A caller that half-closes after its call still gets the answer.
+        # A caller that half-closes after its call still gets the answer, then the close.
+        self._eof = True
         return True if self.busy else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._connections.discard(self)
+        self._connections.open.discard(self)
         self._disarm()
         call = self._call
         if call is not None:  # its body never came whole: nothing was forwarded
             self._call = None
             self._gateway.release(call.reserved)
+            self._connections.finished()
 
-    def close_idle(self) -> None:
-        """Close the connection if no call is in progress on it (the gateway is stopping)."""
-        if not self.busy and self._transport is not None:
+    def close_idle(self, *, force: bool = False) -> None:
+        """Close the connection if no call is in progress on it (or ``force``: even so)."""
+        if (force or not self.busy) and self._transport is not None and not self.closed:
+            self.closed = True
             self._transport.close()
 
     # -- requests ----------------------------------------------------------------------------
@@ -279,6 +316,7 @@ class FastFront(asyncio.Protocol):
             return None
         call = _Call(head_end, length, headers, keep_alive, found, admitted, reserved, started)
         self._call = call
+        self._connections.started()
         return call
 
     def _refused(self, answer: web.Response, end: int, keep_alive: bool) -> None:
@@ -311,10 +349,13 @@ class FastFront(asyncio.Protocol):
         finally:
             gateway.release(call.reserved)
         self._busy = False
+        if not self.closed:
+            self._write(answer, call.keep_alive and not self._eof)
+        self._connections.finished()
         if self.closed:
             return
-        self._write(answer, call.keep_alive)
-        if self.closed:
+        if self._connections.stopping:
+            self.close_idle()
             return
         if self._paused:
             self._paused = False
@@ -357,7 +398,7 @@ class FastFront(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         self._disarm()
-        self._connections.discard(self)
+        self._connections.open.discard(self)
         self.closed = True
         protocol = self._fallback()
         transport.set_protocol(protocol)
@@ -391,6 +432,7 @@ class FastFront(asyncio.Protocol):
         self._call = None
         self._gateway.release(call.reserved)
         self._write(self._gateway.body_timeout(call.service), False)
+        self._connections.finished()
 
 
 _date: tuple[int, bytes] = (0, b"")

@@ -20,7 +20,7 @@ from opsbot import __version__
 from opsbot.core.store import Store
 from opsbot.serving.gateway.answers import error, starting
 from opsbot.serving.gateway.core import DatabaseOpener, Gateway
-from opsbot.serving.gateway.fast import FastFront
+from opsbot.serving.gateway.fast import Connections, FastFront
 from opsbot.serving.gateway.options import INTERNAL_HEADER, PREDICT, V2_INFER, GatewayOptions
 from opsbot.serving.http_errors import allow_header, routing_message
 from opsbot.serving.workers import (
@@ -277,19 +277,20 @@ class Serving:
         host: str,
         port: int,
         fast: asyncio.Server | None = None,
-        connections: set[FastFront] | None = None,
+        connections: Connections | None = None,
     ):
         self.runner = runner
         self.host = host
         self.port = port
         self._fast = fast
-        self._connections = connections if connections is not None else set()
+        self._connections = connections
 
     async def close(self) -> None:
         """Stop listening, let the calls in flight finish, then close every connection."""
         if self._fast is not None:
             self._fast.close()
-            await _finish(self._connections, _SHUTDOWN_S)
+        if self._connections is not None:
+            await self._connections.finish(_SHUTDOWN_S)
         await self.runner.cleanup()
 
 
@@ -322,7 +323,7 @@ async def start_serving(
     # Inference calls below aiohttp; every other request handed to aiohttp's protocol.
     gateway, fallback = app[GATEWAY], runner.server
     assert fallback is not None
-    connections: set[FastFront] = set()
+    connections = Connections()
 
     def front() -> FastFront:
         return FastFront(gateway, fallback, connections)
@@ -338,19 +339,6 @@ async def start_serving(
 
 #: How long a stopping gateway waits for the calls in flight (aiohttp's own shutdown timeout).
 _SHUTDOWN_S: Final = 60.0
-
-
-async def _finish(connections: set[FastFront], timeout: float) -> None:
-    """Let the fast front's calls in flight finish (up to ``timeout``), then close every
-    connection it still holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    for conn in list(connections):
-        conn.close_idle()
-    while any(c.busy for c in connections) and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-        for conn in list(connections):
-            conn.close_idle()
 
 
 def _bound_port(addresses: Iterable[Any], asked: int) -> int:
