@@ -247,3 +247,17 @@ async def test_a_caller_that_half_closes_gets_its_answer_then_the_close(
     assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
     assert len(up.calls) == 1
+
+
+@pytest.mark.asyncio
+async def test_an_upgrade_request_is_handed_to_aiohttp(
+    routed: tuple[str, FakeInstance, Serving],
+) -> None:
+    uid, up, serving = routed
+    reader, writer = await _connect(serving)
+    # httptools stops at an upgrade (its own exception, not a parse error): aiohttp answers it.
+    writer.write(_post(uid, BODY, "Connection: Upgrade", "Upgrade: websocket"))
+    status, _, body = await _answer(reader)
+    writer.close()
+    assert status == 200 and json.loads(body) == {"predictions": ["v1"]}
+    assert [body for _, body, _ in up.calls] == [BODY]

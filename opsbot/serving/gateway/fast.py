@@ -191,6 +191,7 @@ class FastFront(asyncio.Protocol):
         self._buf = bytearray()
         self._call: _Call | None = None
         self._busy = False  # a call is being forwarded: later bytes wait in the buffer
+        self._task: asyncio.Task[None] | None = None  # the call being forwarded, if any
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._eof = False
@@ -263,7 +264,7 @@ class FastFront(asyncio.Protocol):
             del buf[: call.end]
             self._call = None
             self._busy = True
-            self._loop.create_task(self._answer(call, body))
+            self._task = self._loop.create_task(self._answer(call, body))
 
     def _begin(self, head_end: int) -> _Call | None:
         """Parse the head ending at ``head_end``: a call admitted and waiting for its body, or
@@ -272,8 +273,8 @@ class FastFront(asyncio.Protocol):
         parser = httptools.HttpRequestParser(head)
         try:
             parser.feed_data(bytes(memoryview(self._buf)[:head_end]))
-        except httptools.HttpParserError:
-            self._hand_off()  # aiohttp answers what is wrong with it
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._hand_off()  # aiohttp answers what is wrong with it, or takes the upgrade
             return None
         if not head.complete or head.extra or parser.get_method() != b"POST":
             self._hand_off()
