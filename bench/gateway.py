@@ -74,12 +74,13 @@ class Target:
     pid: int | None = None
 
 
-#: Gateway variants: upstream client, event loop, worker processes.
-VARIANTS: dict[str, tuple[str, str, int]] = {
-    "gateway": ("raw", "uvloop", 1),
-    "gw-asyncio": ("raw", "asyncio", 1),
-    "gw-aiohttp": ("aiohttp", "uvloop", 1),
-    "gw-2w": ("raw", "uvloop", 2),
+#: Gateway variants: upstream client, event loop, worker processes, HTTP front.
+VARIANTS: dict[str, tuple[str, str, int, str]] = {
+    "gateway": ("raw", "uvloop", 1, "fast"),
+    "gw-aiohttp-front": ("raw", "uvloop", 1, "aiohttp"),
+    "gw-asyncio": ("raw", "asyncio", 1, "fast"),
+    "gw-aiohttp": ("aiohttp", "uvloop", 1, "fast"),
+    "gw-2w": ("raw", "uvloop", 2, "fast"),
 }
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -363,10 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         "--gateways",
         nargs="+",
         choices=sorted(VARIANTS),
-        default=["gateway", "gw-asyncio", "gw-2w"],
-        help="gateway variants to measure, each its own gateway: gateway (raw client, uvloop, "
-        "1 worker), gw-asyncio (the standard event loop), gw-aiohttp (aiohttp's client), "
-        "gw-2w (2 workers)",
+        default=["gateway", "gw-aiohttp-front", "gw-2w"],
+        help="gateway variants to measure, each its own gateway: gateway (fast front, raw "
+        "client, uvloop, 1 worker), gw-aiohttp-front (all through aiohttp's server), gw-asyncio "
+        "(the standard event loop), gw-aiohttp (aiohttp's client), gw-2w (2 workers)",
     )
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_http(f"http://127.0.0.1:{upstream_port}/v2/health/ready", upstream, "upstream")
             targets = [Target("direct", upstream_port, "/predict", upstream.pid)]
             for name in args.gateways:
-                client, loop, workers = VARIANTS[name]
+                client, loop, workers, front = VARIANTS[name]
                 port = free_port()
                 cmd = [
                     sys.executable,
@@ -433,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                     loop,
                     "--workers",
                     str(workers),
+                    "--front",
+                    front,
                     "--log-level",
                     "WARNING",
                 ]

@@ -3,12 +3,13 @@
     python bench/gateway_memory.py [--calls 200] [--mib 10] [--rounds 3]
 
 One run starts the echo upstream of bench/gateway.py (it reads each body and answers a fixed
-prediction) and, in turn, two gateway processes on a store that routes one service to it: the
-baseline with the buffered-bytes cap out of the way (``--max-buffered-mb 1000000``) and the
-gateway as shipped (its default cap). Against each, it sends ``rounds`` bursts of ``calls``
-parallel ``mib`` MiB calls and samples the gateway's resident memory (VmRSS) every 20 ms; it prints
-the idle, peak and after-burst figures of every round, the answers by status, and the shipped
-gateway's peak growth as a ratio of the baseline's, measured in the same run.
+prediction) and, in turn, three gateway processes (one worker each) on a store that routes one
+service to it: the baseline with the buffered-bytes cap out of the way (``--max-buffered-mb
+1000000``), the gateway as shipped (its default cap) and the same with ``--front aiohttp``.
+Against each, it sends ``rounds`` bursts of ``calls`` parallel ``mib`` MiB calls and samples the
+gateway's resident memory (VmRSS) every 20 ms; it prints the idle, peak and after-burst figures
+of every round, the answers by status, and the shipped gateway's peak growth as a ratio of the
+baseline's, measured in the same run.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def measure(
     fill_store(home, upstream)
     port = free_port()
     cmd = [sys.executable, "-m", "opsbot.serving.gateway", "--home", str(home)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING", *extra]
+    # One worker: the process sampled is the one holding the bodies (not a supervisor).
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--log-level", "WARNING", *extra]
     # One body, made once: the client's memory is not what is measured.
     body = b'{"instances": [' + b"0," * ((args.mib * 2**20 - 20) // 2) + b"0]}"
     with running(cmd, work / f"{label}.log") as proc:
@@ -145,6 +148,9 @@ def main() -> None:
                     work, port, "baseline", ["--max-buffered-mb", "1000000"], args
                 ),
                 "gateway (default cap)": measure(work, port, "shipped", [], args),
+                "aiohttp front, cap": measure(
+                    work, port, "aiohttp-front", ["--front", "aiohttp"], args
+                ),
             }
     print(
         f"{args.rounds} bursts of {args.calls} parallel {args.mib} MiB calls; "

@@ -333,15 +333,23 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class _Pool:
     """The idle keep-alive connections to one instance, newest last."""
 
-    __slots__ = ("host", "host_header", "idle", "port", "retired")
+    __slots__ = ("heads", "host", "host_header", "idle", "port", "retired")
 
     def __init__(self, host: str, port: int):
         self.host = host
         self.port = port
         shown = f"[{host}]" if ":" in host else host
         self.host_header = f"Host: {shown}:{port}\r\n"
+        # The request line and Host header, by method and path: made once per route.
+        self.heads: dict[tuple[str, str], str] = {}
         self.idle: list[_Connection] = []
         self.retired = False
+
+    def head(self, method: str, path: str) -> str:
+        found = self.heads.get((method, path))
+        if found is None:
+            found = self.heads[(method, path)] = f"{method} {path} HTTP/1.1\r\n{self.host_header}"
+        return found
 
     def retire(self) -> None:
         self.retired = True
@@ -377,7 +385,7 @@ class RawClient:
         pool = self._pools.get((host, port))
         if pool is None:
             pool = self._pools[(host, port)] = _Pool(host, port)
-        parts = [f"{method} {path} HTTP/1.1\r\n", pool.host_header]
+        parts = [pool.head(method, path)]
         for name, value in headers.items():
             # Never let a value end the line early: that would smuggle a header or a request.
             if "\r" not in value and "\n" not in value:

@@ -24,16 +24,30 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import ClientResponse, ClientSession, web
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from opsbot.core.keys import hash_key, key_prefix
 from opsbot.core.store import DB_NAME, Store
 from opsbot.serving import MODEL_NAME_HEADER
 from opsbot.serving.gateway import INTERNAL_HEADER, GatewayOptions, TokenBucket, make_app
+from opsbot.serving.gateway.http import Serving, start_serving
 
 KEY = "ob_the-right-key"
-Client = TestClient[web.Request, web.Application]
+HOST = "127.0.0.1"
+
+
+class Client:
+    """A client session on one in-process gateway, and what serves it (``server``)."""
+
+    def __init__(self, server: Serving) -> None:
+        self.server = server
+        self.session = ClientSession(base_url=f"http://{server.host}:{server.port}")
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.session.get(path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.session.post(path, **kwargs)
 
 
 class FakeInstance:
@@ -192,24 +206,29 @@ async def instance() -> AsyncIterator[Callable[..., Awaitable[FakeInstance]]]:
         await fake.close()
 
 
-@pytest_asyncio.fixture(params=["raw", "aiohttp"])
+@pytest_asyncio.fixture(params=[("raw", "fast"), ("aiohttp", "aiohttp")], ids=["raw", "aiohttp"])
 async def gateway(
     store_home: Home, request: pytest.FixtureRequest
 ) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
-    """Starts the gateway in process; every test runs with each upstream client."""
-    clients: list[Client] = []
+    """Starts the gateway in process, served as ``python -m opsbot.serving.gateway`` serves it;
+    every test runs twice: the raw upstream client behind the fast front, and aiohttp's client
+    behind aiohttp's server alone."""
+    started: list[Client] = []
+    client_kind, front = request.param
 
     async def start(**options: Any) -> Client:
-        options.setdefault("client", request.param)
-        app = make_app(store_home.path / DB_NAME, GatewayOptions(**options))
-        client: Client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
+        options.setdefault("client", client_kind)
+        options.setdefault("front", front)
+        opts = GatewayOptions(**options)
+        serving = await start_serving(make_app(store_home.path / DB_NAME, opts), opts, HOST, 0)
+        client = Client(serving)
+        started.append(client)
         return client
 
     yield start
-    for client in clients:
-        await client.close()
+    for client in started:
+        await client.session.close()
+        await client.server.close()
 
 
 @pytest.fixture

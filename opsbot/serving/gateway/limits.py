@@ -1,0 +1,103 @@
+"""Who may call and how often: service keys, the daemon's token, instance secrets and the
+traffic limit's token buckets (one per service; shared across worker processes by
+:mod:`opsbot.serving.workers`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from hashlib import sha256
+from typing import Final
+
+from opsbot.core.instance_auth import INSTANCE_HEADER, instance_secret
+from opsbot.serving.gateway.options import INTERNAL_HEADER
+from opsbot.serving.workers import SharedBucket, SharedBuckets
+
+log = logging.getLogger("opsbot.serving.gateway")
+
+_BEARER: Final = "bearer "
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; a call takes one token."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, now: float):
+        self.rate = max(float(rate), 1e-9)
+        self.burst = max(1.0, float(rate))
+        self.tokens = self.burst
+        self.stamp = now
+
+    def configure(self, rate: float) -> None:
+        """Take a new limit, keeping what is saved up (never above the new burst)."""
+        self.rate = max(float(rate), 1e-9)
+        self.burst = max(1.0, float(rate))
+        self.tokens = min(self.tokens, self.burst)
+
+    def take(self, now: float) -> float:
+        """Take a token: 0.0 when there was one, else the seconds until there will be."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / self.rate
+
+
+def make_bucket(
+    shared: SharedBuckets | None, uid: str, rate: int, now: float
+) -> TokenBucket | SharedBucket:
+    """A new service's bucket: the workers' shared one when there are several workers."""
+    if shared is not None:
+        found = shared.bucket(uid, rate, now)
+        if found is not None:
+            found.configure(rate)  # another worker may have made it under an older limit
+            return found
+        log.warning("no shared traffic bucket left for %s: this worker limits it alone", uid)
+    return TokenBucket(rate, now)
+
+
+def carries_internal(headers: Mapping[str, str], expected: str | None) -> bool:
+    """Whether the call carries the daemon's own token (``expected``: its SHA-256)."""
+    token = headers.get(INTERNAL_HEADER)
+    return (
+        expected is not None
+        and token is not None
+        and sha256(token.encode()).hexdigest() == expected
+    )
+
+
+def carries_key(headers: Mapping[str, str], key_hashes: frozenset[str] | set[str]) -> bool:
+    """Whether the call carries one of a service's keys (``X-Auth-Token`` or Bearer)."""
+    key = headers.get("X-Auth-Token")
+    if key is None:
+        authorization = headers.get("Authorization")
+        if authorization is not None and authorization[:7].lower() == _BEARER:
+            key = authorization[7:].strip()
+    # Keys are compared by their SHA-256, the only form the store holds.
+    return key is not None and sha256(key.encode()).hexdigest() in key_hashes
+
+
+class InstanceSecrets:
+    """The secret each service version's instances ask of every caller, derived once."""
+
+    def __init__(self, key: str | None):
+        """``key``: the daemon's token; None: instances are called without a secret."""
+        self._key = key
+        self._secrets: dict[tuple[str, int], str] = {}
+
+    def add_to(self, headers: dict[str, str], uid: str, idx: int) -> dict[str, str]:
+        """``headers`` (changed in place: each call makes its own) with the secret of version
+        ``idx`` of service ``uid`` (a retry on another version replaces it)."""
+        key = self._key
+        if key is None:
+            return headers
+        secret = self._secrets.get((uid, idx))
+        if secret is None:
+            secret = self._secrets[(uid, idx)] = instance_secret(key, uid, idx)
+        headers[INSTANCE_HEADER] = secret
+        return headers
