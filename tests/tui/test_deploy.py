@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Label, Select, Static
-from tui_fake import NOW, FakeClient, screen_text, service
+from tui_live import LiveApi, configure, live_api, screen_text, until
 
 from opsbot.core import form
+from opsbot.core.spec import parse_spec
+from opsbot.core.status import Status
 from opsbot.tui.app import OpsbotApp
-from opsbot.tui.deploy import DeployScreen, ModelGroup
+from opsbot.tui.deploy import DeployScreen
+from opsbot.tui.form_widgets import ModelGroup
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.table import ServicesTable
@@ -24,23 +28,43 @@ async def settle(pilot: Pilot[None], rounds: int = 3) -> None:
         await pilot.pause(0.05)
 
 
-@pytest.fixture
-def client() -> FakeClient:
-    fake = FakeClient()
-    fake.add(service("alpha"))
-    return fake
+#: The home's pools: team-a dedicated to the test's user, team-b to someone else.
+POOLS = """
+[[pools]]
+name = "team-a"
+nodes = ["pooled"]
+cpus = 16
+memory_gib = 64
+members = ["{me}"]
+
+[[pools]]
+name = "team-b"
+nodes = ["pooled"]
+cpus = 1
+memory_gib = 4
+members = ["carol"]
+"""
 
 
 @pytest.fixture
-async def pilot(client: FakeClient) -> AsyncIterator[Pilot[None]]:
-    app = OpsbotApp(client, stats=None, now=lambda: NOW, live=False)
+def served(examples_home: Path, me: str) -> Iterator[LiveApi]:
+    configure(examples_home, POOLS.format(me=me))
+    with live_api(examples_home) as api:
+        api.running(me, "alpha")
+        yield api
+
+
+@pytest.fixture
+async def pilot(served: LiveApi) -> AsyncIterator[Pilot[None]]:
+    app = OpsbotApp(served.client, stats=None, now=served.clock.now, live=False)
     async with app.run_test(size=(120, 40)) as p:
-        await settle(p)
+        await until(p, "whoami", lambda: bool(p.app.user))
         await p.press("d")
+        s = p.app.screen
+        assert isinstance(s, DeployScreen)
+        await until(p, "the models and flavors", lambda: bool(s.models and s.flavors))
         await settle(p)
-        assert isinstance(p.app.screen, DeployScreen)
         yield p
-    client.close()
 
 
 def screen(pilot: Pilot[None]) -> DeployScreen:
@@ -73,7 +97,9 @@ async def validated(pilot: Pilot[None]) -> None:
     await settle(pilot)
 
 
-async def test_form_holds_the_reference_fields_in_order(pilot: Pilot[None]) -> None:
+async def test_form_holds_the_reference_fields_in_order(
+    pilot: Pilot[None], served: LiveApi
+) -> None:
     s = screen(pilot)
     sections = [str(w.content) for w in s.query(".section").results(Static)]
     assert sections == [
@@ -82,19 +108,24 @@ async def test_form_holds_the_reference_fields_in_order(pilot: Pilot[None]) -> N
         "Traffic limit",
     ]
     group = s.groups[0]
-    # Only Normal versions of my models are offered; iris 3.0.0 is Building.
-    assert group.query_one("#model", Select).value == "digits"
-    group.query_one("#model", Select).value = "iris"
+    models = group.query_one("#model", Select)
+    assert [v for _, v in models._options if isinstance(v, str)] == ["flowers", "iris", "iris-onnx"]
+    # Only Normal versions are offered: iris 2.0.0 is Building now.
+    served.version_status("iris", "2.0.0", "building")
+    s.load_choices()
+    await settle(pilot)
+    models.value = "iris"
     await settle(pilot)
     versions = group.query_one("#version", Select)
-    assert [v for _, v in versions._options if isinstance(v, str)] == ["1.0.0", "2.0.0"]
+    assert [v for _, v in versions._options if isinstance(v, str)] == ["1.0.0"]
     assert group.query_one("#flavor", Select).value == "cpu.2u8g"
+    # Nothing subscribed yet: My Subscriptions offers no model.
     group.query_one("#source", Select).value = "subscribed"
     await settle(pilot)
-    assert group.query_one("#model", Select).value == "bob/shared"
+    assert [v for _, v in models._options if isinstance(v, str)] == []
 
 
-async def test_full_deploy_until_running(pilot: Pilot[None], client: FakeClient) -> None:
+async def test_full_deploy_until_running(pilot: Pilot[None], served: LiveApi, me: str) -> None:
     s = screen(pilot)
     await type_into(pilot, s.query_one("#name", Input), "fresh")
     s.query_one("#auto-stop", Select).value = "4h"
@@ -106,55 +137,57 @@ async def test_full_deploy_until_running(pilot: Pilot[None], client: FakeClient)
     await type_into(pilot, group.query_one("#instances", Input), "2")
     await type_into(pilot, s.query_one("#traffic-limit", Input), "50")
     s.query_one("#submit", Button).press()
-    await settle(pilot)
-    # The entered information, to confirm before anything is deployed.
+    # The entered information, to confirm before anything is deployed (core/form.py's
+    # summary, line for line).
+    await until(pilot, "the summary", lambda: isinstance(pilot.app.screen, ConfirmModal))
     summary = pilot.app.screen
     assert isinstance(summary, ConfirmModal)
-    assert not any(p == "/v1/services" and m == "POST" for m, p, _ in client.calls)
+    expected = form.deploy_summary(parse_spec(s.spec_body()))
+    assert summary.question.splitlines()[1:] == [f"{k}: {v}" for k, v in expected]
     for line in (
         "Name: fresh",
         "Auto Stop: 4 hours later",
         "Compute Nodes: 2",
-        "Traffic Limit: 50",
+        "Traffic Limit: 50 calls per second",
     ):
         assert line in summary.question
+    assert [x.name for x in served.core.services(served.user(me))] == ["alpha"]
     await pilot.press("y")
-    await settle(pilot)
-    body = next(b for m, p, b in client.calls if m == "POST" and p == "/v1/services")
-    assert body == {
-        "name": "fresh",
-        "auto_stop": "4h",
-        "description": "a test service",
-        "resource_pool": "public",
-        "traffic_limit": 50,
-        "models": [
-            {
-                "source": "mine",
-                "model": "iris",
-                "version": "1.0.0",
-                "traffic_ratio": 100,
-                "flavor": "cpu.2u8g",
-                "instances": 2,
-                "env": {},
-            }
-        ],
-    }
-    progress = str(s.query_one("#progress-text", Static).content)
-    assert "Deploying" in progress and "ok_test_key_123" in progress
-    client.services_by_key[("alice", "fresh")]["status"] = "running"
-    await pilot.pause(0.6)
-    await settle(pilot)
-    progress = str(s.query_one("#progress-text", Static).content)
-    assert "Running" in progress and "/v1/infers/uid-alice-fresh" in progress
-    assert "ok_test_key_123" in progress
+    await until(pilot, "the deploy's answer", lambda: s.created is not None)
+    stored = served.service(me, "fresh")
+    assert stored.status == Status.DEPLOYING
+    spec = stored.spec
+    assert (str(spec.auto_stop), spec.description, spec.resource_pool, spec.traffic_limit) == (
+        "4h",
+        "a test service",
+        "public",
+        50,
+    )
+    (entry,) = stored.spec.models
+    assert (entry.model, entry.version, entry.flavor, entry.instances) == (
+        "iris",
+        "1.0.0",
+        "cpu.2u8g",
+        2,
+    )
+    progress = s.query_one("#progress-text", Static)
+    assert "Deploying" in str(progress.content)
+    key = str((s.created or {})["api_key"])
+    assert key in str(progress.content)
+    served.settle()  # the controller's pass: the instances answer, the service is Running
+    await until(pilot, "Running", lambda: "fresh: Running" in str(progress.content), 5)
+    shown = str(progress.content)
+    assert f"/v1/infers/{stored.uid}" in shown and key in shown
     await pilot.press("escape")
     await settle(pilot)
     assert isinstance(pilot.app.screen, ServicesScreen)
     table = pilot.app.screen.query_one(ServicesTable)
-    assert table.cells["alice/fresh"]["status"] == "Running"
+    assert table.cells[f"{me}/fresh"]["status"] == "Running"
 
 
-async def test_each_kind_of_error_beside_its_field(pilot: Pilot[None], client: FakeClient) -> None:
+async def test_each_kind_of_error_beside_its_field(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
     s = screen(pilot)
     await type_into(pilot, s.query_one("#name", Input), "9bad name")
     s.query_one("#auto-stop", Select).value = "custom"
@@ -174,8 +207,6 @@ async def test_each_kind_of_error_beside_its_field(pilot: Pilot[None], client: F
     assert "not allowed" in error_text(pilot, "#err-description")
     assert "128" in error_text(pilot, "#err-instances", group=0)
     assert error_text(pilot, "#err-traffic_limit")
-    # A Building version (not offered, but a stale choice) and an unavailable flavor: the
-    # registry's and the pool's errors also land beside their fields.
     await type_into(pilot, s.query_one("#name", Input), "good")
     s.query_one("#auto-stop", Select).value = "2h"
     await type_into(pilot, s.query_one("#description", Input), "")
@@ -185,28 +216,29 @@ async def test_each_kind_of_error_beside_its_field(pilot: Pilot[None], client: F
     # Rules across fields run once every field is valid on its own.
     assert "sum to 90%" in error_text(pilot, "#err-traffic_ratio", group=0)
     await type_into(pilot, group.query_one("#ratio", Input), "100")
-    group.query_one("#flavor", Select).value = "gpu.t4"
     await validated(pilot)
-    assert "no node has an NVIDIA T4" in error_text(pilot, "#err-flavor", group=0)
     assert error_text(pilot, "#err-name") == ""
-    # Submitting shows every error, even on fields never touched.
-    client.models[1]["status"] = "building"  # iris 2.0.0 is chosen by default
-    group.query_one("#flavor", Select).value = "cpu.2u8g"
+    # A version that turned Building after it was offered: submitting shows the registry's
+    # error beside Version, even on a field never touched.
     group.query_one("#version", Select).value = "2.0.0"
+    served.version_status("iris", "2.0.0", "building")
     await submit(pilot)
-    assert "only Normal versions" in error_text(pilot, "#err-version", group=0)
+    assert "Normal" in error_text(pilot, "#err-version", group=0)
+    assert [x.name for x in served.core.services(served.user(me))] == ["alpha"]
 
 
-async def test_duplicate_name_from_the_daemon_shows_beside_name(
-    pilot: Pilot[None], client: FakeClient
-) -> None:
+async def test_duplicate_name_from_the_daemon_shows_beside_name(pilot: Pilot[None]) -> None:
     s = screen(pilot)
     await type_into(pilot, s.query_one("#name", Input), "alpha")
-    await submit(pilot)
-    assert "already have a service named alpha" in error_text(pilot, "#err-name")
+    s.query_one("#submit", Button).press()
+    await settle(pilot)
+    if isinstance(pilot.app.screen, ConfirmModal):
+        await pilot.press("y")
+    await until(pilot, "the error", lambda: "alpha" in error_text(pilot, "#err-name"))
+    assert "already" in error_text(pilot, "#err-name")
 
 
-async def test_env_rows_and_secret_warning(pilot: Pilot[None], client: FakeClient) -> None:
+async def test_env_rows_and_secret_warning(pilot: Pilot[None]) -> None:
     s = screen(pilot)
     await type_into(pilot, s.query_one("#name", Input), "envy")
     group = s.groups[0]
@@ -229,20 +261,19 @@ async def test_env_rows_and_secret_warning(pilot: Pilot[None], client: FakeClien
     assert s.groups[0].entry()["env"] == {"1BAD": "x"}
 
 
-async def test_add_and_remove_versions(pilot: Pilot[None], client: FakeClient) -> None:
+async def test_add_and_remove_versions(pilot: Pilot[None], served: LiveApi, me: str) -> None:
     s = screen(pilot)
     await type_into(pilot, s.query_one("#name", Input), "canary")
     s.groups[0].query_one("#model", Select).value = "iris"
     await settle(pilot)
     s.groups[0].query_one("#version", Select).value = "1.0.0"
+    await settle(pilot)
     screen(pilot).query_one("#add-version", Button).press()
     await settle(pilot)
     assert len(s.groups) == 2
     assert "ratios sum to 100%" in str(s.query_one("#ratios", Static).content)
     second = s.groups[1]
-    second.query_one("#model", Select).value = "iris"
-    await settle(pilot)
-    second.query_one("#version", Select).value = "2.0.0"
+    assert second.ref == ("iris", "2.0.0")  # the next unused version
     await type_into(pilot, s.groups[0].query_one("#ratio", Input), "80")
     assert "ratios sum to 80%" in str(s.query_one("#ratios", Static).content)
     await validated(pilot)
@@ -256,12 +287,15 @@ async def test_add_and_remove_versions(pilot: Pilot[None], client: FakeClient) -
     assert len(s.groups) == 3
     third = s.groups[2]
     assert isinstance(third, ModelGroup)
+    # iris has no version left: the next of the other models, in the daemon's order.
+    assert third.ref == ("flowers", "1.0.0")
     third.query_one(".remove-group", Button).press()
     await settle(pilot)
     assert len(s.groups) == 2
     await submit(pilot)
-    body = next(b for m, p, b in client.calls if m == "POST" and p == "/v1/services")
-    assert [(e["version"], e["traffic_ratio"]) for e in body["models"]] == [
+    await until(pilot, "the deploy", lambda: s.created is not None)
+    stored = served.service(me, "canary")
+    assert [(m.version, m.traffic_ratio) for m in stored.spec.models] == [
         ("1.0.0", 80),
         ("2.0.0", 20),
     ]
@@ -306,25 +340,25 @@ async def test_removing_a_middle_version_renumbers_and_resums(pilot: Pilot[None]
 
 
 async def test_resource_pool_is_a_select_of_usable_pools(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi
 ) -> None:
     s = screen(pilot)
     pool = s.query_one("#pool", Select)
+    await until(pilot, "the pools", lambda: "free" in str(pool._options[0][0]))
     offered = [v for _, v in pool._options if isinstance(v, str)]
     assert offered == ["public", "team-a"]  # team-b is listed by the daemon but not usable
     assert pool.value == "public"
     labels = [str(label) for label, v in pool._options if v == "team-a"]
-    assert labels == ["team-a (dedicated) · 16 vCPUs, 64.0 GiB, 2 nvidia free"]
+    assert labels == ["team-a (dedicated) · 16 vCPUs, 64.0 GiB free"]
     shown = screen_text(pilot.app.export_screenshot())
-    assert "public · 8 vCPUs, 48.0 GiB free" in shown  # the chosen pool's label, not its id
-    asked = len([c for c in client.calls if c[1] == "/v1/flavors"])
+    public = next(str(label) for label, v in pool._options if v == "public")
+    assert public in shown  # the chosen pool's label, not its id
     pool.value = "team-a"
     await settle(pilot)
-    assert len([c for c in client.calls if c[1] == "/v1/flavors"]) == asked + 1
     assert s.spec_body()["resource_pool"] == "team-a"
 
 
-async def test_the_form_renders_the_core_definition(pilot: Pilot[None]) -> None:
+async def test_the_form_renders_the_core_definition(pilot: Pilot[None], served: LiveApi) -> None:
     """Fields, labels, auto stop choices and flavor choices are the core form's, not a copy."""
     s = screen(pilot)
     shown = [str(label.content) for label in s.query(".label").results(Label)]
@@ -334,17 +368,48 @@ async def test_the_form_renders_the_core_definition(pilot: Pilot[None]) -> None:
     assert [(str(p), v) for p, v in auto._options if isinstance(v, str)] == [
         (label, value) for value, label in form.AUTO_STOP_CHOICES
     ]
+    sources = s.groups[0].query_one("#source", Select)
+    assert [(str(p), v) for p, v in sources._options if isinstance(v, str)] == [
+        (label, value) for value, label in form.SOURCES
+    ]
+    assert str(s.query_one("#add-version", Button).label) == form.ADD_VERSION_LABEL
     group = s.groups[0]
-    client_flavors = [dict(f) for f in screen(pilot).flavors]
-    expected = form.flavor_choices(client_flavors, "custom")
+    group.query_one("#model", Select).value = "iris"
+    await settle(pilot)
+    flavors = served.client.request("GET", "/v1/flavors", query={"pool": "public"})
+    expected = form.flavor_choices(flavors, "custom")
     select = group.query_one("#flavor", Select)
     assert [v for _, v in select._options if isinstance(v, str)] == [c.value for c in expected]
-    assert [c.value for c in group.flavor_choices if not c.available] == ["exeml.cpu", "gpu.t4"]
-    # An unavailable flavor the user picks is refused with its reason; the default comes back.
-    select.focus()
-    select.value = "gpu.t4"
+    assert group.flavor_choices == expected
+
+
+async def test_unavailable_and_exeml_flavors_are_shown_with_the_reason_and_not_chosen(
+    pilot: Pilot[None],
+) -> None:
+    s = screen(pilot)
+    group = s.groups[0]
+    group.query_one("#model", Select).value = "iris"
     await settle(pilot)
-    assert select.value == "cpu.2u8g"
+    select = group.query_one("#flavor", Select)
+    refused = {c.value: c.reason for c in group.flavor_choices if not c.available}
+    # A custom model: the ExeML specifications take only ExeML models; no node has a GPU.
+    assert "takes only ExeML models" in refused["exeml.cpu"]
+    assert refused["gpu.t4"]
+    labels = {v: str(label) for label, v in select._options if isinstance(v, str)}
+    assert f"unavailable: {refused['gpu.t4']}" in labels["gpu.t4"]
+    assert "takes only ExeML" in labels["exeml.cpu"]
+    # Picked anyway, each is refused with its reason and the default comes back.
+    for flavor in ("gpu.t4", "exeml.cpu"):
+        select.focus()
+        select.value = flavor
+        await settle(pilot)
+        assert select.value == "cpu.2u8g"
+        assert any(refused[flavor] in n.message for n in pilot.app._notifications)
+    # The ExeML model gets the ExeML specification, and the custom ones are refused for it.
+    group.query_one("#model", Select).value = "flowers"
+    await settle(pilot)
+    assert select.value == "exeml.cpu"
+    assert "cpu.2u8g" in {c.value for c in group.flavor_choices if not c.available}
 
 
 async def test_an_added_version_is_the_next_unused_and_remove_is_out_of_reach(
@@ -357,8 +422,15 @@ async def test_an_added_version_is_the_next_unused_and_remove_is_out_of_reach(
     await settle(pilot)
     s.groups[0].query_one("#version", Select).value = "1.0.0"
     await settle(pilot)
+    # Tab through the whole form: focus never lands on a Remove version button, and Enter
+    # on whatever has focus never removes version 1.
+    s.query_one("#name", Input).focus()
+    for _ in range(40):
+        await pilot.press("tab")
+        assert not pilot.app.focused or not pilot.app.focused.has_class("remove-group")
     s.query_one("#add-version", Button).press()
     await settle(pilot)
     # iris 1.0.0 is taken: the next Normal version of My Models, never a copy of version 1.
     assert s.groups[1].ref == ("iris", "2.0.0")
-    assert not s.groups[0].query_one(".remove-group", Button).disabled
+    # Two versions: each can be removed now.
+    assert all(g.query_one(".remove-group", Button).display for g in s.groups)

@@ -14,8 +14,9 @@ from tui_fake import NOW, FakeClient, sample_client, service
 
 from opsbot.core.errors import FieldError, SpecInvalid
 from opsbot.tui.app import OpsbotApp
-from opsbot.tui.deploy import ModifyScreen, RuleRow
+from opsbot.tui.deploy import ModifyScreen
 from opsbot.tui.details import DetailsScreen
+from opsbot.tui.form_widgets import RuleRow
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.table import ServicesTable

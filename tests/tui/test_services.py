@@ -1,16 +1,17 @@
-"""The Services screen and its keys, driven through Pilot against an in-memory client."""
+"""The Services screen and its keys, driven through Pilot against the daemon's control API."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
-from tui_fake import NOW, FakeClient, service, stats_document
+from tui_live import LiveApi, live_api, set_admins, stats_document, until
 
 from opsbot.core.deadlines import EXTEND_HOURS
+from opsbot.core.status import Status
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.modals import ConfirmModal, ExtendModal, HelpModal
 from opsbot.tui.services import ServicesScreen
@@ -19,21 +20,19 @@ from opsbot.tui.table import ServicesTable
 SIZE = (120, 40)
 
 
-def make_app(client: FakeClient, live: bool = True) -> OpsbotApp:
-    def stats(url: str) -> dict[str, Any]:
-        return stats_document("uid-alice-alpha", calls=7, failures=2)
-
-    return OpsbotApp(client, stats=stats, now=lambda: NOW, live=live)
+def make_app(api: LiveApi) -> OpsbotApp:
+    return OpsbotApp(api.client, now=api.clock.now)
 
 
 @pytest.fixture
-def client() -> FakeClient:
-    fake = FakeClient()
-    fake.add(service("alpha"))
-    fake.add(service("beta", status="stopped"))
-    fake.add(service("gamma", status="deploying"))
-    fake.add(service("theirs", owner="bob"))
-    return fake
+def served(api: LiveApi, me: str) -> LiveApi:
+    """alpha Running (with calls), beta Stopped, gamma Deploying, and bob's theirs Running."""
+    alpha = api.running(me, "alpha")
+    api.stopped(me, "beta")
+    api.theirs("bob", "theirs", me)
+    api.deploying(me, "gamma")
+    api.daemon.gateway_document = stats_document(alpha, calls=7, failures=2)
+    return api
 
 
 async def settle(pilot: Pilot[None]) -> None:
@@ -52,12 +51,12 @@ def notes(pilot: Pilot[None]) -> list[str]:
 
 
 @pytest.fixture
-async def pilot(client: FakeClient) -> AsyncIterator[Pilot[None]]:
-    app = make_app(client)
+async def pilot(served: LiveApi, me: str) -> AsyncIterator[Pilot[None]]:
+    app = make_app(served)
     async with app.run_test(size=SIZE) as p:
-        await settle(p)
+        await until(p, "the table", lambda: len(table(p).cells) == 3)
+        await until(p, "the calls", lambda: table(p).cells[f"{me}/alpha"]["calls"] == "7")
         yield p
-    client.close()
 
 
 async def select(pilot: Pilot[None], key: str) -> None:
@@ -66,104 +65,93 @@ async def select(pilot: Pilot[None], key: str) -> None:
     await pilot.pause()
 
 
-async def test_table_shows_my_services_with_stats(pilot: Pilot[None]) -> None:
+async def test_table_shows_my_services_with_stats(pilot: Pilot[None], me: str) -> None:
     t = table(pilot)
-    assert set(t.cells) == {"alice/alpha", "alice/beta", "alice/gamma"}
-    alpha = t.cells["alice/alpha"]
+    assert set(t.cells) == {f"{me}/alpha", f"{me}/beta", f"{me}/gamma"}
+    alpha = t.cells[f"{me}/alpha"]
     assert alpha["status"] == "Running"
     assert alpha["calls"] == "7" and alpha["failed"] == "2"
     assert alpha["instances"] == "1/1"
     assert alpha["auto_stop"] == "1h 00m"
-    assert t.cells["alice/gamma"]["status"] == "Deploying 40%"
-    assert t.cells["alice/beta"]["auto_stop"] == "-"
+    assert t.cells[f"{me}/gamma"]["status"].startswith("Deploying")
+    assert t.cells[f"{me}/gamma"]["instances"] == "0/1"
+    assert t.cells[f"{me}/beta"]["auto_stop"] == "-"
 
 
 async def test_live_event_updates_row_and_keeps_cursor(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    await select(pilot, "alice/beta")
-    gamma = client.services_by_key[("alice", "gamma")]
-    gamma["status"] = "running"
-    client.emit(gamma, "running")
-    for _ in range(40):
-        await settle(pilot)
-        if table(pilot).cells["alice/gamma"]["status"] == "Running":
-            break
-    assert table(pilot).cells["alice/gamma"]["status"] == "Running"
-    assert table(pilot).selected_key == "alice/beta"
-    new = client.add(service("delta"))
-    client.emit(new, "created")
-    for _ in range(40):
-        await settle(pilot)
-        if "alice/delta" in table(pilot).cells:
-            break
-    assert "alice/delta" in table(pilot).cells
-    assert table(pilot).selected_key == "alice/beta"
-    client.emit(new, "deleted")
-    for _ in range(40):
-        await settle(pilot)
-        if "alice/delta" not in table(pilot).cells:
-            break
-    assert "alice/delta" not in table(pilot).cells
+    await select(pilot, f"{me}/beta")
+    served.healthy(me, "gamma")  # the controller's pass: gamma turns Running
+    cells = table(pilot).cells
+    await until(pilot, "gamma Running", lambda: cells[f"{me}/gamma"]["status"] == "Running")
+    assert table(pilot).selected_key == f"{me}/beta"
+    served.deploy(me, "delta")
+    await until(pilot, "the new row", lambda: f"{me}/delta" in table(pilot).cells)
+    assert table(pilot).selected_key == f"{me}/beta"
+    served.core.delete_service(served.user(me), "delta")
+    served.settle()
+    await until(pilot, "the row gone", lambda: f"{me}/delta" not in table(pilot).cells)
+    assert table(pilot).selected_key == f"{me}/beta"
 
 
-async def test_stop_asks_first_then_start(pilot: Pilot[None], client: FakeClient) -> None:
-    await select(pilot, "alice/alpha")
+async def test_stop_asks_first_then_start(pilot: Pilot[None], served: LiveApi, me: str) -> None:
+    await select(pilot, f"{me}/alpha")
     await pilot.press("s")
     await settle(pilot)
     assert isinstance(pilot.app.screen, ConfirmModal)
-    assert not any(c[1].endswith("/stop") for c in client.calls)
     await pilot.press("n")
     await settle(pilot)
-    assert not any(c[1].endswith("/stop") for c in client.calls)
+    assert served.service(me, "alpha").status == Status.RUNNING
     await pilot.press("s", "y")
-    await settle(pilot)
-    assert ("POST", "/v1/services/alpha/stop", None) in client.calls
-    assert table(pilot).cells["alice/alpha"]["status"] == "Stopped"
+    await until(pilot, "the stop", lambda: served.service(me, "alpha").status == Status.STOPPING)
+    served.settle()
+    cells = table(pilot).cells
+    await until(pilot, "Stopped", lambda: cells[f"{me}/alpha"]["status"] == "Stopped")
     await pilot.press("r")
-    await settle(pilot)
-    assert ("POST", "/v1/services/alpha/start", None) in client.calls
-    assert table(pilot).cells["alice/alpha"]["status"].startswith("Deploying")
+    await until(pilot, "the start", lambda: served.service(me, "alpha").status == Status.DEPLOYING)
+    await until(pilot, "Deploying", lambda: cells[f"{me}/alpha"]["status"].startswith("Deploying"))
 
 
 async def test_start_on_running_is_refused_with_reason(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    await select(pilot, "alice/alpha")
+    await select(pilot, f"{me}/alpha")
     await pilot.press("r")
     await settle(pilot)
-    assert not any(c[1].endswith("/start") for c in client.calls)
     assert any("start applies to Stopped or Failed" in n for n in notes(pilot))
+    assert served.service(me, "alpha").status == Status.RUNNING
 
 
-async def test_stop_on_stopped_is_refused(pilot: Pilot[None], client: FakeClient) -> None:
-    await select(pilot, "alice/beta")
+async def test_stop_on_stopped_is_refused(pilot: Pilot[None], served: LiveApi, me: str) -> None:
+    await select(pilot, f"{me}/beta")
     await pilot.press("s")
     await settle(pilot)
-    assert not any(c[1].endswith("/stop") for c in client.calls)
+    assert not isinstance(pilot.app.screen, ConfirmModal)
     assert any("nothing to stop" in n for n in notes(pilot))
+    assert served.service(me, "beta").status == Status.STOPPED
 
 
-async def test_delete_asks_first(pilot: Pilot[None], client: FakeClient) -> None:
-    await select(pilot, "alice/beta")
+async def test_delete_asks_first(pilot: Pilot[None], served: LiveApi, me: str) -> None:
+    await select(pilot, f"{me}/beta")
     await pilot.press("x")
     await pilot.pause()
     assert isinstance(pilot.app.screen, ConfirmModal)
     await pilot.press("n")
     await settle(pilot)
-    assert not any(c[0] == "DELETE" for c in client.calls)
+    assert served.service(me, "beta").status == Status.STOPPED
     await pilot.press("x")
     await pilot.pause()
     await pilot.press("y")
-    await settle(pilot)
-    assert ("DELETE", "/v1/services/beta", None) in client.calls
-    assert table(pilot).cells["alice/beta"]["status"] == "Deleting"
+    cells = table(pilot).cells
+    await until(pilot, "Deleting", lambda: cells[f"{me}/beta"]["status"] == "Deleting")
+    assert served.service(me, "beta").status == Status.DELETING
 
 
-async def test_extend_shows_error_until_endpoint_exists(
-    pilot: Pilot[None], client: FakeClient
+async def test_extend_shows_the_time_left_and_each_new_deadline(
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    await select(pilot, "alice/alpha")
+    await select(pilot, f"{me}/alpha")
     await pilot.press("e")
     await pilot.pause()
     modal = pilot.app.screen
@@ -172,77 +160,83 @@ async def test_extend_shows_error_until_endpoint_exists(
     assert "1h 00m left" in modal.question()
     labels = [str(b.label) for b in modal.query(Button) if (b.id or "").startswith("extend-")]
     assert labels == [f"Extend {h} h: stops in {h + 1}h 00m" for h in EXTEND_HOURS]
+    due = served.service(me, "alpha").due_time
+    assert due is not None
     await pilot.press("1")
-    await settle(pilot)
-    assert ("POST", "/v1/services/alpha/extend", {"hours": 1}) in client.calls
-    assert any("404" in n for n in notes(pilot))
-    client.has_extend = True
+    cells = table(pilot).cells
+    await until(pilot, "2 h left", lambda: cells[f"{me}/alpha"]["auto_stop"] == "2h 00m")
+    assert served.service(me, "alpha").due_time == due + 3600
+
+
+async def test_extend_on_a_service_without_auto_stop_offers_to_turn_it_on(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
+    await select(pilot, f"{me}/alpha")
     await pilot.press("e")
     await pilot.pause()
     await pilot.click("#autostop-off")
-    await settle(pilot)
-    assert ("POST", "/v1/services/alpha/autostop", {"auto_stop": "off"}) in client.calls
-    assert table(pilot).cells["alice/alpha"]["auto_stop"] == "off"
+    cells = table(pilot).cells
+    await until(pilot, "auto stop off", lambda: cells[f"{me}/alpha"]["auto_stop"] == "off")
+    assert served.service(me, "alpha").due_time is None
+    await pilot.press("e")
+    await pilot.pause()
+    modal = pilot.app.screen
+    assert isinstance(modal, ExtendModal)
+    assert "auto stop off" in modal.question()
+    ids = [b.id for b in modal.query(Button)]
+    assert not any((i or "").startswith("extend-") for i in ids) and "autostop-on" in ids
+    await pilot.click("#autostop-on")
+    await until(pilot, "auto stop on", lambda: cells[f"{me}/alpha"]["auto_stop"] != "off")
+    assert served.service(me, "alpha").due_time is not None
 
 
-async def test_keys_refused_on_another_users_service(client: FakeClient) -> None:
-    app = make_app(client)
+async def test_keys_refused_on_another_users_service(served: LiveApi, me: str) -> None:
+    app = make_app(served)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
+        await until(pilot, "my services", lambda: len(table(pilot).cells) == 3)
         await pilot.press("a")
-        await settle(pilot)
-        assert "bob/theirs" in table(pilot).cells
-        await select(pilot, "bob/theirs")
-        for key in ("s", "x", "e", "p"):
-            await pilot.press(key)
-            await settle(pilot)
-        assert isinstance(pilot.app.screen, ServicesScreen)
-        assert sum("belongs to bob" in n for n in notes(pilot)) == 4
-        assert not any(c[0] in ("POST", "DELETE") for c in client.calls)
-    client.close()
+        # Not an admin: the daemon refuses everyone's list, and says so.
+        await until(pilot, "the refusal", lambda: any("only an admin" in n for n in notes(pilot)))
+        assert "bob/theirs" not in table(pilot).cells
+    assert served.service("bob", "theirs").status == Status.RUNNING
 
 
-async def test_admin_may_change_anyones_service() -> None:
-    client = FakeClient(user="root", admin=True)
-    client.add(service("theirs", owner="bob"))
-    app = make_app(client)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        assert "bob/theirs" in table(pilot).cells
-        await select(pilot, "bob/theirs")
-        await pilot.press("s", "y")
-        await settle(pilot)
-        assert client.services_by_key[("bob", "theirs")]["status"] == "stopped"
-    client.close()
+async def test_admin_may_change_anyones_service(examples_home: Path, me: str) -> None:
+    set_admins(examples_home, me)
+    with live_api(examples_home) as api:
+        api.theirs("bob", "theirs", me)
+        app = make_app(api)
+        async with app.run_test(size=SIZE) as pilot:
+            # An admin's table starts with everyone's services.
+            await until(pilot, "bob's row", lambda: "bob/theirs" in table(pilot).cells)
+            await select(pilot, "bob/theirs")
+            await pilot.press("s", "y")
+            await until(
+                pilot, "the stop", lambda: api.service("bob", "theirs").status == Status.STOPPING
+            )
 
 
-async def test_filter_and_toggle_all(pilot: Pilot[None]) -> None:
+async def test_filter_and_toggle_all(pilot: Pilot[None], me: str) -> None:
     await pilot.press("slash")
     await pilot.press(*"gam")
     await settle(pilot)
-    assert set(table(pilot).cells) == {"alice/gamma"}
+    assert set(table(pilot).cells) == {f"{me}/gamma"}
     await pilot.press("enter")
     await pilot.press("escape")
     await settle(pilot)
     assert len(table(pilot).cells) == 3
     assert pilot.app.screen.query_one("#filter", Input).display is False
-    await pilot.press("a")
-    await settle(pilot)
-    assert "bob/theirs" in table(pilot).cells
-    await pilot.press("a")
-    await settle(pilot)
-    assert "bob/theirs" not in table(pilot).cells
 
 
-async def test_sort_keeps_cursor(pilot: Pilot[None]) -> None:
-    await select(pilot, "alice/gamma")
+async def test_sort_keeps_cursor(pilot: Pilot[None], me: str) -> None:
+    await select(pilot, f"{me}/gamma")
     t = table(pilot)
     await pilot.press("o", "o", "o")  # name, owner, status
     await settle(pilot)
     assert t.sort_column == "status"
     order = [str(r.key.value) for r in t.ordered_rows]
-    assert order == ["alice/gamma", "alice/alpha", "alice/beta"]
-    assert t.selected_key == "alice/gamma"
+    assert order == [f"{me}/gamma", f"{me}/alpha", f"{me}/beta"]
+    assert t.selected_key == f"{me}/gamma"
 
 
 async def test_help_and_quit(pilot: Pilot[None]) -> None:
@@ -255,24 +249,3 @@ async def test_help_and_quit(pilot: Pilot[None]) -> None:
     await pilot.press("q")
     await pilot.pause()
     assert pilot.app.return_code == 0 or not pilot.app.is_running
-
-
-KeyCheck = Callable[[Pilot[None]], Any]
-
-
-async def test_extend_on_a_service_without_auto_stop_offers_to_turn_it_on(
-    pilot: Pilot[None], client: FakeClient
-) -> None:
-    client.has_extend = True
-    await select(pilot, "alice/alpha")
-    await pilot.press("e")
-    await pilot.pause()
-    await pilot.click("#autostop-off")
-    await settle(pilot)
-    await pilot.press("e")
-    await pilot.pause()
-    modal = pilot.app.screen
-    assert isinstance(modal, ExtendModal)
-    assert "auto stop off" in modal.question()
-    ids = [b.id for b in modal.query(Button)]
-    assert not any((i or "").startswith("extend-") for i in ids) and "autostop-on" in ids
