@@ -1,6 +1,6 @@
 """Gated launch in the dashboard: modify a running service through the Deploy form, routing
-rules, history and rollback, per-version numbers. Driven through Pilot against the fake client,
-whose update routes plan and apply with the core's own functions (masked values mean keep)."""
+rules, history and rollback, per-version numbers. Driven through Pilot against the daemon's
+control API, which plans and applies every modification (masked values mean keep)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, Label, Select, Static, TabbedContent
-from tui_fake import NOW, FakeClient, sample_client, service
+from tui_live import LiveApi, stats_document, until
 
-from opsbot.core.errors import FieldError, SpecInvalid
+from opsbot.core.services import Service
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.deploy import ModifyScreen
 from opsbot.tui.details import DetailsScreen
@@ -24,21 +24,22 @@ from opsbot.tui.table import ServicesTable
 SECRET = "sk_live_9fQ2xLr7TzKp4VbN"
 
 
+def gated(ratios: tuple[int, int] = (90, 10)) -> list[dict[str, Any]]:
+    return [
+        {"model": "iris", "version": v, "traffic_ratio": r, "instances": 2}
+        for v, r in zip(("1.0.0", "2.0.0"), ratios, strict=True)
+    ]
+
+
 @pytest.fixture
-def client() -> FakeClient:
-    fake = sample_client()
-    entry = {
-        "source": "mine",
-        "model": "iris",
-        "version": "1.0.0",
-        "traffic_ratio": 100,
-        "flavor": "cpu.2u8g",
-        "instances": 1,
-        "env": {"API_KEY": SECRET, "MODE": "fast"},
-    }
-    fake.add(service("vault", models=[entry]))
-    fake.add(service("theirs", owner="bob"))
-    return fake
+def served(api: LiveApi, me: str) -> LiveApi:
+    """alpha and a gated launch (canary) Running, rollout Deploying, vault with a secret."""
+    api.running(me, "alpha")
+    api.running(me, "canary", models=gated())
+    env = {"API_KEY": SECRET, "MODE": "fast"}
+    api.running(me, "vault", models=[{"model": "iris", "version": "1.0.0", "env": env}])
+    api.deploying(me, "rollout")
+    return api
 
 
 async def settle(pilot: Pilot[None], rounds: int = 3) -> None:
@@ -48,12 +49,11 @@ async def settle(pilot: Pilot[None], rounds: int = 3) -> None:
 
 
 @pytest.fixture
-async def pilot(client: FakeClient) -> AsyncIterator[Pilot[None]]:
-    app = OpsbotApp(client, stats=None, now=lambda: NOW, live=False)
+async def pilot(served: LiveApi) -> AsyncIterator[Pilot[None]]:
+    app = OpsbotApp(served.client, stats=None, now=served.clock.now, live=False)
     async with app.run_test(size=(120, 50)) as p:
-        await settle(p)
+        await until(p, "the table", lambda: len(p.app.screen.query_one(ServicesTable).cells) == 4)
         yield p
-    client.close()
 
 
 def notes(pilot: Pilot[None]) -> list[str]:
@@ -69,19 +69,16 @@ async def select(pilot: Pilot[None], key: str) -> None:
 async def open_modify(pilot: Pilot[None], key: str) -> ModifyScreen:
     await select(pilot, key)
     await pilot.press("u")
-    await settle(pilot)
+    await until(pilot, "the Modify form", lambda: isinstance(pilot.app.screen, ModifyScreen))
     screen = pilot.app.screen
     assert isinstance(screen, ModifyScreen), notes(pilot)
+    await until(pilot, "the prefilled versions", lambda: all(g.ref for g in screen.groups))
+    await settle(pilot)
     return screen
 
 
-def update_bodies(client: FakeClient, name: str) -> list[Any]:
-    """The specs applied (each confirmed after the daemon's plan)."""
-    return [b["spec"] for m, p, b in client.calls if p == f"/v1/services/{name}/update"]
-
-
-def plan_bodies(client: FakeClient, name: str) -> list[Any]:
-    return [b["spec"] for m, p, b in client.calls if p == f"/v1/services/{name}/update/plan"]
+def snapshots(api: LiveApi, me: str, name: str) -> int:
+    return len(api.core.history(api.user(me), name))
 
 
 def label(root: Any, selector: str) -> str:
@@ -97,11 +94,15 @@ async def submit(pilot: Pilot[None], confirm: bool = True) -> None:
         await settle(pilot)
 
 
+def ratios(service: Service) -> list[int]:
+    return [m.traffic_ratio for m in service.spec.models]
+
+
 async def test_modify_a_gated_launch_prefilled_and_ratio_changed(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    s = await open_modify(pilot, "alice/canary")
-    assert s.sub_title == "Modify alice/canary"
+    s = await open_modify(pilot, f"{me}/canary")
+    assert s.sub_title == f"Modify {me}/canary"
     name = s.query_one("#name", Input)
     assert name.value == "canary" and name.disabled
     pool = s.query_one("#pool", Select)
@@ -123,111 +124,101 @@ async def test_modify_a_gated_launch_prefilled_and_ratio_changed(
     await submit(pilot, confirm=False)
     # The daemon's plan, before anything is applied: what changes, and that nothing restarts.
     confirm = pilot.app.screen
-    assert isinstance(confirm, ConfirmModal) and update_bodies(client, "canary") == []
+    assert isinstance(confirm, ConfirmModal)
+    assert ratios(served.service(me, "canary")) == [90, 10]
     assert "iris 1.0.0 traffic_ratio: 90 -> 50" in confirm.question
     assert "no instance restarts" in confirm.question
     await pilot.press("y")
-    await settle(pilot)
-    (body,) = update_bodies(client, "canary")
-    assert [(m["version"], m["traffic_ratio"]) for m in body["models"]] == [
-        ("1.0.0", 50),
-        ("2.0.0", 50),
-    ]
+    await until(pilot, "the update's answer", lambda: s.created is not None)
+    assert ratios(served.service(me, "canary")) == [50, 50]
     progress = str(s.query_one("#progress-text", Static).content)
     assert "config snapshot #2" in progress
     assert "iris 1.0.0 traffic_ratio: 90 -> 50" in progress
     assert "iris 2.0.0 traffic_ratio: 10 -> 50" in progress
-    stored = client.services_by_key[("alice", "canary")]["models"]
-    assert [m["traffic_ratio"] for m in stored] == [50, 50]
 
     await pilot.press("escape")
     await settle(pilot)
     assert isinstance(pilot.app.screen, ServicesScreen)
-    row = pilot.app.screen.query_one(ServicesTable).cells["alice/canary"]
+    row = pilot.app.screen.query_one(ServicesTable).cells[f"{me}/canary"]
     assert row["versions"] == "iris 1.0.0 50%/2.0.0 50%"
 
 
-async def test_nothing_changed_sends_no_snapshot(pilot: Pilot[None], client: FakeClient) -> None:
-    s = await open_modify(pilot, "alice/alpha")
+async def test_nothing_changed_sends_no_snapshot(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
+    s = await open_modify(pilot, f"{me}/alpha")
     await submit(pilot)
-    assert len(plan_bodies(client, "alpha")) == 1 and update_bodies(client, "alpha") == []
-    assert any("nothing changed" in n for n in notes(pilot))
+    await until(pilot, "the answer", lambda: any("nothing changed" in n for n in notes(pilot)))
     assert s.created is None and not s.query_one("#submit", Button).disabled
-    assert len(client.snapshots[("alice", "alpha")]) == 1
+    assert snapshots(served, me, "alpha") == 1
 
 
 async def test_validation_error_beside_its_field_and_nothing_sent(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    s = await open_modify(pilot, "alice/canary")
+    s = await open_modify(pilot, f"{me}/canary")
     s.groups[1].query_one("#ratio", Input).value = "60"
     await submit(pilot)
-    assert "sum to 150%" in label(s, "#err-models")
+    await until(pilot, "the error", lambda: "sum to 150%" in label(s, "#err-models"))
     s.groups[1].query_one("#ratio", Input).value = "10"
     s.groups[0].query_one("#instances", Input).value = "lots"
     await submit(pilot)
-    assert label(s, "#err-models") == ""
+    await until(pilot, "the error", lambda: label(s, "#err-models") == "")
     assert "must be a whole number (got" in label(s.groups[0], "#err-instances")
-    assert update_bodies(client, "canary") == []
-    assert [m["traffic_ratio"] for m in client.services_by_key[("alice", "canary")]["models"]] == [
-        90,
-        10,
-    ]
+    assert ratios(served.service(me, "canary")) == [90, 10]
+    assert snapshots(served, me, "canary") == 1
 
 
 async def test_update_route_errors_land_beside_the_group_they_name(
-    pilot: Pilot[None], client: FakeClient, monkeypatch: pytest.MonkeyPatch
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
     """The daemon names versions by their place in the spec the form sent: the form's own
     groups, whatever order they are in."""
-    seen: list[list[str]] = []
-
-    def refuse(svc: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
-        seen.append([m["version"] for m in wanted["models"]])
-        raise SpecInvalid([FieldError("models[1].instances", "the pool has room for 1 more")])
-
-    monkeypatch.setattr(client, "_apply", refuse)
-    s = await open_modify(pilot, "alice/canary")
+    s = await open_modify(pilot, f"{me}/canary")
     s.groups[0].query_one("#version", Select).value = "2.0.0"
     s.groups[1].query_one("#version", Select).value = "1.0.0"
     await settle(pilot)
+    s.groups[1].query_one("#instances", Input).value = "500"
+    await settle(pilot)
     await submit(pilot)
-    (body,) = update_bodies(client, "canary")
-    assert [m["version"] for m in body["models"]] == ["2.0.0", "1.0.0"]
-    assert seen == [["2.0.0", "1.0.0"]]
-    assert "room for 1 more" in label(s.groups[1], "#err-instances")
+    await until(pilot, "the error", lambda: "128" in label(s.groups[1], "#err-instances"))
     assert label(s.groups[0], "#err-instances") == ""
+    assert [m.version for m in served.service(me, "canary").spec.models] == ["1.0.0", "2.0.0"]
 
 
-async def test_refused_for_deploying_and_for_other_users(pilot: Pilot[None]) -> None:
-    await select(pilot, "alice/rollout")
+async def test_refused_for_deploying(pilot: Pilot[None], me: str) -> None:
+    await select(pilot, f"{me}/rollout")
     await pilot.press("u")
     await settle(pilot)
     assert isinstance(pilot.app.screen, ServicesScreen)
     assert any("rollout is Deploying; wait until it is Running" in n for n in notes(pilot))
-    await pilot.press("a")
-    await settle(pilot)
-    await select(pilot, "bob/theirs")
-    await pilot.press("u")
-    await settle(pilot)
-    assert isinstance(pilot.app.screen, ServicesScreen)
-    assert any("theirs belongs to bob" in n for n in notes(pilot))
 
 
 async def test_a_service_turning_deploying_meanwhile_is_refused_by_the_daemon(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    s = await open_modify(pilot, "alice/alpha")
-    client.services_by_key[("alice", "alpha")]["status"] = "deploying"
+    s = await open_modify(pilot, f"{me}/alpha")
+    served.redeploying(me, "alpha")
     s.groups[0].query_one("#instances", Input).value = "2"
     await submit(pilot)
-    general = str(s.query_one("#general-error", Static).content)
-    assert "alpha is Deploying" in general
+    general = s.query_one("#general-error", Static)
+    await until(pilot, "the refusal", lambda: "alpha is Deploying" in str(general.content))
     assert not s.query_one("#submit", Button).disabled and s.created is None
+    assert snapshots(served, me, "alpha") == 1
 
 
-async def test_masked_secrets_are_never_sent_back(pilot: Pilot[None], client: FakeClient) -> None:
-    s = await open_modify(pilot, "alice/vault")
+async def test_masked_secrets_are_never_sent_back(
+    pilot: Pilot[None], served: LiveApi, me: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[Any] = []
+    request = served.client.request
+
+    def recording(method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        sent.append(body)
+        return request(method, path, body, **kw)
+
+    monkeypatch.setattr(served.client, "request", recording)
+    s = await open_modify(pilot, f"{me}/vault")
     group = s.groups[0]
     env = group.env
     assert env["MODE"] == "fast" and "****" in env["API_KEY"] and SECRET not in env["API_KEY"]
@@ -236,44 +227,42 @@ async def test_masked_secrets_are_never_sent_back(pilot: Pilot[None], client: Fa
     await settle(pilot)
     added = s.groups[1]
     assert added.env == env  # a new version starts with the first one's variables
-    added.query_one("#model", Select).value = "iris"
-    await settle(pilot)
-    added.query_one("#version", Select).value = "2.0.0"
+    assert added.ref == ("iris", "2.0.0")
     group.query_one("#ratio", Input).value = "70"
     added.query_one("#ratio", Input).value = "30"
     await settle(pilot)
     await submit(pilot)
-    (body,) = update_bodies(client, "vault")
+    await until(pilot, "the update", lambda: s.created is not None)
     # Only the masks travel; the daemon keeps (and copies to the new version) the secret.
-    assert SECRET not in repr(body) and SECRET not in repr(plan_bodies(client, "vault"))
-    assert [m["env"]["API_KEY"] for m in body["models"]] == [env["API_KEY"], env["API_KEY"]]
-    stored = client.services_by_key[("alice", "vault")]["models"]
-    assert [m["env"]["API_KEY"] for m in stored] == [SECRET, SECRET]
-    assert [(m["traffic_ratio"], m["instances"]) for m in stored] == [(70, 2), (30, 1)]
+    assert SECRET not in repr(sent)
+    stored = served.service(me, "vault").spec.models
+    assert [m.env["API_KEY"] for m in stored] == [SECRET, SECRET]
+    assert [(m.traffic_ratio, m.instances) for m in stored] == [(70, 2), (30, 1)]
 
 
 async def test_env_change_in_one_version_only_restarts_that_version(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    s = await open_modify(pilot, "alice/canary")
+    s = await open_modify(pilot, f"{me}/canary")
     row = s.groups[1].add_env("DEBUG", "1")
     await settle(pilot)
     assert row.pair == ("DEBUG", "1")
     await submit(pilot, confirm=False)
+    await until(pilot, "the plan", lambda: isinstance(pilot.app.screen, ConfirmModal))
     confirm = pilot.app.screen
     assert isinstance(confirm, ConfirmModal)
     assert "iris 2.0.0: 2 instance(s) replaced" in confirm.question
     assert "iris 1.0.0" not in confirm.question.split("Instances:")[1]
     await pilot.press("y")
-    await settle(pilot)
-    stored = client.services_by_key[("alice", "canary")]["models"]
-    assert [m["env"].get("DEBUG") for m in stored] == [None, "1"]
+    await until(pilot, "the update", lambda: s.created is not None)
+    stored = served.service(me, "canary").spec.models
+    assert [m.env.get("DEBUG") for m in stored] == [None, "1"]
 
 
 async def test_routing_rules_added_removed_and_checked(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    s = await open_modify(pilot, "alice/canary")
+    s = await open_modify(pilot, f"{me}/canary")
     for _ in range(3):
         s.query_one("#add-rule", Button).press()
         await settle(pilot)
@@ -301,18 +290,18 @@ async def test_routing_rules_added_removed_and_checked(
         "2.",
     ]
     await submit(pilot)
-    (body,) = update_bodies(client, "canary")
-    assert body["rules"] == [
-        {"header": "X-User-Group", "equals": "beta", "version": "2.0.0"},
-        {"header": "X-Canary", "matches": "(yes|1)", "version": "2.0.0"},
+    await until(pilot, "the update", lambda: s.created is not None)
+    rules = served.service(me, "canary").spec.rules
+    assert [(r.header, r.equals, r.matches, r.version) for r in rules] == [
+        ("X-User-Group", "beta", None, "2.0.0"),
+        ("X-Canary", None, "(yes|1)", "2.0.0"),
     ]
     assert "rules: 0 -> 2" in str(s.query_one("#progress-text", Static).content)
-    assert len(client.services_by_key[("alice", "canary")]["rules"]) == 2
 
     # Opened again, the rules come back in order; one removed, one broken.
     await pilot.press("escape")
     await settle(pilot)
-    s = await open_modify(pilot, "alice/canary")
+    s = await open_modify(pilot, f"{me}/canary")
     rows = list(s.query(RuleRow).results(RuleRow))
     assert [(r.header_input.value, r.version_select.value) for r in rows] == [
         ("X-User-Group", "iris\t2.0.0"),
@@ -323,12 +312,13 @@ async def test_routing_rules_added_removed_and_checked(
     rows[1].query_one(".remove-rule", Button).press()
     await settle(pilot)
     await submit(pilot)
-    assert "not an HTTP header name" in str(rows[0].error.content)
-    assert len(update_bodies(client, "canary")) == 1
+    await until(pilot, "the error", lambda: "not an HTTP header name" in str(rows[0].error.content))
+    assert len(served.service(me, "canary").spec.rules) == 2
+    assert snapshots(served, me, "canary") == 2
 
 
-async def test_at_most_ten_rules(pilot: Pilot[None]) -> None:
-    s = await open_modify(pilot, "alice/alpha")
+async def test_at_most_ten_rules(pilot: Pilot[None], me: str) -> None:
+    s = await open_modify(pilot, f"{me}/alpha")
     for _ in range(10):
         assert await s.add_rule() is not None
     await settle(pilot)
@@ -346,19 +336,21 @@ async def open_details(pilot: Pilot[None], key: str) -> DetailsScreen:
     return screen
 
 
+def modify(api: LiveApi, me: str, name: str, **changes: Any) -> None:
+    """A modification made elsewhere (the CLI, Slack): the core's own call."""
+    spec = api.service(me, name).spec.model_dump(mode="json") | changes
+    api.core.update_service(api.user(me), name, spec)
+    api.daemon.changed()
+
+
 async def test_history_and_rollback_with_confirmation(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    client.request(
-        "POST",
-        "/v1/services/canary/update",
-        {"changes": {"traffic": {"1.0.0": 50, "2.0.0": 50}}},
-    )
-    details = await open_details(pilot, "alice/canary")
+    modify(served, me, "canary", models=gated((50, 50)))
+    details = await open_details(pilot, f"{me}/canary")
     details.query_one(TabbedContent).active = "history"
-    await settle(pilot)
     table = details.query_one("#history-table", DataTable)
-    assert table.row_count == 2
+    await until(pilot, "two snapshots", lambda: table.row_count == 2)
     assert table.get_row_at(0)[0] == "#2"
     assert "iris 1.0.0 traffic_ratio: 90 -> 50" in table.get_row_at(0)[3]
     assert table.get_row_at(1)[3] == "deployed"
@@ -367,89 +359,81 @@ async def test_history_and_rollback_with_confirmation(
     assert "roll back to this snapshot" in str(details.query_one("#history-diff", Static).content)
 
     await pilot.press("b")
-    await settle(pilot)
+    await until(pilot, "the question", lambda: isinstance(pilot.app.screen, ConfirmModal))
     modal = pilot.app.screen
     assert isinstance(modal, ConfirmModal)
     assert "snapshot #1" in modal.question
     assert "iris 1.0.0 traffic_ratio: 50 -> 90" in modal.question
-    assert [m["traffic_ratio"] for m in client.services_by_key[("alice", "canary")]["models"]] == [
-        50,
-        50,
-    ]
+    assert ratios(served.service(me, "canary")) == [50, 50]
     await pilot.press("y")
-    await settle(pilot)
-    rollbacks = [b for m, p, b in client.calls if p == "/v1/services/canary/rollback"]
-    assert rollbacks == [{"to": 1, "dry_run": True}, {"to": 1}]
-    assert [m["traffic_ratio"] for m in client.services_by_key[("alice", "canary")]["models"]] == [
-        90,
-        10,
-    ]
-    assert table.row_count == 3 and table.get_row_at(0)[0] == "#3"
+    await until(pilot, "the third snapshot", lambda: table.row_count == 3)
+    assert ratios(served.service(me, "canary")) == [90, 10]
+    assert table.get_row_at(0)[0] == "#3"
     assert any("Rolled back to #1" in (n.title or "") for n in pilot.app._notifications)
 
 
-async def test_rollback_answered_no_changes_nothing(pilot: Pilot[None], client: FakeClient) -> None:
-    client.request("POST", "/v1/services/alpha/update", {"changes": {"traffic_limit": 7}})
-    details = await open_details(pilot, "alice/alpha")
+async def test_rollback_answered_no_changes_nothing(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
+    modify(served, me, "alpha", traffic_limit=7)
+    details = await open_details(pilot, f"{me}/alpha")
     await pilot.press("b")  # not on the History tab yet: it is shown first
     await settle(pilot)
     assert details.query_one(TabbedContent).active == "history"
-    details.query_one("#history-table", DataTable).move_cursor(row=1)
+    table = details.query_one("#history-table", DataTable)
+    await until(pilot, "two snapshots", lambda: table.row_count == 2)
+    table.move_cursor(row=1)
     await pilot.press("b")
-    await settle(pilot)
-    assert isinstance(pilot.app.screen, ConfirmModal)
+    await until(pilot, "the question", lambda: isinstance(pilot.app.screen, ConfirmModal))
     await pilot.press("n")
     await settle(pilot)
-    assert [b for m, p, b in client.calls if p == "/v1/services/alpha/rollback"] == [
-        {"to": 1, "dry_run": True}
-    ]
-    assert client.services_by_key[("alice", "alpha")]["traffic_limit"] == 7
+    assert served.service(me, "alpha").spec.traffic_limit == 7
+    assert snapshots(served, me, "alpha") == 2
 
 
 async def test_u_on_details_opens_modify_and_refreshes_history(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    details = await open_details(pilot, "alice/alpha")
+    details = await open_details(pilot, f"{me}/alpha")
     await pilot.press("u")
-    await settle(pilot)
+    await until(pilot, "the Modify form", lambda: isinstance(pilot.app.screen, ModifyScreen))
     s = pilot.app.screen
     assert isinstance(s, ModifyScreen)
+    await until(pilot, "the prefilled version", lambda: s.groups[0].ref is not None)
     s.query_one("#description", Input).value = "smaller"
     await submit(pilot)
-    assert [b["description"] for b in update_bodies(client, "alpha")] == ["smaller"]
+    await until(pilot, "the update", lambda: s.created is not None)
+    assert served.service(me, "alpha").spec.description == "smaller"
     await pilot.press("escape")
     await settle(pilot)
     assert pilot.app.screen is details
     table = details.query_one("#history-table", DataTable)
-    assert table.row_count == 2 and "description" in table.get_row_at(0)[3]
+    await until(pilot, "two snapshots", lambda: table.row_count == 2)
+    assert "description" in table.get_row_at(0)[3]
 
 
 async def test_per_version_numbers_on_the_monitoring_tab(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
-    row = {
-        "idx": 0,
-        "model": "iris",
-        "version": "1.0.0",
-        "traffic_ratio": 90,
-        "desired": 2,
-        "ready": 2,
-        "calls": 1200,
-        "failures": 3,
-        "p50_ms": 2.25,
-        "p99_ms": 11.0,
-        "cpu_percent": 12.5,
-        "memory_bytes": 64 * 1024 * 1024,
-    }
-    fresh = {**row, "idx": 1, "version": "2.0.0", "traffic_ratio": 10, "ready": 1}
-    fresh |= {"calls": None, "failures": None, "p50_ms": None, "p99_ms": None}
-    client.version_numbers[("alice", "canary")] = [row, fresh]
-    details = await open_details(pilot, "alice/canary")
+    canary = served.service(me, "canary")
+    document = stats_document(canary, calls=1200, failures=3)
+    first, fresh = document["services"][0]["versions"]
+    first["latency_ms"] = {"p50": 2.25, "p99": 11.0, "mean": 3.0}
+    fresh |= {"calls": None, "failures": None, "latency_ms": {}}
+    served.daemon.gateway_document = document
+    # What the engine measures of each instance of version 1; version 2 lost one instance.
+    for handle in served.handles(me, "canary")[:2]:
+        served.daemon.runtime.measured[handle] = {
+            "cpu_percent": 6.25,
+            "memory_bytes": 32 * 1024 * 1024,
+        }
+    served.daemon.runtime.kill(served.handles(me, "canary")[3])
+    served.settle()
+    details = await open_details(pilot, f"{me}/canary")
     table = details.query_one("#versions-table", DataTable)
     assert table.row_count == 0  # fetched only while the tab is shown (~1 s a call)
     details.query_one(TabbedContent).active = "monitoring"
-    await settle(pilot)
-    assert table.row_count == 2
+    await until(pilot, "the numbers", lambda: table.row_count == 2)
     assert table.get_row_at(0) == [
         "iris 1.0.0",
         "90%",
@@ -464,27 +448,30 @@ async def test_per_version_numbers_on_the_monitoring_tab(
     assert table.get_row_at(1)[:5] == ["iris 2.0.0", "10%", "1/2", "-", "-"]
 
 
-async def test_modify_is_in_the_command_palette(pilot: Pilot[None]) -> None:
-    await select(pilot, "alice/alpha")
+async def test_modify_is_in_the_command_palette(pilot: Pilot[None], me: str) -> None:
+    await select(pilot, f"{me}/alpha")
     await pilot.press("ctrl+p")
     await pilot.pause()
     for key in "Modify":
         await pilot.press(key)
     await pilot.pause(0.3)
     await pilot.press("enter")
-    await settle(pilot)
-    assert isinstance(pilot.app.screen, ModifyScreen)
+    await until(pilot, "the Modify form", lambda: isinstance(pilot.app.screen, ModifyScreen))
 
 
 async def test_the_services_own_version_stays_offered(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
     """A version no longer listed as Normal (or a list that does not hold it, as an admin's
     does not hold another user's models) must not be swapped for another one silently."""
-    client.models = [m for m in client.models if m["version"] != "1.0.0"]
-    s = await open_modify(pilot, "alice/alpha")
+    served.version_status("iris", "1.0.0", "failed")
+    s = await open_modify(pilot, f"{me}/alpha")
     assert s.groups[0].ref == ("iris", "1.0.0")
     s.query_one("#traffic-limit", Input).value = "50"
-    await submit(pilot)
-    (body,) = plan_bodies(client, "alpha")  # the form sent keeps the version it runs
-    assert body["traffic_limit"] == 50 and body["models"][0]["version"] == "1.0.0"
+    await submit(pilot, confirm=False)
+    # The form sent keeps the version it runs; the daemon answers about that version.
+    version = s.groups[0].query_one("#err-version", Label)
+    await until(pilot, "the daemon's answer", lambda: bool(str(version.content)))
+    assert [(m["model"], m["version"]) for m in s.spec_body()["models"]] == [("iris", "1.0.0")]
+    # The core refuses a version that is no longer Normal, beside that version's field.
+    assert "iris 1.0.0 is Failed" in str(version.content)

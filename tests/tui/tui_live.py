@@ -52,9 +52,15 @@ class LoggingRuntime(FakeRuntime):
     def __init__(self) -> None:
         super().__init__()
         self.lines: dict[str, list[str]] = {}
+        #: CPU % and memory bytes per instance handle, for the runtimes that can tell.
+        self.measured: dict[str, dict[str, float]] = {}
 
     def logs(self, handle: str, tail: int = 100) -> list[str]:
         return self.lines.get(handle, [])[-tail:]
+
+    def stats(self, handle: str) -> dict[str, float] | None:
+        """What the engine measures of one instance (as the docker runtime answers)."""
+        return self.measured.get(handle)
 
 
 class TestDaemon(Daemon):
@@ -193,6 +199,21 @@ class LiveApi:
         models = [{"source": "subscribed", "model": ref, "version": "1.0.0"}]
         return self.running(owner, name, models=models)
 
+    def handles(self, owner: str, name: str) -> list[str]:
+        """The fake runtime's handles of the service's instances."""
+        uid = self.service(owner, name).uid
+        return [h for h, i in self.daemon.runtime.instances.items() if i.spec.service_uid == uid]
+
+    def redeploying(self, owner: str, name: str) -> None:
+        """Stop and start the service, so it is Deploying again (its instances not answering)."""
+        actor = self.user(owner)
+        self.core.stop_service(actor, name, owner)
+        self.settle()
+        self.daemon.failing.add(self.service(owner, name).uid)
+        self.core.start_service(actor, name, owner)
+        self.settle()
+        assert self.service(owner, name).status == Status.DEPLOYING
+
     def version_status(self, name: str, version: str, status: str) -> None:
         """Put a model version in ``status`` (Building, Failed), as the registry's check does."""
         with self.core.store.write() as db:
@@ -304,6 +325,7 @@ def stats_document(service: Service, calls: int = 5, failures: int = 1) -> dict[
                 "owner": service.owner,
                 "versions": [
                     {
+                        "idx": i,
                         "version": m.version,
                         "calls": calls,
                         "failures": failures,
@@ -312,7 +334,7 @@ def stats_document(service: Service, calls: int = 5, failures: int = 1) -> dict[
                         "failures_per_s": [0] * 60,
                         "instances": [{"address": "127.0.0.1:1", "ejected": False}],
                     }
-                    for m in service.spec.models
+                    for i, m in enumerate(service.spec.models)
                 ],
             }
         ],
