@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Log, Static, TabbedContent, TextArea
-from tui_fake import NOW, FakeClient, sample_client, screen_text, stats_document
+from tui_live import LiveApi, screen_text, stats_document, until
 
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.deploy import DeployScreen
@@ -22,17 +24,28 @@ from opsbot.tui.table import ServicesTable
 SHOTS = os.environ.get("OPSBOT_TUI_SCREENSHOTS")
 
 
-def make_app(client: FakeClient) -> OpsbotApp:
-    def stats(url: str) -> dict[str, Any]:
-        return stats_document("uid-alice-alpha", calls=1234, failures=3)
-
+def make_app(api: LiveApi) -> OpsbotApp:
     # live=False: no timers and no stream, so the screen does not change under the camera.
-    return OpsbotApp(client, stats=stats, now=lambda: NOW, live=False)
+    return OpsbotApp(api.client, now=api.clock.now, live=False)
 
 
 @pytest.fixture
-def client() -> FakeClient:
-    return sample_client()
+def served(api: LiveApi, me: str) -> LiveApi:
+    """alpha Running (with calls and log lines), a gated launch, one Stopped, one Deploying."""
+    alpha = api.running(me, "alpha")
+    api.log(me, "alpha", "listening on 127.0.0.1:40001", "ready")
+    api.running(me, "canary", models=gated())
+    api.stopped(me, "nightly", auto_stop="off")
+    api.deploying(me, "rollout")
+    api.daemon.gateway_document = stats_document(alpha, calls=1234, failures=3)
+    return api
+
+
+def gated() -> list[dict[str, Any]]:
+    return [
+        {"model": "iris", "version": v, "traffic_ratio": r, "instances": 2}
+        for v, r in (("1.0.0", 90), ("2.0.0", 10))
+    ]
 
 
 async def settle(pilot: Pilot[None]) -> None:
@@ -41,12 +54,20 @@ async def settle(pilot: Pilot[None]) -> None:
         await pilot.pause(0.05)
 
 
+async def loaded(pilot: Pilot[None], me: str) -> None:
+    """The table holds every service and alpha's calls."""
+    table = pilot.app.screen.query_one(ServicesTable)
+    await until(pilot, "the table", lambda: len(table.cells) == 4)
+    await until(pilot, "the calls", lambda: table.cells[f"{me}/alpha"]["calls"] == "1234")
+    table.move_cursor(row=table.get_row_index(f"{me}/alpha"))
+    await pilot.pause()
+
+
 @pytest.fixture
-async def pilot(client: FakeClient) -> AsyncIterator[Pilot[None]]:
-    async with make_app(client).run_test(size=(120, 40)) as p:
-        await settle(p)
+async def pilot(served: LiveApi, me: str) -> AsyncIterator[Pilot[None]]:
+    async with make_app(served).run_test(size=(120, 40)) as p:
+        await loaded(p, me)
         yield p
-    client.close()
 
 
 async def open_details(pilot: Pilot[None], key: str = "enter") -> DetailsScreen:
@@ -57,51 +78,68 @@ async def open_details(pilot: Pilot[None], key: str = "enter") -> DetailsScreen:
     return screen
 
 
-async def test_enter_opens_details_with_every_tab(pilot: Pilot[None]) -> None:
+async def test_enter_opens_details_with_every_tab(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
     screen = await open_details(pilot)
-    overview = str(screen.query_one("#overview-text", Static).content)
-    assert "alpha" in overview and "iris 1.0.0" in overview
+    overview = screen.query_one("#overview-text", Static)
+    await until(pilot, "the overview", lambda: "iris 1.0.0" in str(overview.content))
+    assert "alpha" in str(overview.content)
     instances = screen.query_one("#instances-table", DataTable)
-    assert instances.row_count == 1
-    assert instances.get_row_at(0)[3:5] == ["gpu-box", "127.0.0.1:40001"]  # where it runs
-    assert screen.query_one("#events-table", DataTable).row_count == 1
-    assert "instance 0: ready" in "\n".join(screen.query_one("#log", Log).lines)
-    monitoring = str(screen.query_one("#monitoring-text", Static).content)
-    assert "calls 1234" in monitoring and "▁" in monitoring
+    await until(pilot, "the instance", lambda: instances.row_count == 1)
+    (handle,) = served.handles(me, "alpha")
+    port = served.daemon.runtime.instances[handle].port
+    assert instances.get_row_at(0)[3:5] == [socket.gethostname(), f"127.0.0.1:{port}"]
+    events = screen.query_one("#events-table", DataTable)
+    await until(pilot, "the events", lambda: events.row_count >= 2)  # created, running
+    log = screen.query_one("#log", Log)
+    await until(pilot, "the log", lambda: "ready" in "\n".join(log.lines))
+    monitoring = screen.query_one("#monitoring-text", Static)
+    await until(pilot, "the numbers", lambda: "calls 1234" in str(monitoring.content))
+    assert "▁" in str(monitoring.content)
     usage = str(screen.query_one("#usage-text", Static).content)
-    assert "curl -X POST" in usage and "/v1/infers/uid-alice-alpha" in usage
+    uid = served.service(me, "alpha").uid
+    assert "curl -X POST" in usage and f"/v1/infers/{uid}" in usage
     await pilot.press("escape")
     await settle(pilot)
     assert pilot.app.screen.query_one(ServicesTable)
 
 
-async def test_l_opens_logs_and_p_opens_predict(pilot: Pilot[None], client: FakeClient) -> None:
+async def test_l_opens_logs_and_p_opens_predict(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
     screen = await open_details(pilot, "l")
     assert screen.query_one(TabbedContent).active == "logs"
     await pilot.press("escape")
     screen = await open_details(pilot, "p")
     assert screen.query_one(TabbedContent).active == "predict"
     screen.query_one("#send", Button).press()
-    await settle(pilot)
-    result = str(screen.query_one("#predict-result", Static).content)
-    assert "HTTP 200" in result and "3.2 ms" in result and "predictions" in result
-    assert ("POST", "/v1/services/alpha/predict", b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}') in (
-        client.calls
-    )
+    shown = screen.query_one("#predict-result", Static)
+    await until(pilot, "the answer", lambda: "predictions" in str(shown.content))
+    result = str(shown.content)
+    assert result.startswith("HTTP 200  version 1.0.0") and " ms" in result
+    # Through the daemon's route to the gateway, the body as typed.
+    uid = served.service(me, "alpha").uid
+    assert served.predictions[uid] == [b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}']
     screen.query_one("#predict-input", TextArea).text = "{not json"
     screen.query_one("#send", Button).press()
     await settle(pilot)
     assert "not JSON" in str(screen.query_one("#predict-result", Static).content)
 
 
-async def test_rotate_key_asks_then_shows_key_once(pilot: Pilot[None], client: FakeClient) -> None:
+async def test_rotate_key_asks_then_shows_key_once(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
     screen = await open_details(pilot)
+    keys = "SELECT key_hash FROM api_keys JOIN services s ON s.id = service_id WHERE s.name = ?"
+    before = served.core.store.db.execute(keys, ("alpha",)).fetchall()
     screen.rotate_key()
     await pilot.pause()
     await pilot.press("y")
-    await settle(pilot)
-    assert ("POST", "/v1/services/alpha/key", None) in client.calls
-    assert "ok_rotated_key_456" in str(screen.query_one("#usage-text", Static).content)
+    usage = screen.query_one("#usage-text", Static)
+    await until(pilot, "the new key", lambda: "ob_" in str(usage.content))
+    after = served.core.store.db.execute(keys, ("alpha",)).fetchall()
+    assert after != before
 
 
 async def test_m_opens_models(pilot: Pilot[None]) -> None:
@@ -109,8 +147,9 @@ async def test_m_opens_models(pilot: Pilot[None]) -> None:
     await settle(pilot)
     screen = pilot.app.screen
     assert isinstance(screen, ModelsScreen)
-    assert screen.query_one("#mine-table", DataTable).row_count == 4
-    assert screen.query_one("#subscribed-table", DataTable).row_count == 1
+    mine = screen.query_one("#mine-table", DataTable)
+    await until(pilot, "my models", lambda: mine.row_count == 4)  # iris x2, iris-onnx, flowers
+    assert screen.query_one("#subscribed-table", DataTable).row_count == 0
     await pilot.press("escape")
 
 
@@ -135,8 +174,9 @@ def text_of(svg: str) -> str:
 
 async def test_snapshot_services(pilot: Pilot[None]) -> None:
     svg = text_of(save(pilot.app, "services"))  # type: ignore[arg-type]
-    for text in ("alpha", "canary", "Running", "Deploying 40%", "1234", "1h 00m", "Deploy"):
+    for text in ("alpha", "canary", "Running", "1234", "1h 00m", "Deploy"):
         assert text in svg, text
+    assert re.search(r"Deploying \d+%", svg)
     assert "iris 1.0.0 90%/2.0.0 10%" in svg
 
 
@@ -159,20 +199,22 @@ async def test_snapshot_details(pilot: Pilot[None]) -> None:
 
 async def test_snapshot_models(pilot: Pilot[None]) -> None:
     await pilot.press("m")
-    await settle(pilot)
+    mine = pilot.app.screen.query_one("#mine-table", DataTable)
+    await until(pilot, "my models", lambda: mine.row_count == 4)
     svg = text_of(save(pilot.app, "models"))  # type: ignore[arg-type]
-    for text in ("My Models", "My Subscriptions", "digits", "Building", "Create", "Subscribe"):
+    for text in ("My Models", "My Subscriptions", "iris-onnx", "Normal", "Create", "Subscribe"):
         assert text in svg, text
 
 
 @pytest.mark.parametrize("size", [(100, 30), (200, 50)])
-async def test_nothing_cut_off_at_ssh_sizes(client: FakeClient, size: tuple[int, int]) -> None:
-    async with make_app(client).run_test(size=size) as pilot:
-        await settle(pilot)
+async def test_nothing_cut_off_at_ssh_sizes(
+    served: LiveApi, me: str, size: tuple[int, int]
+) -> None:
+    async with make_app(served).run_test(size=size) as pilot:
+        await loaded(pilot, me)
         svg = text_of(pilot.app.export_screenshot())
         assert "canary" in svg and "Auto stop" in svg and "Quit" in svg
         await pilot.press("d")
         await settle(pilot)
         svg = text_of(pilot.app.export_screenshot())
         assert "Basic information" in svg
-    client.close()

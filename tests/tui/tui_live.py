@@ -112,7 +112,7 @@ class TestDaemon(Daemon):
         return self.gateway_document
 
     def gateway_routes(self) -> list[str] | None:
-        return None
+        return []  # the gateway read the store afresh (it routes by the store alone)
 
 
 class LiveApi:
@@ -127,6 +127,8 @@ class LiveApi:
         self.client = Client(self.socket_dir, timeout=20)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
+        #: The bodies the gateway stand-in was sent, by service uid.
+        self.predictions: dict[str, list[bytes]] = {}
         self._thread = threading.Thread(target=self._loop.run_forever, name="control-api")
         self._thread.start()
         self._workers = [
@@ -134,12 +136,37 @@ class LiveApi:
         ]
         for t in self._workers:
             t.start()
+        self._gateway_runner = self._on_loop(self._start_gateway())
         self.serve()
 
     # -- serving -------------------------------------------------------------------------------
 
     def _on_loop(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    async def _start_gateway(self) -> web.AppRunner:
+        """A stand-in for the gateway process on a free port: the daemon's predict route calls
+        it as it calls the real one, and it answers as a sklearn model server would."""
+
+        async def infer(request: web.Request) -> web.Response:
+            uid = request.match_info["uid"]
+            self.predictions.setdefault(uid, []).append(await request.read())
+            row = self.core.store.db.execute(
+                "SELECT owner, name FROM services WHERE uid = ?", (uid,)
+            ).fetchone()
+            version = self.service(row[0], row[1]).spec.models[0].version if row else ""
+            return web.json_response({"predictions": [0]}, headers={"X-Model-Version": version})
+
+        app = web.Application()
+        app.router.add_post("/v1/infers/{uid}", infer)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        self.daemon.gateway_port = port
+        self.daemon.gateway_url = f"http://127.0.0.1:{port}"
+        return runner
 
     def serve(self) -> None:
         """Answer on the socket (again, after :meth:`go_away`)."""
@@ -162,6 +189,7 @@ class LiveApi:
 
     def close(self) -> None:
         self.go_away()
+        self._on_loop(self._gateway_runner.cleanup())
         self.daemon._stop.set()
         self.daemon.dispatcher.wake()
         for t in self._workers:
