@@ -1,19 +1,18 @@
 """The dashboard as a daily driver: keys that cannot hurt, an honest connection state, navigation
 people know (j/k, g/G, `:`, sorting both ways), copying, details that tell the truth, 80x24, and
-messages in the user's words. Pilot against the in-memory client."""
+messages in the user's words. Pilot against the daemon's control API."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from textual.command import CommandPalette
 from textual.pilot import Pilot
-from textual.widgets import Footer, Input, Label, Log, Select, Static
-from tui_fake import GATEWAY, NOW, FakeClient, service, stats_document
+from textual.widgets import DataTable, Footer, Input, Label, Log, Select, Static
+from tui_live import LiveApi, configure, live_api, screen_text, stats_document
 
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.connection import ConnectionBanner
@@ -24,21 +23,8 @@ from opsbot.tui.services import ServicesScreen
 from opsbot.tui.table import ServicesTable
 
 
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_app(client: FakeClient, clock: Callable[[], float] = lambda: NOW) -> OpsbotApp:
-    def stats(url: str) -> dict[str, Any]:
-        return stats_document("uid-alice-alpha", calls=7, failures=2)
-
-    return OpsbotApp(client, stats=stats, now=clock, live=True)
+def make_app(api: LiveApi) -> OpsbotApp:
+    return OpsbotApp(api.client, now=api.clock.now, live=True)
 
 
 async def settle(pilot: Pilot[None]) -> None:
@@ -66,21 +52,44 @@ def notes(pilot: Pilot[None]) -> list[str]:
     return [f"{n.title}: {n.message}" for n in pilot.app._notifications]
 
 
-@pytest.fixture
-def client() -> FakeClient:
-    fake = FakeClient()
-    fake.add(service("alpha"))
-    fake.add(service("beta", status="stopped"))
-    fake.add(service("gamma", status="deploying", remaining_s=None, due_time=None))
-    return fake
+def state(api: LiveApi, me: str) -> list[tuple[str, str, int]]:
+    """Every service's name, status and number of keys: what a stray key would change."""
+    return [
+        (
+            s.name,
+            s.status.value,
+            len(
+                api.core.store.db.execute(
+                    "SELECT id FROM api_keys WHERE service_id = ?", (s.id,)
+                ).fetchall()
+            ),
+        )
+        for s in api.core.services(api.user(me))
+    ]
 
 
 @pytest.fixture
-async def pilot(client: FakeClient) -> AsyncIterator[Pilot[None]]:
-    async with make_app(client).run_test(size=(120, 35)) as p:
-        await settle(p)
+def served(api: LiveApi, me: str) -> LiveApi:
+    """alpha Running (7 calls), beta Stopped, gamma Deploying."""
+    alpha = api.running(me, "alpha", rules=[RULE])
+    api.log(me, "alpha", "listening", "ready")
+    api.stopped(me, "beta")
+    api.deploying(me, "gamma")
+    api.daemon.gateway_document = stats_document(alpha, calls=7, failures=2)
+    return api
+
+
+RULE = {"header": "X-Group", "equals": "beta", "version": "1.0.0"}
+
+
+@pytest.fixture
+async def pilot(served: LiveApi, me: str) -> AsyncIterator[Pilot[None]]:
+    async with make_app(served).run_test(size=(120, 35)) as p:
+        await until(p, "the table", lambda: len(table(p).cells) == 3, within=10)
+        await until(p, "the calls", lambda: table(p).cells[f"{me}/alpha"]["calls"] == "7", 10)
+        table(p).move_cursor(row=table(p).get_row_index(f"{me}/alpha"))
+        await p.pause()
         yield p
-    client.close()
 
 
 # -- 1. keys that cannot hurt ------------------------------------------------------------------
@@ -141,75 +150,77 @@ async def test_q_on_details_goes_back_and_quits_only_from_the_top(pilot: Pilot[N
 
 
 async def test_letters_typed_into_the_filter_are_not_keys(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
+    before = state(served, me)
     await pilot.press("slash")
     await pilot.press("s", "l", "a", "s", "h", "x", "d", "q")
     await settle(pilot)
     screen = pilot.app.screen
     assert isinstance(screen, ServicesScreen)
     assert screen.query_one("#filter", Input).value == "slashxdq"
-    assert not any(c[0] in ("POST", "DELETE") for c in client.calls)
+    assert not isinstance(pilot.app.screen, ConfirmModal)
+    assert state(served, me) == before
 
 
-async def test_rotating_the_key_asks_first(pilot: Pilot[None], client: FakeClient) -> None:
+async def test_rotating_the_key_asks_first(pilot: Pilot[None], served: LiveApi, me: str) -> None:
+    keys = "SELECT key_hash FROM api_keys"
+    before = served.core.store.db.execute(keys).fetchall()
     await pilot.press("enter")
     await settle(pilot)
     await pilot.press("R")
     await settle(pilot)
     assert isinstance(pilot.app.screen, ConfirmModal)
-    assert not any(c[1].endswith("/key") for c in client.calls)
     await pilot.press("n")
+    await settle(pilot)
+    assert served.core.store.db.execute(keys).fetchall() == before
 
 
 # -- 2. the connection state is always true --------------------------------------------------
 
 
 async def test_banner_within_2_s_of_the_daemon_going_away_and_fresh_state_on_return(
-    pilot: Pilot[None], client: FakeClient
+    pilot: Pilot[None], served: LiveApi, me: str
 ) -> None:
     screen = pilot.app.screen
     banner = screen.query_one(ConnectionBanner)
     assert not banner.display
-    client.go_away()
+    served.go_away()
     took = await until(pilot, "the banner", lambda: banner.display, within=2)
     assert took < 2
     assert "Daemon not running" in str(banner.content)
     assert table(pilot).has_class("-stale")
-    # Keys that need the daemon are off: nothing is asked, nothing sent.
-    before = len(client.calls)
+    # Keys that need the daemon are off: nothing is asked.
     await pilot.press("s")
     await settle(pilot)
     assert isinstance(pilot.app.screen, ServicesScreen)
-    assert len(client.calls) == before
+    assert served.service(me, "alpha").status.value == "running"
     # The daemon returns, with a change made meanwhile: the dashboard shows it.
-    client.services_by_key[("alice", "beta")]["status"] = "running"
-    client.come_back()
+    served.core.start_service(served.user(me), "beta")
+    served.settle()
+    served.serve()
     await until(pilot, "the banner to go", lambda: not banner.display, within=5)
     await until(
         pilot,
         "a fresh state",
-        lambda: table(pilot).cells["alice/beta"]["status"] == "Running",
+        lambda: table(pilot).cells[f"{me}/beta"]["status"] == "Running",
         within=5,
     )
     assert not table(pilot).has_class("-stale")
 
 
-async def test_countdowns_stop_while_the_daemon_is_away(client: FakeClient) -> None:
-    clock = Clock()
-    async with make_app(client, clock).run_test(size=(120, 35)) as pilot:
-        await settle(pilot)
-        cells = table(pilot).cells["alice/alpha"]
-        assert cells["auto_stop"] == "1h 00m"
-        client.go_away()
-        banner = pilot.app.screen.query_one(ConnectionBanner)
-        await until(pilot, "the banner", lambda: banner.display, within=2)
-        clock.now += 600
-        screen = pilot.app.screen
-        assert isinstance(screen, ServicesScreen)
-        screen._tick()
-        assert table(pilot).cells["alice/alpha"]["auto_stop"] == "1h 00m"
-    client.close()
+async def test_countdowns_stop_while_the_daemon_is_away(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
+    assert table(pilot).cells[f"{me}/alpha"]["auto_stop"] == "1h 00m"
+    served.go_away()
+    banner = pilot.app.screen.query_one(ConnectionBanner)
+    await until(pilot, "the banner", lambda: banner.display, within=2)
+    served.clock.advance(600)
+    screen = pilot.app.screen
+    assert isinstance(screen, ServicesScreen)
+    screen._tick()
+    assert table(pilot).cells[f"{me}/alpha"]["auto_stop"] == "1h 00m"
 
 
 # -- 3. navigation ---------------------------------------------------------------------------
@@ -247,25 +258,29 @@ async def test_the_palettes_screenshot_lands_in_the_working_directory(
     shot.callback()
     await settle(pilot)
     saved = list(tmp_path.glob("*.svg"))
+    await until(pilot, "the file", lambda: bool(list(tmp_path.glob("*.svg"))), within=3)
+    saved = list(tmp_path.glob("*.svg"))
     assert len(saved) == 1 and "alpha" in saved[0].read_text()
     assert any(n.startswith("Screenshot saved") for n in notes(pilot))
 
 
-async def test_sort_by_real_value_both_ways_with_a_header_marker() -> None:
-    client = FakeClient()
-    client.add(service("long", remaining_s=6480.0))  # 1h 48m
-    client.add(service("short", remaining_s=3480.0))  # 58m 00s
-    client.add(service("off", auto_stop="off", remaining_s=None))
-    async with make_app(client).run_test(size=(120, 35)) as pilot:
-        await settle(pilot)
+async def test_sort_by_real_value_both_ways_with_a_header_marker(api: LiveApi, me: str) -> None:
+    api.running(me, "long", auto_stop="2h")
+    api.running(me, "short", auto_stop="1h")
+    api.running(me, "off", auto_stop="off")
+    api.clock.advance(120)  # 1h 58m and 58m 00s left: alphabetical order is the wrong one
+    async with make_app(api).run_test(size=(120, 35)) as pilot:
         t = table(pilot)
+        await until(pilot, "the table", lambda: len(t.cells) == 3, within=10)
+        assert t.cells[f"{me}/long"]["auto_stop"] == "1h 58m"
+        assert t.cells[f"{me}/short"]["auto_stop"] == "58m"
         t.sort_by("auto_stop")
         await settle(pilot)
 
         def order() -> list[str]:
             return [str(r.key.value) for r in t.ordered_rows]
 
-        assert order() == ["alice/short", "alice/long", "alice/off"]
+        assert order() == [f"{me}/short", f"{me}/long", f"{me}/off"]
         assert str(t.columns[next(k for k in t.columns if k.value == "auto_stop")].label) == (
             "Auto stop ▲"
         )
@@ -273,42 +288,39 @@ async def test_sort_by_real_value_both_ways_with_a_header_marker() -> None:
         t.sort_by("auto_stop")
         t.sort_by("auto_stop")  # again: the other way round
         await settle(pilot)
-        assert order() == ["alice/off", "alice/long", "alice/short"]
+        assert order() == [f"{me}/off", f"{me}/long", f"{me}/short"]
         assert t.sort_reverse
         screen = pilot.app.screen
         assert isinstance(screen, ServicesScreen)
         screen._describe()
         line = str(screen.query_one("#status-line", Static).content)
         assert "sorted by Auto stop, descending" in line and "auto_stop" not in line
-    client.close()
 
 
-async def test_calls_sort_as_numbers(client: FakeClient) -> None:
-    async with make_app(client).run_test(size=(120, 35)) as pilot:
-        await settle(pilot)
-        t = table(pilot)
-        t.sort_by("calls", reverse=True)
-        await settle(pilot)
-        assert str(t.ordered_rows[0].key.value) == "alice/alpha"  # 7 calls, the others none
-    client.close()
+async def test_calls_sort_as_numbers(pilot: Pilot[None], me: str) -> None:
+    t = table(pilot)
+    t.sort_by("calls", reverse=True)
+    await settle(pilot)
+    assert str(t.ordered_rows[0].key.value) == f"{me}/alpha"  # 7 calls, the others none
 
 
 # -- 4. copying ------------------------------------------------------------------------------
 
 
-async def test_c_copies_the_url_and_K_the_new_key(pilot: Pilot[None], client: FakeClient) -> None:
-    t = table(pilot)
-    t.move_cursor(row=t.get_row_index("alice/alpha"))
+async def test_c_copies_the_url_and_K_the_new_key(
+    pilot: Pilot[None], served: LiveApi, me: str
+) -> None:
     await pilot.press("c")
-    assert pilot.app.clipboard == f"{GATEWAY}/v1/infers/uid-alice-alpha"
+    uid = served.service(me, "alpha").uid
+    assert pilot.app.clipboard == f"{served.daemon.gateway_url}/v1/infers/{uid}"
     await pilot.press("enter")
     await settle(pilot)
     await pilot.press("K")
     assert any("no new key" in n or "there is no" in n for n in notes(pilot))
     await pilot.press("R", "y")
-    await settle(pilot)
     details = pilot.app.screen
-    assert isinstance(details, DetailsScreen) and details.api_key
+    assert isinstance(details, DetailsScreen)
+    await until(pilot, "the new key", lambda: bool(details.api_key), within=5)
     await pilot.press("K")
     assert pilot.app.clipboard == details.api_key
 
@@ -317,43 +329,34 @@ async def test_c_copies_the_url_and_K_the_new_key(pilot: Pilot[None], client: Fa
 
 
 async def test_details_name_versions_show_rules_time_left_and_the_zone(
-    client: FakeClient,
+    pilot: Pilot[None], served: LiveApi
 ) -> None:
-    client.services_by_key[("alice", "alpha")]["rules"] = [
-        {"header": "X-Group", "equals": "beta", "version": "1.0.0"}
-    ]
-    clock = Clock()
-    async with make_app(client, clock).run_test(size=(120, 35)) as pilot:
-        await settle(pilot)
-        t = table(pilot)
-        t.move_cursor(row=t.get_row_index("alice/alpha"))
-        await pilot.press("enter")
-        await settle(pilot)
-        details = pilot.app.screen
-        assert isinstance(details, DetailsScreen)
-        text = str(details.query_one("#overview-text", Static).content)
-        assert "1. X-Group equals 'beta' → iris 1.0.0" in text
-        assert "stops in 1h 00m, at" in text
-        zone = time.strftime("%Z", time.localtime(NOW))
-        assert zone and zone in text
-        instances = details.query_one("#instances-table")
-        rows = [instances.get_row_at(i) for i in range(instances.row_count)]  # type: ignore[attr-defined]
-        assert rows and all(r[0] == "iris 1.0.0" for r in rows)
-    client.close()
+    await pilot.press("enter")
+    details = pilot.app.screen
+    assert isinstance(details, DetailsScreen)
+    overview = details.query_one("#overview-text", Static)
+    await until(pilot, "the overview", lambda: "X-Group" in str(overview.content), within=5)
+    text = str(overview.content)
+    assert "1. X-Group equals 'beta' → iris 1.0.0" in text
+    assert "stops in 1h 00m, at" in text
+    zone = time.strftime("%Z", time.localtime(served.clock.now()))
+    assert zone and zone in text
+    instances = details.query_one("#instances-table", DataTable)
+    await until(pilot, "the instances", lambda: instances.row_count > 0, within=5)
+    rows = [instances.get_row_at(i) for i in range(instances.row_count)]
+    assert all(r[0] == "iris 1.0.0" for r in rows)
 
 
-async def test_the_logs_tab_follows_new_lines(pilot: Pilot[None], client: FakeClient) -> None:
-    t = table(pilot)
-    t.move_cursor(row=t.get_row_index("alice/alpha"))
+async def test_the_logs_tab_follows_new_lines(pilot: Pilot[None], served: LiveApi, me: str) -> None:
     await pilot.press("l")
     await settle(pilot)
     log = pilot.app.screen.query_one(Log)
     await until(pilot, "the first lines", lambda: log.line_count == 2, within=3)
-    client.logs = [*client.logs, "instance 0: POST /predict 200"]
+    served.log(me, "alpha", "POST /predict 200")
     await until(
         pilot,
         "the new line",
-        lambda: log.lines[-1:] == ["instance 0: POST /predict 200"],
+        lambda: log.lines[-1:] == ["[0/0] POST /predict 200"],
         within=3,
     )
     assert log.line_count == 3  # appended, not the whole tail again
@@ -362,65 +365,76 @@ async def test_the_logs_tab_follows_new_lines(pilot: Pilot[None], client: FakeCl
 # -- 6. the table's own truths ---------------------------------------------------------------
 
 
-async def test_auto_stop_while_deploying_says_when_it_will_count(pilot: Pilot[None]) -> None:
-    assert table(pilot).cells["alice/gamma"]["auto_stop"] == "1h once up"
+async def test_auto_stop_while_deploying_says_when_it_will_count(
+    pilot: Pilot[None], me: str
+) -> None:
+    assert table(pilot).cells[f"{me}/gamma"]["auto_stop"] == "1h once up"
 
 
-async def test_empty_first_screen_says_how_to_deploy_and_the_quota_shows() -> None:
-    client = FakeClient()
-    async with make_app(client).run_test(size=(120, 35)) as pilot:
-        await settle(pilot)
+async def test_empty_first_screen_says_how_to_deploy_and_the_quota_shows(
+    api: LiveApi, me: str
+) -> None:
+    async with make_app(api).run_test(size=(120, 35)) as pilot:
         screen = pilot.app.screen
+        await until(
+            pilot, "the quota", lambda: "0 of 20 services held" in (screen.sub_title or ""), 5
+        )
         empty = screen.query_one("#empty", Static)
         assert empty.display and "Press d to deploy" in str(empty.content)
-        assert "0 of 20 services held" in screen.sub_title
-        client.emit(client.add(service("first")), "created")
-        await until(pilot, "the count", lambda: "1 of 20 services held" in screen.sub_title, 3)
+        api.deploy(me, "first")
+        await until(
+            pilot, "the count", lambda: "1 of 20 services held" in (screen.sub_title or ""), 3
+        )
         assert not empty.display
-    client.close()
 
 
-async def test_the_tick_touches_only_the_rows_on_screen() -> None:
-    client = FakeClient()
-    clock = Clock()
-    for i in range(300):
-        client.add(service(f"s{i:03d}", remaining_s=3600.0 + i))
-    async with make_app(client, clock).run_test(size=(120, 35)) as pilot:
-        await settle(pilot)
-        t = table(pilot)
-        visible = set(t.visible_keys())
-        assert 0 < len(visible) < 40
-        before = {k: dict(c) for k, c in t.cells.items()}
-        clock.now += 120
-        screen = pilot.app.screen
-        assert isinstance(screen, ServicesScreen)
-        screen._tick()
-        changed = {k for k, c in t.cells.items() if c["auto_stop"] != before[k]["auto_stop"]}
-        assert changed == visible
-        # Rows scrolled into view get their countdown then.
-        t.move_cursor(row=t.row_count - 1)
-        await settle(pilot)
-        last = str(t.ordered_rows[-1].key.value)
-        assert t.cells[last]["auto_stop"] != before[last]["auto_stop"]
-    client.close()
+async def test_the_tick_touches_only_the_rows_on_screen(examples_home: Path, me: str) -> None:
+    configure(examples_home, "quota = 300\n")
+    with live_api(examples_home) as api:
+        for i in range(300):
+            api.deploy(me, f"s{i:03d}", auto_stop=f"{1 + i % 24}h")
+        api.settle()
+        async with make_app(api).run_test(size=(120, 35)) as pilot:
+            t = table(pilot)
+            await until(pilot, "the table", lambda: len(t.cells) == 300, within=20)
+            visible = set(t.visible_keys())
+            assert 0 < len(visible) < 40
+            before = {k: dict(c) for k, c in t.cells.items()}
+            api.clock.advance(120)
+            screen = pilot.app.screen
+            assert isinstance(screen, ServicesScreen)
+            screen._tick()
+            changed = {k for k, c in t.cells.items() if c["auto_stop"] != before[k]["auto_stop"]}
+            assert changed == visible
+            # Rows scrolled into view get their countdown then.
+            t.move_cursor(row=t.row_count - 1)
+            await settle(pilot)
+            last = str(t.ordered_rows[-1].key.value)
+            assert t.cells[last]["auto_stop"] != before[last]["auto_stop"]
 
 
 # -- 7. 80x24 --------------------------------------------------------------------------------
 
 
 async def test_at_80x24_the_footer_keeps_help_and_quit_and_versions_stay(
-    client: FakeClient,
+    served: LiveApi,
 ) -> None:
-    async with make_app(client).run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
+    async with make_app(served).run_test(size=(80, 24)) as pilot:
+        await until(pilot, "the table", lambda: len(table(pilot).cells) == 3, within=10)
         t = table(pilot)
         assert "versions" in t.shown and "status" in t.shown and "auto_stop" in t.shown
         assert "owner" not in t.shown
         footer = pilot.app.screen.query_one(Footer)
         shown = [str(k.description) for k in footer.query("FooterKey").results()]
         assert shown[:2] == ["Help", "Quit"]
-        text = pilot.app.export_screenshot()
-        assert "Help" in text and "Quit" in text
+        # On the screen itself, once drawn: the footer's last line keeps both.
+        await until(
+            pilot,
+            "the footer drawn",
+            lambda: "Help" in screen_text(pilot.app.export_screenshot()).splitlines()[-1],
+            within=5,
+        )
+        assert "Quit" in screen_text(pilot.app.export_screenshot()).splitlines()[-1]
         # Every other screen: ? and q (back) first too.
         for key in ("enter", "m"):
             await pilot.press(key)
@@ -431,12 +445,11 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_versions_stay(
             await pilot.press("q")
             await settle(pilot)
             assert isinstance(pilot.app.screen, ServicesScreen)
-    client.close()
 
 
-async def test_errors_sit_under_their_fields_at_full_width(client: FakeClient) -> None:
-    async with make_app(client).run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
+async def test_errors_sit_under_their_fields_at_full_width(served: LiveApi) -> None:
+    async with make_app(served).run_test(size=(80, 24)) as pilot:
+        await until(pilot, "whoami", lambda: bool(pilot.app.user), within=10)
         await pilot.press("d")
         await settle(pilot)
         deploy = pilot.app.screen
@@ -453,4 +466,3 @@ async def test_errors_sit_under_their_fields_at_full_width(client: FakeClient) -
         assert "should have" not in message and "String" not in message
         select = deploy.groups[0].query_one("#model", Select)
         assert select is not None
-    client.close()
