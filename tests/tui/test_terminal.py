@@ -20,15 +20,18 @@ from opsbot.tui.app import NoTerminal, require_terminal
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
-#: The dashboard on the in-memory client, watching its terminal as `opsbot tui` does.
+#: The dashboard on the daemon's control API (an empty home), watching its terminal as
+#: `opsbot tui` does.
 DASHBOARD = """
 import sys
+from pathlib import Path
 sys.path.insert(0, {here!r})
-from tui_fake import FakeClient, service
+from tui_live import LiveApi
 from opsbot.tui.app import OpsbotApp
-client = FakeClient()
-client.add(service("alpha"))
-app = OpsbotApp(client, stats=None, watch_terminal=True)
+home = Path({tmp!r})
+(home / "home").mkdir()
+api = LiveApi(home / "home", socket_dir=home)
+app = OpsbotApp(api.client, stats=None, watch_terminal=True)
 print("dashboard", __import__("os").getpid(), flush=True)
 app.run()
 print("exit", app.return_code, file=sys.stderr)
@@ -79,14 +82,15 @@ def read_until(fd: int, needle: bytes, within: float) -> bytes:
     return seen
 
 
-def test_dashboard_leaves_when_the_terminal_hangs_up() -> None:
+def test_dashboard_leaves_when_the_terminal_hangs_up(tmp_path: Path) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the dashboard on the pty
         os.environ["TERM"] = "xterm-256color"
         os.environ["PYTHONPATH"] = str(ROOT)
-        os.execv(sys.executable, [sys.executable, "-c", DASHBOARD.format(here=str(HERE))])
+        dashboard = DASHBOARD.format(here=str(HERE), tmp=str(tmp_path))
+        os.execv(sys.executable, [sys.executable, "-c", dashboard])
     try:
-        read_until(fd, b"alpha", within=60)
+        read_until(fd, b"deploy", within=60)  # the empty table says how to deploy
         os.kill(pid, signal.SIGHUP)
         deadline = time.monotonic() + 10
         status = None
@@ -134,8 +138,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_dashboard_leaves_when_orphaned_without_a_hangup() -> None:
-    dashboard = DASHBOARD.format(here=str(HERE))
+def test_dashboard_leaves_when_orphaned_without_a_hangup(tmp_path: Path) -> None:
+    dashboard = DASHBOARD.format(here=str(HERE), tmp=str(tmp_path))
     launcher = LAUNCHER.format(dashboard=dashboard)
     pid, fd = pty.fork()
     if pid == 0:
@@ -144,7 +148,7 @@ def test_dashboard_leaves_when_orphaned_without_a_hangup() -> None:
         os.execv(sys.executable, [sys.executable, "-c", LEADER.format(launcher=launcher)])
     dash = 0
     try:
-        seen = read_until(fd, b"alpha", within=60)
+        seen = read_until(fd, b"deploy", within=60)
         words = seen.replace(b"\r", b" ").replace(b"\n", b" ").split()
         launcher_pid = int(words[words.index(b"launcher") + 1])
         dash = int(words[words.index(b"dashboard") + 1])

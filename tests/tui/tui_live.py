@@ -118,21 +118,28 @@ class TestDaemon(Daemon):
 class LiveApi:
     """The control API app served on a unix socket from a thread of its own."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, socket_dir: Path | None = None) -> None:
+        """``socket_dir``: where the socket goes (default: a short new folder under /tmp)."""
         self.clock = FakeClock(NOW)
         self.daemon = TestDaemon(home, self.clock)
         self.core = self.daemon.core
         # A short folder of its own for the socket: a unix socket path holds 107 bytes at most.
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))
+        self._own_dir = socket_dir is None
+        self.socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))
         self.client = Client(self.socket_dir, timeout=20)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         #: The bodies the gateway stand-in was sent, by service uid.
         self.predictions: dict[str, list[bytes]] = {}
-        self._thread = threading.Thread(target=self._loop.run_forever, name="control-api")
+        # Daemon threads: a process that only ends (a dashboard hung up on) is not held.
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="control-api", daemon=True
+        )
         self._thread.start()
         self._workers = [
-            threading.Thread(target=self.daemon.dispatcher.run, args=(self.daemon._stop,)),
+            threading.Thread(
+                target=self.daemon.dispatcher.run, args=(self.daemon._stop,), daemon=True
+            ),
         ]
         for t in self._workers:
             t.start()
@@ -199,7 +206,8 @@ class LiveApi:
         self._loop.close()
         self.daemon.controller.close()
         self.core.store.close()
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     # -- users and services --------------------------------------------------------------------
 
