@@ -12,6 +12,7 @@ from textual.widgets import Button, Label, Static
 
 from opsbot.core.deadlines import EXTEND_HOURS, ExtendPlan
 from opsbot.core.timefmt import format_remaining
+from opsbot.tui.view import local_time
 
 HELP_TEXT = """\
 [b]Services[/b]
@@ -77,16 +78,23 @@ class ExtendModal(ModalScreen[tuple[str, dict[str, object]] | None]):
         Binding("escape", "choose('')", "Cancel"),
     ]
 
-    def __init__(self, service_name: str, current: str, left_s: float | None = None) -> None:
-        """``left_s``: the seconds left before auto stop, None when none runs."""
+    def __init__(
+        self, service_name: str, current: str, left_s: float | None = None, now: float = 0.0
+    ) -> None:
+        """``left_s``: the seconds left before auto stop, None when none runs; ``now``: the
+        dashboard's clock, so each choice names its new deadline in local time."""
         super().__init__()
         self.service_name = service_name
         self.current = current
-        now = 0.0
         due = None if current == "off" or left_s is None else now + left_s
         self.plans = [ExtendPlan.compute(service_name, h, now, due) for h in EXTEND_HOURS]
         self.choices: list[tuple[str, str, str, dict[str, object]]] = [
-            (f"extend-{p.hours}", p.choice, "extend", {"hours": p.hours})
+            (
+                f"extend-{p.hours}",
+                f"{p.choice} (at {local_time(p.new_due)})",
+                "extend",
+                {"hours": p.hours},
+            )
             for p in self.plans
             if p.new_due is not None and p.added > 0
         ]
@@ -102,8 +110,8 @@ class ExtendModal(ModalScreen[tuple[str, dict[str, object]] | None]):
                 return f"{self.service_name} has auto stop off: it runs until stopped."
             return f"Auto stop of {self.service_name}: {self.current}, counted once it runs."
         return (
-            f"Auto stop of {self.service_name}: {format_remaining(plan.time_left)} left. "
-            "Extending adds to it, up to 24 h from now."
+            f"Auto stop of {self.service_name}: {format_remaining(plan.time_left)} left "
+            f"(stops at {local_time(plan.due)}). Extending adds to it, up to 24 h from now."
         )
 
     def compose(self) -> ComposeResult:

@@ -319,8 +319,10 @@ class ServicesScreen(Screen[None]):
                 done,
             )
 
-        left = remaining_s(service, self.opsbot.now())
-        self.app.push_screen(ExtendModal(name, str(service.get("auto_stop", "")), left), chosen)
+        now = self.opsbot.now()
+        left = remaining_s(service, now)
+        modal = ExtendModal(name, str(service.get("auto_stop", "")), left, now)
+        self.app.push_screen(modal, chosen)
 
     def action_details(self, tab: str = "overview") -> None:
         from opsbot.tui.details import DetailsScreen

@@ -16,6 +16,7 @@ from opsbot.tui.app import OpsbotApp
 from opsbot.tui.modals import ConfirmModal, ExtendModal, HelpModal
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.table import ServicesTable
+from opsbot.tui.view import local_time
 
 SIZE = (120, 40)
 
@@ -156,10 +157,15 @@ async def test_extend_shows_the_time_left_and_each_new_deadline(
     await pilot.pause()
     modal = pilot.app.screen
     assert isinstance(modal, ExtendModal)
-    # The time left and what each choice makes of it (the hours add to the 1 h left).
-    assert "1h 00m left" in modal.question()
+    # The time left and what each choice makes of it (the hours add to the 1 h left), with the
+    # deadline as the clock on the wall reads it, before anything is applied.
+    now = served.clock.now()
+    assert f"1h 00m left (stops at {local_time(now + 3600)})" in modal.question()
     labels = [str(b.label) for b in modal.query(Button) if (b.id or "").startswith("extend-")]
-    assert labels == [f"Extend {h} h: stops in {h + 1}h 00m" for h in EXTEND_HOURS]
+    assert labels == [
+        f"Extend {h} h: stops in {h + 1}h 00m (at {local_time(now + (h + 1) * 3600)})"
+        for h in EXTEND_HOURS
+    ]
     due = served.service(me, "alpha").due_time
     assert due is not None
     await pilot.press("1")
