@@ -121,7 +121,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             yield field_row(
                 "auto_stop",
                 Select(choices, value=choice, allow_blank=False, id="auto-stop"),
-                Input(hours, placeholder="hours, 1-24", id="custom-hours"),
+                Input(hours, placeholder=form.CUSTOM_HOURS_LABEL, id="custom-hours"),
             )
             yield field_row(
                 "description",
@@ -147,7 +147,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
             )
             yield Label("", id="err-models", classes="error field-error")
             yield Label(
-                f"Routing rules (up to {MAX_RULES}, checked in order before the ratios)",
+                f"{form.LABELS['rules']} (up to {MAX_RULES}, checked in order before the ratios)",
                 classes="label subsection",
             )
             yield Vertical(*(RuleRow(r) for r in s.get("rules", [])), id="rules")

@@ -28,10 +28,13 @@ RULE_TESTS: list[tuple[str, str]] = [(label, value) for value, label in form.RUL
 
 
 def field_row(field: str, *widgets: Widget) -> Vertical:
-    """A form row: the field's label and widgets, and its error line under them, at the form's
-    full width (beside them, a narrow terminal leaves it a strip)."""
+    """A form row: the field's label (its help from the core's definition as the tooltip) and
+    widgets, and its error line under them, at the form's full width (beside them, a narrow
+    terminal leaves it a strip)."""
+    label = Label(FIELD_LABELS[field], classes="label")
+    label.tooltip = form.FIELD_BY_KEY[field].help
     return Vertical(
-        Horizontal(Label(FIELD_LABELS[field], classes="label"), *widgets, classes="field"),
+        Horizontal(label, *widgets, classes="field"),
         Label("", id=f"err-{field}", classes="error field-error"),
         classes="field-block",
     )

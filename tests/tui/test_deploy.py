@@ -373,6 +373,16 @@ async def test_the_form_renders_the_core_definition(pilot: Pilot[None], served: 
         (label, value) for value, label in form.SOURCES
     ]
     assert str(s.query_one("#add-version", Button).label) == form.ADD_VERSION_LABEL
+    assert s.query_one("#custom-hours", Input).placeholder == form.CUSTOM_HOURS_LABEL
+    # Each field's help is the core's, on its label.
+    helps = {str(lb.content): lb.tooltip for lb in s.query(".label").results(Label) if lb.tooltip}
+    rows = [f for f in form.FIELDS if f.section != "rule" and f.key != "env"]
+    assert helps == {f.label: f.help for f in rows}
+    rule = await s.add_rule()
+    assert rule is not None
+    assert [(str(p), v) for p, v in rule.test_select._options if isinstance(v, str)] == [
+        (label, value) for value, label in form.RULE_TESTS
+    ]
     group = s.groups[0]
     group.query_one("#model", Select).value = "iris"
     await settle(pilot)
