@@ -298,8 +298,9 @@ def sort_key(
         number = float(service.get("instances_ready", 0))
         text = f"{int(service.get('instances_desired', 0)):09d}"
     elif column == "status":
-        text = str(service.get("status", ""))
-        number = float(service.get("progress", 0))
+        # The status first, then (among Deploying ones) the progress: a Stopped service's
+        # progress of 0 must not put it before a Running one.
+        text = f"{service.get('status', '')}:{int(service.get('progress', 0)):03d}"
     elif column == "versions":
         text = versions_text(service).lower()
     elif column == "flavor":

@@ -82,6 +82,18 @@ def test_auto_stop_sorts_by_the_deadline_not_the_text() -> None:
     assert sorted(keys) == [keys[1], keys[0], keys[2]]
 
 
+def test_status_sorts_by_the_status_then_the_progress() -> None:
+    """As the daemon reports them: a Stopped service's progress is 0, a Running one's 100."""
+    rows = {
+        "deploying-late": {"status": "deploying", "progress": 60},
+        "deploying-early": {"status": "deploying", "progress": 10},
+        "running": {"status": "running", "progress": 100},
+        "stopped": {"status": "stopped", "progress": 0},
+    }
+    order = sorted(rows, key=lambda k: sort_key(rows[k], "status", None))
+    assert order == ["deploying-early", "deploying-late", "running", "stopped"]
+
+
 @pytest.mark.parametrize("status", [s.value for s in Status])
 def test_keys_are_refused_as_the_core_forms_verbs_say(status: str) -> None:
     service = {"name": "s", "owner": "me", "status": status}
