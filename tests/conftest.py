@@ -1,16 +1,32 @@
-"""Fixtures shared by every test.
+"""Fixtures shared by every test, and how the suite runs in parallel.
 
 Every test gets its own data directory (``home`` sets OPSBOT_HOME to it). Checking a model
 version starts a child process, so the example models are trained and registered once per
-session into a template home, and ``examples_home`` hands each test its own copy of it.
+run into a template home (once for all xdist workers: the first to ask builds it under a file
+lock), and ``examples_home`` hands each test its own copy of it.
+
+The suite runs under pytest-xdist with ``--dist loadgroup`` (pyproject's addopts). Tests run on
+any worker, except:
+
+- the Docker and the Swarm tests, which share one engine and the second swarm node: all of them
+  run on one worker, one at a time (the group ``ENGINE_GROUP``);
+- tests that use a module-scoped fixture (a real daemon most often): those of one module run on
+  one worker, so the fixture is set up once, as in a serial run.
+
+``pytest -n0`` runs everything serially in this process (for debugging).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from homes import clone_home
 
 from opsbot.core.app import DB_NAME, Core
@@ -20,6 +36,82 @@ from opsbot.core.registry import NORMAL
 
 #: The ExeML model of the template home: iris 1.0.0's files registered with origin "exeml".
 EXEML_MODEL = "flowers"
+
+TESTS = Path(__file__).resolve().parent
+#: The folders whose tests share the Docker engine and the second swarm node.
+ENGINE_DIRS = ("docker", "swarm")
+#: The xdist group of every test in ENGINE_DIRS.
+ENGINE_GROUP = "engine"
+
+
+def _group(item: pytest.Item) -> str | None:
+    """The xdist group an item must run in, or None when it may run on any worker."""
+    if item.path.relative_to(TESTS).parts[0] in ENGINE_DIRS:
+        return ENGINE_GROUP
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is not None:
+        for defs in fixtures.name2fixturedefs.values():
+            if any(d.scope == "module" for d in defs):
+                return f"module:{item.path.relative_to(TESTS)}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each item with its xdist group before xdist's own hook (on each worker) turns the
+    marks into the ``@group`` suffix of the node id the controller schedules by."""
+    for item in items:
+        group = _group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+class GroupCheck:
+    """On the xdist controller: refuse to run when a worker's engine tests come without their
+    group, which is how xdist's grouping fails when it fails (silently, with a pytest whose node
+    ids it cannot extend: pytest-xdist issue 1386)."""
+
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
+        loose = [
+            i
+            for i in ids
+            if Path(i.split("::")[0]).parent.name in ENGINE_DIRS
+            and not i.endswith(f"@{ENGINE_GROUP}")
+        ]
+        if loose:
+            pytest.exit(
+                f"{len(loose)} Docker/Swarm tests are not bound to the xdist group "
+                f"{ENGINE_GROUP!r} (first: {loose[0]}); they would run at the same time on one "
+                "engine. Use the pytest and pytest-xdist versions pyproject.toml pins, or -n0.",
+                returncode=4,
+            )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("dist", "no") == "loadgroup" and not os.environ.get("PYTEST_XDIST_WORKER"):
+        config.pluginmanager.register(GroupCheck(), "opsbot-group-check")
+
+
+def _once_per_run(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
+) -> tuple[Path, object]:
+    """Build ``name`` once per test run, whichever xdist worker asks first, and hand every
+    worker the folder and ``build``'s JSON-able answer.
+
+    Each worker's base temp is a folder of the run's own (``pytest-N/popen-gwK``); their parent
+    is shared by the workers of one run and by no other run.
+    """
+    base = factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    target = root / name
+    done = root / f"{name}.json"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)  # what a failed build left
+            target.mkdir()
+            answer = build(target)
+            done.write_text(json.dumps(answer))
+    return target, json.loads(done.read_text())
 
 
 @pytest.fixture
@@ -39,12 +131,18 @@ def me() -> str:
 
 @pytest.fixture(scope="session")
 def example_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    """The example models' files, trained once and not registered: (name, version) -> dir.
+    """The example models' files, trained once per run and not registered: (name, version) ->
+    dir.
 
     Registering copies a directory, so tests may share these read-only.
     """
-    root = tmp_path_factory.mktemp("example-files")
-    return {(ex.name, ex.version): path for ex, path in build_all(root)}
+
+    def build(root: Path) -> list[tuple[str, str, str]]:
+        return [(ex.name, ex.version, str(path)) for ex, path in build_all(root)]
+
+    _, built = _once_per_run(tmp_path_factory, "example-files", build)
+    assert isinstance(built, list)
+    return {(name, version): Path(path) for name, version, path in built}
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +151,15 @@ def template(
     example_dirs: dict[tuple[str, str], Path],
     me: str,
 ) -> Path:
-    """A data directory holding the examples and one ExeML model, registered once."""
-    home = tmp_path_factory.mktemp("template") / "home"
+    """A data directory holding the examples and one ExeML model, registered once per run."""
+    root, _ = _once_per_run(
+        tmp_path_factory, "template", lambda root: _register(root, example_dirs, me)
+    )
+    return root / "home"
+
+
+def _register(root: Path, example_dirs: dict[tuple[str, str], Path], me: str) -> None:
+    home = root / "home"
     core = Core(home)
     actor = core.user(me)
     made = core.create_examples(actor)
@@ -68,7 +173,6 @@ def template(
     conn = sqlite3.connect(home / DB_NAME)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    return home
 
 
 @pytest.fixture
