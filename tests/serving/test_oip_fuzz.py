@@ -14,16 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from opsbot.core.examples import build_all
 from opsbot.serving.oip import DATATYPES, fits
 from opsbot.serving.server import ModelState, load_for_serving
 
 
 @pytest.fixture(scope="module")
-def iris(tmp_path_factory: pytest.TempPathFactory) -> ModelState:
-    built = {f"{ex.name}-{ex.version}": p for ex, p in build_all(tmp_path_factory.mktemp("ex"))}
+def iris(example_dirs: dict[tuple[str, str], Path]) -> ModelState:
     state = ModelState(
-        path=Path(built["iris-onnx-1.0.0"]),
+        path=example_dirs[("iris-onnx", "1.0.0")],
         fmt="onnx",
         entry=None,
         name="iris-onnx",

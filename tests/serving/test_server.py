@@ -27,7 +27,7 @@ import pytest
 from aiohttp import test_utils, web
 
 import opsbot
-from opsbot.core.examples import SAMPLE_ROWS, build_all, train
+from opsbot.core.examples import SAMPLE_ROWS, train
 from opsbot.serving.loaders import LoadedModel, load_model
 from opsbot.serving.server import LOAD_FAILED, STATE, make_app, onnx_providers
 
@@ -62,10 +62,9 @@ class Model:
 
 
 @pytest.fixture(scope="session")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def examples(example_dirs: dict[tuple[str, str], Path]) -> dict[str, Path]:
     """The example iris models, keyed "name-version"."""
-    built = build_all(tmp_path_factory.mktemp("examples"))
-    return {f"{ex.name}-{ex.version}": path for ex, path in built}
+    return {f"{name}-{version}": path for (name, version), path in example_dirs.items()}
 
 
 @pytest.fixture(scope="session")

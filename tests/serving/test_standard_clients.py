@@ -27,7 +27,6 @@ import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
-from opsbot.core.examples import build_all
 from opsbot.serving import HEADER_LENGTH
 from serving.test_gateway import KEY, Home
 from serving.test_server import REPO, free_port
@@ -75,9 +74,11 @@ def _wait(port: int, path: str, procs: list[subprocess.Popen[bytes]], logs: list
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, example_dirs: dict[tuple[str, str], Path]
+) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("standard")
-    built = {f"{ex.name}-{ex.version}": path for ex, path in build_all(root / "examples")}
+    built = {f"{name}-{version}": path for (name, version), path in example_dirs.items()}
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
 
