@@ -77,7 +77,9 @@ async def gateway_process(home: Home, *extra: str) -> AsyncIterator[str]:
             proc.stderr.close()
 
 
-LIMIT = 50
+#: Ten times it (200 calls/s) is what one Python client keeps up with on two cores shared with
+#: the rest of a parallel suite; 500/s fell behind there (the window check below caught it).
+LIMIT = 20
 SECONDS = 10.0
 OFFERED = 10 * LIMIT
 
