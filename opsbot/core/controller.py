@@ -197,6 +197,10 @@ class Controller:
         self._running: set[Future[None]] = set()
         # Services whose last reconciliation failed, with the error (a full disk, say).
         self._failed: dict[int, Exception] = {}
+        # Reconciliations of a service finished since start, whatever their outcome: what a
+        # watcher waits on to know the controller has looked again ("after two more looks,
+        # nothing was restarted"), instead of sleeping for a guess of passes.
+        self._reconciled = 0
         # Consecutive missed readiness checks of instances still ready, by instance row id: how
         # many, and when the first of them was.
         self._misses: dict[int, tuple[int, float]] = {}
@@ -324,6 +328,12 @@ class Controller:
         with self._lock:
             self._running.discard(future)
 
+    @property
+    def reconciled(self) -> int:
+        """How many reconciliations of a service have finished since the controller started."""
+        with self._lock:
+            return self._reconciled
+
     def failures(self) -> list[Exception]:
         """The errors of the services whose last reconciliation failed."""
         with self._lock:
@@ -344,6 +354,7 @@ class Controller:
             log.exception("reconciling service %d failed", sid)
         finally:
             with self._lock:
+                self._reconciled += 1
                 self._busy.discard(sid)
                 again = sid in self._again
                 self._again.discard(sid)

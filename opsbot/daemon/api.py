@@ -277,7 +277,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    """Liveness, and how many reconciliations the controller has finished: a count to wait on
+    (it grows by one per service per pass)."""
+    return web.json_response({"ok": True, "reconciled": request.app[DAEMON].controller.reconciled})
 
 
 async def whoami(request: web.Request) -> web.Response:

@@ -194,7 +194,20 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearerAuth": []}],
         "paths": {
-            "/healthz": {"get": _op("Liveness of the daemon", public=True)},
+            "/healthz": {
+                "get": _op(
+                    "Liveness of the daemon, and the controller's finished reconciliations",
+                    schema={
+                        "type": "object",
+                        "required": ["ok", "reconciled"],
+                        "properties": {
+                            "ok": {"type": "boolean"},
+                            "reconciled": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    public=True,
+                )
+            },
             "/openapi.json": {"get": _op("This document", public=True)},
             "/v1/whoami": {"get": _op("The calling user, admin flag and quota use")},
             "/v1/tokens": {

@@ -57,6 +57,16 @@ def test_deploying_becomes_running_only_when_every_instance_is_ready(world: Worl
     assert Kind.RUNNING in world.kinds()
 
 
+def test_the_controller_counts_each_finished_reconciliation(world: World) -> None:
+    assert world.controller.reconciled == 0
+    world.deploy(models=[entry(instances=1)])
+    world.deploy(name="other", models=[entry(instances=1)])
+    world.controller.reconcile_all()
+    assert world.controller.reconciled == 2  # one per service per pass
+    world.controller.reconcile_all()
+    assert world.controller.reconciled == 4
+
+
 def test_auto_stop_off_leaves_no_deadline(world: World) -> None:
     world.deploy(auto_stop="off")
     world.controller.reconcile_all()

@@ -404,7 +404,13 @@ def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: 
         assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] == 200
         d2 = start_daemon(home)
         d.proc = d2.proc
-        time.sleep(2.5)  # a few controller passes
+        # the restarted controller looked at the service three times: it adopted the instances
+        # (nothing restarted), it did not replace them
+        looks = d2.client.request("GET", "/healthz")["reconciled"]
+        deadline = time.monotonic() + 30
+        while d2.client.request("GET", "/healthz")["reconciled"] < looks + 3:
+            assert time.monotonic() < deadline, "the controller did not reconcile in 30 s"
+            time.sleep(0.05)
         shown = d2.client.service("durable")
         assert shown["status"] == "running"
         assert _pids(home) == before
