@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from opsbot.client import ControlClient, RemoteError  # noqa: E402
 from opsbot.core.app import DB_NAME, Core  # noqa: E402
 from opsbot.core.controller import http_ready  # noqa: E402
 from opsbot.core.identity import local_user_name  # noqa: E402
@@ -45,7 +46,6 @@ from opsbot.core.runtime import InstanceSpec, Runtime  # noqa: E402
 from opsbot.core.runtimes.docker import DockerRuntime, connect, remove_all  # noqa: E402
 from opsbot.core.runtimes.process import ProcessRuntime  # noqa: E402
 from opsbot.core.spec import DEFAULT_FLAVOR  # noqa: E402
-from opsbot.daemon.client import Client, RemoteError  # noqa: E402
 
 RUNTIMES = ("process", "docker")
 
@@ -74,7 +74,7 @@ def copy_home(template: Path, home: Path) -> Path:
 
 
 @contextlib.contextmanager
-def daemon(home: Path, runtime: str) -> Iterator[Client]:
+def daemon(home: Path, runtime: str) -> Iterator[ControlClient]:
     log = open(home / "daemon.log", "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "opsbot", "--home", str(home), "up", "--runtime", runtime,
@@ -82,7 +82,7 @@ def daemon(home: Path, runtime: str) -> Iterator[Client]:
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     log.close()
-    client = Client(home, timeout=30)
+    client = ControlClient.for_home(home, timeout=30)
     try:
         deadline = time.monotonic() + 60
         while not client.available():
@@ -105,7 +105,7 @@ def daemon(home: Path, runtime: str) -> Iterator[Client]:
                 rt.stop(owned.handle, grace_s=2)
 
 
-def deploy_seconds(client: Client, name: str, instances: int) -> tuple[float, float]:
+def deploy_seconds(client: ControlClient, name: str, instances: int) -> tuple[float, float]:
     """Seconds from the deploy call to Running, and from the first instance answering its
     readiness check (asked here every 5 ms, once the service lists its address) to Running."""
     body = {
@@ -120,30 +120,30 @@ def deploy_seconds(client: Client, name: str, instances: int) -> tuple[float, fl
         while not done.is_set() and not ready_at:
             if address is None:
                 with contextlib.suppress(RemoteError):
-                    found = [i for i in client.service(name)["instances"] if i["port"]]
+                    found = [i for i in client.service(name).instances if i.port]
                     if found:
-                        address = (found[0]["host"], int(found[0]["port"]))
+                        address = (found[0].host or "127.0.0.1", int(found[0].port or 0))
             elif http_ready(*address, timeout=1.0):
                 ready_at.append(time.perf_counter())
             done.wait(0.005)
 
     started = time.perf_counter()
-    client.request("POST", "/v1/services", body)
+    client.deploy(body)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     while True:
-        status = client.service(name)["status"]
+        status = client.service(name).status
         if status == "running":
             running_at = time.perf_counter()
             break
         if status == "failed":
-            raise SystemExit(f"{name} failed: {client.service(name)['reason']}")
+            raise SystemExit(f"{name} failed: {client.service(name).reason}")
         time.sleep(0.01)
     done.set()
     watcher.join()
     took = running_at - started
     after_load = running_at - ready_at[0] if ready_at else float("nan")
-    client.request("DELETE", f"/v1/services/{name}")
+    client.delete(name)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -2,7 +2,7 @@
 
 ``serve_control_api(home)`` builds the daemon's objects (core, store, runtime; no controller
 pass, no gateway, no scheduler running) and serves ``make_app`` on ``HOME/opsbot.sock`` from a
-thread: the typed client, the dict client and the CLI (pointed at the home) all reach the real
+thread: the client and the CLI (pointed at the home) both reach the real
 handlers, middlewares and peer-credential identity there, with no daemon process.
 """
 

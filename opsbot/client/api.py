@@ -128,10 +128,15 @@ class ControlClient:
 
     # -- the daemon ------------------------------------------------------------------------------
 
+    def health(self) -> None:
+        """Ask the daemon whether it is up (``/healthz``); raises DaemonUnavailable, saying
+        what to do, when nothing answers."""
+        self.request("GET", "/healthz")
+
     def available(self) -> bool:
         """Whether a daemon answers (``/healthz``)."""
         try:
-            self.request("GET", "/healthz")
+            self.health()
         except DaemonUnavailable:
             return False
         return True

@@ -21,11 +21,12 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 
+from opsbot.client import ControlClient, DaemonUnavailable
+from opsbot.client.wire import EventInfo
 from opsbot.core.errors import OpsbotError
-from opsbot.daemon.client import DaemonUnavailable
 from opsbot.tui.modals import HelpModal
 from opsbot.tui.services import ServicesScreen
-from opsbot.tui.view import ControlClient, StatsFetcher
+from opsbot.tui.view import StatsFetcher
 from opsbot.tui.wording import plain
 
 T = TypeVar("T")
@@ -56,7 +57,8 @@ FROM_DAEMON: Final = "daemon"
 
 
 class OpsbotApp(App[None]):
-    """The dashboard. ``client`` is a :class:`opsbot.daemon.client.Client` or a fake of it."""
+    """The dashboard, a client of the control API through ``client`` (the daemon's socket, or
+    the real app served in-process in tests)."""
 
     TITLE = "opsbot"
     CSS_PATH = "opsbot.tcss"
@@ -79,8 +81,7 @@ class OpsbotApp(App[None]):
         if stats == FROM_DAEMON:
 
             def from_daemon(_gateway_url: str) -> dict[str, Any]:
-                document: dict[str, Any] = client.request("GET", "/v1/stats")
-                return document
+                return client.stats().model_dump(mode="json")
 
             self.stats_fetcher: StatsFetcher | None = from_daemon
         else:
@@ -198,7 +199,7 @@ class OpsbotApp(App[None]):
 
     # -- the event stream -------------------------------------------------------------------------
 
-    def start_event_stream(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+    def start_event_stream(self, on_event: Callable[[EventInfo], None]) -> None:
         """Follow ``/v1/events/stream`` and hand every event to ``on_event`` on the event loop.
 
         The stream is the dashboard's heartbeat: the daemon ends it when it stops and the
@@ -212,19 +213,17 @@ class OpsbotApp(App[None]):
             after = 0
             while not self._stopping.is_set():
                 try:
-                    self.client.request("GET", "/healthz")
+                    self.client.health()
                 except OpsbotError as exc:
                     self._deliver(self.connection_lost, exc)
                 else:
                     self._deliver(self.connection_back, None)
                     lost: OpsbotError = DaemonUnavailable("it closed the event stream")
                     try:
-                        for event in self.client.stream(
-                            "/v1/events/stream", {"after_id": after or None}
-                        ):
+                        for event in self.client.follow_events(after_id=after or None):
                             if self._stopping.is_set():
                                 return
-                            after = max(after, int(event.get("id", 0)))
+                            after = max(after, event.id)
                             self._deliver(on_event, event)
                     except OpsbotError as exc:
                         lost = exc
@@ -289,12 +288,9 @@ class OpsbotApp(App[None]):
 
 def run(home: Path) -> None:
     """Entry point of `opsbot tui` (wired in opsbot.cli)."""
-    from opsbot.daemon.client import Client
-
     require_terminal(sys.stdin, sys.stdout)
-    client = Client(home, timeout=30)
-    if not client.available():
-        client.request("GET", "/healthz")  # raises DaemonUnavailable with what to do
+    client = ControlClient.for_home(home, timeout=30)
+    client.health()  # raises DaemonUnavailable with what to do
     app = OpsbotApp(client, watch_terminal=True)
     app.run()
     if app.return_code:

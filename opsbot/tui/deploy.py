@@ -21,6 +21,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
+from opsbot.client import wire
 from opsbot.core import form
 from opsbot.core.errors import FieldError, OpsbotError
 from opsbot.core.form import whole_or_text
@@ -37,6 +38,7 @@ from opsbot.tui.form_widgets import (
     model_ref,
     pool_label,
     show_error,
+    source_of,
 )
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.view import instances_text, refusal, status_text
@@ -52,7 +54,7 @@ POLL_S = 0.5
 MODIFY_POLL_S = 1.0
 
 
-class DeployScreen(Screen[dict[str, Any] | None]):
+class DeployScreen(Screen[wire.ServiceInfo | None]):
     """Dismisses with the created service (or None when cancelled).
 
     Given ``service``, the form starts as that service's configuration, with its name and pool
@@ -72,13 +74,15 @@ class DeployScreen(Screen[dict[str, Any] | None]):
     def __init__(self, service: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.original = service
-        self.models: list[dict[str, Any]] = []
-        self.flavors: list[dict[str, Any]] = []
+        self.models: list[wire.ModelInfo] = []
+        self.flavors: list[wire.FlavorInfo] = []
         self.errors: list[FieldError] = []
         self.warnings: list[FieldError] = []
         self.touched: set[str] = set()
         self.submitted = False
-        self.created: dict[str, Any] | None = None
+        #: The service once deployed (or modified), as last fetched; its API key, shown once.
+        self.created: wire.ServiceInfo | None = None
+        self.api_key = ""
         self._seq = 0
         self._timer: Timer | None = None
         self._poll: Timer | None = None
@@ -186,7 +190,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
 
     def load_choices(self) -> None:
         app = self.opsbot
-        app.call_api(lambda: app.client.request("GET", "/v1/models"), self._got_models)
+        app.call_api(app.client.models, self._got_models)
         if self.original is None:  # a modified service stays in its pool
             app.call_api(app.client.pools, self._got_pools)
         self.load_flavors()
@@ -195,13 +199,13 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         value = self.query_one("#pool", Select).value
         return str(value) if isinstance(value, str) else "public"
 
-    def _got_pools(self, pools: list[dict[str, Any]]) -> None:
+    def _got_pools(self, pools: list[wire.PoolInfo]) -> None:
         """The pools the user may deploy to, each with its kind and what is free now."""
         select = self.query_one("#pool", Select)
         current = self._pool()
-        usable = [p for p in pools if p.get("may_use", True)]
-        select.set_options([(pool_label(p), str(p["name"])) for p in usable])
-        names = [str(p["name"]) for p in usable]
+        usable = [p for p in pools if p.may_use]
+        select.set_options([(pool_label(p), p.name) for p in usable])
+        names = [p.name for p in usable]
         if current in names:
             choose(select, current)
         elif names:
@@ -210,19 +214,16 @@ class DeployScreen(Screen[dict[str, Any] | None]):
     def load_flavors(self) -> None:
         app = self.opsbot
         pool = self._pool()
-        app.call_api(
-            lambda: app.client.request("GET", "/v1/flavors", query={"pool": pool}),
-            self._got_flavors,
-        )
+        app.call_api(lambda: app.client.flavors(pool), self._got_flavors)
 
-    def _got_models(self, models: list[dict[str, Any]]) -> None:
+    def _got_models(self, models: list[wire.ModelInfo]) -> None:
         self.models = models
         for group in self.groups:
             group.fill_models(models)
             group.fill_flavors(self.flavors, models)
         self._offer_versions()
 
-    def _got_flavors(self, flavors: list[dict[str, Any]]) -> None:
+    def _got_flavors(self, flavors: list[wire.FlavorInfo]) -> None:
         self.flavors = flavors
         for group in self.groups:
             group.fill_flavors(flavors, self.models)
@@ -406,16 +407,16 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         body = self.spec_body()
         app = self.opsbot
 
-        def done(result: dict[str, Any]) -> None:
+        def done(result: wire.Validated) -> None:
             if seq == self._seq:
-                self.show_errors([], [FieldError(**w) for w in result.get("warnings", [])])
+                self.show_errors([], field_errors(result.warnings))
 
         def failed(exc: OpsbotError) -> None:
             if seq == self._seq:
                 self.show_errors(exc.errors, self.warnings, general=None if exc.errors else exc)
 
         app.call_api(
-            lambda: app.client.request("POST", "/v1/validate", body=body),
+            lambda: app.client.validate(body),
             done,
             failed,
             group="validate",
@@ -507,9 +508,9 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         # offered as the core's rule takes them: the first version's model first (a gated
         # launch tries a new version of the same model), then the other models.
         mine = [
-            (model_ref(m), str(m["version"]))
+            (model_ref(m), m.version)
             for m in self.models
-            if m.get("source", "mine") == "mine" and is_normal(m)
+            if source_of(m) == "mine" and is_normal(m)
         ]
         first = self.groups[0].ref if self.groups else None
         offered = sorted(mine, key=lambda ref: first is None or ref[0] != first[0])
@@ -556,13 +557,13 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         # Checked first, then the entered information to confirm (the reference page's "After
         # confirming the entered information"), then deployed.
         app.call_api(
-            lambda: app.client.request("POST", "/v1/validate", body=body),
+            lambda: app.client.validate(body),
             lambda result: self._confirm_deploy(body, result),
             self._submit_failed,
         )
 
-    def _confirm_deploy(self, body: dict[str, Any], result: dict[str, Any]) -> None:
-        warnings = [FieldError(**w) for w in result.get("warnings", [])]
+    def _confirm_deploy(self, body: dict[str, Any], result: wire.Validated) -> None:
+        warnings = field_errors(result.warnings)
         self.show_errors([], warnings)
         lines = [f"{label}: {value}" for label, value in form.deploy_summary(parse_spec(body))]
         notes = [f"⚠ {field_message(w.field, w.message)}" for w in warnings]
@@ -574,7 +575,7 @@ class DeployScreen(Screen[dict[str, Any] | None]):
                 self.query_one("#submit", Button).disabled = False
                 return
             app.call_api(
-                lambda: app.client.request("POST", "/v1/services", body=body),
+                lambda: app.client.deploy(body),
                 self._created,
                 self._submit_failed,
             )
@@ -591,9 +592,10 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         else:
             self.notify(plain(exc.message), title=exc.title, severity="error")
 
-    def _created(self, result: dict[str, Any]) -> None:
+    def _created(self, result: wire.Deployed) -> None:
         self.created = result
-        self.show_errors([], [FieldError(**w) for w in result.get("warnings", [])])
+        self.api_key = result.api_key
+        self.show_errors([], field_errors(result.warnings))
         self.query_one("#progress-panel").display = True
         self._show_progress(result)
         self._poll = self.set_interval(POLL_S, self._poll_status)
@@ -604,32 +606,31 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         if created is None:
             return
         app = self.opsbot
-        name, owner = created["name"], created["owner"]
+        name, owner = created.name, created.owner
         app.call_api(lambda: app.client.service(name, owner), self._show_progress, group="poll")
 
-    def _show_progress(self, service: dict[str, Any]) -> None:
-        created = self.created or {}
-        status = str(service.get("status", ""))
-        key = created.get("api_key", "")
-        lines = [f"{service['name']}: {status.capitalize()}"]
+    def _show_progress(self, service: wire.ServiceInfo) -> None:
+        status = service.status.value
+        key = self.api_key
+        lines = [f"{service.name}: {status.capitalize()}"]
         if status == "deploying":
-            done = int(service.get("progress", 0))
+            done = service.progress
             bar = "█" * (done // 5) + "░" * (20 - done // 5)
             lines[0] += f"  {bar} {done}%"
         if status in ("running", "concerning"):
-            lines.append(f"URL: {service.get('url', '')}")
+            lines.append(f"URL: {service.url}")
             lines.append(f"API key (shown once; ctrl+y copies it): {key}")
             self._stop_polling()
         elif status in ("failed", "abnormal", "stopped", "deleting"):
-            lines.append(f"Reason: {service.get('reason') or 'see the events (l, enter)'}")
+            lines.append(f"Reason: {service.reason or 'see the events (l, enter)'}")
             self._stop_polling()
         else:
-            lines.append(f"URL (once Running): {service.get('url', '')}")
+            lines.append(f"URL (once Running): {service.url}")
             lines.append(f"API key (shown once; ctrl+y copies it): {key}")
         lines.append("escape: back to services")
         self.query_one("#progress-text", Static).update("\n".join(lines))
         if self.created is not None:
-            self.created = {**service, "api_key": key}
+            self.created = service
 
     def _stop_polling(self) -> None:
         if self._poll is not None:
@@ -653,16 +654,11 @@ class DeployScreen(Screen[dict[str, Any] | None]):
         self._leave()
 
     def action_copy_key(self) -> None:
-        created = self.created or {}
-        self.opsbot.copy(str(created.get("api_key", "")), "key of the new service")
+        self.opsbot.copy(self.api_key, "key of the new service")
 
     def _leave(self) -> None:
         self._stop_polling()
-        created = self.created
-        if created is not None:
-            dropped = ("api_key", "warnings", "changes", "snapshot")
-            created = {k: v for k, v in created.items() if k not in dropped}
-        self.dismiss(created)
+        self.dismiss(self.created)
 
 
 class ModifyScreen(DeployScreen):
@@ -680,10 +676,12 @@ class ModifyScreen(DeployScreen):
     def __init__(self, service: dict[str, Any]) -> None:
         super().__init__(service)
         self.service = service
+        #: What the applied modification changed, and the config snapshot it made.
+        self.changes: list[str] = []
+        self.snapshot: int | None = None
 
-    def _target(self) -> tuple[str, dict[str, str]]:
-        service = self.service
-        return f"/v1/services/{service['name']}", {"owner": str(service["owner"])}
+    def _target(self) -> tuple[str, str]:
+        return str(self.service["name"]), str(self.service["owner"])
 
     def action_submit(self) -> None:
         if self.created is not None:
@@ -692,28 +690,25 @@ class ModifyScreen(DeployScreen):
         if self._timer is not None:
             self._timer.stop()
         self._seq += 1
-        body = {"spec": self.spec_body()}
-        path, query = self._target()
+        spec = self.spec_body()
+        name, owner = self._target()
         app = self.opsbot
         self.query_one("#submit", Button).disabled = True
+        app.call_api(
+            lambda: app.client.update_plan(name, spec=spec, owner=owner),
+            lambda answer: self._confirm(spec, answer),
+            self._submit_failed,
+        )
 
-        def plan() -> dict[str, Any]:
-            result: dict[str, Any] = app.client.request(
-                "POST", f"{path}/update/plan", body=body, query=query
-            )
-            return result
-
-        app.call_api(plan, lambda answer: self._confirm(body, answer), self._submit_failed)
-
-    def _confirm(self, body: dict[str, Any], plan: dict[str, Any]) -> None:
+    def _confirm(self, spec: dict[str, Any], plan: wire.UpdatePlan) -> None:
         """Show the daemon's plan; apply it on yes."""
         self.show_errors([], self.warnings)
-        changes = [str(c) for c in plan.get("changes", [])]
+        changes = plan.changes
         if not changes:
             self.query_one("#submit", Button).disabled = False
             self.notify("nothing changed: the form is the service's configuration", title="Modify")
             return
-        restarts = [str(r) for r in plan.get("restarts", [])] or ["no instance restarts"]
+        restarts = plan.restarts or ["no instance restarts"]
         question = "\n".join(
             [
                 f"Apply to {self.service['name']}? This changes:",
@@ -722,7 +717,7 @@ class ModifyScreen(DeployScreen):
                 *(f"  {r}" for r in restarts),
             ]
         )
-        path, query = self._target()
+        name, owner = self._target()
         app = self.opsbot
 
         def answered(yes: bool | None) -> None:
@@ -730,55 +725,61 @@ class ModifyScreen(DeployScreen):
                 self.query_one("#submit", Button).disabled = False
                 return
             app.call_api(
-                lambda: app.client.request("POST", f"{path}/update", body=body, query=query),
+                lambda: app.client.update(name, spec=spec, owner=owner),
                 self._modified,
                 self._submit_failed,
             )
 
         self.app.push_screen(ConfirmModal(question, "Apply"), answered)
 
-    def _modified(self, result: dict[str, Any]) -> None:
-        self.show_errors([], [FieldError(**w) for w in result.get("warnings", [])])
-        if result.get("snapshot") is None:
+    def _modified(self, result: wire.Modified) -> None:
+        self.show_errors([], [])
+        if result.snapshot is None:
             self.query_one("#submit", Button).disabled = False
             self.notify("nothing changed: the form is the service's configuration", title="Modify")
             return
         self.created = result
+        self.changes, self.snapshot = result.changes, result.snapshot
         self.query_one("#progress-panel").display = True
         self._show_progress(result)
         self._poll = self.set_interval(MODIFY_POLL_S, self._poll_status)
         self.query_one("#progress-panel").scroll_visible()
-        self.notify(f"{result['name']}: snapshot #{result['snapshot']}", title="Modified")
+        self.notify(f"{result.name}: snapshot #{result.snapshot}", title="Modified")
 
-    def _show_progress(self, service: dict[str, Any]) -> None:
-        done = self.created or {}
-        changes = [str(c) for c in done.get("changes", [])]
-        lines = [f"{service['name']}: modified, config snapshot #{done.get('snapshot')}"]
-        lines += [f"  {c}" for c in changes]
-        lines.append(f"Status: {status_text(service)}, {instances_text(service)} ready")
-        status = str(service.get("status", ""))
-        settled = service.get("instances_ready") == service.get("instances_desired")
+    def _show_progress(self, service: wire.ServiceInfo) -> None:
+        lines = [f"{service.name}: modified, config snapshot #{self.snapshot}"]
+        lines += [f"  {c}" for c in self.changes]
+        row = service.model_dump(mode="json")
+        lines.append(f"Status: {status_text(row)}, {instances_text(row)} ready")
+        status = service.status.value
+        settled = service.instances_ready == service.instances_desired
         if status in ("failed", "abnormal"):
-            lines.append(f"Reason: {service.get('reason') or 'see the events (l, enter)'}")
+            lines.append(f"Reason: {service.reason or 'see the events (l, enter)'}")
             self._stop_polling()
         elif status in ("running", "concerning", "stopped") and settled:
             self._stop_polling()
         lines.append("escape: back")
         self.query_one("#progress-text", Static).update("\n".join(lines))
         if self.created is not None:
-            self.created = {**service, "changes": changes, "snapshot": done.get("snapshot")}
+            self.created = service
+
+
+def field_errors(problems: list[wire.FieldProblem]) -> list[FieldError]:
+    """The daemon's warnings (or errors) as the core's field errors the form shows."""
+    return [FieldError(p.field, p.message) for p in problems]
 
 
 def open_modify(
     app: OpsbotApp,
     name: str,
     owner: str,
-    done: Callable[[dict[str, Any] | None], None],
+    done: Callable[[wire.ServiceInfo | None], None],
 ) -> None:
     """Fetch the service afresh (in a worker) and open the Modify form on it, unless it may not
     be modified now; ``done`` gets the modified service (or None)."""
 
-    def got(service: dict[str, Any]) -> None:
+    def got(answer: wire.ServiceDetail) -> None:
+        service = answer.model_dump(mode="json")
         reason = refusal("modify", service, app.user, app.admin)
         if reason:
             app.notify(reason, title="Cannot modify", severity="warning")

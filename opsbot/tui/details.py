@@ -24,6 +24,7 @@ from textual.widgets import (
     TextArea,
 )
 
+from opsbot.client import wire
 from opsbot.core.errors import OpsbotError
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal
@@ -40,6 +41,7 @@ from opsbot.tui.view import (
     rule_lines,
     sparkline,
     status_text,
+    table_row,
     version_cells,
     version_name,
     versions_text,
@@ -173,9 +175,7 @@ class DetailsScreen(Screen[None]):
         name, owner = self.service["name"], self.service["owner"]
         app.call_api(lambda: app.client.service(name, owner), self._got_service, group="details")
         app.call_api(
-            lambda: app.client.request(
-                "GET", f"/v1/services/{name}/events", query={"owner": owner}
-            ),
+            lambda: app.client.events(name, owner=owner),
             self._got_events,
             group="details",
         )
@@ -199,9 +199,7 @@ class DetailsScreen(Screen[None]):
             self._logs_busy = False
 
         app.call_api(
-            lambda: app.client.request(
-                "GET", f"/v1/services/{name}/logs", query={"owner": owner, "tail": LOG_TAIL}
-            ),
+            lambda: app.client.logs(name, LOG_TAIL, owner),
             self._got_logs,
             failed,
             group="details",
@@ -221,20 +219,18 @@ class DetailsScreen(Screen[None]):
             self.query_one("#versions-note", Static).update(f"{exc.title}: {exc.message}")
 
         app.call_api(
-            lambda: app.client.request(
-                "GET", f"/v1/services/{name}", query={"owner": owner, "stats": "1"}
-            ),
+            lambda: app.client.service(name, owner, stats=True),
             self._got_versions,
             failed,
             group="versions",
         )
 
-    def _got_versions(self, service: dict[str, Any]) -> None:
+    def _got_versions(self, service: wire.ServiceDetail) -> None:
         self._versions_busy = False
         table = self.query_one("#versions-table", DataTable)
         table.clear()
-        for row in service.get("versions", []):
-            table.add_row(*version_cells(row), key=str(row.get("idx", "")))
+        for row in service.versions:
+            table.add_row(*version_cells(row), key=str(row.idx))
         self.query_one("#versions-note", Static).update(
             "CPU and memory summed over the version's instances; '-': not measured (yet)"
         )
@@ -243,14 +239,12 @@ class DetailsScreen(Screen[None]):
         app = self.opsbot
         name, owner = self.service["name"], self.service["owner"]
         app.call_api(
-            lambda: app.client.request(
-                "GET", f"/v1/services/{name}/history", query={"owner": owner}
-            ),
+            lambda: app.client.history(name, owner),
             self._got_history,
             group="details",
         )
 
-    def _got_history(self, snapshots: list[dict[str, Any]]) -> None:
+    def _got_history(self, snapshots: list[wire.Snapshot]) -> None:
         table = self.query_one("#history-table", DataTable)
         row = table.cursor_row
         table.clear()
@@ -291,7 +285,8 @@ class DetailsScreen(Screen[None]):
         elif pane == "history":
             self.load_history()
 
-    def _got_service(self, service: dict[str, Any]) -> None:
+    def _got_service(self, answer: wire.ServiceDetail) -> None:
+        service = table_row(answer, self.opsbot.now())
         if service.get("updated_at") != self.service.get("updated_at"):
             self.load_history()
         self.service = service
@@ -299,28 +294,28 @@ class DetailsScreen(Screen[None]):
         self.render_usage()
         table = self.query_one("#instances-table", DataTable)
         table.clear()
-        for inst in service.get("instances", []):
+        for inst in answer.instances:
             table.add_row(
-                version_name(service, inst.get("version_index")),
-                str(inst.get("n", "")),
-                str(inst.get("state", "")),
-                str(inst.get("node", "")),
-                f"{inst.get('host', '')}:{inst.get('port', '')}",
-                str(inst.get("restarts", 0)),
-                local_time(inst.get("started_at")),
-                str(inst.get("reason", "")),
+                version_name(service, inst.version_index),
+                str(inst.n),
+                inst.state,
+                inst.node,
+                f"{inst.host or ''}:{'' if inst.port is None else inst.port}",
+                str(inst.restarts),
+                local_time(inst.started_at),
+                inst.reason,
             )
 
-    def _got_events(self, events: list[dict[str, Any]]) -> None:
+    def _got_events(self, events: list[wire.EventInfo]) -> None:
         table = self.query_one("#events-table", DataTable)
         table.clear()
         for e in reversed(events[-200:]):
             table.add_row(
-                local_time(e.get("time")),
-                str(e.get("level", "")),
-                str(e.get("kind", "")),
-                str(e.get("actor", "")),
-                str(e.get("message", "")),  # last: the long one, cut by a narrow terminal
+                local_time(e.time),
+                e.level,
+                e.kind,
+                e.actor,
+                e.message,  # last: the long one, cut by a narrow terminal
             )
 
     def _got_logs(self, lines: list[str]) -> None:
@@ -418,7 +413,7 @@ class DetailsScreen(Screen[None]):
             s = self.service
             open_modify(self.opsbot, str(s["name"]), str(s["owner"]), self._modified)
 
-    def _modified(self, service: dict[str, Any] | None) -> None:
+    def _modified(self, service: wire.ServiceInfo | None) -> None:
         if service:
             self.load()
             self.load_history()
@@ -435,14 +430,8 @@ class DetailsScreen(Screen[None]):
         app = self.opsbot
         name, owner = str(self.service["name"]), str(self.service["owner"])
 
-        def rollback(dry_run: bool) -> Any:
-            body: dict[str, Any] = {"to": n, "dry_run": True} if dry_run else {"to": n}
-            return app.client.request(
-                "POST", f"/v1/services/{name}/rollback", body=body, query={"owner": owner}
-            )
-
-        def previewed(preview: dict[str, Any]) -> None:
-            changes = [str(c) for c in preview.get("changes", [])]
+        def previewed(preview: wire.RollbackPreview) -> None:
+            changes = preview.changes
             if not changes:
                 self.notify(
                     f"{name} already has the configuration of snapshot #{n}", title="Roll back"
@@ -455,18 +444,17 @@ class DetailsScreen(Screen[None]):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                app.call_api(lambda: rollback(False), applied)
+                app.call_api(lambda: app.client.rollback(name, n, owner), applied)
 
-        def applied(result: dict[str, Any]) -> None:
-            lines = [str(c) for c in result.get("changes", [])]
+        def applied(result: wire.Modified) -> None:
             self.notify(
-                "\n".join(lines) or "nothing changed",
-                title=f"Rolled back to #{n}: snapshot #{result.get('snapshot')}",
+                "\n".join(result.changes) or "nothing changed",
+                title=f"Rolled back to #{n}: snapshot #{result.snapshot}",
             )
             self.load()
             self.load_history()
 
-        app.call_api(lambda: rollback(True), previewed)
+        app.call_api(lambda: app.client.rollback_preview(name, n, owner), previewed)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "send":
@@ -486,23 +474,18 @@ class DetailsScreen(Screen[None]):
         name, owner = self.service["name"], self.service["owner"]
         out.update("sending…")
 
-        def done(reply: dict[str, Any]) -> None:
-            body = json.dumps(reply.get("response"), indent=2)
+        def done(reply: wire.Prediction) -> None:
+            body = json.dumps(reply.response, indent=2)
             out.update(
-                f"HTTP {reply.get('status')}  version {reply.get('version') or '-'}  "
-                f"{reply.get('latency_ms')} ms\n{body}"
+                f"HTTP {reply.status}  version {reply.version or '-'}  "
+                f"{reply.latency_ms} ms\n{body}"
             )
 
         def failed(exc: OpsbotError) -> None:
             out.update(f"[red]{exc.title}: {exc.message}[/red]")
 
         app.call_api(
-            lambda: app.client.request(
-                "POST",
-                f"/v1/services/{name}/predict",
-                query={"owner": owner},
-                raw=text.encode(),
-            ),
+            lambda: app.client.predict(name, text.encode(), owner),
             done,
             failed,
         )
@@ -515,17 +498,12 @@ class DetailsScreen(Screen[None]):
             if not yes:
                 return
 
-            def done(reply: dict[str, Any]) -> None:
-                self.api_key = str(reply.get("api_key", ""))
+            def done(reply: wire.KeyRotated) -> None:
+                self.api_key = reply.api_key
                 self.render_usage()
                 self.notify("the old key stopped working", title="Key rotated")
 
-            app.call_api(
-                lambda: app.client.request(
-                    "POST", f"/v1/services/{name}/key", query={"owner": owner}
-                ),
-                done,
-            )
+            app.call_api(lambda: app.client.rotate_key(name, owner), done)
 
         self.app.push_screen(
             ConfirmModal(f"Rotate the key of {name}? The old key stops working at once.", "Rotate"),

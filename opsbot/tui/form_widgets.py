@@ -15,6 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static
 
+from opsbot.client.wire import FlavorInfo, ModelInfo, PoolInfo
 from opsbot.core import form
 from opsbot.core.form import whole_or_text
 from opsbot.tui.wording import FIELD_LABELS
@@ -174,12 +175,10 @@ class ModelGroup(Vertical):
     def env(self) -> dict[str, str]:
         return dict(self.entry()["env"])
 
-    def fill_models(self, models: list[dict[str, Any]]) -> None:
+    def fill_models(self, models: list[ModelInfo]) -> None:
         """Offer the models of the chosen source that have a Normal version."""
         source = self._select("source") or "mine"
-        names = sorted(
-            {model_ref(m) for m in models if m.get("source", "mine") == source and is_normal(m)}
-        )
+        names = sorted({model_ref(m) for m in models if source_of(m) == source and is_normal(m)})
         select = self.query_one("#model", Select)
         current = self._select("model") or self.wanted.get("model", "")
         if self._is_preset_source() and self.preset is not None:
@@ -192,14 +191,14 @@ class ModelGroup(Vertical):
             select.value = names[0]
         self.fill_versions(models)
 
-    def fill_versions(self, models: list[dict[str, Any]]) -> None:
+    def fill_versions(self, models: list[ModelInfo]) -> None:
         """Offer only the Normal versions of the chosen model."""
         source = self._select("source") or "mine"
         chosen = self._select("model")
         versions = [
-            str(m["version"])
+            m.version
             for m in models
-            if model_ref(m) == chosen and m.get("source", "mine") == source and is_normal(m)
+            if model_ref(m) == chosen and source_of(m) == source and is_normal(m)
         ]
         select = self.query_one("#version", Select)
         current = self._select("version") or self.wanted.get("version", "")
@@ -213,10 +212,12 @@ class ModelGroup(Vertical):
         elif versions:
             select.value = versions[-1]
 
-    def fill_flavors(self, flavors: list[dict[str, Any]], models: list[dict[str, Any]]) -> None:
+    def fill_flavors(self, flavors: list[FlavorInfo], models: list[ModelInfo]) -> None:
         """Every flavor of the pool, as the core form offers them for this version's kind of
         model: those it cannot take dimmed with the reason, and never chosen by default."""
-        self.flavor_choices = form.flavor_choices(flavors, self._origin(models))
+        self.flavor_choices = form.flavor_choices(
+            [f.model_dump(mode="json") for f in flavors], self._origin(models)
+        )
         options: list[tuple[str | Text, str]] = []
         for c in self.flavor_choices:
             if c.available:
@@ -244,13 +245,13 @@ class ModelGroup(Vertical):
             (c.reason for c in self.flavor_choices if c.value == chosen and not c.available), ""
         )
 
-    def _origin(self, models: list[dict[str, Any]]) -> str:
+    def _origin(self, models: list[ModelInfo]) -> str:
         source = self._select("source") or "mine"
         model, version = self._select("model"), self._select("version")
         for m in models:
-            same = m.get("source", "mine") == source and model_ref(m) == model
-            if same and m["version"] == version:
-                return str(m.get("origin") or "custom")
+            same = source_of(m) == source and model_ref(m) == model
+            if same and m.version == version:
+                return m.origin or "custom"
         return "custom"
 
     def add_env(self, name: str = "", value: str = "") -> EnvRow:
@@ -339,18 +340,21 @@ def choose(select: Select[str], value: str) -> None:
         select.value = value
 
 
-def pool_label(pool: dict[str, Any]) -> str:
+def pool_label(pool: PoolInfo) -> str:
     """How the pool select names a pool: "team-a (dedicated) · 12 vCPUs, 48.0 GiB free"."""
-    kind = " (dedicated)" if pool.get("kind") == "dedicated" else ""
-    return f"{pool['name']}{kind} · {pool.get('free_text', '?')} free"
+    kind = " (dedicated)" if pool.kind == "dedicated" else ""
+    return f"{pool.name}{kind} · {pool.free_text} free"
 
 
-def model_ref(m: dict[str, Any]) -> str:
+def source_of(m: ModelInfo) -> str:
+    """Where a model version comes from: "mine" or "subscribed"."""
+    return m.source or "mine"
+
+
+def model_ref(m: ModelInfo) -> str:
     """How the spec names a model: NAME for mine, OWNER/NAME for a subscription."""
-    if m.get("source", "mine") == "subscribed":
-        return f"{m['owner']}/{m['name']}"
-    return str(m["name"])
+    return m.ref if source_of(m) == "subscribed" else m.name
 
 
-def is_normal(m: dict[str, Any]) -> bool:
-    return str(m.get("status", "")).lower() == "normal"
+def is_normal(m: ModelInfo) -> bool:
+    return m.status.lower() == "normal"

@@ -7,8 +7,11 @@ shown beside the field they name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
+from pydantic import BaseModel
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -26,6 +29,7 @@ from textual.widgets import (
     TabPane,
 )
 
+from opsbot.client import wire
 from opsbot.core.errors import FieldError, OpsbotError
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.wording import field_message, plain
@@ -51,7 +55,11 @@ def _row(label: str, widget: Input | Select[str], field: str) -> Horizontal:
     )
 
 
-class _FormModal(ModalScreen[dict[str, Any] | None]):
+#: What a form modal's call answers, and the modal dismisses with.
+R = TypeVar("R", bound=BaseModel)
+
+
+class _FormModal(ModalScreen[R | None]):
     """A small form whose submit calls the daemon; errors land beside their fields and the
     modal stays open until the call succeeds (or escape)."""
 
@@ -85,13 +93,13 @@ class _FormModal(ModalScreen[dict[str, Any] | None]):
     def submit(self) -> None:
         raise NotImplementedError
 
-    def send(self, call: Any) -> None:
+    def send(self, call: Callable[[], R]) -> None:
         """Run ``call`` (a control-API call) in a worker; dismiss with its result."""
         self.query_one("#ok", Button).disabled = True
         self.query_one("#form-status", Static).update(self.busy_text)
         self.opsbot.call_api(call, self.done, self.failed)
 
-    def done(self, result: dict[str, Any]) -> None:
+    def done(self, result: R) -> None:
         self.dismiss(result)
 
     def failed(self, exc: OpsbotError) -> None:
@@ -113,7 +121,7 @@ class _FormModal(ModalScreen[dict[str, Any] | None]):
         self.query_one("#form-status", Static).update("\n".join(general))
 
 
-class CreateModelModal(_FormModal):
+class CreateModelModal(_FormModal[wire.ModelInfo]):
     """Create a model version from a directory on the daemon's machine."""
 
     FIELDS = ("name", "version", "path", "format", "entry", "description")
@@ -164,12 +172,12 @@ class CreateModelModal(_FormModal):
         client = self.opsbot.client
         self.send(
             lambda: client.create_model(
-                name, version, path, fmt, entry=entry or None, description=description
+                name, version, Path(path), fmt, entry=entry or None, description=description
             )
         )
 
 
-class SubscribeModal(_FormModal):
+class SubscribeModal(_FormModal[wire.Subscribed]):
     """Subscribe to someone's published model, named OWNER/NAME."""
 
     FIELDS = ("model",)
@@ -205,7 +213,7 @@ class ModelsScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.models: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, wire.ModelInfo] = {}
 
     @property
     def opsbot(self) -> OpsbotApp:
@@ -238,9 +246,9 @@ class ModelsScreen(Screen[None]):
 
     def action_reload(self) -> None:
         app = self.opsbot
-        app.call_api(lambda: app.client.request("GET", "/v1/models"), self._got_models)
+        app.call_api(app.client.models, self._got_models)
 
-    def _got_models(self, models: list[dict[str, Any]]) -> None:
+    def _got_models(self, models: list[wire.ModelInfo]) -> None:
         tables = {
             "mine": self.query_one("#mine-table", DataTable),
             "subscribed": self.query_one("#subscribed-table", DataTable),
@@ -249,20 +257,19 @@ class ModelsScreen(Screen[None]):
         for table in tables.values():
             table.clear()
         self.models = {}
-        for m in sorted(models, key=lambda m: (m.get("owner", ""), m["name"], m["version"])):
-            source = str(m.get("source", "mine"))
+        for m in sorted(models, key=lambda m: (m.owner, m.name, m.version)):
+            source = m.source or "mine"
             table = tables.get(source, tables["mine"])
-            key = f"{source}:{m.get('owner', '')}/{m['name']}/{m['version']}"
+            key = f"{source}:{m.owner}/{m.name}/{m.version}"
             self.models[key] = m
-            status = str(m.get("status", "")).capitalize()
             table.add_row(
-                str(m["name"]),
-                str(m["version"]),
-                status,
-                str(m.get("format", "")),
-                str(m.get("owner", "")),
-                "yes" if m.get("public") else "no",
-                str(m.get("reason", "")),
+                m.name,
+                m.version,
+                m.status.capitalize(),
+                m.format,
+                m.owner,
+                "yes" if m.public else "no",
+                m.reason,
                 key=key,
             )
         for source, table in tables.items():
@@ -280,15 +287,15 @@ class ModelsScreen(Screen[None]):
     # -- actions -------------------------------------------------------------------------------
 
     def action_create(self) -> None:
-        def created(model: dict[str, Any] | None) -> None:
+        def created(model: wire.ModelInfo | None) -> None:
             if model is None:
                 return
-            what = f"{model['name']} {model['version']}"
-            if model.get("status") == "normal":
+            what = f"{model.name} {model.version}"
+            if model.status == "normal":
                 self.notify(f"{what} is Normal: it can be deployed", title="Model created")
             else:
                 self.notify(
-                    f"{what} is Failed: {model.get('reason', '')}",
+                    f"{what} is Failed: {model.reason}",
                     title="Model check failed",
                     severity="error",
                     timeout=10,
@@ -309,21 +316,21 @@ class ModelsScreen(Screen[None]):
         if model is None:
             self.notify("no model is selected", title="Publish", severity="warning")
             return
-        name, public = str(model["name"]), not model.get("public")
+        name, public = model.name, not model.public
         app = self.opsbot
 
-        def done(result: dict[str, Any]) -> None:
-            state = "published" if result.get("public") else "private"
+        def done(result: wire.Published) -> None:
+            state = "published" if result.public else "private"
             self.notify(f"{name} is {state}", title="Publish")
             self.action_reload()
 
         app.call_api(lambda: app.client.publish_model(name, public), done)
 
     def action_subscribe(self) -> None:
-        def subscribed(result: dict[str, Any] | None) -> None:
+        def subscribed(result: wire.Subscribed | None) -> None:
             if result is None:
                 return
-            self.notify(f"subscribed to {result.get('model', '')}", title="Subscribe")
+            self.notify(f"subscribed to {result.model}", title="Subscribe")
             self.query_one("#model-tabs", TabbedContent).active = "subscribed"
             self.action_reload()
 

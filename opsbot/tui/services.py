@@ -9,11 +9,19 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from opsbot.client.wire import EventInfo, ServiceInfo, WhoAmI
 from opsbot.core.errors import OpsbotError
 from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal, ExtendModal
 from opsbot.tui.table import ServicesTable
-from opsbot.tui.view import COLUMN_LABELS, parse_stats, refusal, remaining_s, row_key
+from opsbot.tui.view import (
+    COLUMN_LABELS,
+    parse_stats,
+    refusal,
+    remaining_s,
+    row_key,
+    table_row,
+)
 
 if TYPE_CHECKING:
     from opsbot.tui.app import OpsbotApp
@@ -78,7 +86,7 @@ class ServicesScreen(Screen[None]):
         self.table.focus()
         app = self.opsbot
         self.watch(app, "daemon_down", self._daemon_down, init=False)
-        app.call_api(lambda: app.client.request("GET", "/v1/whoami"), self._got_whoami)
+        app.call_api(app.client.whoami, self._got_whoami)
         if app.live:
             self.set_interval(TICK_S, self._tick)
             self.set_interval(STATS_S, self.load_stats)
@@ -96,15 +104,15 @@ class ServicesScreen(Screen[None]):
     def reconnected(self) -> None:
         """The daemon is back: who am I, and every service afresh."""
         app = self.opsbot
-        app.call_api(lambda: app.client.request("GET", "/v1/whoami"), self._got_whoami)
+        app.call_api(app.client.whoami, self._got_whoami)
 
-    def _got_whoami(self, me: dict[str, Any]) -> None:
+    def _got_whoami(self, me: WhoAmI) -> None:
         app = self.opsbot
         first = not app.user
-        app.user = str(me.get("user", ""))
-        app.admin = bool(me.get("admin", False))
-        app.gateway_url = str(me.get("gateway_url", ""))
-        self.quota = int(me.get("quota", 0))
+        app.user = me.user
+        app.admin = me.admin
+        app.gateway_url = me.gateway_url
+        self.quota = me.quota
         if first:
             self.everyone = app.admin
         self.reload()
@@ -115,12 +123,10 @@ class ServicesScreen(Screen[None]):
         everyone = self.everyone
         app.call_api(lambda: app.client.services(everyone), self._got_services)
 
-    def _got_services(self, services: list[dict[str, Any]]) -> None:
+    def _got_services(self, services: list[ServiceInfo]) -> None:
         now = self.opsbot.now()
-        for s in services:
-            s["_fetched_at"] = now
         self.table.now = now
-        self.table.replace_all(services)
+        self.table.replace_all([table_row(s, now) for s in services])
         self.loaded = True
         self._describe()
 
@@ -197,15 +203,15 @@ class ServicesScreen(Screen[None]):
 
     # -- live updates ----------------------------------------------------------------------------
 
-    def on_daemon_event(self, event: dict[str, Any]) -> None:
+    def on_daemon_event(self, event: EventInfo) -> None:
         """Apply one event from the stream: refetch that service, or drop it when deleted."""
-        name, owner = event.get("service"), event.get("owner")
+        name, owner = event.service, event.owner
         if not name or not owner:
             return
         app = self.opsbot
         if not self.everyone and owner != app.user:
             return
-        if event.get("kind") == "deleted":
+        if event.kind == "deleted":
             self.table.remove_service(f"{owner}/{name}")
             self._describe()
             return
@@ -224,10 +230,8 @@ class ServicesScreen(Screen[None]):
 
         app.call_api(lambda: app.client.service(name, owner), self.apply_service, gone)
 
-    def apply_service(self, service: dict[str, Any]) -> None:
-        service["_fetched_at"] = self.opsbot.now()
-        service.pop("instances", None)
-        self.table.upsert(service)
+    def apply_service(self, service: ServiceInfo) -> None:
+        self.table.upsert(table_row(service, self.opsbot.now()))
         self._describe()
 
     # -- keys ----------------------------------------------------------------------------------
@@ -246,11 +250,12 @@ class ServicesScreen(Screen[None]):
         app = self.opsbot
         name, owner = service["name"], service["owner"]
 
-        def done(result: dict[str, Any]) -> None:
+        def done(result: ServiceInfo) -> None:
             self.notify(f"{name}: {verb} requested", title=verb.capitalize())
             self.apply_service(result)
 
-        app.call_api(lambda: app.client.action(name, verb, owner), done)
+        act = app.client.stop if verb == "stop" else app.client.start
+        app.call_api(lambda: act(name, owner), done)
 
     def action_stop_service(self) -> None:
         service = self._target("stop")
@@ -281,16 +286,11 @@ class ServicesScreen(Screen[None]):
             if not yes:
                 return
 
-            def done(result: dict[str, Any]) -> None:
+            def done(result: ServiceInfo) -> None:
                 self.notify(f"{name}: deleting", title="Delete")
                 self.apply_service(result)
 
-            app.call_api(
-                lambda: app.client.request(
-                    "DELETE", f"/v1/services/{name}", query={"owner": owner}
-                ),
-                done,
-            )
+            app.call_api(lambda: app.client.delete(name, owner), done)
 
         question = f"Delete {owner}/{name}? Its instances stop and its URL stops answering."
         self.app.push_screen(ConfirmModal(question), answered)
@@ -307,17 +307,16 @@ class ServicesScreen(Screen[None]):
                 return
             endpoint, body = choice
 
-            def done(result: Any) -> None:
+            def done(result: ServiceInfo) -> None:
                 self.notify(f"{name}: auto stop updated", title="Auto stop")
-                if isinstance(result, dict) and result.get("name") == name:
-                    self.apply_service(result)
+                self.apply_service(result)
 
-            app.call_api(
-                lambda: app.client.request(
-                    "POST", f"/v1/services/{name}/{endpoint}", body=body, query={"owner": owner}
-                ),
-                done,
-            )
+            def send() -> ServiceInfo:
+                if endpoint == "extend":
+                    return app.client.extend(name, int(str(body["hours"])), owner)
+                return app.client.set_auto_stop(name, str(body["auto_stop"]), owner)
+
+            app.call_api(send, done)
 
         now = self.opsbot.now()
         left = remaining_s(service, now)
@@ -355,7 +354,7 @@ class ServicesScreen(Screen[None]):
         if service:
             open_modify(self.opsbot, str(service["name"]), str(service["owner"]), self._deployed)
 
-    def _deployed(self, service: dict[str, Any] | None) -> None:
+    def _deployed(self, service: ServiceInfo | None) -> None:
         if service:
             self.apply_service(service)
 

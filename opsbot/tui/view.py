@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
+from opsbot.client.wire import ServiceInfo, Snapshot, VersionNumbers
 from opsbot.core.form import Verb
 from opsbot.core.form import allowed_verbs as _allowed
 from opsbot.core.status import Status
@@ -65,46 +66,16 @@ SPARK = "▁▂▃▄▅▆▇█"
 SECONDS_BELOW_S = 600
 
 
-class ControlClient(Protocol):
-    """What the TUI needs from :class:`opsbot.daemon.client.Client` (a fake implements it too)."""
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: dict[str, Any] | None = None,
-        raw: bytes | None = None,
-    ) -> Any: ...
-
-    def services(self, everyone: bool = False) -> list[dict[str, Any]]: ...
-
-    def service(self, name: str, owner: str | None = None) -> dict[str, Any]: ...
-
-    def action(self, name: str, verb: str, owner: str | None = None) -> dict[str, Any]: ...
-
-    def stream(self, path: str, query: dict[str, Any] | None = None) -> Any: ...
-
-    def create_model(
-        self,
-        name: str,
-        version: str,
-        path: Any,
-        fmt: str,
-        *,
-        entry: str | None = None,
-        origin: str = "custom",
-        description: str = "",
-    ) -> dict[str, Any]: ...
-
-    def publish_model(self, name: str, public: bool = True) -> dict[str, Any]: ...
-
-    def subscribe(self, ref: str) -> dict[str, Any]: ...
-
-    def pools(self) -> list[dict[str, Any]]: ...
-
-
 StatsFetcher = Callable[[str], dict[str, Any]]
+
+
+def table_row(service: ServiceInfo, fetched_at: float) -> dict[str, Any]:
+    """A service as the table and the screens keep it: its answer from the daemon (instances
+    left out: the table does not show them) and when it was fetched, from which its time left
+    counts down."""
+    row = service.model_dump(mode="json", exclude={"instances"})
+    row["_fetched_at"] = fetched_at
+    return row
 
 
 def row_key(service: dict[str, Any]) -> str:
@@ -446,7 +417,7 @@ VERSION_COLUMNS: tuple[str, ...] = (
 )
 
 
-def version_cells(row: dict[str, Any]) -> tuple[str, ...]:
+def version_cells(row: VersionNumbers) -> tuple[str, ...]:
     """One row of the per-version numbers (``GET /v1/services/NAME?stats=1``'s ``versions``);
     a figure nobody could measure shows as "-"."""
 
@@ -454,25 +425,24 @@ def version_cells(row: dict[str, Any]) -> tuple[str, ...]:
         return "-" if value is None else fmt.format(value)
 
     return (
-        f"{row.get('model', '')} {row.get('version', '')}",
-        num(row.get("traffic_ratio"), "{}%"),
-        f"{num(row.get('ready'))}/{num(row.get('desired'))}",
-        num(row.get("calls")),
-        num(row.get("failures")),
-        num(row.get("p50_ms"), "{:.1f}"),
-        num(row.get("p99_ms"), "{:.1f}"),
-        num(row.get("cpu_percent"), "{:.1f}"),
-        size_text(row.get("memory_bytes")),
+        f"{row.model} {row.version}",
+        num(row.traffic_ratio, "{}%"),
+        f"{row.ready}/{row.desired}",
+        num(row.calls),
+        num(row.failures),
+        num(row.p50_ms, "{:.1f}"),
+        num(row.p99_ms, "{:.1f}"),
+        num(row.cpu_percent, "{:.1f}"),
+        size_text(row.memory_bytes),
     )
 
 
-def history_rows(snapshots: list[dict[str, Any]]) -> list[tuple[int, float, str, list[str]]]:
+def history_rows(snapshots: list[Snapshot]) -> list[tuple[int, float, str, list[str]]]:
     """(n, time, actor, difference to the previous snapshot) for each config snapshot of
     ``GET /v1/services/NAME/history`` (the daemon sends each with its diff), newest first.
     #1 is the deploy."""
     out: list[tuple[int, float, str, list[str]]] = []
-    for snap in sorted(snapshots, key=lambda s: int(s["n"])):
-        changes = [str(c) for c in snap.get("changes") or []]
-        lines = ["deployed"] if not out else changes or ["no change"]
-        out.append((int(snap["n"]), float(snap.get("created_at") or 0), str(snap["actor"]), lines))
+    for snap in sorted(snapshots, key=lambda s: s.n):
+        lines = ["deployed"] if not out else snap.changes or ["no change"]
+        out.append((snap.n, snap.created_at, snap.actor, lines))
     return out[::-1]

@@ -30,7 +30,6 @@ from opsbot.core.errors import (
 )
 from opsbot.core.spec import DeploySpec
 from opsbot.core.status import Status
-from opsbot.daemon.client import Client
 
 IRIS = {"name": "iris-one", "models": [{"model": "iris", "version": "1.0.0"}]}
 
@@ -150,16 +149,6 @@ def test_no_daemon_is_daemon_unavailable(tmp_path: Path) -> None:
     assert client.available() is False
     with pytest.raises(DaemonUnavailable, match="opsbot up -d"):
         client.whoami()
-
-
-def test_the_dict_client_still_answers_json(examples_home: Path) -> None:
-    with serve_control_api(examples_home):
-        legacy = Client(examples_home)
-        created = legacy.request("POST", "/v1/services", IRIS)
-        assert created["name"] == "iris-one" and legacy.service("iris-one")["status"] == "deploying"
-        assert [s["name"] for s in legacy.services()] == ["iris-one"]
-        with pytest.raises(NotFound):
-            legacy.service("nothing-here")
 
 
 def test_following_events_starts_after_the_last_one_seen(client: ControlClient) -> None:

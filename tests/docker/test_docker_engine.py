@@ -40,6 +40,7 @@ from e2e.test_daemon import (
 )
 from homes import clone_home
 
+from opsbot.client.wire import ServiceDetail
 from opsbot.core.images import USER
 from opsbot.core.runtimes.docker import LABEL_HOME, LABEL_INSTANCE
 
@@ -64,13 +65,13 @@ def wait_for(what: str, check: Any, timeout: float, step: float = 0.3) -> Any:
         time.sleep(step)
 
 
-def wait_status(d: Daemon, name: str, status: str, timeout: float = 60) -> dict[str, Any]:
-    last: dict[str, Any] = {}
+def wait_status(d: Daemon, name: str, status: str, timeout: float = 60) -> ServiceDetail | None:
+    last: ServiceDetail | None = None
 
     def reached() -> bool:
         nonlocal last
         last = d.client.service(name)
-        return bool(last["status"] == status)
+        return last.status == status
 
     try:
         wait_for(f"{name} to be {status}", reached, timeout)
@@ -208,7 +209,7 @@ def test_stop_and_delete_remove_the_containers(shared: Daemon, engine: Any) -> N
     assert len(of_service()) == 1
     shared.cli("delete", "iris-gone")
     wait_for("the service to be deleted", lambda: "iris-gone" not in
-             [s["name"] for s in shared.client.services()], 30)  # fmt: skip
+             [s.name for s in shared.client.services()], 30)  # fmt: skip
     assert of_service() == []
 
 
@@ -240,17 +241,17 @@ def test_kill_9_mid_deploy_converges_without_duplicates_or_orphans(
             ).stdout)  # fmt: skip
             # kill -9 as soon as the first container exists: mid-deploy
             wait_for("a first container", lambda: containers(engine, home), 30, step=0.05)
-            assert d.client.service("durable")["status"] == "deploying"
+            assert d.client.service("durable").status == "deploying"
             os.kill(d.proc.pid, signal.SIGKILL)
             d.proc.wait()
             d2 = start_daemon(home, runtime="docker")
             d.proc = d2.proc
             shown = wait_status(d2, "durable", "running", timeout=90)
-            assert [i["state"] for i in shown["instances"]] == ["ready"] * 3
+            assert shown is not None and [i.state for i in shown.instances] == ["ready"] * 3
 
             mine = containers(engine, home)
             keys = Counter(c["Labels"][LABEL_INSTANCE] for c in mine)
-            uid = shown["id"]
+            uid = shown.id
             assert keys == Counter({f"{uid}/0/0": 1, f"{uid}/0/1": 1, f"{uid}/0/2": 1})
             assert all(c["State"] == "running" for c in mine)
             # the stray of this home was removed; the others were not touched
@@ -347,7 +348,7 @@ def test_engine_restart_the_watcher_reconnects_and_repairs(
             eng["start"]()
             client = engine_or_skip(eng["host"])
             shown = wait_status(d, "survivor", "running", timeout=90)
-            assert [i["state"] for i in shown["instances"]] == ["ready", "ready"]
+            assert shown is not None and [i.state for i in shown.instances] == ["ready", "ready"]
             log = (home / "daemon-test.log").read_text()
             assert "runtime back: adopted" in log, log[-3000:]
 

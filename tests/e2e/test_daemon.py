@@ -32,8 +32,9 @@ from homes import clone_home
 from scipy.stats import binom
 from sklearn.datasets import load_iris
 
+from opsbot.client import ControlClient, RemoteError
+from opsbot.client.wire import ServiceDetail
 from opsbot.core.runtimes.process import ProcessRuntime, free_port
-from opsbot.daemon.client import Client, RemoteError
 from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
 from opsbot.serving.workers import default_workers
 
@@ -46,7 +47,7 @@ IRIS = load_iris().data.tolist()
 class Daemon:
     home: Path
     proc: subprocess.Popen[bytes]
-    client: Client
+    client: ControlClient
     listen: str
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -94,7 +95,7 @@ def start_daemon(home: Path, runtime: str | None = None, config: str = "") -> Da
         start_new_session=True,
     )
     log.close()
-    client = Client(home, timeout=10)
+    client = ControlClient.for_home(home, timeout=10)
     deadline = time.monotonic() + 30
     while not client.available():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -319,12 +320,12 @@ def test_stop_frees_ports_and_processes_and_start_brings_it_back(daemon: Daemon)
         "--name", "stoppable", "--model", "iris", "--version", "1.0.0", "--instances", "2"
     )
     shown = daemon.client.service("stoppable")
-    ports = [i["port"] for i in shown["instances"]]
+    ports = [i.port for i in shown.instances]
     keys = {k for k in _pids(daemon.home) if k.startswith(created["id"])}
     assert len(keys) == 2 and all(_port_open(p) for p in ports)
     daemon.cli("stop", "stoppable")
     deadline = time.monotonic() + 20
-    while daemon.client.service("stoppable")["status"] != "stopped":
+    while daemon.client.service("stoppable").status != "stopped":
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert not {k for k in _pids(daemon.home) if k.startswith(created["id"])}
@@ -336,7 +337,7 @@ def test_stop_frees_ports_and_processes_and_start_brings_it_back(daemon: Daemon)
     restarted = daemon.cli("start", "stoppable", "--json")
     assert json.loads(restarted.stdout)["status"] == "deploying"
     deadline = time.monotonic() + 60
-    while daemon.client.service("stoppable")["status"] != "running":
+    while daemon.client.service("stoppable").status != "running":
         assert time.monotonic() < deadline
         time.sleep(0.2)
     # the gateway learns the new route within a second
@@ -346,7 +347,7 @@ def test_stop_frees_ports_and_processes_and_start_brings_it_back(daemon: Daemon)
         time.sleep(0.05)
     daemon.cli("delete", "stoppable")
     deadline = time.monotonic() + 20
-    while "stoppable" in [s["name"] for s in daemon.client.services()]:
+    while "stoppable" in [s.name for s in daemon.client.services()]:
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
@@ -385,7 +386,7 @@ def test_bad_input_is_refused_with_the_field(daemon: Daemon) -> None:
     )
     assert result.returncode == 1
     assert "models[0].version" in result.stderr
-    assert "x" not in [s["name"] for s in daemon.client.services()]
+    assert "x" not in [s.name for s in daemon.client.services()]
 
 
 def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: Path) -> None:
@@ -412,7 +413,7 @@ def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: 
             assert time.monotonic() < deadline, "the controller did not reconcile in 30 s"
             time.sleep(0.05)
         shown = d2.client.service("durable")
-        assert shown["status"] == "running"
+        assert shown.status == "running"
         assert _pids(home) == before
         assert int((home / "gateway.pid").read_text()) == gateway_before
         assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] == 200
@@ -429,9 +430,9 @@ def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: 
     assert _pids(home) == {}
 
 
-def _wait_status(d: Daemon, name: str, status: str, timeout: float) -> dict[str, Any]:
+def _wait_status(d: Daemon, name: str, status: str, timeout: float) -> ServiceDetail:
     deadline = time.monotonic() + timeout
-    while (s := d.client.service(name))["status"] != status:
+    while (s := d.client.service(name)).status != status:
         assert time.monotonic() < deadline, s
         time.sleep(0.5)
     return s
@@ -445,7 +446,7 @@ def test_one_minute_auto_stop_on_the_real_clock(daemon: Daemon) -> None:
     listed = daemon.cli("services").stdout
     assert "brief" in listed and "in " in listed  # the countdown shows
     stopped = _wait_status(daemon, "brief", "stopped", 90)
-    assert stopped["reason"] == "auto stop"
+    assert stopped.reason == "auto stop"
     kinds = [e["kind"] for e in daemon.client.request("GET", "/v1/services/brief/events")]
     assert kinds.count("reminder") == 1  # the 10-minute reminder came at once, and once
     assert kinds.count("expired") == 1 and kinds[-1] == "stopped"
@@ -471,7 +472,7 @@ def test_deadlines_across_a_kill_9(template: Path, tmp_path: Path) -> None:
     try:
         d.deploy("--name", "overdue", "--model", "iris", "--version", "1.0.0")
         d.deploy("--name", "future", "--model", "iris", "--version", "2.0.0", "--auto-stop", "6h")
-        future_due = d.client.service("future")["due_time"]
+        future_due = d.client.service("future").due_time
         os.kill(d.proc.pid, signal.SIGKILL)
         d.proc.wait()
         # time passes while the daemon is down: the first deadline is now behind us
@@ -485,7 +486,7 @@ def test_deadlines_across_a_kill_9(template: Path, tmp_path: Path) -> None:
         d.proc = d2.proc
         _wait_status(d2, "overdue", "stopped", 30)
         future = d2.client.service("future")
-        assert future["status"] == "running" and future["due_time"] == future_due
+        assert future.status == "running" and future.due_time == future_due
         time.sleep(1.5)
         kinds = [e["kind"] for e in d2.client.request("GET", "/v1/services/overdue/events")]
         assert kinds.count("expired") == 1 and kinds.count("stopped") == 1

@@ -97,10 +97,10 @@ def test_update_clear_rules_removes_them(daemon: Daemon) -> None:
     daemon.deploy("--name", "ruled", "--model", "iris", "--version", "1.0.0")
     daemon.cli("update", "ruled", "--traffic", "1.0.0=100,2.0.0=0")
     daemon.cli("update", "ruled", "--rule", "X-Group=beta->2.0.0")
-    assert len(daemon.client.service("ruled")["rules"]) == 1
+    assert len(daemon.client.service("ruled").rules) == 1
     out = daemon.cli("update", "ruled", "--clear-rules").stdout
     assert "nothing to change" not in out
-    assert daemon.client.service("ruled")["rules"] == []
+    assert daemon.client.service("ruled").rules == []
 
 
 def test_json_is_one_document_for_events_and_logs(daemon: Daemon) -> None:

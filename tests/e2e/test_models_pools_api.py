@@ -17,10 +17,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from opsbot.cli import app
+from opsbot.client import ControlClient
+from opsbot.client.wire import ServiceInfo
 from opsbot.core.app import Core
 from opsbot.core.errors import ModelInvalid, OpsbotError, PermissionDenied
 from opsbot.core.sandbox import copy_tree, reader_for
-from opsbot.daemon.client import Client
 
 from .test_daemon import Daemon, clone_home, start_daemon, stop_everything
 
@@ -35,7 +36,7 @@ def daemon(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     stop_everything(home, d.proc)
 
 
-def refused(client: Client, method: str, path: str, body: Any = None) -> OpsbotError:
+def refused(client: ControlClient, method: str, path: str, body: Any = None) -> OpsbotError:
     with pytest.raises(OpsbotError) as caught:
         client.request(method, path, body)
     return caught.value
@@ -45,7 +46,7 @@ def fields(exc: OpsbotError) -> dict[str, str]:
     return {e.field: e.message for e in exc.errors}
 
 
-def model_rows(client: Client, **query: str) -> list[tuple[str, str, str, str]]:
+def model_rows(client: ControlClient, **query: str) -> list[tuple[str, str, str, str]]:
     rows = client.request("GET", "/v1/models", query=query)
     return [(r["source"], r["owner"], r["name"], r["version"]) for r in rows]
 
@@ -56,13 +57,13 @@ def test_create_from_a_path_then_its_errors_change_nothing(
     client = daemon.client
     src = example_dirs[("iris", "2.0.0")]
     made = client.create_model("tree", "1.0", src, "sklearn", description="a decision tree")
-    assert (made["name"], made["version"], made["status"], made["owner"]) == (
+    assert (made.name, made.version, made.status, made.owner) == (
         "tree",
         "1.0",
         "normal",
         me,
     )
-    assert made["source"] == "mine" and made["description"] == "a decision tree"
+    assert made.source == "mine" and made.description == "a decision tree"
     assert ("mine", me, "tree", "1.0") in model_rows(client)
     before = model_rows(client)
 
@@ -86,8 +87,8 @@ def _body(src: Path) -> dict[str, str]:
 def test_a_model_that_cannot_load_is_failed_with_the_reason(daemon: Daemon, tmp_path: Path) -> None:
     (tmp_path / "model.joblib").write_bytes(b"not a pickle")
     made = daemon.client.create_model("junk", "1", tmp_path, "sklearn")
-    assert made["status"] == "failed"
-    assert "joblib could not load" in made["reason"]
+    assert made.status == "failed"
+    assert "joblib could not load" in made.reason
 
 
 def test_publish_and_subscribe_through_the_daemon(
@@ -101,7 +102,8 @@ def test_publish_and_subscribe_through_the_daemon(
     assert "not published" in fields(unpublished)["model"]
     assert refused(client, "POST", "/v1/models/bob/roses/subscribe").status == 404
     core.publish_model(core.user("bob"), "tulips")
-    assert client.subscribe("bob/tulips") == {"model": "bob/tulips", "subscribed": True}
+    subscribed = client.subscribe("bob/tulips")
+    assert (subscribed.model, subscribed.subscribed) == ("bob/tulips", True)
     assert model_rows(client, source="subscribed") == [("subscribed", "bob", "tulips", "0.1")]
     with pytest.raises(OpsbotError) as bad_ref:
         client.subscribe("tulips")
@@ -111,9 +113,10 @@ def test_publish_and_subscribe_through_the_daemon(
 
     core.subscribe(core.user("bob"), f"{me}/iris")  # the examples are published
     assert [v.version for v in core.registry.subscribed("bob")] == ["1.0.0", "2.0.0"]
-    assert client.publish_model("iris", False) == {"owner": me, "name": "iris", "public": False}
+    private = client.publish_model("iris", False)
+    assert (private.owner, private.name, private.public) == (me, "iris", False)
     assert core.registry.subscribed("bob") == []
-    assert client.publish_model("iris")["public"] is True
+    assert client.publish_model("iris").public is True
     assert [v.version for v in core.registry.subscribed("bob")] == ["1.0.0", "2.0.0"]
     assert refused(client, "POST", "/v1/models/nothing/publish").status == 404
     wrong = refused(client, "POST", "/v1/models/iris/publish", {"public": "yes"})
@@ -153,37 +156,35 @@ def test_pools_say_capacity_and_what_a_deploy_takes(daemon: Daemon, me: str) -> 
     client = daemon.client
     core = Core(daemon.home)
     total = core.pools.capacity("public")
-    pools = {p["name"]: p for p in client.pools()}
+    pools = {p.name: p for p in client.pools()}
     public = pools["public"]
-    assert (public["kind"], public["may_use"]) == ("public", True)
-    assert public["capacity"]["cpus"] == pytest.approx(total.cpus)
-    free_before = public["free"]
-    created = client.request(
-        "POST",
-        "/v1/services",
+    assert (public.kind, public.may_use) == ("public", True)
+    assert public.capacity.cpus == pytest.approx(total.cpus)
+    free_before = public.free
+    created = client.deploy(
         {"name": "pool-probe", "models": [{"model": "iris", "version": "1.0.0", "instances": 2}]},
     )
     try:
-        after = {p["name"]: p for p in client.pools()}["public"]["free"]
+        after = {p.name: p for p in client.pools()}["public"].free
         # cpu.2u8g: 2 vCPUs and 8 GiB an instance, while Deploying as when Running.
-        assert after["cpus"] == pytest.approx(free_before["cpus"] - 4)
-        assert after["memory_gib"] == pytest.approx(free_before["memory_gib"] - 16)
-        assert created["instances_desired"] == 2
-        assert created["instances_ready"] == 0
+        assert after.cpus == pytest.approx(free_before.cpus - 4)
+        assert after.memory_gib == pytest.approx(free_before.memory_gib - 16)
+        assert created.instances_desired == 2
+        assert created.instances_ready == 0
         listed = _wait_for(client, "pool-probe", "running")
-        assert (listed["instances_ready"], listed["instances_desired"]) == (2, 2)
-        client.action("pool-probe", "stop")
+        assert (listed.instances_ready, listed.instances_desired) == (2, 2)
+        client.stop("pool-probe")
         stopped = _wait_for(client, "pool-probe", "stopped")
-        assert (stopped["instances_ready"], stopped["instances_desired"]) == (0, 2)
+        assert (stopped.instances_ready, stopped.instances_desired) == (0, 2)
     finally:
-        client.request("DELETE", "/v1/services/pool-probe")
+        client.delete("pool-probe")
 
 
-def _wait_for(client: Client, name: str, status: str, timeout: float = 60) -> dict[str, Any]:
+def _wait_for(client: ControlClient, name: str, status: str, timeout: float = 60) -> ServiceInfo:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = {s["name"]: s for s in client.services()}
-        if rows[name]["status"] == status:
+        rows = {s.name: s for s in client.services()}
+        if rows[name].status == status:
             return rows[name]
         time.sleep(0.2)
     raise AssertionError(f"{name} did not reach {status}: {rows[name]}")

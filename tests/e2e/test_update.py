@@ -19,6 +19,7 @@ import pytest
 from homes import clone_home
 
 from e2e.test_daemon import IRIS, Daemon, call, start_daemon, stop_everything
+from opsbot.client.wire import ServiceDetail
 
 pytestmark = pytest.mark.slow
 
@@ -77,16 +78,16 @@ def daemon(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     stop_everything(home, d.proc)
 
 
-def settled(daemon: Daemon, name: str, desired: int, timeout: float = 60) -> dict[str, Any]:
+def settled(daemon: Daemon, name: str, desired: int, timeout: float = 60) -> ServiceDetail:
     """Wait until exactly ``desired`` instances run, all ready (none starting or draining)."""
     deadline = time.monotonic() + timeout
     while True:
         s = daemon.client.service(name)
-        states = [i["state"] for i in s["instances"]]
-        if s["status"] == "running" and states == ["ready"] * desired:
+        states = [i.state for i in s.instances]
+        if s.status == "running" and states == ["ready"] * desired:
             return s
         if time.monotonic() > deadline:
-            raise AssertionError(f"{name} did not settle: {s['status']} {states}")
+            raise AssertionError(f"{name} did not settle: {s.status} {states}")
         time.sleep(0.2)
 
 
@@ -122,10 +123,10 @@ def test_changes_under_load_drop_no_call(daemon: Daemon, tmp_path: Path) -> None
         settled(daemon, "rolling", 4)
         update(daemon, "rolling", "--instances", "2.0.0=1,1.0.0=1")
         settled(daemon, "rolling", 2)
-        before = {i["port"] for i in daemon.client.service("rolling")["instances"]}
+        before = {i.port for i in daemon.client.service("rolling").instances}
         update(daemon, "rolling", "--env", "MODE=fast")  # every instance is replaced
         after = settled(daemon, "rolling", 2)
-        assert before.isdisjoint({i["port"] for i in after["instances"]})
+        assert before.isdisjoint({i.port for i in after.instances})
         time.sleep(1)
     assert load.failures == [], load.failures[:5]
     assert load.statuses[200] > 200, load.statuses
@@ -148,7 +149,7 @@ def test_rollback_shows_the_difference_then_applies_it(daemon: Daemon) -> None:
     update(daemon, "back", "--traffic-limit", "5", "--description", "tight")
     out = daemon.cli("rollback", "back", "--to", "1").stdout
     assert "traffic_limit: 5 -> 100" in out and "rolled back (snapshot #3)" in out
-    assert daemon.client.service("back")["traffic_limit"] == 100
+    assert daemon.client.service("back").traffic_limit == 100
     refused = daemon.cli("rollback", "back", "--to", "7", check=False)
     assert refused.returncode == 1 and "no snapshot #7; choose 1 to 3" in refused.stderr
 

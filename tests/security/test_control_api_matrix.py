@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 
+from opsbot.client import ControlClient
 from opsbot.core.accounts import Account
 from opsbot.core.app import Core
 from opsbot.core.identity import User
 from opsbot.core.runtimes.process import ProcessRuntime, free_port, model_pythonpath
 from opsbot.core.sandbox import pick_python
-from opsbot.daemon.client import Client
 
 from .conftest import People, Person
 
@@ -188,7 +188,7 @@ def running(
         start_new_session=True,
     )
     log.close()
-    client = Client(home, timeout=10)
+    client = ControlClient.for_home(home, timeout=10)
     deadline = time.monotonic() + 60
     while not client.available():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -38,6 +38,8 @@ from swarm_fixtures import (  # noqa: F401 - the fixtures
     wait_for,
 )
 
+from opsbot.client.wire import ServiceDetail
+
 pytestmark = pytest.mark.slow
 
 
@@ -52,14 +54,14 @@ def swarm_daemon(template: Path, home: Path, client: Any, image: str) -> Iterato
         cleanup(home, client, image)
 
 
-def wait_running(d: Daemon, name: str, ready: int, timeout: float = 120) -> dict[str, Any]:
-    last: dict[str, Any] = {}
+def wait_running(d: Daemon, name: str, ready: int, timeout: float = 120) -> ServiceDetail | None:
+    last: ServiceDetail | None = None
 
     def reached() -> bool:
         nonlocal last
         last = d.client.service(name)
-        states = [i["state"] for i in last["instances"]]
-        return last["status"] == "running" and states == ["ready"] * ready
+        states = [i.state for i in last.instances]
+        return last.status == "running" and states == ["ready"] * ready
 
     try:
         wait_for(f"{name} running with {ready} ready instance(s)", reached, timeout)
@@ -102,9 +104,9 @@ def test_deploy_on_swarm_predicts_and_follows_scale_changes(
         base = int(service["Spec"]["Labels"]["opsbot.port"])
         shown = d.client.service("iris-swarm")
         # the gateway's upstreams are the tasks' node address and slot ports: one on each node
-        assert sorted(i["port"] for i in shown["instances"]) == [base + 1, base + 2]
-        assert {i["host"] for i in shown["instances"]} == {"127.0.0.1", swarm.worker_addr}
-        assert {i["node"] for i in shown["instances"]} == {socket.gethostname(), WORKER}
+        assert sorted(i.port or 0 for i in shown.instances) == [base + 1, base + 2]
+        assert {i.host for i in shown.instances} == {"127.0.0.1", swarm.worker_addr}
+        assert {i.node for i in shown.instances} == {socket.gethostname(), WORKER}
         assert WORKER in d.cli("show", "iris-swarm").stdout
         logs = d.cli("logs", "iris-swarm").stdout
         assert "ready" in logs
@@ -138,7 +140,7 @@ def test_kill_9_mid_deploy_then_restart_converges_without_duplicates(
             uid = created.stdout.split('"id": "')[1].split('"')[0]
             # kill it while it deploys: the Swarm service exists, not all instances are ready
             wait_for("the Swarm service", lambda: version_services(engine, home, uid), 30, 0.05)
-            assert d.client.service("durable")["status"] == "deploying"
+            assert d.client.service("durable").status == "deploying"
             os.kill(d.proc.pid, signal.SIGKILL)
             d.proc.wait()
             d2 = start_daemon(home, runtime="swarm")
@@ -148,7 +150,7 @@ def test_kill_9_mid_deploy_then_restart_converges_without_duplicates(
             time.sleep(2.5)  # a few more controller passes change nothing
             assert exactly(engine, home, uid, 3)
             shown = d2.client.service("durable")
-            assert len({(i["host"], i["port"]) for i in shown["instances"]}) == 3
+            assert len({(i.host, i.port) for i in shown.instances}) == 3
             kinds = [e["kind"] for e in d2.client.request("GET", "/v1/services/durable/events")]
             assert kinds.count("created") == 1 and kinds.count("running") == 1
             key = created.stdout.split('"api_key": "')[1].split('"')[0]

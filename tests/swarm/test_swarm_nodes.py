@@ -56,7 +56,7 @@ def swarm_daemon(
 
 
 def nodes_of(d: Daemon, name: str) -> list[str]:
-    return sorted(i["node"] for i in d.client.service(name)["instances"])
+    return sorted(i.node for i in d.client.service(name).instances)
 
 
 def test_a_dedicated_pool_is_its_labelled_nodes(
@@ -94,9 +94,7 @@ def test_a_dedicated_pool_is_its_labelled_nodes(
                            "--pool", pool)  # fmt: skip
         assert created["status"] == "running"
         shown_service = d.client.service("team-svc")
-        assert [(i["node"], i["host"]) for i in shown_service["instances"]] == [
-            (WORKER, swarm.worker_addr)
-        ]
+        assert [(i.node, i.host) for i in shown_service.instances] == [(WORKER, swarm.worker_addr)]
         assert call(created["url"], {"instances": IRIS}, created["api_key"])[0] == 200
 
         def worker_free() -> float:
@@ -115,7 +113,7 @@ def test_a_dedicated_pool_is_its_labelled_nodes(
         assert more.returncode == 1
         assert f"pool {pool} cannot take {2 * int(cpus)} vCPUs" in more.stderr
         assert f"free of {cpus:g} vCPUs" in more.stderr
-        assert "team-more" not in [s["name"] for s in d.client.services()]
+        assert "team-more" not in [s.name for s in d.client.services()]
 
 
 class Callers:
@@ -179,9 +177,9 @@ def test_a_lost_node_is_concerning_then_swarm_moves_its_instance_and_the_node_re
 
                 def concerning_for_the_node() -> bool:
                     s = d.client.service("spread")
-                    if not seen or seen[-1] != (s["status"], s["reason"]):
-                        seen.append((s["status"], s["reason"]))
-                    return s["status"] == "concerning" and lost in s["reason"]
+                    if not seen or seen[-1] != (s.status.value, s.reason):
+                        seen.append((s.status.value, s.reason))
+                    return s.status == "concerning" and lost in s.reason
 
                 try:
                     wait_for("Concerning, saying the node is down", concerning_for_the_node, 90)

@@ -172,7 +172,7 @@ async def test_full_deploy_until_running(pilot: Pilot[None], served: LiveApi, me
     )
     progress = s.query_one("#progress-text", Static)
     assert "Deploying" in str(progress.content)
-    key = str((s.created or {})["api_key"])
+    key = s.api_key
     assert key in str(progress.content)
     served.settle()  # the controller's pass: the instances answer, the service is Running
     await until(pilot, "Running", lambda: "fresh: Running" in str(progress.content), 5)

@@ -18,7 +18,7 @@ from e2e.test_daemon import Daemon, clone_home, start_daemon, stop_everything
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Select, Static, TabbedContent
 
-from opsbot.daemon.client import Client
+from opsbot.client import ControlClient, wire
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.connection import ConnectionBanner
 from opsbot.tui.deploy import DeployScreen, ModifyScreen
@@ -52,7 +52,7 @@ def table_of(app: OpsbotApp) -> ServicesTable:
 
 
 async def test_deploy_watch_predict_and_stop(daemon: Daemon, me: str) -> None:
-    app = OpsbotApp(Client(daemon.home, timeout=30))
+    app = OpsbotApp(ControlClient.for_home(daemon.home, timeout=30))
     key = f"{me}/tui-iris"
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, "whoami", lambda: app.user == me)
@@ -119,7 +119,7 @@ async def test_deploy_watch_predict_and_stop(daemon: Daemon, me: str) -> None:
         history = details.query_one("#history-table", DataTable)
         await until(pilot, "two snapshots", lambda: history.row_count == 2)
         assert "description" in str(history.get_row_at(0)[3])
-        assert daemon.client.service("tui-iris")["description"] == "changed from the tui"
+        assert daemon.client.service("tui-iris").description == "changed from the tui"
 
         await pilot.press("escape")
         assert isinstance(app.screen, ServicesScreen)
@@ -127,19 +127,17 @@ async def test_deploy_watch_predict_and_stop(daemon: Daemon, me: str) -> None:
         await until(pilot, "Stopped", lambda: table.cells[key]["status"] == "Stopped", 30)
         assert table.cells[key]["instances"] == "0/1"
         stored = daemon.client.service("tui-iris")
-        assert stored["status"] == "stopped" and stored["instances"] == []
+        assert stored.status == "stopped" and stored.instances == []
         await pilot.press("q")
 
 
-class CountingClient(Client):
+class CountingClient(ControlClient):
     """The real client, counting the events its stream delivered."""
 
-    def __init__(self, home: Path) -> None:
-        super().__init__(home, timeout=30)
-        self.streamed = 0
+    streamed = 0
 
-    def stream(self, path: str, query: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        for event in super().stream(path, query):
+    def follow_events(self, **query: Any) -> Iterator[wire.EventInfo]:
+        for event in super().follow_events(**query):
             self.streamed += 1
             yield event
 
@@ -147,7 +145,7 @@ class CountingClient(Client):
 async def test_an_open_dashboard_neither_holds_the_daemon_nor_hides_its_absence(
     daemon: Daemon, me: str
 ) -> None:
-    client = CountingClient(daemon.home)
+    client = CountingClient.for_home(daemon.home, timeout=30)
     app = OpsbotApp(client)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, "whoami", lambda: app.user == me)

@@ -4,7 +4,7 @@
 document the daemon has) on a unix socket, over a real :class:`~opsbot.core.app.Core` on a copy
 of the template home, with the core tests' :class:`~opsbot.core.runtime.FakeRuntime` behind a
 real controller and a clock that moves only when told. The dashboard's own
-:class:`~opsbot.daemon.client.Client` talks to it: nothing of the API is restated here.
+:class:`~opsbot.client.ControlClient` talks to it: nothing of the API is restated here.
 
 States the real core reaches only slowly are driven through the fakes, never through the API:
 :meth:`LiveApi.settle` runs the controller's pass (Deploying -> Running), :meth:`LiveApi.unhealthy`
@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from opsbot.client import ControlClient
 from opsbot.core.app import Core
 from opsbot.core.clock import FakeClock
 from opsbot.core.config import load_config
@@ -39,7 +40,6 @@ from opsbot.core.sandbox import SOCKET_NAME
 from opsbot.core.services import Service
 from opsbot.core.status import Status
 from opsbot.daemon.api import make_app
-from opsbot.daemon.client import Client
 from opsbot.daemon.server import Daemon
 
 #: Where the fake clock starts: every countdown of these tests is counted from here.
@@ -126,7 +126,7 @@ class LiveApi:
         # A short folder of its own for the socket: a unix socket path holds 107 bytes at most.
         self._own_dir = socket_dir is None
         self.socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="ob-", dir="/tmp"))
-        self.client = Client(self.socket_dir, timeout=20)
+        self.client = ControlClient.for_home(self.socket_dir, timeout=20)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         #: The bodies the gateway stand-in was sent, by service uid.
