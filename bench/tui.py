@@ -22,43 +22,49 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from textual.app import App, ComposeResult
 
+from opsbot.core.status import Status
 from opsbot.tui.table import ServicesTable
+from opsbot.tui.view import Row
 
 NOW = 1_750_000_000.0
 TARGET_MS = 100.0
 TICK_TARGET_MS = 10.0
 
 
-def make_service(i: int) -> dict[str, Any]:
-    return {
-        "id": f"uid{i:05d}",
-        "name": f"svc-{i:04d}",
-        "owner": f"user{i % 17}",
-        "status": "running",
-        "progress": 100,
-        "reason": "",
-        "url": f"http://gw/v1/infers/uid{i:05d}",
-        "auto_stop": "1h",
-        "remaining_s": 3600.0 - i,
-        "_fetched_at": NOW,
-        "instances_ready": 1 + i % 3,
-        "instances_desired": 1 + i % 3,
-        "models": [
-            {
-                "source": "mine",
-                "model": "iris",
-                "version": "1.0.0",
-                "traffic_ratio": 100,
-                "flavor": "cpu.2u8g",
-                "instances": 1 + i % 3,
-                "env": {},
-            }
-        ],
-    }
+def make_service(i: int) -> Row:
+    return Row.model_validate(
+        {
+            "id": f"uid{i:05d}",
+            "name": f"svc-{i:04d}",
+            "owner": f"user{i % 17}",
+            "status": "running",
+            "progress": 100,
+            "reason": "",
+            "url": f"http://gw/v1/infers/uid{i:05d}",
+            "auto_stop": "1h",
+            "remaining_s": 3600.0 - i,
+            "fetched_at": NOW,
+            "traffic_limit": 100,
+            "created_at": NOW,
+            "updated_at": NOW,
+            "instances_ready": 1 + i % 3,
+            "instances_desired": 1 + i % 3,
+            "models": [
+                {
+                    "source": "mine",
+                    "model": "iris",
+                    "version": "1.0.0",
+                    "traffic_ratio": 100,
+                    "flavor": "cpu.2u8g",
+                    "instances": 1 + i % 3,
+                    "env": {},
+                }
+            ],
+        }
+    )
 
 
 class BenchApp(App[None]):
@@ -106,10 +112,13 @@ async def measure(services: int, rounds: int, size: tuple[int, int]) -> dict[str
         for r in range(rounds):
             on_screen = r % 2 == 0
             index = middle + (r % 7) - 3 if on_screen else (r * 37) % (services // 3)
-            svc = dict(rows[index])
-            svc["status"] = statuses[r % len(statuses)]
-            svc["progress"] = r % 100
-            svc["instances_ready"] = r % 3
+            svc = rows[index].model_copy(
+                update={
+                    "status": Status(statuses[r % len(statuses)]),
+                    "progress": r % 100,
+                    "instances_ready": r % 3,
+                }
+            )
             await timed(samples["idle"], lambda: None, pilot.pause)
             kind = "on screen" if on_screen else "off screen"
             await timed(samples[kind], lambda svc=svc: table.upsert(svc), pilot.pause)

@@ -71,7 +71,7 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
         Binding("ctrl+y", "copy_key", "Copy the key", show=False),
     ]
 
-    def __init__(self, service: dict[str, Any] | None = None) -> None:
+    def __init__(self, service: wire.ServiceInfo | None = None) -> None:
         super().__init__()
         self.original = service
         self.models: list[wire.ModelInfo] = []
@@ -103,12 +103,12 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
         self.load_choices()
 
     def compose(self) -> ComposeResult:
-        s = self.original or {}
-        choice, hours = form.auto_stop_choice(str(s.get("auto_stop", "1h")))
+        s = self.original
+        choice, hours = form.auto_stop_choice(s.auto_stop if s is not None else "1h")
         choices = AUTO_STOP_CHOICES
         if choice not in {v for _, v in choices}:  # "90m": the form cannot write it; keep it
             choices = [*choices, (f"Keep {choice}", choice)]
-        pool = str(s.get("resource_pool", "public"))
+        pool = s.resource_pool if s is not None else "public"
         yield Header(show_clock=False)
         yield ConnectionBanner()
         with VerticalScroll(id="form"):
@@ -116,7 +116,7 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
             yield field_row(
                 "name",
                 Input(
-                    str(s.get("name", "")),
+                    s.name if s is not None else "",
                     placeholder="service-name",
                     id="name",
                     disabled=self.original is not None,
@@ -129,7 +129,9 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
             )
             yield field_row(
                 "description",
-                Input(str(s.get("description", "")), placeholder="optional", id="description"),
+                Input(
+                    s.description if s is not None else "", placeholder="optional", id="description"
+                ),
             )
             yield Static("Resource pool and model configuration", classes="section")
             yield field_row(
@@ -142,8 +144,8 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
                     disabled=self.original is not None,
                 ),
             )
-            presets = list(s.get("models", [])) or [None]
-            yield Vertical(*(ModelGroup(preset=m) for m in presets), id="groups")
+            presets: list[wire.ServiceVersion | None] = [*(s.models if s is not None else [])]
+            yield Vertical(*(ModelGroup(preset=m) for m in presets or [None]), id="groups")
             yield Horizontal(
                 Button(form.ADD_VERSION_LABEL, id="add-version"),
                 Static("", id="ratios"),
@@ -154,13 +156,13 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
                 f"{form.LABELS['rules']} (up to {MAX_RULES}, checked in order before the ratios)",
                 classes="label subsection",
             )
-            yield Vertical(*(RuleRow(r) for r in s.get("rules", [])), id="rules")
+            yield Vertical(*(RuleRow(r) for r in (s.rules if s is not None else [])), id="rules")
             yield Horizontal(Button("Add rule", id="add-rule", compact=True), classes="field")
             yield Label("", id="err-rules", classes="error field-error")
             yield Static("Traffic limit", classes="section")
             yield field_row(
                 "traffic_limit",
-                Input(str(s.get("traffic_limit", 100)), id="traffic-limit"),
+                Input(str(s.traffic_limit if s is not None else 100), id="traffic-limit"),
             )
             yield Static("", id="warnings", classes="warning")
             yield Static("", id="general-error")
@@ -175,7 +177,7 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
 
     def on_mount(self) -> None:
         s = self.original
-        self.sub_title = f"Modify {s['owner']}/{s['name']}" if s else "Deploy a real-time service"
+        self.sub_title = f"Modify {s.owner}/{s.name}" if s else "Deploy a real-time service"
         custom = self.query_one("#custom-hours", Input)
         custom.display = self.query_one("#auto-stop", Select).value == form.CUSTOM
         if s is None:
@@ -673,7 +675,7 @@ class ModifyScreen(DeployScreen):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "submit", "Apply changes")]
     SUBMIT_LABEL = "Apply changes"
 
-    def __init__(self, service: dict[str, Any]) -> None:
+    def __init__(self, service: wire.ServiceInfo) -> None:
         super().__init__(service)
         self.service = service
         #: What the applied modification changed, and the config snapshot it made.
@@ -681,7 +683,7 @@ class ModifyScreen(DeployScreen):
         self.snapshot: int | None = None
 
     def _target(self) -> tuple[str, str]:
-        return str(self.service["name"]), str(self.service["owner"])
+        return self.service.name, self.service.owner
 
     def action_submit(self) -> None:
         if self.created is not None:
@@ -711,7 +713,7 @@ class ModifyScreen(DeployScreen):
         restarts = plan.restarts or ["no instance restarts"]
         question = "\n".join(
             [
-                f"Apply to {self.service['name']}? This changes:",
+                f"Apply to {self.service.name}? This changes:",
                 *(f"  {c}" for c in changes),
                 "Instances:",
                 *(f"  {r}" for r in restarts),
@@ -749,8 +751,7 @@ class ModifyScreen(DeployScreen):
     def _show_progress(self, service: wire.ServiceInfo) -> None:
         lines = [f"{service.name}: modified, config snapshot #{self.snapshot}"]
         lines += [f"  {c}" for c in self.changes]
-        row = service.model_dump(mode="json")
-        lines.append(f"Status: {status_text(row)}, {instances_text(row)} ready")
+        lines.append(f"Status: {status_text(service)}, {instances_text(service)} ready")
         status = service.status.value
         settled = service.instances_ready == service.instances_desired
         if status in ("failed", "abnormal"):
@@ -778,8 +779,7 @@ def open_modify(
     """Fetch the service afresh (in a worker) and open the Modify form on it, unless it may not
     be modified now; ``done`` gets the modified service (or None)."""
 
-    def got(answer: wire.ServiceDetail) -> None:
-        service = answer.model_dump(mode="json")
+    def got(service: wire.ServiceDetail) -> None:
         reason = refusal("modify", service, app.user, app.admin)
         if reason:
             app.notify(reason, title="Cannot modify", severity="warning")

@@ -30,6 +30,7 @@ from opsbot.tui.connection import ConnectionBanner, needs_daemon
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.view import (
     VERSION_COLUMNS,
+    Row,
     auto_stop_line,
     curl_example,
     history_rows,
@@ -73,7 +74,7 @@ class DetailsScreen(Screen[None]):
         Binding("colon", "app.command_palette", "Command", show=False),
     ]
 
-    def __init__(self, service: dict[str, Any], tab: str = "overview") -> None:
+    def __init__(self, service: Row, tab: str = "overview") -> None:
         super().__init__()
         self.service = service
         self.initial_tab = tab
@@ -100,7 +101,7 @@ class DetailsScreen(Screen[None]):
         self.dismiss(None)
 
     def action_copy_url(self) -> None:
-        self.opsbot.copy(str(self.service.get("url", "")), f"the URL of {self.service['name']}")
+        self.opsbot.copy(self.service.url, f"the URL of {self.service.name}")
 
     def action_copy_key(self) -> None:
         self.opsbot.copy(self.api_key, "new key (rotate it on the Usage tab: R)")
@@ -141,7 +142,7 @@ class DetailsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         s = self.service
-        self.sub_title = f"{s['owner']}/{s['name']}"
+        self.sub_title = f"{s.owner}/{s.name}"
         self.query_one("#instances-table", DataTable).add_columns(
             "Version", "#", "State", "Node", "Address", "Restarts", "Started", "Reason"
         )
@@ -172,7 +173,7 @@ class DetailsScreen(Screen[None]):
 
     def load(self) -> None:
         app = self.opsbot
-        name, owner = self.service["name"], self.service["owner"]
+        name, owner = self.service.name, self.service.owner
         app.call_api(lambda: app.client.service(name, owner), self._got_service, group="details")
         app.call_api(
             lambda: app.client.events(name, owner=owner),
@@ -192,7 +193,7 @@ class DetailsScreen(Screen[None]):
 
     def load_logs(self) -> None:
         app = self.opsbot
-        name, owner = self.service["name"], self.service["owner"]
+        name, owner = self.service.name, self.service.owner
         self._logs_busy = True
 
         def failed(exc: OpsbotError) -> None:
@@ -212,7 +213,7 @@ class DetailsScreen(Screen[None]):
             return
         self._versions_busy = True
         app = self.opsbot
-        name, owner = self.service["name"], self.service["owner"]
+        name, owner = self.service.name, self.service.owner
 
         def failed(exc: OpsbotError) -> None:
             self._versions_busy = False
@@ -237,7 +238,7 @@ class DetailsScreen(Screen[None]):
 
     def load_history(self) -> None:
         app = self.opsbot
-        name, owner = self.service["name"], self.service["owner"]
+        name, owner = self.service.name, self.service.owner
         app.call_api(
             lambda: app.client.history(name, owner),
             self._got_history,
@@ -287,7 +288,7 @@ class DetailsScreen(Screen[None]):
 
     def _got_service(self, answer: wire.ServiceDetail) -> None:
         service = table_row(answer, self.opsbot.now())
-        if service.get("updated_at") != self.service.get("updated_at"):
+        if service.updated_at != self.service.updated_at:
             self.load_history()
         self.service = service
         self.render_overview(service)
@@ -329,7 +330,7 @@ class DetailsScreen(Screen[None]):
             self.query_one("#log", Log).write_lines(fresh)
 
     def _got_stats(self, document: dict[str, Any]) -> None:
-        stats = parse_stats(document).get(str(self.service.get("id", "")))
+        stats = parse_stats(document).get(self.service.id)
         out = self.query_one("#monitoring-text", Static)
         if stats is None or not stats.versions:
             out.update("no calls routed yet (the gateway has no route for this service)")
@@ -349,28 +350,27 @@ class DetailsScreen(Screen[None]):
 
     # -- rendering -----------------------------------------------------------------------------
 
-    def render_overview(self, s: dict[str, Any]) -> None:
+    def render_overview(self, s: Row) -> None:
         rows = [
-            ("Name", s["name"]),
-            ("Owner", s["owner"]),
-            ("Status", status_text(s) + (f" ({s['reason']})" if s.get("reason") else "")),
+            ("Name", s.name),
+            ("Owner", s.owner),
+            ("Status", status_text(s) + (f" ({s.reason})" if s.reason else "")),
             ("Versions", versions_text(s)),
             ("Instances", f"{instances_text(s)} ready"),
-            ("Resource pool", s.get("resource_pool", "")),
-            ("Traffic limit", f"{s.get('traffic_limit', '')} calls/s"),
+            ("Resource pool", s.resource_pool),
+            ("Traffic limit", f"{s.traffic_limit} calls/s"),
             ("Auto stop", auto_stop_line(s, self.opsbot.now())),
-            ("Description", s.get("description", "") or "-"),
-            ("URL", f"{s.get('url', '')}  (c copies it)"),
-            ("Created", local_time(s.get("created_at"))),
+            ("Description", s.description or "-"),
+            ("URL", f"{s.url}  (c copies it)"),
+            ("Created", local_time(s.created_at)),
         ]
         text = "\n".join(f"[b]{k:<14}[/b] {escape(str(v))}" for k, v in rows)
-        for m in s.get("models", []):
-            env = ", ".join(f"{k}={v}" for k, v in (m.get("env") or {}).items()) or "-"
+        for m in s.models:
+            env = ", ".join(f"{k}={v}" for k, v in m.env.items()) or "-"
             text += (
-                f"\n\n[b]{escape(m['model'])} {escape(m['version'])}[/b]"
-                f" ({m.get('source', '')})"
-                f"\n  ratio {m.get('traffic_ratio')}%  flavor {m.get('flavor')}  "
-                f"instances {m.get('instances')}\n  env {escape(env)}"
+                f"\n\n[b]{escape(m.model)} {escape(m.version)}[/b] ({m.source})"
+                f"\n  ratio {m.traffic_ratio}%  flavor {m.flavor}  "
+                f"instances {m.instances}\n  env {escape(env)}"
             )
         rules = rule_lines(s)
         text += "\n\n[b]Routing rules[/b] (checked in order, before the ratios)\n"
@@ -378,7 +378,7 @@ class DetailsScreen(Screen[None]):
         self.query_one("#overview-text", Static).update(text)
 
     def render_usage(self) -> None:
-        url = str(self.service.get("url", ""))
+        url = self.service.url
         key = self.api_key or "$OPSBOT_KEY"
         lines = [
             f"[b]URL[/b]  {url}",
@@ -410,8 +410,7 @@ class DetailsScreen(Screen[None]):
         from opsbot.tui.deploy import open_modify
 
         if not self._refused("modify"):
-            s = self.service
-            open_modify(self.opsbot, str(s["name"]), str(s["owner"]), self._modified)
+            open_modify(self.opsbot, self.service.name, self.service.owner, self._modified)
 
     def _modified(self, service: wire.ServiceInfo | None) -> None:
         if service:
@@ -428,7 +427,7 @@ class DetailsScreen(Screen[None]):
         if self._refused("roll back"):
             return
         app = self.opsbot
-        name, owner = str(self.service["name"]), str(self.service["owner"])
+        name, owner = self.service.name, self.service.owner
 
         def previewed(preview: wire.RollbackPreview) -> None:
             changes = preview.changes
@@ -471,7 +470,7 @@ class DetailsScreen(Screen[None]):
             out.update(f"[red]the input is not JSON: {exc}[/red]")
             return
         app = self.opsbot
-        name, owner = self.service["name"], self.service["owner"]
+        name, owner = self.service.name, self.service.owner
         out.update("sending…")
 
         def done(reply: wire.Prediction) -> None:
@@ -492,7 +491,7 @@ class DetailsScreen(Screen[None]):
 
     def rotate_key(self) -> None:
         app = self.opsbot
-        name, owner = self.service["name"], self.service["owner"]
+        name, owner = self.service.name, self.service.owner
 
         def answered(yes: bool | None) -> None:
             if not yes:

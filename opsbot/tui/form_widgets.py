@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static
 
-from opsbot.client.wire import FlavorInfo, ModelInfo, PoolInfo
+from opsbot.client.wire import FlavorInfo, ModelInfo, PoolInfo, RuleInfo, ServiceVersion
 from opsbot.core import form
 from opsbot.core.form import whole_or_text
 from opsbot.tui.wording import FIELD_LABELS
@@ -77,7 +77,7 @@ class ModelGroup(Vertical):
     ``preset`` is a version of a service being modified: its values fill the group, the selects
     as soon as their choices arrive."""
 
-    def __init__(self, ratio: str = "100", preset: dict[str, Any] | None = None) -> None:
+    def __init__(self, ratio: str = "100", preset: ServiceVersion | None = None) -> None:
         self.preset = preset
         #: Set once the group is being removed: its children go one by one, and the form
         #: must not read it meanwhile (a validation timer firing mid-removal would).
@@ -90,11 +90,15 @@ class ModelGroup(Vertical):
         instances = "1"
         env: dict[str, str] = {}
         if preset is not None:
-            source = str(preset.get("source") or "mine")
-            ratio = str(preset.get("traffic_ratio") or ratio)
-            instances = str(preset.get("instances", 1))
-            env = dict(preset.get("env") or {})
-            self.wanted = {k: str(preset[k]) for k in ("model", "version", "flavor") if k in preset}
+            source = preset.source or "mine"
+            ratio = str(preset.traffic_ratio or ratio)
+            instances = str(preset.instances)
+            env = dict(preset.env)
+            self.wanted = {
+                "model": preset.model,
+                "version": preset.version,
+                "flavor": preset.flavor,
+            }
         # Children made here, not in compose(), so a group just added can be read at once.
         super().__init__(*self._fields(ratio, source, instances, env), classes="group")
 
@@ -161,8 +165,8 @@ class ModelGroup(Vertical):
 
     def _is_preset_source(self) -> bool:
         preset = self.preset
-        return preset is not None and (self._select("source") or "mine") == str(
-            preset.get("source") or "mine"
+        return preset is not None and (self._select("source") or "mine") == (
+            preset.source or "mine"
         )
 
     @property
@@ -183,7 +187,7 @@ class ModelGroup(Vertical):
         current = self._select("model") or self.wanted.get("model", "")
         if self._is_preset_source() and self.preset is not None:
             # The service's own model stays offered (an admin's list does not hold it).
-            names = sorted({*names, str(self.preset["model"])})
+            names = sorted({*names, self.preset.model})
         select.set_options([(n, n) for n in names])
         if current in names:
             select.value = current
@@ -203,9 +207,9 @@ class ModelGroup(Vertical):
         select = self.query_one("#version", Select)
         current = self._select("version") or self.wanted.get("version", "")
         preset = self.preset
-        own = preset is not None and self._is_preset_source() and chosen == str(preset["model"])
-        if own and preset is not None and str(preset["version"]) not in versions:
-            versions.append(str(preset["version"]))  # the service's own version stays offered
+        own = preset is not None and self._is_preset_source() and chosen == preset.model
+        if own and preset is not None and preset.version not in versions:
+            versions.append(preset.version)  # the service's own version stays offered
         select.set_options([(v, v) for v in versions])
         if current in versions:
             select.value = current
@@ -229,7 +233,7 @@ class ModelGroup(Vertical):
         current = self._select("flavor") or self.wanted.get("flavor", "")
         select.set_options(options)
         preset = self.preset
-        own = preset is not None and self.ref == (str(preset["model"]), str(preset["version"]))
+        own = preset is not None and self.ref == (preset.model, preset.version)
         ids = [c.value for c in self.flavor_choices]
         # A version of the modified service keeps its flavor unless the user picks another.
         chosen = (
@@ -264,25 +268,25 @@ class RuleRow(Vertical):
     """One routing rule: header H equals (or matches) V -> version X, with its error line below.
     Removable."""
 
-    def __init__(self, rule: dict[str, Any] | None = None) -> None:
-        rule = rule or {}
-        test = "matches" if rule.get("matches") is not None else "equals"
-        self.header_input = Input(
-            str(rule.get("header", "")), placeholder="X-User-Group", classes="rule-header"
-        )
+    def __init__(self, rule: RuleInfo | None = None) -> None:
+        if rule is None:
+            test, value, header = "equals", "", ""
+        elif rule.matches is not None:
+            test, value, header = "matches", rule.matches, rule.header
+        else:
+            test, value, header = "equals", rule.equals or "", rule.header
+        self.header_input = Input(header, placeholder="X-User-Group", classes="rule-header")
         self.test_select: Select[str] = Select(
             RULE_TESTS, value=test, allow_blank=False, classes="rule-test", compact=True
         )
-        self.value_input = Input(
-            str(rule.get(test) or ""), placeholder="value or regex", classes="rule-value"
-        )
+        self.value_input = Input(value, placeholder="value or regex", classes="rule-value")
         self.version_select: Select[str] = Select(
             [], prompt="version", classes="rule-version", compact=True
         )
         #: The version the rule names, until the version select offers it.
         self.wanted: tuple[str | None, str] | None = None
-        if rule.get("version"):
-            self.wanted = (rule.get("model"), str(rule["version"]))
+        if rule is not None and rule.version:
+            self.wanted = (rule.model, rule.version)
         self.error = Label("", classes="error rule-error")
         super().__init__(
             Horizontal(

@@ -66,8 +66,9 @@ class ConfirmModal(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class ExtendModal(ModalScreen[tuple[str, dict[str, object]] | None]):
-    """Choices for the `e` key: dismisses with (endpoint, body) or None.
+class ExtendModal(ModalScreen[int | str | None]):
+    """Choices for the `e` key: dismisses with the hours to add, the auto stop to set ("off",
+    "on"), or None.
 
     Each Extend button says when the service would stop (the core's rule: the hours add to
     the time left, capped at 24 h from now); a service without auto stop says so and offers to
@@ -88,19 +89,15 @@ class ExtendModal(ModalScreen[tuple[str, dict[str, object]] | None]):
         self.current = current
         due = None if current == "off" or left_s is None else now + left_s
         self.plans = [ExtendPlan.compute(service_name, h, now, due) for h in EXTEND_HOURS]
-        self.choices: list[tuple[str, str, str, dict[str, object]]] = [
-            (
-                f"extend-{p.hours}",
-                f"{p.choice} (at {local_time(p.new_due)})",
-                "extend",
-                {"hours": p.hours},
-            )
+        #: (button id, label, what the modal answers).
+        self.choices: list[tuple[str, str, int | str]] = [
+            (f"extend-{p.hours}", f"{p.choice} (at {local_time(p.new_due)})", p.hours)
             for p in self.plans
             if p.new_due is not None and p.added > 0
         ]
         self.choices += [
-            ("autostop-off", "Auto stop off", "autostop", {"auto_stop": "off"}),
-            ("autostop-on", "Turn auto stop on", "autostop", {"auto_stop": "on"}),
+            ("autostop-off", "Auto stop off", "off"),
+            ("autostop-on", "Turn auto stop on", "on"),
         ]
 
     def question(self) -> str:
@@ -119,7 +116,7 @@ class ExtendModal(ModalScreen[tuple[str, dict[str, object]] | None]):
             yield Label(self.question(), id="question")
             # One choice a line: each says when the service would stop.
             with Vertical(classes="choices"):
-                for ident, label, _, _ in self.choices:
+                for ident, label, _ in self.choices:
                     yield Button(label, id=ident)
             yield Button("Cancel", id="cancel", variant="primary")
 
@@ -127,9 +124,9 @@ class ExtendModal(ModalScreen[tuple[str, dict[str, object]] | None]):
         self.action_choose(event.button.id or "")
 
     def action_choose(self, ident: str) -> None:
-        for choice, _, endpoint, body in self.choices:
+        for choice, _, answer in self.choices:
             if choice == ident:
-                self.dismiss((endpoint, body))
+                self.dismiss(answer)
                 return
         self.dismiss(None)
 

@@ -16,6 +16,7 @@ from opsbot.tui.modals import ConfirmModal, ExtendModal
 from opsbot.tui.table import ServicesTable
 from opsbot.tui.view import (
     COLUMN_LABELS,
+    Row,
     parse_stats,
     refusal,
     remaining_s,
@@ -137,7 +138,7 @@ class ServicesScreen(Screen[None]):
         shown = self.table.row_count
         # Every service of the user is in the table's set (mine or everyone's), so it counts
         # the ones held as they come and go.
-        used = sum(1 for s in self.table.services.values() if s.get("owner") == app.user)
+        used = sum(1 for s in self.table.services.values() if s.owner == app.user)
         held = f" · {used} of {self.quota} services held" if self.quota else ""
         self.sub_title = f"{app.user}{role} · {scope} · {shown} shown{held}"
         table = self.table
@@ -184,8 +185,8 @@ class ServicesScreen(Screen[None]):
         """Refetch the services on their way somewhere (Deploying, Stopping, Deleting): their
         progress and ready instances change between the events that name them."""
         for service in list(self.table.services.values()):
-            if service.get("status") in MOVING:
-                self.refetch(str(service["name"]), str(service["owner"]))
+            if service.status.value in MOVING:
+                self.refetch(service.name, service.owner)
 
     def _got_stats(self, document: dict[str, Any]) -> None:
         self.table.set_stats(parse_stats(document))
@@ -236,7 +237,7 @@ class ServicesScreen(Screen[None]):
 
     # -- keys ----------------------------------------------------------------------------------
 
-    def _target(self, verb: str) -> dict[str, Any] | None:
+    def _target(self, verb: str) -> Row | None:
         """The selected service when the key applies to it; otherwise say why and None."""
         app = self.opsbot
         service = self.table.selected
@@ -246,9 +247,9 @@ class ServicesScreen(Screen[None]):
             return None
         return service
 
-    def _act(self, service: dict[str, Any], verb: str) -> None:
+    def _act(self, service: Row, verb: str) -> None:
         app = self.opsbot
-        name, owner = service["name"], service["owner"]
+        name, owner = service.name, service.owner
 
         def done(result: ServiceInfo) -> None:
             self.notify(f"{name}: {verb} requested", title=verb.capitalize())
@@ -261,7 +262,7 @@ class ServicesScreen(Screen[None]):
         service = self._target("stop")
         if not service:
             return
-        name, owner = service["name"], service["owner"]
+        name, owner = service.name, service.owner
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -279,7 +280,7 @@ class ServicesScreen(Screen[None]):
         service = self._target("delete")
         if not service:
             return
-        name, owner = service["name"], service["owner"]
+        name, owner = service.name, service.owner
         app = self.opsbot
 
         def answered(yes: bool | None) -> None:
@@ -299,28 +300,28 @@ class ServicesScreen(Screen[None]):
         service = self._target("extend")
         if not service:
             return
-        name, owner = service["name"], service["owner"]
+        name, owner = service.name, service.owner
         app = self.opsbot
 
-        def chosen(choice: tuple[str, dict[str, object]] | None) -> None:
+        def chosen(choice: int | str | None) -> None:
+            """Hours to add, or the auto stop to set ("off", "on")."""
             if choice is None:
                 return
-            endpoint, body = choice
 
             def done(result: ServiceInfo) -> None:
                 self.notify(f"{name}: auto stop updated", title="Auto stop")
                 self.apply_service(result)
 
             def send() -> ServiceInfo:
-                if endpoint == "extend":
-                    return app.client.extend(name, int(str(body["hours"])), owner)
-                return app.client.set_auto_stop(name, str(body["auto_stop"]), owner)
+                if isinstance(choice, int):
+                    return app.client.extend(name, choice, owner)
+                return app.client.set_auto_stop(name, choice, owner)
 
             app.call_api(send, done)
 
         now = self.opsbot.now()
         left = remaining_s(service, now)
-        modal = ExtendModal(name, str(service.get("auto_stop", "")), left, now)
+        modal = ExtendModal(name, service.auto_stop, left, now)
         self.app.push_screen(modal, chosen)
 
     def action_details(self, tab: str = "overview") -> None:
@@ -352,7 +353,7 @@ class ServicesScreen(Screen[None]):
 
         service = self._target("modify")
         if service:
-            open_modify(self.opsbot, str(service["name"]), str(service["owner"]), self._deployed)
+            open_modify(self.opsbot, service.name, service.owner, self._deployed)
 
     def _deployed(self, service: ServiceInfo | None) -> None:
         if service:
@@ -413,7 +414,7 @@ class ServicesScreen(Screen[None]):
         if service is None:
             self.notify("no service is selected", title="Copy", severity="warning")
             return
-        self.opsbot.copy(str(service.get("url", "")), f"the URL of {service['name']}")
+        self.opsbot.copy(service.url, f"the URL of {service.name}")
 
     async def action_quit(self) -> None:
         """The top screen: q leaves the dashboard."""

@@ -19,6 +19,7 @@ from opsbot.tui.view import (
     COLUMN_KEYS,
     COLUMN_LABELS,
     STATUS_STYLE,
+    Row,
     ServiceStats,
     auto_stop_text,
     matches,
@@ -52,7 +53,7 @@ class ServicesTable(DataTable[str | Text]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self.services: dict[str, dict[str, Any]] = {}
+        self.services: dict[str, Row] = {}
         self.stats: dict[str, ServiceStats] = {}
         self.cells: dict[str, dict[str, str]] = {}
         self.filter_text = ""
@@ -137,28 +138,27 @@ class ServicesTable(DataTable[str | Text]):
         return str(key.value) if key.value is not None else None
 
     @property
-    def selected(self) -> dict[str, Any] | None:
+    def selected(self) -> Row | None:
         key = self.selected_key
         return self.services.get(key) if key else None
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _styled(self, column: str, text: str, service: dict[str, Any]) -> str | Text:
+    def _styled(self, column: str, text: str, service: Row) -> str | Text:
         if column == "status":
-            return Text(text, style=STATUS_STYLE.get(str(service.get("status")), ""))
+            return Text(text, style=STATUS_STYLE.get(service.status.value, ""))
         if column == "failed" and text not in ("0", ""):
             return Text(text, style="red")
         return text
 
-    def _cells_of(self, service: dict[str, Any]) -> dict[str, str]:
-        uid = str(service.get("id", ""))
-        return row_cells(service, self.stats.get(uid), self.now)
+    def _cells_of(self, service: Row) -> dict[str, str]:
+        return row_cells(service, self.stats.get(service.id), self.now)
 
-    def upsert(self, service: dict[str, Any]) -> None:
+    def upsert(self, service: Row) -> None:
         """Add or update one service's row; only changed cells are written."""
         self._update_rows([service])
 
-    def _update_rows(self, services: list[dict[str, Any]]) -> None:
+    def _update_rows(self, services: list[Row]) -> None:
         """Write the cells that changed, then repaint once: the changed rows that are on screen,
         or the whole table when a row was added, a column widened or the order changed."""
         repaint: list[str] = []
@@ -241,7 +241,7 @@ class ServicesTable(DataTable[str | Text]):
             self.remove_row(key)
         return True
 
-    def replace_all(self, services: list[dict[str, Any]]) -> None:
+    def replace_all(self, services: list[Row]) -> None:
         """Show exactly these services (a reload, a filter or mine/all), keeping the cursor."""
         keep = self.selected_key
         self.services = {row_key(s): s for s in services}
@@ -279,8 +279,7 @@ class ServicesTable(DataTable[str | Text]):
         moved = [
             s
             for k, s in self.services.items()
-            if k in self.cells
-            and numbers(old.get(str(s.get("id", "")))) != numbers(stats.get(str(s.get("id", ""))))
+            if k in self.cells and numbers(old.get(s.id)) != numbers(stats.get(s.id))
         ]
         if moved:
             self._update_rows(moved)
@@ -347,8 +346,8 @@ class ServicesTable(DataTable[str | Text]):
 
         def order(key: str) -> tuple[Any, ...]:
             service = self.services[key]
-            stats = self.stats.get(str(service.get("id", "")))
-            return (sort_key(service, column, stats), str(service["name"]), key)
+            stats = self.stats.get(service.id)
+            return (sort_key(service, column, stats), service.name, key)
 
         keys = sorted(self.cells, key=order, reverse=self.sort_reverse)
         self._row_locations = TwoWayDict({RowKey(k): i for i, k in enumerate(keys)})

@@ -69,18 +69,22 @@ SECONDS_BELOW_S = 600
 StatsFetcher = Callable[[str], dict[str, Any]]
 
 
-def table_row(service: ServiceInfo, fetched_at: float) -> dict[str, Any]:
-    """A service as the table and the screens keep it: its answer from the daemon (instances
-    left out: the table does not show them) and when it was fetched, from which its time left
-    counts down."""
-    row = service.model_dump(mode="json", exclude={"instances"})
-    row["_fetched_at"] = fetched_at
-    return row
+class Row(ServiceInfo):
+    """A service as the table and the screens keep it: the daemon's answer and when it was
+    fetched, from which its time left counts down."""
+
+    fetched_at: float
 
 
-def row_key(service: dict[str, Any]) -> str:
+def table_row(service: ServiceInfo, fetched_at: float) -> Row:
+    """The row of a service the daemon answered at ``fetched_at`` (its instances and
+    per-version numbers, which a details answer has, are not kept)."""
+    return Row.model_validate({**service.model_dump(), "fetched_at": fetched_at})
+
+
+def row_key(service: ServiceInfo) -> str:
     """The DataTable row key of a service: OWNER/NAME (names are unique per owner)."""
-    return f"{service['owner']}/{service['name']}"
+    return f"{service.owner}/{service.name}"
 
 
 @dataclass
@@ -133,37 +137,36 @@ def parse_stats(document: dict[str, Any]) -> dict[str, ServiceStats]:
     return out
 
 
-def status_text(service: dict[str, Any]) -> str:
-    status = str(service.get("status", ""))
+def status_text(service: ServiceInfo) -> str:
+    status = service.status.value
     label = status.capitalize()
-    if status == "deploying":
-        label += f" {int(service.get('progress', 0))}%"
+    if service.status is Status.DEPLOYING:
+        label += f" {service.progress}%"
     return label
 
 
-def versions_text(service: dict[str, Any]) -> str:
-    models = service.get("models", [])
+def versions_text(service: ServiceInfo) -> str:
+    models = service.models
     if len(models) == 1:
-        return f"{models[0]['model']} {models[0]['version']}"
+        return f"{models[0].model} {models[0].version}"
     parts: list[str] = []
     last = ""
     for m in models:
         # Repeat the model name only when it changes: "iris 1.0.0 90%/2.0.0 10%".
-        head = f"{m['model']} " if m["model"] != last else ""
-        parts.append(f"{head}{m['version']} {m.get('traffic_ratio') or 0}%")
-        last = m["model"]
+        head = f"{m.model} " if m.model != last else ""
+        parts.append(f"{head}{m.version} {m.traffic_ratio or 0}%")
+        last = m.model
     return "/".join(parts)
 
 
-def flavor_text(service: dict[str, Any]) -> str:
-    flavors = sorted({str(m.get("flavor", "")) for m in service.get("models", [])})
-    return ",".join(flavors)
+def flavor_text(service: ServiceInfo) -> str:
+    return ",".join(sorted({m.flavor for m in service.models}))
 
 
-def instances_text(service: dict[str, Any]) -> str:
+def instances_text(service: ServiceInfo) -> str:
     """READY/DESIRED, as the daemon counts them (the core's ``instances_ready`` and
     ``instances_desired``)."""
-    return f"{int(service.get('instances_ready', 0))}/{int(service.get('instances_desired', 0))}"
+    return f"{service.instances_ready}/{service.instances_desired}"
 
 
 def countdown(seconds: float | None) -> str:
@@ -182,13 +185,13 @@ def local_time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def auto_stop_line(service: dict[str, Any], now: float) -> str:
+def auto_stop_line(service: Row, now: float) -> str:
     """The auto stop setting, the time left and the deadline: "1h · stops in 42m 10s, at
     2026-11-29 11:05:00 CET"."""
-    setting = str(service.get("auto_stop", ""))
+    setting = service.auto_stop
     if setting == "off":
         return "off"
-    if service.get("status") not in COUNTING:
+    if service.status.value not in COUNTING:
         return f"{setting} (counts while the service runs)"
     left = remaining_s(service, now)
     if left is None:
@@ -196,27 +199,24 @@ def auto_stop_line(service: dict[str, Any], now: float) -> str:
     return f"{setting} · stops in {countdown(left)}, at {local_time(now + left)}"
 
 
-def version_name(service: dict[str, Any], index: Any) -> str:
+def version_name(service: ServiceInfo, index: int) -> str:
     """The version an instance's ``version_index`` points at: "iris 2.0.0"."""
-    models = service.get("models", [])
-    try:
-        m = models[int(index)]
-    except (TypeError, ValueError, IndexError):
+    if not 0 <= index < len(service.models):
         return str(index)
-    return f"{m['model']} {m['version']}"
+    m = service.models[index]
+    return f"{m.model} {m.version}"
 
 
-def rule_lines(service: dict[str, Any]) -> list[str]:
+def rule_lines(service: ServiceInfo) -> list[str]:
     """The routing rules in order: "1. X-Group equals beta → iris 2.0.0"."""
     out: list[str] = []
-    for i, rule in enumerate(service.get("rules", []), start=1):
-        test = "matches" if rule.get("matches") is not None else "equals"
-        value = rule.get(test)
-        target = rule.get("version", "")
-        model = rule.get("model") or next(
-            (m["model"] for m in service.get("models", []) if m["version"] == target), ""
+    for i, rule in enumerate(service.rules, start=1):
+        test, value = (
+            ("matches", rule.matches) if rule.matches is not None else ("equals", rule.equals)
         )
-        out.append(f"{i}. {rule.get('header', '')} {test} {value!r} → {model} {target}".rstrip())
+        target = rule.version
+        model = rule.model or next((m.model for m in service.models if m.version == target), "")
+        out.append(f"{i}. {rule.header} {test} {value!r} → {model} {target}".rstrip())
     return out
 
 
@@ -229,32 +229,28 @@ def new_lines(before: list[str], after: list[str]) -> list[str]:
     return after if before != after else []
 
 
-def remaining_s(service: dict[str, Any], now: float) -> float | None:
+def remaining_s(service: Row, now: float) -> float | None:
     """Seconds until auto stop, from the daemon's ``remaining_s`` and when it was fetched."""
-    remaining = service.get("remaining_s")
-    if remaining is None:
+    if service.remaining_s is None:
         return None
-    fetched = float(service.get("_fetched_at", now))
-    return max(0.0, float(remaining) - (now - fetched))
+    return max(0.0, service.remaining_s - (now - service.fetched_at))
 
 
-def auto_stop_text(service: dict[str, Any], now: float) -> str:
+def auto_stop_text(service: Row, now: float) -> str:
     """The countdown; before the clock starts (Deploying), the time it will run once up."""
-    if service.get("auto_stop") == "off":
+    if service.auto_stop == "off":
         return "off"
-    if service.get("status") not in COUNTING:
+    if service.status.value not in COUNTING:
         return "-"
     left = remaining_s(service, now)
     if left is None:
-        return f"{service.get('auto_stop', '')} once up"
+        return f"{service.auto_stop} once up"
     if SECONDS_BELOW_S <= left < 3600:
         return f"{int(left) // 60}m"
     return countdown(left)
 
 
-def sort_key(
-    service: dict[str, Any], column: str, stats: ServiceStats | None
-) -> tuple[int, float, str]:
+def sort_key(service: Row, column: str, stats: ServiceStats | None) -> tuple[int, float, str]:
     """What a column sorts by: its real value (numbers as numbers, the auto-stop deadline as a
     time, with "off" and stopped services last), never its text."""
     text = ""
@@ -266,31 +262,32 @@ def sort_key(
     elif column in ("calls", "failed"):
         number = float(0 if stats is None else stats.calls if column == "calls" else stats.failures)
     elif column == "instances":
-        number = float(service.get("instances_ready", 0))
-        text = f"{int(service.get('instances_desired', 0)):09d}"
+        number = float(service.instances_ready)
+        text = f"{service.instances_desired:09d}"
     elif column == "status":
         # The status first, then (among Deploying ones) the progress: a Stopped service's
         # progress of 0 must not put it before a Running one.
-        text = f"{service.get('status', '')}:{int(service.get('progress', 0)):03d}"
+        text = f"{service.status.value}:{service.progress:03d}"
     elif column == "versions":
         text = versions_text(service).lower()
     elif column == "flavor":
         text = flavor_text(service)
+    elif column == "owner":
+        text = service.owner.lower()
     else:
-        text = str(service.get(column, "")).lower()
+        text = service.name.lower()
     return (missing, number, text)
 
 
-def _deadline(service: dict[str, Any]) -> float | None:
+def _deadline(service: Row) -> float | None:
     """When auto stop fires (the daemon's ``remaining_s`` from when it was fetched), or None
     when it is off or not counting."""
-    if service.get("auto_stop") == "off" or service.get("status") not in COUNTING:
+    if service.auto_stop == "off" or service.status.value not in COUNTING:
         return None
-    remaining = service.get("remaining_s")
-    if remaining is None:
+    if service.remaining_s is None:
         # Not started yet: it will run its full auto stop after the deploy.
         return float("inf")
-    return float(service.get("_fetched_at", 0.0)) + float(remaining)
+    return service.fetched_at + service.remaining_s
 
 
 def shown_columns(
@@ -312,11 +309,11 @@ def shown_columns(
     return tuple(shown)
 
 
-def row_cells(service: dict[str, Any], stats: ServiceStats | None, now: float) -> dict[str, str]:
+def row_cells(service: Row, stats: ServiceStats | None, now: float) -> dict[str, str]:
     """The cells of the service's row, by column key."""
     return {
-        "name": str(service["name"]),
-        "owner": str(service["owner"]),
+        "name": service.name,
+        "owner": service.owner,
         "status": status_text(service),
         "versions": versions_text(service),
         "flavor": flavor_text(service),
@@ -327,18 +324,13 @@ def row_cells(service: dict[str, Any], stats: ServiceStats | None, now: float) -
     }
 
 
-def matches(service: dict[str, Any], text: str) -> bool:
+def matches(service: ServiceInfo, text: str) -> bool:
     """Whether the filter text is in the service's name, owner, status or models."""
     if not text:
         return True
     needle = text.lower()
     hay = " ".join(
-        [
-            str(service.get("name", "")),
-            str(service.get("owner", "")),
-            str(service.get("status", "")),
-            *(str(m.get("model", "")) for m in service.get("models", [])),
-        ]
+        [service.name, service.owner, service.status.value, *(m.model for m in service.models)]
     ).lower()
     return needle in hay
 
@@ -354,16 +346,16 @@ def sparkline(values: Iterable[float], width: int = 60) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1)))] for v in data)
 
 
-def refusal(verb: str, service: dict[str, Any] | None, user: str, admin: bool) -> str | None:
+def refusal(verb: str, service: ServiceInfo | None, user: str, admin: bool) -> str | None:
     """Why a key does not apply to the selected service, or None when it may be tried."""
     if service is None:
         return "no service is selected"
-    name = service["name"]
-    status = str(service.get("status", ""))
+    name = service.name
+    status = service.status.value
     if verb in ("stop", "start", "delete", "extend", "predict", "modify", "roll back") and not (
-        admin or service["owner"] == user
+        admin or service.owner == user
     ):
-        return f"{name} belongs to {service['owner']}; only its owner or an admin may change it"
+        return f"{name} belongs to {service.owner}; only its owner or an admin may change it"
     if verb == "start" and status not in CAN_START:
         return f"{name} is {status.capitalize()}; start applies to Stopped or Failed services"
     if verb == "stop" and status not in CAN_STOP:

@@ -8,7 +8,7 @@ from opsbot.core.errors import OpsbotError
 from opsbot.core.form import Verb, allowed_verbs
 from opsbot.core.spec import parse_spec
 from opsbot.core.status import Status
-from opsbot.tui.view import COLUMN_KEYS, auto_stop_text, refusal, shown_columns, sort_key
+from opsbot.tui.view import COLUMN_KEYS, Row, auto_stop_text, refusal, shown_columns, sort_key
 from opsbot.tui.wording import field_label, field_message, plain
 
 
@@ -58,6 +58,25 @@ def test_pydantic_phrases() -> None:
     assert plain("Value error, ratios must sum to 100") == "ratios must sum to 100"
 
 
+def row(**fields: object) -> Row:
+    """A service as the table keeps it, fetched at 0, with what a test gives."""
+    return Row.model_validate(
+        {
+            "id": "uid",
+            "name": "s",
+            "owner": "me",
+            "status": "running",
+            "url": "http://gateway/v1/infers/uid",
+            "traffic_limit": 100,
+            "models": [],
+            "created_at": 0.0,
+            "updated_at": 0.0,
+            "fetched_at": 0.0,
+            **fields,
+        }
+    )
+
+
 def test_narrow_widths_drop_columns_by_priority() -> None:
     widths = dict.fromkeys(COLUMN_KEYS, 6) | {"name": 23, "versions": 26}
     assert shown_columns(300, widths) == COLUMN_KEYS
@@ -67,14 +86,8 @@ def test_narrow_widths_drop_columns_by_priority() -> None:
 
 
 def test_auto_stop_sorts_by_the_deadline_not_the_text() -> None:
-    def svc(remaining: float | None, **extra: object) -> dict[str, object]:
-        return {
-            "status": "running",
-            "auto_stop": "2h",
-            "remaining_s": remaining,
-            "_fetched_at": 0.0,
-            **extra,
-        }
+    def svc(remaining: float | None, **extra: object) -> Row:
+        return row(**{"auto_stop": "2h", "remaining_s": remaining, **extra})
 
     long, short = svc(6480.0), svc(3480.0)
     assert auto_stop_text(long, 0.0) == "1h 48m" and auto_stop_text(short, 0.0) == "58m"
@@ -85,10 +98,10 @@ def test_auto_stop_sorts_by_the_deadline_not_the_text() -> None:
 def test_status_sorts_by_the_status_then_the_progress() -> None:
     """As the daemon reports them: a Stopped service's progress is 0, a Running one's 100."""
     rows = {
-        "deploying-late": {"status": "deploying", "progress": 60},
-        "deploying-early": {"status": "deploying", "progress": 10},
-        "running": {"status": "running", "progress": 100},
-        "stopped": {"status": "stopped", "progress": 0},
+        "deploying-late": row(status="deploying", progress=60),
+        "deploying-early": row(status="deploying", progress=10),
+        "running": row(status="running", progress=100),
+        "stopped": row(status="stopped", progress=0),
     }
     order = sorted(rows, key=lambda k: sort_key(rows[k], "status", None))
     assert order == ["deploying-early", "deploying-late", "running", "stopped"]
@@ -96,7 +109,7 @@ def test_status_sorts_by_the_status_then_the_progress() -> None:
 
 @pytest.mark.parametrize("status", [s.value for s in Status])
 def test_keys_are_refused_as_the_core_forms_verbs_say(status: str) -> None:
-    service = {"name": "s", "owner": "me", "status": status}
+    service = row(status=status)
     verbs = allowed_verbs(status, owner=True, admin=False)
     for verb, key in ((Verb.START, "start"), (Verb.STOP, "stop"), (Verb.EXTEND, "extend")):
         assert (refusal(key, service, "me", False) is None) == (verb in verbs), (verb, status)
