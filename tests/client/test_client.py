@@ -149,6 +149,9 @@ def test_no_daemon_is_daemon_unavailable(tmp_path: Path) -> None:
     assert client.available() is False
     with pytest.raises(DaemonUnavailable, match="opsbot up -d"):
         client.whoami()
+    # What `opsbot tui` asks first, and the dashboard while the daemon is away: what to do.
+    with pytest.raises(DaemonUnavailable, match="opsbot up -d"):
+        client.health()
 
 
 def test_following_events_starts_after_the_last_one_seen(client: ControlClient) -> None:
