@@ -340,7 +340,7 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
         if rule is not None:
             return f"rules[{self.rule_rows.index(rule)}]" if rule in self.rule_rows else None
         group = next((a for a in widget.ancestors if isinstance(a, ModelGroup)), None)
-        if group is None:
+        if group is None or group not in self.groups:  # a version being removed has no path
             return None
         index = self.groups.index(group)
         names = {
@@ -379,6 +379,8 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
     def on_select_changed(self, event: Select.Changed) -> None:
         select = event.select
         group = next((a for a in select.ancestors if isinstance(a, ModelGroup)), None)
+        if group is not None and group.removing:
+            return  # a late change from a version being removed: nothing to fill or check
         if select.id == "pool":
             self.load_flavors()
         elif select.id == "auto-stop":
