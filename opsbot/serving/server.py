@@ -41,7 +41,7 @@ from aiohttp import web
 from opsbot import __version__
 from opsbot.core.instance_auth import INSTANCE_HEADER, INSTANCE_SECRET_ENV, secret_matches
 from opsbot.serving import HEADER_LENGTH, MODEL_NAME_HEADER
-from opsbot.serving.http_errors import allow_header, routing_message
+from opsbot.serving.http_errors import allow_header, json_errors
 from opsbot.serving.loaders import (
     FORMATS,
     LoadedModel,
@@ -488,23 +488,19 @@ _ROUTES_HINT = (
 )
 
 
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+def _render_error(
+    request: web.Request, exc: web.HTTPException, message: str | None
 ) -> web.StreamResponse:
     """aiohttp's own errors (no route, wrong method, body too large) as ``{"error": ...}``."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = routing_message(request, exc, _ROUTES_HINT)
-        if message is None and isinstance(exc, web.HTTPRequestEntityTooLarge):
-            message = (
-                f"the body is larger than this server takes ({MAX_BODY_BYTES // 2**20} MiB): "
-                "send fewer instances per request"
-            )
-        return _error(exc.status, message or exc.text or exc.reason, headers=allow_header(exc))
+    if message is None and isinstance(exc, web.HTTPRequestEntityTooLarge):
+        message = (
+            f"the body is larger than this server takes ({MAX_BODY_BYTES // 2**20} MiB): "
+            "send fewer instances per request"
+        )
+    return _error(exc.status, message or exc.text or exc.reason, headers=allow_header(exc))
+
+
+_json_errors = json_errors(_render_error, _ROUTES_HINT)
 
 
 #: Paths any caller may probe (liveness and readiness say nothing of the model's data).

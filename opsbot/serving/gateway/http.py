@@ -22,7 +22,7 @@ from opsbot.serving.gateway.answers import error, starting
 from opsbot.serving.gateway.core import DatabaseOpener, Gateway
 from opsbot.serving.gateway.fast import Connections, FastFront
 from opsbot.serving.gateway.options import INTERNAL_HEADER, PREDICT, V2_INFER, GatewayOptions
-from opsbot.serving.http_errors import allow_header, routing_message
+from opsbot.serving.http_errors import allow_header, json_errors
 from opsbot.serving.workers import (
     SIBLING_HEADER,
     SharedBuckets,
@@ -42,23 +42,19 @@ _ROUTES_HINT: Final = (
 )
 
 
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+def _render_error(
+    request: web.Request, exc: web.HTTPException, message: str | None
 ) -> web.StreamResponse:
     """aiohttp's own errors (no route, wrong method) as ``{"error": ..., "reason": ...}``."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = allow_header(exc)
-        message = routing_message(request, exc, _ROUTES_HINT)
-        if isinstance(exc, web.HTTPMethodNotAllowed):
-            return error(405, "method_not_allowed", message or "", headers)
-        if isinstance(exc, web.HTTPNotFound):
-            return error(404, "no_route", message or "")
-        return error(exc.status, "bad_request", exc.text or exc.reason, headers)
+    headers = allow_header(exc)
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return error(405, "method_not_allowed", message or "", headers)
+    if isinstance(exc, web.HTTPNotFound):
+        return error(404, "no_route", message or "")
+    return error(exc.status, "bad_request", exc.text or exc.reason, headers)
+
+
+_json_errors = json_errors(_render_error, _ROUTES_HINT)
 
 
 def make_app(
