@@ -122,6 +122,9 @@ RULE_TESTS: tuple[tuple[str, str], ...] = (
     ("equals", "equals"),
     ("matches", "matches (regular expression)"),
 )
+#: The label of a rule's choice between its tests, and what it asks for.
+RULE_TEST_LABEL = "Test"
+RULE_TEST_PROMPT = "equals or matches"
 ADD_VERSION_LABEL = "Add Model Version and Configuration"
 LIMITS = {"versions": MAX_VERSIONS, "rules": MAX_RULES, "env": MAX_ENV}
 

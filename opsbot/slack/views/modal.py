@@ -297,8 +297,8 @@ def _rule_blocks(rule: RuleState, index: int, targets: Sequence[tuple[str, str]]
         ),
         _input(
             f"r{rule.uid}.test",
-            "Test",
-            _select(A_VALUE, "equals or matches", RULE_TESTS, rule.test),
+            form.RULE_TEST_LABEL,
+            _select(A_VALUE, form.RULE_TEST_PROMPT, RULE_TESTS, rule.test),
         ),
         _input(
             f"r{rule.uid}.value",
