@@ -6,7 +6,8 @@
    (``python3`` and the C++/OpenMP runtimes the wheels need), into which the host's pip installs
    the model libraries at the very versions the daemon's own environment has (numpy,
    scikit-learn, scipy, joblib, onnxruntime, aiohttp), so a model the registry checked loads the
-   same inside the container; plus an unprivileged ``opsbot`` user (uid 10001);
+   same inside the container, their bytecode compiled by the image's own python3; plus an
+   unprivileged ``opsbot`` user (uid 10001);
 2. ``docker import`` of that tarball as ``opsbot-serving:<content hash>``;
 3. the tag ``opsbot-serving:latest`` on it.
 
@@ -43,7 +44,9 @@ from opsbot.core.errors import OpsbotError
 IMAGE_REPO = "opsbot-serving"
 LATEST = f"{IMAGE_REPO}:latest"
 #: Bump when the recipe below changes in a way the lists do not show.
-RECIPE_VERSION = 1
+#: 2: the libraries' bytecode is compiled into the image (a container otherwise recompiles
+#: numpy, scipy and scikit-learn on every start: 3.9 s instead of 1.6 s to import them).
+RECIPE_VERSION = 2
 SUITE = "bookworm"
 PYTHON_VERSION = "3.11"  # bookworm's python3
 GLIBC_MINOR = 36  # bookworm's glibc 2.36
@@ -176,6 +179,20 @@ def _pip_hook(recipe: Recipe) -> str:
     return " ".join(args)
 
 
+def _compile_hook() -> str:
+    """Compile the libraries' bytecode with the image's own python3, so its version writes it.
+
+    The image runs with PYTHONDONTWRITEBYTECODE and the libraries are read-only to the model's
+    user, so bytecode missing here would be compiled again in memory at every container start.
+    Unchecked hashes: the tarball does not keep the sources' modification times, which the
+    default check compares, and the image's libraries never change under a given tag.
+    """
+    return (
+        f'chroot "$1" python3 -m compileall -q --invalidation-mode unchecked-hash {SITE_PACKAGES}'
+        " >/dev/null"
+    )
+
+
 def _user_hook() -> str:
     line = f"opsbot:x:{USER_ID}:{USER_ID}:opsbot model server:/tmp:/usr/sbin/nologin"
     return f"echo '{line}' >> \"$1/etc/passwd\" && echo 'opsbot:x:{USER_ID}:' >> \"$1/etc/group\""
@@ -191,6 +208,7 @@ def rootfs_command(recipe: Recipe, target: Path) -> list[str]:
             f"--include={','.join(recipe.debian)}",
             "--dpkgopt=path-exclude=/usr/share/{doc,man,locale,info}/*",
             f"--customize-hook={_pip_hook(recipe)}",
+            f"--customize-hook={_compile_hook()}",
             f"--customize-hook={_user_hook()}",
             '--customize-hook=rm -rf "$1/var/cache/apt"/* "$1/var/lib/apt/lists"/*',
             recipe.suite,
@@ -202,7 +220,7 @@ def rootfs_command(recipe: Recipe, target: Path) -> list[str]:
             "set -e; root=$(mktemp -d); trap 'rm -rf \"$root\"' EXIT; "
             f"debootstrap --variant=minbase --arch={recipe.arch} "
             f'--include={",".join(recipe.debian)} {recipe.suite} "$root" {MIRROR}; '
-            f'set -- "$root"; {_pip_hook(recipe)}; {_user_hook()}; '
+            f'set -- "$root"; {_pip_hook(recipe)}; {_compile_hook()}; {_user_hook()}; '
             'rm -rf "$root/var/cache/apt"/* "$root/var/lib/apt/lists"/*; '
             f'tar -C "$root" -cf {target} .'
         )

@@ -78,3 +78,17 @@ def test_the_image_runs_unprivileged_with_the_same_libraries(engine: Any, image:
     assert seen["python"] == [3, 11]
     assert seen["libs"] == {n: metadata.version(n) for n in seen["libs"]}
     assert engine.images.get(image).attrs["Config"]["User"] == USER
+
+
+def test_the_libraries_load_from_the_images_bytecode(engine: Any, image: str) -> None:
+    """Every module the model server and an sklearn model import comes from compiled bytecode:
+    the container may not write any, so a source file read here is compiled again at every
+    start (numpy, scipy and scikit-learn took 3.9 s to import instead of 1.5 s)."""
+    code = "import aiohttp, joblib, numpy, sklearn.linear_model"
+    out = engine.containers.run(
+        image, ["python3", "-v", "-c", code], remove=True, network_mode="none", stderr=True
+    ).decode()
+    loaded = [line for line in out.splitlines() if line.startswith("# code object from")]
+    from_source = [line for line in loaded if not line.rstrip("'").endswith(".pyc")]
+    assert len(loaded) > 500, "python3 -v did not list the modules it loaded"
+    assert from_source == [], f"{len(from_source)} modules compiled at start: {from_source[:5]}"
