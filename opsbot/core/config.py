@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from opsbot.core.errors import ConfigInvalid, FieldError
+from opsbot.core.zygote import DEFAULT_PRELOAD
 
 HOME_ENV = "OPSBOT_HOME"
 CONFIG_NAME = "config.toml"
@@ -160,6 +161,12 @@ class Config(BaseModel):
         "instances); default: opsbot's own. Every owner's account must be able to run it: when "
         "opsbot's own lives where they cannot (a pyenv under /root), name a system python3 of "
         "the same version, and opsbot puts its packages on that interpreter's path",
+    )
+    model_preload: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PRELOAD),
+        description="modules a preloaded process imports once so that each process instance "
+        "starts as a fork of it instead of importing them again (the model libraries); "
+        "[]: every instance starts its own interpreter",
     )
     run_dir: str | None = Field(
         None,

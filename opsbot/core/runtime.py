@@ -91,6 +91,7 @@ class Runtime(Protocol):
 
 
 LOAD_FAILED = "LOAD FAILED:"
+SERVER_MODULE = "opsbot.serving.server"
 
 
 def _killing_signal(code: int | None) -> str | None:
@@ -193,14 +194,9 @@ def thread_env(flavor: Flavor) -> dict[str, str]:
     }
 
 
-def server_argv(
-    python: str, model_path: str, spec: InstanceSpec, host: str, port: int
-) -> list[str]:
-    """The model server's command line for one instance: every runtime runs the same one."""
-    argv = [
-        python,
-        "-m",
-        "opsbot.serving.server",
+def server_args(model_path: str, spec: InstanceSpec, host: str, port: int) -> list[str]:
+    """The model server's arguments for one instance: every runtime runs the same ones."""
+    args = [
         "--path",
         model_path,
         "--format",
@@ -215,5 +211,12 @@ def server_argv(
         str(port),
     ]
     if spec.entry:
-        argv += ["--entry", spec.entry]
-    return argv
+        args += ["--entry", spec.entry]
+    return args
+
+
+def server_argv(
+    python: str, model_path: str, spec: InstanceSpec, host: str, port: int
+) -> list[str]:
+    """The model server's command line for one instance."""
+    return [python, "-m", SERVER_MODULE, *server_args(model_path, spec, host, port)]

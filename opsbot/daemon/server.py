@@ -539,6 +539,9 @@ class Daemon:
         if stop_slack is not None:
             await asyncio.to_thread(stop_slack)
         self.controller.close()
+        close_runtime = getattr(self.runtime, "close", None)
+        if close_runtime is not None:  # the process runtime's preloaders
+            close_runtime()
         if self._lock_file:
             self._lock_file.close()
         self.say("stopped")

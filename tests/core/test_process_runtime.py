@@ -33,7 +33,9 @@ def runtime(tmp_path: Path) -> Iterator[ProcessRuntime]:
     (tmp_path / "model").mkdir()
     # As the daemon's own account: these tests are about the environment, sessions and
     # adoption (tests/security runs instances as their owners' accounts).
-    rt = ProcessRuntime(tmp_path, python=str(script), limiter=_NoLimits(), accounts=lambda _: None)
+    rt = ProcessRuntime(
+        tmp_path, python=str(script), limiter=_NoLimits(), accounts=lambda _: None, preload=()
+    )
     yield rt
     for owned in rt.owned():
         rt.stop(owned.handle, grace_s=1)
@@ -105,7 +107,7 @@ def test_owned_finds_instances_a_new_runtime_did_not_start(
 ) -> None:
     started = runtime.start(_spec(tmp_path, "cpu.2u8g"))
     _wait_for(tmp_path / f"env-{started.port}")
-    fresh = ProcessRuntime(tmp_path, python=runtime.python, limiter=_NoLimits())
+    fresh = ProcessRuntime(tmp_path, python=runtime.python, limiter=_NoLimits(), preload=())
     (owned,) = fresh.owned()
     assert (owned.handle, owned.key, owned.port) == (started.handle, "abc123/0/1", started.port)
     assert fresh.exited(owned.handle) is None

@@ -61,9 +61,11 @@ def setup(tmp_path: Path) -> Iterator[tuple[ProcessRuntime, Path]]:
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     home = tmp_path / "home"
     (home / "model").mkdir(parents=True)
-    runtime = ProcessRuntime(home, python=str(script), accounts=lambda _: None)
+    runtime = ProcessRuntime(home, python=str(script), accounts=lambda _: None, preload=())
     yield runtime, script
-    for owned in ProcessRuntime(home, python=str(script), accounts=lambda _: None).owned():
+    for owned in ProcessRuntime(
+        home, python=str(script), accounts=lambda _: None, preload=()
+    ).owned():
         runtime.stop(owned.handle, grace_s=1)
 
 
@@ -119,7 +121,7 @@ def test_a_restarted_daemon_removes_what_a_dead_instance_left(
     runtime._children[started.handle].wait()
 
     # A new daemon (a new runtime object) finds them as one stray and removes it for real.
-    again = ProcessRuntime(runtime.home, python=str(script), accounts=lambda _: None)
+    again = ProcessRuntime(runtime.home, python=str(script), accounts=lambda _: None, preload=())
     owned = again.owned()
     assert [o.key for o in owned] == ["orphan:tree/0/1"]
     for o in owned:
@@ -137,7 +139,7 @@ def test_a_restarted_daemon_adopts_a_live_instance_without_its_children(
     spec, names = _spec(runtime, pids_dir)
     started = runtime.start(spec)
     pids = _wait_for_pids(pids_dir, names)
-    again = ProcessRuntime(runtime.home, python=str(script), accounts=lambda _: None)
+    again = ProcessRuntime(runtime.home, python=str(script), accounts=lambda _: None, preload=())
     # The instance itself, once: its children (marker and all) are not instances nor strays.
     assert [(o.handle, o.key) for o in again.owned()] == [(started.handle, "tree/0/1")]
     again.stop(started.handle, grace_s=2)

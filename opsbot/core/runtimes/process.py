@@ -2,8 +2,12 @@
 
 An instance is ``python -m opsbot.serving.server`` started with ``setsid`` (its own process
 group, so a dying daemon does not take it along), on a free loopback port, its output in a log
-file under ``$OPSBOT_HOME/logs``. Its identity travels in its environment
-(``OPSBOT_INSTANCE``, ``OPSBOT_HOME_ID``), which is how a restarted daemon finds and adopts it.
+file under ``$OPSBOT_HOME/logs``. It is a fork of the interpreter's preloader
+(:mod:`opsbot.core.zygote`, which has imported the model libraries once) when preloading is on,
+else a new interpreter. A restarted daemon adopts instances from its private records
+(``$OPSBOT_HOME/instances``); processes left without a record are found by their environment
+(``OPSBOT_HOME_ID``), which ``/proc`` shows for a new interpreter and for anything a model
+starts (a fork's shows the preloader's), and stopped as strays.
 
 Limits: when running as root with a writable cgroup hierarchy (v2, or v1 ``cpu`` and
 ``memory``), each instance gets its own cgroup with the flavor's CPU quota and memory limit.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import resource
@@ -23,6 +28,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +45,7 @@ from opsbot.core.runtime import (
     Started,
     device_env,
     failure_reason,
+    server_args,
     server_argv,
     thread_env,
 )
@@ -58,6 +65,9 @@ from opsbot.core.sandbox import (
     tree,
 )
 from opsbot.core.store import DB_NAME, Store
+from opsbot.core.zygote import Held, Zygote, ZygoteError
+
+log = logging.getLogger("opsbot.core.runtimes.process")
 
 HOST = "127.0.0.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -226,12 +236,23 @@ class ProcessRuntime:
         limiter: CgroupLimiter | None = None,
         accounts: Callable[[str], Account | None] | None = None,
         run_dir: Path | None = None,
+        preload: Sequence[str] | None = None,
     ):
         self.home = Path(home).resolve()
         #: The interpreter configured for model code (None: see sandbox.pick_python).
-        config = load_config(self.home) if python is None or run_dir is None else None
+        needed = python is None or run_dir is None or preload is None
+        config = load_config(self.home) if needed else None
         self.python = config.model_python if python is None and config else python
         self._run_dir_setting = str(run_dir) if run_dir else config.run_dir if config else None
+        #: What each interpreter's preloader imports ([]: every instance starts cold).
+        self.preload = list(
+            preload if preload is not None else config.model_preload if config else []
+        )
+        #: One per interpreter and thread count: (python, OMP_NUM_THREADS) -> its preloader.
+        self._zygotes: dict[tuple[str, str], Zygote] = {}
+        self._cold: set[str] = set()  # interpreters whose preloader failed: said once, not retried
+        self._zygote_lock = threading.Lock()
+        self._forks: dict[str, Zygote] = {}  # handle -> the preloader it was forked from
         self.limiter = limiter or CgroupLimiter()
         self.log_dir = self.home / "logs"
         self.records_dir = self.home / "instances"
@@ -280,6 +301,7 @@ class ProcessRuntime:
                 **device_env(spec.flavor, spec.devices),
                 "HOME": str(scratch),
                 "TMPDIR": str(scratch),
+                "PWD": str(scratch),
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": model_pythonpath(python),
                 "OPSBOT_INSTANCE": spec.key,
@@ -291,25 +313,51 @@ class ProcessRuntime:
                 MARKER: marker,
             }
         )
-        argv = server_argv(python, str(model), spec, HOST, port)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        with open(fd, "ab") as log:
+        with open(fd, "ab") as log_file:
             who = f"uid {account.uid}" if account else "the daemon's account"
-            log.write(
+            log_file.write(
                 f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {spec.key} as {who}\n".encode()
             )
-            log.flush()
-            proc = spawn(
-                argv, account=account, env=env, cwd=scratch, stdout=log, stderr=log, held=True
-            )
+            log_file.flush()
+            zygote = self._zygote(python, thread_env(spec.flavor))
+            held: Held | _Cold | None = None
+            if zygote is not None:
+                try:
+                    held = zygote.spawn(
+                        server_args(str(model), spec, HOST, port),
+                        env=env,
+                        cwd=scratch,
+                        account=account,
+                        log_fd=log_file.fileno(),
+                    )
+                except ZygoteError as exc:
+                    log.warning("%s: starting cold: %s", spec.key, exc)
+            if held is None:
+                argv = server_argv(python, str(model), spec, HOST, port)
+                proc = spawn(
+                    argv,
+                    account=account,
+                    env=env,
+                    cwd=scratch,
+                    stdout=log_file,
+                    stderr=log_file,
+                    held=True,
+                )
+                held = _Cold(proc)
         try:  # in its cgroup before it runs anything, so all it forks is in there too
-            how = self.limiter.apply(proc.pid, spec.key, spec.flavor)
+            how = self.limiter.apply(held.pid, spec.key, spec.flavor)
         finally:
-            release(proc)
-        with open(log_path, "ab") as log:
-            log.write(f"--- limits: {how}\n".encode())
-        handle = f"{proc.pid}:{_start_time(proc.pid) or '0'}"
-        self._children[handle] = proc
+            held.release()
+        start = "forked from the preloader" if isinstance(held, Held) else "a new interpreter"
+        with open(log_path, "ab") as log_file:
+            log_file.write(f"--- limits: {how}; {start}\n".encode())
+        pid = held.pid
+        handle = f"{pid}:{_start_time(pid) or '0'}"
+        if isinstance(held, _Cold):
+            self._children[handle] = held.proc
+        elif zygote is not None:
+            self._forks[handle] = zygote
         self._keys[handle] = spec.key
         self._write_record(_Record(spec.key, handle, port, marker))
         return Started(handle, HOST, port)
@@ -353,6 +401,12 @@ class ProcessRuntime:
             return Exit(code, failure_reason(self._log_lines(handle), code))
         if self._alive(handle):
             return None
+        zygote = self._forks.get(handle)
+        if zygote is not None:
+            code = zygote.exit_code(self._pid(handle))
+            if code is None and zygote.running:
+                return None  # gone, and the preloader is about to say how
+            return Exit(code, failure_reason(self._log_lines(handle), code))
         return Exit(None, failure_reason(self._log_lines(handle), None))
 
     def stop(self, handle: str, grace_s: float = 10.0) -> None:
@@ -371,6 +425,7 @@ class ProcessRuntime:
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
+        self._forks.pop(handle, None)
         self._keys.pop(handle, None)
         if key:
             self.limiter.release(key)
@@ -379,6 +434,46 @@ class ProcessRuntime:
         if record is not None:
             with contextlib.suppress(FileNotFoundError):
                 (self.records_dir / f"{record.leaf}.json").unlink()
+
+    # -- the preloaders ------------------------------------------------------------------------
+
+    def _zygote(self, python: str, threads: dict[str, str]) -> Zygote | None:
+        """The running preloader for ``python`` with these thread-pool variables (the libraries
+        size their pools as they load), started and waited for on first use; None when
+        preloading is off or this interpreter's preloader could not start."""
+        if not self.preload:
+            return None
+        key = (python, threads.get("OMP_NUM_THREADS", ""))
+        with self._zygote_lock:
+            zygote = self._zygotes.get(key)
+            if zygote is None or not zygote.running:
+                if python in self._cold:
+                    return None
+                private_dir(self.log_dir)
+                base = {"PYTHONPATH": model_pythonpath(python), "PYTHONUNBUFFERED": "1"}
+                zygote = Zygote(
+                    python,
+                    env=clean_env({**base, **threads}),
+                    preload=self.preload,
+                    log_path=self.log_dir / "preloader.log",
+                )
+                zygote.start()
+                self._zygotes[key] = zygote
+        if zygote.wait_ready():
+            return zygote
+        with self._zygote_lock:
+            if python not in self._cold:
+                self._cold.add(python)
+                log.warning("instances of %s start cold (no preloader): %s", python, zygote.problem)
+        zygote.close()
+        return None
+
+    def close(self) -> None:
+        """End the preloaders (the instances forked from them run on)."""
+        with self._zygote_lock:
+            zygotes, self._zygotes = list(self._zygotes.values()), {}
+        for zygote in zygotes:
+            zygote.close()
 
     def _forget(self, record: _Record) -> None:
         self.limiter.release(record.key)
@@ -451,6 +546,17 @@ class ProcessRuntime:
             "memory_bytes": float(second[1]),
             "memory_limit_bytes": float(self.limiter.memory_limit(key) if key else 0),
         }
+
+
+class _Cold:
+    """A model server started as a new interpreter, held like a fork (see ``sandbox.spawn``)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]):
+        self.proc = proc
+        self.pid = proc.pid
+
+    def release(self) -> None:
+        release(self.proc)
 
 
 def sandbox_marker(pid: int) -> str | None:
