@@ -8,7 +8,8 @@ in each round deploys ``iris`` 1.0.0 to each in turn (alternating which goes fir
 control API's ``POST /v1/services`` until the service reads Running (every instance answered its
 readiness check and the gateway routes it), then deletes it and waits for it to be gone (not
 timed). The baseline, in the same rounds: the bare model server started by the same runtime
-(no daemon, no store, no gateway) until it answers ``/v2/health/ready``, polled every 5 ms. It
+(no daemon, no store, no gateway; on the process runtime as its own interpreter, not forked
+from the preloader the daemon uses) until it answers ``/v2/health/ready``, polled every 5 ms. It
 prints each runtime's median, min and max of both, the deploy's ratio and difference to the bare
 start, the docker/process ratio of the medians, and how long after the first instance answered
 its readiness check (asked by this script every 5 ms) the service read Running: the controller's
@@ -213,7 +214,8 @@ def main() -> None:
             baremetal = root / "bare"
             copy_home(template, baremetal)
             runtimes: dict[str, Runtime] = {
-                "process": ProcessRuntime(baremetal),
+                # its own interpreter, as every instance started before the preloader
+                "process": ProcessRuntime(baremetal, preload=()),
                 "docker": DockerRuntime(baremetal),
             }
             for i in range(args.rounds):
