@@ -43,6 +43,7 @@ from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_
 from opsbot.core.sandbox import SOCKET_NAME
 from opsbot.core.scheduler import AutoStopScheduler, SyncOnEvents
 from opsbot.core.services import Service
+from opsbot.core.spec import DEFAULT_FLAVOR
 from opsbot.core.store import table
 from opsbot.daemon.api import make_app
 from opsbot.serving.gateway import INTERNAL_HEADER
@@ -501,6 +502,11 @@ class Daemon:
             threads.append(threading.Thread(target=self._make_examples, name="examples"))
         for t in threads:
             t.start()
+        warm = getattr(self.runtime, "warm", None)
+        if warm is not None:  # the process runtime's preloader, ready before the first deploy
+            default = next((f for f in self.core.flavors if f.id == DEFAULT_FLAVOR), None)
+            if default is not None:
+                threading.Thread(target=warm, args=(default,), name="preload", daemon=True).start()
 
         runner = web.AppRunner(make_app(self), handle_signals=False, access_log=None)
         await runner.setup()

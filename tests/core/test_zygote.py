@@ -14,12 +14,13 @@ import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from opsbot.core.flavors import load_flavors
+from opsbot.core.flavors import Flavor, load_flavors
 from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.runtime import Exit, InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
@@ -250,3 +251,22 @@ def test_without_a_preloader_instances_start_cold_and_say_so(
     assert "/bin/false" in dead._cold
     assert dead._zygote("/bin/false", {}) is None  # said once, not tried again
     dead.close()
+
+
+def test_warming_starts_the_preloader_each_thread_count_forks_from(
+    runtimes: tuple[ProcessRuntime, ProcessRuntime], model_dir: Path
+) -> None:
+    forking, _ = runtimes
+    two = next(f for f in load_flavors() if f.id == "cpu.2u8g")
+    forking.warm(two)  # what the daemon does as it starts
+    (warmed,) = forking._zygotes.values()
+    assert warmed.alive
+    first = _spec(model_dir, "warm2")
+    assert _report(forking, first, forking.start(first))["preloaded"] is True
+    assert list(forking._zygotes.values()) == [warmed]  # forked from the warmed one
+    one = Flavor(id="cpu.1u2g", name="1 vCPU", cpus=1, memory_gib=2)
+    narrow = replace(_spec(model_dir, "narrow"), flavor=one)
+    report = _report(forking, narrow, forking.start(narrow))
+    assert report["preloaded"] is True
+    assert len(forking._zygotes) == 2  # the libraries size their pools as they load
+    assert set(report["pools"].values()) == {1}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from opsbot.core.accounts import Account, runtime_account
 from opsbot.core.config import load_config
+from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import Flavor
 from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
 from opsbot.core.runtime import (
@@ -467,6 +468,16 @@ class ProcessRuntime:
                 log.warning("instances of %s start cold (no preloader): %s", python, zygote.problem)
         zygote.close()
         return None
+
+    def warm(self, flavor: Flavor) -> None:
+        """Start (and wait for) the preloader an instance of ``flavor`` forks from, so that the
+        first deploy after ``opsbot up`` does not wait for its imports."""
+        try:
+            python = pick_python(self.python, None)
+        except OpsbotError as exc:
+            log.warning("no preloader: %s", exc)
+            return
+        self._zygote(python, thread_env(flavor))
 
     def close(self) -> None:
         """End the preloaders (the instances forked from them run on)."""
