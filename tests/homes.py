@@ -10,6 +10,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from opsbot.core.flavors import load_flavors
+from opsbot.core.runtime import InstanceSpec
 from opsbot.core.store import DB_NAME
 
 
@@ -24,3 +26,21 @@ def clone_home(template: Path, home: Path) -> Path:
         )
     conn.close()
     return home
+
+
+def python_model_spec(path: Path, uid: str, owner: str = "alice", **env: str) -> InstanceSpec:
+    """One instance of a python-format model (``model:Model`` in ``path``) on cpu.2u8g."""
+    flavor = next(f for f in load_flavors() if f.id == "cpu.2u8g")
+    return InstanceSpec(
+        service_uid=uid,
+        owner=owner,
+        idx=0,
+        n=1,
+        model_name=path.name,
+        version="1",
+        path=path,
+        format="python",
+        entry="model:Model",
+        flavor=flavor,
+        env=env,
+    )

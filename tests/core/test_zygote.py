@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from homes import python_model_spec
 
-from opsbot.core.flavors import Flavor, load_flavors
+from opsbot.core.flavors import Flavor
 from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.runtime import Exit, InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
@@ -85,23 +86,6 @@ def runtimes(tmp_path: Path) -> Iterator[tuple[ProcessRuntime, ProcessRuntime]]:
         forking.close()
 
 
-def _spec(path: Path, uid: str, flavor_id: str = "cpu.2u8g", **env: str) -> InstanceSpec:
-    flavor = next(f for f in load_flavors() if f.id == flavor_id)
-    return InstanceSpec(
-        service_uid=uid,
-        owner="alice",
-        idx=0,
-        n=1,
-        model_name="probe",
-        version="1",
-        path=path,
-        format="python",
-        entry="model:Model",
-        flavor=flavor,
-        env=env,
-    )
-
-
 def _until(what: str, check: Any, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -145,8 +129,8 @@ def test_a_fork_is_the_instance_a_cold_start_makes(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "daemon-only")  # the daemon's, never a model's
     forking, cold = runtimes
-    forked_spec = _spec(model_dir, "fork1", LOG_LEVEL="debug")
-    cold_spec = _spec(model_dir, "cold1", LOG_LEVEL="debug")
+    forked_spec = python_model_spec(model_dir, "fork1", LOG_LEVEL="debug")
+    cold_spec = python_model_spec(model_dir, "cold1", LOG_LEVEL="debug")
     forked = _report(forking, forked_spec, forking.start(forked_spec))
     reference = _report(cold, cold_spec, cold.start(cold_spec))
 
@@ -188,7 +172,7 @@ def test_each_fork_draws_its_own_random_numbers(
     runtimes: tuple[ProcessRuntime, ProcessRuntime], model_dir: Path
 ) -> None:
     forking, _ = runtimes
-    specs = [_spec(model_dir, f"draw{i}") for i in range(2)]
+    specs = [python_model_spec(model_dir, f"draw{i}") for i in range(2)]
     draws = [_report(forking, s, forking.start(s))["draw"] for s in specs]
     assert draws[0] != draws[1]
 
@@ -197,14 +181,14 @@ def test_how_a_fork_ended_is_told_like_a_childs(
     runtimes: tuple[ProcessRuntime, ProcessRuntime], model_dir: Path
 ) -> None:
     forking, _ = runtimes
-    failing = _spec(model_dir, "fails", FAIL_LOAD="the weights are missing")
+    failing = python_model_spec(model_dir, "fails", FAIL_LOAD="the weights are missing")
     handle = forking.start(failing).handle
     ended: Exit = _until("the failed load ended", lambda: forking.exited(handle))
     assert ended.code == 3
     assert "the weights are missing" in ended.reason
     assert "forked from the preloader" in _log(forking, failing)
 
-    killed = _spec(model_dir, "killed")
+    killed = python_model_spec(model_dir, "killed")
     started = forking.start(killed)
     _until("the instance answered ready", lambda: _ready(started))
     os.kill(int(started.handle.split(":")[0]), signal.SIGKILL)
@@ -217,14 +201,14 @@ def test_forks_outlive_the_preloader_and_a_new_one_starts_on_demand(
     runtimes: tuple[ProcessRuntime, ProcessRuntime], model_dir: Path
 ) -> None:
     forking, _ = runtimes
-    first = _spec(model_dir, "early")
+    first = python_model_spec(model_dir, "early")
     started = forking.start(first)
     _until("the first fork answered ready", lambda: _ready(started))
     (zygote,) = forking._zygotes.values()
     forking.close()
     _until("the preloader ended", lambda: not zygote.running)
     assert forking.exited(started.handle) is None and _ready(started)
-    later = _spec(model_dir, "later")
+    later = python_model_spec(model_dir, "later")
     assert _report(forking, later, forking.start(later))["preloaded"] is True
     assert zygote not in forking._zygotes.values()
 
@@ -236,7 +220,7 @@ def test_without_a_preloader_instances_start_cold_and_say_so(
     home.mkdir()
     broken = ProcessRuntime(home, accounts=lambda _: None, preload=["opsbot.no_such_module"])
     # A module that cannot import is skipped, not fatal: a preloader with less in it.
-    spec = _spec(model_dir, "partial")
+    spec = python_model_spec(model_dir, "partial")
     try:
         assert _report(broken, spec, broken.start(spec))["preloaded"] is False
         assert "forked from the preloader" in _log(broken, spec)
@@ -257,15 +241,14 @@ def test_warming_starts_the_preloader_each_thread_count_forks_from(
     runtimes: tuple[ProcessRuntime, ProcessRuntime], model_dir: Path
 ) -> None:
     forking, _ = runtimes
-    two = next(f for f in load_flavors() if f.id == "cpu.2u8g")
-    forking.warm(two)  # what the daemon does as it starts
+    first = python_model_spec(model_dir, "warm2")
+    forking.warm(first.flavor)  # what the daemon does as it starts
     (warmed,) = forking._zygotes.values()
     assert warmed.alive
-    first = _spec(model_dir, "warm2")
     assert _report(forking, first, forking.start(first))["preloaded"] is True
     assert list(forking._zygotes.values()) == [warmed]  # forked from the warmed one
     one = Flavor(id="cpu.1u2g", name="1 vCPU", cpus=1, memory_gib=2)
-    narrow = replace(_spec(model_dir, "narrow"), flavor=one)
+    narrow = replace(python_model_spec(model_dir, "narrow"), flavor=one)
     report = _report(forking, narrow, forking.start(narrow))
     assert report["preloaded"] is True
     assert len(forking._zygotes) == 2  # the libraries size their pools as they load

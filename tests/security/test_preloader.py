@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from homes import python_model_spec
 
 from opsbot.core.accounts import Account
-from opsbot.core.flavors import load_flavors
 from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
@@ -55,23 +55,6 @@ def forking(tmp_path: Path, people: People) -> Iterator[ProcessRuntime]:
         for owned in runtime.owned():
             runtime.stop(owned.handle, grace_s=2)
         runtime.close()
-
-
-def _spec(path: Path, uid: str, owner: str, **env: str) -> InstanceSpec:
-    flavor = next(f for f in load_flavors() if f.id == "cpu.2u8g")
-    return InstanceSpec(
-        service_uid=uid,
-        owner=owner,
-        idx=0,
-        n=1,
-        model_name="whoami",
-        version="1",
-        path=path,
-        format="python",
-        entry="model:Model",
-        flavor=flavor,
-        env=env,
-    )
 
 
 def _ask(runtime: ProcessRuntime, spec: InstanceSpec, started: Started) -> dict[str, Any]:
@@ -118,8 +101,8 @@ def test_forks_run_as_their_owners_and_the_preloader_keeps_none_of_their_secrets
     model.mkdir()
     (model / "model.py").write_text(WHOAMI_PY)
     token = secrets.token_hex(16)
-    alice_spec = _spec(model, "alicesvc", "alice", API_TOKEN=token)
-    bob_spec = _spec(model, "bobsvc", "bob")
+    alice_spec = python_model_spec(model, "alicesvc", "alice", API_TOKEN=token)
+    bob_spec = python_model_spec(model, "bobsvc", "bob")
     alice = _ask(forking, alice_spec, forking.start(alice_spec))
     bob = _ask(forking, bob_spec, forking.start(bob_spec))
 
