@@ -236,20 +236,24 @@ class Zygote:
     @property
     def running(self) -> bool:
         """Started and not ended (ready or still importing)."""
-        return self._proc is not None and not self._ended.is_set()
+        proc = self._proc
+        return proc is not None and proc.poll() is None and not self._ended.is_set()
 
     @property
     def alive(self) -> bool:
         """Ready to fork."""
-        return self._ready.is_set() and not self._ended.is_set()
+        return self._ready.is_set() and self.running
 
     def close(self) -> None:
-        """End the preloader (its forks live on)."""
+        """End the preloader (its forks live on). One still importing has nothing to finish
+        and no fork yet: it is killed rather than waited for."""
         if self._ctrl is not None:
             with contextlib.suppress(OSError):
                 self._ctrl.shutdown(socket.SHUT_RDWR)
             self._ctrl.close()
         if self._proc is not None:
+            if not self._ready.is_set():
+                self._proc.kill()
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from opsbot.core.flavors import Flavor
 from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.runtime import Exit, InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
+from opsbot.core.zygote import Zygote
 
 PROBE_PY = """
 import os, sys
@@ -253,3 +255,11 @@ def test_warming_starts_the_preloader_each_thread_count_forks_from(
     assert report["preloaded"] is True
     assert len(forking._zygotes) == 2  # the libraries size their pools as they load
     assert set(report["pools"].values()) == {1}
+
+
+def test_a_preloader_closed_while_importing_is_killed_not_waited_for(tmp_path: Path) -> None:
+    zygote = Zygote(sys.executable, env={"PATH": "/usr/bin:/bin"}, preload=["sklearn.ensemble"])
+    zygote.start()
+    zygote.close()  # a daemon stopping in its first second
+    assert zygote._proc is not None and zygote._proc.returncode == -signal.SIGKILL
+    assert not zygote.running
