@@ -403,7 +403,9 @@ class Registry:
             targets = self._query(where, params)
             if not targets:
                 what = f"{name} {version}" if version else name
-                raise NotFound(f"no model {what} in My Models: see `opsbot model list`")
+                raise NotFound(
+                    f"no model {what} in My Models: see `opsbot model list`", field="model"
+                )
             ids = [v.id for v in targets]
             marks = ",".join("?" * len(ids))
             users = db.execute(
@@ -433,7 +435,7 @@ class Registry:
             "SELECT id FROM models WHERE owner = ? AND name = ?", (owner, name)
         ).fetchone()
         if not row:
-            raise NotFound(f"no model {owner}/{name}: see `opsbot model list`")
+            raise NotFound(f"no model {owner}/{name}: see `opsbot model list`", field="model")
         return int(row[0])
 
     def publish(self, owner: str, name: str, public: bool = True) -> None:

@@ -401,10 +401,12 @@ def test_subscribe_errors(examples_home: Path, me: str) -> None:
     with pytest.raises(Conflict) as own:
         core.subscribe(core.user(me), f"{me}/iris")
     message_for(own.value, "model", "yours", "My Models")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as missing:
         core.subscribe(core.user("bob"), f"{me}/tulips")
-    with pytest.raises(NotFound):
+    message_for(missing.value, "model", f"no model {me}/tulips", "opsbot model list")
+    with pytest.raises(NotFound) as unowned:
         core.publish_model(core.user("bob"), "iris")  # bob has no model iris
+    message_for(unowned.value, "model", "no model bob/iris")
 
 
 def test_unsubscribe(examples_home: Path, me: str) -> None:

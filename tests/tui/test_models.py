@@ -185,9 +185,8 @@ async def test_subscribe_with_errors_then_success(
 
     await fill(pilot, model="carol/roses")
     await submit(pilot)
-    # The registry's NotFound names no field: the modal's status line says it.
-    status = pilot.app.screen.query_one("#form-status", Static)
-    await until(pilot, "the refusal", lambda: "no model carol/roses" in str(status.content))
+    # The registry's refusal names the field: it shows beside the model input.
+    await until(pilot, "the refusal", lambda: "no model carol/roses" in error(pilot, "model"))
     assert isinstance(pilot.app.screen, SubscribeModal)
 
     await fill(pilot, model="carol/tulips")
