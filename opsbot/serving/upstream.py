@@ -17,8 +17,9 @@ broke off, or was not HTTP: the call may have run, so it is not sent again), ``T
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, Literal, Protocol, cast
 
 from aiohttp import (
@@ -90,6 +91,23 @@ class UpstreamClient(Protocol):
         or TimeoutError."""
         ...
 
+    def start(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        done: Callable[[Reply | BaseException], None],
+        *,
+        method: str = "POST",
+    ) -> bool:
+        """The same without a coroutine, when it can be sent at once (over an idle keep-alive
+        connection): True, and ``done`` is called later with the reply or the failure; else
+        False, nothing sent, and the caller awaits :meth:`post`."""
+        ...
+
     def retain(self, addresses: Collection[tuple[str, int]]) -> None:
         """Drop what is kept for instances other than these (host, port) pairs."""
         ...
@@ -110,14 +128,26 @@ _CHUNKED: Final = 1
 _UNTIL_CLOSE: Final = 2
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection to an instance, and the parse of the answer now awaited."""
+#: How an exchange ended: its answer is in (None), or why not.
+Outcome = BaseException | None
 
-    def __init__(self) -> None:
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to an instance, and the parse of the answer now awaited.
+
+    An exchange ends by a callback made from the protocol's own callbacks, so a call relayed
+    over an idle connection needs no task, future or timer of its own: one timer per connection
+    checks the deadline, and moves only when it fires before it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.waiter: asyncio.Future[None] | None = None
+        self.done: Callable[[Outcome], None] | None = None
+        self.deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -134,9 +164,19 @@ class _Connection(asyncio.Protocol):
         self.size = 0
         self.body = b""
 
-    def send(self, waiter: asyncio.Future[None], head: bytes, body: bytes) -> None:
+    def send(
+        self, head: bytes, body: bytes, deadline: float, done: Callable[[Outcome], None]
+    ) -> None:
+        """Write a request; ``done`` is called once, with the outcome (a TimeoutError when the
+        answer is not in by ``deadline``, in loop time)."""
         self._reset()
-        self.waiter = waiter
+        self.done = done
+        self.deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._expire)
         transport = self.transport
         assert transport is not None
         if len(body) <= _JOIN_LIMIT:
@@ -155,43 +195,61 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _settle(self, outcome: Outcome) -> None:
+        done = self.done
+        if done is not None:
+            self.done = None
+            done(outcome)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.done is None or self.closed:
+            return
+        if self.loop.time() < self.deadline:  # set for an earlier exchange's deadline
+            self._timer = self.loop.call_at(self.deadline, self._expire)
+            return
+        # The instance may still be working on it: the connection's state is unknown.
+        self.abort()
+        self._settle(TimeoutError())
+
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if self.done is None:
             # Bytes nobody asked for: the connection can no longer be trusted.
             self.abort()
             return
         self.buf += data
         try:
-            done = self._parse()
+            complete = self._parse()
         except BrokenReply as exc:
             self.abort()
-            waiter.set_exception(exc)
+            self._settle(exc)
             return
-        if done:
-            waiter.set_result(None)
+        if complete:
+            self._settle(None)
 
     def eof_received(self) -> bool | None:
-        return None  # close the transport: connection_lost settles the waiter
+        return None  # close the transport: connection_lost settles the exchange
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.done is None:
             return
         if self.head_end >= 0 and self.mode == _UNTIL_CLOSE:
             self.body = bytes(memoryview(self.buf)[self.head_end :])
             self.keep_alive = False
-            waiter.set_result(None)
+            self._settle(None)
         elif not self.buf:
-            waiter.set_exception(Disconnected(_lost("before answering", exc)))
+            self._settle(Disconnected(_lost("before answering", exc)))
         else:
-            waiter.set_exception(BrokenReply(_lost("in the middle of its answer", exc)))
+            self._settle(BrokenReply(_lost("in the middle of its answer", exc)))
 
     # -- parsing -----------------------------------------------------------------------------
 
@@ -325,9 +383,9 @@ def _lost(when: str, exc: Exception | None) -> str:
     return f"the instance closed the connection {when}{reason}"
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+def _resolve(future: asyncio.Future[Reply | BaseException], outcome: Reply | BaseException) -> None:
+    if not future.done():
+        future.set_result(outcome)
 
 
 class _Pool:
@@ -367,6 +425,36 @@ class RawClient:
         self.idle_s = idle_s
         self.max_idle = max_idle
         self._pools: dict[tuple[str, int], _Pool] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Exchanges sent again on a new connection (see start): held until they finish.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        done: Callable[[Reply | BaseException], None],
+        *,
+        method: str = "POST",
+    ) -> bool:
+        """Send over an idle connection, if there is one (else False: nothing was sent);
+        ``done`` is then called once, from the loop's callbacks, with the reply or the
+        failure (an UpstreamFailure subclass or TimeoutError)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        pool = self._pool(host, port)
+        conn = self._take(pool, now)
+        if conn is None:
+            return False
+        head = _head(pool, method, path, headers, len(body))
+        self._send(pool, conn, head, body, now + timeout, done, again=True)
+        return True
 
     async def post(
         self,
@@ -379,20 +467,13 @@ class RawClient:
         *,
         method: str = "POST",
     ) -> Reply:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + timeout
-        pool = self._pools.get((host, port))
-        if pool is None:
-            pool = self._pools[(host, port)] = _Pool(host, port)
-        parts = [pool.head(method, path)]
-        for name, value in headers.items():
-            # Never let a value end the line early: that would smuggle a header or a request.
-            if "\r" not in value and "\n" not in value:
-                parts.append(f"{name}: {value}\r\n")
-        parts.append(f"Content-Length: {len(body)}\r\n\r\n")
-        # aiohttp's server decodes header bytes as UTF-8 with surrogateescape: this restores them.
-        head = "".join(parts).encode("utf-8", "surrogateescape")
+        pool = self._pool(host, port)
+        head = _head(pool, method, path, headers, len(body))
         conn = self._take(pool, now)
         if conn is not None:
             try:
@@ -401,6 +482,12 @@ class RawClient:
                 pass  # the instance closed an idle connection as we sent: once more, on a new one
         conn = await self._connect(loop, pool, deadline)
         return await self._exchange(loop, pool, conn, head, body, deadline)
+
+    def _pool(self, host: str, port: int) -> _Pool:
+        pool = self._pools.get((host, port))
+        if pool is None:
+            pool = self._pools[(host, port)] = _Pool(host, port)
+        return pool
 
     def _take(self, pool: _Pool, now: float) -> _Connection | None:
         idle = pool.idle
@@ -419,12 +506,61 @@ class RawClient:
     ) -> _Connection:
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await loop.create_connection(_Connection, pool.host, pool.port)
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop), pool.host, pool.port
+                )
         except TimeoutError:
             raise
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {pool.host}:{pool.port}: {exc}") from exc
         return conn
+
+    def _send(
+        self,
+        pool: _Pool,
+        conn: _Connection,
+        head: bytes,
+        body: bytes,
+        deadline: float,
+        done: Callable[[Reply | BaseException], None],
+        *,
+        again: bool,
+    ) -> None:
+        """Write the request on ``conn``; ``done`` gets the reply or the failure. ``again``: a
+        connection closed by the instance before any answer (an idle one it closed as we sent)
+        is retried once on a new connection."""
+
+        def settled(outcome: Outcome) -> None:
+            if outcome is None:
+                reply = Reply(conn.status, conn.headers, conn.body)
+                self._keep(pool, conn)
+                done(reply)
+            elif again and isinstance(outcome, Disconnected):
+                task = conn.loop.create_task(self._resend(pool, head, body, deadline, done))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                done(outcome)
+
+        conn.send(head, body, deadline, settled)
+
+    async def _resend(
+        self,
+        pool: _Pool,
+        head: bytes,
+        body: bytes,
+        deadline: float,
+        done: Callable[[Reply | BaseException], None],
+    ) -> None:
+        try:
+            conn = await self._connect(asyncio.get_running_loop(), pool, deadline)
+        except (TimeoutError, UpstreamFailure) as exc:
+            done(exc)
+            return
+        except BaseException as exc:  # cancelled as the gateway stops: the call ends too
+            done(exc)
+            raise
+        self._send(pool, conn, head, body, deadline, done, again=False)
 
     async def _exchange(
         self,
@@ -435,19 +571,20 @@ class RawClient:
         body: bytes,
         deadline: float,
     ) -> Reply:
-        waiter: asyncio.Future[None] = loop.create_future()
-        conn.send(waiter, head, body)
-        timer = loop.call_at(deadline, _expire, waiter)
+        future: asyncio.Future[Reply | BaseException] = loop.create_future()
+        self._send(pool, conn, head, body, deadline, partial(_resolve, future), again=False)
         try:
-            await waiter
+            outcome = await future
         except BaseException:
-            # Timed out, cancelled or broken mid-exchange: the connection's state is unknown.
+            # Cancelled mid-exchange: the connection's state is unknown.
             conn.abort()
             raise
-        finally:
-            timer.cancel()
-            conn.waiter = None
-        reply = Reply(conn.status, conn.headers, conn.body)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _keep(self, pool: _Pool, conn: _Connection) -> None:
+        """After a whole answer: back to the idle ones, when it may serve another."""
         if (
             conn.keep_alive
             and not conn.closed
@@ -456,11 +593,10 @@ class RawClient:
         ):
             conn.buf = bytearray()
             conn.chunks = []
-            conn.idle_since = loop.time()
+            conn.idle_since = conn.loop.time()
             pool.idle.append(conn)
         else:
             conn.close()
-        return reply
 
     def retain(self, addresses: Collection[tuple[str, int]]) -> None:
         for address in [a for a in self._pools if a not in addresses]:
@@ -470,6 +606,17 @@ class RawClient:
         for pool in self._pools.values():
             pool.retire()
         self._pools.clear()
+
+
+def _head(pool: _Pool, method: str, path: str, headers: Mapping[str, str], length: int) -> bytes:
+    parts = [pool.head(method, path)]
+    for name, value in headers.items():
+        # Never let a value end the line early: that would smuggle a header or a request.
+        if "\r" not in value and "\n" not in value:
+            parts.append(f"{name}: {value}\r\n")
+    parts.append(f"Content-Length: {length}\r\n\r\n")
+    # aiohttp's server decodes header bytes as UTF-8 with surrogateescape: this restores them.
+    return "".join(parts).encode("utf-8", "surrogateescape")
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,6 +675,20 @@ class AiohttpClient:
             raise Disconnected(f"the instance closed the connection: {exc}") from exc
         except ClientError as exc:
             raise BrokenReply(f"{type(exc).__name__}: {exc}") from exc
+
+    def start(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+        done: Callable[[Reply | BaseException], None],
+        *,
+        method: str = "POST",
+    ) -> bool:
+        return False  # aiohttp's client is only ever awaited
 
     def retain(self, addresses: Collection[tuple[str, int]]) -> None:
         # The connector closes idle connections itself; only the URL cache needs trimming.

@@ -15,8 +15,9 @@ import json
 import logging
 import math
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from time import perf_counter, time
 from typing import Any
 
@@ -58,6 +59,78 @@ from opsbot.serving.workers import SharedBuckets
 log = logging.getLogger("opsbot.serving.gateway")
 
 DatabaseOpener = Callable[[], sqlite_utils.Database]
+#: What a call is answered with: an instance's reply, or the gateway's own answer.
+Answer = Reply | web.Response
+
+
+class _Way:
+    """One call's way to an instance: the attempt now out, and those before it."""
+
+    __slots__ = (
+        "attempt",
+        "body",
+        "deadline",
+        "done",
+        "forwarded",
+        "kind",
+        "method",
+        "now",
+        "pinned",
+        "service",
+        "started",
+        "target",
+        "tried",
+        "tried_labels",
+        "version",
+    )
+
+    def __init__(
+        self,
+        service: Service,
+        version: Version,
+        target: Target,
+        kind: int,
+        body: bytes,
+        forwarded: dict[str, str],
+        started: float,
+        pinned: Version | None,
+        method: str,
+        done: Callable[[Answer], None],
+    ):
+        self.service = service
+        self.version = version
+        self.target = target
+        self.kind = kind
+        self.body = body
+        self.forwarded = forwarded
+        self.started = started
+        self.pinned = pinned
+        self.method = method
+        self.done = done
+        self.deadline = 0.0
+        self.now = started
+        self.attempt = 0
+        self.tried: list[Target] = []
+        self.tried_labels: list[str] = []
+
+
+def _resolve(future: asyncio.Future[Answer], answer: Answer) -> None:
+    if not future.done():
+        future.set_result(answer)
+
+
+async def _awaited(
+    posted: Awaitable[Reply], settled: Callable[[Reply | BaseException], None]
+) -> None:
+    """An attempt over a new connection: its outcome to ``settled``, as a started one's is."""
+    try:
+        reply = await posted
+    except BaseException as exc:
+        settled(exc)
+        if not isinstance(exc, Exception):
+            raise
+        return
+    settled(reply)
 
 
 class Gateway:
@@ -94,6 +167,8 @@ class Gateway:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-routes")
         self._client: UpstreamClient | None = None
         self._watcher: asyncio.Task[None] | None = None
+        # Attempts awaiting a new connection to an instance (see _attempt): held until done.
+        self._tasks: set[asyncio.Task[None]] = set()
         self._timeout = options.timeout_s
         self._attempts = max(1, options.attempts)
         self._eject_s = options.eject_s
@@ -113,6 +188,8 @@ class Gateway:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        for task in list(self._tasks):
+            task.cancel()
         if self._client is not None:
             await self._client.close()
         loop = asyncio.get_running_loop()
@@ -361,7 +438,7 @@ class Gateway:
             self.refuse(service, 413, "too_large", too_large(self.options.max_body_bytes))
         )
 
-    async def call(
+    def dispatch(
         self,
         service: Service,
         kind: int,
@@ -370,8 +447,11 @@ class Gateway:
         started: float,
         named: str,
         pinned: Version | None,
-    ) -> Reply | web.Response:
-        """A call whose body arrived whole: its token taken (429 without one), then forwarded."""
+        done: Callable[[Answer], None],
+    ) -> Answer | None:
+        """A call whose body arrived whole: its token taken, then forwarded. The answer when
+        there is one at once (429 without a token); else None, and ``done`` gets the answer
+        later, from the event loop's callbacks."""
         wait = service.bucket.take(perf_counter())
         if wait:
             limit = service.route.traffic_limit
@@ -383,7 +463,25 @@ class Gateway:
                 "retry after the Retry-After seconds, or raise its traffic limit",
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        return await self._forward(service, kind, body, headers, started, named, pinned)
+        self._forward(service, kind, body, headers, started, named, pinned, done)
+        return None
+
+    async def call(
+        self,
+        service: Service,
+        kind: int,
+        body: bytes,
+        headers: Mapping[str, str],
+        started: float,
+        named: str,
+        pinned: Version | None,
+    ) -> Answer:
+        """:meth:`dispatch`, awaited."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        answer = self.dispatch(
+            service, kind, body, headers, started, named, pinned, partial(_resolve, future)
+        )
+        return answer if answer is not None else await future
 
     async def infer(self, request: web.Request, kind: int) -> web.Response:
         """An inference call through aiohttp's server: admitted, its body read within the caps
@@ -446,7 +544,7 @@ class Gateway:
             return admitted
         service, pinned = admitted
         reply = as_response(
-            await self._forward(
+            await self._forwarded(
                 service, V2_METADATA, b"", request.headers, started, named, pinned, method="GET"
             )
         )
@@ -474,7 +572,7 @@ class Gateway:
         service.counters.count(200)
         return web.json_response({"name": named, "ready": True})
 
-    async def _forward(
+    async def _forwarded(
         self,
         service: Service,
         kind: int,
@@ -482,130 +580,193 @@ class Gateway:
         headers: Mapping[str, str],
         started: float,
         named: str,
-        pinned: Version | None = None,
+        pinned: Version | None,
+        method: str,
+    ) -> Answer:
+        """:meth:`_forward`, awaited."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._forward(
+            service, kind, body, headers, started, named, pinned, partial(_resolve, future), method
+        )
+        return await future
+
+    def _forward(
+        self,
+        service: Service,
+        kind: int,
+        body: bytes,
+        headers: Mapping[str, str],
+        started: float,
+        named: str,
+        pinned: Version | None,
+        done: Callable[[Answer], None],
         method: str = "POST",
-    ) -> Reply | web.Response:
-        """Send the call to an instance (of ``pinned``, when the path named a version)."""
-        client = self._client
-        assert client is not None, "the gateway is not started"
+    ) -> None:
+        """Send the call to an instance (of ``pinned``, when the path named a version); ``done``
+        gets the answer. Over an idle keep-alive connection the whole way runs in the event
+        loop's callbacks; only a new connection is awaited, in a task."""
         forwarded = {name: value for name in FORWARDED if (value := headers.get(name)) is not None}
         if kind != PREDICT:
             forwarded[MODEL_NAME_HEADER] = named
-        deadline = started + self._timeout
         version = pinned if pinned is not None else service.first(headers)
-        picked = version.pick(started)
-        assert picked is not None  # a version chosen from live ones has targets
-        target = picked
-        tried: list[Target] = []
-        tried_labels: list[str] = []
-        retry: tuple[Version, Target] | None = None
-        attempt = 0
-        now = started
-        while True:
-            if retry is not None:
-                version, target = retry
-            attempt += 1
-            stats = version.stats
-            target.outstanding += 1
-            stats.inflight += 1
-            try:
-                reply = await client.post(
-                    target.host,
-                    target.port,
-                    target.paths[kind],
-                    # each version's instances want their own secret (a retry may change version)
-                    self._instance_secrets.add_to(forwarded, service.uid, version.idx),
-                    body,
-                    max(deadline - now, 0.001),
-                    method=method,
-                )
-            except TimeoutError:
-                # The instance may still be working on it: never send the call twice.
-                return self._failed(
-                    service,
-                    version,
-                    started,
-                    504,
-                    "timeout",
-                    f"service {service.route.name} version {version.label} did not answer "
-                    f"within {self._timeout:g} s",
-                )
-            except (ConnectFailed, Disconnected) as exc:
-                now = perf_counter()
-                stats.upstream_errors += 1
-                refused = isinstance(exc, ConnectFailed)
-                if refused:
-                    if target.ejected_until <= now:
-                        log.warning(
-                            "%s (service %s version %s); passing it over for %g s",
-                            exc,
-                            service.route.name,
-                            version.label,
-                            self._eject_s,
-                        )
-                    target.ejected_until = now + self._eject_s
-                tried.append(target)
-                # The routes may have changed while this call was out (an instance stopping
-                # is why connections fail during an update): go on with the current ones.
-                current = self.services.get(service.uid)
-                if current is not None and current is not service:
-                    service = current
-                    same = current.version(version.label)
-                    if same is not None:
-                        version = same
-                    elif current.ready and pinned is None:
-                        version = current.choose()
-                found: tuple[Version, Target] | None = None
-                if now < deadline:
-                    if pinned is None:
-                        found = service.next_target(version, tried, tried_labels, now)
-                    elif (again := version.pick(now, tried)) is not None:
-                        found = (version, again)
-                # A refused connection never reached the instance, so every other ready
-                # instance may be tried; other failures are retried ``attempts`` times in all.
-                if found is not None and (
-                    attempt < self._attempts or (refused and found[1] not in tried)
-                ):
-                    retry = found  # taken at the top of the loop, after `finally` below
-                    continue
-                return self._failed(
-                    service,
-                    version,
-                    started,
-                    502,
-                    "bad_gateway",
-                    f"no instance of service {service.route.name} answered after {attempt} "
-                    f"attempts (last: {exc}); retry shortly",
-                )
-            except BrokenReply as exc:
-                # The instance answered, then broke off: the call may have run, so no retry.
-                return self._failed(
-                    service,
-                    version,
-                    started,
-                    502,
-                    "bad_gateway",
-                    f"an instance of service {service.route.name} version {version.label} "
-                    f"broke off its answer: {exc}",
-                )
-            finally:
-                target.outstanding -= 1
-                stats.inflight -= 1
+        target = version.pick(started)
+        assert target is not None  # a version chosen from live ones has targets
+        way = _Way(service, version, target, kind, body, forwarded, started, pinned, method, done)
+        way.deadline = started + self._timeout
+        self._attempt(way)
+
+    def _attempt(self, way: _Way) -> None:
+        """Send the call to ``way.target``; :meth:`_settled` takes the outcome."""
+        client = self._client
+        assert client is not None, "the gateway is not started"
+        target, version = way.target, way.version
+        way.attempt += 1
+        target.outstanding += 1
+        version.stats.inflight += 1
+        # each version's instances want their own secret (a retry may change version)
+        headers = self._instance_secrets.add_to(way.forwarded, way.service.uid, version.idx)
+        path = target.paths[way.kind]
+        timeout = max(way.deadline - way.now, 0.001)
+        settled = partial(self._settled, way)
+        if client.start(
+            target.host, target.port, path, headers, way.body, timeout, settled, method=way.method
+        ):
+            return
+        # No idle connection to it: a new one is awaited.
+        posted = client.post(
+            target.host, target.port, path, headers, way.body, timeout, method=way.method
+        )
+        task = asyncio.get_running_loop().create_task(_awaited(posted, settled))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _settled(self, way: _Way, outcome: Reply | BaseException) -> None:
+        """An attempt's outcome: the call answered, or sent on to its next attempt."""
+        try:
+            answer = self._outcome(way, outcome)
+            if answer is None:
+                self._attempt(way)
+                return
+        except Exception:
+            log.exception("a call failed in the gateway")
+            answer = self.refuse(
+                way.service, 500, "internal", "the gateway failed on this call: see its log"
+            )
+        try:
+            way.done(answer)
+        except Exception:
+            log.exception("answering a call failed in the gateway")
+
+    def _outcome(self, way: _Way, outcome: Reply | BaseException) -> Answer | None:
+        """The answer an attempt's outcome makes, or None when ``way`` now points at the
+        instance the next attempt goes to."""
+        service, version, target = way.service, way.version, way.target
+        stats = version.stats
+        target.outstanding -= 1
+        stats.inflight -= 1
+        if isinstance(outcome, Reply):
             if target.ejected_until:
                 target.ejected_until = 0.0
             now = perf_counter()
-            if reply.status == 503 and attempt < self._attempts and now < deadline:
+            if outcome.status == 503 and way.attempt < self._attempts and now < way.deadline:
                 # A model server answers 503 only for a call it did not run (its queue is full,
                 # or its model is not loaded): another instance of the version may take it.
-                tried.append(target)
-                other = version.pick(now, tried)
+                way.tried.append(target)
+                other = version.pick(now, way.tried)
                 if other is not None:
                     stats.upstream_errors += 1
-                    retry = (version, other)
-                    continue
-            stats.record(reply.status, now - started, now)
-            reply.headers["X-Model-Version"] = version.label
-            return reply
+                    way.target, way.now = other, now
+                    return None
+            stats.record(outcome.status, now - way.started, now)
+            outcome.headers["X-Model-Version"] = version.label
+            return outcome
+        if isinstance(outcome, TimeoutError):
+            # The instance may still be working on it: never send the call twice.
+            return self._failed(
+                service,
+                version,
+                way.started,
+                504,
+                "timeout",
+                f"service {service.route.name} version {version.label} did not answer "
+                f"within {self._timeout:g} s",
+            )
+        if isinstance(outcome, (ConnectFailed, Disconnected)):
+            return self._retry(way, outcome)
+        if isinstance(outcome, BrokenReply):
+            # The instance answered, then broke off: the call may have run, so no retry.
+            return self._failed(
+                service,
+                version,
+                way.started,
+                502,
+                "bad_gateway",
+                f"an instance of service {service.route.name} version {version.label} "
+                f"broke off its answer: {outcome}",
+            )
+        # Cancelled (the gateway stopping) or failed in a way the client does not name.
+        return self._failed(
+            service,
+            version,
+            way.started,
+            502,
+            "bad_gateway",
+            f"the call to service {service.route.name} version {version.label} failed: {outcome!r}",
+        )
+
+    def _retry(self, way: _Way, exc: ConnectFailed | Disconnected) -> web.Response | None:
+        """After a connection failed before any answer: the next instance to try (``way``
+        pointed at it, None returned), or the 502 when none is left."""
+        service, version, target = way.service, way.version, way.target
+        now = perf_counter()
+        version.stats.upstream_errors += 1
+        refused = isinstance(exc, ConnectFailed)
+        if refused:
+            if target.ejected_until <= now:
+                log.warning(
+                    "%s (service %s version %s); passing it over for %g s",
+                    exc,
+                    service.route.name,
+                    version.label,
+                    self._eject_s,
+                )
+            target.ejected_until = now + self._eject_s
+        tried = way.tried
+        tried.append(target)
+        # The routes may have changed while this call was out (an instance stopping is why
+        # connections fail during an update): go on with the current ones.
+        current = self.services.get(service.uid)
+        pinned = way.pinned
+        if current is not None and current is not service:
+            service = way.service = current
+            same = current.version(version.label)
+            if same is not None:
+                version = way.version = same
+            elif current.ready and pinned is None:
+                version = way.version = current.choose()
+        found: tuple[Version, Target] | None = None
+        if now < way.deadline:
+            if pinned is None:
+                found = service.next_target(version, tried, way.tried_labels, now)
+            elif (again := version.pick(now, tried)) is not None:
+                found = (version, again)
+        # A refused connection never reached the instance, so every other ready instance may
+        # be tried; other failures are retried ``attempts`` times in all.
+        if found is not None and (
+            way.attempt < self._attempts or (refused and found[1] not in tried)
+        ):
+            way.version, way.target = found
+            way.now = now
+            return None
+        return self._failed(
+            service,
+            version,
+            way.started,
+            502,
+            "bad_gateway",
+            f"no instance of service {service.route.name} answered after {way.attempt} "
+            f"attempts (last: {exc}); retry shortly",
+        )
 
     def _failed(
         self,

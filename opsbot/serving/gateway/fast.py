@@ -149,16 +149,14 @@ class Connections:
         self.open: set[FastFront] = set()
         self.stopping = False
         self._calls = 0
-        self._none = asyncio.Event()
-        self._none.set()
+        self._none: asyncio.Event | None = None  # made once stopping: set when no call is left
 
     def started(self) -> None:
         self._calls += 1
-        self._none.clear()
 
     def finished(self) -> None:
         self._calls -= 1
-        if not self._calls:
+        if not self._calls and self._none is not None:
             self._none.set()
 
     async def finish(self, timeout: float) -> None:
@@ -167,8 +165,10 @@ class Connections:
         self.stopping = True
         for conn in list(self.open):
             conn.close_idle()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._none.wait(), timeout)
+        if self._calls:
+            self._none = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._none.wait(), timeout)
         for conn in list(self.open):
             conn.close_idle(force=True)
 
@@ -189,17 +189,21 @@ class FastFront(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._call: _Call | None = None
-        self._busy = False  # a call is being forwarded: later bytes wait in the buffer
-        self._task: asyncio.Task[None] | None = None  # the call being forwarded, if any
+        self._call: _Call | None = None  # admitted on its head, its body still arriving
+        self._forwarded: _Call | None = None  # being forwarded: later bytes wait in the buffer
+        self._advancing = False
+        # One timer per connection for the read timeout, moved only when it fires early: what
+        # expires (head or body) and when.
         self._timer: asyncio.TimerHandle | None = None
+        self._expiry: Callable[[], None] | None = None
+        self._deadline = 0.0
         self._paused = False
         self._eof = False
         self.closed = False
 
     @property
     def busy(self) -> bool:
-        return self._busy or self._call is not None
+        return self._forwarded is not None or self._call is not None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -210,7 +214,7 @@ class FastFront(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if self._busy:
+        if self._forwarded is not None:
             if len(self._buf) > MAX_HEAD_BYTES and not self._paused:
                 self._paused = True  # pipelined calls beyond one head wait in the kernel
                 assert self._transport is not None
@@ -227,6 +231,9 @@ class FastFront(asyncio.Protocol):
         self.closed = True
         self._connections.open.discard(self)
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         call = self._call
         if call is not None:  # its body never came whole: nothing was forwarded
             self._call = None
@@ -243,7 +250,14 @@ class FastFront(asyncio.Protocol):
 
     def _advance(self) -> None:
         """Take what the buffer holds: a head, then the body it announces."""
-        while not self._busy and not self.closed:
+        self._advancing = True
+        try:
+            self._take()
+        finally:
+            self._advancing = False
+
+    def _take(self) -> None:
+        while self._forwarded is None and not self.closed:
             call = self._call
             if call is None:
                 end = self._buf.find(b"\r\n\r\n")
@@ -255,7 +269,7 @@ class FastFront(asyncio.Protocol):
                 if call is None:
                     continue  # handed off (closed here), or answered on its head
             if len(self._buf) < call.end:
-                if self._timer is None:
+                if self._expiry is None:
                     self._arm(self._body_expired)
                 return
             self._disarm()
@@ -263,8 +277,26 @@ class FastFront(asyncio.Protocol):
             body = bytes(memoryview(buf)[call.head_end : call.end])
             del buf[: call.end]
             self._call = None
-            self._busy = True
-            self._task = self._loop.create_task(self._answer(call, body))
+            self._forwarded = call
+            gateway = self._gateway
+            try:
+                answer = gateway.dispatch(
+                    call.service,
+                    call.kind,
+                    body,
+                    call.headers,
+                    call.started,
+                    call.named,
+                    call.pinned,
+                    self._answered,
+                )
+            except Exception:
+                log.exception("a call failed in the gateway")
+                answer = gateway.refuse(
+                    call.service, 500, "internal", "the gateway failed on this call: see its log"
+                )
+            if answer is not None:
+                self._answered(answer)
 
     def _begin(self, head_end: int) -> _Call | None:
         """Parse the head ending at ``head_end``: a call admitted and waiting for its body, or
@@ -330,26 +362,13 @@ class FastFront(asyncio.Protocol):
         if keep_alive and whole:
             self._arm(self._head_expired)
 
-    async def _answer(self, call: _Call, body: bytes) -> None:
-        gateway = self._gateway
-        try:
-            answer = await gateway.call(
-                call.service,
-                call.kind,
-                body,
-                call.headers,
-                call.started,
-                call.named,
-                call.pinned,
-            )
-        except Exception:
-            log.exception("a call failed in the gateway")
-            answer = gateway.refuse(
-                call.service, 500, "internal", "the gateway failed on this call: see its log"
-            )
-        finally:
-            gateway.release(call.reserved)
-        self._busy = False
+    def _answered(self, answer: Reply | web.Response) -> None:
+        """The forwarded call's answer: written, then on to the next request, if any."""
+        call = self._forwarded
+        if call is None:
+            return
+        self._forwarded = None
+        self._gateway.release(call.reserved)
         if not self.closed:
             self._write(answer, call.keep_alive and not self._eof)
         self._connections.finished()
@@ -363,7 +382,7 @@ class FastFront(asyncio.Protocol):
             assert self._transport is not None
             self._transport.resume_reading()
         self._arm(self._head_expired)
-        if self._buf:
+        if self._buf and not self._advancing:  # else the loop in _advance goes on with it
             self._advance()
 
     def _write(self, answer: Reply | web.Response, keep_alive: bool) -> None:
@@ -408,25 +427,35 @@ class FastFront(asyncio.Protocol):
             cast(asyncio.Protocol, protocol).data_received(bytes(self._buf))
             self._buf.clear()
 
-    def _arm(self, callback: Callable[[], None]) -> None:
-        self._disarm()
-        self._timer = self._loop.call_later(self._read_timeout, callback)
+    def _arm(self, expiry: Callable[[], None]) -> None:
+        """Call ``expiry`` after the read timeout, unless disarmed or armed again before."""
+        self._expiry = expiry
+        self._deadline = deadline = self._loop.time() + self._read_timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._expiry = None  # the timer stays: when it fires, nothing is due
+
+    def _expire(self) -> None:
+        self._timer = None
+        expiry = self._expiry
+        if expiry is None or self.closed:
+            return
+        if self._loop.time() < self._deadline:  # armed again since the timer was set
+            self._timer = self._loop.call_at(self._deadline, self._expire)
+            return
+        self._expiry = None
+        expiry()
 
     def _head_expired(self) -> None:
         """No whole request head within the read timeout: close, as aiohttp's keep-alive does."""
-        self._timer = None
         if not self.busy and self._transport is not None:
             self.closed = True
             self._transport.close()
 
     def _body_expired(self) -> None:
         """The body of an admitted call did not arrive whole in time: 408, and close."""
-        self._timer = None
         call = self._call
         if call is None or self.closed:
             return
