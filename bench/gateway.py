@@ -369,6 +369,14 @@ def main(argv: list[str] | None = None) -> int:
         "client, uvloop, 1 worker), gw-aiohttp-front (all through aiohttp's server), gw-asyncio "
         "(the standard event loop), gw-aiohttp (aiohttp's client), gw-2w (2 workers)",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="TREE",
+        help="also measure `gw-before`: the default gateway run from another checkout (say, "
+        "`git worktree add /tmp/before main`), so a change is measured against its baseline in "
+        "the same run",
+    )
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo is not None:
@@ -415,8 +423,11 @@ def main(argv: list[str] | None = None) -> int:
             upstream = stack.enter_context(running(upstream_cmd, tmp / "upstream.log", env))
             wait_http(f"http://127.0.0.1:{upstream_port}/v2/health/ready", upstream, "upstream")
             targets = [Target("direct", upstream_port, "/predict", upstream.pid)]
-            for name in args.gateways:
-                client, loop, workers, front = VARIANTS[name]
+            runs = [(name, VARIANTS[name], env) for name in args.gateways]
+            if args.before is not None:
+                before_env = {**env, "PYTHONPATH": str(args.before.resolve())}
+                runs.insert(0, ("gw-before", VARIANTS["gateway"], before_env))
+            for name, (client, loop, workers, front), gateway_env in runs:
                 port = free_port()
                 cmd = [
                     sys.executable,
@@ -439,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--log-level",
                     "WARNING",
                 ]
-                gateway = stack.enter_context(running(cmd, tmp / f"{name}.log", env))
+                gateway = stack.enter_context(running(cmd, tmp / f"{name}.log", gateway_env))
                 wait_http(f"http://127.0.0.1:{port}/healthz", gateway, name)
                 targets.append(Target(name, port, f"/v1/infers/{SERVICE_UID}", gateway.pid))
             if nginx is not None:

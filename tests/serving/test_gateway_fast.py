@@ -261,3 +261,41 @@ async def test_an_upgrade_request_is_handed_to_aiohttp(
     writer.close()
     assert status == 200 and json.loads(body) == {"predictions": ["v1"]}
     assert [body for _, body, _ in up.calls] == [BODY]
+
+
+@pytest.mark.asyncio
+async def test_the_keep_alive_timeout_counts_from_the_last_answer(
+    store_home: Home, instance: Any, fast: Any
+) -> None:
+    # One read timer per connection, set by the first answer and moved by the second when it
+    # fires: the connection must stay open a whole read timeout after the last answer.
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])])
+    serving = await fast(read_timeout_s=0.4)
+    reader, writer = await _connect(serving)
+    writer.write(_post(uid))
+    assert (await _answer(reader))[0] == 200
+    await asyncio.sleep(0.25)  # part of the timeout passes before the next call
+    writer.write(_post(uid))
+    assert (await _answer(reader))[0] == 200
+    answered = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the gateway
+    writer.close()
+    assert asyncio.get_running_loop().time() - answered >= 0.35
+
+
+@pytest.mark.asyncio
+async def test_many_pipelined_calls_answered_at_once_are_answered_in_order(
+    store_home: Home, instance: Any, fast: Any
+) -> None:
+    # Over its traffic limit a call is answered (429) as its body arrives, inside the loop that
+    # takes the buffered requests: thousands in one buffer must not nest one call per answer.
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])], traffic_limit=1)
+    serving = await fast()
+    reader, writer = await _connect(serving)
+    count = 3000
+    writer.write(_post(uid) * count)
+    statuses = [(await _answer(reader))[0] for _ in range(count)]
+    writer.close()
+    assert statuses[0] == 200 and set(statuses[1:]) == {429}

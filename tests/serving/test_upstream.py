@@ -298,3 +298,75 @@ async def test_retain_drops_the_pools_of_other_instances(raw: RawClient, scripte
     raw.retain(set())
     await _post(raw, server.port)
     assert server.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_a_short_deadline_after_a_long_one_still_times_out(
+    raw: RawClient, scripted: Any
+) -> None:
+    # One timer per connection: the first exchange set it 30 s out; the second, on the same
+    # connection, must not wait that long for an answer due in 0.1 s.
+    server = await scripted([([OK + OK_BODY], False), ([2.0, OK + OK_BODY], False)])
+    assert (await _post(raw, server.port, timeout=30.0)).status == 200
+    with pytest.raises(TimeoutError):
+        await _post(raw, server.port, timeout=0.1)
+    assert server.connections == 1
+
+
+def _started(
+    raw: RawClient, port: int, timeout: float = 5.0
+) -> tuple[bool, asyncio.Future[Reply | BaseException]]:
+    """RawClient.start with a future for what ``done`` gets."""
+    outcome: asyncio.Future[Reply | BaseException] = asyncio.get_running_loop().create_future()
+    sent = raw.start(
+        "127.0.0.1",
+        port,
+        "/predict",
+        {"Content-Type": "application/json"},
+        b"{}",
+        timeout,
+        outcome.set_result,
+    )
+    return sent, outcome
+
+
+@pytest.mark.asyncio
+async def test_start_sends_only_over_an_idle_connection(raw: RawClient, scripted: Any) -> None:
+    server = await scripted([([OK + OK_BODY], False), ([OK, OK_BODY], False)])
+    sent, _ = _started(raw, server.port)
+    assert not sent  # no connection yet: nothing sent, the caller awaits post instead
+    assert (await _post(raw, server.port)).status == 200
+    sent, outcome = _started(raw, server.port)
+    assert sent
+    reply = await asyncio.wait_for(outcome, 10)
+    assert isinstance(reply, Reply) and (reply.status, reply.body) == (200, OK_BODY)
+    assert server.connections == 1 and len(server.requests) == 2
+
+
+@pytest.mark.asyncio
+async def test_start_sends_again_when_the_idle_connection_was_closed(
+    raw: RawClient, scripted: Any
+) -> None:
+    # The kept connection is dropped unanswered, as when the instance closes it as we send.
+    server = await scripted([([OK + OK_BODY], False), ([], True), ([OK + OK_BODY], False)])
+    assert (await _post(raw, server.port)).status == 200
+    sent, outcome = _started(raw, server.port)
+    assert sent
+    reply = await asyncio.wait_for(outcome, 10)
+    assert isinstance(reply, Reply) and reply.status == 200
+    assert server.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_start_reports_a_timeout_and_drops_the_connection(
+    raw: RawClient, scripted: Any
+) -> None:
+    server = await scripted(
+        [([OK + OK_BODY], False), ([2.0, OK + OK_BODY], False), ([OK + OK_BODY], False)]
+    )
+    assert (await _post(raw, server.port)).status == 200
+    sent, outcome = _started(raw, server.port, timeout=0.1)
+    assert sent
+    assert isinstance(await asyncio.wait_for(outcome, 10), TimeoutError)
+    assert (await _post(raw, server.port)).status == 200
+    assert server.connections == 2
