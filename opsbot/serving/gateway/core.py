@@ -656,6 +656,9 @@ class Gateway:
             way.done(answer)
         except Exception:
             log.exception("answering a call failed in the gateway")
+        if isinstance(answer, Reply):
+            # Counted once the caller has its answer: off the path a call waits on.
+            way.version.stats.record(answer.status, way.now - way.started, way.now)
 
     def _outcome(self, way: _Way, outcome: Reply | BaseException) -> Answer | None:
         """The answer an attempt's outcome makes, or None when ``way`` now points at the
@@ -677,9 +680,9 @@ class Gateway:
                     stats.upstream_errors += 1
                     way.target, way.now = other, now
                     return None
-            stats.record(outcome.status, now - way.started, now)
+            way.now = now
             outcome.headers["X-Model-Version"] = version.label
-            return outcome
+            return outcome  # _settled counts it
         if isinstance(outcome, TimeoutError):
             # The instance may still be working on it: never send the call twice.
             return self._failed(

@@ -44,7 +44,9 @@ log = logging.getLogger("opsbot.serving.gateway")
 MAX_HEAD_BYTES: Final = 16 * 1024
 # Request headers that take a call off the fast path: aiohttp handles what they ask for.
 _HANDED: Final = frozenset({b"transfer-encoding", b"expect", b"content-encoding", b"upgrade"})
-_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: Final = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+}
 _SKIPPED: Final = frozenset({"content-length", "connection", "date", "server"})
 
 
@@ -368,9 +370,10 @@ class FastFront(asyncio.Protocol):
         if call is None:
             return
         self._forwarded = None
-        self._gateway.release(call.reserved)
         if not self.closed:
             self._write(answer, call.keep_alive and not self._eof)
+        # What is left to do after the write is off the path the caller waits on.
+        self._gateway.release(call.reserved)
         self._connections.finished()
         if self.closed:
             return
@@ -396,17 +399,25 @@ class FastFront(asyncio.Protocol):
             status, headers = answer.status, answer.headers.items()
             body = answer.body if isinstance(answer.body, bytes) else b""
             keep_alive = keep_alive and answer.keep_alive is not False
-        lines = [
-            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")),
-            _date_line(),
-        ]
-        for name, value in headers:
-            if name.lower() not in _SKIPPED and "\r" not in value and "\n" not in value:
-                lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-        lines.append(b"Content-Length: %d\r\n" % len(body))
-        lines.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-        lines.append(body)
-        transport.write(b"".join(lines))
+        fields = "".join(
+            [
+                f"{name}: {value}\r\n"
+                for name, value in headers
+                if name.lower() not in _SKIPPED and "\r" not in value and "\n" not in value
+            ]
+        )
+        transport.write(
+            b"".join(
+                (
+                    _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status,
+                    _date_line(),
+                    fields.encode("utf-8", "surrogateescape"),
+                    b"Content-Length: %d\r\n" % len(body),
+                    b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+                    body,
+                )
+            )
+        )
         if not keep_alive:
             self.closed = True
             transport.close()
