@@ -122,6 +122,81 @@ def serve_echo(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+# -- the floor of a Python proxy (run as this file with --serve-relay PORT UPSTREAM_PORT) ------
+
+
+def serve_relay(port: int, upstream: int) -> None:
+    """The least a proxy written in Python on uvloop can do: each call's body forwarded to the
+    upstream on one kept connection per caller, its answer's body sent back, from protocol
+    callbacks only (no key, limit, route, metrics or error handling; Content-Length framing
+    only). What it adds to a call is what any Python proxy adds before doing its own work."""
+    import uvloop
+
+    def framed(buf: bytearray) -> tuple[int, int] | None:
+        """(head end, message end) of the first whole message in ``buf``, if there is one."""
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", bytes(buf[: end + 2]))
+        total = end + 4 + (int(found[1]) if found else 0)
+        return (end + 4, total) if len(buf) >= total else None
+
+    head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{upstream}\r\n".encode()
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self, caller: Caller) -> None:
+            self.caller = caller
+            self.buf = bytearray()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            if (ends := framed(self.buf)) is not None:
+                body = bytes(self.buf[ends[0] : ends[1]])
+                del self.buf[: ends[1]]
+                self.caller.transport.write(  # type: ignore[attr-defined]
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+
+    class Caller(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.buf = bytearray()
+            self.upstream: Upstream | None = None
+            self.pending: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.connecting = asyncio.ensure_future(self._connect())
+
+        async def _connect(self) -> None:
+            loop = asyncio.get_running_loop()
+            _, self.upstream = await loop.create_connection(
+                lambda: Upstream(self), "127.0.0.1", upstream
+            )
+            for request in self.pending:
+                self.upstream.transport.write(request)  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            if (ends := framed(self.buf)) is not None:
+                body = bytes(self.buf[ends[0] : ends[1]])
+                del self.buf[: ends[1]]
+                request = head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                if self.upstream is None:
+                    self.pending.append(request)
+                else:
+                    self.upstream.transport.write(request)  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Caller, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 
@@ -377,10 +452,19 @@ def main(argv: list[str] | None = None) -> int:
         "`git worktree add /tmp/before main`), so a change is measured against its baseline in "
         "the same run",
     )
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="also measure `py-relay`: the floor of a Python proxy on uvloop (see serve_relay)",
+    )
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo is not None:
         serve_echo(args.serve_echo)
+        return 0
+    if args.serve_relay is not None:
+        serve_relay(*args.serve_relay)
         return 0
 
     wrk = shutil.which("wrk") if args.loadgen in ("auto", "wrk") else None
@@ -453,6 +537,18 @@ def main(argv: list[str] | None = None) -> int:
                 gateway = stack.enter_context(running(cmd, tmp / f"{name}.log", gateway_env))
                 wait_http(f"http://127.0.0.1:{port}/healthz", gateway, name)
                 targets.append(Target(name, port, f"/v1/infers/{SERVICE_UID}", gateway.pid))
+            if args.relay:
+                relay_port = free_port()
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--serve-relay",
+                    str(relay_port),
+                    str(upstream_port),
+                ]
+                relay = stack.enter_context(running(cmd, tmp / "py-relay.log", env))
+                wait_port(relay_port, relay, "py-relay")
+                targets.append(Target("py-relay", relay_port, "/predict", relay.pid))
             if nginx is not None:
                 nginx_port = free_port()
                 conf = tmp / "nginx.conf"
