@@ -232,10 +232,7 @@ class FastFront(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._connections.open.discard(self)
-        self._disarm()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         call = self._call
         if call is not None:  # its body never came whole: nothing was forwarded
             self._call = None
@@ -428,7 +425,7 @@ class FastFront(asyncio.Protocol):
         """Give the connection, and what it sent so far, to aiohttp's protocol for good."""
         transport = self._transport
         assert transport is not None
-        self._disarm()
+        self._stop_timer()
         self._connections.open.discard(self)
         self.closed = True
         protocol = self._fallback()
@@ -447,6 +444,13 @@ class FastFront(asyncio.Protocol):
 
     def _disarm(self) -> None:
         self._expiry = None  # the timer stays: when it fires, nothing is due
+
+    def _stop_timer(self) -> None:
+        """For good: the connection closed, or is aiohttp's now."""
+        self._expiry = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _expire(self) -> None:
         self._timer = None
