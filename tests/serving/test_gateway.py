@@ -636,16 +636,28 @@ async def test_route_changes_reach_the_gateway_within_a_second(
     assert (await _call(client, other, {"X-Auth-Token": "ob_third"})).status == 200
 
 
+async def reloaded_to(client: Client, reloads: int, headers: dict[str, str] | None = None) -> None:
+    """Wait until the gateway has applied new routes ``reloads`` times in all (its poll)."""
+    deadline = time.monotonic() + 5
+    while (
+        seen := (await (await client.get("/stats", headers=headers)).json())["reloads"]
+    ) < reloads:
+        assert time.monotonic() < deadline, f"{seen} route reloads in 5 s, not {reloads}"
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.asyncio
 async def test_commits_that_leave_routes_alone_change_nothing(
     store_home: Home, instance: Any, gateway: Any
 ) -> None:
     up = await instance("v1")
     uid = store_home.add_service([("1.0.0", 100, [up.port])])
-    client = await gateway(poll_s=0.05)
+    digest = hashlib.sha256(b"daemon-secret").hexdigest()
+    client = await gateway(poll_s=0.05, internal_token_hash=digest)
+    daemon = {INTERNAL_HEADER: "daemon-secret"}
 
     async def reloads() -> int:
-        return int((await (await client.get("/stats")).json())["reloads"])
+        return int((await (await client.get("/stats", headers=daemon)).json())["reloads"])
 
     assert await reloads() == 1
     store_home.execute(
@@ -653,10 +665,11 @@ async def test_commits_that_leave_routes_alone_change_nothing(
         "VALUES (0, 'normal', 'test', 'nothing to route', 'test')"
     )
     store_home.execute("UPDATE instances SET updated_at = updated_at + 1")
-    await asyncio.sleep(0.3)
+    # Read the store now, past both commits: the routes it finds are the ones it has.
+    assert (await client.post("/-/routes", headers=daemon)).status == 200
     assert await reloads() == 1
     store_home.execute("UPDATE services SET traffic_limit = 7 WHERE uid = ?", (uid,))
-    await asyncio.sleep(0.3)
+    await reloaded_to(client, 2, daemon)  # the poll finds the change
     assert await reloads() == 2
 
 
@@ -668,7 +681,7 @@ async def test_new_traffic_limit_applies_without_refilling(
     uid = store_home.add_service([("1.0.0", 100, [up.port])], traffic_limit=1000)
     client = await gateway()
     store_home.execute("UPDATE services SET traffic_limit = 2")
-    await asyncio.sleep(0.6)
+    await reloaded_to(client, 2)
     statuses = [(await _call(client, uid)).status for _ in range(6)]
     assert statuses[:2] == [200, 200] and statuses[-1] == 429
 

@@ -165,11 +165,15 @@ async def test_refused_connections_are_retried_on_every_other_ready_instance(
 
 
 async def _load(
-    client: Client, uid: str, stop: asyncio.Event, workers: int = 8
-) -> tuple[Counter[int], Counter[str]]:
-    """Calls from ``workers`` loops until ``stop``: their statuses and answering versions."""
-    statuses: Counter[int] = Counter()
-    versions: Counter[str] = Counter()
+    client: Client,
+    uid: str,
+    stop: asyncio.Event,
+    statuses: Counter[int],
+    versions: Counter[str],
+    workers: int = 8,
+) -> None:
+    """Calls from ``workers`` loops until ``stop``, counting their statuses and answering
+    versions as they end."""
 
     async def worker() -> None:
         while not stop.is_set():
@@ -179,7 +183,6 @@ async def _load(
             await resp.read()
 
     await asyncio.gather(*(worker() for _ in range(workers)))
-    return statuses, versions
 
 
 @pytest.mark.asyncio
@@ -193,26 +196,52 @@ async def test_no_call_fails_while_ratios_and_instances_change_under_load(
     )
     client = await gateway(poll_s=0.05)
     stop = asyncio.Event()
-    load = asyncio.create_task(_load(client, uid, stop))
+    statuses: Counter[int] = Counter()
+    versions: Counter[str] = Counter()
+    load = asyncio.create_task(_load(client, uid, stop, statuses, versions))
 
-    async def settle() -> None:
-        await asyncio.sleep(0.4)
+    async def calls(n: int = 50) -> None:
+        """Let ``n`` more calls of the load end."""
+        wanted = statuses.total() + n
 
-    await settle()
-    store_home.execute("UPDATE service_versions SET traffic_ratio = 50")
-    await settle()
+        async def ended() -> bool:
+            return statuses.total() >= wanted
+
+        await until(ended, f"the load made fewer than {n} calls: {statuses}", 10)
+
+    async def settle(change: Callable[[], None]) -> None:
+        """Make ``change`` to the store; once the gateway routes by it, let calls through."""
+        before = (await stats(client))["reloads"]
+        change()
+
+        async def reloaded() -> bool:
+            return bool((await stats(client))["reloads"] > before)
+
+        await until(reloaded, "the gateway did not reload its routes", 10)
+        await calls()
+
+    await calls()
+    await settle(lambda: store_home.execute("UPDATE service_versions SET traffic_ratio = 50"))
     # One 1.0.0 instance stops before the gateway hears of it (a crash, or a hurried stop):
     # its refused connections are retried on the other instance.
     await v1[0].close()
-    await settle()
-    set_state(store_home, v1[0].port, "stopped")
+
+    async def refused_once() -> bool:
+        return bool((await stats(client))["services"][0]["versions"][0]["upstream_errors"] >= 1)
+
+    await until(refused_once, "no call met the instance that stopped", 10)
+    await calls()
+    await settle(lambda: set_state(store_home, v1[0].port, "stopped"))
     # 2.0.0 goes from one instance to three: the new ones are ready before the old one drains,
     # and it stops only once the gateway routes nothing to it and has nothing in flight there.
     more = [await instance(f"v2{c}", delay=0.002) for c in "bc"]
-    for n, up in enumerate(more, start=1):
-        add_instance(store_home, uid, 1, n, up.port)
-    await settle()
-    set_state(store_home, v2[0].port, "draining")
+
+    def add_more() -> None:
+        for n, up in enumerate(more, start=1):
+            add_instance(store_home, uid, 1, n, up.port)
+
+    await settle(add_more)
+    await settle(lambda: set_state(store_home, v2[0].port, "draining"))
 
     async def drained() -> bool:
         entry = (await stats(client))["upstreams"].get(address(v2[0]))
@@ -220,13 +249,14 @@ async def test_no_call_fails_while_ratios_and_instances_change_under_load(
 
     await until(drained, "the draining instance kept calls in flight")
     await v2[0].close()
-    await settle()
-    store_home.execute(
-        "UPDATE service_versions SET traffic_ratio = CASE idx WHEN 0 THEN 0 ELSE 100 END"
+    await calls()
+    await settle(
+        lambda: store_home.execute(
+            "UPDATE service_versions SET traffic_ratio = CASE idx WHEN 0 THEN 0 ELSE 100 END"
+        )
     )
-    await settle()
     stop.set()
-    statuses, versions = await load
+    await load
     assert set(statuses) == {200}, statuses
     assert statuses[200] > 200
     assert versions["1.0.0"] > 0 and versions["2.0.0"] > 0
