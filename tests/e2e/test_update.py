@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,36 +21,48 @@ from homes import clone_home
 
 from e2e.test_daemon import IRIS, Daemon, call, start_daemon, stop_everything
 from opsbot.client.wire import ServiceDetail
+from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
 
 pytestmark = pytest.mark.slow
 
 
 class Load:
-    """Callers in threads until stopped; every answer's status and version is counted."""
+    """Callers in threads until stopped; every answer's status and version is counted, and each
+    call is remembered by when it began, so a test can ask what calls begun after a moment got
+    (a call in flight across a change may still meet the old route)."""
 
     def __init__(self, url: str, key: str, threads: int = 4):
         self.url, self.key = url, key
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.answered = threading.Condition(self.lock)
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[str] = Counter()
         self.failures: list[str] = []
+        # (monotonic time the call began, the version that answered or "" if none did)
+        self.calls: list[tuple[float, str]] = []
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def _run(self) -> None:
         while not self.stop.is_set():
+            began = time.monotonic()
             try:
                 status, headers, body = call(self.url, {"instances": IRIS[:1]}, self.key)
             except OSError as exc:  # a connection the gateway dropped: a failure too
-                with self.lock:
+                with self.answered:
                     self.failures.append(repr(exc))
+                    self.calls.append((began, ""))
+                    self.answered.notify_all()
                 continue
-            with self.lock:
+            with self.answered:
                 self.statuses[status] += 1
+                version = headers["X-Model-Version"] if status == 200 else ""
                 if status == 200:
-                    self.versions[headers["X-Model-Version"]] += 1
+                    self.versions[version] += 1
                 else:
                     self.failures.append(f"{status}: {body}")
+                self.calls.append((began, version))
+                self.answered.notify_all()
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -61,13 +74,20 @@ class Load:
         for t in self.threads:
             t.join(30)
 
-    def since(self, mark: Counter[str]) -> Counter[str]:
-        with self.lock:
-            return self.versions - mark
+    def begun_after(self, moment: float, n: int, timeout: float = 30) -> Counter[str]:
+        """Wait until ``n`` calls begun after ``moment`` (``time.monotonic()``) have ended;
+        the versions that answered them ("" for a failure)."""
 
-    def mark(self) -> Counter[str]:
-        with self.lock:
-            return Counter(self.versions)
+        def ended() -> list[str]:
+            return [version for began, version in self.calls if began >= moment]
+
+        with self.answered:
+            if not self.answered.wait_for(lambda: len(ended()) >= n, timeout):
+                raise AssertionError(
+                    f"only {len(ended())} of {n} calls begun after the change ended in "
+                    f"{timeout} s: {self.statuses}, {self.failures[:3]}"
+                )
+            return Counter(ended())
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +111,18 @@ def settled(daemon: Daemon, name: str, desired: int, timeout: float = 60) -> Ser
         time.sleep(0.2)
 
 
+def routes_read(daemon: Daemon, service_url: str) -> None:
+    """Return once the gateway (every worker) has read its routes from the store afresh: what
+    the controller asks before it calls a service Running (``POST /-/routes``)."""
+    gateway = service_url.split("/v1/")[0]
+    secret = (daemon.home / INTERNAL_SECRET).read_text().strip()
+    ask = urllib.request.Request(
+        f"{gateway}/-/routes", method="POST", headers={INTERNAL_HEADER: secret}
+    )
+    with urllib.request.urlopen(ask, timeout=10) as resp:
+        assert resp.status == 200
+
+
 def update(daemon: Daemon, name: str, *args: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(daemon.cli("update", name, *args, "--json").stdout)
     return result
@@ -111,23 +143,24 @@ def test_changes_under_load_drop_no_call(daemon: Daemon, tmp_path: Path) -> None
     created = daemon.deploy("-f", str(path))
     assert created["status"] == "running"
     with Load(created["url"], created["api_key"]) as load:
-        time.sleep(1)
+        load.begun_after(0, 20)  # calls flow at 90/10
         assert update(daemon, "rolling", "--traffic", "1.0.0=50,2.0.0=50")["snapshot"] == 2
-        time.sleep(1)
+        load.begun_after(time.monotonic(), 20)  # and go on across the change to 50/50
         update(daemon, "rolling", "--traffic", "1.0.0=0,2.0.0=100")
-        time.sleep(0.5)  # one gateway poll, and calls in flight end
-        mark = load.mark()
-        time.sleep(1.5)
-        assert set(load.since(mark)) == {"2.0.0"}, load.since(mark)
+        # Once the gateway has read the store afresh (every worker), the calls begun after
+        # go to 2.0.0 only; those in flight across the change may still meet 1.0.0.
+        routes_read(daemon, created["url"])
+        after = load.begun_after(time.monotonic(), 40)
+        assert set(after) == {"2.0.0"}, after
         update(daemon, "rolling", "--instances", "2")
         settled(daemon, "rolling", 4)
         update(daemon, "rolling", "--instances", "2.0.0=1,1.0.0=1")
         settled(daemon, "rolling", 2)
         before = {i.port for i in daemon.client.service("rolling").instances}
         update(daemon, "rolling", "--env", "MODE=fast")  # every instance is replaced
-        after = settled(daemon, "rolling", 2)
-        assert before.isdisjoint({i.port for i in after.instances})
-        time.sleep(1)
+        after_env = settled(daemon, "rolling", 2)
+        assert before.isdisjoint({i.port for i in after_env.instances})
+        load.begun_after(time.monotonic(), 20)  # the new instances answer calls
     assert load.failures == [], load.failures[:5]
     assert load.statuses[200] > 200, load.statuses
     history = json.loads(daemon.cli("history", "rolling", "--json").stdout)
