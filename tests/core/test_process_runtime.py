@@ -16,9 +16,12 @@ from opsbot.core.runtime import InstanceSpec, failure_reason
 from opsbot.core.runtimes.process import CgroupLimiter, ProcessRuntime
 
 FAKE_PYTHON = """#!/bin/sh
-# Stands in for the model server: records its environment and arguments, then serves nothing.
-env > "$OPSBOT_HOME_ID/env-$OPSBOT_PORT"
-echo "$@" > "$OPSBOT_HOME_ID/argv-$OPSBOT_PORT"
+# Stands in for the model server: records its arguments, then its environment, then serves
+# nothing. Each is written aside and renamed: once env-PORT is there, both are whole.
+echo "$@" > "$OPSBOT_HOME_ID/.argv-$OPSBOT_PORT"
+mv "$OPSBOT_HOME_ID/.argv-$OPSBOT_PORT" "$OPSBOT_HOME_ID/argv-$OPSBOT_PORT"
+env > "$OPSBOT_HOME_ID/.env-$OPSBOT_PORT"
+mv "$OPSBOT_HOME_ID/.env-$OPSBOT_PORT" "$OPSBOT_HOME_ID/env-$OPSBOT_PORT"
 if [ -n "$FAIL" ]; then echo "LOAD FAILED: $FAIL" >&2; exit 3; fi
 if [ -n "$BURN" ]; then while :; do :; done; fi
 exec sleep 60
@@ -69,10 +72,10 @@ def _spec(
 
 
 def _wait_for(path: Path) -> dict[str, str]:
+    """The environment the stand-in recorded in ``path`` (whole once it exists)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            time.sleep(0.05)
+        if path.exists():
             return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
         time.sleep(0.02)
     raise AssertionError(f"{path} never appeared")
