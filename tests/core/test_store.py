@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -124,17 +123,25 @@ def test_writes_are_serialised(tmp_path: Path) -> None:
     """A second writer waits for the first: its read-then-write sees the first one's row."""
     store = Store(tmp_path / "opsbot.db")
     inside = threading.Event()
+    trying = threading.Event()
     order: list[str] = []
 
     def first() -> None:
         with store.write() as db:
             db.execute("INSERT INTO users (name, created_at) VALUES ('first', 1)")
             inside.set()
-            time.sleep(0.3)
+            # once the second's BEGIN IMMEDIATE runs, it cannot get past this write
+            if not trying.wait(10):
+                order.append("the second never began its transaction")
             order.append("first commits")
+
+    def began(sql: str) -> None:
+        if sql.startswith("BEGIN IMMEDIATE"):
+            trying.set()
 
     def second() -> None:
         inside.wait()
+        store.db.conn.set_trace_callback(began)  # this thread's own connection
         with store.write() as db:
             n = db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
             order.append(f"second saw {n}")
