@@ -277,9 +277,16 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness, and how many reconciliations the controller has finished: a count to wait on
-    (it grows by one per service per pass)."""
-    return web.json_response({"ok": True, "reconciled": request.app[DAEMON].controller.reconciled})
+    """Liveness, how many reconciliations the controller has finished (a count to wait on: it
+    grows by one per service per pass) and how many event streams are open (a follower counts
+    from the moment it hears every new event)."""
+    return web.json_response(
+        {
+            "ok": True,
+            "reconciled": request.app[DAEMON].controller.reconciled,
+            "event_streams": len(request.app[STREAMS]),
+        }
+    )
 
 
 async def whoami(request: web.Request) -> web.Response:

@@ -196,13 +196,15 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/healthz": {
                 "get": _op(
-                    "Liveness of the daemon, and the controller's finished reconciliations",
+                    "Liveness of the daemon, the controller's finished reconciliations and "
+                    "the open event streams",
                     schema={
                         "type": "object",
-                        "required": ["ok", "reconciled"],
+                        "required": ["ok", "reconciled", "event_streams"],
                         "properties": {
                             "ok": {"type": "boolean"},
                             "reconciled": {"type": "integer", "minimum": 0},
+                            "event_streams": {"type": "integer", "minimum": 0},
                         },
                     },
                     public=True,

@@ -165,6 +165,19 @@ def test_following_events_starts_after_the_last_one_seen(client: ControlClient) 
         stream.close()
 
 
+def test_health_counts_the_open_event_streams(client: ControlClient) -> None:
+    assert client.request("GET", "/healthz")["event_streams"] == 0
+    client.deploy(IRIS)
+    client.stop("iris-one")
+    created, *later = client.events("iris-one")
+    stream = client.follow_events(service="iris-one", after_id=created.id)
+    try:
+        assert next(stream) == later[0]  # the stream is open and listens from here on
+        assert client.request("GET", "/healthz")["event_streams"] == 1
+    finally:
+        stream.close()
+
+
 async def answers_text(request: web.Request) -> web.Response:
     return web.Response(text="<html>a proxy</html>", status=502)
 

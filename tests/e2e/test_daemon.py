@@ -104,6 +104,22 @@ def start_daemon(home: Path, runtime: str | None = None, config: str = "") -> Da
     return Daemon(home, proc, client, listen)
 
 
+def health(d: Daemon) -> dict[str, Any]:
+    """The daemon's ``/healthz``: its counts to wait on."""
+    answer: dict[str, Any] = d.client.request("GET", "/healthz")
+    return answer
+
+
+def wait_reconciled(d: Daemon, more: int, timeout: float = 30) -> None:
+    """Return once the controller has finished ``more`` reconciliations of a service (one per
+    service per pass) from now: what "the controller looked again and did nothing" waits on."""
+    until = health(d)["reconciled"] + more
+    deadline = time.monotonic() + timeout
+    while (done := health(d)["reconciled"]) < until:
+        assert time.monotonic() < deadline, f"{done} of {until} reconciliations in {timeout} s"
+        time.sleep(0.05)
+
+
 def stop_everything(home: Path, proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -326,8 +342,8 @@ def test_stop_frees_ports_and_processes_and_start_brings_it_back(daemon: Daemon)
     daemon.cli("stop", "stoppable")
     deadline = time.monotonic() + 20
     while daemon.client.service("stoppable").status != "stopped":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, "stoppable did not stop in 20 s"
+        time.sleep(0.1)
     assert not {k for k in _pids(daemon.home) if k.startswith(created["id"])}
     assert not any(_port_open(p) for p in ports)
     assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] in (404, 503)
@@ -338,18 +354,18 @@ def test_stop_frees_ports_and_processes_and_start_brings_it_back(daemon: Daemon)
     assert json.loads(restarted.stdout)["status"] == "deploying"
     deadline = time.monotonic() + 60
     while daemon.client.service("stoppable").status != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, "stoppable did not run again in 60 s"
+        time.sleep(0.1)
     # the gateway learns the new route within a second
     deadline = time.monotonic() + 1.5
     while call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] != 200:
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "the gateway did not route stoppable in 1.5 s"
         time.sleep(0.05)
     daemon.cli("delete", "stoppable")
     deadline = time.monotonic() + 20
     while "stoppable" in [s.name for s in daemon.client.services()]:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, "stoppable was not deleted in 20 s"
+        time.sleep(0.1)
 
 
 def test_a_model_that_cannot_load_fails_the_deploy(daemon: Daemon, tmp_path: Path) -> None:
@@ -407,11 +423,7 @@ def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: 
         d.proc = d2.proc
         # the restarted controller looked at the service three times: it adopted the instances
         # (nothing restarted), it did not replace them
-        looks = d2.client.request("GET", "/healthz")["reconciled"]
-        deadline = time.monotonic() + 30
-        while d2.client.request("GET", "/healthz")["reconciled"] < looks + 3:
-            assert time.monotonic() < deadline, "the controller did not reconcile in 30 s"
-            time.sleep(0.05)
+        wait_reconciled(d2, 3)
         shown = d2.client.service("durable")
         assert shown.status == "running"
         assert _pids(home) == before
@@ -433,8 +445,8 @@ def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: 
 def _wait_status(d: Daemon, name: str, status: str, timeout: float) -> ServiceDetail:
     deadline = time.monotonic() + timeout
     while (s := d.client.service(name)).status != status:
-        assert time.monotonic() < deadline, s
-        time.sleep(0.5)
+        assert time.monotonic() < deadline, f"{name} not {status} in {timeout} s: {s}"
+        time.sleep(0.1)
     return s
 
 
@@ -487,7 +499,8 @@ def test_deadlines_across_a_kill_9(template: Path, tmp_path: Path) -> None:
         _wait_status(d2, "overdue", "stopped", 30)
         future = d2.client.service("future")
         assert future.status == "running" and future.due_time == future_due
-        time.sleep(1.5)
+        # a pass over both services after the stop finds nothing left to do for the expired one
+        wait_reconciled(d2, 2)
         kinds = [e["kind"] for e in d2.client.request("GET", "/v1/services/overdue/events")]
         assert kinds.count("expired") == 1 and kinds.count("stopped") == 1
     finally:
@@ -495,6 +508,7 @@ def test_deadlines_across_a_kill_9(template: Path, tmp_path: Path) -> None:
 
 
 def test_events_follow_streams_live(daemon: Daemon) -> None:
+    streams = health(daemon)["event_streams"]
     follow = subprocess.Popen(
         [
             sys.executable,
@@ -510,7 +524,12 @@ def test_events_follow_streams_live(daemon: Daemon) -> None:
         text=True,
     )
     try:
-        time.sleep(1.5)  # connected and past the backlog
+        # the follower listed the backlog and listens: what happens from now on is live
+        deadline = time.monotonic() + 30
+        while health(daemon)["event_streams"] < streams + 1:
+            assert follow.poll() is None, "opsbot events --follow exited"
+            assert time.monotonic() < deadline, "the follower opened no event stream in 30 s"
+            time.sleep(0.05)
         daemon.deploy("--name", "watched", "--model", "iris", "--version", "1.0.0")
         seen: list[str] = []
         deadline = time.monotonic() + 20
