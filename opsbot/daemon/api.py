@@ -70,6 +70,11 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 #: The queues of the open event streams. At shutdown each gets ``None`` and its stream ends: an
 #: open stream would otherwise hold the daemon's shutdown until aiohttp's 60 s grace runs out.
 STREAMS: web.AppKey[set[asyncio.Queue[Event | None]]] = web.AppKey("streams")
+#: An event stream with nothing to send writes a comment this often, so proxies keep it open.
+STREAM_KEEPALIVE_S = 15.0
+#: How often a quiet event stream checks that its client is still there: one that went away
+#: leaves ``event_streams`` on /healthz within this time.
+STREAM_CHECK_S = 1.0
 USER: web.RequestKey[User] = web.RequestKey("opsbot.user", User)
 
 
@@ -279,7 +284,7 @@ async def openapi(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """Liveness, how many reconciliations the controller has finished (a count to wait on: it
     grows by one per service per pass) and how many event streams are open (a follower counts
-    from the moment it hears every new event)."""
+    from the moment it hears every new event, and no more within STREAM_CHECK_S of leaving)."""
     return web.json_response(
         {
             "ok": True,
@@ -650,17 +655,23 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         for e in backlog:
             await resp.write(f"id: {e.id}\ndata: {json.dumps(e.as_dict())}\n\n".encode())
             sent = e.id
+        quiet_since = time.monotonic()
         while True:
             try:
-                got = await asyncio.wait_for(queue.get(), timeout=15)
+                got = await asyncio.wait_for(queue.get(), timeout=STREAM_CHECK_S)
             except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client went away: stop counting it among the open streams
+                if time.monotonic() - quiet_since >= STREAM_KEEPALIVE_S:
+                    await resp.write(b": keep-alive\n\n")
+                    quiet_since = time.monotonic()
                 continue
             if got is None:  # the daemon is stopping: end the stream, the client reconnects
                 break
             if got.id > sent and visible(got):
                 await resp.write(f"id: {got.id}\ndata: {json.dumps(got.as_dict())}\n\n".encode())
                 sent = got.id
+                quiet_since = time.monotonic()
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

@@ -3,6 +3,7 @@ route, answers as pydantic models, errors as the core's own classes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,11 @@ def test_health_counts_the_open_event_streams(client: ControlClient) -> None:
         assert client.request("GET", "/healthz")["event_streams"] == 1
     finally:
         stream.close()
+    # A client gone is counted no more once its stream sees it (within STREAM_CHECK_S).
+    deadline = time.monotonic() + 10
+    while (open_now := client.request("GET", "/healthz")["event_streams"]) != 0:
+        assert time.monotonic() < deadline, f"{open_now} streams still counted 10 s after the close"
+        time.sleep(0.05)
 
 
 async def answers_text(request: web.Request) -> web.Response:
