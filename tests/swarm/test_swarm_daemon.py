@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from e2e.test_daemon import (  # clone_home too: a bare `conftest` may be anothe
     sklearn_predictions,
     start_daemon,
     stop_everything,
+    wait_reconciled,
 )
 from swarm_fixtures import (  # noqa: F401 - the fixtures
     WORKER,
@@ -147,7 +147,7 @@ def test_kill_9_mid_deploy_then_restart_converges_without_duplicates(
             d.proc = d2.proc
             wait_running(d2, "durable", 3)
             wait_for("3 running tasks", lambda: exactly(engine, home, uid, 3), 30)
-            time.sleep(2.5)  # a few more controller passes change nothing
+            wait_reconciled(d2, 3)  # three more controller passes change nothing
             assert exactly(engine, home, uid, 3)
             shown = d2.client.service("durable")
             assert len({(i.host, i.port) for i in shown.instances}) == 3
