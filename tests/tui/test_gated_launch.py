@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from textual.command import CommandInput, CommandList, CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, Label, Select, Static, TabbedContent
 from tui_live import LiveApi, stats_document, until
@@ -454,7 +455,18 @@ async def test_modify_is_in_the_command_palette(pilot: Pilot[None], me: str) -> 
     await pilot.pause()
     for key in "Modify":
         await pilot.press(key)
-    await pilot.pause(0.3)
+
+    def offered() -> bool:
+        # the palette lists what matches "Modify" (in batches, after a short wait), first on top
+        palette = pilot.app.screen
+        if not isinstance(palette, CommandPalette):
+            return False
+        hits = palette.query_one(CommandList)
+        if hits.highlighted is None or palette.query_one(CommandInput).value != "Modify":
+            return False
+        return "Modify" in str(hits.get_option_at_index(hits.highlighted).prompt)
+
+    await until(pilot, "the palette to offer Modify", offered)
     await pilot.press("enter")
     await until(pilot, "the Modify form", lambda: isinstance(pilot.app.screen, ModifyScreen))
 
