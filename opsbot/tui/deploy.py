@@ -86,6 +86,9 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
         self._seq = 0
         self._timer: Timer | None = None
         self._poll: Timer | None = None
+        #: Whether the errors shown answer the form as it is now: False from a change until the
+        #: daemon's check of it (VALIDATE_DELAY_S later) has come back.
+        self.checked = True
         #: Whether the user typed or chose anything (what leaving would throw away).
         self.edited = False
 
@@ -369,6 +372,7 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
                 if field.endswith(".traffic_ratio"):
                     self.touched.add("models")
         self._update_ratios()
+        self.checked = False
         if self._timer is not None:
             self._timer.stop()
         self._timer = self.set_timer(VALIDATE_DELAY_S, self.validate)
@@ -414,10 +418,12 @@ class DeployScreen(Screen[wire.ServiceInfo | None]):
         def done(result: wire.Validated) -> None:
             if seq == self._seq:
                 self.show_errors([], field_errors(result.warnings))
+                self.checked = True
 
         def failed(exc: OpsbotError) -> None:
             if seq == self._seq:
                 self.show_errors(exc.errors, self.warnings, general=None if exc.errors else exc)
+                self.checked = True
 
         app.call_api(
             lambda: app.client.validate(body),

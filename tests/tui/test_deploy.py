@@ -93,7 +93,10 @@ async def submit(pilot: Pilot[None]) -> None:
 
 
 async def validated(pilot: Pilot[None]) -> None:
-    await pilot.pause(0.4)
+    """Wait until the form shows the daemon's check of its last change."""
+    await pilot.pause()  # the change's own messages first: they start a new check
+    deploy = screen(pilot)
+    await until(pilot, "the form's check of its last change", lambda: deploy.checked)
     await settle(pilot)
 
 
