@@ -12,7 +12,7 @@ import pytest
 from textual.command import CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Footer, Input, Label, Log, Select, Static
-from tui_live import LiveApi, configure, live_api, screen_text, stats_document
+from tui_live import LiveApi, configure, live_api, screen_text, settle, stats_document
 
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.connection import ConnectionBanner
@@ -25,12 +25,6 @@ from opsbot.tui.table import ServicesTable
 
 def make_app(api: LiveApi) -> OpsbotApp:
     return OpsbotApp(api.client, now=api.clock.now, live=True)
-
-
-async def settle(pilot: Pilot[None]) -> None:
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
 
 
 async def until(pilot: Pilot[None], what: str, ok: Callable[[], bool], within: float) -> float:

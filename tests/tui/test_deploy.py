@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Label, Select, Static
-from tui_live import LiveApi, configure, live_api, screen_text, until
+from tui_live import LiveApi, configure, live_api, screen_text, settle, until
 
 from opsbot.core import form
 from opsbot.core.spec import parse_spec
@@ -20,13 +20,6 @@ from opsbot.tui.form_widgets import ModelGroup
 from opsbot.tui.modals import ConfirmModal
 from opsbot.tui.services import ServicesScreen
 from opsbot.tui.table import ServicesTable
-
-
-async def settle(pilot: Pilot[None], rounds: int = 3) -> None:
-    for _ in range(rounds):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.05)
-
 
 #: The home's pools: team-a dedicated to the test's user, team-b to someone else.
 POOLS = """

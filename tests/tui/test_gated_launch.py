@@ -11,7 +11,7 @@ import pytest
 from textual.command import CommandInput, CommandList, CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, Label, Select, Static, TabbedContent
-from tui_live import LiveApi, stats_document, until
+from tui_live import LiveApi, settle, stats_document, until
 
 from opsbot.core.services import Service
 from opsbot.tui.app import OpsbotApp
@@ -41,12 +41,6 @@ def served(api: LiveApi, me: str) -> LiveApi:
     api.running(me, "vault", models=[{"model": "iris", "version": "1.0.0", "env": env}])
     api.deploying(me, "rollout")
     return api
-
-
-async def settle(pilot: Pilot[None], rounds: int = 3) -> None:
-    for _ in range(rounds):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.05)
 
 
 @pytest.fixture

@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Label, Static, TabbedContent
-from tui_live import LiveApi, until
+from tui_live import LiveApi, settle, until
 
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.models import CreateModelModal, ModelsScreen, SubscribeModal
-
-
-async def settle(pilot: Pilot[None], rounds: int = 3) -> None:
-    for _ in range(rounds):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.05)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Log, Static, TabbedContent, TextArea
-from tui_live import LiveApi, screen_text, stats_document, until
+from tui_live import LiveApi, screen_text, settle, stats_document, until
 
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.deploy import DeployScreen
@@ -46,12 +46,6 @@ def gated() -> list[dict[str, Any]]:
         {"model": "iris", "version": v, "traffic_ratio": r, "instances": 2}
         for v, r in (("1.0.0", 90), ("2.0.0", 10))
     ]
-
-
-async def settle(pilot: Pilot[None]) -> None:
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.05)
 
 
 async def loaded(pilot: Pilot[None], me: str) -> None:

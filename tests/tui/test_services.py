@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Input
-from tui_live import LiveApi, live_api, set_admins, stats_document, until
+from tui_live import LiveApi, live_api, set_admins, settle, stats_document, until
 
 from opsbot.core.deadlines import EXTEND_HOURS
 from opsbot.core.status import Status
@@ -34,13 +34,6 @@ def served(api: LiveApi, me: str) -> LiveApi:
     api.deploying(me, "gamma")
     api.daemon.gateway_document = stats_document(alpha, calls=7, failures=2)
     return api
-
-
-async def settle(pilot: Pilot[None]) -> None:
-    """Let workers finish and their results reach the screen."""
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
 
 
 def table(pilot: Pilot[None]) -> ServicesTable:

@@ -326,6 +326,15 @@ def live_api(home: Path) -> Iterator[LiveApi]:
         api.close()
 
 
+async def settle(pilot: Any, rounds: int = 3) -> None:
+    """Let the app's workers finish and what they hand back reach the screen. A worker hands
+    its result over before it ends (``call_from_thread``), and that may start another: hence
+    the rounds."""
+    for _ in range(rounds):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()  # the messages they posted, handled
+
+
 async def until(pilot: Any, what: str, ok: Callable[[], bool], timeout: float = 10) -> None:
     """Let the app run until ``ok()``; fail naming ``what`` after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
