@@ -419,8 +419,13 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_versions_stay(
         assert "versions" in t.shown and "status" in t.shown and "auto_stop" in t.shown
         assert "owner" not in t.shown
         footer = pilot.app.screen.query_one(Footer)
-        shown = [str(k.description) for k in footer.query("FooterKey").results()]
-        assert shown[:2] == ["Help", "Quit"]
+
+        def keys() -> list[str]:
+            return [str(k.description) for k in footer.query("FooterKey").results()]
+
+        # the footer composes its keys once the screen's bindings are known, a moment later
+        await until(pilot, "the footer's keys", lambda: bool(keys()), within=5)
+        assert keys()[:2] == ["Help", "Quit"]
         # On the screen itself, once drawn: the footer's last line keeps both.
         await until(
             pilot,
