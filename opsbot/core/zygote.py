@@ -41,7 +41,6 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,6 +143,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._ended = threading.Event()
+        self._settled = threading.Event()  # ready, or ended with its problem said
         self._exits: dict[int, int] = {}
         self._exit_lock = threading.Lock()
         self._ctrl: socket.socket | None = None
@@ -195,6 +195,7 @@ class Zygote:
                 words = raw.decode(errors="replace").split()
                 if words == ["ready"]:
                     self._ready.set()
+                    self._settled.set()
                 elif len(words) == 3 and words[0] == "exit":
                     with self._exit_lock:
                         self._exits[int(words[1])] = int(words[2])
@@ -204,6 +205,7 @@ class Zygote:
             self._ended.set()
             if not self._ready.is_set():
                 self.problem = self._why_not_ready()
+            self._settled.set()  # after the problem, so a waiter reads it
 
     def _why_not_ready(self) -> str:
         code = self._proc.wait() if self._proc is not None else None
@@ -219,15 +221,10 @@ class Zygote:
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> bool:
         """True once the preloader has imported its libraries; False if it ended or took longer
         than ``timeout`` (:attr:`problem` then says why)."""
-        deadline = time.monotonic() + timeout
-        while not self._ready.is_set():
-            if self._ended.is_set():
-                return self._ready.is_set()
-            if time.monotonic() >= deadline:
-                self.problem = f"the preloader was not ready within {timeout:.0f} s"
-                return False
-            self._ready.wait(0.05)
-        return not self._ended.is_set()
+        if not self._settled.wait(timeout):
+            self.problem = f"the preloader was not ready within {timeout:.0f} s"
+            return False
+        return self.alive
 
     @property
     def pid(self) -> int | None:
@@ -308,3 +305,8 @@ class Zygote:
         """How the fork ``pid`` ended, once the preloader has reaped it."""
         with self._exit_lock:
             return self._exits.get(pid)
+
+    def forget(self, pid: int) -> None:
+        """The fork ``pid`` is stopped and done with: its end need not be kept."""
+        with self._exit_lock:
+            self._exits.pop(pid, None)

@@ -68,7 +68,8 @@ def become(conn: socket.socket, imported: dict[str, str]) -> int:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     conn.close()
-    os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 65536)
+    highest = os.sysconf("SC_OPEN_MAX")
+    os.closerange(3, highest if highest > 0 else 65536)
     os.chdir(request.cwd)
     if request.uid is not None and request.gid is not None:
         os.setgroups([])

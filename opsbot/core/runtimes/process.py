@@ -426,7 +426,9 @@ class ProcessRuntime:
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-        self._forks.pop(handle, None)
+        zygote = self._forks.pop(handle, None)
+        if zygote is not None:
+            zygote.forget(pid)
         self._keys.pop(handle, None)
         if key:
             self.limiter.release(key)
