@@ -310,6 +310,50 @@ def flavor_choices(flavors: Iterable[Mapping[str, Any]], origin: str = "custom")
     return out
 
 
+def search_choices(choices: Iterable[tuple[str, str]], typed: str) -> list[tuple[str, str]]:
+    """The (value, label) choices whose label holds ``typed``, ignoring case, best first: the
+    label itself, then labels that start with it, then those where a word (after ``-``, ``_``,
+    ``.``, ``/`` or a space) starts with it, then the rest, the earlier it appears the better;
+    ties keep the form's order. Nothing typed (or only spaces) keeps every choice, in order.
+
+    How a front that cannot show a long list at once (a Slack select takes 100 options) offers
+    all of it: the user types part of a name and picks among the matches."""
+    needle = typed.strip().casefold()
+    if not needle:
+        return list(choices)
+    ranked: list[tuple[tuple[int, int], int, tuple[str, str]]] = []
+    for order, choice in enumerate(choices):
+        label = choice[1].casefold()
+        at = label.find(needle)
+        if at < 0:
+            continue
+        word = _word_start(label, needle)
+        if label == needle:
+            rank = (0, 0)
+        elif at == 0:
+            rank = (1, 0)
+        elif word is not None:
+            rank = (2, word)
+        else:
+            rank = (3, at)
+        ranked.append((rank, order, choice))
+    return [choice for _, _, choice in sorted(ranked, key=lambda r: (r[0], r[1]))]
+
+
+#: What separates the words of a name, for :func:`search_choices`.
+WORD_SEPARATORS = "-_./ "
+
+
+def _word_start(label: str, needle: str) -> int | None:
+    """Where a word of ``label`` starts with ``needle`` (None when none does)."""
+    start = 0
+    while (at := label.find(needle, start)) >= 0:
+        if at == 0 or label[at - 1] in WORD_SEPARATORS:
+            return at
+        start = at + 1
+    return None
+
+
 def default_flavor(choices: Sequence[Choice], current: str | None = None) -> str | None:
     """The flavor a version starts with: its own when it can be chosen, else the spec's default
     when it can, else the first that can; None when none can."""

@@ -122,9 +122,12 @@ class SlackBot:
             flavors = self.core.flavor_statuses(state.pool)
         except NotFound:
             flavors = []
-        # A modified service's models are its owner's; the versions it runs stay choosable
-        # even where they are no longer Normal.
-        owner = self.core.user(state.target[0]) if state.target else actor
+        # A modified service's models are its owner's, offered to whoever may see the service
+        # (its owner, an admin: core.service raises for anyone else); the versions it runs
+        # stay choosable even where they are no longer Normal.
+        owner = actor
+        if state.target:
+            owner = self.core.user(self.core.service(actor, state.target[1], state.target[0]).owner)
         catalog = self.catalog(owner)
         for g in state.groups:
             if g.model and g.version:
@@ -275,6 +278,29 @@ class SlackBot:
             hash=view.get("hash"),
             view=self.render(actor, state, views.view_meta(view)),
         )
+
+    def modal_options(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        """What an external_select of the form (one of more than 100 choices) offers as the
+        user types: the choices the modal draws for that block, as the draft and the user's
+        catalog say now, matched by the core form's search. A draft gone, or a service the user
+        may not see, offers nothing (the select cannot show a message). ``client`` is there for
+        :meth:`failed`, which tells the user of a failure by DM."""
+        try:
+            state = views.state_from_view(body.get("view") or {}, self.drafts)
+            c = self._choices(self.actor(body), state)
+        except OpsbotError as exc:  # DraftGone, PermissionDenied, NotFound
+            log.info("Slack options of %s: none (%s)", body.get("block_id"), exc.message)
+            ack(options=[])
+            return
+        options = views.select_options(
+            state, str(body.get("block_id")), c.catalog, c.pools, c.flavors, c.origins
+        )
+        shown = views.suggestions(options, str(body.get("value") or ""))
+        # A model added to the catalog since the form was drawn can be picked too.
+        models = {views.option_key(m): m for found in c.catalog.values() for m in found}
+        values = (str(o["value"]) for o in shown)
+        self.drafts.offered(state.key, {v: models[v] for v in values if v in models})
+        ack(options=shown)
 
     def version_submit(
         self, ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient
@@ -630,10 +656,13 @@ class SlackBot:
                 "the details)."
             )
         ack: Ack | None = kwargs.get("ack")
-        if ack is not None and ack.response is None:
-            ack(text=text)  # not acknowledged yet: the answer carries the failure
-            return
         body = kwargs.get("body") or {}
+        suggestion = isinstance(body, Mapping) and body.get("type") == "block_suggestion"
+        if ack is not None and ack.response is None:
+            if not suggestion:
+                ack(text=text)  # not acknowledged yet: the answer carries the failure
+                return
+            ack(options=[])  # a select shows options only: the user hears by DM
         client: WebClient | None = kwargs.get("client")
         respond: Respond | None = kwargs.get("respond")
         user = body.get("user") if isinstance(body, Mapping) else None
@@ -671,6 +700,17 @@ class SlackBot:
             views.A_EDIT,
         ):
             app.action(action_id)(self.guarded(self.modal_action))
+        # Selects of more than 100 choices are external_selects: Slack asks for their options
+        # (block_suggestion) at the Options Load URL, the same /slack/events (or the socket).
+        for action_id in (
+            views.A_AUTO_STOP,
+            views.A_POOL,
+            views.A_SOURCE,
+            views.A_MODEL,
+            views.A_VERSION,
+            views.A_VALUE,
+        ):
+            app.options(action_id)(self.guarded(self.modal_options))
         for action_id in (
             views.A_STOP,
             views.A_START,

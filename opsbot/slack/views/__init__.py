@@ -47,6 +47,8 @@ from opsbot.slack.views.blocks import (
     HISTORY_TITLE,
     MAX_BLOCKS,
     MAX_MESSAGE_BLOCKS,
+    MAX_OPTIONS,
+    MIN_QUERY_LENGTH,
     MODAL_TITLE,
     MODIFY_CALLBACK,
     MODIFY_TITLE,
@@ -57,6 +59,7 @@ from opsbot.slack.views.blocks import (
     VERSION_CALLBACK,
     Block,
     View,
+    suggestions,
 )
 from opsbot.slack.views.messages import (
     alert_message,
@@ -72,6 +75,7 @@ from opsbot.slack.views.modal import (
     deploy_modal,
     flavor_choices,
     rule_targets,
+    select_options,
     version_modal,
 )
 from opsbot.slack.views.services import (
@@ -164,6 +168,8 @@ __all__ = [
     "MAX_ENV_INPUTS",
     "MAX_GROUPS",
     "MAX_MESSAGE_BLOCKS",
+    "MAX_OPTIONS",
+    "MIN_QUERY_LENGTH",
     "MODAL_TITLE",
     "MODIFY_CALLBACK",
     "MODIFY_TITLE",
@@ -227,12 +233,14 @@ __all__ = [
     "rule_target_value",
     "rule_targets",
     "running_message",
+    "select_options",
     "selected_value",
     "service_blocks",
     "service_line",
     "services_message",
     "spec_data",
     "state_from_view",
+    "suggestions",
     "version_modal",
     "view_meta",
     "warning_mark",

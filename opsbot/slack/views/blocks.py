@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from opsbot.core import form
+
 Block = dict[str, Any]
 View = dict[str, Any]
 DEPLOY_CALLBACK = "deploy"
@@ -52,6 +54,11 @@ A_AUTO_STOP_ON = "svc_auto_stop_on"
 #: The choices of the Extend menu in /services and App Home are the core's EXTEND_HOURS.
 #: Longest value Slack takes in a select option.
 OPTION_VALUE_MAX = 150
+#: The most options a static_select holds, and an external_select's answer.
+MAX_OPTIONS = 100
+#: Characters typed before Slack asks for an external_select's options: none, so opening the
+#: menu shows the first 100 choices, and typing narrows them.
+MIN_QUERY_LENGTH = 0
 
 
 def _text(text: str, *, emoji: bool = True) -> dict[str, Any]:
@@ -99,18 +106,35 @@ def _select(
     options: Sequence[tuple[str, str]],
     selected: str | None,
 ) -> dict[str, Any]:
-    opts = [_option(v, t) for v, t in options[:100]]
-    element: dict[str, Any] = {
-        "type": "static_select",
-        "action_id": action_id,
-        "placeholder": _text(placeholder),
-        "options": opts
-        or [_option("-", "nothing to choose yet")],  # Slack needs at least one option
-    }
+    """A select of ``options`` (value, text), ``selected`` chosen: a static_select while they
+    fit one (100 options), else an external_select whose options the bot serves as the user
+    types (:func:`suggestions`, from the same choices), so none is out of reach."""
+    opts = [_option(v, t) for v, t in options]
+    element: dict[str, Any] = {"action_id": action_id}
+    if len(opts) > MAX_OPTIONS:
+        element.update(
+            type="external_select",
+            placeholder=_text(_clip(f"{placeholder}: type to search {len(opts)}", 150)),
+            min_query_length=MIN_QUERY_LENGTH,
+        )
+    else:
+        element.update(
+            type="static_select",
+            placeholder=_text(placeholder),
+            # Slack needs at least one option
+            options=opts or [_option("-", "nothing to choose yet")],
+        )
     for o in opts:
         if o["value"] == selected:
             element["initial_option"] = o
     return element
+
+
+def suggestions(options: Sequence[tuple[str, str]], typed: str) -> list[dict[str, Any]]:
+    """What an external_select offers once ``typed`` is typed in it: the core form's matches
+    among ``options`` (the select's own, see :func:`_select`), best first, as many as Slack
+    shows."""
+    return [_option(v, t) for v, t in form.search_choices(options, typed)[:MAX_OPTIONS]]
 
 
 def _number(

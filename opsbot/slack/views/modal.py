@@ -7,6 +7,7 @@ version's own modal (:func:`version_modal`), so no field is ever cut off."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from opsbot.core import form
@@ -60,6 +61,7 @@ from opsbot.slack.views.state import (
     confirm_parts,
     confirm_room,
     env_parts,
+    group_uid,
     inline,
     option_key,
     rule_target_value,
@@ -73,6 +75,72 @@ def flavor_choices(
     which flavors it may take)."""
     origin = origins.get((g.source, g.model or "", g.version or ""), "custom")
     return form.flavor_choices([s.as_dict() for s in flavors], origin)
+
+
+def auto_stop_options(state: FormState) -> list[tuple[str, str]]:
+    """Auto Stop's choices: the core form's, and a spec's value the form cannot express
+    ("90m"), kept as it is."""
+    choices = list(AUTO_STOP_CHOICES)
+    if state.auto_stop not in {value for value, _ in AUTO_STOP_CHOICES}:
+        choices.append((state.auto_stop, f"Keep {state.auto_stop}"))
+    return choices
+
+
+def pool_options(pools: Sequence[str]) -> list[tuple[str, str]]:
+    """The pools a new service may run in (a modified one keeps its own)."""
+    return [(p, p) for p in pools]
+
+
+def model_options(g: GroupState, catalog: Catalog) -> list[tuple[str, str]]:
+    """The models of the group's source, by their option values (see :func:`option_key`)."""
+    return [(option_key(m), m) for m in catalog.get(g.source, {})]
+
+
+def version_options(g: GroupState, catalog: Catalog) -> list[tuple[str, str]]:
+    """The Normal versions of the group's model."""
+    return [(v, v) for v in catalog.get(g.source, {}).get(g.model or "", [])]
+
+
+def flavor_options(
+    state: FormState, g: GroupState, flavors: Sequence[FlavorStatus], origins: Origins
+) -> list[tuple[str, str]]:
+    """The flavors the group's version can take in the pool (the others are noted beside)."""
+    return [(c.value, c.label) for c in flavor_choices(state, g, flavors, origins) if c.available]
+
+
+def select_options(
+    state: FormState,
+    block_id: str,
+    catalog: Catalog,
+    pools: Sequence[str],
+    flavors: Sequence[FlavorStatus],
+    origins: Origins | None = None,
+) -> list[tuple[str, str]]:
+    """The options of the form's select in block ``block_id``, as the modal offers them: what
+    an external_select (a select of more than 100) answers Slack from. Nothing for a block the
+    form does not show (any more: a model block of an earlier source, a removed rule)."""
+    if block_id == "auto_stop":
+        return auto_stop_options(state)
+    if block_id == "resource_pool":
+        return [] if state.target else pool_options(pools)
+    rule = re.fullmatch(r"r(\d+)\.(test|version)", block_id)
+    if rule:
+        if not any(r.uid == int(rule.group(1)) for r in state.rules):
+            return []
+        return list(RULE_TESTS) if rule.group(2) == "test" else rule_targets(state, catalog)
+    try:
+        g = state.group(group_uid(block_id))
+    except (ValueError, KeyError):
+        return []
+    if block_id == _bid(g, "source"):
+        return list(SOURCES)
+    if block_id == _bid(g, "model"):
+        return model_options(g, catalog)
+    if block_id == _bid(g, "version"):
+        return version_options(g, catalog)
+    if block_id == _bid(g, "flavor", state.flavor_gen):
+        return flavor_options(state, g, flavors, origins or {})
+    return []
 
 
 def _label(key: str) -> str:
@@ -95,8 +163,7 @@ def _group_blocks(
 ) -> list[Block]:
     """A version's inputs: in the form (with Remove), or in the version's own modal, where its
     variables take as many inputs as they need and Remove is the form's row's."""
-    models = catalog.get(g.source, {})
-    versions = list(models.get(g.model or "", []))
+    models = model_options(g, catalog)
     header: Block = {
         "type": "section",
         "block_id": _bid(g, "head"),
@@ -129,19 +196,14 @@ def _group_blocks(
         _input(
             _bid(g, "model"),
             _label("model"),
-            _select(
-                A_MODEL,
-                "Choose a model",
-                [(option_key(m), m) for m in models],
-                option_key(g.model) if g.model else None,
-            ),
+            _select(A_MODEL, "Choose a model", models, option_key(g.model) if g.model else None),
             dispatch=True,
             hint=None if models else "No model in the Normal state here: create or subscribe.",
         ),
         _input(
             _bid(g, "version"),
             _label("version"),
-            _select(A_VERSION, "Choose a version", [(v, v) for v in versions], g.version),
+            _select(A_VERSION, "Choose a version", version_options(g, catalog), g.version),
             dispatch=True,
             hint=None if g.model else "Choose a model first.",
         ),
@@ -164,7 +226,7 @@ def _group_blocks(
             _select(
                 A_VALUE,
                 "Choose a flavor",
-                [(c.value, c.label) for c in choices if c.available],
+                flavor_options(state, g, flavors, origins),
                 form.default_flavor(choices, g.flavor),
             ),
         ),
@@ -347,9 +409,6 @@ def deploy_modal(
     """
     blocks: list[Block] = confirm_blocks(confirm_parts(state), confirm_room(state))
     shown = inline(state)
-    auto_choices = AUTO_STOP_CHOICES
-    if state.auto_stop not in {value for value, _ in AUTO_STOP_CHOICES}:  # "90m": kept as is
-        auto_choices = (*AUTO_STOP_CHOICES, (state.auto_stop, f"Keep {state.auto_stop}"))
     if state.target:
         blocks.append(
             _section(
@@ -371,7 +430,7 @@ def deploy_modal(
         _input(
             "auto_stop",
             _label("auto_stop"),
-            _select(A_AUTO_STOP, "When it stops", auto_choices, state.auto_stop),
+            _select(A_AUTO_STOP, "When it stops", auto_stop_options(state), state.auto_stop),
             dispatch=True,
         )
     )
@@ -397,7 +456,7 @@ def deploy_modal(
             _input(
                 "resource_pool",
                 _label("resource_pool"),
-                _select(A_POOL, "Choose a pool", [(p, p) for p in pools], state.pool),
+                _select(A_POOL, "Choose a pool", pool_options(pools), state.pool),
                 dispatch=True,
             )
         )

@@ -208,6 +208,15 @@ class Drafts:
             self._items.move_to_end(key)
             return copy.deepcopy(found[1])
 
+    def offered(self, key: str, offered: Mapping[str, str]) -> None:
+        """Add to draft ``key``'s :attr:`FormState.offered` the models a select offered since it
+        was drawn (an external_select's answer, from the catalog of now), so the one picked is
+        resolved; nothing else of the draft changes, whatever an action saves meanwhile."""
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                found[1].offered.update(offered)
+
     def drop(self, key: str) -> None:
         """Forget a draft once its form is done with."""
         with self._lock:
