@@ -10,7 +10,8 @@ HTTP stack) on an event loop of its own thread, so Slack's bursts never wait on 
 - the signature is checked before anything of the body is parsed (401), then the body's shape
   (400); Bolt only sees signed, well-formed requests;
 - a signed request seen before within Slack's five-minute window is answered 200 and not acted
-  on again (a replay, or Slack retrying what it already delivered);
+  on again (a replay, or Slack retrying what it already delivered), unless answering it again
+  changes nothing (a select's options, which the same typing asks for again);
 - Bolt's ``dispatch`` (which waits for the listener's ``ack()``) runs in a thread pool large
   enough for Slack's bursts.
 """
@@ -140,6 +141,14 @@ SERVER_LOG = logging.getLogger(__name__ + ".server")
 SERVER_LOG.addFilter(_OneLineBadRequests())
 
 
+def _idempotent(request: BoltRequest) -> bool:
+    """Whether answering ``request`` again changes nothing: a select asking for its options
+    (block_suggestion). Slack sends the very same one again when the same text is typed again
+    within a second (same body, same timestamp, so the same signature), and a select left
+    without its answer would show nothing."""
+    return request.body.get("type") == "block_suggestion"
+
+
 def _answer(status: int, message: str) -> web.Response:
     reply = web.json_response({"ok": False, "error": message}, status=status)
     reply.force_close()  # what is left of a refused request (a half-sent body) is not read
@@ -198,7 +207,7 @@ class SlackHTTPServer:
             bolt = bolt_request(body, request.query_string, {k: v for k, v in headers.items()})
         except BadRequest as exc:
             return _answer(exc.status, exc.message)
-        if not self.replays.first_time(signature, self.clock()):
+        if not _idempotent(bolt) and not self.replays.first_time(signature, self.clock()):
             log.warning("Slack request replayed (same signature within 5 min): not acted on")
             return web.Response(status=200, headers={"X-Opsbot-Replay": "1"})
         loop = asyncio.get_running_loop()

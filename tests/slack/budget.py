@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from slack_sdk.models.blocks import Block
+from slack_sdk.models.blocks import Block, Option
 from slack_sdk.models.views import View
 
 MODAL_BLOCKS = 100
@@ -115,3 +115,16 @@ def check(surface: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
         for block in Block.parse_all(list(surface)):
             block.validate_json()
     assert problems(surface) == []
+
+
+def check_options(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An answer to a block_suggestion as Slack takes it: ``options``, at most 100, each valid
+    for slack_sdk's Option; returns them."""
+    assert set(answer) == {"options"}, answer
+    options = list(answer["options"])
+    assert len(options) <= OPTIONS
+    parsed = Option.parse_all(options) or []
+    assert len(parsed) == len(options)
+    for option in parsed:  # values of 150 characters at most, texts of 75
+        option.validate_json()
+    return options

@@ -335,10 +335,13 @@ def block_action(
     return payload_body(payload)
 
 
-def filled(view: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+def filled(
+    view: Mapping[str, Any], values: Mapping[str, str | Mapping[str, Any]]
+) -> dict[str, Any]:
     """The view as Slack sends it back with ``values`` typed in: keys are block ids, or block
-    id prefixes such as ``m0.model`` (the generation part left out); a select's value is an
-    option's value or the text it shows."""
+    id prefixes such as ``m0.model`` (the generation part left out); a static select's value is
+    an option's value or the text it shows, an external select's the option picked from the
+    bot's answer to a block_suggestion (see :func:`suggestion_body`)."""
     state: dict[str, dict[str, Any]] = {}
     for block in view["blocks"]:
         if block["type"] != "input":
@@ -349,14 +352,17 @@ def filled(view: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]
         if key is None:
             continue
         value = values[key]
-        if element["type"] == "static_select":
+        if element["type"] == "external_select":
+            assert isinstance(value, Mapping), f"{bid}: pick an option the bot suggested"
+            slot: dict[str, Any] = {"type": "external_select", "selected_option": dict(value)}
+        elif element["type"] == "static_select":
             # The user picks an option by what it shows; Slack sends the option's value (a
             # value no option has is sent as is: a forged one).
             option = next(
                 (o for o in element["options"] if value in (o["value"], o["text"]["text"])),
                 {"value": value, "text": {"type": "plain_text", "text": value}},
             )
-            slot: dict[str, Any] = {"type": "static_select", "selected_option": option}
+            slot = {"type": "static_select", "selected_option": option}
         else:
             slot = {"type": element["type"], "value": value}
         state[bid] = {element["action_id"]: slot}
@@ -369,6 +375,29 @@ def filled(view: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]
         "blocks": view["blocks"],
         "state": {"values": state},
     }
+
+
+def suggestion_body(view: Mapping[str, Any], block_id: str, typed: str, user: str = "U1") -> str:
+    """What Slack posts to the Options Load URL while ``typed`` is in the external_select of
+    block ``block_id`` (its action id read from the view): a block_suggestion payload."""
+    block = next(b for b in view["blocks"] if b.get("block_id") == block_id)
+    return payload_body(
+        {
+            "type": "block_suggestion",
+            "user": {"id": user, "team_id": "T1"},
+            "team": {"id": "T1"},
+            "api_app_id": "A1",
+            "container": {"type": "view", "view_id": view.get("id", "V1")},
+            "action_id": block["element"]["action_id"],
+            "block_id": block_id,
+            "value": typed,
+            "view": {
+                **view,
+                "id": view.get("id", "V1"),
+                "state": view.get("state", {"values": {}}),
+            },
+        }
+    )
 
 
 def submission(view: Mapping[str, Any], user: str = "U1") -> str:

@@ -20,6 +20,7 @@ from slack_support import (
     command_body,
     post,
     sign,
+    suggestion_body,
 )
 
 from opsbot.core import services as services_mod
@@ -129,6 +130,20 @@ def test_a_replayed_request_is_acted_on_once(bot: Bot, me: str) -> None:
     bot.fake.wait_for(
         "response", lambda a: "stop" in a.get("text", "").lower() and not a.get("replace_original")
     )
+
+
+def test_the_same_typing_again_within_a_second_is_answered_again(bot: Bot) -> None:
+    """A select's options request (block_suggestion) sent twice alike, same timestamp and so
+    same signature (the user typed, erased and typed the same within a second): answering it
+    changes nothing, so both get the options, where a replayed action is not acted on."""
+    view = bot.bot.modal(bot.core.slack_user("U1"), views.FormState())
+    model = next(b for b in view["blocks"] if b["block_id"].startswith("m0.model."))
+    body = suggestion_body(view, model["block_id"], "iris")
+    headers = sign(body)
+    answers = [post(bot.url, body, FORM, headers=headers) for _ in range(2)]
+    assert [a.status for a in answers] == [200, 200]
+    for answer in answers:
+        assert [o["text"]["text"] for o in answer.json()["options"]] == ["iris", "iris-onnx"]
 
 
 def test_idle_and_half_sent_connections_are_closed(quick: SlackHTTPServer) -> None:
