@@ -223,3 +223,35 @@ def test_the_summary_lists_what_the_user_confirms_with_secrets_masked() -> None:
         "Resource Pool",
     ]
     assert all(re.match(r"^[A-Z]", label) for label, _ in form.deploy_summary(spec))
+
+
+def test_search_finds_the_typed_text_anywhere_best_matches_first() -> None:
+    labels = ["data-iris", "Iris-v2", "chrysiris", "iris", "bigiris_x", "tree_iris", "rose"]
+    choices = [(f"v{i}", label) for i, label in enumerate(labels)]
+    found = form.search_choices(choices, "IRIS")
+    # The name itself, then names starting with it, then a word starting with it (earlier
+    # first), then a match inside a word (earlier first); the value goes with its label.
+    assert [label for _, label in found] == [
+        "iris",
+        "Iris-v2",
+        "data-iris",
+        "tree_iris",
+        "bigiris_x",
+        "chrysiris",
+    ]
+    assert found[0] == ("v3", "iris")
+    # Ties keep the form's order; nothing typed keeps every choice in order.
+    assert form.search_choices([("a", "x-1"), ("b", "y-1"), ("c", "x-1")], "1") == [
+        ("a", "x-1"),
+        ("b", "y-1"),
+        ("c", "x-1"),
+    ]
+    assert form.search_choices(choices, "  ") == choices
+    assert form.search_choices(choices, "tulip") == []
+    # A word start later in the name counts, though the text appears inside a word before it.
+    later = [("0", "xirisx"), ("1", "xiris-iris"), ("2", "irisx")]
+    assert form.search_choices(later, "iris") == [
+        ("2", "irisx"),
+        ("1", "xiris-iris"),
+        ("0", "xirisx"),
+    ]

@@ -3,13 +3,15 @@ bot connects to it, and envelopes sent over it are acknowledged with their envel
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from budget import check_options
 from slack_sdk.models.views import View
-from slack_support import FakeSlack, FakeSocketMode, command_body
+from slack_support import FakeSlack, FakeSocketMode, command_body, suggestion_body
 
 from opsbot.core.app import Core
 from opsbot.core.notify import Dispatcher
@@ -116,6 +118,40 @@ def test_socket_mode_gives_up_on_a_refused_token(
         assert not runner._thread.is_alive() and not runner.connected.is_set()
         assert len(fake.of("apps.connections.open")) == 1
         assert "SLACK_APP_TOKEN" in caplog.text and "invalid_auth" in caplog.text
+    finally:
+        runner.stop()
+        bot.notifier.close()
+
+
+def test_a_selects_options_are_answered_over_the_socket(
+    core: Core, fake: FakeSlack, socket_server: FakeSocketMode
+) -> None:
+    """In Socket Mode a select's options request (block_suggestion) comes as an interactive
+    envelope; its answer, the options, goes back as the envelope's payload."""
+    fake.socket_url = socket_server.url
+    client = make_client("xoxb-test", fake.url)
+    app, bot = build_app(core, client=client, signing_secret=None, on_change=lambda: None,
+                         gateway_url="", request_verification_enabled=False)  # fmt: skip
+    runner = SocketModeRunner(app, "xapp-test", client)
+    runner.start()
+    try:
+        socket_server.wait_connected()
+        view = bot.modal(core.slack_user("U1"), views.FormState())
+        model = next(b for b in view["blocks"] if b["block_id"].startswith("m0.model."))
+        payload = json.loads(
+            parse_qs(suggestion_body(view, model["block_id"], "IRIS"))["payload"][0]
+        )
+        socket_server.send(
+            {
+                "envelope_id": "env-s",
+                "type": "interactive",
+                "accepts_response_payload": True,
+                "payload": payload,
+            }
+        )
+        answer = socket_server.wait_for("env-s")
+        options = check_options(answer["payload"])
+        assert [o["text"]["text"] for o in options] == ["iris", "iris-onnx"]
     finally:
         runner.stop()
         bot.notifier.close()

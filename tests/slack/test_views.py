@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
-from slack_sdk.models.blocks import Block
+from slack_sdk.models.blocks import Block, Option
 from slack_sdk.models.views import View
 
 from opsbot.core import form
@@ -516,3 +517,68 @@ def test_variables_past_what_a_versions_modal_shows_are_refused_not_cut() -> Non
     problems = views.spec_data(state)[1]
     assert [p.field for p in problems] == ["models[0].env"]
     assert "opsbot update" in problems[0].message
+
+
+def _select_blocks(view: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        b
+        for b in view["blocks"]
+        if b["type"] == "input" and b["element"]["type"] in ("static_select", "external_select")
+    ]
+
+
+@pytest.mark.parametrize("count", [100, 101])
+def test_a_select_past_100_choices_is_external_and_keeps_the_current_one(count: int) -> None:
+    names = [f"m{i:03d}" for i in range(count)]
+    catalog = {"mine": {name: ["1.0.0"] for name in names}, "subscribed": {}}
+    state = views.FormState()
+    views.choose_model(state, 0, names[-1], catalog)  # the last: past a static select's 100
+    view = views.deploy_modal(views.offer(state, catalog), catalog, ["public"], flavors())
+    valid_view(view)
+    element = next(b for b in view["blocks"] if b["block_id"].startswith("m0.model."))["element"]
+    current = {"text": {"type": "plain_text", "text": names[-1], "emoji": True}}
+    assert element["initial_option"] == {**current, "value": views.option_key(names[-1])}
+    if count <= views.MAX_OPTIONS:  # as before: every option, in the select itself
+        assert element["type"] == "static_select"
+        assert [o["text"]["text"] for o in element["options"]] == names
+    else:
+        assert element["type"] == "external_select" and "options" not in element
+        assert element["min_query_length"] == views.MIN_QUERY_LENGTH
+
+
+def test_every_select_offers_what_its_block_answers_when_asked() -> None:
+    """One source for a select's options, drawn (static) or asked for (external): the options
+    of each select of a full form are what select_options answers for its block."""
+    state = views.FormState(auto_stop="custom")
+    views.choose_model(state, 0, "iris", CATALOG)
+    views.add_group(state, CATALOG)
+    views.add_rule(state)
+    pools = ["public", "gpu"]
+    view = views.deploy_modal(views.offer(state, CATALOG), CATALOG, pools, flavors())
+    selects = _select_blocks(view)
+    kinds = {re.sub(r"^[mr]\d+\.", "", b["block_id"]).split(".")[0] for b in selects}
+    assert kinds == {"auto_stop", "resource_pool", "source", "model", "version", "flavor", "test"}
+    assert {b["block_id"] for b in selects} >= {"r0.version", "m1.version.0"}
+    for b in selects:
+        drawn = [(o["value"], o["text"]["text"]) for o in b["element"]["options"]]
+        asked = views.select_options(state, b["block_id"], CATALOG, pools, flavors())
+        assert asked == drawn, b["block_id"]
+    # A block the form no longer shows answers nothing.
+    views.choose_source(state, 0, "subscribed")
+    for gone in ("m0.model.0", "m0.version.1", "m9.model.0", "r7.version", "name", "x"):
+        assert views.select_options(state, gone, CATALOG, pools, flavors()) == [], gone
+    modify = views.FormState(target=("alice", "svc"))
+    assert views.select_options(modify, "resource_pool", CATALOG, pools, flavors()) == []
+
+
+def test_suggestions_are_the_core_forms_matches_at_most_100() -> None:
+    options = [(f"v{i}", f"model-{i:03d}") for i in range(250)]
+    first = views.suggestions(options, "")
+    assert [o["value"] for o in first] == [f"v{i}" for i in range(100)]
+    found = views.suggestions(options, "MODEL-2")
+    assert [o["text"]["text"] for o in found] == [f"model-{i}" for i in range(200, 250)]
+    assert views.suggestions(options, "model-0")[0]["text"]["text"] == "model-000"
+    long = views.suggestions([("k", "x" * 200)], "x")
+    assert len(long[0]["text"]["text"]) == views.OPTION_TEXT_MAX  # clipped as any option
+    for option in Option.parse_all([*first, *found, *long]) or []:
+        option.validate_json()
