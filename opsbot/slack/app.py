@@ -3,8 +3,9 @@
 It runs inside the daemon and calls :class:`opsbot.core.app.Core` directly. Every listener
 acknowledges first; with ``process_before_response`` off, Bolt answers Slack as soon as
 ``ack()`` is called and the rest of the listener (Web API calls, DMs) runs after the answer.
-Only the view submission does core work before its ack, because its errors must go back in the
-ack (``response_action: errors``); that work is a few SQLite statements.
+Only the view submission and a select's options request (block_suggestion) do core work before
+their ack, because their answer is the ack (``response_action: errors``, the options); that
+work is a few SQLite statements.
 """
 
 from __future__ import annotations
@@ -299,7 +300,7 @@ class SlackBot:
         # A model added to the catalog since the form was drawn can be picked too.
         models = {views.option_key(m): m for found in c.catalog.values() for m in found}
         values = (str(o["value"]) for o in shown)
-        self.drafts.offered(state.key, {v: models[v] for v in values if v in models})
+        self.drafts.add_offered(state.key, {v: models[v] for v in values if v in models})
         ack(options=shown)
 
     def version_submit(

@@ -1,9 +1,11 @@
 """The /deploy modal (and Modify): the core form's fields in the reference page's order.
 
 Planned within Block Kit's budgets (100 blocks a modal, 3,000 characters an input or a
-section, 150 an option value, 75 an option text, 24 a title): a form that fits shows every
-version's inputs; a larger one lists each version as a row with Edit, which pushes the
-version's own modal (:func:`version_modal`), so no field is ever cut off."""
+section, 150 an option value, 75 an option text, 24 a title, 100 options a select): a form that
+fits shows every version's inputs; a larger one lists each version as a row with Edit, which
+pushes the version's own modal (:func:`version_modal`), so no field is ever cut off; a select
+of more than 100 choices is an external_select, whose options the bot answers from
+:func:`select_options` as the user types, so no choice is either."""
 
 from __future__ import annotations
 

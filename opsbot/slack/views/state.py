@@ -208,7 +208,7 @@ class Drafts:
             self._items.move_to_end(key)
             return copy.deepcopy(found[1])
 
-    def offered(self, key: str, offered: Mapping[str, str]) -> None:
+    def add_offered(self, key: str, offered: Mapping[str, str]) -> None:
         """Add to draft ``key``'s :attr:`FormState.offered` the models a select offered since it
         was drawn (an external_select's answer, from the catalog of now), so the one picked is
         resolved; nothing else of the draft changes, whatever an action saves meanwhile."""
