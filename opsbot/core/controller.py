@@ -208,6 +208,8 @@ class Controller:
         self._again: set[int] = set()
         # Ready instances the gateway was seen routing, by service: (row id, ready since).
         self._confirmed: dict[int, set[tuple[int, float]]] = {}
+        # Whether the first pass swept what earlier lives left on disk.
+        self._swept = False
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -241,6 +243,17 @@ class Controller:
                     )
             adopted += 1
         return adopted, removed
+
+    def sweep(self) -> None:
+        """Have the runtime remove what it keeps for versions without an instance (a daemon
+        killed between a version's last stop and its release, a service deleted then). The
+        first pass does it, before it starts anything."""
+        keep: dict[str, set[int]] = {}
+        for uid, idx in self.store.db.execute(
+            "SELECT s.uid, i.idx FROM instances i JOIN services s ON s.id = i.service_id"
+        ).fetchall():
+            keep.setdefault(uid, set()).add(idx)
+        self.runtime.sweep(keep)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -304,6 +317,10 @@ class Controller:
         With ``wait`` the call returns once this pass's services are done, raising the first
         error; without it, errors are logged.
         """
+        with self._lock:
+            sweep, self._swept = not self._swept, True
+        if sweep:  # before any instance starts
+            self.sweep()
         ids = [r[0] for r in self.store.db.execute("SELECT id FROM services").fetchall()]
         with self._lock:  # a service gone is failing no more
             for gone in set(self._failed) - set(ids):
@@ -362,6 +379,16 @@ class Controller:
                 self.wake()
 
     def reconcile(self, service: Service) -> None:
+        try:
+            self._reconcile(service)
+        finally:
+            # What the runtime keeps for a version goes with the version's last instance; here,
+            # where the service's instances are started and stopped (one reconciliation of a
+            # service at a time), so nothing of a version starting meanwhile is removed.
+            keep = {r.idx for r in instance_rows(self.store, service.id)}
+            self.runtime.release(service.uid, keep)
+
+    def _reconcile(self, service: Service) -> None:
         rows = instance_rows(self.store, service.id)
         if service.status in ACTIVE:
             self._converge(service, rows)

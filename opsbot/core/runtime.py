@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -87,6 +87,18 @@ class Runtime(Protocol):
         """Every instance this runtime runs for this OPSBOT_HOME, found by its labels."""
         ...
 
+    def release(self, service_uid: str, keep: Collection[int]) -> None:
+        """Remove what the runtime keeps on disk for the service's versions (slots) other
+        than ``keep``: the controller calls it once none of their instances runs or starts
+        (a deleted service's, a version a modification dropped, a failed deploy's)."""
+        ...
+
+    def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
+        """At start, before any instance starts: remove what the runtime keeps on disk for
+        every service version not in ``keep`` (service uid -> slots with an instance), which
+        a daemon killed or failing before its release left behind."""
+        ...
+
     def logs(self, handle: str, tail: int = 100) -> list[str]: ...
 
 
@@ -142,6 +154,9 @@ class FakeRuntime:
     instances: dict[str, FakeInstance] = field(default_factory=dict)
     started: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    #: What each version keeps on disk in a real runtime (a staged model): service uid ->
+    #: slots, added by start, removed by release and sweep.
+    staged: dict[str, set[int]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def start(self, spec: InstanceSpec) -> Started:
@@ -149,6 +164,7 @@ class FakeRuntime:
         handle = f"fake-{n}"
         self.instances[handle] = FakeInstance(spec, 20000 + n)
         self.started.append(handle)
+        self.staged.setdefault(spec.service_uid, set()).add(spec.idx)
         return Started(handle, "127.0.0.1", 20000 + n)
 
     def exited(self, handle: str) -> Exit | None:
@@ -168,6 +184,17 @@ class FakeRuntime:
 
     def logs(self, handle: str, tail: int = 100) -> list[str]:
         return []
+
+    def release(self, service_uid: str, keep: Collection[int]) -> None:
+        slots = self.staged.get(service_uid, set()) & set(keep)
+        if slots:
+            self.staged[service_uid] = slots
+        else:
+            self.staged.pop(service_uid, None)
+
+    def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
+        for uid in list(self.staged):
+            self.release(uid, keep.get(uid, ()))
 
     def kill(self, handle: str, code: int = 1, reason: str = "killed") -> None:
         self.instances[handle].exit = Exit(code, reason)

@@ -6,7 +6,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,18 +164,18 @@ def test_restart_backoff_grows_in_a_crash_loop_and_resets_after_a_healthy_run(
 
 
 class SlowStopRuntime(FakeRuntime):
-    """Stopping the instances named in ``slow`` waits until ``release`` is set."""
+    """Stopping the instances named in ``slow`` waits until ``let_go`` is set."""
 
     def __init__(self) -> None:
         super().__init__()
         self.slow: set[str] = set()
-        self.release = threading.Event()
+        self.let_go = threading.Event()
         self.stopping = threading.Event()
 
     def stop(self, handle: str, grace_s: float = 10.0) -> None:
         if handle in self.slow:
             self.stopping.set()
-            assert self.release.wait(30)
+            assert self.let_go.wait(30)
         super().stop(handle, grace_s)
 
 
@@ -211,7 +211,7 @@ def test_a_slow_stop_holds_up_no_other_service(examples_home: Path) -> None:
         assert len(runtime.started) == started + 1
         assert world.status("slow") == Status.STOPPING
     finally:
-        runtime.release.set()
+        runtime.let_go.set()
     deadline = time.monotonic() + 10
     while world.status("slow") != Status.STOPPED and time.monotonic() < deadline:
         world.controller.reconcile_all()
@@ -595,3 +595,115 @@ def test_a_reconciliation_the_store_could_not_record_is_reported(
     world.controller.reconcile_all()
     assert world.controller.failures() == []
     assert world.status() != Status.RUNNING
+
+
+# -- what the runtime keeps for a version (staged model copies) ------------------------------
+
+
+def _uid(world: World, name: str = "svc") -> str:
+    return world.core.service(world.me, name).uid
+
+
+def test_deleting_a_service_releases_what_its_versions_kept(world: World) -> None:
+    world.deploy(
+        models=[entry(version="1.0.0", traffic_ratio=50), entry(version="2.0.0", traffic_ratio=50)]
+    )
+    world.deploy(name="other")
+    world.controller.reconcile_all()
+    uid, other = _uid(world), _uid(world, "other")
+    assert world.runtime.staged == {uid: {0, 1}, other: {0}}
+    world.core.delete_service(world.me, "svc")
+    world.controller.reconcile_all()
+    assert world.core.services(world.me)[0].name == "other"
+    # The other service's running version keeps its copy.
+    assert world.runtime.staged == {other: {0}}
+
+
+def test_a_stopped_service_keeps_no_copy_and_a_start_stages_again(world: World) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    uid = _uid(world)
+    world.core.stop_service(world.me, "svc")
+    world.controller.reconcile_all()
+    assert world.status() == Status.STOPPED
+    assert uid not in world.runtime.staged
+    world.core.start_service(world.me, "svc")
+    world.controller.reconcile_all()
+    assert world.runtime.staged == {uid: {0}}
+
+
+def test_a_failed_first_deploy_releases_its_copy(world: World) -> None:
+    world.deploy()
+    world.not_ready = {20001}
+    world.controller.reconcile_all()
+    assert world.runtime.staged == {_uid(world): {0}}
+    world.runtime.kill(world.handles()[0], code=3, reason="no model.joblib in /x")
+    world.controller.reconcile_all()
+    assert world.status() == Status.FAILED
+    assert world.runtime.staged == {}
+
+
+def test_a_crashed_instance_waiting_to_restart_keeps_its_copy(world: World) -> None:
+    world.deploy()
+    world.controller.reconcile_all()
+    world.runtime.kill(world.handles()[0], code=-9, reason="killed by signal 9")
+    world.controller.reconcile_all()
+    assert world.status() == Status.ABNORMAL  # down, its restart not due yet
+    assert world.runtime.staged == {_uid(world): {0}}
+
+
+def test_a_dropped_version_keeps_its_copy_until_its_last_instance_is_gone(world: World) -> None:
+    world.deploy(
+        models=[
+            entry(version="1.0.0", traffic_ratio=50, instances=2),
+            entry(version="2.0.0", traffic_ratio=50),
+        ]
+    )
+    world.controller.reconcile_all()
+    uid = _uid(world)
+    world.core.update_service(
+        world.me, "svc", {"name": "svc", "models": [entry(version="1.0.0", instances=2)]}
+    )
+    world.controller.reconcile_all()  # version 2.0.0's instance drains: it still serves
+    service = world.core.service(world.me, "svc")
+    assert {r.idx for r in instance_rows(world.core.store, service.id)} == {0, 1}
+    assert world.runtime.staged == {uid: {0, 1}}
+    world.clock.advance(world.controller.drain_s)
+    world.controller.reconcile_all()
+    assert {r.idx for r in instance_rows(world.core.store, service.id)} == {0}
+    assert world.runtime.staged == {uid: {0}}
+    assert world.status() == Status.RUNNING
+
+
+def test_the_first_pass_sweeps_copies_of_versions_without_an_instance(world: World) -> None:
+    world.deploy(
+        models=[entry(version="1.0.0", traffic_ratio=50), entry(version="2.0.0", traffic_ratio=50)]
+    )
+    world.controller.reconcile_all()
+    uid = _uid(world)
+    # What a daemon killed before its release leaves: a deleted service's copy, a slot of a
+    # live service with no instance.
+    world.runtime.staged["gone"] = {0}
+    world.runtime.staged[uid].add(7)
+    again = Controller(
+        world.core.store,
+        world.runtime,
+        {f.id: f for f in world.core.flavors},
+        world.core.probe,
+        world.clock,
+        ready=lambda host, port: True,
+    )
+    again.adopt()
+    swept: list[dict[str, set[int]]] = []
+    sweep = world.runtime.sweep
+
+    def seen(keep: Mapping[str, Collection[int]]) -> None:
+        swept.append({k: set(v) for k, v in keep.items()})
+        sweep(keep)
+
+    world.runtime.sweep = seen  # type: ignore[method-assign]
+    again.reconcile_all()
+    again.reconcile_all()
+    assert swept == [{uid: {0, 1}}]  # once, on the first pass
+    assert world.runtime.staged == {uid: {0, 1}}
+    assert world.status() == Status.RUNNING

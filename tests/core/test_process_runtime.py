@@ -6,6 +6,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,41 @@ def test_stats_measure_the_instance_cpu_and_memory(runtime: ProcessRuntime, tmp_
     assert hot["memory_limit_bytes"] == 0  # rlimits only: no cgroup holds a cap
     runtime.stop(busy.handle, grace_s=1)
     assert runtime.stats(busy.handle) is None
+
+
+def test_an_instance_s_copy_goes_when_it_stops(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    (tmp_path / "model" / "model.joblib").write_bytes(b"w")
+    started = runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    corner = runtime.run_dir / "abc123_0_1"
+    assert (corner / "model" / "model.joblib").read_bytes() == b"w"
+    runtime.stop(started.handle, grace_s=1)
+    assert not corner.exists()
+
+
+def test_a_start_that_fails_leaves_no_copy_behind(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    # The version's files went (a disk error, say) after the instance's directory was made.
+    spec = replace(_spec(tmp_path, "cpu.2u8g"), path=tmp_path / "no-such-model")
+    with pytest.raises(FileNotFoundError):
+        runtime.start(spec)
+    assert not (runtime.run_dir / "abc123_0_1").exists()
+
+
+def test_the_sweep_removes_instance_copies_no_record_names(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    # A daemon killed while starting an instance: its copy, read-only, and no record.
+    left = runtime.run_dir / "abc123_1_0"
+    (left / "model").mkdir(parents=True)
+    (left / "model" / "model.joblib").write_bytes(b"w")
+    for path in (left / "model" / "model.joblib", left / "model", left):
+        path.chmod(0o400 if path.is_file() else 0o500)
+    # Not the process runtime's: a registry check's, a container's staged copy.
+    (runtime.run_dir / "check-0123").mkdir()
+    (runtime.run_dir / "container-abc123-0").mkdir()
+    runtime.sweep({})
+    assert {p.name for p in runtime.run_dir.iterdir()} == {
+        "abc123_0_1",
+        "check-0123",
+        "container-abc123-0",
+    }

@@ -41,8 +41,10 @@ from e2e.test_daemon import (
 from homes import clone_home
 
 from opsbot.client.wire import ServiceDetail
+from opsbot.core.config import load_config
 from opsbot.core.images import USER
 from opsbot.core.runtimes.docker import LABEL_HOME, LABEL_INSTANCE
+from opsbot.core.sandbox import run_root_path
 
 pytestmark = pytest.mark.slow
 
@@ -188,6 +190,9 @@ def test_a_model_that_cannot_load_fails_with_the_servers_reason(
         c for c in containers(engine, shared.home) if c["Labels"]["opsbot.service"] == reply["id"]
     ]
     assert left == []
+    # Nor the copy of the model it could not load.
+    run = run_root_path(shared.home, load_config(shared.home).run_dir)
+    assert not list(run.glob(f"container-{reply['id']}-*"))
 
 
 def test_stop_and_delete_remove_the_containers(shared: Daemon, engine: Any) -> None:
@@ -211,6 +216,40 @@ def test_stop_and_delete_remove_the_containers(shared: Daemon, engine: Any) -> N
     wait_for("the service to be deleted", lambda: "iris-gone" not in
              [s.name for s in shared.client.services()], 30)  # fmt: skip
     assert of_service() == []
+
+
+def model_copy(engine: Any, home: Path, service_id: str) -> Path:
+    """The staged copy of the model a running container of the service reads."""
+    (first, *_) = [
+        c
+        for c in containers(engine, home, running_only=True)
+        if c["Labels"]["opsbot.service"] == service_id
+    ]
+    info = engine.api.inspect_container(first["Id"])
+    return Path(next(m["Source"] for m in info["Mounts"] if m["Destination"] == "/model"))
+
+
+def test_deleting_a_service_removes_its_model_copy_and_keeps_a_running_one(
+    shared: Daemon, engine: Any
+) -> None:
+    gone = shared.deploy("--name", "iris-copy-gone", "--model", "iris", "--version", "1.0.0")
+    kept = shared.deploy("--name", "iris-copy-kept", "--model", "iris", "--version", "1.0.0")
+    gone_copy, kept_copy = (
+        model_copy(engine, shared.home, gone["id"]),
+        model_copy(engine, shared.home, kept["id"]),
+    )
+    assert (gone_copy / "model.joblib").is_file() and (kept_copy / "model.joblib").is_file()
+    shared.cli("delete", "iris-copy-gone")
+    wait_for("the service to be deleted", lambda: "iris-copy-gone" not in
+             [s.name for s in shared.client.services()], 30)  # fmt: skip
+    # Gone with the service (the copy is the container user's, read-only), directory and all.
+    assert not gone_copy.parent.exists()
+    # The running service's copy stays, and it still answers.
+    assert (kept_copy / "model.joblib").is_file()
+    status, _headers, body = call(kept["url"], {"instances": IRIS}, kept["api_key"])
+    assert status == 200, body
+    assert model_copy(engine, shared.home, kept["id"]) == kept_copy
+    shared.cli("delete", "iris-copy-kept")
 
 
 def test_kill_9_mid_deploy_converges_without_duplicates_or_orphans(

@@ -31,7 +31,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -154,17 +154,26 @@ def _devices(spec: InstanceSpec) -> dict[str, Any]:
     return out
 
 
-def staged_for_container(home: Path, spec: InstanceSpec) -> InstanceSpec:
+#: The name of a version's staged copy in the run directory: ``container-<uid>-<idx>``.
+STAGED_PREFIX = "container-"
+
+
+def _staged_leaf(service_uid: str, idx: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{STAGED_PREFIX}{service_uid}-{idx}")
+
+
+def staged_for_container(home: Path, spec: InstanceSpec, root: Path | None = None) -> InstanceSpec:
     """``spec`` with its model directory replaced by a copy the container's user may read: the
     registry's own files are the daemon's alone. One copy per service version, made once
-    (a version's files never change), under ``$OPSBOT_HOME/run``."""
+    (a version's files never change), under the run directory (``root``, as
+    :func:`opsbot.core.sandbox.run_root` made it; else the one config.toml names).
+    :class:`StagedModels` removes it once the version has no instance left."""
     from opsbot.core.accounts import Account, privileged
     from opsbot.core.config import load_config
     from opsbot.core.sandbox import remove_tree, run_root, stage
 
-    run = run_root(home, load_config(home).run_dir)
-    leaf = re.sub(r"[^A-Za-z0-9_.-]", "_", f"container-{spec.service_uid}-{spec.idx}")
-    base = run / leaf
+    run = root if root is not None else run_root(home, load_config(home).run_dir)
+    base = run / _staged_leaf(spec.service_uid, spec.idx)
     target = base / "model"
     if not target.is_dir():
         base.mkdir(exist_ok=True)
@@ -181,6 +190,56 @@ def staged_for_container(home: Path, spec: InstanceSpec) -> InstanceSpec:
         except OSError:  # another start put it there first
             remove_tree(aside)
     return replace(spec, path=target)
+
+
+class StagedModels:
+    """The staged copies of one home's versions (:func:`staged_for_container`), for the
+    runtimes that mount them (docker, swarm). A copy lives while its version has an instance:
+    the controller, which alone starts and stops them, says which versions still have one."""
+
+    def __init__(self, home: Path, run_dir: str | None):
+        """``run_dir``: config.toml's setting (None: see :func:`opsbot.core.sandbox.run_root`)."""
+        from opsbot.core.sandbox import run_root_path
+
+        self.home = Path(home)
+        self._configured = run_dir
+        self.root = run_root_path(self.home, self._configured)
+
+    def stage(self, spec: InstanceSpec) -> InstanceSpec:
+        """``spec`` with its model directory replaced by its version's staged copy."""
+        from opsbot.core.sandbox import run_root
+
+        # Made (and its owner checked) afresh: a runtime's release may have removed it.
+        return staged_for_container(self.home, spec, run_root(self.home, self._configured))
+
+    def _copies(self) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(self.root) as entries:
+                return [e for e in entries if e.name.startswith(STAGED_PREFIX)]
+        except FileNotFoundError:
+            return []
+
+    def release(self, service_uid: str, keep: Collection[int]) -> None:
+        """Remove the copies of ``service_uid``'s versions other than ``keep``."""
+        prefix = _staged_leaf(service_uid, 0)[:-1]
+        for entry in self._copies():
+            idx = entry.name[len(prefix) :]
+            if entry.name.startswith(prefix) and idx.isdigit() and int(idx) not in keep:
+                self._remove(Path(entry.path))
+
+    def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
+        """Remove every copy but those of the versions in ``keep`` (service uid -> slots)."""
+        wanted = {_staged_leaf(uid, idx) for uid, slots in keep.items() for idx in slots}
+        for entry in self._copies():
+            if entry.name not in wanted:
+                self._remove(Path(entry.path))
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        from opsbot.core.sandbox import remove_tree
+
+        log.info("removing %s: no instance of its version is left", path)
+        remove_tree(path)
 
 
 def container_args(
@@ -286,6 +345,9 @@ class DockerRuntime:
         self.image = image or require_image(self.client)
         self.engine_cpus = int(self.client.info().get("NCPU") or 0) or None
         self._warned_down = False
+        from opsbot.core.config import load_config
+
+        self.staged = StagedModels(self.home, load_config(self.home).run_dir)
 
     @property
     def label_filter(self) -> list[str]:
@@ -311,7 +373,7 @@ class DockerRuntime:
         for old in self._containers(spec.key):
             self._remove(old["Id"], grace_s=2)
         port = free_port()
-        spec = staged_for_container(self.home, spec)
+        spec = self.staged.stage(spec)
         args = container_args(
             spec,
             image=self.image,
@@ -367,6 +429,12 @@ class DockerRuntime:
 
     def stop(self, handle: str, grace_s: float = 10.0) -> None:
         self._remove(handle, grace_s)
+
+    def release(self, service_uid: str, keep: Collection[int]) -> None:
+        self.staged.release(service_uid, keep)
+
+    def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
+        self.staged.sweep(keep)
 
     def owned(self) -> Sequence[Owned]:
         containers = self._containers()

@@ -30,7 +30,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,6 +60,7 @@ from opsbot.core.sandbox import (
     private_dir,
     release,
     release_corner,
+    remove_tree,
     run_root_path,
     spawn,
     stage,
@@ -287,65 +288,70 @@ class ProcessRuntime:
         python = pick_python(self.python, account)
         # The instance's own corner: its version's files read-only, a scratch home, nothing else.
         base = corner(self.home, self._run_dir_setting, _leaf(spec.key))
-        model = stage(spec.path, base / "model", account)
-        scratch = base / "home"
-        scratch.mkdir(mode=0o700)
-        if account is not None:
-            os.chown(scratch, account.uid, account.gid)
-            os.chown(base, account.uid, account.gid)
-        os.chmod(base, 0o500)
-        marker = secrets.token_hex(16)
-        env = clean_env(
-            {
-                **spec.env,
-                **thread_env(spec.flavor),
-                **device_env(spec.flavor, spec.devices),
-                "HOME": str(scratch),
-                "TMPDIR": str(scratch),
-                "PWD": str(scratch),
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": model_pythonpath(python),
-                "OPSBOT_INSTANCE": spec.key,
-                "OPSBOT_HOME_ID": str(self.home),
-                "OPSBOT_PORT": str(port),
-                INSTANCE_SECRET_ENV: instance_secret(
-                    daemon_secret(self.home), spec.service_uid, spec.idx
-                ),
-                MARKER: marker,
-            }
-        )
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        with open(fd, "ab") as log_file:
-            who = f"uid {account.uid}" if account else "the daemon's account"
-            log_file.write(
-                f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {spec.key} as {who}\n".encode()
+        held: Held | _Cold | None = None
+        try:
+            model = stage(spec.path, base / "model", account)
+            scratch = base / "home"
+            scratch.mkdir(mode=0o700)
+            if account is not None:
+                os.chown(scratch, account.uid, account.gid)
+                os.chown(base, account.uid, account.gid)
+            os.chmod(base, 0o500)
+            marker = secrets.token_hex(16)
+            env = clean_env(
+                {
+                    **spec.env,
+                    **thread_env(spec.flavor),
+                    **device_env(spec.flavor, spec.devices),
+                    "HOME": str(scratch),
+                    "TMPDIR": str(scratch),
+                    "PWD": str(scratch),
+                    "PYTHONUNBUFFERED": "1",
+                    "PYTHONPATH": model_pythonpath(python),
+                    "OPSBOT_INSTANCE": spec.key,
+                    "OPSBOT_HOME_ID": str(self.home),
+                    "OPSBOT_PORT": str(port),
+                    INSTANCE_SECRET_ENV: instance_secret(
+                        daemon_secret(self.home), spec.service_uid, spec.idx
+                    ),
+                    MARKER: marker,
+                }
             )
-            log_file.flush()
-            zygote = self._zygote(python, thread_env(spec.flavor))
-            held: Held | _Cold | None = None
-            if zygote is not None:
-                try:
-                    held = zygote.spawn(
-                        server_args(str(model), spec, HOST, port),
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            with open(fd, "ab") as log_file:
+                who = f"uid {account.uid}" if account else "the daemon's account"
+                log_file.write(
+                    f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start {spec.key} as {who}\n".encode()
+                )
+                log_file.flush()
+                zygote = self._zygote(python, thread_env(spec.flavor))
+                if zygote is not None:
+                    try:
+                        held = zygote.spawn(
+                            server_args(str(model), spec, HOST, port),
+                            env=env,
+                            cwd=scratch,
+                            account=account,
+                            log_fd=log_file.fileno(),
+                        )
+                    except ZygoteError as exc:
+                        log.warning("%s: starting cold: %s", spec.key, exc)
+                if held is None:
+                    argv = server_argv(python, str(model), spec, HOST, port)
+                    proc = spawn(
+                        argv,
+                        account=account,
                         env=env,
                         cwd=scratch,
-                        account=account,
-                        log_fd=log_file.fileno(),
+                        stdout=log_file,
+                        stderr=log_file,
+                        held=True,
                     )
-                except ZygoteError as exc:
-                    log.warning("%s: starting cold: %s", spec.key, exc)
-            if held is None:
-                argv = server_argv(python, str(model), spec, HOST, port)
-                proc = spawn(
-                    argv,
-                    account=account,
-                    env=env,
-                    cwd=scratch,
-                    stdout=log_file,
-                    stderr=log_file,
-                    held=True,
-                )
-                held = _Cold(proc)
+                    held = _Cold(proc)
+        except BaseException:
+            if held is None:  # nothing runs from it: its copy goes now, not at a later start
+                release_corner(base)
+            raise
         try:  # in its cgroup before it runs anything, so all it forks is in there too
             how = self.limiter.apply(held.pid, spec.key, spec.flavor)
         finally:
@@ -487,6 +493,25 @@ class ProcessRuntime:
             zygotes, self._zygotes = list(self._zygotes.values()), {}
         for zygote in zygotes:
             zygote.close()
+
+    def release(self, service_uid: str, keep: Collection[int]) -> None:
+        """Nothing to do: each instance's copy is its own, removed when it stops."""
+
+    def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
+        """Remove the instance directories no record names (a daemon killed while starting
+        one); those of recorded instances go when they stop, strays' included."""
+        recorded = {r.leaf for r in self._records()}
+        try:
+            with os.scandir(self.run_dir) as entries:
+                leaves = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return
+        for leaf in leaves:
+            uid_idx_n = leaf.rsplit("_", 2)
+            is_instance = len(uid_idx_n) == 3 and all(part.isdigit() for part in uid_idx_n[1:])
+            if is_instance and leaf not in recorded:
+                log.info("removing %s: no instance of it is recorded", leaf)
+                remove_tree(self.run_dir / leaf)
 
     def _forget(self, record: _Record) -> None:
         self.limiter.release(record.key)

@@ -55,7 +55,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,10 @@ from opsbot.core.runtimes.docker import (
     LABEL_OWNER,
     LABEL_SERVICE,
     LABEL_VERSION,
+    StagedModels,
     connect,
     container_args,
     home_id,
-    staged_for_container,
 )
 
 log = logging.getLogger(__name__)
@@ -483,6 +483,7 @@ class SwarmRuntime:
         check_manager(self.client)
         self.image = image or require_image(self.client)
         self.config = config if config is not None else load_config(self.home)
+        self.staged = StagedModels(self.home, self.config.run_dir)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._cache: dict[str, tuple[float, View | None]] = {}
@@ -677,7 +678,7 @@ class SwarmRuntime:
         )
 
     def start(self, spec: InstanceSpec) -> Started:
-        spec = staged_for_container(self.home, spec)
+        spec = self.staged.stage(spec)
         name = service_name(self.home, spec)
         with self._lock(name):
             view = self._settled(name)
@@ -800,6 +801,12 @@ class SwarmRuntime:
                 self._update(view, len(by_n), by_n)
             self._cache.pop(h.service, None)
             self._wait_gone(view, h, removed=not by_n, timeout=grace_s + 10)
+
+    def release(self, service_uid: str, keep: Collection[int]) -> None:
+        self.staged.release(service_uid, keep)
+
+    def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
+        self.staged.sweep(keep)
 
     def _wait_gone(self, before: View, h: Handle, *, removed: bool, timeout: float) -> None:
         """Until the tasks Swarm stops for this call have ended, on whichever node they ran."""
