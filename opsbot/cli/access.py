@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typer
+
 from opsbot.cli.base import (
     JSON_OPT,
     NAME_ARG,
@@ -41,6 +43,24 @@ def token_create(as_json: bool = JSON_OPT) -> None:
         print_json(document(made))
         return
     out.print(f"token for {made.user}: {made.token}  (shown once)", markup=False)
+
+
+@token_app.command("metrics")
+@reports_errors
+def token_metrics(
+    rotate: bool = typer.Option(
+        False, "--rotate", help="Make a new one; the gateway refuses the old from the next scrape."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """The token a Prometheus scraper sends to the gateway's /metrics (`Authorization: Bearer`),
+    printed alone so it can go straight into the file Prometheus reads. An admin's (or the
+    daemon account's)."""
+    token = client().metrics_token(rotate=rotate)
+    if as_json:
+        print_json(document(token))
+        return
+    out.print(token.token, markup=False, soft_wrap=True)
 
 
 @user_app.command("link")

@@ -26,7 +26,10 @@ model_app = typer.Typer(
 )
 user_app = typer.Typer(help="Users: link Slack accounts to local ones.", no_args_is_help=True)
 key_app = typer.Typer(help="Service API keys.", no_args_is_help=True)
-token_app = typer.Typer(help="Tokens for the optional TCP control listener.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Tokens: for the optional TCP control listener, and the gateway's /metrics scrape token.",
+    no_args_is_help=True,
+)
 image_app = typer.Typer(help="The serving image of the docker runtimes.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(user_app, name="user")

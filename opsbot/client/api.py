@@ -151,6 +151,11 @@ class ControlClient:
     def create_token(self) -> wire.TokenCreated:
         return self._one(wire.TokenCreated, "POST", "/v1/tokens")
 
+    def metrics_token(self, *, rotate: bool = False) -> wire.MetricsToken:
+        if rotate:
+            return self._one(wire.MetricsToken, "POST", "/v1/metrics-token/rotate")
+        return self._one(wire.MetricsToken, "GET", "/v1/metrics-token")
+
     # -- flavors, pools, nodes, models ---------------------------------------------------------
 
     def flavors(self, pool: str = "public") -> list[wire.FlavorInfo]:

@@ -337,3 +337,7 @@ class Prediction(Wire):
 class TokenCreated(Wire):
     user: str
     token: str
+
+
+class MetricsToken(Wire):
+    token: str

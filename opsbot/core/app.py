@@ -24,8 +24,9 @@ from opsbot.core.examples import EXAMPLES, build_all
 from opsbot.core.flavors import FlavorStatus, load_flavors
 from opsbot.core.form import deploy_summary
 from opsbot.core.hardware import HardwareProbe, LocalProbe
-from opsbot.core.identity import User, link_slack, slack_user_name
+from opsbot.core.identity import User, link_slack, local_user_name, slack_user_name
 from opsbot.core.identity import user as make_user
+from opsbot.core.keys import metrics_token, rotate_metrics_token
 from opsbot.core.pools import PUBLIC, Pools, PoolStatus
 from opsbot.core.registry import ModelVersion, Registry
 from opsbot.core.sandbox import SOCKET_NAME, reader_for, secure_home
@@ -119,6 +120,18 @@ class Core:
         if not (actor.is_admin or actor.name == local_name):
             raise PermissionDenied("only an admin may link a Slack user to another account")
         link_slack(self.store, self.clock, local_name, slack_id)
+
+    def metrics_token(self, actor: User, *, rotate: bool = False) -> str:
+        """The scrape token of the gateway's ``/metrics`` (a new one with ``rotate``, the old
+        one refused from the next scrape on). An admin's alone: /metrics names every service
+        and its owner."""
+        # The daemon's own account holds the token's file anyway.
+        if not (actor.is_admin or actor.name == local_user_name()):
+            raise PermissionDenied(
+                "only an admin (admins in config.toml) or the daemon's own account may read "
+                "or rotate the metrics scrape token: /metrics names every service and its owner"
+            )
+        return rotate_metrics_token(self.home) if rotate else metrics_token(self.home)
 
     # -- flavors and pools -----------------------------------------------------------------
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 from pathlib import Path
 from typing import Final
+
+from opsbot.core.keys import token_file
 
 #: The file, under $OPSBOT_HOME, holding the daemon's own token.
 DAEMON_SECRET_FILE: Final = "gateway.secret"
@@ -25,15 +25,7 @@ INSTANCE_SECRET_ENV: Final = "OPSBOT_INSTANCE_SECRET"
 
 def daemon_secret(home: Path) -> str:
     """The daemon's random token, kept in a 0600 file made on first use."""
-    path = Path(home) / DAEMON_SECRET_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return token_file(Path(home) / DAEMON_SECRET_FILE)
 
 
 def instance_secret(daemon_token: str, service_uid: str, idx: int) -> str:

@@ -754,6 +754,18 @@ async def create_token(request: web.Request) -> web.Response:
     return web.json_response({"user": me.name, "token": token}, status=201)
 
 
+async def metrics_token(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    token = await call(daemon.core.metrics_token, user(request))
+    return web.json_response({"token": token})
+
+
+async def rotate_metrics_token(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    token = await call(daemon.core.metrics_token, user(request), rotate=True)
+    return web.json_response({"token": token})
+
+
 def make_app(daemon: Daemon) -> web.Application:
     app = web.Application(
         middlewares=[json_errors, identity, known_query], client_max_size=16 * 1024**2
@@ -794,4 +806,6 @@ def make_app(daemon: Daemon) -> web.Application:
     r.add_get("/v1/events", list_events)
     r.add_get("/v1/events/stream", stream_events)
     r.add_post("/v1/tokens", create_token)
+    r.add_get("/v1/metrics-token", metrics_token)
+    r.add_post("/v1/metrics-token/rotate", rotate_metrics_token)
     return app

@@ -129,6 +129,13 @@ PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+_TOKEN: dict[str, Any] = {
+    "type": "object",
+    "required": ["token"],
+    "properties": {"token": {"type": "string"}},
+}
+
+
 def _op(
     summary: str,
     ok: str = "200",
@@ -214,6 +221,20 @@ def openapi_document() -> dict[str, Any]:
             "/v1/whoami": {"get": _op("The calling user, admin flag and quota use")},
             "/v1/tokens": {
                 "post": _op("A token for the TCP listener, acting as the caller", ok="201")
+            },
+            "/v1/metrics-token": {
+                "get": _op(
+                    "The scrape token of the gateway's /metrics (an admin's, or the daemon "
+                    "account's)",
+                    schema=_TOKEN,
+                )
+            },
+            "/v1/metrics-token/rotate": {
+                "post": _op(
+                    "A new scrape token for the gateway's /metrics; the old one is refused from "
+                    "the next scrape on",
+                    schema=_TOKEN,
+                )
             },
             "/v1/flavors": {
                 "get": _op("Flavors with availability", schema=_OBJECTS, params=("pool",))

@@ -36,7 +36,7 @@ from opsbot.core.controller import Controller, instance_rows
 from opsbot.core.errors import OpsbotError, storage_error
 from opsbot.core.identity import local_user_name
 from opsbot.core.instance_auth import daemon_secret
-from opsbot.core.keys import hash_key, key_prefix, new_key
+from opsbot.core.keys import hash_key, key_prefix, metrics_token, new_key
 from opsbot.core.notify import Dispatcher
 from opsbot.core.runtime import Runtime
 from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_port, tail_lines
@@ -204,6 +204,7 @@ class Daemon:
         self.examples = examples
         self.say = say
         self.internal_token = daemon_secret(self.home)
+        metrics_token(self.home)  # made on first start: `opsbot token metrics` prints it
         self._stop = threading.Event()
         self._lock_file: IO[str] | None = None
         self._gateway: subprocess.Popen[bytes] | None = None

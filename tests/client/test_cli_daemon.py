@@ -15,6 +15,7 @@ from typer.testing import CliRunner, Result
 
 from opsbot.cli import app
 from opsbot.client import ControlClient
+from opsbot.core.keys import METRICS_TOKEN_FILE
 from opsbot.core.status import Status
 from opsbot.daemon.server import Daemon
 
@@ -146,6 +147,22 @@ def test_keys_tokens_nodes_and_logs(served: tuple[Daemon, ControlClient], me: st
     report = as_json(cli(home, "nodes", "--json"))
     assert report["pools"][0]["nodes"][0]["name"] == "roomy"
     assert as_json(cli(home, "logs", "iris-one", "--json")) == []
+
+
+def test_the_metrics_scrape_token_is_printed_alone_and_rotated(
+    served: tuple[Daemon, ControlClient],
+) -> None:
+    daemon, _ = served
+    path = daemon.home / METRICS_TOKEN_FILE
+    assert path.stat().st_mode & 0o777 == 0o600  # made when the daemon started
+    shown = cli(daemon.home, "token", "metrics")
+    assert shown.exit_code == 0
+    # Alone on its line, so `opsbot token metrics > file` gives Prometheus its credentials file.
+    assert shown.stdout == path.read_text() and shown.stdout.startswith("obm_")
+    rotated = as_json(cli(daemon.home, "token", "metrics", "--rotate", "--json"))
+    assert rotated["token"] != shown.stdout.strip()
+    assert path.read_text().strip() == rotated["token"]
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_errors_are_one_line_or_the_error_document(served: tuple[Daemon, ControlClient]) -> None:

@@ -55,6 +55,8 @@ def test_every_key_the_api_sends_is_read(examples_home: Path) -> None:
             (ask("POST", f"{svc}/rollback", {"to": 1, "dry_run": True}), wire.RollbackPreview),
             (ask("POST", f"{svc}/key"), wire.KeyRotated),
             (ask("POST", "/v1/tokens"), wire.TokenCreated),
+            (ask("GET", "/v1/metrics-token"), wire.MetricsToken),
+            (ask("POST", "/v1/metrics-token/rotate"), wire.MetricsToken),
             (ask("POST", "/v1/models/iris/publish", {"public": True}), wire.Published),
         ]
         for answer, model in checks:

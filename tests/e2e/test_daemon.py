@@ -29,6 +29,7 @@ import joblib
 import numpy as np
 import pytest
 from homes import clone_home
+from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import binom
 from sklearn.datasets import load_iris
 
@@ -261,6 +262,27 @@ def test_wrong_or_missing_key_is_401_and_bearer_works(daemon: Daemon) -> None:
         assert call(url, {"instances": IRIS[:1]}, key)[0] == 401
         assert call(url, {"instances": IRIS[:1]}, rotated["api_key"])[0] == 200
         key = rotated["api_key"]
+
+
+def test_the_gateway_s_metrics_want_the_scrape_token_the_cli_prints(daemon: Daemon) -> None:
+    created = daemon.deploy("--name", "iris-scraped", "--model", "iris", "--version", "2.0.0")
+    assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] == 200
+    metrics = created["url"].split("/v1/")[0] + "/metrics"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(metrics, timeout=10)
+    assert refused.value.code == 401
+    assert "opsbot token metrics" in json.loads(refused.value.read())["error"]
+    token = daemon.cli("token", "metrics").stdout.strip()
+    ask = urllib.request.Request(metrics, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(ask, timeout=10) as resp:
+        text = resp.read().decode()
+    calls = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "opsbot_gateway_requests_total" and s.labels["service"] == created["id"]
+    ]
+    assert calls == [1]
 
 
 def test_ninety_ten_split_is_inside_the_binomial_interval(daemon: Daemon, tmp_path: Path) -> None:

@@ -216,7 +216,7 @@ def test_the_socket_and_home_are_the_group_s(running: Running) -> None:
     st = running.home.stat()
     assert st.st_mode & 0o777 == 0o710
     assert (running.home / "opsbot.sock").stat().st_mode & 0o777 == 0o660
-    for name in ("opsbot.db", "gateway.secret", "logs"):
+    for name in ("opsbot.db", "gateway.secret", "metrics-token", "logs"):
         mode = (running.home / name).stat().st_mode & 0o777
         assert mode & 0o077 == 0, f"{name} is {oct(mode)}"
 
@@ -265,6 +265,19 @@ def test_the_owner_and_an_admin_may_use_every_route(running: Running) -> None:
         )
     assert _call(running, people.alice, [("GET", "/v1/services?all=1", None)]) == [403]
     assert _call(running, people.admin, [("GET", "/v1/services?all=1", None)]) == [200]
+
+
+def test_only_an_admin_reads_or_rotates_the_metrics_scrape_token(running: Running) -> None:
+    people = running.people
+    read = ("GET", "/v1/metrics-token", None)
+    rotate = ("POST", "/v1/metrics-token/rotate", None)
+    before = (running.home / "metrics-token").read_text()
+    for who in (people.alice, people.bob):
+        assert _call(running, who, [read, rotate]) == [403, 403], who.name
+    assert set(_call(running, None, [read, rotate])) <= {401, 403}
+    assert (running.home / "metrics-token").read_text() == before  # refused: nothing changed
+    assert _call(running, people.admin, [read, rotate]) == [200, 200]
+    assert (running.home / "metrics-token").read_text() != before
 
 
 def test_an_outsider_cannot_open_the_socket(running: Running) -> None:

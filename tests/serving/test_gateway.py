@@ -26,7 +26,7 @@ import pytest_asyncio
 from aiohttp import ClientResponse, ClientSession, web
 from prometheus_client.parser import text_string_to_metric_families
 
-from opsbot.core.keys import hash_key, key_prefix
+from opsbot.core.keys import METRICS_TOKEN_FILE, hash_key, key_prefix
 from opsbot.core.store import DB_NAME, Store
 from opsbot.serving import MODEL_NAME_HEADER
 from opsbot.serving.gateway import INTERNAL_HEADER, GatewayOptions, TokenBucket, make_app
@@ -34,6 +34,9 @@ from opsbot.serving.gateway.http import Serving, start_serving
 
 KEY = "ob_the-right-key"
 HOST = "127.0.0.1"
+#: The scrape token of the in-process gateways' /metrics (each home's metrics-token file).
+SCRAPE_TOKEN = "obm_the-scrape-token"
+SCRAPE = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
 
 
 class Client:
@@ -216,9 +219,13 @@ async def gateway(
     started: list[Client] = []
     client_kind, front = request.param
 
+    scrape_file = store_home.path / METRICS_TOKEN_FILE
+    scrape_file.write_text(SCRAPE_TOKEN + "\n")
+
     async def start(**options: Any) -> Client:
         options.setdefault("client", client_kind)
         options.setdefault("front", front)
+        options.setdefault("metrics_token_file", str(scrape_file))
         opts = GatewayOptions(**options)
         serving = await start_serving(make_app(store_home.path / DB_NAME, opts), opts, HOST, 0)
         client = Client(serving)
@@ -796,7 +803,7 @@ async def test_a_compressed_body_is_decoded_once_and_forwarded_plain(
 
 
 async def _metrics(client: Client) -> dict[tuple[str, ...], float]:
-    resp = await client.get("/metrics")
+    resp = await client.get("/metrics", headers=SCRAPE)
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     found: dict[tuple[str, ...], float] = {}

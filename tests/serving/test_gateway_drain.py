@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
-from serving.test_gateway import Client, FakeInstance, Home, _call
+from serving.test_gateway import SCRAPE, Client, FakeInstance, Home, _call
 
 
 def add_instance(home: Home, uid: str, idx: int, n: int, port: int) -> None:
@@ -101,7 +101,7 @@ async def test_instance_leaving_the_routes_finishes_its_calls_and_gets_no_new_on
         "routed": False,
     }
     assert document["upstreams"][address(new)]["routed"] is True
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await (await client.get("/metrics", headers=SCRAPE)).text()
     assert (
         f'opsbot_gateway_upstream_inflight{{service="{uid}",version="1.0.0",'
         f'address="{address(old)}",routed="false"}} 3'

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import ClientSession, TCPConnector
 from prometheus_client.parser import text_string_to_metric_families
 
+from opsbot.core.keys import METRICS_TOKEN_FILE, metrics_token, rotate_metrics_token
 from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
 from opsbot.serving.workers import SharedBuckets, merge_metrics, merge_stats
 from serving.test_gateway import AUTH, BODY, KEY, FakeInstance, Home, _free_port
@@ -169,8 +170,9 @@ async def test_two_workers_serve_one_port_and_count_together(
         assert version["calls"] == 200 == sum(stats["worker_calls"])
         assert version["latency_ms"]["p50"] is not None
         assert stats["upstreams"][f"127.0.0.1:{up.port}"]["routed"] is True
-        async with ClientSession() as session, session.get(f"{url}/metrics") as resp:
-            text = await resp.text()
+        scrape = {"Authorization": f"Bearer {metrics_token(store_home.path)}"}
+        async with ClientSession() as session, session.get(f"{url}/metrics", headers=scrape) as r:
+            text = await r.text()
         counted = sum(
             s.value
             for f in text_string_to_metric_families(text)
@@ -182,6 +184,47 @@ async def test_two_workers_serve_one_port_and_count_together(
         _, stderr = await asyncio.to_thread(proc.communicate, timeout=20)
         assert proc.returncode == 0, stderr
         assert stderr.decode().count("gateway listening on") == 2
+
+
+async def _metrics_statuses(url: str, headers: dict[str, str], n: int) -> list[int]:
+    """``n`` reads of /metrics, each on a new connection, so every worker answers some."""
+    async with ClientSession(connector=TCPConnector(force_close=True)) as session:
+        statuses = []
+        for _ in range(n):
+            async with session.get(f"{url}/metrics", headers=headers) as resp:
+                statuses.append(resp.status)
+                if resp.status == 200:
+                    assert text_string_to_metric_families(await resp.text())
+        return statuses
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_every_worker_asks_metrics_for_the_scrape_token(
+    store_home: Home, instance: Callable[..., Awaitable[FakeInstance]], workers: int
+) -> None:
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])])
+    async with _gateway(store_home.path, workers) as (url, _proc):
+        # The gateway started by hand made the home's token, as the daemon does at its start.
+        token = metrics_token(store_home.path)
+        assert token.startswith("obm_")
+        assert (store_home.path / METRICS_TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+        assert await _fresh_calls(url, uid, 8) == [200] * 8
+        assert set(await _metrics_statuses(url, {}, 8)) == {401}
+        wrong = {"Authorization": "Bearer obm_a-guess"}
+        assert set(await _metrics_statuses(url, wrong, 8)) == {401}
+        scrape = {"Authorization": f"Bearer {token}"}
+        assert set(await _metrics_statuses(url, scrape, 8)) == {200}
+        async with ClientSession() as session, session.get(f"{url}/metrics", headers=scrape) as r:
+            families = {f.name: f for f in text_string_to_metric_families(await r.text())}
+        (calls,) = families["opsbot_gateway_requests"].samples
+        assert (calls.labels["service"], calls.value) == (uid, 8)  # every worker's, added up
+        assert set(await _metrics_statuses(url, DAEMON, 8)) == {200}
+        # A rotation reaches every worker at the next scrape.
+        new = {"Authorization": f"Bearer {rotate_metrics_token(store_home.path)}"}
+        assert set(await _metrics_statuses(url, scrape, 8)) == {401}
+        assert set(await _metrics_statuses(url, new, 8)) == {200}
 
 
 @pytest.mark.asyncio

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.test_gateway import AUTH, Home, _call
+from opsbot.core.keys import METRICS_TOKEN_FILE, rotate_metrics_token
+from opsbot.serving.gateway import INTERNAL_HEADER
+from serving.test_gateway import AUTH, KEY, SCRAPE, SCRAPE_TOKEN, Home, _call
 from serving.test_gateway_rules import BETA, set_rules
 
 # Families the gateway exposes per service and version, and their Prometheus types.
@@ -44,7 +47,7 @@ async def test_per_version_numbers_in_metrics_and_stats_match_the_calls_made(
     for _ in range(3):
         assert (await _call(client, uid, {**AUTH, "X-Group": "beta"})).status == 500
 
-    resp = await client.get("/metrics")
+    resp = await client.get("/metrics", headers=SCRAPE)
     text = await resp.text()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name, kind in PER_VERSION.items():
@@ -108,7 +111,7 @@ async def test_metrics_of_a_version_never_called_still_parse(
     up = await instance("v1")
     uid = store_home.add_service([("1.0.0", 100, [up.port]), ("2.0.0", 0, [])])
     client = await gateway()
-    text = await (await client.get("/metrics")).text()
+    text = await (await client.get("/metrics", headers=SCRAPE)).text()
     samples = {
         (s.name, *s.labels.values()): s.value
         for family in text_string_to_metric_families(text)
@@ -146,7 +149,7 @@ async def test_series_leave_with_their_service(
             if "service" in s.labels
         }
 
-    assert {gone, kept} <= services_in(await (await client.get("/metrics")).text())
+    assert {gone, kept} <= services_in(await (await client.get("/metrics", headers=SCRAPE)).text())
     reloads = (await (await client.get("/stats")).json())["reloads"]
     with store_home.store.write() as db:
         db.execute("DELETE FROM services WHERE uid = ?", (gone,))
@@ -154,6 +157,88 @@ async def test_series_leave_with_their_service(
     while (await (await client.get("/stats")).json())["reloads"] == reloads:
         assert time.monotonic() < deadline, "the gateway never saw the service go"
         await asyncio.sleep(0.05)
-    left = services_in(await (await client.get("/metrics")).text())
+    left = services_in(await (await client.get("/metrics", headers=SCRAPE)).text())
     assert gone not in left
     assert kept in left
+
+
+# -- who may read /metrics -------------------------------------------------------------------
+
+
+def _families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+async def _refused(resp: Any) -> str:
+    """The 401 of a /metrics call without the credential: what it says to send."""
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    body = await resp.json()
+    assert body["reason"] == "unauthorized"
+    message: str = body["error"]
+    assert "Authorization: Bearer" in message and "opsbot token metrics" in message
+    assert INTERNAL_HEADER in message
+    return message
+
+
+@pytest.mark.asyncio
+async def test_metrics_need_the_scrape_token_or_the_daemon_s(
+    store_home: Home, instance: Any, gateway: Any
+) -> None:
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])], name="secret-project")
+    digest = hashlib.sha256(b"daemon-secret").hexdigest()
+    client = await gateway(internal_token_hash=digest)
+    assert (await _call(client, uid)).status == 200
+    for headers in (
+        {},
+        {"Authorization": "Bearer obm_a-guess"},
+        {"Authorization": SCRAPE_TOKEN},  # not a Bearer credential
+        AUTH,  # a service key is no scrape token
+        {"Authorization": f"Bearer {KEY}"},
+        {INTERNAL_HEADER: "a-guess"},
+        {INTERNAL_HEADER: SCRAPE_TOKEN},
+    ):
+        resp = await client.get("/metrics", headers=headers)
+        message = await _refused(resp)
+        assert uid not in message and "secret-project" not in message
+    for headers in (
+        SCRAPE,
+        {"authorization": f"bearer {SCRAPE_TOKEN}"},
+        {INTERNAL_HEADER: "daemon-secret"},
+    ):
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 200
+        families = _families(await resp.text())
+        (info,) = families["opsbot_gateway_service_info"].samples
+        assert info.labels["name"] == "secret-project"
+        (calls,) = families["opsbot_gateway_requests"].samples
+        assert (calls.labels["service"], calls.value) == (uid, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_rotated_scrape_token_applies_from_the_next_scrape(
+    store_home: Home, gateway: Any
+) -> None:
+    client = await gateway()
+    assert (await client.get("/metrics", headers=SCRAPE)).status == 200
+    new = rotate_metrics_token(store_home.path)
+    assert new.startswith("obm_") and new != SCRAPE_TOKEN
+    assert (store_home.path / METRICS_TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+    await _refused(await client.get("/metrics", headers=SCRAPE))
+    assert (await client.get("/metrics", headers={"Authorization": f"Bearer {new}"})).status == 200
+    # A removed file lets no scraper in (the daemon makes it again at its next start).
+    (store_home.path / METRICS_TOKEN_FILE).unlink()
+    await _refused(await client.get("/metrics", headers={"Authorization": f"Bearer {new}"}))
+
+
+@pytest.mark.asyncio
+async def test_without_a_scrape_token_only_the_daemon_reads_metrics(
+    store_home: Home, gateway: Any
+) -> None:
+    plain = await gateway(metrics_token_file=None)
+    await _refused(await plain.get("/metrics", headers=SCRAPE))
+    await _refused(await plain.get("/metrics"))
+    digest = hashlib.sha256(b"daemon-secret").hexdigest()
+    daemon = await gateway(metrics_token_file=None, internal_token_hash=digest)
+    assert (await daemon.get("/metrics", headers={INTERNAL_HEADER: "daemon-secret"})).status == 200

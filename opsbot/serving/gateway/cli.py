@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import uvloop
 
+from opsbot.core.keys import METRICS_TOKEN_FILE, metrics_token
 from opsbot.core.store import DB_NAME
 from opsbot.serving.gateway.http import serve
 from opsbot.serving.gateway.options import INTERNAL_SECRET, GatewayOptions
@@ -142,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             sha256(secret.read_text().strip().encode()).hexdigest() if secret.exists() else None
         ),
         instance_key=secret.read_text().strip() if secret.exists() else None,
+        metrics_token_file=str(home / METRICS_TOKEN_FILE),
     )
+    if home.is_dir():  # the daemon makes it first; a gateway started alone makes it here
+        metrics_token(home)
     give_back_large_buffers()
     if workers == 1:
         try:

@@ -21,6 +21,7 @@ from opsbot.core.store import Store
 from opsbot.serving.gateway.answers import error, starting
 from opsbot.serving.gateway.core import DatabaseOpener, Gateway
 from opsbot.serving.gateway.fast import Connections, FastFront
+from opsbot.serving.gateway.limits import ScrapeToken
 from opsbot.serving.gateway.options import INTERNAL_HEADER, PREDICT, V2_INFER, GatewayOptions
 from opsbot.serving.http_errors import allow_header, json_errors
 from opsbot.serving.workers import (
@@ -36,6 +37,13 @@ log = logging.getLogger("opsbot.serving.gateway")
 #: Where an application made by make_app keeps its Gateway.
 GATEWAY: Final = web.AppKey("gateway", Gateway)
 SERVER_NAME: Final = "opsbot-gateway"
+#: The answer to a /metrics call without a credential, and how to get one.
+METRICS_REFUSED: Final = (
+    "/metrics needs the scrape token as `Authorization: Bearer TOKEN` (an admin prints it "
+    "with `opsbot token metrics`; in Prometheus, `authorization: {credentials_file: ...}`), "
+    f"or the daemon's token in {INTERNAL_HEADER}"
+)
+METRICS_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="opsbot metrics"'}
 _ROUTES_HINT: Final = (
     "POST /v1/infers/{service}, POST /v1/models/{service}:predict, "
     "POST /v2/models/{service}[/versions/{version}]/infer, GET /v2/models/{service}"
@@ -114,7 +122,12 @@ def make_app(
     async def v1_live(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
+    scrape = ScrapeToken(options.metrics_token_file)
+
     async def metrics(request: web.Request) -> web.Response:
+        # It names every service and its owner: a scraper with the token, or the daemon.
+        if not (scrape.carried(request.headers) or gateway.internal(request.headers)):
+            return error(401, "unauthorized", METRICS_REFUSED, METRICS_CHALLENGE)
         text = gateway.metrics_text()
         if siblings is not None:
             if not siblings.ready():

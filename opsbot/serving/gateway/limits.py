@@ -4,7 +4,9 @@ traffic limit's token buckets (one per service; shared across worker processes b
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 from collections.abc import Mapping
 from hashlib import sha256
 from typing import Final
@@ -71,15 +73,61 @@ def carries_internal(headers: Mapping[str, str], expected: str | None) -> bool:
     )
 
 
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header, if the call has one."""
+    authorization = headers.get("Authorization")
+    if authorization is not None and authorization[:7].lower() == _BEARER:
+        return authorization[7:].strip()
+    return None
+
+
 def carries_key(headers: Mapping[str, str], key_hashes: frozenset[str] | set[str]) -> bool:
     """Whether the call carries one of a service's keys (``X-Auth-Token`` or Bearer)."""
     key = headers.get("X-Auth-Token")
     if key is None:
-        authorization = headers.get("Authorization")
-        if authorization is not None and authorization[:7].lower() == _BEARER:
-            key = authorization[7:].strip()
+        key = bearer(headers)
     # Keys are compared by their SHA-256, the only form the store holds.
     return key is not None and sha256(key.encode()).hexdigest() in key_hashes
+
+
+class ScrapeToken:
+    """The token a scraper of ``/metrics`` sends as ``Authorization: Bearer``, read from its
+    file (:func:`opsbot.core.keys.metrics_token`) and read again whenever the file changes, so
+    a rotation applies from the next scrape on, in every worker."""
+
+    def __init__(self, path: str | None):
+        """``path``: None when the gateway has no scrape token (only the daemon reads then)."""
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._hash: str | None = None
+
+    def _current(self) -> str | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:  # removed: nobody scrapes until it is there again
+            self._seen = self._hash = None
+            return None
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen != self._seen:
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    token = f.read().strip()
+            except OSError:
+                return None
+            self._seen, self._hash = seen, sha256(token.encode()).hexdigest() if token else None
+        return self._hash
+
+    def carried(self, headers: Mapping[str, str]) -> bool:
+        """Whether the call carries the scrape token."""
+        expected = self._current()
+        token = bearer(headers)
+        return (
+            expected is not None
+            and token is not None
+            and hmac.compare_digest(sha256(token.encode()).hexdigest(), expected)
+        )
 
 
 class InstanceSecrets:

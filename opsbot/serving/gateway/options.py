@@ -61,6 +61,10 @@ class GatewayOptions:
     front: FrontKind = "fast"
     """HTTP server side: ``fast`` (inference calls parsed below aiohttp, every other request
     handed to it; see :mod:`.fast`) or ``aiohttp`` (all of it through aiohttp's server)."""
+    metrics_token_file: str | None = None
+    """The file holding the scrape token ``/metrics`` takes as ``Authorization: Bearer``
+    (``$OPSBOT_HOME/metrics-token``), read again when it changes; None: only the daemon's
+    token reads ``/metrics``."""
     instance_key: str | None = None
     """The daemon's token, from which each service version's instance secret is derived
     (:mod:`opsbot.core.instance_auth`); None: instances are called without one."""
