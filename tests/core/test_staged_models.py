@@ -91,3 +91,17 @@ def test_release_and_sweep_without_a_run_directory_do_nothing(tmp_path: Path) ->
     staged.release("aaaa", ())
     staged.sweep({})
     assert not staged.root.exists()
+
+
+def test_a_copy_the_sweep_keeps_is_released_later(tmp_path: Path) -> None:
+    staged, model = _staged(tmp_path)
+    staged.stage(_spec(model, "aaaa", 0))
+    staged.stage(_spec(model, "aaaa", 1))
+    # A restarted daemon: what it knows of the copies comes from its sweep.
+    again = StagedModels(staged.home, str(staged.root))
+    again.sweep({"aaaa": {0, 1}})
+    assert _names(again.root) == {"container-aaaa-0", "container-aaaa-1"}
+    again.release("aaaa", {1})
+    assert _names(again.root) == {"container-aaaa-1"}
+    again.release("aaaa", ())
+    assert _names(again.root) == set()

@@ -204,42 +204,58 @@ class StagedModels:
         self.home = Path(home)
         self._configured = run_dir
         self.root = run_root_path(self.home, self._configured)
+        # Service uid -> slots with a copy: what this life staged and what the sweep kept, so
+        # the controller's question after every reconciliation costs no I/O when none goes.
+        self._held: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
 
     def stage(self, spec: InstanceSpec) -> InstanceSpec:
         """``spec`` with its model directory replaced by its version's staged copy."""
         from opsbot.core.sandbox import run_root
 
+        with self._lock:
+            self._held.setdefault(spec.service_uid, set()).add(spec.idx)
         # Made (and its owner checked) afresh: a runtime's release may have removed it.
         return staged_for_container(self.home, spec, run_root(self.home, self._configured))
 
-    def _copies(self) -> list[os.DirEntry[str]]:
-        try:
-            with os.scandir(self.root) as entries:
-                return [e for e in entries if e.name.startswith(STAGED_PREFIX)]
-        except FileNotFoundError:
-            return []
-
     def release(self, service_uid: str, keep: Collection[int]) -> None:
         """Remove the copies of ``service_uid``'s versions other than ``keep``."""
-        prefix = _staged_leaf(service_uid, 0)[:-1]
-        for entry in self._copies():
-            idx = entry.name[len(prefix) :]
-            if entry.name.startswith(prefix) and idx.isdigit() and int(idx) not in keep:
-                self._remove(Path(entry.path))
+        with self._lock:
+            held = self._held.get(service_uid, set())
+            going = held - set(keep)
+            if not going:
+                return
+            held -= going
+            if not held:
+                del self._held[service_uid]
+        for idx in sorted(going):
+            self._remove(self.root / _staged_leaf(service_uid, idx))
 
     def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
         """Remove every copy but those of the versions in ``keep`` (service uid -> slots)."""
-        wanted = {_staged_leaf(uid, idx) for uid, slots in keep.items() for idx in slots}
-        for entry in self._copies():
-            if entry.name not in wanted:
-                self._remove(Path(entry.path))
+        wanted = {
+            _staged_leaf(uid, idx): (uid, idx) for uid, slots in keep.items() for idx in slots
+        }
+        try:
+            with os.scandir(self.root) as entries:
+                found = [e.name for e in entries if e.name.startswith(STAGED_PREFIX)]
+        except FileNotFoundError:
+            found = []
+        for name in found:
+            if name in wanted:
+                uid, idx = wanted[name]
+                with self._lock:
+                    self._held.setdefault(uid, set()).add(idx)
+            else:
+                self._remove(self.root / name)
 
     @staticmethod
     def _remove(path: Path) -> None:
         from opsbot.core.sandbox import remove_tree
 
-        log.info("removing %s: no instance of its version is left", path)
-        remove_tree(path)
+        if path.exists():
+            log.info("removing %s: no instance of its version is left", path)
+            remove_tree(path)
 
 
 def container_args(
