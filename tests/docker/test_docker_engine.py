@@ -283,6 +283,12 @@ def test_kill_9_mid_deploy_converges_without_duplicates_or_orphans(
             assert d.client.service("durable").status == "deploying"
             os.kill(d.proc.pid, signal.SIGKILL)
             d.proc.wait()
+            # A copy the killed daemon never released: a service deleted as it died.
+            run = run_root_path(home, load_config(home).run_dir)
+            left = run / "container-deleted0000000-0" / "model"
+            left.mkdir(parents=True)
+            (left / "model.joblib").write_bytes(b"old")
+            left.chmod(0o500)
             d2 = start_daemon(home, runtime="docker")
             d.proc = d2.proc
             shown = wait_status(d2, "durable", "running", timeout=90)
@@ -292,6 +298,8 @@ def test_kill_9_mid_deploy_converges_without_duplicates_or_orphans(
             keys = Counter(c["Labels"][LABEL_INSTANCE] for c in mine)
             uid = shown.id
             assert keys == Counter({f"{uid}/0/0": 1, f"{uid}/0/1": 1, f"{uid}/0/2": 1})
+            # The restarted daemon swept the leftover copy and kept the one its instances read.
+            assert sorted(p.name for p in run.glob("container-*")) == [f"container-{uid}-0"]
             assert all(c["State"] == "running" for c in mine)
             # the stray of this home was removed; the others were not touched
             with pytest.raises(docker.errors.NotFound):
