@@ -13,7 +13,8 @@ limit with a token bucket once a body has arrived whole, picks a version (the on
 names, else the one the first matching routing rule names, else one by traffic ratio) and an
 instance by fewest outstanding requests, and tries another instance when a connection fails
 before any answer or an instance answers 503. ``X-Model-Version`` names the version that
-answered. ``/metrics`` (Prometheus text), ``/stats`` (JSON) and ``/healthz`` describe it.
+answered. ``/metrics`` (Prometheus text; the scrape token as ``Authorization: Bearer``, or the
+daemon's token), ``/stats`` (JSON; the daemon's token) and ``/healthz`` describe it.
 
 An instance that leaves the routes stops getting calls at the next poll; the calls in flight there
 finish and stay counted (``/stats`` lists it under ``draining`` and in ``upstreams`` with
@@ -23,7 +24,7 @@ It runs in its own process (``python -m opsbot.serving.gateway --home HOME --por
 inference load cannot starve the control plane.
 
 Its parts, by concern: :mod:`.options` (what they share), :mod:`.routing` (versions, split,
-rules, instance picks), :mod:`.limits` (keys, token buckets), :mod:`.metrics` (``/stats`` and
+rules, instance picks), :mod:`.limits` (keys, the scrape token, token buckets), :mod:`.metrics` (``/stats`` and
 ``/metrics``), :mod:`.drain`, :mod:`.core` (routes from the store, a call from admission to
 answer), :mod:`.http` (the aiohttp front) and :mod:`.cli`.
 """
