@@ -24,9 +24,9 @@ It runs in its own process (``python -m opsbot.serving.gateway --home HOME --por
 inference load cannot starve the control plane.
 
 Its parts, by concern: :mod:`.options` (what they share), :mod:`.routing` (versions, split,
-rules, instance picks), :mod:`.limits` (keys, the scrape token, token buckets), :mod:`.metrics` (``/stats`` and
-``/metrics``), :mod:`.drain`, :mod:`.core` (routes from the store, a call from admission to
-answer), :mod:`.http` (the aiohttp front) and :mod:`.cli`.
+rules, instance picks), :mod:`.limits` (keys, the scrape token, token buckets), :mod:`.metrics`
+(``/stats`` and ``/metrics``), :mod:`.drain`, :mod:`.core` (routes from the store, a call from
+admission to answer), :mod:`.http` (the aiohttp front) and :mod:`.cli`.
 """
 
 from opsbot.core.store import DB_NAME
