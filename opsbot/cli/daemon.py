@@ -18,7 +18,7 @@ from opsbot.cli.output import document, err, home, out, print_json, reports_erro
 from opsbot.client import ControlClient
 from opsbot.core.app import Core
 from opsbot.core.errors import OpsbotError
-from opsbot.core.runtimes.process import tail_lines
+from opsbot.core.logcap import tail_lines
 from opsbot.core.sandbox import SOCKET_NAME
 from opsbot.daemon.server import LOCK_NAME, Daemon
 

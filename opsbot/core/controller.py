@@ -281,6 +281,10 @@ class Controller:
             except Exception as exc:  # the loop must survive any one bad pass; logged in full
                 log.exception("reconcile pass failed")
                 failed.append(exc)
+            try:  # each pass, so that a log grows little past its cap between two
+                self.runtime.rotate_logs()
+            except Exception:  # the runtime's backstop still bounds them; said, not fatal
+                log.exception("rotating the instances' logs failed")
             if on_pass is not None:
                 on_pass([*failed, *self.failures()])
             self.wake_event.wait(interval)

@@ -101,6 +101,11 @@ class Runtime(Protocol):
 
     def logs(self, handle: str, tail: int = 100) -> list[str]: ...
 
+    def rotate_logs(self) -> None:
+        """Keep the instances' logs within :data:`opsbot.core.logcap.LOG_CAP`; the controller
+        calls it on every pass, so it must be quick when there is nothing to rotate."""
+        ...
+
 
 LOAD_FAILED = "LOAD FAILED:"
 SERVER_MODULE = "opsbot.serving.server"
@@ -157,6 +162,8 @@ class FakeRuntime:
     #: What each version keeps on disk in a real runtime (a staged model): service uid ->
     #: slots, added by start, removed by release and sweep.
     staged: dict[str, set[int]] = field(default_factory=dict)
+    #: How many times the controller has had the logs rotated.
+    log_rotations: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def start(self, spec: InstanceSpec) -> Started:
@@ -184,6 +191,9 @@ class FakeRuntime:
 
     def logs(self, handle: str, tail: int = 100) -> list[str]:
         return []
+
+    def rotate_logs(self) -> None:
+        self.log_rotations += 1
 
     def release(self, service_uid: str, keep: Collection[int]) -> None:
         slots = self.staged.get(service_uid, set()) & set(keep)

@@ -48,6 +48,7 @@ from typing import IO
 
 from opsbot.core.accounts import Account
 from opsbot.core.errors import OpsbotError
+from opsbot.core.logcap import LOG_CAP, LogCap, cap_file_size
 
 log = logging.getLogger("opsbot.core.zygote")
 
@@ -135,11 +136,14 @@ class Zygote:
         env: Mapping[str, str],
         preload: Sequence[str] = DEFAULT_PRELOAD,
         log_path: Path | None = None,
+        log_cap: LogCap = LOG_CAP,
     ):
+        """``log_cap``: the file size cap of the preloader (its forks are born with it)."""
         self.python = python
         self._env = dict(env)
         self._preload = list(preload)
         self._log_path = log_path
+        self._log_cap = log_cap
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._ended = threading.Event()
@@ -158,6 +162,7 @@ class Zygote:
         out: int | IO[bytes] = subprocess.DEVNULL
         log_file = None
         if self._log_path is not None:
+            # O_APPEND ("a"): the daemon rotates it by copy and truncate (opsbot.core.logcap).
             log_file = open(self._log_path, "ab")  # noqa: SIM115 - handed to the child
             os.chmod(self._log_path, 0o600)
             out = log_file
@@ -184,6 +189,13 @@ class Zygote:
             theirs.close()
             if log_file is not None:
                 log_file.close()
+        try:
+            cap_file_size(self._proc.pid, self._log_cap)
+        except OSError as exc:  # it has just started: not being able to cap it is a bug
+            self._proc.kill()
+            self._proc.wait()
+            ours.close()
+            raise ZygoteError(f"could not cap the preloader's file size: {exc}") from exc
         self._ctrl = ours
         threading.Thread(target=self._listen, name="zygote-listen", daemon=True).start()
 

@@ -37,9 +37,10 @@ from opsbot.core.errors import OpsbotError, storage_error
 from opsbot.core.identity import local_user_name
 from opsbot.core.instance_auth import daemon_secret
 from opsbot.core.keys import hash_key, key_prefix, metrics_token, new_key
+from opsbot.core.logcap import tail_lines
 from opsbot.core.notify import Dispatcher
 from opsbot.core.runtime import Runtime
-from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_port, tail_lines
+from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_port
 from opsbot.core.sandbox import SOCKET_NAME
 from opsbot.core.scheduler import AutoStopScheduler, SyncOnEvents
 from opsbot.core.services import Service

@@ -44,6 +44,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 from opsbot.core.errors import OpsbotError
 from opsbot.core.images import IMAGE_FORMAT, USER, USER_ID, require_image
 from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
+from opsbot.core.logcap import json_file_options
 from opsbot.core.runtime import (
     Exit,
     InstanceSpec,
@@ -321,7 +322,7 @@ def container_args(
             "retries": 3,
             "start_period": 60 * _NS,
         },
-        "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "3"}),
+        "log_config": LogConfig(type="json-file", config=json_file_options()),
         "detach": True,
     }
     if spec.format == IMAGE_FORMAT:
@@ -451,6 +452,9 @@ class DockerRuntime:
 
     def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
         self.staged.sweep(keep)
+
+    def rotate_logs(self) -> None:
+        """Nothing to do: the engine's json-file driver keeps the logs within the cap."""
 
     def owned(self) -> Sequence[Owned]:
         containers = self._containers()

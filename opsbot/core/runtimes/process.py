@@ -39,6 +39,7 @@ from opsbot.core.config import load_config
 from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import Flavor
 from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
+from opsbot.core.logcap import LOG_CAP, LogCap, cap_file_size, rotate, tail_lines
 from opsbot.core.runtime import (
     Exit,
     InstanceSpec,
@@ -74,6 +75,7 @@ log = logging.getLogger("opsbot.core.runtimes.process")
 HOST = "127.0.0.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
+PRELOADER_LOG = "preloader.log"
 
 
 def package_root() -> str:
@@ -239,7 +241,9 @@ class ProcessRuntime:
         accounts: Callable[[str], Account | None] | None = None,
         run_dir: Path | None = None,
         preload: Sequence[str] | None = None,
+        log_cap: LogCap = LOG_CAP,
     ):
+        """``log_cap``: how much log each instance (and the preloader) keeps; tests shrink it."""
         self.home = Path(home).resolve()
         #: The interpreter configured for model code (None: see sandbox.pick_python).
         needed = python is None or run_dir is None or preload is None
@@ -257,6 +261,7 @@ class ProcessRuntime:
         self._forks: dict[str, Zygote] = {}  # handle -> the preloader it was forked from
         self.limiter = limiter or CgroupLimiter()
         self.log_dir = self.home / "logs"
+        self.log_cap = log_cap
         self.records_dir = self.home / "instances"
         self._accounts = accounts
         self._store: Store | None = None
@@ -317,7 +322,9 @@ class ProcessRuntime:
                     MARKER: marker,
                 }
             )
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # O_APPEND: each write lands at the end, also once rotation has truncated the file.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(log_path, flags, 0o600)
             with open(fd, "ab") as log_file:
                 who = f"uid {account.uid}" if account else "the daemon's account"
                 log_file.write(
@@ -352,13 +359,18 @@ class ProcessRuntime:
             if held is None:  # nothing runs from it: its copy goes now, not at a later start
                 release_corner(base)
             raise
-        try:  # in its cgroup before it runs anything, so all it forks is in there too
+        try:  # capped before it runs anything, so all it forks is capped too
+            cap_file_size(held.pid, self.log_cap)
             how = self.limiter.apply(held.pid, spec.key, spec.flavor)
-        finally:
-            held.release()
+        except BaseException:
+            held.cancel()
+            release_corner(base)
+            raise
+        held.release()
         start = "forked from the preloader" if isinstance(held, Held) else "a new interpreter"
+        files = f"files up to {self.log_cap.backstop_bytes} bytes"
         with open(log_path, "ab") as log_file:
-            log_file.write(f"--- limits: {how}; {start}\n".encode())
+            log_file.write(f"--- limits: {how}; {files}; {start}\n".encode())
         pid = held.pid
         handle = f"{pid}:{_start_time(pid) or '0'}"
         if isinstance(held, _Cold):
@@ -464,7 +476,8 @@ class ProcessRuntime:
                     python,
                     env=clean_env({**base, **threads}),
                     preload=self.preload,
-                    log_path=self.log_dir / "preloader.log",
+                    log_path=self.log_dir / PRELOADER_LOG,
+                    log_cap=self.log_cap,
                 )
                 zygote.start()
                 self._zygotes[key] = zygote
@@ -493,6 +506,16 @@ class ProcessRuntime:
             zygotes, self._zygotes = list(self._zygotes.values()), {}
         for zygote in zygotes:
             zygote.close()
+
+    def rotate_logs(self) -> None:
+        """Rotate each running instance's log, and the preloaders', once past the cap (see
+        :mod:`opsbot.core.logcap`); the controller calls it on every pass."""
+        paths = {self.log_path(key) for key in list(self._keys.values())}
+        for path in sorted(paths | {self.log_dir / PRELOADER_LOG}):
+            try:
+                rotate(path, self.log_cap)
+            except OSError as exc:  # a full disk, say: the backstop still holds
+                log.warning("could not rotate %s: %s", path, exc)
 
     def release(self, service_uid: str, keep: Collection[int]) -> None:
         """Nothing to do: each instance's copy is its own, removed when it stops."""
@@ -560,7 +583,7 @@ class ProcessRuntime:
 
     def _log_lines(self, handle: str, tail: int = 50) -> list[str]:
         key = self._keys.get(handle)
-        return tail_lines(self.log_path(key), tail) if key else []
+        return tail_lines(self.log_path(key), tail, self.log_cap.files) if key else []
 
     def logs(self, handle: str, tail: int = 100) -> list[str]:
         return self._log_lines(handle, tail)
@@ -596,6 +619,12 @@ class _Cold:
     def release(self) -> None:
         release(self.proc)
 
+    def cancel(self) -> None:
+        """End it without its having run anything (the gate never says go)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+
 
 def sandbox_marker(pid: int) -> str | None:
     return environ_value(pid, MARKER)
@@ -624,16 +653,3 @@ def _group_usage(pgid: int) -> tuple[int, int] | None:
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
         rss += int(fields[21]) * page
     return (ticks, rss) if found else None
-
-
-def tail_lines(path: Path, n: int) -> list[str]:
-    """The last n lines of a text file, reading only its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read()
-    except OSError:
-        return []
-    return data.decode(errors="replace").splitlines()[-n:]

@@ -69,6 +69,7 @@ from opsbot.core.flavors import Flavor
 from opsbot.core.hardware import Device, Node, Reserved, normalise_arch
 from opsbot.core.images import IMAGE_FORMAT, USER, require_image
 from opsbot.core.instance_auth import daemon_secret, instance_secret
+from opsbot.core.logcap import json_file_options
 from opsbot.core.pools import PUBLIC
 from opsbot.core.runtime import Exit, InstanceSpec, Owned, Started, failure_reason
 from opsbot.core.runtimes.docker import (
@@ -268,7 +269,7 @@ def task_template(
         restart_policy=dt.RestartPolicy("any", delay=RESTART_DELAY_S * _NS),
         placement=dt.Placement(constraints=constraints(spec.flavor, spec.pool, config)),
         networks=[dt.NetworkAttachmentConfig("host")],
-        log_driver={"Name": "json-file", "Options": {"max-size": "10m", "max-file": "3"}},
+        log_driver={"Name": "json-file", "Options": json_file_options()},
     )
 
 
@@ -807,6 +808,9 @@ class SwarmRuntime:
 
     def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
         self.staged.sweep(keep)
+
+    def rotate_logs(self) -> None:
+        """Nothing to do: the engine's json-file driver keeps the logs within the cap."""
 
     def _wait_gone(self, before: View, h: Handle, *, removed: bool, timeout: float) -> None:
         """Until the tasks Swarm stops for this call have ended, on whichever node they ran."""
