@@ -16,6 +16,11 @@ the daemon), and gets the same bound in two parts:
   it fails with ``EFBIG`` (the model server ignores ``SIGXFSZ``, which would otherwise kill it)
   until the next pass has rotated the log.
 
+The backstop caps every file the instance writes, not only its log, and CPython writes its
+bytecode caches (``.pyc``) without checking for a short write: a cap below a module's bytecode
+would leave a truncated cache that breaks the next import of that module. Hence
+:data:`MIN_BACKSTOP_BYTES`, well above the largest module's bytecode.
+
 So an instance keeps at most ``backstop_bytes + (files - 1) * max_bytes`` of log on disk. Lines
 written between a rotation's copy and its truncation are lost, as with ``copytruncate``.
 
@@ -34,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
+#: The smallest backstop a cap may have (see the module docstring: bytecode caches).
+MIN_BACKSTOP_BYTES = MIB
 #: How much of its log :func:`tail_lines` reads from the end of each file.
 TAIL_READ_BYTES = 64 * 1024
 
@@ -54,6 +61,12 @@ class LogCap:
             raise ValueError(f"log cap max_bytes must be at least 1, not {self.max_bytes}")
         if self.files < 1:
             raise ValueError(f"log cap files must be at least 1, not {self.files}")
+        if self.backstop_bytes < MIN_BACKSTOP_BYTES:
+            raise ValueError(
+                f"log cap backstop_bytes must be at least {MIN_BACKSTOP_BYTES}, not "
+                f"{self.backstop_bytes}: it caps every file the instance writes, bytecode "
+                "caches included"
+            )
         if self.backstop_bytes < self.max_bytes:
             raise ValueError(
                 f"log cap backstop_bytes ({self.backstop_bytes}) must be at least max_bytes "
