@@ -707,3 +707,33 @@ def test_the_first_pass_sweeps_copies_of_versions_without_an_instance(world: Wor
     assert swept == [{uid: {0, 1}}]  # once, on the first pass
     assert world.runtime.staged == {uid: {0, 1}}
     assert world.status() == Status.RUNNING
+
+
+# -- the instances' logs ---------------------------------------------------------------------
+
+
+class _RotationFails(FakeRuntime):
+    def rotate_logs(self) -> None:
+        super().rotate_logs()
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_every_pass_has_the_runtime_rotate_the_instances_logs(
+    world: World, failing: bool
+) -> None:
+    """Rotation on each pass keeps a log near its cap; one that fails does not stop the loop
+    (the runtime's backstop still bounds the log)."""
+    if failing:
+        world.runtime = world.controller.runtime = _RotationFails()
+    world.deploy()
+    passes: list[int] = []
+    stop = threading.Event()
+
+    def on_pass(failures: list[Exception]) -> None:
+        passes.append(world.runtime.log_rotations)
+        if len(passes) == 3:
+            stop.set()
+
+    world.controller.run(stop, interval=0, on_pass=on_pass)
+    assert passes == [1, 2, 3]  # each pass, before it is reported
