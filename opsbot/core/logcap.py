@@ -11,10 +11,11 @@ the daemon), and gets the same bound in two parts:
   in all, the live log included) and is then truncated in place, as logrotate's
   ``copytruncate``: the instance keeps its descriptor and, with ``O_APPEND``, its next write
   lands at the new end;
-- a backstop between passes (:func:`cap_file_size`): ``RLIMIT_FSIZE`` at ``backstop_bytes``,
-  soft and hard, on the instance before it runs anything, so a write that would take a file past
-  it fails with ``EFBIG`` (the model server ignores ``SIGXFSZ``, which would otherwise kill it)
-  until the next pass has rotated the log.
+- a backstop between passes: ``RLIMIT_FSIZE`` at ``backstop_bytes``, soft and hard, set by
+  :func:`opsbot.core.gate.become` in the instance (cold or forked) before it takes its owner's
+  account and runs anything, with ``SIGXFSZ`` ignored: a write that would take a file past it
+  fails with ``EFBIG`` instead of killing the instance, until the next pass has rotated the
+  log. The preloader is capped the same way.
 
 The backstop caps every file the instance writes, not only its log, and CPython writes its
 bytecode caches (``.pyc``) without checking for a short write: a cap below a module's bytecode
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -94,12 +94,6 @@ def _docker_size(n: int) -> str:
 def json_file_options(cap: LogCap = LOG_CAP) -> dict[str, str]:
     """The options of Docker's ``json-file`` log driver for ``cap``."""
     return {"max-size": _docker_size(cap.max_bytes), "max-file": str(cap.files)}
-
-
-def cap_file_size(pid: int, cap: LogCap = LOG_CAP) -> None:
-    """Cap the size of any file process ``pid`` writes at ``cap.backstop_bytes``: soft and hard
-    limit both, so the process cannot raise it again. Raises OSError when it cannot be set."""
-    resource.prlimit(pid, resource.RLIMIT_FSIZE, (cap.backstop_bytes, cap.backstop_bytes))
 
 
 def rotated(path: Path, n: int) -> Path:

@@ -35,6 +35,7 @@ from typing import IO
 
 from opsbot.core.accounts import Account
 from opsbot.core.errors import ModelInvalid, OpsbotError, PermissionDenied
+from opsbot.core.gate import gate_argv
 
 #: Defaults of the bounded walk over a directory handed to ``model create``.
 MAX_FILES = 10_000
@@ -478,11 +479,6 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     return {**BASE_ENV, **extra}
 
 
-#: Holds a started process before it runs anything until the daemon says go (a line on its
-#: stdin): the daemon first puts it in its cgroup, so no child it forks starts outside.
-_GATE = ("/bin/sh", "-c", 'read -r _go; exec "$@"', "opsbot-gate")
-
-
 def spawn(
     argv: Sequence[str],
     *,
@@ -492,15 +488,32 @@ def spawn(
     stdout: int | IO[bytes],
     stderr: int | IO[bytes],
     held: bool = False,
+    file_size: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session with exactly ``env``, as ``account`` when given (its
-    primary group only). ``held``: it waits, having run nothing, until :func:`release`."""
+    primary group only). ``held``: it goes through the gate (:mod:`opsbot.core.gate`), which caps
+    its file sizes at ``file_size`` before it takes the account, then waits, having run nothing,
+    until :func:`release` (the daemon first puts it in its cgroup, so no child it forks starts
+    outside)."""
+    if held:
+        if file_size is None:
+            raise ValueError("a held process is started with its file size cap")
+        uid, gid = (account.uid, account.gid) if account is not None else (None, None)
+        return subprocess.Popen(
+            [*gate_argv(sys.executable, file_size, uid, gid), *argv],
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env),
+            cwd=str(cwd),
+            start_new_session=True,
+        )
     who: dict[str, object] = (
         {} if account is None else {"user": account.uid, "group": account.gid, "extra_groups": []}
     )
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        [*_GATE, *argv] if held else list(argv),
-        stdin=subprocess.PIPE if held else subprocess.DEVNULL,
+        list(argv),
+        stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
         env=dict(env),

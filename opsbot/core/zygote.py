@@ -48,7 +48,7 @@ from typing import IO
 
 from opsbot.core.accounts import Account
 from opsbot.core.errors import OpsbotError
-from opsbot.core.logcap import LOG_CAP, LogCap, cap_file_size
+from opsbot.core.logcap import LOG_CAP, LogCap
 
 log = logging.getLogger("opsbot.core.zygote")
 
@@ -86,6 +86,8 @@ class Request:
     cwd: str
     uid: int | None = None
     gid: int | None = None
+    #: The cap on the size of any file it writes (the log cap's backstop); None: the preloader's.
+    file_size: int | None = None
 
     def encode(self) -> bytes:
         body = json.dumps(asdict(self)).encode()
@@ -138,7 +140,7 @@ class Zygote:
         log_path: Path | None = None,
         log_cap: LogCap = LOG_CAP,
     ):
-        """``log_cap``: the file size cap of the preloader (its forks are born with it)."""
+        """``log_cap``: the preloader caps its own file sizes with it (its forks are born so)."""
         self.python = python
         self._env = dict(env)
         self._preload = list(preload)
@@ -177,6 +179,8 @@ class Zygote:
                     str(theirs.fileno()),
                     "--preload",
                     ",".join(self._preload),
+                    "--file-size",
+                    str(self._log_cap.backstop_bytes),
                 ],
                 env=self._env,
                 cwd="/",
@@ -189,13 +193,6 @@ class Zygote:
             theirs.close()
             if log_file is not None:
                 log_file.close()
-        try:
-            cap_file_size(self._proc.pid, self._log_cap)
-        except OSError as exc:  # it has just started: not being able to cap it is a bug
-            self._proc.kill()
-            self._proc.wait()
-            ours.close()
-            raise ZygoteError(f"could not cap the preloader's file size: {exc}") from exc
         self._ctrl = ours
         threading.Thread(target=self._listen, name="zygote-listen", daemon=True).start()
 
@@ -279,6 +276,7 @@ class Zygote:
         cwd: Path,
         account: Account | None,
         log_fd: int,
+        file_size: int | None = None,
     ) -> Held:
         """A fork set up as ``args`` would be by a cold start, held until released."""
         if not self.alive or self._ctrl is None:
@@ -295,6 +293,7 @@ class Zygote:
                 str(cwd),
                 account.uid if account else None,
                 account.gid if account else None,
+                file_size,
             )
             socket.send_fds(ours, [LOG], [log_fd])
             ours.sendall(request.encode())

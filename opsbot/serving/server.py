@@ -637,9 +637,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--threads", type=int, help="prediction threads (default: the CPU cap)")
     args = parser.parse_args(argv)
-    # A write past the file size cap (opsbot.core.logcap's backstop) fails with EFBIG instead
-    # of killing the instance. CPython ignores SIGXFSZ at start already; said here as relied on.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,

@@ -20,6 +20,7 @@ import sys
 import traceback
 from typing import NoReturn
 
+from opsbot.core.gate import become as become_account
 from opsbot.core.zygote import GO, LENGTH, LOG, MAX_REQUEST, SPAWN, Request, read_exactly
 
 #: A fork that cannot become its instance (no account switch, no request) exits with this,
@@ -71,12 +72,7 @@ def become(conn: socket.socket, imported: dict[str, str]) -> int:
     highest = os.sysconf("SC_OPEN_MAX")
     os.closerange(3, highest if highest > 0 else 65536)
     os.chdir(request.cwd)
-    if request.uid is not None and request.gid is not None:
-        os.setgroups([])
-        os.setgid(request.gid)
-        os.setuid(request.uid)
-        if os.getuid() != request.uid or os.geteuid() != request.uid:
-            raise RuntimeError(f"still uid {os.geteuid()} after switching to {request.uid}")
+    become_account(request.file_size, request.uid, request.gid)  # as a cold start's gate does
     os.environ.clear()
     os.environ.update(request.env)
     for name, value in imported.items():
@@ -154,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m opsbot.serving.zygote")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--preload", default="")
+    parser.add_argument("--file-size", type=int, help="cap every file it (and a fork) writes")
     args = parser.parse_args(argv)
+    become_account(args.file_size, None, None)  # before it imports or writes anything
     ctrl = socket.socket(fileno=args.control_fd)
     launched = dict(os.environ)
     failed = preload([m for m in args.preload.split(",") if m])

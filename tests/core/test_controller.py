@@ -719,9 +719,7 @@ class _RotationFails(FakeRuntime):
 
 
 @pytest.mark.parametrize("failing", [False, True])
-def test_every_pass_has_the_runtime_rotate_the_instances_logs(
-    world: World, failing: bool
-) -> None:
+def test_every_pass_has_the_runtime_rotate_the_instances_logs(world: World, failing: bool) -> None:
     """Rotation on each pass keeps a log near its cap; one that fails does not stop the loop
     (the runtime's backstop still bounds the log)."""
     if failing:

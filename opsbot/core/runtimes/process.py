@@ -39,7 +39,7 @@ from opsbot.core.config import load_config
 from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import Flavor
 from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
-from opsbot.core.logcap import LOG_CAP, LogCap, cap_file_size, rotate, tail_lines
+from opsbot.core.logcap import LOG_CAP, LogCap, rotate, tail_lines
 from opsbot.core.runtime import (
     Exit,
     InstanceSpec,
@@ -340,6 +340,7 @@ class ProcessRuntime:
                             cwd=scratch,
                             account=account,
                             log_fd=log_file.fileno(),
+                            file_size=self.log_cap.backstop_bytes,
                         )
                     except ZygoteError as exc:
                         log.warning("%s: starting cold: %s", spec.key, exc)
@@ -353,20 +354,17 @@ class ProcessRuntime:
                         stdout=log_file,
                         stderr=log_file,
                         held=True,
+                        file_size=self.log_cap.backstop_bytes,
                     )
                     held = _Cold(proc)
         except BaseException:
             if held is None:  # nothing runs from it: its copy goes now, not at a later start
                 release_corner(base)
             raise
-        try:  # capped before it runs anything, so all it forks is capped too
-            cap_file_size(held.pid, self.log_cap)
+        try:  # in its cgroup before it runs anything, so all it forks is in there too
             how = self.limiter.apply(held.pid, spec.key, spec.flavor)
-        except BaseException:
-            held.cancel()
-            release_corner(base)
-            raise
-        held.release()
+        finally:
+            held.release()
         start = "forked from the preloader" if isinstance(held, Held) else "a new interpreter"
         files = f"files up to {self.log_cap.backstop_bytes} bytes"
         with open(log_path, "ab") as log_file:
@@ -618,12 +616,6 @@ class _Cold:
 
     def release(self) -> None:
         release(self.proc)
-
-    def cancel(self) -> None:
-        """End it without its having run anything (the gate never says go)."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        self.proc.wait()
 
 
 def sandbox_marker(pid: int) -> str | None:

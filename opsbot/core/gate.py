@@ -1,0 +1,69 @@
+"""The last steps before an instance runs model code, the same for a cold start and a fork.
+
+:func:`become` caps the size of every file the process writes (the log cap's backstop, see
+:mod:`opsbot.core.logcap`), soft and hard, and ignores ``SIGXFSZ`` so that a write past it fails
+instead of killing the process; then, when an account is given, it drops to that account with no
+supplementary groups. The cap is set before the account switch, while the process is still the
+daemon's: the hard limit, once lowered, cannot be raised by the account, and no process of the
+account ever sees this one uncapped. (Setting it from the daemon afterwards with ``prlimit``
+would need ``CAP_SYS_RESOURCE``, which a root in a container often lacks.)
+
+A fork of the preloader calls :func:`become` itself. A cold start runs this file as its gate::
+
+    python -I -S .../opsbot/core/gate.py FILE_SIZE UID GID -- ARGV...
+
+(UID and GID ``-`` to stay the daemon's account): it calls :func:`become`, waits, having run
+nothing, for a line on stdin (the daemon's go, once it has put the process in its cgroup), then
+executes ARGV. Standard library only: it runs isolated (``-I``), before anything else is
+imported.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+
+
+def become(file_size: int | None, uid: int | None, gid: int | None) -> None:
+    """Cap file sizes at ``file_size`` (None: leave them), then switch to ``uid``/``gid``
+    (None: stay). Raises when the switch did not take."""
+    if file_size is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+    if uid is not None and gid is not None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        if (os.getuid(), os.geteuid(), os.getgid(), os.getegid()) != (uid, uid, gid, gid):
+            raise RuntimeError(f"still uid {os.geteuid()} after switching to {uid}")
+
+
+def gate_argv(python: str, file_size: int, uid: int | None, gid: int | None) -> list[str]:
+    """The command line that runs this gate with ``python`` (put before the instance's)."""
+    who = ["-", "-"] if uid is None or gid is None else [str(uid), str(gid)]
+    return [python, "-I", "-S", os.path.abspath(__file__), str(file_size), *who, "--"]
+
+
+def main(argv: list[str]) -> int:
+    """Gate: become, wait for go, exec. Exit code 126 when it cannot become the instance."""
+    try:
+        file_size, uid, gid, dashes, *command = argv
+        if dashes != "--" or not command:
+            raise ValueError("usage: FILE_SIZE UID GID -- ARGV...")
+        become(
+            int(file_size),
+            None if uid == "-" else int(uid),
+            None if gid == "-" else int(gid),
+        )
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"opsbot gate: {exc}", file=sys.stderr, flush=True)
+        return 126
+    if not sys.stdin.readline():
+        return 0  # the daemon went away before go: nothing was started
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,119 @@
+"""The log cap as real accounts: an instance cannot lift its file size backstop, nor reach its
+log's rotated copies to plant a link there."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from homes import python_model_spec
+
+from opsbot.core.accounts import Account
+from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
+from opsbot.core.logcap import LOG_CAP, rotated
+from opsbot.core.runtime import InstanceSpec, Started
+from opsbot.core.runtimes.process import ProcessRuntime
+
+from .conftest import People
+
+LIFT_PY = """
+import os
+import resource
+
+
+class Model:
+    sample = [1]
+
+    def load(self, path):
+        pass
+
+    def predict(self, instances):
+        logs = os.path.join(os.environ["OPSBOT_HOME_ID"], "logs")
+        key = os.environ["OPSBOT_INSTANCE"].replace("/", "-")
+        before = resource.getrlimit(resource.RLIMIT_FSIZE)
+        tries = {}
+        for name, limits in [
+            ("unlimited", (resource.RLIM_INFINITY, resource.RLIM_INFINITY)),
+            ("hard_up", (before[1], before[1] + 1)),
+        ]:
+            try:
+                resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+                tries[name] = "lifted"
+            except (ValueError, OSError) as exc:
+                tries[name] = type(exc).__name__
+        try:
+            os.symlink("/etc/shadow", os.path.join(logs, key + ".log.1"))
+            tries["plant"] = "planted"
+        except OSError as exc:
+            tries["plant"] = type(exc).__name__
+        return [{
+            "uid": os.getuid(),
+            "before": list(before),
+            "after": list(resource.getrlimit(resource.RLIMIT_FSIZE)),
+            "tries": tries,
+        }]
+"""
+
+
+@pytest.fixture(params=["cold", "forked"])
+def runtime(
+    request: pytest.FixtureRequest, tmp_path: Path, people: People
+) -> Iterator[ProcessRuntime]:
+    home = tmp_path / "home"
+    home.mkdir()
+    alice = Account(people.alice.uid, people.alice.gid, people.alice.name)
+    preload = ["opsbot.serving.server"] if request.param == "forked" else []
+    rt = ProcessRuntime(home, accounts={"alice": alice}.get, preload=preload)
+    try:
+        yield rt
+    finally:
+        for owned in rt.owned():
+            rt.stop(owned.handle, grace_s=2)
+        rt.close()
+
+
+def _ask(runtime: ProcessRuntime, spec: InstanceSpec, started: Started) -> dict[str, Any]:
+    secret = instance_secret(daemon_secret(runtime.home), spec.service_uid, spec.idx)
+    ask = urllib.request.Request(
+        f"http://{started.host}:{started.port}/predict",
+        data=json.dumps({"instances": [1]}).encode(),
+        headers={"Content-Type": "application/json", INSTANCE_HEADER: secret},
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(ask, timeout=30) as resp:
+                answer: dict[str, Any] = json.loads(resp.read())["predictions"][0]
+                return answer
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_an_instance_cannot_lift_its_file_size_cap(
+    runtime: ProcessRuntime, people: People, tmp_path: Path
+) -> None:
+    model = tmp_path / "lift"
+    model.mkdir()
+    (model / "model.py").write_text(LIFT_PY)
+    spec = python_model_spec(model, "liftsvc", "alice")
+    answer = _ask(runtime, spec, runtime.start(spec))
+
+    cap = LOG_CAP.backstop_bytes
+    assert answer["uid"] == people.alice.uid
+    assert answer["before"] == [cap, cap]  # the hard limit lowered, not only the soft one
+    assert answer["tries"]["unlimited"] == "ValueError"  # "not allowed to raise maximum limit"
+    assert answer["tries"]["hard_up"] == "ValueError"
+    assert answer["after"] == [cap, cap]
+    # Nor can it reach the log's copies: the logs directory is the daemon's alone.
+    assert answer["tries"]["plant"] == "PermissionError"
+    assert not os.path.lexists(rotated(runtime.log_path(spec.key), 1))
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)[1] == resource.RLIM_INFINITY  # the daemon's
