@@ -41,8 +41,10 @@ from pathlib import Path
 MIB = 1024 * 1024
 #: The smallest backstop a cap may have (see the module docstring: bytecode caches).
 MIN_BACKSTOP_BYTES = MIB
-#: How much of its log :func:`tail_lines` reads from the end of each file.
+#: How much of a log :func:`tail_lines` reads at a time, backwards from its end, and at most
+#: from one file (lines that long are not all returned).
 TAIL_READ_BYTES = 64 * 1024
+TAIL_MAX_BYTES = 4 * MIB
 
 
 @dataclass(frozen=True)
@@ -165,18 +167,25 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _tail_of(path: Path, n: int) -> tuple[list[str], bool]:
-    """The last ``n`` lines of one file, reading at most its last TAIL_READ_BYTES, and whether
-    that was the whole file."""
+    """The last ``n`` lines of one file, read backwards from its end a block at a time, and
+    whether they are the whole file."""
     fd = _open_regular(path, os.O_RDONLY)
     if fd is None:
         return [], True
     try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - TAIL_READ_BYTES)
-        data = os.pread(fd, size - start, start)
+        start = os.fstat(fd).st_size
+        data = b""
+        # n lines need n newlines before them (the last line may lack its own).
+        while start > 0 and data.count(b"\n") <= n and len(data) < TAIL_MAX_BYTES:
+            step = min(TAIL_READ_BYTES, start)
+            start -= step
+            data = os.pread(fd, step, start) + data
     finally:
         os.close(fd)
-    return data.decode(errors="replace").splitlines()[-n:], start == 0
+    lines = data.decode(errors="replace").splitlines()
+    if start > 0:
+        lines = lines[1:]  # the first may be the end of an older line
+    return lines[-n:], start == 0 and len(lines) <= n
 
 
 def tail_lines(path: Path, n: int, files: int = LOG_CAP.files) -> list[str]:
@@ -189,6 +198,6 @@ def tail_lines(path: Path, n: int, files: int = LOG_CAP.files) -> list[str]:
             break
         older, whole = _tail_of(rotated(path, age), n - len(lines))
         lines = older + lines
-        if not whole:  # the end of this file alone was more than is read: stop here
+        if not whole:
             break
-    return lines[-n:] if n > 0 else []
+    return lines

@@ -140,6 +140,18 @@ def test_rotation_keeps_the_newest_lines_within_the_cap_and_private(tmp_path: Pa
     assert tail_lines(log, 3, files=1) == ["after"]  # copies not wanted: not read
 
 
+def test_the_tail_reads_back_as_far_as_the_lines_asked_for(tmp_path: Path) -> None:
+    log = tmp_path / "svc-0-1.log"
+    log.write_bytes(_lines("line", 20_000))  # 200 KiB: more than one read from the end
+    want = [f"line-{i:04d}" for i in range(10_000, 20_000)]
+    assert tail_lines(log, 10_000) == want  # the most `opsbot logs --tail` asks for
+    assert tail_lines(log, 1) == ["line-19999"]
+    # A line longer than is read from one file is left out, not cut and shown as whole.
+    log.write_bytes(b"y" * (5 * 1024 * 1024) + b"\nend\n")
+    assert tail_lines(log, 2) == ["end"]
+    assert tail_lines(log, 0) == []
+
+
 def test_rotation_never_follows_a_symlink(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
