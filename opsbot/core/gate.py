@@ -8,14 +8,15 @@ daemon's: the hard limit, once lowered, cannot be raised by the account, and no 
 account ever sees this one uncapped. (Setting it from the daemon afterwards with ``prlimit``
 would need ``CAP_SYS_RESOURCE``, which a root in a container often lacks.)
 
-A fork of the preloader calls :func:`become` itself. A cold start runs this file as its gate::
+A fork of the preloader calls :func:`become` itself. Every other process of model code (a cold
+start, the registry's check) is started through this file as a gate::
 
-    python -I -S .../opsbot/core/gate.py FILE_SIZE UID GID -- ARGV...
+    python -I -S .../opsbot/core/gate.py FILE_SIZE UID GID WAIT -- ARGV...
 
-(UID and GID ``-`` to stay the daemon's account): it calls :func:`become`, waits, having run
-nothing, for a line on stdin (the daemon's go, once it has put the process in its cgroup), then
-executes ARGV. Standard library only: it runs isolated (``-I``), before anything else is
-imported.
+(UID and GID ``-`` to stay the daemon's account): it calls :func:`become`, then, with WAIT
+``held``, waits, having run nothing, for a line on stdin (the daemon's go, once it has put the
+process in its cgroup), then executes ARGV. Standard library only: it runs isolated (``-I``),
+before anything else is imported.
 """
 
 from __future__ import annotations
@@ -40,18 +41,21 @@ def become(file_size: int | None, uid: int | None, gid: int | None) -> None:
             raise RuntimeError(f"still uid {os.geteuid()} after switching to {uid}")
 
 
-def gate_argv(python: str, file_size: int, uid: int | None, gid: int | None) -> list[str]:
+def gate_argv(
+    python: str, file_size: int, uid: int | None, gid: int | None, *, held: bool
+) -> list[str]:
     """The command line that runs this gate with ``python`` (put before the instance's)."""
     who = ["-", "-"] if uid is None or gid is None else [str(uid), str(gid)]
-    return [python, "-I", "-S", os.path.abspath(__file__), str(file_size), *who, "--"]
+    wait = "held" if held else "run"
+    return [python, "-I", "-S", os.path.abspath(__file__), str(file_size), *who, wait, "--"]
 
 
 def main(argv: list[str]) -> int:
-    """Gate: become, wait for go, exec. Exit code 126 when it cannot become the instance."""
+    """Gate: become, wait for go when held, exec. Exit code 126 when it cannot become it."""
     try:
-        file_size, uid, gid, dashes, *command = argv
-        if dashes != "--" or not command:
-            raise ValueError("usage: FILE_SIZE UID GID -- ARGV...")
+        file_size, uid, gid, wait, dashes, *command = argv
+        if dashes != "--" or not command or wait not in ("held", "run"):
+            raise ValueError("usage: FILE_SIZE UID GID held|run -- ARGV...")
         become(
             int(file_size),
             None if uid == "-" else int(uid),
@@ -60,7 +64,7 @@ def main(argv: list[str]) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"opsbot gate: {exc}", file=sys.stderr, flush=True)
         return 126
-    if not sys.stdin.readline():
+    if wait == "held" and not sys.stdin.readline():
         return 0  # the daemon went away before go: nothing was started
     os.execvp(command[0], command)
 

@@ -29,6 +29,7 @@ from opsbot.core.errors import (
     NotFound,
     OpsbotError,
 )
+from opsbot.core.logcap import LOG_CAP
 from opsbot.core.sandbox import (
     MARKER,
     Limits,
@@ -499,7 +500,15 @@ def _child_check(
         }
     )
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = spawn(cmd, account=account, env=env, cwd=scratch, stdout=out, stderr=err)
+        proc = spawn(
+            cmd,
+            account=account,
+            env=env,
+            cwd=scratch,
+            stdout=out,
+            stderr=err,
+            file_size=LOG_CAP.backstop_bytes,  # what model code prints cannot fill the disk
+        )
         try:
             proc.wait(timeout=timeout)
             timed_out = False

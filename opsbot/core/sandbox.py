@@ -487,39 +487,23 @@ def spawn(
     cwd: Path,
     stdout: int | IO[bytes],
     stderr: int | IO[bytes],
+    file_size: int,
     held: bool = False,
-    file_size: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session with exactly ``env``, as ``account`` when given (its
-    primary group only). ``held``: it goes through the gate (:mod:`opsbot.core.gate`), which caps
-    its file sizes at ``file_size`` before it takes the account, then waits, having run nothing,
+    """Start ``argv``, model code, in its own session with exactly ``env``, through the gate
+    (:mod:`opsbot.core.gate`): every file it writes capped at ``file_size`` bytes, then as
+    ``account`` when given (its primary group only). ``held``: it waits, having run nothing,
     until :func:`release` (the daemon first puts it in its cgroup, so no child it forks starts
     outside)."""
-    if held:
-        if file_size is None:
-            raise ValueError("a held process is started with its file size cap")
-        uid, gid = (account.uid, account.gid) if account is not None else (None, None)
-        return subprocess.Popen(
-            [*gate_argv(sys.executable, file_size, uid, gid), *argv],
-            stdin=subprocess.PIPE,
-            stdout=stdout,
-            stderr=stderr,
-            env=dict(env),
-            cwd=str(cwd),
-            start_new_session=True,
-        )
-    who: dict[str, object] = (
-        {} if account is None else {"user": account.uid, "group": account.gid, "extra_groups": []}
-    )
-    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        list(argv),
-        stdin=subprocess.DEVNULL,
+    uid, gid = (account.uid, account.gid) if account is not None else (None, None)
+    return subprocess.Popen(
+        [*gate_argv(sys.executable, file_size, uid, gid, held=held), *argv],
+        stdin=subprocess.PIPE if held else subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
         env=dict(env),
         cwd=str(cwd),
         start_new_session=True,
-        **who,
     )
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import stat
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from opsbot.core.logcap import (
     rotated,
     tail_lines,
 )
+from opsbot.core.registry import _child_check
 from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes.docker import container_args
 from opsbot.core.runtimes.process import PRELOADER_LOG, CgroupLimiter, ProcessRuntime
@@ -352,3 +354,29 @@ def test_the_preloader_and_its_log_are_capped_too(tmp_path: Path) -> None:
         assert rotated(log, 1).read_text().splitlines()[-1] == "preload skipped-4999"
     finally:
         runtime.close()
+
+
+FLOOD_CHECK = """
+import errno, os
+line = b" " * 1022 + b"0\\n"  # each line valid JSON (0), 1 KiB: the cap falls between two
+written = 0
+while True:
+    try:
+        written += os.write(1, line)
+    except OSError as exc:
+        os.write(2, f"{errno.errorcode[exc.errno]} after {written}\\n".encode())
+        break
+"""
+
+
+def test_the_registry_s_check_of_a_model_is_capped_too(tmp_path: Path) -> None:
+    """Model code run by the registry's check prints into files the daemon reads: capped the
+    same way, through the same gate."""
+    base = tmp_path / "check"
+    base.mkdir()
+    result = _child_check([sys.executable, "-c", FLOOD_CHECK], 60, account=None, base=base)
+    # It ran on past the cap (no SIGXFSZ), its write failing, and said so last on stderr.
+    assert result == {
+        "ok": False,
+        "reason": f"the check crashed: EFBIG after {LOG_CAP.backstop_bytes}",
+    }
