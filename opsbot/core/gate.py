@@ -13,14 +13,18 @@ start, the registry's check) is started through this file as a gate::
 
     python -I -S .../opsbot/core/gate.py FILE_SIZE UID GID WAIT -- ARGV...
 
-(UID and GID ``-`` to stay the daemon's account): it calls :func:`become`, then, with WAIT
-``held``, waits, having run nothing, for a line on stdin (the daemon's go, once it has put the
-process in its cgroup), then executes ARGV. Standard library only: it runs isolated (``-I``),
-before anything else is imported.
+(UID and GID ``-`` to stay the daemon's account): it calls :func:`become`, reads ARGV's
+environment as one line of JSON on stdin, then, with WAIT ``held``, waits, having run nothing,
+for another line (the daemon's go, once it has put the process in its cgroup), and executes
+ARGV with that environment. The gate itself starts with an empty environment and runs isolated
+(``-I -S``, standard library only): until it has become the account it may run as root, and
+the instance's environment is partly the service owner's to choose (``LD_PRELOAD``, say), so
+none of it applies before the exec.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -61,12 +65,17 @@ def main(argv: list[str]) -> int:
             None if uid == "-" else int(uid),
             None if gid == "-" else int(gid),
         )
+        env = json.loads(sys.stdin.buffer.readline() or b"null")
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ValueError("no environment came on stdin")
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"opsbot gate: {exc}", file=sys.stderr, flush=True)
         return 126
-    if wait == "held" and not sys.stdin.readline():
+    if wait == "held" and not sys.stdin.buffer.readline():
         return 0  # the daemon went away before go: nothing was started
-    os.execvp(command[0], command)
+    os.execvpe(command[0], command, env)
 
 
 if __name__ == "__main__":

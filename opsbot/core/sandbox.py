@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -496,15 +497,22 @@ def spawn(
     until :func:`release` (the daemon first puts it in its cgroup, so no child it forks starts
     outside)."""
     uid, gid = (account.uid, account.gid) if account is not None else (None, None)
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [*gate_argv(sys.executable, file_size, uid, gid, held=held), *argv],
-        stdin=subprocess.PIPE if held else subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=stdout,
         stderr=stderr,
-        env=dict(env),
+        env={},  # the gate may run as root: ``env`` is argv's alone, applied at its exec
         cwd=str(cwd),
         start_new_session=True,
     )
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a gate that failed says why in its log
+        proc.stdin.write(json.dumps(dict(env)).encode() + b"\n")
+        proc.stdin.flush()
+    if not held:
+        proc.stdin.close()
+    return proc
 
 
 def release(proc: subprocess.Popen[bytes]) -> None:

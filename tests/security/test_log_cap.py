@@ -17,9 +17,10 @@ from homes import python_model_spec
 
 from opsbot.core.accounts import Account
 from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
-from opsbot.core.logcap import LOG_CAP, rotated
+from opsbot.core.logcap import LOG_CAP, MIN_BACKSTOP_BYTES, rotated
 from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
+from opsbot.core.sandbox import clean_env, release, spawn
 
 from .conftest import People
 
@@ -117,3 +118,43 @@ def test_an_instance_cannot_lift_its_file_size_cap(
     assert answer["tries"]["plant"] == "PermissionError"
     assert not os.path.lexists(rotated(runtime.log_path(spec.key), 1))
     assert resource.getrlimit(resource.RLIMIT_FSIZE)[1] == resource.RLIM_INFINITY  # the daemon's
+
+
+def test_the_gate_takes_the_account_before_any_of_the_instance_s_environment_applies(
+    people: People, tmp_path: Path
+) -> None:
+    """The gate may start as root, and an instance's environment is partly its owner's to
+    choose (LD_PRELOAD, say): none of it applies to the gate, only to what it executes."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    os.chown(scratch, people.alice.uid, people.alice.gid)
+    alice = Account(people.alice.uid, people.alice.gid, people.alice.name)
+    env = clean_env({"LD_PRELOAD": str(tmp_path / "evil.so"), "MARK": "applied"})
+    command = ["/bin/sh", "-c", 'echo "$MARK $(id -u) $(ulimit -H -f)"']
+    with open(tmp_path / "out", "wb") as out:
+        proc = spawn(
+            command,
+            account=alice,
+            env=env,
+            cwd=scratch,
+            stdout=out,
+            stderr=out,
+            held=True,
+            file_size=MIN_BACKSTOP_BYTES,
+        )
+        try:
+            status = Path(f"/proc/{proc.pid}/status")
+            deadline = time.monotonic() + 30
+            while f"Uid:\t{people.alice.uid}\t" not in status.read_text():  # it became alice
+                assert time.monotonic() < deadline, "the gate never took the account"
+                time.sleep(0.01)
+            # Held as alice, still the gate: its environment is empty, the instance's unread.
+            assert Path(f"/proc/{proc.pid}/environ").read_bytes() == b""
+            limits = Path(f"/proc/{proc.pid}/limits").read_text()
+            assert f"Max file size             {MIN_BACKSTOP_BYTES}" in limits
+        finally:
+            release(proc)
+            assert proc.wait(timeout=30) == 0
+    said = (tmp_path / "out").read_text().splitlines()
+    blocks = MIN_BACKSTOP_BYTES // 512  # sh counts the file size limit in 512-byte blocks
+    assert said[-1] == f"applied {people.alice.uid} {blocks}"
