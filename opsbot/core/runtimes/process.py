@@ -13,6 +13,9 @@ Limits: when running as root with a writable cgroup hierarchy (v2, or v1 ``cpu``
 ``memory``), each instance gets its own cgroup with the flavor's CPU quota and memory limit.
 Otherwise memory is capped with ``RLIMIT_DATA`` and CPU only by the thread-pool variables
 (``OMP_NUM_THREADS`` and friends): an unprivileged process cannot cap another's CPU time share.
+Logs: each instance's (and the preloader's) is kept within :data:`opsbot.core.logcap.LOG_CAP`,
+rotated on the controller's passes, with a file size cap every instance gets from its gate
+(:mod:`opsbot.core.gate`) before it takes its owner's account.
 """
 
 from __future__ import annotations
