@@ -489,16 +489,18 @@ def spawn(
     stdout: int | IO[bytes],
     stderr: int | IO[bytes],
     file_size: int,
+    data: int | None = None,
     held: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv``, model code, in its own session with exactly ``env``, through the gate
-    (:mod:`opsbot.core.gate`): every file it writes capped at ``file_size`` bytes, then as
+    (:mod:`opsbot.core.gate`): every file it writes capped at ``file_size`` bytes, its data at
+    ``data`` bytes when given (the memory cap where no cgroup holds it), then as
     ``account`` when given (its primary group only). ``held``: it waits, having run nothing,
     until :func:`release` (the daemon first puts it in its cgroup, so no child it forks starts
     outside)."""
     uid, gid = (account.uid, account.gid) if account is not None else (None, None)
     proc = subprocess.Popen(
-        [*gate_argv(sys.executable, file_size, uid, gid, held=held), *argv],
+        [*gate_argv(sys.executable, file_size, uid, gid, held=held, data=data), *argv],
         stdin=subprocess.PIPE,
         stdout=stdout,
         stderr=stderr,

@@ -88,6 +88,8 @@ class Request:
     gid: int | None = None
     #: The cap on the size of any file it writes (the log cap's backstop); None: the preloader's.
     file_size: int | None = None
+    #: The cap on its data segment (the memory cap where no cgroup holds it); None: none.
+    data: int | None = None
 
     def encode(self) -> bytes:
         body = json.dumps(asdict(self)).encode()
@@ -277,6 +279,7 @@ class Zygote:
         account: Account | None,
         log_fd: int,
         file_size: int | None = None,
+        data: int | None = None,
     ) -> Held:
         """A fork set up as ``args`` would be by a cold start, held until released."""
         if not self.alive or self._ctrl is None:
@@ -294,6 +297,7 @@ class Zygote:
                 account.uid if account else None,
                 account.gid if account else None,
                 file_size,
+                data,
             )
             socket.send_fds(ours, [LOG], [log_fd])
             ours.sendall(request.encode())

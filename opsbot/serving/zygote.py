@@ -72,7 +72,7 @@ def become(conn: socket.socket, imported: dict[str, str]) -> int:
     highest = os.sysconf("SC_OPEN_MAX")
     os.closerange(3, highest if highest > 0 else 65536)
     os.chdir(request.cwd)
-    become_account(request.file_size, request.uid, request.gid)  # as a cold start's gate does
+    become_account(request.file_size, request.uid, request.gid, request.data)  # as a gate does
     os.environ.clear()
     os.environ.update(request.env)
     for name, value in imported.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import stat
 import time
 from collections.abc import Iterator
@@ -197,3 +198,21 @@ def test_the_sweep_removes_instance_copies_no_record_names(
         "check-0123",
         "container-abc123-0",
     }
+
+
+def test_a_memory_cap_that_does_not_take_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where cgroups fail as an instance starts, the cap is set from outside, which another
+    account's process allows only with CAP_SYS_RESOURCE: when it does not take, the
+    instance's log says its memory is not capped instead of naming a cap it lacks."""
+    flavor = next(f for f in load_flavors() if f.id == "cpu.2u8g")
+    limiter = _NoLimits()
+    assert limiter.data_cap(flavor) == flavor.memory_bytes  # set by the instance as it starts
+    assert limiter.apply(os.getpid(), "k", flavor, True).startswith("rlimit: data 8 GiB")
+
+    def refused(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(resource, "prlimit", refused)
+    said = limiter.apply(os.getpid(), "k", flavor, False)
+    assert said.startswith("memory NOT capped ("), said
+    assert "Operation not permitted" in said

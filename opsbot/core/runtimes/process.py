@@ -11,8 +11,10 @@ starts (a fork's shows the preloader's), and stopped as strays.
 
 Limits: when running as root with a writable cgroup hierarchy (v2, or v1 ``cpu`` and
 ``memory``), each instance gets its own cgroup with the flavor's CPU quota and memory limit.
-Otherwise memory is capped with ``RLIMIT_DATA`` and CPU only by the thread-pool variables
-(``OMP_NUM_THREADS`` and friends): an unprivileged process cannot cap another's CPU time share.
+Otherwise memory is capped with ``RLIMIT_DATA``, which the instance sets itself as it starts,
+soft and hard, before it takes its owner's account (:mod:`opsbot.core.gate`), and CPU only by the
+thread-pool variables (``OMP_NUM_THREADS`` and friends): an unprivileged process cannot cap
+another's CPU time share.
 Logs: each instance's (and the preloader's) is kept within :data:`opsbot.core.logcap.LOG_CAP`,
 rotated on the controller's passes, with a file size cap every instance gets from its gate
 (:mod:`opsbot.core.gate`) before it takes its owner's account.
@@ -158,8 +160,14 @@ class CgroupLimiter:
             return [self.root / c / self.name / leaf for c in ("cpu", "memory")]
         return []
 
-    def apply(self, pid: int, key: str, flavor: Flavor) -> str:
-        """Cap the process; say how (for the instance's log)."""
+    def data_cap(self, flavor: Flavor) -> int | None:
+        """The data-segment cap an instance sets itself before it takes its account (see
+        :mod:`opsbot.core.gate`): the flavor's memory, when no cgroup will hold it."""
+        return flavor.memory_bytes if self.mode == "rlimit" else None
+
+    def apply(self, pid: int, key: str, flavor: Flavor, data_capped: bool) -> str:
+        """Cap the process; say how (for the instance's log). ``data_capped``: it capped its
+        data segment itself as it started (:meth:`data_cap`)."""
         memory = flavor.memory_bytes
         if self.mode != "rlimit":
             try:
@@ -170,8 +178,13 @@ class CgroupLimiter:
                 note = f"cgroups unusable ({exc}); "
         else:
             note = ""
-        with contextlib.suppress(OSError, ValueError):
-            resource.prlimit(pid, resource.RLIMIT_DATA, (memory, memory))
+        if not data_capped:
+            # Only here when the cgroup failed just now: from outside, which another account's
+            # process allows only with CAP_SYS_RESOURCE. Said as it is when it does not take.
+            try:
+                resource.prlimit(pid, resource.RLIMIT_DATA, (memory, memory))
+            except (OSError, ValueError) as exc:
+                return f"{note}memory NOT capped ({exc}), threads {flavor.cpus:g}"
         return f"{note}rlimit: data {flavor.memory_gib:g} GiB, threads {flavor.cpus:g}"
 
     def _cgroup(self, pid: int, key: str, flavor: Flavor) -> None:
@@ -297,6 +310,7 @@ class ProcessRuntime:
         # The instance's own corner: its version's files read-only, a scratch home, nothing else.
         base = corner(self.home, self._run_dir_setting, _leaf(spec.key))
         held: Held | _Cold | None = None
+        data = self.limiter.data_cap(spec.flavor)
         try:
             model = stage(spec.path, base / "model", account)
             scratch = base / "home"
@@ -344,6 +358,7 @@ class ProcessRuntime:
                             account=account,
                             log_fd=log_file.fileno(),
                             file_size=self.log_cap.backstop_bytes,
+                            data=data,
                         )
                     except ZygoteError as exc:
                         log.warning("%s: starting cold: %s", spec.key, exc)
@@ -358,6 +373,7 @@ class ProcessRuntime:
                         stderr=log_file,
                         held=True,
                         file_size=self.log_cap.backstop_bytes,
+                        data=data,
                     )
                     held = _Cold(proc)
         except BaseException:
@@ -365,7 +381,7 @@ class ProcessRuntime:
                 release_corner(base)
             raise
         try:  # in its cgroup before it runs anything, so all it forks is in there too
-            how = self.limiter.apply(held.pid, spec.key, spec.flavor)
+            how = self.limiter.apply(held.pid, spec.key, spec.flavor, data is not None)
         finally:
             held.release()
         start = "forked from the preloader" if isinstance(held, Held) else "a new interpreter"
