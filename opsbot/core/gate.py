@@ -2,25 +2,26 @@
 
 :func:`become` caps the size of every file the process writes (the log cap's backstop, see
 :mod:`opsbot.core.logcap`), soft and hard, and ignores ``SIGXFSZ`` so that a write past it fails
-instead of killing the process; caps its data (heap and private mappings) at the flavor's memory
-when no cgroup holds the instance (``RLIMIT_DATA``); then, when an account is given, it drops to that account with no
-supplementary groups. The cap is set before the account switch, while the process is still the
-daemon's: the hard limit, once lowered, cannot be raised by the account, and no process of the
-account ever sees this one uncapped. (Setting it from the daemon afterwards with ``prlimit``
-would need ``CAP_SYS_RESOURCE``, which a root in a container often lacks.)
+instead of killing the process; caps its data (heap and private mappings, ``RLIMIT_DATA``) at
+the flavor's memory when no cgroup holds the instance; then, when an account is given, it drops
+to that account with no supplementary groups. The caps are set before the account switch, while
+the process is still the daemon's: a hard limit, once lowered, cannot be raised by the account,
+and no process of the account ever sees this one uncapped. (Setting them from the daemon
+afterwards with ``prlimit`` would need ``CAP_SYS_RESOURCE``, which a root in a container often
+lacks.)
 
 A fork of the preloader calls :func:`become` itself. Every other process of model code (a cold
 start, the registry's check) is started through this file as a gate::
 
     python -I -S .../opsbot/core/gate.py FILE_SIZE DATA UID GID WAIT -- ARGV...
 
-(DATA ``-`` to leave it; UID and GID ``-`` to stay the daemon's account): it calls :func:`become`, reads ARGV's
-environment as one line of JSON on stdin, then, with WAIT ``held``, waits, having run nothing,
-for another line (the daemon's go, once it has put the process in its cgroup), and executes
-ARGV with that environment. The gate itself starts with an empty environment and runs isolated
-(``-I -S``, standard library only): until it has become the account it may run as root, and
-the instance's environment is partly the service owner's to choose (``LD_PRELOAD``, say), so
-none of it applies before the exec.
+(DATA ``-`` to leave it uncapped; UID and GID ``-`` to stay the daemon's account): it calls
+:func:`become`, reads ARGV's environment as one line of JSON on stdin, then, with WAIT ``held``,
+waits, having run nothing, for another line (the daemon's go, once it has put the process in its
+cgroup), and executes ARGV with that environment. The gate itself starts with an empty
+environment and runs isolated (``-I -S``, standard library only): until it has become the
+account it may run as root, and the instance's environment is partly the service owner's to
+choose (``LD_PRELOAD``, say), so none of it applies before the exec.
 """
 
 from __future__ import annotations

@@ -59,9 +59,7 @@ def runtime(
     home.mkdir()
     alice = Account(people.alice.uid, people.alice.gid, people.alice.name)
     preload = ["opsbot.serving.server"] if request.param == "forked" else []
-    rt = ProcessRuntime(
-        home, accounts={"alice": alice}.get, preload=preload, limiter=_RlimitOnly()
-    )
+    rt = ProcessRuntime(home, accounts={"alice": alice}.get, preload=preload, limiter=_RlimitOnly())
     try:
         yield rt
     finally:
