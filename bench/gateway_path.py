@@ -92,6 +92,8 @@ async def measure(calls: int, rounds: int) -> list[float]:
     to_instance = Collecting()
     kept.connection_made(to_instance)
     pool = client._pools[("127.0.0.1", 9)] = upstream._Pool("127.0.0.1", 9)
+    if hasattr(kept, "pool"):  # a connection that puts itself back in its pool
+        kept.pool, kept.client = pool, client
     front = FastFront(gateway, lambda: asyncio.Protocol(), Connections())
     to_caller = Collecting()
     front.connection_made(to_caller)

@@ -17,8 +17,7 @@ broke off, or was not HTTP: the call may have run, so it is not sent again), ``T
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
 from functools import partial
 from typing import Final, Literal, Protocol, cast
 
@@ -36,12 +35,10 @@ from yarl import URL
 
 from opsbot.serving import HEADER_LENGTH
 
-#: Answer headers the gateway passes back to its caller, by their lower-case names.
-RETURNED: Final = {
-    b"content-type": "Content-Type",
-    b"content-encoding": "Content-Encoding",
-    HEADER_LENGTH.lower().encode(): HEADER_LENGTH,
-}
+#: Answer headers the gateway passes back to its caller.
+RETURNED: Final = ("Content-Type", "Content-Encoding", HEADER_LENGTH)
+# Their lines' beginnings, by lower-case name: a kept line is its name as above and the value.
+_RETURNED_NAMES: Final = {name.lower().encode(): f"{name}: ".encode() for name in RETURNED}
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_REPLY_BYTES: Final = 256 * 1024 * 1024
@@ -67,12 +64,45 @@ class BrokenReply(UpstreamFailure):
     """The answer broke off or was not valid HTTP/1.1."""
 
 
-@dataclass(frozen=True, slots=True)
+def header_lines(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """Header lines as an instance gets them, each ended by CRLF. A value holding CR or LF is
+    left out: it would end its line early and smuggle a header or a request to the instance."""
+    # aiohttp's server decodes header bytes as UTF-8 with surrogateescape: this restores them.
+    return "".join(
+        [f"{name}: {value}\r\n" for name, value in pairs if "\r" not in value and "\n" not in value]
+    ).encode("utf-8", "surrogateescape")
+
+
+def _pairs(lines: bytes) -> dict[str, str]:
+    """Header lines (as :func:`header_lines` makes them) as a dict."""
+    found = {}
+    for line in lines.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep:
+            found[name.decode("latin-1")] = value.strip().decode("latin-1")
+    return found
+
+
 class Reply:
-    status: int
-    headers: dict[str, str]
-    """Only the headers named in RETURNED, by their canonical names."""
-    body: bytes
+    """An instance's answer: its status, the header lines the caller gets back, its body.
+
+    The lines are kept as bytes, as they go on the wire: the gateway's fast front writes them
+    as they are; :attr:`headers` reads them for aiohttp's responses.
+    """
+
+    __slots__ = ("body", "extra", "fields", "status")
+
+    def __init__(self, status: int, fields: bytes, body: bytes, extra: bytes = b""):
+        self.status = status
+        self.fields = fields
+        """The headers named in RETURNED that the instance sent, as CRLF-ended lines."""
+        self.body = body
+        self.extra = extra
+        """Lines the gateway adds (X-Model-Version), made by :func:`header_lines`."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return _pairs(self.fields + self.extra)
 
 
 class UpstreamClient(Protocol):
@@ -81,14 +111,15 @@ class UpstreamClient(Protocol):
         host: str,
         port: int,
         path: str,
-        headers: Mapping[str, str],
+        fields: bytes,
         body: bytes,
         timeout: float,
         *,
         method: str = "POST",
     ) -> Reply:
-        """POST ``body`` (or another method) to the instance; raises UpstreamFailure subclasses
-        or TimeoutError."""
+        """POST ``body`` (or another method) to the instance, with the header lines ``fields``
+        (made by :func:`header_lines`) besides Host and Content-Length; raises UpstreamFailure
+        subclasses or TimeoutError."""
         ...
 
     def start(
@@ -96,7 +127,7 @@ class UpstreamClient(Protocol):
         host: str,
         port: int,
         path: str,
-        headers: Mapping[str, str],
+        fields: bytes,
         body: bytes,
         timeout: float,
         done: Callable[[Reply | BaseException], None],
@@ -137,16 +168,28 @@ class _Connection(asyncio.Protocol):
 
     An exchange ends by a callback made from the protocol's own callbacks, so a call relayed
     over an idle connection needs no task, future or timer of its own: one timer per connection
-    checks the deadline, and moves only when it fires before it.
+    checks the deadline, and moves only when it fires before it. The connection knows its pool
+    and its client: a whole answer puts it back among the idle ones, and an idle connection the
+    instance closed as the request went out has the request sent again on a new one.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: RawClient | None = None,
+        pool: _Pool | None = None,
+    ) -> None:
         self.loop = loop
+        self.client = client
+        self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.done: Callable[[Outcome], None] | None = None
+        self.done: Callable[[Reply | BaseException], None] | None = None
         self.deadline = 0.0
+        self.head = b""
+        self.sent = b""
+        self.again = False
         self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -154,7 +197,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.head_end = -1
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self.fields: list[bytes] = []
         self.keep_alive = True
         self.mode = _LENGTH
         self.need = 0
@@ -165,13 +208,22 @@ class _Connection(asyncio.Protocol):
         self.body = b""
 
     def send(
-        self, head: bytes, body: bytes, deadline: float, done: Callable[[Outcome], None]
+        self,
+        head: bytes,
+        body: bytes,
+        deadline: float,
+        done: Callable[[Reply | BaseException], None],
+        *,
+        again: bool,
     ) -> None:
-        """Write a request; ``done`` is called once, with the outcome (a TimeoutError when the
-        answer is not in by ``deadline``, in loop time)."""
+        """Write a request; ``done`` is called once, with the reply or the failure (a
+        TimeoutError when the answer is not in by ``deadline``, in loop time). ``again``: a
+        connection closed by the instance before any answer (an idle one it closed as we sent)
+        has the request sent once more on a new connection."""
         self._reset()
         self.done = done
         self.deadline = deadline
+        self.head, self.sent, self.again = head, body, again
         timer = self._timer
         if timer is None or timer.when() > deadline:
             if timer is not None:
@@ -196,9 +248,29 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _settle(self, outcome: Outcome) -> None:
+        """The exchange is over: its reply (``outcome`` None) or its failure to ``done``."""
         done = self.done
-        if done is not None:
-            self.done = None
+        if done is None:
+            return
+        self.done = None
+        head, body = self.head, self.sent
+        self.head = self.sent = b""
+        if outcome is None:
+            reply = Reply(self.status, b"".join(self.fields), self.body)
+            pool = self.pool
+            if pool is not None:
+                pool.keep(self)
+            else:
+                self.close()
+            done(reply)
+        elif (
+            self.again
+            and isinstance(outcome, Disconnected)
+            and (client := self.client) is not None
+            and (pool := self.pool) is not None
+        ):
+            client.resend(pool, head, body, self.deadline, done)
+        else:
             done(outcome)
 
     def _expire(self) -> None:
@@ -318,8 +390,9 @@ class _Connection(asyncio.Protocol):
                     keep_alive = False
                 elif b"keep-alive" in tokens:
                     keep_alive = True
-            elif key in RETURNED:
-                self.headers[RETURNED[key]] = value.decode("latin-1")
+            elif key in _RETURNED_NAMES and b"\r" not in value and b"\n" not in value:
+                # Passed back as they came; never a line the instance could end early.
+                self.fields.append(_RETURNED_NAMES[key] + value + b"\r\n")
         if status in (101, 204, 304):
             self.mode, self.need = _LENGTH, self.head_end
             keep_alive = keep_alive and status != 101
@@ -391,23 +464,40 @@ def _resolve(future: asyncio.Future[Reply | BaseException], outcome: Reply | Bas
 class _Pool:
     """The idle keep-alive connections to one instance, newest last."""
 
-    __slots__ = ("heads", "host", "host_header", "idle", "port", "retired")
+    __slots__ = ("heads", "host", "host_header", "idle", "max_idle", "port", "retired")
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, max_idle: int = 256):
         self.host = host
         self.port = port
+        self.max_idle = max_idle
         shown = f"[{host}]" if ":" in host else host
         self.host_header = f"Host: {shown}:{port}\r\n"
         # The request line and Host header, by method and path: made once per route.
-        self.heads: dict[tuple[str, str], str] = {}
+        self.heads: dict[tuple[str, str], bytes] = {}
         self.idle: list[_Connection] = []
         self.retired = False
 
-    def head(self, method: str, path: str) -> str:
+    def head(self, method: str, path: str) -> bytes:
         found = self.heads.get((method, path))
         if found is None:
-            found = self.heads[(method, path)] = f"{method} {path} HTTP/1.1\r\n{self.host_header}"
+            line = f"{method} {path} HTTP/1.1\r\n{self.host_header}"
+            found = self.heads[(method, path)] = line.encode("utf-8", "surrogateescape")
         return found
+
+    def keep(self, conn: _Connection) -> None:
+        """After a whole answer: back to the idle ones, when it may serve another."""
+        if (
+            conn.keep_alive
+            and not conn.closed
+            and not self.retired
+            and len(self.idle) < self.max_idle
+        ):
+            conn.buf = bytearray()
+            conn.chunks = []
+            conn.idle_since = conn.loop.time()
+            self.idle.append(conn)
+        else:
+            conn.close()
 
     def retire(self) -> None:
         self.retired = True
@@ -434,7 +524,7 @@ class RawClient:
         host: str,
         port: int,
         path: str,
-        headers: Mapping[str, str],
+        fields: bytes,
         body: bytes,
         timeout: float,
         done: Callable[[Reply | BaseException], None],
@@ -448,12 +538,12 @@ class RawClient:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
-        pool = self._pool(host, port)
+        pool = self._pools.get((host, port)) or self._pool(host, port)
         conn = self._take(pool, now)
         if conn is None:
             return False
-        head = _head(pool, method, path, headers, len(body))
-        self._send(pool, conn, head, body, now + timeout, done, again=True)
+        head = pool.head(method, path) + fields + b"Content-Length: %d\r\n\r\n" % len(body)
+        conn.send(head, body, now + timeout, done, again=True)
         return True
 
     async def post(
@@ -461,7 +551,7 @@ class RawClient:
         host: str,
         port: int,
         path: str,
-        headers: Mapping[str, str],
+        fields: bytes,
         body: bytes,
         timeout: float,
         *,
@@ -473,7 +563,7 @@ class RawClient:
         now = loop.time()
         deadline = now + timeout
         pool = self._pool(host, port)
-        head = _head(pool, method, path, headers, len(body))
+        head = pool.head(method, path) + fields + b"Content-Length: %d\r\n\r\n" % len(body)
         conn = self._take(pool, now)
         if conn is not None:
             try:
@@ -486,7 +576,7 @@ class RawClient:
     def _pool(self, host: str, port: int) -> _Pool:
         pool = self._pools.get((host, port))
         if pool is None:
-            pool = self._pools[(host, port)] = _Pool(host, port)
+            pool = self._pools[(host, port)] = _Pool(host, port, self.max_idle)
         return pool
 
     def _take(self, pool: _Pool, now: float) -> _Connection | None:
@@ -507,7 +597,7 @@ class RawClient:
         try:
             async with asyncio.timeout_at(deadline):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop), pool.host, pool.port
+                    lambda: _Connection(loop, self, pool), pool.host, pool.port
                 )
         except TimeoutError:
             raise
@@ -515,34 +605,20 @@ class RawClient:
             raise ConnectFailed(f"cannot connect to {pool.host}:{pool.port}: {exc}") from exc
         return conn
 
-    def _send(
+    def resend(
         self,
         pool: _Pool,
-        conn: _Connection,
         head: bytes,
         body: bytes,
         deadline: float,
         done: Callable[[Reply | BaseException], None],
-        *,
-        again: bool,
     ) -> None:
-        """Write the request on ``conn``; ``done`` gets the reply or the failure. ``again``: a
-        connection closed by the instance before any answer (an idle one it closed as we sent)
-        is retried once on a new connection."""
-
-        def settled(outcome: Outcome) -> None:
-            if outcome is None:
-                reply = Reply(conn.status, conn.headers, conn.body)
-                self._keep(pool, conn)
-                done(reply)
-            elif again and isinstance(outcome, Disconnected):
-                task = conn.loop.create_task(self._resend(pool, head, body, deadline, done))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            else:
-                done(outcome)
-
-        conn.send(head, body, deadline, settled)
+        """Send a request again on a new connection (its kept one closed before any answer)."""
+        task = asyncio.get_running_loop().create_task(
+            self._resend(pool, head, body, deadline, done)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _resend(
         self,
@@ -560,7 +636,7 @@ class RawClient:
         except BaseException as exc:  # cancelled as the gateway stops: the call ends too
             done(exc)
             raise
-        self._send(pool, conn, head, body, deadline, done, again=False)
+        conn.send(head, body, deadline, done, again=False)
 
     async def _exchange(
         self,
@@ -572,7 +648,7 @@ class RawClient:
         deadline: float,
     ) -> Reply:
         future: asyncio.Future[Reply | BaseException] = loop.create_future()
-        self._send(pool, conn, head, body, deadline, partial(_resolve, future), again=False)
+        conn.send(head, body, deadline, partial(_resolve, future), again=False)
         try:
             outcome = await future
         except BaseException:
@@ -583,21 +659,6 @@ class RawClient:
             raise outcome
         return outcome
 
-    def _keep(self, pool: _Pool, conn: _Connection) -> None:
-        """After a whole answer: back to the idle ones, when it may serve another."""
-        if (
-            conn.keep_alive
-            and not conn.closed
-            and not pool.retired
-            and len(pool.idle) < self.max_idle
-        ):
-            conn.buf = bytearray()
-            conn.chunks = []
-            conn.idle_since = conn.loop.time()
-            pool.idle.append(conn)
-        else:
-            conn.close()
-
     def retain(self, addresses: Collection[tuple[str, int]]) -> None:
         for address in [a for a in self._pools if a not in addresses]:
             self._pools.pop(address).retire()
@@ -606,17 +667,6 @@ class RawClient:
         for pool in self._pools.values():
             pool.retire()
         self._pools.clear()
-
-
-def _head(pool: _Pool, method: str, path: str, headers: Mapping[str, str], length: int) -> bytes:
-    parts = [pool.head(method, path)]
-    for name, value in headers.items():
-        # Never let a value end the line early: that would smuggle a header or a request.
-        if "\r" not in value and "\n" not in value:
-            parts.append(f"{name}: {value}\r\n")
-    parts.append(f"Content-Length: {length}\r\n\r\n")
-    # aiohttp's server decodes header bytes as UTF-8 with surrogateescape: this restores them.
-    return "".join(parts).encode("utf-8", "surrogateescape")
 
 
 # --------------------------------------------------------------------------------------------
@@ -635,7 +685,7 @@ class AiohttpClient:
         host: str,
         port: int,
         path: str,
-        headers: Mapping[str, str],
+        fields: bytes,
         body: bytes,
         timeout: float,
         *,
@@ -658,14 +708,14 @@ class AiohttpClient:
             )
         try:
             async with session.request(
-                method, url, data=body, headers=dict(headers), timeout=ClientTimeout(total=timeout)
+                method, url, data=body, headers=_pairs(fields), timeout=ClientTimeout(total=timeout)
             ) as resp:
                 payload = await resp.read()
-                returned = {
-                    name: value
-                    for name in RETURNED.values()
+                returned = header_lines(
+                    (name, value)
+                    for name in RETURNED
                     if (value := resp.headers.get(name)) is not None
-                }
+                )
                 return Reply(resp.status, returned, payload)
         except TimeoutError:
             raise
@@ -681,7 +731,7 @@ class AiohttpClient:
         host: str,
         port: int,
         path: str,
-        headers: Mapping[str, str],
+        fields: bytes,
         body: bytes,
         timeout: float,
         done: Callable[[Reply | BaseException], None],

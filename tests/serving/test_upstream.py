@@ -19,6 +19,7 @@ from opsbot.serving.upstream import (
     RawClient,
     Reply,
     UpstreamClient,
+    header_lines,
 )
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n"
@@ -114,7 +115,7 @@ async def _post(
         "127.0.0.1",
         port,
         "/predict",
-        {"Content-Type": "application/json", "X-Request-Id": "r1"},
+        header_lines([("Content-Type", "application/json"), ("X-Request-Id", "r1")]),
         body,
         timeout,
     )
@@ -281,8 +282,10 @@ async def test_slow_answer_times_out_and_its_connection_is_dropped(
 @pytest.mark.asyncio
 async def test_header_values_cannot_smuggle_lines(raw: RawClient, scripted: Any) -> None:
     server = await scripted([([OK + OK_BODY], False)])
-    headers = {"X-Request-Id": "r1\r\nX-Evil: 1", "Accept": "application/json; q=ü"}
-    await raw.post("127.0.0.1", server.port, "/predict", headers, b"{}", 5.0)
+    fields = header_lines(
+        [("X-Request-Id", "r1\r\nX-Evil: 1"), ("Accept", "application/json; q=ü")]
+    )
+    await raw.post("127.0.0.1", server.port, "/predict", fields, b"{}", 5.0)
     head = server.requests[0][0]
     assert b"X-Evil" not in head
     assert "Accept: application/json; q=ü\r\n".encode() in head
@@ -322,7 +325,7 @@ def _started(
         "127.0.0.1",
         port,
         "/predict",
-        {"Content-Type": "application/json"},
+        header_lines([("Content-Type", "application/json")]),
         b"{}",
         timeout,
         outcome.set_result,

@@ -52,6 +52,7 @@ from opsbot.serving.upstream import (
     Disconnected,
     Reply,
     UpstreamClient,
+    header_lines,
     make_client,
 )
 from opsbot.serving.workers import SharedBuckets
@@ -91,7 +92,7 @@ class _Way:
         target: Target,
         kind: int,
         body: bytes,
-        forwarded: dict[str, str],
+        forwarded: bytes,
         started: float,
         pinned: Version | None,
         method: str,
@@ -279,7 +280,8 @@ class Gateway:
                 stats = self.stats.get((uid, label))
                 if stats is None:
                     stats = self.stats[(uid, label)] = VersionStats()
-                versions.append(Version(vroute, label, tuple(found), stats))
+                secret = self._instance_secrets.line(uid, vroute.idx)
+                versions.append(Version(vroute, label, tuple(found), stats, secret))
             counters = self.counters.get(uid)
             if counters is None:
                 counters = self.counters[uid] = ServiceCounters()
@@ -605,9 +607,10 @@ class Gateway:
         """Send the call to an instance (of ``pinned``, when the path named a version); ``done``
         gets the answer. Over an idle keep-alive connection the whole way runs in the event
         loop's callbacks; only a new connection is awaited, in a task."""
-        forwarded = {name: value for name in FORWARDED if (value := headers.get(name)) is not None}
+        pairs = [(name, value) for name in FORWARDED if (value := headers.get(name)) is not None]
         if kind != PREDICT:
-            forwarded[MODEL_NAME_HEADER] = named
+            pairs.append((MODEL_NAME_HEADER, named))
+        forwarded = header_lines(pairs)
         version = pinned if pinned is not None else service.first(headers)
         target = version.pick(started)
         assert target is not None  # a version chosen from live ones has targets
@@ -624,17 +627,17 @@ class Gateway:
         target.outstanding += 1
         version.stats.inflight += 1
         # each version's instances want their own secret (a retry may change version)
-        headers = self._instance_secrets.add_to(way.forwarded, way.service.uid, version.idx)
+        fields = way.forwarded + version.secret_line
         path = target.paths[way.kind]
         timeout = max(way.deadline - way.now, 0.001)
         settled = partial(self._settled, way)
         if client.start(
-            target.host, target.port, path, headers, way.body, timeout, settled, method=way.method
+            target.host, target.port, path, fields, way.body, timeout, settled, method=way.method
         ):
             return
         # No idle connection to it: a new one is awaited.
         posted = client.post(
-            target.host, target.port, path, headers, way.body, timeout, method=way.method
+            target.host, target.port, path, fields, way.body, timeout, method=way.method
         )
         task = asyncio.get_running_loop().create_task(_awaited(posted, settled))
         self._tasks.add(task)
@@ -681,7 +684,7 @@ class Gateway:
                     way.target, way.now = other, now
                     return None
             way.now = now
-            outcome.headers["X-Model-Version"] = version.label
+            outcome.extra = version.label_line
             return outcome  # _settled counts it
         if isinstance(outcome, TimeoutError):
             # The instance may still be working on it: never send the call twice.

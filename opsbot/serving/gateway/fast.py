@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from time import perf_counter, time
@@ -36,7 +36,7 @@ from multidict import CIMultiDict
 from opsbot.serving.gateway.core import Gateway
 from opsbot.serving.gateway.options import PREDICT, V2_INFER
 from opsbot.serving.gateway.routing import Service, Version
-from opsbot.serving.upstream import Reply
+from opsbot.serving.upstream import Reply, header_lines
 
 log = logging.getLogger("opsbot.serving.gateway")
 
@@ -389,26 +389,24 @@ class FastFront(asyncio.Protocol):
         """Send ``answer`` in one write; close after it unless the connection is kept."""
         transport = self._transport
         assert transport is not None
-        headers: Iterable[tuple[str, str]]
-        if isinstance(answer, Reply):
-            status, headers, body = answer.status, answer.headers.items(), answer.body
+        if type(answer) is Reply:
+            status, fields, body = answer.status, answer.fields + answer.extra, answer.body
         else:
-            status, headers = answer.status, answer.headers.items()
-            body = answer.body if isinstance(answer.body, bytes) else b""
-            keep_alive = keep_alive and answer.keep_alive is not False
-        fields = "".join(
-            [
-                f"{name}: {value}\r\n"
-                for name, value in headers
-                if name.lower() not in _SKIPPED and "\r" not in value and "\n" not in value
-            ]
-        )
+            response = cast(web.Response, answer)
+            status = response.status
+            fields = header_lines(
+                (name, value)
+                for name, value in response.headers.items()
+                if name.lower() not in _SKIPPED
+            )
+            body = response.body if isinstance(response.body, bytes) else b""
+            keep_alive = keep_alive and response.keep_alive is not False
         transport.write(
             b"".join(
                 (
                     _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status,
                     _date_line(),
-                    fields.encode("utf-8", "surrogateescape"),
+                    fields,
                     b"Content-Length: %d\r\n" % len(body),
                     b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
                     body,

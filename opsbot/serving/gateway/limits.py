@@ -13,6 +13,7 @@ from typing import Final
 
 from opsbot.core.instance_auth import INSTANCE_HEADER, instance_secret
 from opsbot.serving.gateway.options import INTERNAL_HEADER
+from opsbot.serving.upstream import header_lines
 from opsbot.serving.workers import SharedBucket, SharedBuckets
 
 log = logging.getLogger("opsbot.serving.gateway")
@@ -136,16 +137,17 @@ class InstanceSecrets:
     def __init__(self, key: str | None):
         """``key``: the daemon's token; None: instances are called without a secret."""
         self._key = key
-        self._secrets: dict[tuple[str, int], str] = {}
+        self._lines: dict[tuple[str, int], bytes] = {}
 
-    def add_to(self, headers: dict[str, str], uid: str, idx: int) -> dict[str, str]:
-        """``headers`` (changed in place: each call makes its own) with the secret of version
-        ``idx`` of service ``uid`` (a retry on another version replaces it)."""
+    def line(self, uid: str, idx: int) -> bytes:
+        """The header line carrying the secret of version ``idx`` of service ``uid`` (empty
+        when instances are called without one), made once per version."""
         key = self._key
         if key is None:
-            return headers
-        secret = self._secrets.get((uid, idx))
-        if secret is None:
-            secret = self._secrets[(uid, idx)] = instance_secret(key, uid, idx)
-        headers[INSTANCE_HEADER] = secret
-        return headers
+            return b""
+        found = self._lines.get((uid, idx))
+        if found is None:
+            found = self._lines[(uid, idx)] = header_lines(
+                [(INSTANCE_HEADER, instance_secret(key, uid, idx))]
+            )
+        return found

@@ -13,6 +13,7 @@ from urllib.parse import quote
 from opsbot.core.routes import ServiceRoute, VersionRoute
 from opsbot.serving.gateway.limits import TokenBucket
 from opsbot.serving.gateway.metrics import ServiceCounters, VersionStats
+from opsbot.serving.upstream import header_lines
 from opsbot.serving.workers import SharedBucket
 
 # Added to an ejected instance's load so it is chosen only when nothing else is left.
@@ -48,13 +49,32 @@ class Target:
 class Version:
     """One version of a service as the gateway routes to it."""
 
-    __slots__ = ("_turn", "idx", "label", "model", "ratio", "stats", "targets")
+    __slots__ = (
+        "_turn",
+        "idx",
+        "label",
+        "label_line",
+        "model",
+        "ratio",
+        "secret_line",
+        "stats",
+        "targets",
+    )
 
     def __init__(
-        self, route: VersionRoute, label: str, targets: tuple[Target, ...], stats: VersionStats
+        self,
+        route: VersionRoute,
+        label: str,
+        targets: tuple[Target, ...],
+        stats: VersionStats,
+        secret_line: bytes = b"",
     ):
         self.idx = route.idx
         self.label = label
+        # What each call's answer and each call to an instance carry, made once per version.
+        self.label_line = header_lines([("X-Model-Version", label)])
+        self.secret_line = secret_line
+        """The instance secret's header line (see InstanceSecrets.line), or empty."""
         self.model = route.model
         self.ratio = route.ratio
         self.targets = targets
