@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from time import perf_counter, time
@@ -31,7 +31,7 @@ from typing import Final, cast
 
 import httptools
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from opsbot.serving.gateway.core import Gateway
 from opsbot.serving.gateway.options import PREDICT, V2_INFER
@@ -106,6 +106,68 @@ def hot_route(path: bytes) -> tuple[int, str, str | None] | None:
         return None
 
 
+#: What a request head says that the fast path reads: the call's route, its headers (read
+#: only), whether the connection is kept after it.
+Parsed = tuple[tuple[int, str, str | None], Mapping[str, str], bool]
+# Heads parsed before, by their bytes less the Content-Length line (see _less_length): most
+# callers send the same head call after call, and then it is parsed once. Bounded: a head is
+# kept only while there is room, and only a small one.
+_KEPT_HEADS: Final = 512
+_KEPT_HEAD_BYTES: Final = 2048
+
+
+def _less_length(head: bytes) -> tuple[bytes, int]:
+    """``head`` without its Content-Length line, and the length that line gives, when the
+    line is written the usual way (``Content-Length: <digits>``); else ``head`` itself and -1.
+
+    Two heads that differ only in that line's digits say the same thing but the length, so
+    what :func:`_parse` made of one holds for the other.
+    """
+    start = head.find(b"\r\nContent-Length: ")
+    if start < 0:
+        return head, -1
+    end = head.find(b"\r\n", start + 18)  # the head ends with CRLF CRLF: always found
+    value = head[start + 18 : end]
+    if not value.isdigit():
+        return head, -1
+    return head[:start] + head[end:], int(value)
+
+
+def _parse(head: bytes) -> tuple[Parsed | None, int]:
+    """What a whole request head says, and its body's length; None (and -1) when it is not a
+    call the fast path takes: aiohttp's to answer."""
+    seen = _Head()
+    parser = httptools.HttpRequestParser(seen)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None, -1  # aiohttp answers what is wrong with it, or takes the upgrade
+    if not seen.complete or seen.extra or parser.get_method() != b"POST":
+        return None, -1
+    path = seen.url.partition(b"?")[0]
+    found = hot_route(path) if b"%" not in path else None
+    if found is None:
+        return None, -1
+    length = -1
+    for name, value in seen.headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            if length >= 0 or not value.isdigit():
+                return None, -1
+            length = int(value)
+        elif lowered in _HANDED:
+            return None, -1
+    if length < 0:
+        return None, -1
+    headers = CIMultiDictProxy(
+        CIMultiDict(
+            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for n, v in seen.headers
+        )
+    )
+    return (found, headers, parser.should_keep_alive()), length
+
+
 class _Call:
     """A fast-path call admitted on its head, waiting for the rest of its body."""
 
@@ -126,7 +188,7 @@ class _Call:
         self,
         head_end: int,
         length: int,
-        headers: CIMultiDict[str],
+        headers: Mapping[str, str],
         keep_alive: bool,
         route: tuple[int, str, str | None],
         admitted: tuple[Service, Version | None],
@@ -151,6 +213,7 @@ class Connections:
         self.open: set[FastFront] = set()
         self.stopping = False
         self._calls = 0
+        self.heads: dict[bytes, Parsed] = {}  # see _less_length
         self._none: asyncio.Event | None = None  # made once stopping: set when no call is left
 
     def started(self) -> None:
@@ -300,43 +363,24 @@ class FastFront(asyncio.Protocol):
     def _begin(self, head_end: int) -> _Call | None:
         """Parse the head ending at ``head_end``: a call admitted and waiting for its body, or
         None when the connection was handed to aiohttp or the call answered already."""
-        head = _Head()
-        parser = httptools.HttpRequestParser(head)
-        try:
-            parser.feed_data(bytes(memoryview(self._buf)[:head_end]))
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self._hand_off()  # aiohttp answers what is wrong with it, or takes the upgrade
-            return None
-        if not head.complete or head.extra or parser.get_method() != b"POST":
-            self._hand_off()
-            return None
-        path = head.url.partition(b"?")[0]
-        found = hot_route(path) if b"%" not in path else None
-        if found is None:
-            self._hand_off()
-            return None
-        length = -1
-        for name, value in head.headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                if length >= 0 or not value.isdigit():
-                    self._hand_off()
-                    return None
-                length = int(value)
-            elif lowered in _HANDED:
+        raw = bytes(memoryview(self._buf)[:head_end])
+        key, length = _less_length(raw)
+        heads = self._connections.heads
+        parsed = heads.get(key) if length >= 0 else None
+        if parsed is None:
+            parsed, length = _parse(raw)
+            if parsed is None:
                 self._hand_off()
                 return None
+            if key is not raw and len(heads) < _KEPT_HEADS and len(key) <= _KEPT_HEAD_BYTES:
+                heads[key] = parsed
         gateway = self._gateway
-        if length < 0 or length > gateway.options.max_body_bytes:
-            self._hand_off()
+        if length > gateway.options.max_body_bytes:
+            self._hand_off()  # aiohttp answers 413, closing
             return None
         started = perf_counter()
+        found, headers, keep_alive = parsed
         named, label = found[1], found[2]
-        headers = CIMultiDict(
-            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for n, v in head.headers
-        )
-        keep_alive = parser.should_keep_alive()
         self._disarm()
         admitted = gateway.admit(named, label, headers)
         if isinstance(admitted, web.Response):
