@@ -42,6 +42,8 @@ _RETURNED_NAMES: Final = {name.lower().encode(): f"{name}: ".encode() for name i
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_REPLY_BYTES: Final = 256 * 1024 * 1024
+# Answer heads kept per instance, once parsed (see _Connection._parse_head).
+_KEPT_ANSWERS: Final = 64
 # Bodies above this are written after the head instead of copied into one buffer with it.
 _JOIN_LIMIT: Final = 64 * 1024
 
@@ -345,6 +347,20 @@ class _Connection(asyncio.Protocol):
 
     def _parse_head(self) -> bool:
         buf = self.buf
+        pool = self.pool
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0 and pool is not None:
+            # An answer head like one before but for its length and date: read only the length.
+            key, told = _answer_key(bytes(memoryview(buf)[: end + 2]))
+            known = pool.answers.get(key) if told >= 0 else None
+            if known is not None:
+                if told > MAX_REPLY_BYTES:
+                    raise BrokenReply(f"the instance's answer is over {MAX_REPLY_BYTES} bytes")
+                self.status, self.keep_alive, fields = known
+                self.fields.append(fields)
+                self.head_end = end + 4
+                self.mode, self.need = _LENGTH, end + 4 + told
+                return True
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -367,6 +383,7 @@ class _Connection(asyncio.Protocol):
         self.status = status
         keep_alive = status_line[7:8] == b"1"  # HTTP/1.1 keeps the connection unless told
         length: int | None = None
+        lengths = 0
         chunked = False
         for line in lines[1:]:
             name, sep, raw_value = line.partition(b":")
@@ -382,6 +399,7 @@ class _Connection(asyncio.Protocol):
                 if found < 0 or (length is not None and found != length):
                     raise BrokenReply(f"bad Content-Length {value[:40]!r}")
                 length = found
+                lengths += 1
             elif key == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
             elif key == b"connection":
@@ -402,6 +420,12 @@ class _Connection(asyncio.Protocol):
             if length > MAX_REPLY_BYTES:
                 raise BrokenReply(f"the instance's answer is over {MAX_REPLY_BYTES} bytes")
             self.mode, self.need = _LENGTH, self.head_end + length
+            answers = pool.answers if pool is not None else None
+            if lengths == 1 and answers is not None and len(answers) < _KEPT_ANSWERS:
+                # Kept only when nothing but one Content-Length line says how it ends.
+                key, said = _answer_key(bytes(memoryview(buf)[: end + 2]))
+                if said == length:
+                    answers[key] = (status, keep_alive, b"".join(self.fields))
         else:
             self.mode = _UNTIL_CLOSE
             keep_alive = False
@@ -451,6 +475,35 @@ class _Connection(asyncio.Protocol):
         return False
 
 
+def without_length(head: bytes) -> tuple[bytes, int]:
+    """``head`` (its lines, each ended by CRLF) without its Content-Length line, and the
+    length that line gives, when it is written the usual way (``Content-Length: <digits>``);
+    else ``head`` itself and -1.
+
+    Two heads that differ only in that line's digits say the same thing but the length, so
+    what a parse made of one holds for the other (the gateway's front and its hop to instances
+    parse a head seen before only once).
+    """
+    start = head.find(b"\r\nContent-Length: ")
+    if start < 0:
+        return head, -1
+    end = head.find(b"\r\n", start + 18)
+    value = head[start + 18 : end]
+    if end < 0 or not value.isdigit():
+        return head, -1
+    return head[:start] + head[end:], int(value)
+
+
+def _answer_key(head: bytes) -> tuple[bytes, int]:
+    """An answer head without its length (as :func:`without_length`) and its Date line, which
+    changes every second and says nothing the parse reads."""
+    key, length = without_length(head)
+    start = key.find(b"\r\nDate: ")
+    if start >= 0:
+        key = key[:start] + key[key.find(b"\r\n", start + 2) :]
+    return key, length
+
+
 def _lost(when: str, exc: Exception | None) -> str:
     reason = f": {exc}" if exc is not None else ""
     return f"the instance closed the connection {when}{reason}"
@@ -464,7 +517,16 @@ def _resolve(future: asyncio.Future[Reply | BaseException], outcome: Reply | Bas
 class _Pool:
     """The idle keep-alive connections to one instance, newest last."""
 
-    __slots__ = ("heads", "host", "host_header", "idle", "max_idle", "port", "retired")
+    __slots__ = (
+        "answers",
+        "heads",
+        "host",
+        "host_header",
+        "idle",
+        "max_idle",
+        "port",
+        "retired",
+    )
 
     def __init__(self, host: str, port: int, max_idle: int = 256):
         self.host = host
@@ -474,6 +536,9 @@ class _Pool:
         self.host_header = f"Host: {shown}:{port}\r\n"
         # The request line and Host header, by method and path: made once per route.
         self.heads: dict[tuple[str, str], bytes] = {}
+        # Answer heads parsed before, by their bytes less length and date (see _answer_key):
+        # status, keep-alive and the lines passed back.
+        self.answers: dict[bytes, tuple[int, bool, bytes]] = {}
         self.idle: list[_Connection] = []
         self.retired = False
 

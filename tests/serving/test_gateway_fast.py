@@ -13,9 +13,10 @@ import pytest_asyncio
 
 from opsbot.core.store import DB_NAME
 from opsbot.serving.gateway import GatewayOptions, make_app
-from opsbot.serving.gateway.fast import _less_length, hot_route
+from opsbot.serving.gateway.fast import hot_route
 from opsbot.serving.gateway.http import Serving, start_serving
 from opsbot.serving.gateway.options import PREDICT, V2_INFER
+from opsbot.serving.upstream import without_length
 from serving.test_gateway import KEY, FakeInstance, Home
 
 BODY = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
@@ -135,7 +136,7 @@ async def test_pipelined_calls_are_answered_in_order(
     ],
 )
 def test_a_head_is_known_again_by_all_but_its_length(head: bytes, expected: int) -> None:
-    key, length = _less_length(head)
+    key, length = without_length(head)
     assert length == expected
     if expected < 0:
         assert key is head

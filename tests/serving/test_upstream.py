@@ -19,6 +19,7 @@ from opsbot.serving.upstream import (
     RawClient,
     Reply,
     UpstreamClient,
+    _answer_key,
     header_lines,
 )
 
@@ -134,6 +135,48 @@ async def test_content_length_answer_and_keep_alive(client: UpstreamClient, scri
     assert f"\r\nHost: 127.0.0.1:{server.port}\r\n".encode() in head
     assert b"\r\nX-Request-Id: r1\r\n" in head
     assert body == b'{"instances": [1]}'
+
+
+def _dated(length: int, date: str, *extra: bytes) -> bytes:
+    lines = [b"HTTP/1.1 200 OK", b"Content-Type: application/json", *extra]
+    lines += [b"Content-Length: %d" % length, f"Date: {date}".encode(), b"Server: test"]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@pytest.mark.asyncio
+async def test_answer_heads_alike_but_length_and_date_each_end_at_their_length(
+    raw: RawClient, scripted: Any
+) -> None:
+    # The second and third heads are the first's but for length and date: read as their own.
+    bodies = [b'{"predictions":[1]}', b'{"predictions":[1,2,3]}', b"{}"]
+    dates = ["Sun, 29 Nov 2026 15:00:00 GMT", "Sun, 29 Nov 2026 15:00:01 GMT"] * 2
+    answers = [([_dated(len(b), d) + b], False) for b, d in zip(bodies, dates, strict=False)]
+    server = await scripted(answers)
+    for body in bodies:
+        reply = await _post(raw, server.port)
+        assert (reply.status, reply.body) == (200, body)
+        assert reply.headers == {"Content-Type": "application/json"}
+    assert server.connections == 1
+
+
+@pytest.mark.asyncio
+async def test_a_head_with_two_lengths_is_checked_every_time(raw: RawClient, scripted: Any) -> None:
+    # Once agreeing, then not: the second is refused though its head is the first's but for
+    # its first length.
+    date = "Sun, 29 Nov 2026 15:00:00 GMT"
+    agreeing = _dated(17, date, b"content-length: 17") + OK_BODY
+    disagreeing = _dated(5, date, b"content-length: 17") + OK_BODY
+    server = await scripted([([agreeing], False), ([disagreeing], False)])
+    assert (await _post(raw, server.port)).body == OK_BODY
+    with pytest.raises(BrokenReply, match="Content-Length"):
+        await _post(raw, server.port)
+
+
+def test_an_answer_head_is_known_again_by_all_but_its_length_and_date() -> None:
+    key, length = _answer_key(_dated(17, "Sun, 29 Nov 2026 15:00:00 GMT")[:-2])
+    other, _ = _answer_key(_dated(3, "Mon, 30 Nov 2026 10:00:00 GMT")[:-2])
+    assert length == 17 and key == other
+    assert key == b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nServer: test\r\n"
 
 
 @pytest.mark.asyncio

@@ -36,7 +36,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opsbot.serving.gateway.core import Gateway
 from opsbot.serving.gateway.options import PREDICT, V2_INFER
 from opsbot.serving.gateway.routing import Service, Version
-from opsbot.serving.upstream import Reply, header_lines
+from opsbot.serving.upstream import Reply, header_lines, without_length
 
 log = logging.getLogger("opsbot.serving.gateway")
 
@@ -109,28 +109,11 @@ def hot_route(path: bytes) -> tuple[int, str, str | None] | None:
 #: What a request head says that the fast path reads: the call's route, its headers (read
 #: only), whether the connection is kept after it.
 Parsed = tuple[tuple[int, str, str | None], Mapping[str, str], bool]
-# Heads parsed before, by their bytes less the Content-Length line (see _less_length): most
+# Heads parsed before, by their bytes less the Content-Length line (see without_length): most
 # callers send the same head call after call, and then it is parsed once. Bounded: a head is
 # kept only while there is room, and only a small one.
 _KEPT_HEADS: Final = 512
 _KEPT_HEAD_BYTES: Final = 2048
-
-
-def _less_length(head: bytes) -> tuple[bytes, int]:
-    """``head`` without its Content-Length line, and the length that line gives, when the
-    line is written the usual way (``Content-Length: <digits>``); else ``head`` itself and -1.
-
-    Two heads that differ only in that line's digits say the same thing but the length, so
-    what :func:`_parse` made of one holds for the other.
-    """
-    start = head.find(b"\r\nContent-Length: ")
-    if start < 0:
-        return head, -1
-    end = head.find(b"\r\n", start + 18)  # the head ends with CRLF CRLF: always found
-    value = head[start + 18 : end]
-    if not value.isdigit():
-        return head, -1
-    return head[:start] + head[end:], int(value)
 
 
 def _parse(head: bytes) -> tuple[Parsed | None, int]:
@@ -213,7 +196,7 @@ class Connections:
         self.open: set[FastFront] = set()
         self.stopping = False
         self._calls = 0
-        self.heads: dict[bytes, Parsed] = {}  # see _less_length
+        self.heads: dict[bytes, Parsed] = {}  # see without_length
         self._none: asyncio.Event | None = None  # made once stopping: set when no call is left
 
     def started(self) -> None:
@@ -364,7 +347,7 @@ class FastFront(asyncio.Protocol):
         """Parse the head ending at ``head_end``: a call admitted and waiting for its body, or
         None when the connection was handed to aiohttp or the call answered already."""
         raw = bytes(memoryview(self._buf)[:head_end])
-        key, length = _less_length(raw)
+        key, length = without_length(raw)
         heads = self._connections.heads
         parsed = heads.get(key) if length >= 0 else None
         if parsed is None:
