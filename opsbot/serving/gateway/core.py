@@ -134,6 +134,15 @@ async def _awaited(
     settled(reply)
 
 
+def forwarded_lines(headers: Mapping[str, str], kind: int, named: str) -> bytes:
+    """What of a call's headers goes on to the instance, as header lines: those in FORWARDED,
+    and for the v2 protocol the model's name as the caller named the service."""
+    pairs = [(name, value) for name in FORWARDED if (value := headers.get(name)) is not None]
+    if kind != PREDICT:
+        pairs.append((MODEL_NAME_HEADER, named))
+    return header_lines(pairs)
+
+
 class Gateway:
     """Routes, counters and the upstream client of one gateway process."""
 
@@ -450,10 +459,12 @@ class Gateway:
         named: str,
         pinned: Version | None,
         done: Callable[[Answer], None],
+        forwarded: bytes | None = None,
     ) -> Answer | None:
         """A call whose body arrived whole: its token taken, then forwarded. The answer when
         there is one at once (429 without a token); else None, and ``done`` gets the answer
-        later, from the event loop's callbacks."""
+        later, from the event loop's callbacks. ``forwarded``: :func:`forwarded_lines` of the
+        call, when the caller has them already."""
         wait = service.bucket.take(perf_counter())
         if wait:
             limit = service.route.traffic_limit
@@ -465,7 +476,7 @@ class Gateway:
                 "retry after the Retry-After seconds, or raise its traffic limit",
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        self._forward(service, kind, body, headers, started, named, pinned, done)
+        self._forward(service, kind, body, headers, started, named, pinned, done, forwarded)
         return None
 
     async def call(
@@ -588,7 +599,15 @@ class Gateway:
         """:meth:`_forward`, awaited."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._forward(
-            service, kind, body, headers, started, named, pinned, partial(_resolve, future), method
+            service,
+            kind,
+            body,
+            headers,
+            started,
+            named,
+            pinned,
+            partial(_resolve, future),
+            method=method,
         )
         return await future
 
@@ -602,15 +621,14 @@ class Gateway:
         named: str,
         pinned: Version | None,
         done: Callable[[Answer], None],
+        forwarded: bytes | None = None,
         method: str = "POST",
     ) -> None:
         """Send the call to an instance (of ``pinned``, when the path named a version); ``done``
         gets the answer. Over an idle keep-alive connection the whole way runs in the event
         loop's callbacks; only a new connection is awaited, in a task."""
-        pairs = [(name, value) for name in FORWARDED if (value := headers.get(name)) is not None]
-        if kind != PREDICT:
-            pairs.append((MODEL_NAME_HEADER, named))
-        forwarded = header_lines(pairs)
+        if forwarded is None:
+            forwarded = forwarded_lines(headers, kind, named)
         version = pinned if pinned is not None else service.first(headers)
         target = version.pick(started)
         assert target is not None  # a version chosen from live ones has targets

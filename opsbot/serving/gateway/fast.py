@@ -33,7 +33,7 @@ import httptools
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from opsbot.serving.gateway.core import Gateway
+from opsbot.serving.gateway.core import Gateway, forwarded_lines
 from opsbot.serving.gateway.options import PREDICT, V2_INFER
 from opsbot.serving.gateway.routing import Service, Version
 from opsbot.serving.upstream import Reply, header_lines, without_length
@@ -107,8 +107,8 @@ def hot_route(path: bytes) -> tuple[int, str, str | None] | None:
 
 
 #: What a request head says that the fast path reads: the call's route, its headers (read
-#: only), whether the connection is kept after it.
-Parsed = tuple[tuple[int, str, str | None], Mapping[str, str], bool]
+#: only), whether the connection is kept after it, the header lines forwarded to an instance.
+Parsed = tuple[tuple[int, str, str | None], Mapping[str, str], bool, bytes]
 # Heads parsed before, by their bytes less the Content-Length line (see without_length): most
 # callers send the same head call after call, and then it is parsed once. Bounded: a head is
 # kept only while there is room, and only a small one.
@@ -148,7 +148,8 @@ def _parse(head: bytes) -> tuple[Parsed | None, int]:
             for n, v in seen.headers
         )
     )
-    return (found, headers, parser.should_keep_alive()), length
+    forwarded = forwarded_lines(headers, found[0], found[1])
+    return (found, headers, parser.should_keep_alive(), forwarded), length
 
 
 class _Call:
@@ -156,6 +157,7 @@ class _Call:
 
     __slots__ = (
         "end",
+        "forwarded",
         "head_end",
         "headers",
         "keep_alive",
@@ -177,8 +179,10 @@ class _Call:
         admitted: tuple[Service, Version | None],
         reserved: int,
         started: float,
+        forwarded: bytes,
     ):
         self.head_end = head_end
+        self.forwarded = forwarded
         self.end = head_end + length
         self.headers = headers
         self.keep_alive = keep_alive
@@ -334,6 +338,7 @@ class FastFront(asyncio.Protocol):
                     call.named,
                     call.pinned,
                     self._answered,
+                    call.forwarded,
                 )
             except Exception:
                 log.exception("a call failed in the gateway")
@@ -362,7 +367,7 @@ class FastFront(asyncio.Protocol):
             self._hand_off()  # aiohttp answers 413, closing
             return None
         started = perf_counter()
-        found, headers, keep_alive = parsed
+        found, headers, keep_alive, forwarded = parsed
         named, label = found[1], found[2]
         self._disarm()
         admitted = gateway.admit(named, label, headers)
@@ -373,7 +378,9 @@ class FastFront(asyncio.Protocol):
         if isinstance(reserved, web.Response):
             self._refused(reserved, head_end + length, keep_alive)
             return None
-        call = _Call(head_end, length, headers, keep_alive, found, admitted, reserved, started)
+        call = _Call(
+            head_end, length, headers, keep_alive, found, admitted, reserved, started, forwarded
+        )
         self._call = call
         self._connections.started()
         return call

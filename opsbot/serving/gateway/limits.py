@@ -8,6 +8,7 @@ import hmac
 import logging
 import os
 from collections.abc import Mapping
+from functools import lru_cache
 from hashlib import sha256
 from typing import Final
 
@@ -64,14 +65,17 @@ def make_bucket(
     return TokenBucket(rate, now)
 
 
+@lru_cache(maxsize=256)
+def _digest(secret: str) -> str:
+    """A key's SHA-256, as the store holds it; the keys a gateway sees again and again (each
+    caller sends its key with every call) are hashed once."""
+    return sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def carries_internal(headers: Mapping[str, str], expected: str | None) -> bool:
     """Whether the call carries the daemon's own token (``expected``: its SHA-256)."""
     token = headers.get(INTERNAL_HEADER)
-    return (
-        expected is not None
-        and token is not None
-        and sha256(token.encode()).hexdigest() == expected
-    )
+    return expected is not None and token is not None and _digest(token) == expected
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
@@ -88,7 +92,7 @@ def carries_key(headers: Mapping[str, str], key_hashes: frozenset[str] | set[str
     if key is None:
         key = bearer(headers)
     # Keys are compared by their SHA-256, the only form the store holds.
-    return key is not None and sha256(key.encode()).hexdigest() in key_hashes
+    return key is not None and _digest(key) in key_hashes
 
 
 class ScrapeToken:
