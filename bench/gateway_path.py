@@ -1,6 +1,6 @@
 """The gateway's own work per call, with no sockets: CPU microseconds of the hot path.
 
-    python bench/gateway_path.py [--calls 20000] [--rounds 7] [--before TREE]
+    python bench/gateway_path.py [--calls 20000] [--rounds 7] [--before TREE] [--varied]
 
 One process builds a gateway routing one service to one instance, a fast-front connection
 and a kept upstream connection whose transports only collect what is written, then feeds the
@@ -9,7 +9,9 @@ the instance's answer into the upstream connection's, three passes of the event 
 (what a call driven by tasks needs to finish). It prints the CPU time per call (best and median
 of the rounds). ``--before TREE`` measures another checkout the same way in the same run (as a
 subprocess on that tree), so a change to the hot path shows as a ratio against its baseline.
-What it leaves out is what sockets cost (system calls, wake-ups, caches gone cold between
+``--varied`` gives every call its own ``X-Request-Id``, so no two heads are alike (the gateway
+parses a head it has seen before only once: this is the cost when it never has). What it
+leaves out is what sockets cost (system calls, wake-ups, caches gone cold between
 calls): ``bench/gateway.py`` measures those, end to end.
 """
 
@@ -66,7 +68,14 @@ class Collecting(asyncio.Transport):
         pass
 
 
-async def measure(calls: int, rounds: int) -> list[float]:
+def request(request_id: int | None) -> bytes:
+    """The call, with its own X-Request-Id when ``request_id`` is given."""
+    if request_id is None:
+        return REQUEST
+    return REQUEST.replace(b"\r\n\r\n", b"\r\nX-Request-Id: r%d\r\n\r\n" % request_id, 1)
+
+
+async def measure(calls: int, rounds: int, varied: bool = False) -> list[float]:
     from opsbot.core.keys import hash_key
     from opsbot.core.routes import ServiceRoute, Upstream, VersionRoute
     from opsbot.core.status import Status
@@ -98,11 +107,14 @@ async def measure(calls: int, rounds: int) -> list[float]:
     to_caller = Collecting()
     front.connection_made(to_caller)
 
+    requests = [request(n if varied else None) for n in range(calls)]
+    turn = iter(())
+
     async def one() -> None:
         kept.idle_since = loop.time()
         if not pool.idle:
             pool.idle.append(kept)
-        front.data_received(REQUEST)
+        front.data_received(next(turn, REQUEST))
         await asyncio.sleep(0)
         kept.data_received(ANSWER)
         await asyncio.sleep(0)
@@ -116,6 +128,7 @@ async def measure(calls: int, rounds: int) -> list[float]:
     for _ in range(rounds):
         to_caller.written.clear()
         to_instance.written.clear()
+        turn = iter(requests)
         started = time.process_time()
         for _ in range(calls):
             await one()
@@ -123,10 +136,11 @@ async def measure(calls: int, rounds: int) -> list[float]:
     return per_call
 
 
-def run(tree: Path, calls: int, rounds: int) -> list[float]:
+def run(tree: Path, calls: int, rounds: int, varied: bool) -> list[float]:
     """Measure in a subprocess on ``tree``: one line of per-call figures."""
     env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
     cmd = [sys.executable, __file__, "--calls", str(calls), "--rounds", str(rounds), "--raw"]
+    cmd += ["--varied"] if varied else []
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return [float(x) for x in out.split()]
 
@@ -136,18 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--before", type=Path, metavar="TREE", help="a baseline checkout")
+    parser.add_argument(
+        "--varied", action="store_true", help="every call with its own X-Request-Id"
+    )
     parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.raw:
         import uvloop
 
-        print(*uvloop.run(measure(args.calls, args.rounds)))
+        print(*uvloop.run(measure(args.calls, args.rounds, args.varied)))
         return 0
     trees = [("this tree", ROOT)]
     if args.before is not None:
         trees.insert(0, ("before", args.before))
-    results = {name: run(tree, args.calls, args.rounds) for name, tree in trees}
-    print(f"hot path in process, {args.calls} calls x {args.rounds} rounds, CPU us per call:")
+    results = {name: run(tree, args.calls, args.rounds, args.varied) for name, tree in trees}
+    heads = "each with its own head" if args.varied else "one head"
+    print(
+        f"hot path in process, {args.calls} calls x {args.rounds} rounds ({heads}),"
+        " CPU us per call:"
+    )
     for name, figures in results.items():
         line = f"  {name:<10} best {min(figures):6.1f}  median {statistics.median(figures):6.1f}"
         if name != "before" and "before" in results:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection, Iterable
 from functools import partial
-from typing import Final, Literal, Protocol, cast
+from typing import Final, Literal, Protocol, TypeVar, cast
 
 from aiohttp import (
     ClientConnectorError,
@@ -42,8 +42,6 @@ _RETURNED_NAMES: Final = {name.lower().encode(): f"{name}: ".encode() for name i
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_REPLY_BYTES: Final = 256 * 1024 * 1024
-# Answer heads kept per instance, once parsed (see _Connection._parse_head).
-_KEPT_ANSWERS: Final = 64
 # Bodies above this are written after the head instead of copied into one buffer with it.
 _JOIN_LIMIT: Final = 64 * 1024
 
@@ -420,12 +418,11 @@ class _Connection(asyncio.Protocol):
             if length > MAX_REPLY_BYTES:
                 raise BrokenReply(f"the instance's answer is over {MAX_REPLY_BYTES} bytes")
             self.mode, self.need = _LENGTH, self.head_end + length
-            answers = pool.answers if pool is not None else None
-            if lengths == 1 and answers is not None and len(answers) < _KEPT_ANSWERS:
+            if lengths == 1 and pool is not None:
                 # Kept only when nothing but one Content-Length line says how it ends.
                 key, said = _answer_key(bytes(memoryview(buf)[: end + 2]))
                 if said == length:
-                    answers[key] = (status, keep_alive, b"".join(self.fields))
+                    remember(pool.answers, key, (status, keep_alive, b"".join(self.fields)))
         else:
             self.mode = _UNTIL_CLOSE
             keep_alive = False
@@ -492,6 +489,20 @@ def without_length(head: bytes) -> tuple[bytes, int]:
     if end < 0 or not value.isdigit():
         return head, -1
     return head[:start] + head[end:], int(value)
+
+
+_V = TypeVar("_V")
+
+
+def remember(kept: dict[bytes, _V], head: bytes, parsed: _V, most: int = 512) -> None:
+    """Keep what a head was parsed to, in a cache of at most ``most`` heads of up to 2 kB.
+    A full cache is emptied: heads that come again are soon back, and a caller that makes
+    every head new (an id per call) cannot keep the others out for good."""
+    if len(head) > 2048:
+        return
+    if len(kept) >= most:
+        kept.clear()
+    kept[head] = parsed
 
 
 def _answer_key(head: bytes) -> tuple[bytes, int]:

@@ -21,6 +21,7 @@ from opsbot.serving.upstream import (
     UpstreamClient,
     _answer_key,
     header_lines,
+    remember,
 )
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n"
@@ -170,6 +171,15 @@ async def test_a_head_with_two_lengths_is_checked_every_time(raw: RawClient, scr
     assert (await _post(raw, server.port)).body == OK_BODY
     with pytest.raises(BrokenReply, match="Content-Length"):
         await _post(raw, server.port)
+
+
+def test_a_full_cache_of_heads_makes_room_for_the_next() -> None:
+    kept: dict[bytes, int] = {}
+    for n in range(5):
+        remember(kept, b"head %d" % n, n, most=3)
+        assert kept[b"head %d" % n] == n and len(kept) <= 3
+    remember(kept, b"x" * 2049, 9, most=3)  # too large to keep
+    assert b"x" * 2049 not in kept
 
 
 def test_an_answer_head_is_known_again_by_all_but_its_length_and_date() -> None:

@@ -36,7 +36,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opsbot.serving.gateway.core import Gateway, forwarded_lines
 from opsbot.serving.gateway.options import PREDICT, V2_INFER
 from opsbot.serving.gateway.routing import Service, Version
-from opsbot.serving.upstream import Reply, header_lines, without_length
+from opsbot.serving.upstream import Reply, header_lines, remember, without_length
 
 log = logging.getLogger("opsbot.serving.gateway")
 
@@ -109,11 +109,8 @@ def hot_route(path: bytes) -> tuple[int, str, str | None] | None:
 #: What a request head says that the fast path reads: the call's route, its headers (read
 #: only), whether the connection is kept after it, the header lines forwarded to an instance.
 Parsed = tuple[tuple[int, str, str | None], Mapping[str, str], bool, bytes]
-# Heads parsed before, by their bytes less the Content-Length line (see without_length): most
-# callers send the same head call after call, and then it is parsed once. Bounded: a head is
-# kept only while there is room, and only a small one.
-_KEPT_HEADS: Final = 512
-_KEPT_HEAD_BYTES: Final = 2048
+# Heads parsed before are kept by their bytes less the Content-Length line (see without_length
+# and remember): most callers send the same head call after call, and then it is parsed once.
 
 
 def _parse(head: bytes) -> tuple[Parsed | None, int]:
@@ -360,8 +357,8 @@ class FastFront(asyncio.Protocol):
             if parsed is None:
                 self._hand_off()
                 return None
-            if key is not raw and len(heads) < _KEPT_HEADS and len(key) <= _KEPT_HEAD_BYTES:
-                heads[key] = parsed
+            if key is not raw:
+                remember(heads, key, parsed)
         gateway = self._gateway
         if length > gateway.options.max_body_bytes:
             self._hand_off()  # aiohttp answers 413, closing
