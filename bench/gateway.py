@@ -237,11 +237,13 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: floa
 
 @contextmanager
 def running(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """``cmd`` running until the block ends. ``cwd``: where it runs; for ``python -m`` the
+    tree whose code it runs, since Python puts the working directory ahead of PYTHONPATH."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
     try:
         yield proc
@@ -507,11 +509,12 @@ def main(argv: list[str] | None = None) -> int:
             upstream = stack.enter_context(running(upstream_cmd, tmp / "upstream.log", env))
             wait_http(f"http://127.0.0.1:{upstream_port}/v2/health/ready", upstream, "upstream")
             targets = [Target("direct", upstream_port, "/predict", upstream.pid)]
-            runs = [(name, VARIANTS[name], env) for name in args.gateways]
+            runs = [(name, VARIANTS[name], env, ROOT) for name in args.gateways]
             if args.before is not None:
-                before_env = {**env, "PYTHONPATH": str(args.before.resolve())}
-                runs.insert(0, ("gw-before", VARIANTS["gateway"], before_env))
-            for name, (client, loop, workers, front), gateway_env in runs:
+                before = args.before.resolve()
+                before_env = {**env, "PYTHONPATH": str(before)}
+                runs.insert(0, ("gw-before", VARIANTS["gateway"], before_env, before))
+            for name, (client, loop, workers, front), gateway_env, tree in runs:
                 port = free_port()
                 cmd = [
                     sys.executable,
@@ -534,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
                     "--log-level",
                     "WARNING",
                 ]
-                gateway = stack.enter_context(running(cmd, tmp / f"{name}.log", gateway_env))
+                gateway = stack.enter_context(
+                    running(cmd, tmp / f"{name}.log", gateway_env, cwd=tree)
+                )
                 wait_http(f"http://127.0.0.1:{port}/healthz", gateway, name)
                 targets.append(Target(name, port, f"/v1/infers/{SERVICE_UID}", gateway.pid))
             if args.relay:
