@@ -486,7 +486,8 @@ def without_length(head: bytes) -> tuple[bytes, int]:
         return head, -1
     end = head.find(b"\r\n", start + 18)
     value = head[start + 18 : end]
-    if end < 0 or not value.isdigit():
+    # More digits than any length taken here: the parse refuses it (and int() would too).
+    if end < 0 or not value.isdigit() or len(value) > 15:
         return head, -1
     return head[:start] + head[end:], int(value)
 

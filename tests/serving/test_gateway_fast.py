@@ -133,6 +133,7 @@ async def test_pipelined_calls_are_answered_in_order(
         (b"POST /a HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n", -1),
         (b"POST /a HTTP/1.1\r\nContent-Length: \r\n\r\n", -1),
         (b"POST /a HTTP/1.1\r\nX-Content-Length: 12\r\n\r\n", -1),
+        (b"POST /a HTTP/1.1\r\nContent-Length: %s\r\n\r\n" % (b"9" * 5000), -1),
     ],
 )
 def test_a_head_is_known_again_by_all_but_its_length(head: bytes, expected: int) -> None:
