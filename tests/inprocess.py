@@ -33,6 +33,7 @@ def serve_control_api(home: Path) -> Iterator[tuple[Daemon, ControlClient]]:
         with InProcessTransport(make_app(daemon), socket=daemon.home / SOCKET_NAME) as transport:
             yield daemon, ControlClient(transport, timeout=30)
     finally:
+        daemon.release_gateway_socket()
         daemon.controller.close()
         daemon.core.store.close()
 

@@ -40,7 +40,7 @@ from opsbot.core.keys import hash_key, key_prefix, metrics_token, new_key
 from opsbot.core.logcap import tail_lines
 from opsbot.core.notify import Dispatcher
 from opsbot.core.runtime import Runtime
-from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath, free_port
+from opsbot.core.runtimes.process import ProcessRuntime, child_pythonpath
 from opsbot.core.sandbox import SOCKET_NAME
 from opsbot.core.scheduler import AutoStopScheduler, SyncOnEvents
 from opsbot.core.services import Service
@@ -48,6 +48,7 @@ from opsbot.core.spec import DEFAULT_FLAVOR
 from opsbot.core.store import table
 from opsbot.daemon.api import make_app
 from opsbot.serving.gateway import INTERNAL_HEADER
+from opsbot.serving.workers import listen
 from opsbot.slack.app import start_slack
 
 log = logging.getLogger("opsbot.daemon")
@@ -199,7 +200,14 @@ class Daemon:
         self.scheduler = AutoStopScheduler.for_core(self.core, on_change=self.changed)
         self.dispatcher.subscribe(SyncOnEvents(self.scheduler))
         port = config.gateway_port if gateway_port is None else gateway_port
-        self.gateway_port = port or free_port(config.gateway_host)
+        #: The gateway's listening socket, bound here and handed to the gateway process: a
+        #: port chosen as free (port 0) is held from that moment, never another program's by
+        #: the time the gateway starts.
+        self._gateway_sock: socket.socket | None = None
+        if not port:
+            self._gateway_sock = listen(config.gateway_host, 0)
+            port = self._gateway_sock.getsockname()[1]
+        self.gateway_port = port
         self.gateway_url = f"http://{config.gateway_host}:{self.gateway_port}"
         self.api_listen = api_listen or config.api_listen
         self.examples = examples
@@ -321,20 +329,29 @@ class Daemon:
                 self._gateway_pid = int(pid_file.read_text().strip())
             if self._gateway_alive():
                 self.say(f"adopted the gateway (pid {self._gateway_pid}) at {self.gateway_url}")
+                self.release_gateway_socket()
                 return
             self._gateway_pid = None
         if self._gateway_alive():
             return
         config = self.core.config
-        # Another program (another daemon's gateway) on the port would answer our services'
-        # URLs while ours crash-looped: refuse to start instead.
-        check_port_free(
-            config.gateway_host,
-            self.gateway_port,
-            "the gateway",
-            "--gateway-port, or gateway_port in config.toml",
-            "gateway_port",
-        )
+        sock = self._gateway_sock
+        if sock is None:
+            # Another program (another daemon's gateway) on the port would answer our
+            # services' URLs while ours crash-looped: refuse to start instead.
+            where = (config.gateway_host, self.gateway_port)
+            try:
+                sock = listen(*where)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                check_port_free(
+                    *where,
+                    "the gateway",
+                    "--gateway-port, or gateway_port in config.toml",
+                    "gateway_port",
+                )
+                raise
         log_path = self.home / "logs" / "gateway.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -352,15 +369,23 @@ class Daemon:
             "--timeout-s",
             str(config.gateway_timeout_s),
             *(["--workers", str(config.gateway_workers)] if config.gateway_workers else []),
+            "--listen-fd",
+            str(sock.fileno()),
         ]
-        with open(log_path, "ab") as out:
-            self._gateway = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONPATH": child_pythonpath()},
-            )
+        try:
+            with open(log_path, "ab") as out:
+                self._gateway = subprocess.Popen(
+                    argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={**os.environ, "PYTHONPATH": child_pythonpath()},
+                    pass_fds=(sock.fileno(),),
+                )
+        finally:
+            # The gateway holds it now; a gateway started again later binds the same port.
+            self._gateway_sock = None
+            sock.close()
         self._gateway_pid = self._gateway.pid
         pid_file.write_text(str(self._gateway.pid))
         deadline = time.monotonic() + 20
@@ -377,6 +402,13 @@ class Daemon:
             except OSError:
                 time.sleep(0.1)
         raise OpsbotError(f"the gateway did not answer on {self.gateway_url} within 20 s")
+
+    def release_gateway_socket(self) -> None:
+        """Close the gateway's listening socket, if this daemon still holds it (one that never
+        starts the gateway, or adopted a running one)."""
+        if self._gateway_sock is not None:
+            self._gateway_sock.close()
+            self._gateway_sock = None
 
     def stop_gateway(self) -> None:
         pid = self._gateway_pid

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import socket
 import sys
 from collections.abc import Coroutine
 from hashlib import sha256
@@ -106,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         default="uvloop",
         help="event loop: uvloop (libuv; less CPU per call) or the standard library's",
     )
+    parser.add_argument(
+        "--listen-fd",
+        type=int,
+        default=None,
+        help="serve on this inherited listening socket (the daemon binds it, so the port it "
+        "chose is never another's by the time the gateway starts); --host and --port then only "
+        "name it",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -148,15 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     if home.is_dir():  # the daemon makes it first; a gateway started alone makes it here
         metrics_token(home)
     give_back_large_buffers()
+    inherited: socket.socket | None = None
+    if args.listen_fd is not None:
+        try:
+            inherited = socket.socket(fileno=args.listen_fd)
+            inherited.setblocking(False)
+        except OSError as exc:
+            print(f"opsbot gateway: --listen-fd {args.listen_fd}: {exc}", file=sys.stderr)
+            return 1
     if workers == 1:
         try:
-            run_loop(serve(home / DB_NAME, host, port, options), args.loop)
+            run_loop(serve(home / DB_NAME, host, port, options, sock=inherited), args.loop)
         except OSError as exc:
             print(f"opsbot gateway: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
             return 1
         return 0
     try:
-        sock = listen(host, port)
+        sock = inherited if inherited is not None else listen(host, port)
     except OSError as exc:
         print(f"opsbot gateway: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
