@@ -180,6 +180,19 @@ MIGRATIONS: tuple[str, ...] = (
         uid INTEGER NOT NULL UNIQUE
     );
     """,
+    # 8: forms being filled in by a front (the Slack modals' drafts), so a restart loses none:
+    # the user who owns each, when it was last used (wall clock: it outlives the process) and
+    # the order of use (``seq``), which drops the least recently used past a limit.
+    """
+    CREATE TABLE form_drafts (
+        key TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        state TEXT NOT NULL,
+        used_at REAL NOT NULL,
+        seq INTEGER NOT NULL
+    );
+    CREATE INDEX form_drafts_by_seq ON form_drafts (seq);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

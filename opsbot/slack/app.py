@@ -86,8 +86,9 @@ class SlackBot:
         self.gateway_url = gateway_url
         self.clock = clock
         self.numbers = numbers
-        #: The forms being filled in (a modal's private_metadata holds only a draft's key).
-        self.drafts = views.Drafts()
+        #: The forms being filled in (a modal's private_metadata holds only a draft's key),
+        #: kept in the store: a restart loses none.
+        self.drafts = views.Drafts(core.store, clock=clock)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -141,7 +142,7 @@ class SlackBot:
         """The deploy modal, or the modify modal when ``state.target`` names a service; the
         form is kept as a draft first (the view carries only its key)."""
         c = self._choices(actor, state)
-        self.drafts.save(views.offer(state, c.catalog))
+        self.drafts.save(views.offer(state, c.catalog), actor.name)
         return views.deploy_modal(state, c.catalog, c.pools, c.flavors, c.origins)
 
     def version_view(
@@ -149,7 +150,7 @@ class SlackBot:
     ) -> views.View:
         """Version ``uid``'s own modal over the form ``parent`` (a view id)."""
         c = self._choices(actor, state)
-        self.drafts.save(views.offer(state, c.catalog))
+        self.drafts.save(views.offer(state, c.catalog), actor.name)
         return views.version_modal(state, uid, c.catalog, c.flavors, c.origins, parent=parent)
 
     def render(self, actor: User, state: views.FormState, meta: Mapping[str, Any]) -> views.View:
@@ -235,12 +236,14 @@ class SlackBot:
         ack()
         view = body["view"]
         action = body["actions"][0]
+        actor = self.actor(body)
         try:
-            state = views.state_from_view(view, self.drafts, acting=action.get("block_id"))
+            state = views.state_from_view(
+                view, self.drafts, actor.name, acting=action.get("block_id")
+            )
         except views.DraftGone as exc:
             client.views_update(view_id=view["id"], view=views.expired_view(exc.message))
             return
-        actor = self.actor(body)
         chosen = views.selected_value(action)
         action_id = action["action_id"]
         if action_id == views.A_AUTO_STOP and chosen:
@@ -287,8 +290,9 @@ class SlackBot:
         may not see, offers nothing (the select cannot show a message). ``client`` is there for
         :meth:`failed`, which tells the user of a failure by DM."""
         try:
-            state = views.state_from_view(body.get("view") or {}, self.drafts)
-            c = self._choices(self.actor(body), state)
+            actor = self.actor(body)
+            state = views.state_from_view(body.get("view") or {}, self.drafts, actor.name)
+            c = self._choices(actor, state)
         except OpsbotError as exc:  # DraftGone, PermissionDenied, NotFound
             log.info("Slack options of %s: none (%s)", body.get("block_id"), exc.message)
             ack(options=[])
@@ -300,7 +304,9 @@ class SlackBot:
         # A model added to the catalog since the form was drawn can be picked too.
         models = {views.option_key(m): m for found in c.catalog.values() for m in found}
         values = (str(o["value"]) for o in shown)
-        self.drafts.add_offered(state.key, {v: models[v] for v in values if v in models})
+        self.drafts.add_offered(
+            state.key, actor.name, {v: models[v] for v in values if v in models}
+        )
         ack(options=shown)
 
     def version_submit(
@@ -310,13 +316,13 @@ class SlackBot:
         are shown here; the form's are told when it is submitted), kept in the draft, and the
         form under it drawn again with the version's new row."""
         meta = views.view_meta(view)
+        actor = self.actor(body)
         try:
-            state = views.state_from_view(view, self.drafts)
+            state = views.state_from_view(view, self.drafts, actor.name)
         except views.DraftGone as exc:
             ack(response_action="update", view=views.expired_view(exc.message))
             return
         uid = int(meta.get("g", -1))
-        actor = self.actor(body)
         data, problems = views.spec_data(state)
         errors = views.error_block_ids(state, problems, own_modal=uid)
         if not errors:
@@ -331,7 +337,7 @@ class SlackBot:
         if errors:
             ack(response_action="errors", errors=errors)
             return
-        self.drafts.save(state)
+        self.drafts.save(state, actor.name)
         ack()  # closes this modal: the form is under it
         client.views_update(view_id=str(meta.get("p")), view=self.modal(actor, state))
 
@@ -363,10 +369,13 @@ class SlackBot:
         errors = exc.errors or [FieldError(field, f"{exc.title}: {exc.message}")]
         ack(response_action="errors", errors=views.error_block_ids(state, errors))
 
-    def _read_submitted(self, ack: Ack, view: dict[str, Any]) -> views.FormState | None:
-        """The submitted form; None once the modal says it expired (its draft is gone)."""
+    def _read_submitted(
+        self, ack: Ack, actor: User, view: dict[str, Any]
+    ) -> views.FormState | None:
+        """The submitted form; None once the modal says it expired (its draft is gone) or is
+        not the actor's."""
         try:
-            return views.state_from_view(view, self.drafts)
+            return views.state_from_view(view, self.drafts, actor.name)
         except views.DraftGone as exc:
             ack(response_action="update", view=views.expired_view(exc.message))
             return None
@@ -374,11 +383,11 @@ class SlackBot:
     def submit_ack(
         self, ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient
     ) -> None:
-        state = self._read_submitted(ack, view)
+        actor = self.actor(body)
+        state = self._read_submitted(ack, actor, view)
         if state is None:
             return
         data, problems = views.spec_data(state)
-        actor = self.actor(body)
         if problems:
             ack(response_action="errors", errors=views.error_block_ids(state, problems))
             return
@@ -393,7 +402,7 @@ class SlackBot:
             self._errors(ack, state, exc)
             return
         ack()
-        self.drafts.drop(state.key)
+        self.drafts.drop(state.key, actor.name)
         self.on_change()
         self.dm_deploy(client, str(body["user"]["id"]), created, warnings)
 
@@ -435,7 +444,8 @@ class SlackBot:
     def modify_submit(
         self, ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient
     ) -> None:
-        state = self._read_submitted(ack, view)
+        actor = self.actor(body)
+        state = self._read_submitted(ack, actor, view)
         if state is None:
             return
         assert state.target is not None
@@ -444,7 +454,6 @@ class SlackBot:
         if problems:
             ack(response_action="errors", errors=views.error_block_ids(state, problems))
             return
-        actor = self.actor(body)
         try:
 
             def planned() -> list[str]:
@@ -461,7 +470,7 @@ class SlackBot:
             self._errors(ack, state, exc)
             return
         ack()
-        self.drafts.drop(state.key)
+        self.drafts.drop(state.key, actor.name)
         self.on_change()
         slack_id = str(body["user"]["id"])
         text, blocks = views.modified_message(name, updated.changes, updated.snapshot)

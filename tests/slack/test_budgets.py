@@ -117,12 +117,12 @@ def svc(spec: DeploySpec, status: str = "running") -> dict[str, Any]:
     }
 
 
-def modal_state(deploy: bool = False) -> views.FormState:
+def modal_state(drafts: views.Drafts, deploy: bool = False) -> views.FormState:
     spec = biggest()
     state = views.form_from_spec(spec, OWNER, origin=RESPONSE_URL, everyone=True)
     if deploy:
         state.target = None
-    views.Drafts().save(state)
+    drafts.save(state, OWNER)
     return state
 
 
@@ -132,8 +132,10 @@ def render(state: views.FormState) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("deploy", [False, True], ids=["modify", "deploy"])
-def test_the_largest_form_lists_versions_and_keeps_every_rule(deploy: bool) -> None:
-    state = modal_state(deploy)
+def test_the_largest_form_lists_versions_and_keeps_every_rule(
+    deploy: bool, drafts: views.Drafts
+) -> None:
+    state = modal_state(drafts, deploy)
     assert not views.inline(state)
     view = render(state)
     budget.check(view)
@@ -153,8 +155,8 @@ def test_the_largest_form_lists_versions_and_keeps_every_rule(deploy: bool) -> N
     assert len(view["private_metadata"]) < 100
 
 
-def test_option_values_are_short_keys_the_bot_resolves() -> None:
-    state = modal_state()
+def test_option_values_are_short_keys_the_bot_resolves(drafts: views.Drafts) -> None:
+    state = modal_state(drafts)
     spec = biggest()
     modal = views.version_modal(state, 0, catalog(spec), flavors(), {}, parent="V1")
     model = next(b for b in modal["blocks"] if b["block_id"].startswith("m0.model."))
@@ -169,8 +171,8 @@ def test_option_values_are_short_keys_the_bot_resolves() -> None:
 
 
 @pytest.mark.parametrize("deploy", [False, True], ids=["modify", "deploy"])
-def test_the_largest_form_with_everything_to_confirm(deploy: bool) -> None:
-    state = modal_state(deploy)
+def test_the_largest_form_with_everything_to_confirm(deploy: bool, drafts: views.Drafts) -> None:
+    state = modal_state(drafts, deploy)
     _, problems = views.spec_data(state)
     assert problems == []
     state.summary = [f"{k}: {v}" for k, v in form.deploy_summary(biggest())]
@@ -190,8 +192,10 @@ def test_the_largest_form_with_everything_to_confirm(deploy: bool) -> None:
     assert "more lines" in last["text"]["text"]
 
 
-def test_each_version_of_the_largest_service_has_a_modal_within_budget() -> None:
-    state = modal_state()
+def test_each_version_of_the_largest_service_has_a_modal_within_budget(
+    drafts: views.Drafts,
+) -> None:
+    state = modal_state(drafts)
     spec = biggest()
     for g in state.groups:
         view = views.version_modal(state, g.uid, catalog(spec), flavors(), {}, parent="V" * 11)
@@ -211,13 +215,12 @@ def test_each_version_of_the_largest_service_has_a_modal_within_budget() -> None
         assert several and several <= set(g.kept_env)  # a NAME=value line cannot hold them
 
 
-def test_the_form_read_back_is_the_service_whatever_was_kept_aside() -> None:
+def test_the_form_read_back_is_the_service_whatever_was_kept_aside(drafts: views.Drafts) -> None:
     """Nothing is cut: the largest form, read back from what Slack sends, is the same spec
     once the daemon resolves masked values (they mean keep)."""
     spec = biggest()
-    drafts = views.Drafts()
     state = views.form_from_spec(spec, OWNER)
-    drafts.save(views.offer(state, catalog(spec)))
+    drafts.save(views.offer(state, catalog(spec)), OWNER)
     values: dict[str, dict[str, Any]] = {}
     for g in state.groups:  # every version's modal, sent back as it was shown
         modal = views.version_modal(state, g.uid, catalog(spec), flavors(), {}, parent="V1")
@@ -233,7 +236,9 @@ def test_the_form_read_back_is_the_service_whatever_was_kept_aside() -> None:
                 )
                 values[b["block_id"]] = {"a": slot}
     read = views.state_from_view(
-        {"private_metadata": json.dumps({"d": state.key}), "state": {"values": values}}, drafts
+        {"private_metadata": json.dumps({"d": state.key}), "state": {"values": values}},
+        drafts,
+        OWNER,
     )
     data, problems = views.spec_data(read)
     assert problems == []
@@ -279,27 +284,6 @@ def test_messages_about_the_largest_service_stay_within_budget() -> None:
         views.deploying_message(spec.name),
     ):
         budget.check(blocks)
-
-
-def test_drafts_forget_the_least_recently_used_and_the_stale() -> None:
-    now = [0.0]
-    drafts = views.Drafts(limit=2, ttl=60, clock=lambda: now[0])
-    a, b = views.FormState(name="a"), views.FormState(name="b")
-    drafts.save(a)
-    drafts.save(b)
-    assert drafts.load(a.key).name == "a"  # a is now the most recently used
-    drafts.save(views.FormState(name="c"))
-    assert len(drafts) == 2
-    with pytest.raises(views.DraftGone, match="open it again"):
-        drafts.load(b.key)
-    now[0] = 61
-    with pytest.raises(views.DraftGone):
-        drafts.load(a.key)
-    # A copy is kept: changing the state loaded changes nothing until saved.
-    c = views.FormState(name="c")
-    drafts.save(c)
-    drafts.load(c.key).name = "changed"
-    assert drafts.load(c.key).name == "c"
 
 
 def test_the_budget_helper_names_what_passes_a_budget() -> None:

@@ -4,6 +4,7 @@ signed requests to the bot, the Web API faked. Modify lists the versions; Edit p
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,11 @@ def test_version_ten_of_a_large_service_is_edited_in_its_own_modal(
 
 
 def test_a_form_whose_draft_is_gone_says_to_open_it_again(bot: Bot) -> None:
-    """A daemon restarted (or a form left open a day) no longer holds the draft: the modal
-    says so instead of acting on a form it cannot read."""
+    """A form left open over a day is no longer held: the modal says so instead of acting on
+    a form it cannot read."""
     modal = bot.bot.modal(bot.core.slack_user("U1"), views.FormState())
-    bot.bot.drafts = views.Drafts()  # what a restart leaves
+    later = time.time() + bot.bot.drafts.ttl + 1
+    bot.bot.drafts = views.Drafts(bot.core.store, clock=lambda: later)  # a day later
     add = {"action_id": views.A_ADD, "block_id": "add_version", "value": "add"}
     post(bot.url, block_action(add, view=as_sent(modal, {"name": "late"})), FORM)
     gone = bot.fake.wait_for("views.update")["view"]

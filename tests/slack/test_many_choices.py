@@ -156,8 +156,11 @@ def test_suggestions_offer_only_what_the_user_may_see(
     normal(core)
     form = opened_form(many)
     assert len(ask(many, form, "m0.model", "")) == 100  # U1's own
-    # Another user with the same form's key gets their own catalog, never U1's.
-    assert texts(ask(many, form, "m0.model", "", user="U2")) == ["theirs"]
+    # Another user with the same form's key gets nothing: the form is U1's alone ...
+    assert ask(many, form, "m0.model", "", user="U2") == []
+    # ... and in a form of their own, their own catalog, never U1's.
+    theirs = many.bot.modal(stranger, views.FormState())
+    assert texts(ask(many, theirs, "m0.model", "", user="U2")) == ["theirs"]
     assert ask(many, form, "m0.model", "model", user="U3") == []  # unknown: owns nothing
     # The Modify form of U1's service offers U1's models to U1 (the current one shown) ...
     core.create_service(
@@ -207,15 +210,15 @@ def test_a_model_of_150_versions_offers_each_version_and_rule_target(wide: Bot, 
     assert [(r.header, r.equals, r.version) for r in spec.rules] == [("X-Beta", "yes", "1.0.149")]
 
 
-def test_a_form_gone_or_a_stale_block_offers_nothing(many: Bot) -> None:
+def test_a_form_gone_or_a_stale_block_offers_nothing(many: Bot, me: str) -> None:
     view = opened_form(many)
     assert ask(many, view, "m0.model", "model-1")  # the form held: options
     gone = {**view, "private_metadata": '{"d":"no-such-draft"}'}
     assert ask(many, gone, "m0.model", "model-1") == []
     # A block the form no longer shows (the source changed since: a new model block).
-    state = views.state_from_view(view, many.bot.drafts)
+    state = views.state_from_view(view, many.bot.drafts, me)
     views.choose_source(state, 0, "subscribed")
-    many.bot.drafts.save(state)
+    many.bot.drafts.save(state, me)
     assert ask(many, view, "m0.model", "model-1") == []
 
 

@@ -81,14 +81,13 @@ def test_most_groups_stay_within_block_kit_limits() -> None:
     assert not any(b.get("block_id") == "add_version" for b in view["blocks"])
 
 
-def test_dependent_selects_renew_block_ids_and_drop_stale_values() -> None:
+def test_dependent_selects_renew_block_ids_and_drop_stale_values(drafts: views.Drafts) -> None:
     state = views.FormState()
     views.choose_model(state, 0, "iris", CATALOG)
     state.groups[0].version = "2.0.0"
     before = views.deploy_modal(state, CATALOG, ["public"], flavors())
     views.choose_source(state, 0, "subscribed")
-    drafts = views.Drafts()
-    drafts.save(state)
+    drafts.save(state, "alice")
     after = views.deploy_modal(state, CATALOG, ["public"], flavors())
     ids_before = {b.get("block_id") for b in before["blocks"]}
     ids_after = {b.get("block_id") for b in after["blocks"]}
@@ -105,7 +104,7 @@ def test_dependent_selects_renew_block_ids_and_drop_stale_values() -> None:
             }
         },
     }
-    read = views.state_from_view(sent, drafts)
+    read = views.state_from_view(sent, drafts, "alice")
     assert read.groups[0].source == "subscribed"
     assert read.groups[0].version is None
 
@@ -268,20 +267,19 @@ def test_extend_falls_back_to_buttons_when_options_cannot_hold_the_target() -> N
     assert views.action_target(elements[1]).owner == "o" * 130
 
 
-def test_warnings_show_above_the_form_and_are_marked() -> None:
+def test_warnings_show_above_the_form_and_are_marked(drafts: views.Drafts) -> None:
     state = views.FormState(name="svc")
     warned = [FieldError("models[0].env.API_TOKEN", "API_TOKEN looks like a secret")]
     state.warnings = [w.message for w in warned]
     state.warned = views.warning_mark(warned)
-    drafts = views.Drafts()
-    drafts.save(state)
+    drafts.save(state, "alice")
     view = views.deploy_modal(state, CATALOG, ["public"], flavors())
     valid_view(view)
     assert view["blocks"][0]["block_id"] == "warnings"
     assert "API_TOKEN looks like a secret" in view["blocks"][0]["text"]["text"]
     assert view["submit"]["text"] == "Deploy anyway"
     # The mark is kept with the form; the notice itself is shown once.
-    read = views.state_from_view(view, drafts)
+    read = views.state_from_view(view, drafts, "alice")
     assert read.warned == state.warned and read.warnings == []
     assert views.deploy_modal(read, CATALOG, ["public"], flavors())["submit"]["text"] == "Deploy"
     assert views.warning_mark([]) == ""
@@ -474,12 +472,14 @@ def test_rule_targets_fit_slacks_option_values_whatever_the_model_name() -> None
     assert data["rules"] == [{"header": "X", "equals": "a", "version": "v" * 64}]
 
 
-def test_a_versions_own_modal_and_its_row_take_the_core_forms_labels() -> None:
+def test_a_versions_own_modal_and_its_row_take_the_core_forms_labels(
+    drafts: views.Drafts,
+) -> None:
     state = views.FormState(name="svc")
     for _ in range(9):
         views.add_group(state, CATALOG)
     views.add_rule(state)
-    views.Drafts().save(state)
+    drafts.save(state, "alice")
     form_view = views.deploy_modal(state, CATALOG, ["public"], flavors())
     valid_view(form_view)
     assert not views.inline(state)

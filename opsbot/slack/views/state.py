@@ -1,13 +1,14 @@
 """The Deploy (and Modify) modal's form state: what the modal holds, read back from Slack,
 changed by its dependent selects, and turned into spec data for the core.
 
-The whole form (structure and every value, also of versions the modal does not show) is a
-draft held by the bot (:class:`Drafts`); ``private_metadata`` carries only the draft's short key
-(and, in a version's own modal, which version and the form's view), so it never nears Slack's
-3,000 characters. Values typed by the user arrive in ``view.state.values`` and are merged into
-the draft on every action. Blocks that depend on an earlier choice (model after source, version
-after model, flavor after pool or version) carry a generation number in their block id, renewed
-when the choice changes, so Slack forgets a value that no longer fits.
+The whole form (structure and every value, also of versions the modal does not show) is a draft
+kept in the daemon's store (:class:`Drafts`: a restart loses none); ``private_metadata``
+carries only the draft's short key (and, in a version's own modal, which version and the form's
+view), so it never nears Slack's 3,000 characters. Values typed by the user arrive in
+``view.state.values`` and are merged into the draft on every action. Blocks that depend on an
+earlier choice (model after source, version after model, flavor after pool or version) carry a
+generation number in their block id, renewed when the choice changes, so Slack forgets a value
+that no longer fits.
 
 How much of the form one modal shows is planned within Block Kit's budgets (see
 :func:`inline`): a small form shows every version's inputs; a large one lists the versions,
@@ -15,21 +16,23 @@ each edited in a modal of its own pushed on top (``views.push``)."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import json
 import re
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter
 
 from opsbot.core import form
+from opsbot.core.drafts import DraftNotYours, DraftStore
 from opsbot.core.errors import FieldError, OpsbotError
 from opsbot.core.spec import MAX_RULES, MAX_VERSIONS, DeploySpec, masked_env
+from opsbot.core.store import Store
 from opsbot.slack.views.blocks import (
     MAX_BLOCKS,
     SECTION_TEXT_MAX,
@@ -62,6 +65,7 @@ RULE_TESTS = form.RULE_TESTS
 Catalog = Mapping[str, Mapping[str, Sequence[str]]]
 #: The origin ("custom" or "exeml") of each (source, model, version) of the catalog.
 Origins = Mapping[tuple[str, str, str], str]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -154,84 +158,100 @@ def group_uid(block_id: str) -> int:
 
 
 class DraftGone(OpsbotError):
-    """A view names a draft the bot no longer holds (opsbot restarted, or it was left open)."""
+    """A view names a draft the bot no longer holds (submitted, or left open too long), or one
+    the acting user did not open."""
 
     title = "Form expired"
+
+
+#: A draft as JSON and back, exactly: nested versions and rules, the target's tuple.
+_FORM_JSON: TypeAdapter[FormState] = TypeAdapter(FormState)
+
+
+def form_json(state: FormState) -> str:
+    """``state`` as the JSON kept in the store (see :func:`form_from_json`)."""
+    return _FORM_JSON.dump_json(state).decode()
+
+
+def form_from_json(text: str) -> FormState:
+    """The form :func:`form_json` wrote."""
+    return _FORM_JSON.validate_json(text)
 
 
 class Drafts:
     """The forms being filled in, by key: what a modal's ``private_metadata`` points at.
 
-    Held in the daemon's memory (a form is a conversation, not state of the service), the
-    least recently used dropped past ``limit`` and any unused for ``ttl`` seconds. Thread-safe:
-    Bolt runs listeners on a pool. Every load and save copies, so a listener never changes a
-    draft another is reading."""
+    Kept in the daemon's store (:class:`~opsbot.core.drafts.DraftStore`), so a form outlives a
+    restart; each belongs to the user who opened it, and only they may read or change it. The
+    least recently used are dropped past ``limit`` and any unused for ``ttl`` seconds (by the
+    wall clock, which a restart keeps). Thread-safe (Bolt runs listeners on a pool): each call
+    is one store transaction, and every load and save copies, so a listener never changes a
+    draft another is reading. What is shown once (``warnings``, ``summary``) is never kept."""
 
     def __init__(
         self,
+        store: Store,
         *,
         limit: int = 1000,
         ttl: float = 24 * 3600,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ):
-        self._items: OrderedDict[str, tuple[float, FormState]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.limit = limit
-        self.ttl = ttl
+        self._kept = DraftStore(store, limit=limit, ttl=ttl)
         self.clock = clock
 
-    def save(self, state: FormState) -> str:
-        """Keep ``state`` (a copy) under its key, given one if it has none; return the key."""
+    @property
+    def ttl(self) -> float:
+        return self._kept.ttl
+
+    def save(self, state: FormState, owner: str) -> str:
+        """Keep ``state`` (a copy) under its key for ``owner``, given one if it has none;
+        return the key."""
         if not state.key:
             state.key = secrets.token_urlsafe(9)
-        kept = copy.deepcopy(state)
-        kept.warnings, kept.summary = [], []  # shown once, never kept
-        with self._lock:
-            now = self.clock()
-            self._items[state.key] = (now, kept)
-            self._items.move_to_end(state.key)
-            self._expire(now)
+        kept = dataclasses.replace(state, warnings=[], summary=[])  # shown once, never kept
+        self._guard(lambda: self._kept.save(state.key, owner, form_json(kept), self.clock()))
         return state.key
 
-    def load(self, key: str) -> FormState:
-        """A copy of the draft ``key``; DraftGone when the bot no longer holds it."""
-        with self._lock:
-            now = self.clock()
-            self._expire(now)
-            found = self._items.get(key)
-            if found is None:
-                raise DraftGone(
-                    "This form is no longer held by opsbot (it restarted, or the form was left "
-                    f"open over {int(self.ttl // 3600)} hours): close it and open it again."
-                )
-            self._items[key] = (now, found[1])
-            self._items.move_to_end(key)
-            return copy.deepcopy(found[1])
+    def load(self, key: str, owner: str) -> FormState:
+        """A copy of ``owner``'s draft ``key``; DraftGone when the bot no longer holds it or
+        another user opened it."""
+        text = self._guard(lambda: self._kept.load(key, owner, self.clock()))
+        if text is None:
+            raise DraftGone(
+                "This form is no longer held by opsbot (it was submitted, or left open over "
+                f"{int(self.ttl // 3600)} hours): close it and open it again."
+            )
+        return form_from_json(text)
 
-    def add_offered(self, key: str, offered: Mapping[str, str]) -> None:
+    def add_offered(self, key: str, owner: str, offered: Mapping[str, str]) -> None:
         """Add to draft ``key``'s :attr:`FormState.offered` the models a select offered since it
         was drawn (an external_select's answer, from the catalog of now), so the one picked is
         resolved; nothing else of the draft changes, whatever an action saves meanwhile."""
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                found[1].offered.update(offered)
 
-    def drop(self, key: str) -> None:
-        """Forget a draft once its form is done with."""
-        with self._lock:
-            self._items.pop(key, None)
+        def change(text: str) -> str:
+            state = form_from_json(text)
+            state.offered.update(offered)
+            return form_json(state)
+
+        self._guard(lambda: self._kept.update(key, owner, change))
+
+    def drop(self, key: str, owner: str) -> None:
+        """Forget ``owner``'s draft once its form is done with."""
+        self._kept.drop(key, owner)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+        return self._kept.count()
 
-    def _expire(self, now: float) -> None:
-        while self._items:
-            key, (used, _) = next(iter(self._items.items()))
-            if len(self._items) <= self.limit and now - used < self.ttl:
-                break
-            del self._items[key]
+    @staticmethod
+    def _guard(call: Callable[[], _T]) -> _T:
+        """``call``, another user's draft told as a form this user cannot use."""
+        try:
+            return call()
+        except DraftNotYours as exc:
+            raise DraftGone(
+                "This form was opened by another Slack user: open your own with /deploy.",
+                title=DraftNotYours.title,
+            ) from exc
 
 
 def option_key(name: str) -> str:
@@ -274,14 +294,15 @@ def selected_value(value: Mapping[str, Any]) -> str | None:
 
 
 def state_from_view(
-    view: Mapping[str, Any], drafts: Drafts, *, acting: str | None = None
+    view: Mapping[str, Any], drafts: Drafts, owner: str, *, acting: str | None = None
 ) -> FormState:
     """Read a modal back: its draft, with the values the view holds merged over it (only the
-    inputs it shows: a version's modal changes that version, the form the rest).
+    inputs it shows: a version's modal changes that version, the form the rest). Only
+    ``owner``, who opened the form, may read it.
 
     ``acting`` is the block of a select whose choice an action applies (a new model resets
     the version): Slack sends its new value in the view too, left out here for the action."""
-    state = drafts.load(str(view_meta(view).get("d") or ""))
+    state = drafts.load(str(view_meta(view).get("d") or ""), owner)
     values: Mapping[str, Mapping[str, Any]] = (view.get("state") or {}).get("values") or {}
     by_group = {g.uid: g for g in state.groups}
     by_rule = {r.uid: r for r in state.rules}
