@@ -248,11 +248,17 @@ def test_modify_is_refused_while_deploying_and_for_others(bot: Bot, me: str) -> 
     )
     bot.fake.wait_for("response", lambda a: "Not allowed" in a.get("text", ""))
     assert bot.fake.of("views.open") == []
-    # A forged submission by someone else is refused by the core as well.
+    # A forged submission by someone else of U1's form is refused: the form is U1's ...
     state = views.form_from_spec(bot.core.service(bot.core.user(me), "gated").spec, me)
     modal = bot.bot.modal(bot.core.slack_user("U1"), state)
     sent = as_sent(modal, {"m0.traffic_ratio": "50", "m1.traffic_ratio": "50"})
     answer = submit(bot.url, sent, user="U2").json()
+    assert "opened by another Slack user" in str(answer["view"]["blocks"])
+    # ... and of a form of their own naming U1's service, by the core as well.
+    state.key = ""
+    bot.bot.drafts.save(state, bot.core.slack_user("U2").name)
+    forged = {**sent, "private_metadata": json.dumps({"d": state.key})}
+    answer = submit(bot.url, forged, user="U2").json()
     assert "only its owner or an admin" in answer["errors"]["auto_stop"]
     assert snapshots(bot, me) == [1]
 
