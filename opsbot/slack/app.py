@@ -33,6 +33,7 @@ from opsbot.core.notify import Dispatcher
 from opsbot.core.registry import NORMAL
 from opsbot.core.services import Created, Service
 from opsbot.slack import views
+from opsbot.slack.drafts import Drafts
 from opsbot.slack.http import serve
 from opsbot.slack.notifier import SlackNotifier
 from opsbot.slack.socket_mode import SocketModeRunner
@@ -88,7 +89,7 @@ class SlackBot:
         self.numbers = numbers
         #: The forms being filled in (a modal's private_metadata holds only a draft's key),
         #: kept in the store: a restart loses none.
-        self.drafts = views.Drafts(core.store, clock=clock)
+        self.drafts = Drafts(core.store, clock=clock)
 
     # -- helpers ---------------------------------------------------------------------------
 

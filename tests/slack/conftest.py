@@ -12,8 +12,8 @@ from slack_support import SECRET, FakeSlack, big_probe
 from opsbot.core.app import Core
 from opsbot.core.notify import Dispatcher
 from opsbot.core.store import Store
-from opsbot.slack import views
 from opsbot.slack.app import SlackBot, build_app, make_client
+from opsbot.slack.drafts import Drafts
 from opsbot.slack.http import SlackHTTPServer, serve
 
 
@@ -39,10 +39,10 @@ def fake() -> Iterator[FakeSlack]:
 
 
 @pytest.fixture
-def drafts(tmp_path: Path) -> Iterator[views.Drafts]:
+def drafts(tmp_path: Path) -> Iterator[Drafts]:
     """Drafts kept in a store of their own, as the bot keeps them in the daemon's."""
     store = Store(tmp_path / "drafts.db")
-    yield views.Drafts(store)
+    yield Drafts(store)
     store.close()
 
 

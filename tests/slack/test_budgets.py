@@ -24,6 +24,7 @@ from opsbot.core.spec import (
 )
 from opsbot.core.update import keep_masked
 from opsbot.slack import views
+from opsbot.slack.drafts import Drafts
 
 OWNER = "o" * 32
 MODEL = "a" * 64 + "/" + "b" * 64  # the longest model name the core takes: 129
@@ -117,7 +118,7 @@ def svc(spec: DeploySpec, status: str = "running") -> dict[str, Any]:
     }
 
 
-def modal_state(drafts: views.Drafts, deploy: bool = False) -> views.FormState:
+def modal_state(drafts: Drafts, deploy: bool = False) -> views.FormState:
     spec = biggest()
     state = views.form_from_spec(spec, OWNER, origin=RESPONSE_URL, everyone=True)
     if deploy:
@@ -132,9 +133,7 @@ def render(state: views.FormState) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("deploy", [False, True], ids=["modify", "deploy"])
-def test_the_largest_form_lists_versions_and_keeps_every_rule(
-    deploy: bool, drafts: views.Drafts
-) -> None:
+def test_the_largest_form_lists_versions_and_keeps_every_rule(deploy: bool, drafts: Drafts) -> None:
     state = modal_state(drafts, deploy)
     assert not views.inline(state)
     view = render(state)
@@ -155,7 +154,7 @@ def test_the_largest_form_lists_versions_and_keeps_every_rule(
     assert len(view["private_metadata"]) < 100
 
 
-def test_option_values_are_short_keys_the_bot_resolves(drafts: views.Drafts) -> None:
+def test_option_values_are_short_keys_the_bot_resolves(drafts: Drafts) -> None:
     state = modal_state(drafts)
     spec = biggest()
     modal = views.version_modal(state, 0, catalog(spec), flavors(), {}, parent="V1")
@@ -171,7 +170,7 @@ def test_option_values_are_short_keys_the_bot_resolves(drafts: views.Drafts) -> 
 
 
 @pytest.mark.parametrize("deploy", [False, True], ids=["modify", "deploy"])
-def test_the_largest_form_with_everything_to_confirm(deploy: bool, drafts: views.Drafts) -> None:
+def test_the_largest_form_with_everything_to_confirm(deploy: bool, drafts: Drafts) -> None:
     state = modal_state(drafts, deploy)
     _, problems = views.spec_data(state)
     assert problems == []
@@ -193,7 +192,7 @@ def test_the_largest_form_with_everything_to_confirm(deploy: bool, drafts: views
 
 
 def test_each_version_of_the_largest_service_has_a_modal_within_budget(
-    drafts: views.Drafts,
+    drafts: Drafts,
 ) -> None:
     state = modal_state(drafts)
     spec = biggest()
@@ -215,7 +214,7 @@ def test_each_version_of_the_largest_service_has_a_modal_within_budget(
         assert several and several <= set(g.kept_env)  # a NAME=value line cannot hold them
 
 
-def test_the_form_read_back_is_the_service_whatever_was_kept_aside(drafts: views.Drafts) -> None:
+def test_the_form_read_back_is_the_service_whatever_was_kept_aside(drafts: Drafts) -> None:
     """Nothing is cut: the largest form, read back from what Slack sends, is the same spec
     once the daemon resolves masked values (they mean keep)."""
     spec = biggest()

@@ -28,6 +28,7 @@ from opsbot.core.app import Core
 from opsbot.core.store import Store
 from opsbot.slack import views
 from opsbot.slack.app import build_app, make_client
+from opsbot.slack.drafts import Drafts
 from opsbot.slack.http import serve
 
 FORM = "application/x-www-form-urlencoded"
@@ -81,10 +82,10 @@ _forms = st.builds(
 
 
 @pytest.fixture(scope="module")
-def shared_drafts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[views.Drafts]:
+def shared_drafts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drafts]:
     """One store for every example hypothesis draws (a store per example would be slow)."""
     store = Store(tmp_path_factory.mktemp("drafts") / "opsbot.db")
-    yield views.Drafts(store)
+    yield Drafts(store)
     store.close()
 
 
@@ -102,7 +103,7 @@ def test_a_form_comes_back_from_json_exactly(state: views.FormState) -> None:
 )
 @given(state=_forms)
 def test_a_saved_form_loads_whole_less_what_is_shown_once(
-    shared_drafts: views.Drafts, state: views.FormState
+    shared_drafts: Drafts, state: views.FormState
 ) -> None:
     state.key = ""
     key = shared_drafts.save(state, "alice")
@@ -110,7 +111,7 @@ def test_a_saved_form_loads_whole_less_what_is_shown_once(
     assert state.key == key  # the caller's form has its key, and its warnings still
 
 
-def test_the_largest_form_comes_back_whole(drafts: views.Drafts) -> None:
+def test_the_largest_form_comes_back_whole(drafts: Drafts) -> None:
     from test_budgets import biggest  # the largest service the core takes
 
     state = views.form_from_spec(biggest(), "o" * 32, origin="https://hooks.example/r")
@@ -123,7 +124,7 @@ def test_drafts_forget_the_stale_by_the_wall_clock(tmp_path: Path) -> None:
     now = [1_000_000.0]
     store = Store(tmp_path / "opsbot.db")
     try:
-        drafts = views.Drafts(store, ttl=60, clock=lambda: now[0])
+        drafts = Drafts(store, ttl=60, clock=lambda: now[0])
         key = drafts.save(views.FormState(name="a"), "alice")
         now[0] += 59
         assert drafts.load(key, "alice").name == "a"  # a use: its 60 s start again
@@ -131,7 +132,7 @@ def test_drafts_forget_the_stale_by_the_wall_clock(tmp_path: Path) -> None:
         assert drafts.load(key, "alice").name == "a"
         # The time is the wall clock's, kept in the store: a new process sees it expired.
         now[0] += 60
-        again = views.Drafts(Store(tmp_path / "opsbot.db"), ttl=60, clock=lambda: now[0])
+        again = Drafts(Store(tmp_path / "opsbot.db"), ttl=60, clock=lambda: now[0])
         with pytest.raises(views.DraftGone, match="open it again") as gone:
             again.load(key, "alice")
         assert "restarted" not in gone.value.message
@@ -144,7 +145,7 @@ def test_drafts_forget_the_least_recently_used_past_the_limit(tmp_path: Path) ->
     now = [0.0]  # one instant: the order of use decides, not the time
     store = Store(tmp_path / "opsbot.db")
     try:
-        drafts = views.Drafts(store, limit=2, ttl=60, clock=lambda: now[0])
+        drafts = Drafts(store, limit=2, ttl=60, clock=lambda: now[0])
         a, b = views.FormState(name="a"), views.FormState(name="b")
         drafts.save(a, "alice")
         drafts.save(b, "bob")
@@ -164,7 +165,7 @@ def test_drafts_forget_the_least_recently_used_past_the_limit(tmp_path: Path) ->
         store.close()
 
 
-def test_another_users_draft_is_neither_read_nor_changed(drafts: views.Drafts) -> None:
+def test_another_users_draft_is_neither_read_nor_changed(drafts: Drafts) -> None:
     state = views.FormState(name="mine", offered={"k1": "iris"})
     key = drafts.save(state, "alice")
     for attempt in (
@@ -181,7 +182,7 @@ def test_another_users_draft_is_neither_read_nor_changed(drafts: views.Drafts) -
     assert drafts.load(key, "alice").offered == {"k1": "iris", "k2": "iris2"}
 
 
-def test_concurrent_saves_keep_each_draft_whole(drafts: views.Drafts) -> None:
+def test_concurrent_saves_keep_each_draft_whole(drafts: Drafts) -> None:
     """Threads saving the same draft and their own, as Bolt's pool does: every load sees one
     save whole (all its fields from the same save), never a mix, and no draft is lost."""
     shared = drafts.save(views.FormState(name="0-0", description="0-0"), "alice")

@@ -15,6 +15,7 @@ from test_modify import FORM, as_sent, block, initial, listed_button, move, pres
 from opsbot.core.app import Core
 from opsbot.core.status import Status
 from opsbot.slack import views
+from opsbot.slack.drafts import Drafts
 
 VERSIONS = ["1.0.0", "2.0.0", *(f"3.{i}" for i in range(8))]
 
@@ -101,7 +102,7 @@ def test_a_form_whose_draft_is_gone_says_to_open_it_again(bot: Bot) -> None:
     a form it cannot read."""
     modal = bot.bot.modal(bot.core.slack_user("U1"), views.FormState())
     later = time.time() + bot.bot.drafts.ttl + 1
-    bot.bot.drafts = views.Drafts(bot.core.store, clock=lambda: later)  # a day later
+    bot.bot.drafts = Drafts(bot.core.store, clock=lambda: later)  # a day later
     add = {"action_id": views.A_ADD, "block_id": "add_version", "value": "add"}
     post(bot.url, block_action(add, view=as_sent(modal, {"name": "late"})), FORM)
     gone = bot.fake.wait_for("views.update")["view"]

@@ -16,6 +16,7 @@ from opsbot.core.errors import FieldError
 from opsbot.core.flavors import FlavorStatus, load_flavors
 from opsbot.core.spec import MAX_RULES, MAX_VERSIONS
 from opsbot.slack import views
+from opsbot.slack.drafts import Drafts
 
 CATALOG = {"mine": {"iris": ["1.0.0", "2.0.0"], "solo": ["1.0.0"]}, "subscribed": {}}
 
@@ -81,7 +82,7 @@ def test_most_groups_stay_within_block_kit_limits() -> None:
     assert not any(b.get("block_id") == "add_version" for b in view["blocks"])
 
 
-def test_dependent_selects_renew_block_ids_and_drop_stale_values(drafts: views.Drafts) -> None:
+def test_dependent_selects_renew_block_ids_and_drop_stale_values(drafts: Drafts) -> None:
     state = views.FormState()
     views.choose_model(state, 0, "iris", CATALOG)
     state.groups[0].version = "2.0.0"
@@ -267,7 +268,7 @@ def test_extend_falls_back_to_buttons_when_options_cannot_hold_the_target() -> N
     assert views.action_target(elements[1]).owner == "o" * 130
 
 
-def test_warnings_show_above_the_form_and_are_marked(drafts: views.Drafts) -> None:
+def test_warnings_show_above_the_form_and_are_marked(drafts: Drafts) -> None:
     state = views.FormState(name="svc")
     warned = [FieldError("models[0].env.API_TOKEN", "API_TOKEN looks like a secret")]
     state.warnings = [w.message for w in warned]
@@ -473,7 +474,7 @@ def test_rule_targets_fit_slacks_option_values_whatever_the_model_name() -> None
 
 
 def test_a_versions_own_modal_and_its_row_take_the_core_forms_labels(
-    drafts: views.Drafts,
+    drafts: Drafts,
 ) -> None:
     state = views.FormState(name="svc")
     for _ in range(9):

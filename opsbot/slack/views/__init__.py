@@ -3,7 +3,7 @@
 Nothing here talks to Slack or to the core: builders take plain data and return dicts that
 slack_sdk's models accept, so every view can be validated in tests without a network.
 
-The form being filled in is a draft the bot holds (:class:`Drafts`); a modal's
+The form being filled in is a draft the bot keeps (:mod:`opsbot.slack.drafts`); a modal's
 ``private_metadata`` carries only its key, and values typed by the user arrive in
 ``view.state.values``. Blocks that depend on an earlier choice (model after source, version
 after model, flavor after pool) carry a generation number in their block id, renewed when the
@@ -105,7 +105,6 @@ from opsbot.slack.views.state import (
     SOURCES,
     Catalog,
     DraftGone,
-    Drafts,
     FormState,
     GroupState,
     Origins,
@@ -186,7 +185,6 @@ __all__ = [
     "Block",
     "Catalog",
     "DraftGone",
-    "Drafts",
     "FormState",
     "GroupState",
     "HistoryEntry",

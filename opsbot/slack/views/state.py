@@ -16,23 +16,18 @@ each edited in a modal of its own pushed on top (``views.push``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
-import secrets
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
 from opsbot.core import form
-from opsbot.core.drafts import DraftNotYours, DraftStore
 from opsbot.core.errors import FieldError, OpsbotError
 from opsbot.core.spec import MAX_RULES, MAX_VERSIONS, DeploySpec, masked_env
-from opsbot.core.store import Store
 from opsbot.slack.views.blocks import (
     MAX_BLOCKS,
     SECTION_TEXT_MAX,
@@ -41,6 +36,9 @@ from opsbot.slack.views.blocks import (
     confirm_lines,
     pack,
 )
+
+if TYPE_CHECKING:
+    from opsbot.slack.drafts import Drafts  # reads and writes the store: not a view
 
 AUTO_STOP_CHOICES = form.AUTO_STOP_CHOICES
 SOURCES = form.SOURCES
@@ -65,7 +63,6 @@ RULE_TESTS = form.RULE_TESTS
 Catalog = Mapping[str, Mapping[str, Sequence[str]]]
 #: The origin ("custom" or "exeml") of each (source, model, version) of the catalog.
 Origins = Mapping[tuple[str, str, str], str]
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -176,82 +173,6 @@ def form_json(state: FormState) -> str:
 def form_from_json(text: str) -> FormState:
     """The form :func:`form_json` wrote."""
     return _FORM_JSON.validate_json(text)
-
-
-class Drafts:
-    """The forms being filled in, by key: what a modal's ``private_metadata`` points at.
-
-    Kept in the daemon's store (:class:`~opsbot.core.drafts.DraftStore`), so a form outlives a
-    restart; each belongs to the user who opened it, and only they may read or change it. The
-    least recently used are dropped past ``limit`` and any unused for ``ttl`` seconds (by the
-    wall clock, which a restart keeps). Thread-safe (Bolt runs listeners on a pool): each call
-    is one store transaction, and every load and save copies, so a listener never changes a
-    draft another is reading. What is shown once (``warnings``, ``summary``) is never kept."""
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        limit: int = 1000,
-        ttl: float = 24 * 3600,
-        clock: Callable[[], float] = time.time,
-    ):
-        self._kept = DraftStore(store, limit=limit, ttl=ttl)
-        self.clock = clock
-
-    @property
-    def ttl(self) -> float:
-        return self._kept.ttl
-
-    def save(self, state: FormState, owner: str) -> str:
-        """Keep ``state`` (a copy) under its key for ``owner``, given one if it has none;
-        return the key."""
-        if not state.key:
-            state.key = secrets.token_urlsafe(9)
-        kept = dataclasses.replace(state, warnings=[], summary=[])  # shown once, never kept
-        self._guard(lambda: self._kept.save(state.key, owner, form_json(kept), self.clock()))
-        return state.key
-
-    def load(self, key: str, owner: str) -> FormState:
-        """A copy of ``owner``'s draft ``key``; DraftGone when the bot no longer holds it or
-        another user opened it."""
-        text = self._guard(lambda: self._kept.load(key, owner, self.clock()))
-        if text is None:
-            raise DraftGone(
-                "This form is no longer held by opsbot (it was submitted, or left open over "
-                f"{int(self.ttl // 3600)} hours): close it and open it again."
-            )
-        return form_from_json(text)
-
-    def add_offered(self, key: str, owner: str, offered: Mapping[str, str]) -> None:
-        """Add to draft ``key``'s :attr:`FormState.offered` the models a select offered since it
-        was drawn (an external_select's answer, from the catalog of now), so the one picked is
-        resolved; nothing else of the draft changes, whatever an action saves meanwhile."""
-
-        def change(text: str) -> str:
-            state = form_from_json(text)
-            state.offered.update(offered)
-            return form_json(state)
-
-        self._guard(lambda: self._kept.update(key, owner, change))
-
-    def drop(self, key: str, owner: str) -> None:
-        """Forget ``owner``'s draft once its form is done with."""
-        self._kept.drop(key, owner)
-
-    def __len__(self) -> int:
-        return self._kept.count()
-
-    @staticmethod
-    def _guard(call: Callable[[], _T]) -> _T:
-        """``call``, another user's draft told as a form this user cannot use."""
-        try:
-            return call()
-        except DraftNotYours as exc:
-            raise DraftGone(
-                "This form was opened by another Slack user: open your own with /deploy.",
-                title=DraftNotYours.title,
-            ) from exc
 
 
 def option_key(name: str) -> str:
