@@ -3,8 +3,9 @@
     python bench/slack_ack.py [--requests 200] [--gateway-concurrency 16] [--load-procs N]
 
 The bot listens in HTTP mode on 127.0.0.1 with signature checks on, its Web API pointed at a
-local fake. Signed ``/deploy`` commands (ack, then the modal opens after) and view submissions
-(validated and created in the store before the ack, since errors travel in the ack) are timed
+local fake. Signed ``/deploy`` commands (ack, then the modal opens after), view submissions
+(validated, answered with the entered information to confirm) and their confirmations (validated
+again and created in the store before the ack, since errors travel in the ack) are timed
 end to end at the client. The same requests run twice: alone (baseline), then while the
 inference gateway (its own process, as in the daemon) serves a closed load of predictions from
 a real iris model server, and a thread keeps writing to the bot's SQLite store (the daemon's
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing
 import os
 import statistics
@@ -142,7 +144,6 @@ def main() -> None:
             gateway_url="http://127.0.0.1:8080",
         )
         server = serve(app, SECRET, 0, host="127.0.0.1")
-        modal = bot.modal(core.slack_user("U1"), views.FormState())
         counter = iter(range(10**9))
 
         def deploy_command(_: int) -> float:
@@ -150,10 +151,24 @@ def main() -> None:
             assert reply.status == 200, reply
             return reply.seconds
 
+        confirms: list[float] = []
+
         def view_submission(_: int) -> float:
+            """The submit (validated, answered with what to confirm), then the confirmation
+            (validated again and created before the ack); the confirmation's time goes to
+            ``confirms``."""
             values = {"name": f"b{next(counter)}", "m0.model": "iris", "m0.version": "1.0.0"}
-            reply = post(server.url, submission(filled(modal, values)), FORM)
-            assert reply.status == 200 and reply.body == "", reply
+            # Each form its own draft (a confirmed one is done with), opened untimed.
+            view = filled(bot.modal(core.slack_user("U1"), views.FormState()), values)
+            reply = post(server.url, submission(view), FORM)
+            answer = json.loads(reply.body) if reply.body else {}
+            shown = answer.get("view") or {}
+            asked = answer.get("response_action") == "update" and "private_metadata" in shown
+            assert reply.status == 200 and asked, reply
+            confirmed = {**view, "private_metadata": shown["private_metadata"]}
+            done = post(server.url, submission(confirmed), FORM)
+            assert done.status == 200 and done.body == "", done
+            confirms.append(done.seconds)
             return reply.seconds
 
         results: dict[tuple[str, str], list[float]] = {}
@@ -183,7 +198,9 @@ def main() -> None:
                 try:
                     for label, send in (("/deploy", deploy_command), ("submit", view_submission)):
                         measure(10, send)  # warm up
+                        confirms.clear()
                         results[(phase, label)] = measure(args.requests, send)
+                    results[(phase, "confirm")] = list(confirms)
                 finally:
                     stop_procs.set()
                     stop_thread.set()
@@ -208,7 +225,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs"
     )
     print(f"{'request':10} {'phase':9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  p99 ratio")
-    for label in ("/deploy", "submit"):
+    for label in ("/deploy", "submit", "confirm"):
         base = percentile(results[("baseline", label)], 0.99)
         for phase in ("baseline", "loaded"):
             got = results[(phase, label)]
