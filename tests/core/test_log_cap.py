@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from homes import python_model_spec
+from homes import RlimitOnly, python_model_spec
 
 from opsbot.core.config import load_config
 from opsbot.core.flavors import load_flavors
@@ -33,7 +33,7 @@ from opsbot.core.logcap import (
 from opsbot.core.registry import _child_check
 from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes.docker import container_args
-from opsbot.core.runtimes.process import PRELOADER_LOG, CgroupLimiter, ProcessRuntime
+from opsbot.core.runtimes.process import PRELOADER_LOG, ProcessRuntime
 from opsbot.core.runtimes.swarm import task_template
 
 SMALL = LogCap(max_bytes=1000, files=3, backstop_bytes=MIN_BACKSTOP_BYTES)
@@ -226,20 +226,13 @@ TINY = LogCap(max_bytes=64 * 1024, files=3, backstop_bytes=MIN_BACKSTOP_BYTES)
 FLOOD = 2 * MIN_BACKSTOP_BYTES
 
 
-class _NoLimits(CgroupLimiter):
-    """rlimits only: tests must not leave cgroups behind."""
-
-    def _detect(self) -> str:
-        return "rlimit"
-
-
 @pytest.fixture(params=["cold", "forked"])
 def chatty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessRuntime]:
     home = tmp_path / "home"
     home.mkdir()
     preload = ["opsbot.serving.server"] if request.param == "forked" else []
     runtime = ProcessRuntime(
-        home, accounts=lambda _: None, limiter=_NoLimits(), preload=preload, log_cap=TINY
+        home, accounts=lambda _: None, limiter=RlimitOnly(), preload=preload, log_cap=TINY
     )
     try:
         yield runtime
@@ -337,7 +330,7 @@ def test_the_preloader_and_its_log_are_capped_too(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     runtime = ProcessRuntime(
-        home, accounts=lambda _: None, limiter=_NoLimits(), preload=["json"], log_cap=TINY
+        home, accounts=lambda _: None, limiter=RlimitOnly(), preload=["json"], log_cap=TINY
     )
     try:
         runtime.warm(next(f for f in load_flavors() if f.id == "cpu.2u8g"))

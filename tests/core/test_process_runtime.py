@@ -11,11 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from homes import RlimitOnly
 
 from opsbot.core.flavors import load_flavors
 from opsbot.core.hardware import Device
 from opsbot.core.runtime import InstanceSpec, failure_reason
-from opsbot.core.runtimes.process import CgroupLimiter, ProcessRuntime
+from opsbot.core.runtimes.process import ProcessRuntime
 
 FAKE_PYTHON = """#!/bin/sh
 # Stands in for the model server: records its arguments, then its environment, then serves
@@ -39,18 +40,11 @@ def runtime(tmp_path: Path) -> Iterator[ProcessRuntime]:
     # As the daemon's own account: these tests are about the environment, sessions and
     # adoption (tests/security runs instances as their owners' accounts).
     rt = ProcessRuntime(
-        tmp_path, python=str(script), limiter=_NoLimits(), accounts=lambda _: None, preload=()
+        tmp_path, python=str(script), limiter=RlimitOnly(), accounts=lambda _: None, preload=()
     )
     yield rt
     for owned in rt.owned():
         rt.stop(owned.handle, grace_s=1)
-
-
-class _NoLimits(CgroupLimiter):
-    """rlimits only: tests must not leave cgroups behind."""
-
-    def _detect(self) -> str:
-        return "rlimit"
 
 
 def _spec(
@@ -112,7 +106,7 @@ def test_owned_finds_instances_a_new_runtime_did_not_start(
 ) -> None:
     started = runtime.start(_spec(tmp_path, "cpu.2u8g"))
     _wait_for(tmp_path / f"env-{started.port}")
-    fresh = ProcessRuntime(tmp_path, python=runtime.python, limiter=_NoLimits(), preload=())
+    fresh = ProcessRuntime(tmp_path, python=runtime.python, limiter=RlimitOnly(), preload=())
     (owned,) = fresh.owned()
     assert (owned.handle, owned.key, owned.port) == (started.handle, "abc123/0/1", started.port)
     assert fresh.exited(owned.handle) is None
@@ -205,7 +199,7 @@ def test_a_memory_cap_that_does_not_take_is_said_so(monkeypatch: pytest.MonkeyPa
     account's process allows only with CAP_SYS_RESOURCE: when it does not take, the
     instance's log says its memory is not capped instead of naming a cap it lacks."""
     flavor = next(f for f in load_flavors() if f.id == "cpu.2u8g")
-    limiter = _NoLimits()
+    limiter = RlimitOnly()
     assert limiter.data_cap(flavor) == flavor.memory_bytes  # set by the instance as it starts
     assert limiter.apply(os.getpid(), "k", flavor, True).startswith("rlimit: data 8 GiB")
 

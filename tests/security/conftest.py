@@ -13,9 +13,14 @@ import pwd
 import secrets
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from opsbot.core.accounts import Account
+from opsbot.core.runtimes.process import CgroupLimiter, ProcessRuntime
 
 
 @dataclass(frozen=True)
@@ -65,3 +70,24 @@ def people() -> Iterator[People]:
             subprocess.run(["userdel", name], capture_output=True)
         subprocess.run(["groupdel", group], capture_output=True)
         assert not any(n in made for n in (g.gr_name for g in grp.getgrall()))
+
+
+@contextmanager
+def alice_runtime(
+    tmp_path: Path, people: People, kind: str, limiter: CgroupLimiter | None = None
+) -> Iterator[ProcessRuntime]:
+    """A process runtime on a new home under ``tmp_path`` that runs alice's instances as her
+    account: ``kind`` "forked" from a preloader of the model server, "cold" as new
+    interpreters. Its instances are stopped after."""
+    home = tmp_path / "home"
+    home.mkdir()
+    alice = Account(people.alice.uid, people.alice.gid, people.alice.name)
+    preload = ["opsbot.serving.server"] if kind == "forked" else []
+    extra = {} if limiter is None else {"limiter": limiter}
+    runtime = ProcessRuntime(home, accounts={"alice": alice}.get, preload=preload, **extra)
+    try:
+        yield runtime
+    finally:
+        for owned in runtime.owned():
+            runtime.stop(owned.handle, grace_s=2)
+        runtime.close()

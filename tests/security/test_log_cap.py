@@ -3,26 +3,21 @@ log's rotated copies to plant a link there."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from homes import python_model_spec
+from homes import ask_instance, python_model_spec
 
 from opsbot.core.accounts import Account
-from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.logcap import LOG_CAP, MIN_BACKSTOP_BYTES, rotated
-from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
 from opsbot.core.sandbox import clean_env, release, spawn
 
-from .conftest import People
+from .conftest import People, alice_runtime
 
 LIFT_PY = """
 import os
@@ -67,36 +62,8 @@ class Model:
 def runtime(
     request: pytest.FixtureRequest, tmp_path: Path, people: People
 ) -> Iterator[ProcessRuntime]:
-    home = tmp_path / "home"
-    home.mkdir()
-    alice = Account(people.alice.uid, people.alice.gid, people.alice.name)
-    preload = ["opsbot.serving.server"] if request.param == "forked" else []
-    rt = ProcessRuntime(home, accounts={"alice": alice}.get, preload=preload)
-    try:
-        yield rt
-    finally:
-        for owned in rt.owned():
-            rt.stop(owned.handle, grace_s=2)
-        rt.close()
-
-
-def _ask(runtime: ProcessRuntime, spec: InstanceSpec, started: Started) -> dict[str, Any]:
-    secret = instance_secret(daemon_secret(runtime.home), spec.service_uid, spec.idx)
-    ask = urllib.request.Request(
-        f"http://{started.host}:{started.port}/predict",
-        data=json.dumps({"instances": [1]}).encode(),
-        headers={"Content-Type": "application/json", INSTANCE_HEADER: secret},
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(ask, timeout=30) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())["predictions"][0]
-                return answer
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    with alice_runtime(tmp_path, people, request.param) as made:
+        yield made
 
 
 def test_an_instance_cannot_lift_its_file_size_cap(
@@ -106,7 +73,7 @@ def test_an_instance_cannot_lift_its_file_size_cap(
     model.mkdir()
     (model / "model.py").write_text(LIFT_PY)
     spec = python_model_spec(model, "liftsvc", "alice")
-    answer = _ask(runtime, spec, runtime.start(spec))
+    answer = ask_instance(runtime.home, spec, runtime.start(spec))
 
     cap = LOG_CAP.backstop_bytes
     assert answer["uid"] == people.alice.uid

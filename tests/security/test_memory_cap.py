@@ -5,22 +5,16 @@ the account cannot lift it."""
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from homes import python_model_spec
+from homes import RlimitOnly, ask_instance, python_model_spec
 
-from opsbot.core.accounts import Account
-from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.logcap import tail_lines
-from opsbot.core.runtimes.process import CgroupLimiter, ProcessRuntime
+from opsbot.core.runtimes.process import ProcessRuntime
 
-from .conftest import People
+from .conftest import People, alice_runtime
 
 LIFT_PY = """
 import os
@@ -44,28 +38,12 @@ class Model:
 """
 
 
-class _RlimitOnly(CgroupLimiter):
-    """As on a machine whose cgroups the daemon cannot write."""
-
-    def _detect(self) -> str:
-        return "rlimit"
-
-
 @pytest.fixture(params=["cold", "forked"])
 def runtime(
     request: pytest.FixtureRequest, tmp_path: Path, people: People
 ) -> Iterator[ProcessRuntime]:
-    home = tmp_path / "home"
-    home.mkdir()
-    alice = Account(people.alice.uid, people.alice.gid, people.alice.name)
-    preload = ["opsbot.serving.server"] if request.param == "forked" else []
-    rt = ProcessRuntime(home, accounts={"alice": alice}.get, preload=preload, limiter=_RlimitOnly())
-    try:
-        yield rt
-    finally:
-        for owned in rt.owned():
-            rt.stop(owned.handle, grace_s=2)
-        rt.close()
+    with alice_runtime(tmp_path, people, request.param, RlimitOnly()) as made:
+        yield made
 
 
 def test_an_instance_runs_under_its_flavor_s_memory_cap_and_cannot_lift_it(
@@ -75,22 +53,7 @@ def test_an_instance_runs_under_its_flavor_s_memory_cap_and_cannot_lift_it(
     model.mkdir()
     (model / "model.py").write_text(LIFT_PY)
     spec = python_model_spec(model, "memsvc", "alice")
-    started = runtime.start(spec)
-    secret = instance_secret(daemon_secret(runtime.home), spec.service_uid, spec.idx)
-    ask = urllib.request.Request(
-        f"http://{started.host}:{started.port}/predict",
-        data=json.dumps({"instances": [1]}).encode(),
-        headers={"Content-Type": "application/json", INSTANCE_HEADER: secret},
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(ask, timeout=30) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())["predictions"][0]
-                break
-        except OSError:
-            assert time.monotonic() < deadline, "the instance never answered"
-            time.sleep(0.05)
+    answer = ask_instance(runtime.home, spec, runtime.start(spec))
 
     memory = spec.flavor.memory_bytes
     assert answer["uid"] == people.alice.uid

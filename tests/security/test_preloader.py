@@ -3,22 +3,16 @@ all copied from never holds what one of them was given (its secret, its environm
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from homes import python_model_spec
+from homes import ask_instance, python_model_spec
 
 from opsbot.core.accounts import Account
-from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
-from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
 
 from .conftest import People
@@ -57,25 +51,6 @@ def forking(tmp_path: Path, people: People) -> Iterator[ProcessRuntime]:
         runtime.close()
 
 
-def _ask(runtime: ProcessRuntime, spec: InstanceSpec, started: Started) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    secret = instance_secret(daemon_secret(runtime.home), spec.service_uid, spec.idx)
-    ask = urllib.request.Request(
-        f"http://{started.host}:{started.port}/predict",
-        data=json.dumps({"instances": [1]}).encode(),
-        headers={"Content-Type": "application/json", INSTANCE_HEADER: secret},
-    )
-    while True:
-        try:
-            with urllib.request.urlopen(ask, timeout=30) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())["predictions"][0]
-                return answer
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def _memory_holds(pid: int, needles: list[bytes]) -> set[bytes]:
     """Which of ``needles`` appear anywhere in the readable memory of process ``pid``."""
     found: set[bytes] = set()
@@ -103,8 +78,8 @@ def test_forks_run_as_their_owners_and_the_preloader_keeps_none_of_their_secrets
     token = secrets.token_hex(16)
     alice_spec = python_model_spec(model, "alicesvc", "alice", API_TOKEN=token)
     bob_spec = python_model_spec(model, "bobsvc", "bob")
-    alice = _ask(forking, alice_spec, forking.start(alice_spec))
-    bob = _ask(forking, bob_spec, forking.start(bob_spec))
+    alice = ask_instance(forking.home, alice_spec, forking.start(alice_spec))
+    bob = ask_instance(forking.home, bob_spec, forking.start(bob_spec))
 
     assert "forked from the preloader" in forking.log_path(alice_spec.key).read_text()
     assert (alice["uid"], alice["euid"], alice["gid"]) == (people.alice.uid,) * 2 + (
