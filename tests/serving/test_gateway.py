@@ -875,32 +875,40 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def gateway_popen(cmd: list[str], **popen: Any) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m opsbot.serving.gateway`` with ``cmd`` (its options but where it
+    listens) on a loopback port bound here and handed over (``--listen-fd``), as the daemon
+    does: a port picked as free and bound later by the gateway could be another test's by
+    then, and that test's gateway would answer this one's calls. Returns the process and its
+    base URL."""
+    from opsbot.serving.workers import listen
+
+    sock = listen("127.0.0.1", 0)
+    port = int(sock.getsockname()[1])
+    where = ["--host", "127.0.0.1", "--port", str(port), "--listen-fd", str(sock.fileno())]
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "opsbot.serving.gateway", *cmd, *where],
+            pass_fds=(sock.fileno(),),
+            **popen,
+        )
+    finally:
+        sock.close()  # the gateway holds it now
+    return proc, f"http://127.0.0.1:{port}"
+
+
 @pytest.mark.asyncio
 async def test_gateway_process_serves_and_stops_on_sigterm(store_home: Home, instance: Any) -> None:
     up = await instance("v1")
     uid = store_home.add_service([("1.0.0", 100, [up.port])])
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "opsbot.serving.gateway",
-            "--home",
-            str(store_home.path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--timeout-s",
-            "5",
-        ],
+    proc, url = gateway_popen(
+        ["--home", str(store_home.path), "--timeout-s", "5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         async with ClientSession() as session:
-            url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 20
             while True:
                 assert proc.poll() is None, proc.communicate()
@@ -918,7 +926,7 @@ async def test_gateway_process_serves_and_stops_on_sigterm(store_home: Home, ins
         proc.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.to_thread(proc.communicate, timeout=20)
         assert proc.returncode == 0, stderr
-        assert f"listening on http://127.0.0.1:{port}" in stderr.decode()
+        assert f"listening on {url}" in stderr.decode()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,34 +22,19 @@ import pytest
 from aiohttp import ClientSession, TCPConnector
 from scipy.stats import binom
 
-from serving.test_gateway import AUTH, BODY, Home, _call, _free_port
+from serving.test_gateway import AUTH, BODY, Home, _call, gateway_popen
 
 
 @asynccontextmanager
 async def gateway_process(home: Home, *extra: str) -> AsyncIterator[str]:
     """``python -m opsbot.serving.gateway`` on a free loopback port, with ``extra`` options;
     yields its base URL."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "opsbot.serving.gateway",
-            "--home",
-            str(home.path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "WARNING",
-            *extra,
-        ],
+    proc, url = gateway_popen(
+        ["--home", str(home.path), "--log-level", "WARNING", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         async with ClientSession() as session:
             deadline = time.monotonic() + 20
