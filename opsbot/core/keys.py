@@ -27,7 +27,9 @@ def new_key(prefix: str = PREFIX) -> str:
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    """A key's or token's SHA-256, the only form a service key is stored in. A header value
+    that is not UTF-8 (decoded with surrogateescape) hashes to what matches no key."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def key_prefix(key: str) -> str:

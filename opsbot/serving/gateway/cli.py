@@ -11,13 +11,12 @@ import logging
 import socket
 import sys
 from collections.abc import Coroutine
-from hashlib import sha256
 from pathlib import Path
 from typing import Any, Final
 
 import uvloop
 
-from opsbot.core.keys import METRICS_TOKEN_FILE, metrics_token
+from opsbot.core.keys import METRICS_TOKEN_FILE, hash_key, metrics_token
 from opsbot.core.store import DB_NAME
 from opsbot.serving.gateway.http import serve
 from opsbot.serving.gateway.options import INTERNAL_SECRET, GatewayOptions
@@ -148,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         front=args.front,
         max_buffered_mb=args.max_buffered_mb,
         read_timeout_s=args.read_timeout_s,
-        internal_token_hash=(
-            sha256(secret.read_text().strip().encode()).hexdigest() if secret.exists() else None
-        ),
+        internal_token_hash=(hash_key(secret.read_text().strip()) if secret.exists() else None),
         instance_key=secret.read_text().strip() if secret.exists() else None,
         metrics_token_file=str(home / METRICS_TOKEN_FILE),
     )

@@ -9,10 +9,10 @@ import logging
 import os
 from collections.abc import Mapping
 from functools import lru_cache
-from hashlib import sha256
 from typing import Final
 
 from opsbot.core.instance_auth import INSTANCE_HEADER, instance_secret
+from opsbot.core.keys import hash_key
 from opsbot.serving.gateway.options import INTERNAL_HEADER
 from opsbot.serving.upstream import header_lines
 from opsbot.serving.workers import SharedBucket, SharedBuckets
@@ -65,11 +65,9 @@ def make_bucket(
     return TokenBucket(rate, now)
 
 
-@lru_cache(maxsize=256)
-def _digest(secret: str) -> str:
-    """A key's SHA-256, as the store holds it; the keys a gateway sees again and again (each
-    caller sends its key with every call) are hashed once."""
-    return sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+#: :func:`hash_key` of the keys a gateway sees again and again (each caller sends its key with
+#: every call), hashed once.
+_digest = lru_cache(maxsize=256)(hash_key)
 
 
 def carries_internal(headers: Mapping[str, str], expected: str | None) -> bool:
@@ -119,9 +117,10 @@ class ScrapeToken:
             try:
                 with open(self.path, encoding="utf-8") as f:
                     token = f.read().strip()
-            except OSError:
+            except OSError as exc:
+                log.warning("cannot read the /metrics scrape token in %s: %s", self.path, exc)
                 return None
-            self._seen, self._hash = seen, sha256(token.encode()).hexdigest() if token else None
+            self._seen, self._hash = seen, hash_key(token) if token else None
         return self._hash
 
     def carried(self, headers: Mapping[str, str]) -> bool:
@@ -131,7 +130,7 @@ class ScrapeToken:
         return (
             expected is not None
             and token is not None
-            and hmac.compare_digest(sha256(token.encode()).hexdigest(), expected)
+            and hmac.compare_digest(_digest(token), expected)
         )
 
 
