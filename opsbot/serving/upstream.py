@@ -73,13 +73,16 @@ def header_lines(pairs: Iterable[tuple[str, str]]) -> bytes:
     ).encode("utf-8", "surrogateescape")
 
 
-def _pairs(lines: bytes) -> dict[str, str]:
-    """Header lines (as :func:`header_lines` makes them) as a dict."""
+def _pairs(lines: bytes, encoding: str = "latin-1") -> dict[str, str]:
+    """Header lines as a dict: an instance's answer's as its bytes (latin-1), or with
+    ``encoding`` "utf-8" the lines :func:`header_lines` made, as the strings they came from."""
     found = {}
     for line in lines.split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if sep:
-            found[name.decode("latin-1")] = value.strip().decode("latin-1")
+            found[name.decode(encoding, "surrogateescape")] = value.strip().decode(
+                encoding, "surrogateescape"
+            )
     return found
 
 
@@ -521,7 +524,9 @@ def _lost(when: str, exc: Exception | None) -> str:
     return f"the instance closed the connection {when}{reason}"
 
 
-def _resolve(future: asyncio.Future[Reply | BaseException], outcome: Reply | BaseException) -> None:
+def resolve(future: asyncio.Future[_V], outcome: _V) -> None:
+    """Settle ``future`` with ``outcome`` unless it is settled (or cancelled) already: a
+    callback's outcome handed to whoever awaits it."""
     if not future.done():
         future.set_result(outcome)
 
@@ -725,7 +730,7 @@ class RawClient:
         deadline: float,
     ) -> Reply:
         future: asyncio.Future[Reply | BaseException] = loop.create_future()
-        conn.send(head, body, deadline, partial(_resolve, future), again=False)
+        conn.send(head, body, deadline, partial(resolve, future), again=False)
         try:
             outcome = await future
         except BaseException:
@@ -785,7 +790,11 @@ class AiohttpClient:
             )
         try:
             async with session.request(
-                method, url, data=body, headers=_pairs(fields), timeout=ClientTimeout(total=timeout)
+                method,
+                url,
+                data=body,
+                headers=_pairs(fields, "utf-8"),
+                timeout=ClientTimeout(total=timeout),
             ) as resp:
                 payload = await resp.read()
                 returned = header_lines(

@@ -280,6 +280,20 @@ async def test_key_accepted_as_x_auth_token_or_bearer(
         assert "X-Auth-Token" not in headers and "Authorization" not in headers
 
 
+@pytest.mark.asyncio
+async def test_a_forwarded_header_reaches_the_instance_as_the_caller_sent_it(
+    store_home: Home, instance: Any, gateway: Any
+) -> None:
+    """Not ASCII either: a request id in UTF-8 arrives as it left, through either client."""
+    up = await instance("v1")
+    uid = store_home.add_service([("1.0.0", 100, [up.port])])
+    client = await gateway()
+    resp = await _call(client, uid, {"X-Auth-Token": KEY, "X-Request-Id": "req-é-1"})
+    assert resp.status == 200
+    ((_, _, headers),) = up.calls
+    assert {k.lower(): v for k, v in headers.items()}["x-request-id"] == "req-é-1"
+
+
 @pytest.mark.parametrize(
     "headers",
     [

@@ -54,6 +54,7 @@ from opsbot.serving.upstream import (
     UpstreamClient,
     header_lines,
     make_client,
+    resolve,
 )
 from opsbot.serving.workers import SharedBuckets
 
@@ -113,11 +114,6 @@ class _Way:
         self.attempt = 0
         self.tried: list[Target] = []
         self.tried_labels: list[str] = []
-
-
-def _resolve(future: asyncio.Future[Answer], answer: Answer) -> None:
-    if not future.done():
-        future.set_result(answer)
 
 
 async def _awaited(
@@ -492,7 +488,7 @@ class Gateway:
         """:meth:`dispatch`, awaited."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         answer = self.dispatch(
-            service, kind, body, headers, started, named, pinned, partial(_resolve, future)
+            service, kind, body, headers, started, named, pinned, partial(resolve, future)
         )
         return answer if answer is not None else await future
 
@@ -606,7 +602,7 @@ class Gateway:
             started,
             named,
             pinned,
-            partial(_resolve, future),
+            partial(resolve, future),
             method=method,
         )
         return await future
