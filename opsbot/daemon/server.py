@@ -166,6 +166,17 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
+def _listening_on(argv: list[str]) -> tuple[str, int] | None:
+    """The ``--host`` and ``--port`` a gateway process was started with (the address it serves
+    on), when its command line says both."""
+    try:
+        host = argv[argv.index("--host") + 1]
+        port = int(argv[argv.index("--port") + 1])
+    except (ValueError, IndexError):
+        return None
+    return host, port
+
+
 class Daemon:
     def __init__(
         self,
@@ -204,6 +215,8 @@ class Daemon:
         #: port chosen as free (port 0) is held from that moment, never another program's by
         #: the time the gateway starts.
         self._gateway_sock: socket.socket | None = None
+        #: Whether this start chose the port (configured as 0) rather than being told one.
+        self._port_chosen = not port
         if not port:
             self._gateway_sock = listen(config.gateway_host, 0)
             port = self._gateway_sock.getsockname()[1]
@@ -327,9 +340,11 @@ class Daemon:
         if self._gateway is None and self._gateway_pid is None and pid_file.exists():
             with contextlib.suppress(ValueError):
                 self._gateway_pid = int(pid_file.read_text().strip())
-            if self._gateway_alive():
-                self.say(f"adopted the gateway (pid {self._gateway_pid}) at {self.gateway_url}")
+            pid = self._gateway_pid
+            if pid is not None and self._gateway_alive():
                 self.release_gateway_socket()
+                self._serve_at(_listening_on(_cmdline(pid)))
+                self.say(f"adopted the gateway (pid {pid}) at {self.gateway_url}")
                 return
             self._gateway_pid = None
         if self._gateway_alive():
@@ -402,6 +417,22 @@ class Daemon:
             except OSError:
                 time.sleep(0.1)
         raise OpsbotError(f"the gateway did not answer on {self.gateway_url} within 20 s")
+
+    def _serve_at(self, where: tuple[str, int] | None) -> None:
+        """Point this daemon at the address an adopted gateway listens on: its own, not the one
+        this start chose (a port chosen as free differs on every start) or a changed config's."""
+        if where is None:
+            return
+        host, port = where
+        configured = (self.core.config.gateway_host, self.gateway_port)
+        if where != configured and not self._port_chosen:
+            self.say(
+                f"the running gateway listens on {host}:{port}, not on the configured "
+                f"{configured[0]}:{configured[1]}: it keeps serving there until it is "
+                "restarted (opsbot down, then opsbot up)"
+            )
+        self.gateway_port = port
+        self.gateway_url = f"http://{host}:{port}"
 
     def release_gateway_socket(self) -> None:
         """Close the gateway's listening socket, if this daemon still holds it (one that never

@@ -59,3 +59,40 @@ def test_a_configured_port_that_is_taken_is_refused_naming_it(tmp_path: Path) ->
         finally:
             made.controller.close()
             made.core.store.close()
+
+
+def _healthz(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=10) as resp:
+        return str(json.loads(resp.read())["status"])
+
+
+@pytest.mark.parametrize("configured", ["free", "another"])
+def test_a_restarted_daemon_points_at_the_gateway_it_adopts(
+    daemon: Daemon, tmp_path: Path, configured: str
+) -> None:
+    """A daemon started again (after kill -9, or `opsbot down` keeping the gateway) adopts the
+    running gateway: its URL, its route pushes and its stats go to the port that gateway serves
+    on, not to the one this start chose as free (or a port the config now names)."""
+    daemon.ensure_gateway()
+    serving = daemon.gateway_url
+    said: list[str] = []
+    if configured == "free":
+        port = 0
+    else:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    again = Daemon(tmp_path / "home", gateway_port=port, examples=False, say=said.append)
+    try:
+        assert again.gateway_url != serving  # what this start alone would have used
+        again.ensure_gateway()
+        assert again._gateway_pid == daemon._gateway_pid  # adopted, not started
+        assert again.gateway_url == serving
+        assert _healthz(again.gateway_url) == "ok"
+        assert f"adopted the gateway (pid {daemon._gateway_pid}) at {serving}" in said
+        told = [line for line in said if "not on the configured" in line]
+        assert len(told) == (1 if configured == "another" else 0)
+    finally:
+        again.release_gateway_socket()
+        again.controller.close()
+        again.core.store.close()
