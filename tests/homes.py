@@ -6,17 +6,18 @@ bare ``from conftest import ...`` would find whichever was imported last.
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import sqlite3
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from opsbot.core.address import connection, show
 from opsbot.core.flavors import load_flavors
 from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
-from opsbot.core.runtime import InstanceSpec, Started
+from opsbot.core.runtime import InstanceSpec, Owned, Started
 from opsbot.core.runtimes.process import CgroupLimiter
 from opsbot.core.store import DB_NAME
 
@@ -60,22 +61,51 @@ class RlimitOnly(CgroupLimiter):
         return "rlimit"
 
 
+def call_instance(
+    started: Started | Owned,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[int, Any]:
+    """One call to an instance at its address, whichever kind (a process runtime's unix socket,
+    a container's port), as the daemon and the gateway make it: the status and the JSON answer
+    (None when empty). Raises OSError when nothing answers."""
+    conn = connection(started.host, started.port, timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        conn.request(method, path, body=data, headers=sent)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def wait_ready(started: Started | Owned, timeout: float = 60) -> None:
+    """Until the instance answers ready (``timeout`` s at most)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if call_instance(started, "GET", "/v2/health/ready", timeout=1)[0] == 200:
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{show(started.host, started.port)} never became ready")
+        time.sleep(0.05)
+
+
 def ask_instance(home: Path, spec: InstanceSpec, started: Started) -> dict[str, Any]:
     """The first prediction of a python-format test model started for ``spec`` (from a runtime
     on ``home``), asked with its instance secret until it answers (60 s at most)."""
     secret = instance_secret(daemon_secret(home), spec.service_uid, spec.idx)
-    ask = urllib.request.Request(
-        f"http://{started.host}:{started.port}/predict",
-        data=json.dumps({"instances": [1]}).encode(),
-        headers={"Content-Type": "application/json", INSTANCE_HEADER: secret},
+    wait_ready(started)
+    status, answer = call_instance(
+        started, "POST", "/predict", {"instances": [1]}, {INSTANCE_HEADER: secret}
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(ask, timeout=30) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())["predictions"][0]
-                return answer
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    assert status == 200, answer
+    found: dict[str, Any] = answer["predictions"][0]
+    return found

@@ -107,7 +107,7 @@ def show(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JS
         test = f"= {r.equals}" if r.equals is not None else f"~ {r.matches}"
         out.print(f"rule {i + 1}: {r.header} {test} -> {r.version}", markup=False)
     with_stats = any(inst.stats is not None for inst in s.instances)  # if the runtime tells
-    columns = ["version", "n", "state", "node", "port", "restarts", "reason"]
+    columns = ["version", "n", "state", "node", "address", "restarts", "reason"]
     table = Table(*columns, *(["cpu", "memory"] if with_stats else []))
     for inst in s.instances:
         row = [
@@ -115,7 +115,7 @@ def show(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JS
             str(inst.n),
             inst.state,
             inst.node,
-            str(inst.port or ""),
+            inst.address,
             str(inst.restarts),
             inst.reason,
         ]

@@ -200,6 +200,8 @@ class InstanceInfo(Wire):
     state: str
     host: str | None = None
     port: int | None = None
+    #: Where it is reached, as shown: ``host:port``, or ``unix:PATH`` for a unix socket.
+    address: str = ""
     reason: str = ""
     restarts: int = 0
     devices: list[str] = Field(default_factory=list)

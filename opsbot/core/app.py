@@ -15,6 +15,7 @@ from typing import Any
 
 from opsbot.core import deadlines, events, update
 from opsbot.core import services as services_mod
+from opsbot.core.address import show
 from opsbot.core.admission import CheckedSpec, check_spec
 from opsbot.core.clock import Clock, SystemClock
 from opsbot.core.config import Config, load_config
@@ -230,6 +231,7 @@ class Core:
                 "state": r.state,
                 "host": r.host,
                 "port": r.port,
+                "address": show(r.host, r.port) if r.host else "",
                 "reason": r.reason,
                 "restarts": r.restarts,
                 "devices": r.gpus.split(",") if r.gpus else [],

@@ -10,11 +10,10 @@ Deleting -> gone). Requests from users only change the store and wake the loop e
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_all
@@ -24,6 +23,7 @@ from typing import Any
 
 from opsbot.core import events
 from opsbot.core import services as svc
+from opsbot.core.address import get_status, show
 from opsbot.core.clock import Clock
 from opsbot.core.deadlines import AUTO_STOP_ACTOR
 from opsbot.core.events import Kind, Level
@@ -75,11 +75,8 @@ ACTIVE = (Status.DEPLOYING, Status.RUNNING, Status.CONCERNING, Status.ABNORMAL)
 def http_ready(host: str, port: int, timeout: float = 1.0) -> bool:
     """The model server's readiness check (Open Inference Protocol v2)."""
     try:
-        with urllib.request.urlopen(
-            f"http://{host}:{port}/v2/health/ready", timeout=timeout
-        ) as resp:
-            return int(resp.status) == 200
-    except (OSError, urllib.error.URLError, ValueError):
+        return get_status(host, port, "/v2/health/ready", timeout) == 200
+    except (OSError, http.client.HTTPException, ValueError):
         return False
 
 
@@ -111,8 +108,8 @@ class InstanceRow:
 
     @property
     def address(self) -> str:
-        """``host:port``, as the gateway names its upstreams."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` or ``unix:PATH``, as the gateway names its upstreams."""
+        return show(self.host, self.port)
 
 
 _INSTANCE_COLUMNS = (
@@ -234,7 +231,7 @@ class Controller:
                 continue
             _, row = match
             claimed.add(row.id)
-            if row.handle != owned.handle or row.port != owned.port:
+            if (row.handle, row.host, row.port) != (owned.handle, owned.host, owned.port):
                 # The store lost the handle (killed between start and update): take the live one.
                 with self.store.write() as db:
                     db.execute(

@@ -22,6 +22,10 @@ cgroup), and executes ARGV with that environment. The gate itself starts with an
 environment and runs isolated (``-I -S``, standard library only): until it has become the
 account it may run as root, and the instance's environment is partly the service owner's to
 choose (``LD_PRELOAD``, say), so none of it applies before the exec.
+
+Descriptors: the gate opens none that outlive it (Python's are close-on-exec) and closes none,
+so what reaches ARGV is what the daemon passed (``sandbox.spawn``'s ``pass_fds``, the instance's
+listening socket) besides stdin, stdout and stderr.
 """
 
 from __future__ import annotations

@@ -27,12 +27,10 @@ READY = "ready"
 
 @dataclass(frozen=True)
 class Upstream:
+    """A ready instance's address (a unix socket's too: see :mod:`opsbot.core.address`)."""
+
     host: str
     port: int
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

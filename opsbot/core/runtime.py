@@ -231,8 +231,11 @@ def thread_env(flavor: Flavor) -> dict[str, str]:
     }
 
 
-def server_args(model_path: str, spec: InstanceSpec, host: str, port: int) -> list[str]:
-    """The model server's arguments for one instance: every runtime runs the same ones."""
+def server_args(
+    model_path: str, spec: InstanceSpec, host: str, port: int, listen_fd: int | None = None
+) -> list[str]:
+    """The model server's arguments for one instance: every runtime runs the same ones. It
+    listens on ``host``:``port``, or, given ``listen_fd``, on the socket it inherits there."""
     args = [
         "--path",
         model_path,
@@ -242,18 +245,23 @@ def server_args(model_path: str, spec: InstanceSpec, host: str, port: int) -> li
         spec.model_name,
         "--version",
         spec.version,
-        "--host",
-        host,
-        "--port",
-        str(port),
     ]
+    if listen_fd is not None:
+        args += ["--listen-fd", str(listen_fd)]
+    else:
+        args += ["--host", host, "--port", str(port)]
     if spec.entry:
         args += ["--entry", spec.entry]
     return args
 
 
 def server_argv(
-    python: str, model_path: str, spec: InstanceSpec, host: str, port: int
+    python: str,
+    model_path: str,
+    spec: InstanceSpec,
+    host: str,
+    port: int,
+    listen_fd: int | None = None,
 ) -> list[str]:
     """The model server's command line for one instance."""
-    return [python, "-m", SERVER_MODULE, *server_args(model_path, spec, host, port)]
+    return [python, "-m", SERVER_MODULE, *server_args(model_path, spec, host, port, listen_fd)]

@@ -491,13 +491,15 @@ def spawn(
     file_size: int,
     data: int | None = None,
     held: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``argv``, model code, in its own session with exactly ``env``, through the gate
     (:mod:`opsbot.core.gate`): every file it writes capped at ``file_size`` bytes, its data at
     ``data`` bytes when given (the memory cap where no cgroup holds it), then as
     ``account`` when given (its primary group only). ``held``: it waits, having run nothing,
     until :func:`release` (the daemon first puts it in its cgroup, so no child it forks starts
-    outside)."""
+    outside). ``pass_fds``: descriptors it inherits under the same numbers (an instance's
+    listening socket); every other one is closed, the standard three aside."""
     uid, gid = (account.uid, account.gid) if account is not None else (None, None)
     proc = subprocess.Popen(
         [*gate_argv(sys.executable, file_size, uid, gid, held=held, data=data), *argv],
@@ -507,6 +509,7 @@ def spawn(
         env={},  # the gate may run as root: ``env`` is argv's alone, applied at its exec
         cwd=str(cwd),
         start_new_session=True,
+        pass_fds=tuple(pass_fds),
     )
     assert proc.stdin is not None
     with contextlib.suppress(BrokenPipeError):  # a gate that failed says why in its log

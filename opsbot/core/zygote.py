@@ -13,8 +13,9 @@ What a fork inherits, and why that is safe:
   instance the runtime hands it one end of a fresh socket pair and the fork reads its request
   (environment, secret, account) from there, so no instance's secret is ever in the memory later
   forks are copied from.
-- A fork closes every descriptor but its log before it runs anything of the model, and drops to
-  the owner's account (no supplementary groups) exactly as a cold start would.
+- A fork closes every descriptor but its log and its listening socket (moved to
+  :data:`LISTEN_FD`) before it runs anything of the model, and drops to the owner's account (no
+  supplementary groups) exactly as a cold start would.
 - The runtime puts the fork in its cgroup before saying go, so nothing it runs starts outside.
 - The math libraries size their thread pools once, from ``OMP_NUM_THREADS`` and friends as
   they load, so there is one preloader per interpreter and thread count (the flavor's vCPUs),
@@ -25,7 +26,8 @@ Wire (all on unix sockets the runtime made; nothing listens):
 - runtime -> preloader (control): one byte ``S`` carrying one descriptor, the fork's socket;
 - preloader -> runtime (control): ``ready\\n`` once it has imported what it preloads, then
   ``exit PID CODE\\n`` as each fork ends (CODE as :attr:`subprocess.Popen.returncode`);
-- runtime -> fork: one byte ``L`` carrying the log's descriptor, a 4-byte big-endian length and
+- runtime -> fork: one byte ``L`` carrying the log's descriptor (then the instance's listening
+  socket, when the runtime bound one), a 4-byte big-endian length and
   that many bytes of JSON (:class:`Request`), later ``go``; fork -> runtime: its pid and ``\\n``.
 
 The preloader ends when the runtime closes its control socket (or dies); forks live on.
@@ -70,6 +72,9 @@ REPLY_TIMEOUT_S = 30.0
 LENGTH = struct.Struct(">I")
 MAX_REQUEST = 16 * 1024 * 1024
 SPAWN, LOG, GO = b"S", b"L", b"go"
+#: The descriptor a fork's listening socket has once it runs the model server (its arguments
+#: say ``--listen-fd 3``): the first after stdin, stdout and stderr.
+LISTEN_FD = 3
 
 
 class ZygoteError(OpsbotError):
@@ -278,10 +283,13 @@ class Zygote:
         cwd: Path,
         account: Account | None,
         log_fd: int,
+        listen_fd: int | None = None,
         file_size: int | None = None,
         data: int | None = None,
     ) -> Held:
-        """A fork set up as ``args`` would be by a cold start, held until released."""
+        """A fork set up as ``args`` would be by a cold start, held until released.
+        ``listen_fd``: a listening socket the fork gets as :data:`LISTEN_FD` (its ``args`` then
+        say ``--listen-fd`` with that number)."""
         if not self.alive or self._ctrl is None:
             raise ZygoteError(self.problem or "the preloader is not running")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -299,7 +307,8 @@ class Zygote:
                 file_size,
                 data,
             )
-            socket.send_fds(ours, [LOG], [log_fd])
+            passed = [log_fd] if listen_fd is None else [log_fd, listen_fd]
+            socket.send_fds(ours, [LOG], passed)
             ours.sendall(request.encode())
             line = b""
             while not line.endswith(b"\n"):

@@ -1,15 +1,19 @@
 """The model server: one model version behind plain JSON and the Open Inference Protocol v2.
 
-The process runtime starts one per instance::
+Every runtime starts one per instance::
 
     python -m opsbot.serving.server --path DIR --format sklearn|onnx|python [--entry module:Class]
-        --name NAME --version VERSION --host 127.0.0.1 --port PORT
+        --name NAME --version VERSION (--host 127.0.0.1 --port PORT | --listen-fd FD ...)
+
+The process runtime binds each instance's socket itself (a unix socket in a directory only the
+daemon may enter) and passes it with ``--listen-fd``; the container runtimes give a port.
 
 The socket listens at once, so liveness answers while the model loads in a background thread;
 readiness turns 200 only once the model has loaded (and predicted its sample once, to warm up).
 A load failure prints one line starting with ``LOAD FAILED:`` to stderr and exits with code 3:
 the controller marks the service Failed with that line as the reason. A port that cannot be bound
-exits with code 4; SIGTERM or SIGINT stops it cleanly with code 0.
+(or a descriptor that is no listening socket) exits with code 4; SIGTERM or SIGINT stops it
+cleanly with code 0.
 
 Routes: ``POST /predict`` (``{"instances": [...]}`` -> ``{"predictions": [...]}``) and the Open
 Inference Protocol v2 (KServe v2 REST): ``GET /v2/health/live``, ``GET /v2/health/ready``,
@@ -27,10 +31,11 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -580,23 +585,46 @@ def make_app(
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> int:
-    """Listen, wait for the load and then for SIGTERM/SIGINT; return the exit code."""
+def _inherited(fd: int) -> socket.socket:
+    """The listening socket passed as descriptor ``fd`` (any family); OSError when ``fd`` is
+    not one."""
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0:
+            raise OSError(f"descriptor {fd} is a socket that does not listen")
+        sock.setblocking(False)
+    except BaseException:
+        sock.detach()  # not ours to close: whoever passed it keeps it
+        raise
+    return sock
+
+
+async def serve(app: web.Application, host: str, port: int, listen_fds: Sequence[int] = ()) -> int:
+    """Listen (on each inherited socket in ``listen_fds``, else on ``host``:``port``), wait for
+    the load and then for SIGTERM/SIGINT; return the exit code."""
     state = app[STATE]
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        sites: list[web.BaseSite] = []
         try:
-            await site.start()
+            if listen_fds:
+                for fd in listen_fds:
+                    where = f"descriptor {fd}"
+                    sites.append(web.SockSite(runner, _inherited(fd)))
+            else:
+                where = f"{host}:{port}"
+                sites.append(web.TCPSite(runner, host, port, reuse_address=True, backlog=1024))
+            for site in sites:
+                await site.start()
         except OSError as exc:
-            sys.stderr.write(f"LISTEN FAILED: cannot listen on {host}:{port}: {exc}\n")
+            sys.stderr.write(f"LISTEN FAILED: cannot listen on {where}: {exc}\n")
             return EXIT_LISTEN_FAILED
         log.info(
             "listening on %s (model %s %s, %s, %s); loading",
-            site.name,
+            ", ".join(site.name for site in sites),
             state.name,
             state.version,
             state.fmt,
@@ -635,6 +663,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--listen-fd",
+        type=int,
+        action="append",
+        default=[],
+        metavar="FD",
+        help="serve on this inherited listening socket, of any family (repeatable; instead of "
+        "--host/--port: the process runtime binds the instance's unix socket and passes it)",
+    )
     parser.add_argument("--threads", type=int, help="prediction threads (default: the CPU cap)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -651,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         secret=os.environ.get(INSTANCE_SECRET_ENV) or None,
     )
-    code = asyncio.run(serve(app, args.host, args.port))
+    code = asyncio.run(serve(app, args.host, args.port, args.listen_fd))
     thread = app[STATE].load_thread
     if thread is not None and thread.is_alive():
         # Stopped mid-load: a load cannot be interrupted, and finalising the interpreter

@@ -30,9 +30,11 @@ from aiohttp import (
     DummyCookieJar,
     ServerDisconnectedError,
     TCPConnector,
+    UnixConnector,
 )
 from yarl import URL
 
+from opsbot.core.address import UNIX_HOST_HEADER, show, unix_path
 from opsbot.serving import HEADER_LENGTH
 
 #: Answer headers the gateway passes back to its caller.
@@ -543,14 +545,20 @@ class _Pool:
         "max_idle",
         "port",
         "retired",
+        "unix",
     )
 
     def __init__(self, host: str, port: int, max_idle: int = 256):
         self.host = host
         self.port = port
         self.max_idle = max_idle
-        shown = f"[{host}]" if ":" in host else host
-        self.host_header = f"Host: {shown}:{port}\r\n"
+        #: The instance's unix socket, when it is reached on one (else TCP host:port).
+        self.unix = unix_path(host)
+        if self.unix is not None:
+            self.host_header = f"Host: {UNIX_HOST_HEADER}\r\n"
+        else:
+            shown = f"[{host}]" if ":" in host else host
+            self.host_header = f"Host: {shown}:{port}\r\n"
         # The request line and Host header, by method and path: made once per route.
         self.heads: dict[tuple[str, str], bytes] = {}
         # Answer heads parsed before, by their bytes less length and date (see _answer_key):
@@ -678,13 +686,19 @@ class RawClient:
     ) -> _Connection:
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(loop, self, pool), pool.host, pool.port
-                )
+                if pool.unix is not None:
+                    _, conn = await loop.create_unix_connection(
+                        lambda: _Connection(loop, self, pool), pool.unix
+                    )
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(loop, self, pool), pool.host, pool.port
+                    )
         except TimeoutError:
             raise
         except OSError as exc:
-            raise ConnectFailed(f"cannot connect to {pool.host}:{pool.port}: {exc}") from exc
+            where = show(pool.host, pool.port)
+            raise ConnectFailed(f"cannot connect to {where}: {exc}") from exc
         return conn
 
     def resend(
@@ -756,11 +770,32 @@ class RawClient:
 
 
 class AiohttpClient:
-    """The same hop through aiohttp's ClientSession (one keep-alive connector for all)."""
+    """The same hop through aiohttp's ClientSession: one keep-alive connector for every TCP
+    instance, and one per unix socket (aiohttp's UnixConnector serves one path)."""
 
     def __init__(self) -> None:
-        self._session: ClientSession | None = None
+        # By unix socket path; "" for TCP.
+        self._sessions: dict[str, ClientSession] = {}
         self._urls: dict[tuple[str, int, str], URL] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _session(self, unix: str | None) -> ClientSession:
+        session = self._sessions.get(unix or "")
+        if session is None:
+            connector: TCPConnector | UnixConnector
+            if unix is not None:
+                connector = UnixConnector(path=unix, limit=0, keepalive_timeout=30.0)
+            else:
+                connector = TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=None)
+            session = self._sessions[unix or ""] = ClientSession(
+                connector=connector,
+                cookie_jar=DummyCookieJar(),
+                auto_decompress=False,
+                # Bodies pass through untouched: ask for an encoding only when the caller did.
+                skip_auto_headers=("Accept-Encoding", "User-Agent"),
+                timeout=ClientTimeout(total=None),
+            )
+        return session
 
     async def post(
         self,
@@ -773,20 +808,14 @@ class AiohttpClient:
         *,
         method: str = "POST",
     ) -> Reply:
-        session = self._session
-        if session is None:
-            session = self._session = ClientSession(
-                connector=TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=None),
-                cookie_jar=DummyCookieJar(),
-                auto_decompress=False,
-                # Bodies pass through untouched: ask for an encoding only when the caller did.
-                skip_auto_headers=("Accept-Encoding", "User-Agent"),
-                timeout=ClientTimeout(total=None),
-            )
+        unix = unix_path(host)
+        session = self._session(unix)
         url = self._urls.get((host, port, path))
         if url is None:
-            url = self._urls[(host, port, path)] = URL.build(
-                scheme="http", host=host, port=port, path=path, encoded=True
+            url = self._urls[(host, port, path)] = (
+                URL.build(scheme="http", host=UNIX_HOST_HEADER, path=path, encoded=True)
+                if unix is not None
+                else URL.build(scheme="http", host=host, port=port, path=path, encoded=True)
             )
         try:
             async with session.request(
@@ -806,7 +835,8 @@ class AiohttpClient:
         except TimeoutError:
             raise
         except ClientConnectorError as exc:
-            raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.os_error}") from exc
+            where = show(host, port)
+            raise ConnectFailed(f"cannot connect to {where}: {exc.os_error}") from exc
         except (ServerDisconnectedError, ClientOSError) as exc:
             raise Disconnected(f"the instance closed the connection: {exc}") from exc
         except ClientError as exc:
@@ -827,10 +857,18 @@ class AiohttpClient:
         return False  # aiohttp's client is only ever awaited
 
     def retain(self, addresses: Collection[tuple[str, int]]) -> None:
-        # The connector closes idle connections itself; only the URL cache needs trimming.
+        # The connectors close idle connections themselves; the URL cache is trimmed, and the
+        # session of a unix socket no longer routed is closed.
         self._urls = {k: url for k, url in self._urls.items() if (k[0], k[1]) in addresses}
+        kept = {path for host, _ in addresses if (path := unix_path(host)) is not None}
+        for key in [k for k in self._sessions if k and k not in kept]:
+            task = asyncio.get_running_loop().create_task(self._sessions.pop(key).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing)

@@ -21,7 +21,16 @@ import traceback
 from typing import NoReturn
 
 from opsbot.core.gate import become as become_account
-from opsbot.core.zygote import GO, LENGTH, LOG, MAX_REQUEST, SPAWN, Request, read_exactly
+from opsbot.core.zygote import (
+    GO,
+    LENGTH,
+    LISTEN_FD,
+    LOG,
+    MAX_REQUEST,
+    SPAWN,
+    Request,
+    read_exactly,
+)
 
 #: A fork that cannot become its instance (no account switch, no request) exits with this,
 #: having run nothing of the model.
@@ -52,10 +61,11 @@ def become(conn: socket.socket, imported: dict[str, str]) -> int:
     cold start's would set too. Returns the exit code; raises only before anything of the model
     has run."""
     os.setsid()
-    _, fds, _, _ = socket.recv_fds(conn, len(LOG), 1)
-    if len(fds) != 1:
+    _, fds, _, _ = socket.recv_fds(conn, len(LOG), 2)
+    if not fds:
         raise RuntimeError("no log descriptor came with the request")
     log_fd = fds[0]
+    listen_fd = fds[1] if len(fds) > 1 else None
     (length,) = LENGTH.unpack(read_exactly(conn, LENGTH.size))
     if length > MAX_REQUEST:
         raise RuntimeError(f"a request of {length} bytes")
@@ -68,9 +78,14 @@ def become(conn: socket.socket, imported: dict[str, str]) -> int:
     os.dup2(null, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
-    conn.close()
+    conn.close()  # before the socket takes its number: conn may hold it now
+    first_closed = 3
+    if listen_fd is not None:
+        if listen_fd != LISTEN_FD:
+            os.dup2(listen_fd, LISTEN_FD, inheritable=False)
+        first_closed = LISTEN_FD + 1
     highest = os.sysconf("SC_OPEN_MAX")
-    os.closerange(3, highest if highest > 0 else 65536)
+    os.closerange(first_closed, highest if highest > 0 else 65536)
     os.chdir(request.cwd)
     become_account(request.file_size, request.uid, request.gid, request.data)  # as a gate does
     os.environ.clear()

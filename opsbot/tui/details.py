@@ -301,7 +301,7 @@ class DetailsScreen(Screen[None]):
                 str(inst.n),
                 inst.state,
                 inst.node,
-                f"{inst.host or ''}:{'' if inst.port is None else inst.port}",
+                inst.address,
                 str(inst.restarts),
                 local_time(inst.started_at),
                 inst.reason,

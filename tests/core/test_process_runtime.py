@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -13,18 +14,21 @@ from pathlib import Path
 import pytest
 from homes import RlimitOnly
 
+from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import load_flavors
 from opsbot.core.hardware import Device
-from opsbot.core.runtime import InstanceSpec, failure_reason
+from opsbot.core.address import unix_address
+from opsbot.core.runtime import InstanceSpec, Started, failure_reason
 from opsbot.core.runtimes.process import ProcessRuntime
 
 FAKE_PYTHON = """#!/bin/sh
 # Stands in for the model server: records its arguments, then its environment, then serves
-# nothing. Each is written aside and renamed: once env-PORT is there, both are whole.
-echo "$@" > "$OPSBOT_HOME_ID/.argv-$OPSBOT_PORT"
-mv "$OPSBOT_HOME_ID/.argv-$OPSBOT_PORT" "$OPSBOT_HOME_ID/argv-$OPSBOT_PORT"
-env > "$OPSBOT_HOME_ID/.env-$OPSBOT_PORT"
-mv "$OPSBOT_HOME_ID/.env-$OPSBOT_PORT" "$OPSBOT_HOME_ID/env-$OPSBOT_PORT"
+# nothing. Each is written aside and renamed: once env-PID is there, both are whole (the gate
+# execs it, so PID is the handle's).
+echo "$@" > "$OPSBOT_HOME_ID/.argv-$$"
+mv "$OPSBOT_HOME_ID/.argv-$$" "$OPSBOT_HOME_ID/argv-$$"
+env > "$OPSBOT_HOME_ID/.env-$$"
+mv "$OPSBOT_HOME_ID/.env-$$" "$OPSBOT_HOME_ID/env-$$"
 if [ -n "$FAIL" ]; then echo "LOAD FAILED: $FAIL" >&2; exit 3; fi
 if [ -n "$BURN" ]; then while :; do :; done; fi
 exec sleep 60
@@ -67,6 +71,10 @@ def _spec(
     )
 
 
+def _pid(started: Started) -> int:
+    return int(started.handle.split(":")[0])
+
+
 def _wait_for(path: Path) -> dict[str, str]:
     """The environment the stand-in recorded in ``path`` (whole once it exists)."""
     deadline = time.monotonic() + 10
@@ -82,21 +90,22 @@ def test_gpu_instance_gets_the_assigned_devices_and_caps(
 ) -> None:
     gpus = (Device("nvidia", "Tesla T4", 1), Device("nvidia", "Tesla T4", 3))
     started = runtime.start(_spec(tmp_path, "gpu.t4", gpus, LOG_LEVEL="debug"))
-    env = _wait_for(tmp_path / f"env-{started.port}")
+    env = _wait_for(tmp_path / f"env-{_pid(started)}")
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
     assert env["OMP_NUM_THREADS"] == "8"
     assert env["LOG_LEVEL"] == "debug"
     assert env["OPSBOT_INSTANCE"] == "abc123/0/1"
-    argv = (tmp_path / f"argv-{started.port}").read_text().split()
+    argv = (tmp_path / f"argv-{_pid(started)}").read_text().split()
     assert argv[:2] == ["-m", "opsbot.serving.server"]
-    assert argv[argv.index("--port") + 1] == str(started.port)
+    assert "--port" not in argv and "--host" not in argv
+    assert argv[argv.index("--listen-fd") + 1].isdigit()
     pid = int(started.handle.split(":")[0])
     assert os.getpgid(pid) == pid  # its own session and process group
 
 
 def test_cpu_instance_sees_no_gpu(runtime: ProcessRuntime, tmp_path: Path) -> None:
     started = runtime.start(_spec(tmp_path, "cpu.2u8g"))
-    env = _wait_for(tmp_path / f"env-{started.port}")
+    env = _wait_for(tmp_path / f"env-{_pid(started)}")
     assert env["CUDA_VISIBLE_DEVICES"] == ""
     assert env["OMP_NUM_THREADS"] == "2"
 
@@ -105,10 +114,12 @@ def test_owned_finds_instances_a_new_runtime_did_not_start(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:
     started = runtime.start(_spec(tmp_path, "cpu.2u8g"))
-    _wait_for(tmp_path / f"env-{started.port}")
+    _wait_for(tmp_path / f"env-{_pid(started)}")
     fresh = ProcessRuntime(tmp_path, python=runtime.python, limiter=RlimitOnly(), preload=())
     (owned,) = fresh.owned()
-    assert (owned.handle, owned.key, owned.port) == (started.handle, "abc123/0/1", started.port)
+    # Its address with it: the socket the runtime bound, found in the record.
+    assert (owned.handle, owned.key) == (started.handle, "abc123/0/1")
+    assert (owned.host, owned.port) == (started.host, started.port) == unix_address(started.host)
     assert fresh.exited(owned.handle) is None
     fresh.stop(owned.handle, grace_s=2)
     assert fresh.exited(owned.handle) is not None
@@ -146,7 +157,7 @@ def test_a_killed_instance_is_not_blamed_on_its_last_log_line() -> None:
 def test_stats_measure_the_instance_cpu_and_memory(runtime: ProcessRuntime, tmp_path: Path) -> None:
     busy = runtime.start(_spec(tmp_path, "cpu.2u8g", BURN="1"))
     idle = runtime.start(_spec(tmp_path, "cpu.2u8g"))
-    _wait_for(tmp_path / f"env-{idle.port}")
+    _wait_for(tmp_path / f"env-{_pid(idle)}")
     hot, cold = runtime.stats(busy.handle), runtime.stats(idle.handle)
     assert hot is not None and cold is not None
     assert hot["cpu_percent"] > 20 > cold["cpu_percent"]
@@ -171,13 +182,37 @@ def test_a_start_that_fails_leaves_no_copy_behind(runtime: ProcessRuntime, tmp_p
     with pytest.raises(FileNotFoundError):
         runtime.start(spec)
     assert not (runtime.run_dir / "abc123_0_1").exists()
+    assert list(runtime.socket_dir.iterdir()) == []  # nor a socket
+
+
+def test_a_run_directory_too_long_for_a_socket_is_refused_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    # sun_path holds 108 bytes: a socket path past it cannot be bound at all.
+    deep = tmp_path / ("r" * 60) / ("u" * 60)
+    runtime = ProcessRuntime(
+        tmp_path,
+        python="/bin/false",
+        limiter=RlimitOnly(),
+        accounts=lambda _: None,
+        run_dir=deep,
+        preload=(),
+    )
+    (tmp_path / "model").mkdir()
+    with pytest.raises(OpsbotError) as caught:
+        runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    assert caught.value.field == "run_dir" and "shorter path" in str(caught.value)
+    assert not deep.exists() and runtime.owned() == []  # no copy, no socket, no record
 
 
 def test_the_sweep_removes_instance_copies_no_record_names(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:
-    runtime.start(_spec(tmp_path, "cpu.2u8g"))
-    # A daemon killed while starting an instance: its copy, read-only, and no record.
+    running = runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    # A daemon killed while starting an instance: its copy, read-only, its socket, no record.
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(runtime.socket_dir / "abc123_1_0.0123abcd.sock"))
+    stale.close()
     left = runtime.run_dir / "abc123_1_0"
     (left / "model").mkdir(parents=True)
     (left / "model" / "model.joblib").write_bytes(b"w")
@@ -191,7 +226,9 @@ def test_the_sweep_removes_instance_copies_no_record_names(
         "abc123_0_1",
         "check-0123",
         "container-abc123-0",
+        "sockets",
     }
+    assert list(runtime.socket_dir.iterdir()) == [Path(running.host)]
 
 
 def test_a_memory_cap_that_does_not_take_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,25 +8,24 @@ their owners' accounts and reads the preloader's memory).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import time
-import urllib.request
+import stat
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from homes import python_model_spec
+from homes import ask_instance, python_model_spec, wait_ready
 
 from opsbot.core.flavors import Flavor
-from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
+from opsbot.core.address import unix_path
 from opsbot.core.runtime import Exit, InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
-from opsbot.core.zygote import Zygote
+from opsbot.core.zygote import LISTEN_FD, Zygote
 
 PROBE_PY = """
 import os, sys
@@ -61,7 +60,7 @@ class Model:
         }]
 """
 #: Differ per instance by design.
-OWN = {"OPSBOT_INSTANCE", "OPSBOT_PORT", "OPSBOT_INSTANCE_SECRET", "OPSBOT_SANDBOX"}
+OWN = {"OPSBOT_INSTANCE", "OPSBOT_INSTANCE_SECRET", "OPSBOT_SANDBOX"}
 OWN |= {"HOME", "TMPDIR", "PWD"}
 
 
@@ -98,26 +97,8 @@ def _until(what: str, check: Any, timeout: float = 60) -> Any:
     raise AssertionError(f"{what} within {timeout:.0f} s")
 
 
-def _ready(started: Started) -> bool:
-    url = f"http://{started.host}:{started.port}/v2/health/ready"
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 def _report(runtime: ProcessRuntime, spec: InstanceSpec, started: Started) -> dict[str, Any]:
-    _until(f"{spec.key} answered ready", lambda: _ready(started))
-    secret = instance_secret(daemon_secret(runtime.home), spec.service_uid, spec.idx)
-    ask = urllib.request.Request(
-        f"http://{started.host}:{started.port}/predict",
-        data=json.dumps({"instances": [1]}).encode(),
-        headers={"Content-Type": "application/json", INSTANCE_HEADER: secret},
-    )
-    with urllib.request.urlopen(ask, timeout=30) as resp:
-        report: dict[str, Any] = json.loads(resp.read())["predictions"][0]
-    return report
+    return ask_instance(runtime.home, spec, started)
 
 
 def _log(runtime: ProcessRuntime, spec: InstanceSpec) -> str:
@@ -170,6 +151,33 @@ def test_a_fork_is_the_instance_a_cold_start_makes(
     assert theirs.isdisjoint(fds.values())
 
 
+def test_a_fork_and_a_cold_start_serve_on_the_socket_the_runtime_bound(
+    runtimes: tuple[ProcessRuntime, ProcessRuntime], model_dir: Path
+) -> None:
+    forking, cold = runtimes
+    forked_spec = python_model_spec(model_dir, "sockf")
+    cold_spec = python_model_spec(model_dir, "sockc")
+    forked_at, cold_at = forking.start(forked_spec), cold.start(cold_spec)
+    # Each answered over its unix socket: the address the runtime gave is that socket.
+    forked = _report(forking, forked_spec, forked_at)
+    reference = _report(cold, cold_spec, cold_at)
+    for started in (forked_at, cold_at):
+        assert unix_path(started.host) is not None and started.port == 0
+        path = Path(started.host)
+        assert stat.S_ISSOCK(path.lstat().st_mode) and path.parent == forking.socket_dir
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+    for report, number in ((forked, str(LISTEN_FD)), (reference, None)):
+        argv = report["argv"]
+        assert "--port" not in argv and "--host" not in argv
+        fd = argv[argv.index("--listen-fd") + 1]
+        assert number is None or fd == number  # a fork's is moved to a known number
+        assert report["fds"][fd].startswith("socket:")
+    # Stopped, the socket goes with it; the directory stays the daemon's.
+    forking.stop(forked_at.handle, grace_s=2)
+    cold.stop(cold_at.handle, grace_s=2)
+    assert not Path(forked_at.host).exists() and not Path(cold_at.host).exists()
+
+
 def test_each_fork_draws_its_own_random_numbers(
     runtimes: tuple[ProcessRuntime, ProcessRuntime], model_dir: Path
 ) -> None:
@@ -192,7 +200,7 @@ def test_how_a_fork_ended_is_told_like_a_childs(
 
     killed = python_model_spec(model_dir, "killed")
     started = forking.start(killed)
-    _until("the instance answered ready", lambda: _ready(started))
+    wait_ready(started)
     os.kill(int(started.handle.split(":")[0]), signal.SIGKILL)
     gone: Exit = _until("the killed instance ended", lambda: forking.exited(started.handle))
     assert gone.code == -signal.SIGKILL
@@ -205,11 +213,12 @@ def test_forks_outlive_the_preloader_and_a_new_one_starts_on_demand(
     forking, _ = runtimes
     first = python_model_spec(model_dir, "early")
     started = forking.start(first)
-    _until("the first fork answered ready", lambda: _ready(started))
+    wait_ready(started)
     (zygote,) = forking._zygotes.values()
     forking.close()
     _until("the preloader ended", lambda: not zygote.running)
-    assert forking.exited(started.handle) is None and _ready(started)
+    assert forking.exited(started.handle) is None
+    wait_ready(started, timeout=5)
     later = python_model_spec(model_dir, "later")
     assert _report(forking, later, forking.start(later))["preloaded"] is True
     assert zygote not in forking._zygotes.values()

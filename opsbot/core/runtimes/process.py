@@ -1,10 +1,15 @@
 """The process runtime, the embedded default: each instance a model server in its own session.
 
 An instance is ``python -m opsbot.serving.server`` started with ``setsid`` (its own process
-group, so a dying daemon does not take it along), on a free loopback port, its output in a log
-file under ``$OPSBOT_HOME/logs``. It is a fork of the interpreter's preloader
-(:mod:`opsbot.core.zygote`, which has imported the model libraries once) when preloading is on,
-else a new interpreter. A restarted daemon adopts instances from its private records
+group, so a dying daemon does not take it along), its output in a log file under
+``$OPSBOT_HOME/logs``. It serves on a unix socket the daemon binds and passes it
+(``--listen-fd``), in a directory of the run directory only the daemon's account may enter
+(:data:`SOCKETS`, 0700): no port to race another program for, and no other account can connect
+(the gateway and the controller run as the daemon). The instance never has write access there,
+so it cannot swap its socket for another; the socket file goes when the instance is removed.
+An instance is a fork of the interpreter's preloader (:mod:`opsbot.core.zygote`, which has
+imported the model libraries once) when preloading is on, else a new interpreter. A
+restarted daemon adopts instances, their sockets' paths included, from its private records
 (``$OPSBOT_HOME/instances``); processes left without a record are found by their environment
 (``OPSBOT_HOME_ID``), which ``/proc`` shows for a new interpreter and for anything a model
 starts (a fork's shows the preloader's), and stopped as strays.
@@ -30,6 +35,7 @@ import re
 import resource
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -40,6 +46,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from opsbot.core.accounts import Account, runtime_account
+from opsbot.core.address import unix_address
 from opsbot.core.config import load_config
 from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import Flavor
@@ -67,20 +74,27 @@ from opsbot.core.sandbox import (
     release,
     release_corner,
     remove_tree,
+    run_root,
     run_root_path,
     spawn,
     stage,
     tree,
 )
 from opsbot.core.store import DB_NAME, Store
-from opsbot.core.zygote import Held, Zygote, ZygoteError
+from opsbot.core.zygote import LISTEN_FD, Held, Zygote, ZygoteError
 
 log = logging.getLogger("opsbot.core.runtimes.process")
 
 HOST = "127.0.0.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
+#: Connections the kernel queues on an instance's socket before it accepts them.
+LISTEN_BACKLOG = 1024
 PRELOADER_LOG = "preloader.log"
+#: The directory of the run directory holding the instances' sockets.
+SOCKETS = "sockets"
+#: The longest path a unix socket may have (sun_path's 108 bytes, less the final NUL).
+MAX_SOCKET_PATH = 107
 
 
 def package_root() -> str:
@@ -233,6 +247,12 @@ class _Record:
     handle: str
     port: int
     marker: str
+    #: The unix socket it serves on ("": a record from before, of an instance on ``port``).
+    socket: str = ""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return unix_address(self.socket) if self.socket else (HOST, self.port)
 
     @property
     def leaf(self) -> str:
@@ -300,18 +320,67 @@ class ProcessRuntime:
     def log_path(self, key: str) -> Path:
         return self.log_dir / (key.replace("/", "-") + ".log")
 
+    @property
+    def socket_dir(self) -> Path:
+        """Where the instances' sockets are (see :data:`SOCKETS`)."""
+        return self.run_dir / SOCKETS
+
+    def _socket_path(self, leaf: str) -> Path:
+        """A new socket path for the instance ``leaf``; refused, before anything is made, when
+        the run directory is too long a path for a unix socket."""
+        path = self.socket_dir / f"{leaf}.{secrets.token_hex(4)}.sock"
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise OpsbotError(
+                f"the instance socket {path} would be longer than the {MAX_SOCKET_PATH} bytes a "
+                "unix socket path may have: set run_dir in config.toml to a shorter path",
+                field="run_dir",
+            )
+        return path
+
+    def _bind(self, path: Path) -> socket.socket:
+        """A new listening unix socket at ``path`` in :attr:`socket_dir` (made 0700 if need be,
+        refused when it is not this account's own directory)."""
+        for _ in range(5):
+            directory = run_root(self.home, self._run_dir_setting) / SOCKETS
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # the run directory went between the two: again
+                continue
+            st = os.lstat(directory)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                raise OpsbotError(
+                    f"{directory} is not a directory of this account's: remove it",
+                    field="run_dir",
+                )
+            os.chmod(directory, 0o700)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(str(path))
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                raise
+            return sock
+        raise OpsbotError(f"cannot make {SOCKETS} in the run directory: set run_dir in config.toml")
+
     def start(self, spec: InstanceSpec) -> Started:
-        port = free_port()
         log_path = self.log_path(spec.key)
         private_dir(self.log_dir)
         private_dir(self.records_dir)
         account = self.account(spec.owner)
         python = pick_python(self.python, account)
+        socket_path = self._socket_path(_leaf(spec.key))
         # The instance's own corner: its version's files read-only, a scratch home, nothing else.
         base = corner(self.home, self._run_dir_setting, _leaf(spec.key))
         held: Held | _Cold | None = None
         data = self.limiter.data_cap(spec.flavor)
+        listening: socket.socket | None = None
         try:
+            listening = self._bind(socket_path)
             model = stage(spec.path, base / "model", account)
             scratch = base / "home"
             scratch.mkdir(mode=0o700)
@@ -332,7 +401,6 @@ class ProcessRuntime:
                     "PYTHONPATH": model_pythonpath(python),
                     "OPSBOT_INSTANCE": spec.key,
                     "OPSBOT_HOME_ID": str(self.home),
-                    "OPSBOT_PORT": str(port),
                     INSTANCE_SECRET_ENV: instance_secret(
                         daemon_secret(self.home), spec.service_uid, spec.idx
                     ),
@@ -352,18 +420,19 @@ class ProcessRuntime:
                 if zygote is not None:
                     try:
                         held = zygote.spawn(
-                            server_args(str(model), spec, HOST, port),
+                            server_args(str(model), spec, HOST, 0, LISTEN_FD),
                             env=env,
                             cwd=scratch,
                             account=account,
                             log_fd=log_file.fileno(),
+                            listen_fd=listening.fileno(),
                             file_size=self.log_cap.backstop_bytes,
                             data=data,
                         )
                     except ZygoteError as exc:
                         log.warning("%s: starting cold: %s", spec.key, exc)
                 if held is None:
-                    argv = server_argv(python, str(model), spec, HOST, port)
+                    argv = server_argv(python, str(model), spec, HOST, 0, listening.fileno())
                     proc = spawn(
                         argv,
                         account=account,
@@ -374,12 +443,19 @@ class ProcessRuntime:
                         held=True,
                         file_size=self.log_cap.backstop_bytes,
                         data=data,
+                        pass_fds=(listening.fileno(),),
                     )
                     held = _Cold(proc)
         except BaseException:
-            if held is None:  # nothing runs from it: its copy goes now, not at a later start
+            if held is None:  # nothing runs from it: its copy and socket go now
                 release_corner(base)
+                if listening is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(listening.getsockname())
             raise
+        finally:
+            if listening is not None:  # the instance has its own: the daemon keeps none open
+                listening.close()
         try:  # in its cgroup before it runs anything, so all it forks is in there too
             how = self.limiter.apply(held.pid, spec.key, spec.flavor, data is not None)
         finally:
@@ -395,8 +471,8 @@ class ProcessRuntime:
         elif zygote is not None:
             self._forks[handle] = zygote
         self._keys[handle] = spec.key
-        self._write_record(_Record(spec.key, handle, port, marker))
-        return Started(handle, HOST, port)
+        self._write_record(_Record(spec.key, handle, 0, marker, str(socket_path)))
+        return Started(handle, *unix_address(str(socket_path)))
 
     # -- records: the daemon's private list of what it started --------------------------------
 
@@ -470,6 +546,7 @@ class ProcessRuntime:
             if not any(r.key == key and r.handle != handle for r in self._records()):
                 release_corner(self.run_dir / _leaf(key))
         if record is not None:
+            _unlink_socket(record)
             with contextlib.suppress(FileNotFoundError):
                 (self.records_dir / f"{record.leaf}.json").unlink()
 
@@ -538,9 +615,18 @@ class ProcessRuntime:
         """Nothing to do: each instance's copy is its own, removed when it stops."""
 
     def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
-        """Remove the instance directories no record names (a daemon killed while starting
-        one); those of recorded instances go when they stop, strays' included."""
-        recorded = {r.leaf for r in self._records()}
+        """Remove the instance directories and sockets no record names (a daemon killed while
+        starting one); those of recorded instances go when they stop, strays' included."""
+        records = self._records()
+        recorded = {r.leaf for r in records}
+        sockets = {r.socket for r in records}
+        with contextlib.suppress(FileNotFoundError):
+            with os.scandir(self.socket_dir) as entries:
+                stale = [e.path for e in entries if e.path not in sockets]
+            for path in stale:
+                log.info("removing %s: no instance of it is recorded", path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         try:
             with os.scandir(self.run_dir) as entries:
                 leaves = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
@@ -555,6 +641,7 @@ class ProcessRuntime:
 
     def _forget(self, record: _Record) -> None:
         self.limiter.release(record.key)
+        _unlink_socket(record)
         release_corner(self.run_dir / record.leaf)
         with contextlib.suppress(FileNotFoundError):
             (self.records_dir / f"{record.leaf}.json").unlink()
@@ -569,12 +656,12 @@ class ProcessRuntime:
         for record in self._records():
             if self._alive(record.handle):
                 self._keys.setdefault(record.handle, record.key)
-                found.append(Owned(record.handle, record.key, HOST, record.port))
+                found.append(Owned(record.handle, record.key, *record.address))
                 live_markers.add(record.marker)
             elif record.marker not in seen and tree(
                 -1, record.marker, [d / "cgroup.procs" for d in self.limiter.dirs(record.key)]
             ):
-                found.append(Owned(record.handle, f"orphan:{record.key}", HOST, record.port))
+                found.append(Owned(record.handle, f"orphan:{record.key}", *record.address))
             else:  # ended with nothing left behind: its files go
                 self._forget(record)
             seen.add(record.marker)
@@ -591,11 +678,8 @@ class ProcessRuntime:
                 continue
             seen.add(marker)
             key = env.get("OPSBOT_INSTANCE", "?")
-            found.append(
-                Owned(
-                    f"{pid}:{started}", f"orphan:{key}", HOST, int(env.get("OPSBOT_PORT", "0") or 0)
-                )
-            )
+            # Its address is not known (nor needed: an orphan is only stopped).
+            found.append(Owned(f"{pid}:{started}", f"orphan:{key}", HOST, 0))
         return found
 
     def _log_lines(self, handle: str, tail: int = 50) -> list[str]:
@@ -635,6 +719,12 @@ class _Cold:
 
     def release(self) -> None:
         release(self.proc)
+
+
+def _unlink_socket(record: _Record) -> None:
+    if record.socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record.socket)
 
 
 def sandbox_marker(pid: int) -> str | None:

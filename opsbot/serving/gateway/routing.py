@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 from urllib.parse import quote
 
+from opsbot.core.address import show
 from opsbot.core.routes import ServiceRoute, VersionRoute
 from opsbot.serving.gateway.limits import TokenBucket
 from opsbot.serving.gateway.metrics import ServiceCounters, VersionStats
@@ -43,7 +44,8 @@ class Target:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port`` or ``unix:PATH`` (statistics, metrics labels, drain)."""
+        return show(self.host, self.port)
 
 
 class Version:
