@@ -4,19 +4,16 @@ truncate on the process runtime, and a file size backstop a real instance surviv
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import stat
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from homes import RlimitOnly, python_model_spec
+from homes import RlimitOnly, call_instance, python_model_spec, wait_ready
 
 from opsbot.core.config import load_config
 from opsbot.core.flavors import load_flavors
@@ -245,20 +242,12 @@ def chatty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessRu
 def _ask(runtime: ProcessRuntime, spec: InstanceSpec, started: Started, *items: Any) -> Any:
     """What the instance answered to ``items``, once it answers (it is loading at first)."""
     secret = instance_secret(daemon_secret(runtime.home), spec.service_uid, spec.idx)
-    ask = urllib.request.Request(
-        f"http://{started.host}:{started.port}/predict",
-        data=json.dumps({"instances": list(items)}).encode(),
-        headers={"Content-Type": "application/json", INSTANCE_HEADER: secret},
+    wait_ready(started)
+    status, answer = call_instance(
+        started, "POST", "/predict", {"instances": list(items)}, {INSTANCE_HEADER: secret}
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(ask, timeout=30) as resp:
-                return json.loads(resp.read())["predictions"]
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    assert status == 200, answer
+    return answer["predictions"]
 
 
 def _limits(pid: int) -> tuple[str, str]:

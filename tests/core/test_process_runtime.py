@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from homes import RlimitOnly
 
+from opsbot.core.address import unix_address
 from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import load_flavors
 from opsbot.core.hardware import Device
-from opsbot.core.address import unix_address
 from opsbot.core.runtime import InstanceSpec, Started, failure_reason
 from opsbot.core.runtimes.process import ProcessRuntime
 

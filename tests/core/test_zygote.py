@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import time
-import stat
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from homes import ask_instance, python_model_spec, wait_ready
 
-from opsbot.core.flavors import Flavor
 from opsbot.core.address import unix_path
+from opsbot.core.flavors import Flavor
 from opsbot.core.runtime import Exit, InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
 from opsbot.core.zygote import LISTEN_FD, Zygote

@@ -35,6 +35,7 @@ from sklearn.datasets import load_iris
 
 from opsbot.client import ControlClient, RemoteError
 from opsbot.client.wire import ServiceDetail
+from opsbot.core.address import unix_path
 from opsbot.core.runtimes.process import ProcessRuntime, free_port
 from opsbot.serving.gateway import INTERNAL_HEADER, INTERNAL_SECRET
 from opsbot.serving.workers import default_workers
@@ -234,7 +235,7 @@ def test_deploy_running_and_predictions_equal_sklearn(daemon: Daemon) -> None:
     with urllib.request.urlopen(req, timeout=10) as resp:
         routed = json.loads(resp.read())["routed"]
     (inst,) = shown["instances"]
-    assert f"{inst['host']}:{inst['port']}" in routed
+    assert inst["address"] == f"unix:{inst['host']}" and inst["address"] in routed
     assert gateway_stats(daemon, created["url"])["workers"] == default_workers()
 
 
@@ -361,27 +362,32 @@ def _running(pid: int) -> bool:
     return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
+def _listening(host: str, port: int) -> bool:
+    """Whether something accepts connections at the address (a unix socket's or TCP)."""
+    path = unix_path(host)
+    with socket.socket(socket.AF_UNIX if path else socket.AF_INET) as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex(path or (host, port)) == 0
 
 
-def test_stop_frees_ports_and_processes_and_start_brings_it_back(daemon: Daemon) -> None:
+def test_stop_frees_sockets_and_processes_and_start_brings_it_back(daemon: Daemon) -> None:
     created = daemon.deploy(
         "--name", "stoppable", "--model", "iris", "--version", "1.0.0", "--instances", "2"
     )
     shown = daemon.client.service("stoppable")
-    ports = [i.port for i in shown.instances]
+    addresses = [(i.host or "", i.port or 0) for i in shown.instances]
+    # The process runtime's instances are on unix sockets the daemon bound, no port.
+    assert all(unix_path(host) and port == 0 for host, port in addresses)
     keys = {k for k in _pids(daemon.home) if k.startswith(created["id"])}
-    assert len(keys) == 2 and all(_port_open(p) for p in ports)
+    assert len(keys) == 2 and all(_listening(*a) for a in addresses)
     daemon.cli("stop", "stoppable")
     deadline = time.monotonic() + 20
     while daemon.client.service("stoppable").status != "stopped":
         assert time.monotonic() < deadline, "stoppable did not stop in 20 s"
         time.sleep(0.1)
     assert not {k for k in _pids(daemon.home) if k.startswith(created["id"])}
-    assert not any(_port_open(p) for p in ports)
+    assert not any(_listening(*a) for a in addresses)
+    assert not any(os.path.exists(host) for host, _ in addresses)  # the socket files went
     assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] in (404, 503)
     events = json.loads(daemon.cli("events", "stoppable", "--json").stdout)
     kinds = [e["kind"] for e in events]
@@ -450,6 +456,8 @@ def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: 
         )
         before = _pids(home)
         assert len(before) == 2
+        sockets = sorted(i.address for i in d.client.service("durable").instances)
+        assert all(a.startswith("unix:/") for a in sockets)
         gateway_before = int((home / "gateway.pid").read_text())
         os.kill(d.proc.pid, signal.SIGKILL)
         d.proc.wait()
@@ -463,6 +471,8 @@ def test_kill_9_then_restart_keeps_the_same_instances(template: Path, tmp_path: 
         shown = d2.client.service("durable")
         assert shown.status == "running"
         assert _pids(home) == before
+        # adopted on the sockets its records name, which the gateway routes to
+        assert sorted(i.address for i in shown.instances) == sockets
         assert int((home / "gateway.pid").read_text()) == gateway_before
         assert call(created["url"], {"instances": IRIS[:1]}, created["api_key"])[0] == 200
         kinds = [e["kind"] for e in d2.client.request("GET", "/v1/services/durable/events")]

@@ -156,10 +156,10 @@ def test_changes_under_load_drop_no_call(daemon: Daemon, tmp_path: Path) -> None
         settled(daemon, "rolling", 4)
         update(daemon, "rolling", "--instances", "2.0.0=1,1.0.0=1")
         settled(daemon, "rolling", 2)
-        before = {i.port for i in daemon.client.service("rolling").instances}
+        before = {i.address for i in daemon.client.service("rolling").instances}
         update(daemon, "rolling", "--env", "MODE=fast")  # every instance is replaced
         after_env = settled(daemon, "rolling", 2)
-        assert before.isdisjoint({i.port for i in after_env.instances})
+        assert before.isdisjoint({i.address for i in after_env.instances})
         load.begun_after(time.monotonic(), 20)  # the new instances answer calls
     assert load.failures == [], load.failures[:5]
     assert load.statuses[200] > 200, load.statuses

@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 import joblib
 import pytest
+from homes import call_instance, wait_ready
 
 from opsbot.core.accounts import MANAGED_UID_BASE
 from opsbot.core.app import Core
@@ -29,7 +28,7 @@ from opsbot.core.flavors import load_flavors
 from opsbot.core.identity import User
 from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.registry import ModelVersion
-from opsbot.core.runtime import InstanceSpec
+from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes.process import ProcessRuntime
 from opsbot.core.store import DB_NAME
 
@@ -37,7 +36,7 @@ from .conftest import People
 
 #: A python model whose predict() reports what its process could reach, and as whom.
 HOSTILE_PY = """
-import json, os, urllib.request, urllib.error
+import json, os, socket, sys
 
 class Model:
     sample = [1]
@@ -47,7 +46,7 @@ class Model:
 
     def predict(self, instances):
         out = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "read": {},
-               "list": {}, "env": {}, "call": {}}
+               "list": {}, "env": {}, "call": {}, "replace": {}}
         for path in self.probes["read"]:
             try:
                 with open(path, "rb") as f:
@@ -63,18 +62,32 @@ class Model:
                 out["list"][path] = type(exc).__name__
         for name in self.probes["env"]:
             out["env"][name] = name in os.environ
-        mine = os.environ.get("OPSBOT_INSTANCE_SECRET", "")
-        for url in self.probes["call"]:
-            ask = urllib.request.Request(url, data=b'{"instances": [[1, 2, 3, 4]]}',
-                                         headers={"X-Opsbot-Instance-Secret": mine,
-                                                  "Content-Type": "application/json"})
+        for path in self.probes["call"]:  # another instance's socket
+            sock = socket.socket(socket.AF_UNIX)
             try:
-                with urllib.request.urlopen(ask, timeout=5) as resp:
-                    out["call"][url] = resp.status
-            except urllib.error.HTTPError as exc:
-                out["call"][url] = exc.code
+                sock.connect(path)
+                sock.sendall(b"GET /v2/health/ready HTTP/1.0\\r\\n\\r\\n")
+                out["call"][path] = sock.recv(12).decode()
             except OSError as exc:
-                out["call"][url] = type(exc).__name__
+                out["call"][path] = type(exc).__name__
+            finally:
+                sock.close()
+        if "--listen-fd" in sys.argv:  # as an instance: its own socket, by the name it has
+            fd = int(sys.argv[sys.argv.index("--listen-fd") + 1])
+            own = socket.socket(fileno=os.dup(fd)).getsockname()
+            out["own"] = own
+            attempts = {
+                "unlink": lambda: os.unlink(own),
+                "rename": lambda: os.rename(own, own + ".old"),
+                "symlink": lambda: os.symlink("/tmp/elsewhere.sock", own + ".new"),
+                "chmod": lambda: os.chmod(os.path.dirname(own), 0o777),
+            }
+            for name, attempt in attempts.items():
+                try:
+                    attempt()
+                    out["replace"][name] = "DONE"
+                except OSError as exc:
+                    out["replace"][name] = type(exc).__name__
         return [out]
 """
 
@@ -137,28 +150,8 @@ def _spec(mv: ModelVersion, uid: str) -> InstanceSpec:
     )
 
 
-def _wait_ready(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"the instance on port {port} never became ready")
-
-
-def _post(port: int, path: str, headers: dict[str, str]) -> tuple[int, Any]:
-    ask = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode(),
-        headers={"Content-Type": "application/json", **headers},
-    )
-    try:
-        with urllib.request.urlopen(ask, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+def _post(started: Started, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    return call_instance(started, "POST", path, {"instances": [[5.1, 3.5, 1.4, 0.2]]}, headers)
 
 
 @pytest.fixture
@@ -218,7 +211,7 @@ def test_a_hostile_python_model_reaches_nothing(
 ) -> None:
     # bob's service runs; alice's hostile model then probes, in the check and as an instance.
     bob = world.runtime.start(_spec(world.bob_model, "bobsvc"))
-    _wait_ready(bob.port)
+    wait_ready(bob)
     bob_pid = int(bob.handle.split(":")[0])
     assert os.stat(f"/proc/{bob_pid}").st_uid == people.bob.uid  # bob's own account
 
@@ -229,7 +222,7 @@ def test_a_hostile_python_model_reaches_nothing(
             "read": _targets(world, bob_pid),
             "list": [str(world.home), str(world.home / "models")],
             "env": list(DAEMON_ENV),
-            "call": [f"http://127.0.0.1:{bob.port}/predict"],
+            "call": [bob.host],
         }
         (src / "probes.json").write_text(json.dumps(probes))
         for f in src.iterdir():
@@ -246,9 +239,9 @@ def test_a_hostile_python_model_reaches_nothing(
     assert checked["ok"], checked
     # The instance, as alice, called with its own secret as the gateway would.
     started = world.runtime.start(_spec(mv, "alicesvc"))
-    _wait_ready(started.port)
+    wait_ready(started)
     secret = instance_secret(daemon_secret(world.home), "alicesvc", 0)
-    status, answer = _post(started.port, "/predict", {INSTANCE_HEADER: secret})
+    status, answer = _post(started, "/predict", {INSTANCE_HEADER: secret})
     assert status == 200, answer
     for found in (checked["output"][0], answer["predictions"][0]):
         assert found["uid"] == people.alice.uid
@@ -257,7 +250,18 @@ def test_a_hostile_python_model_reaches_nothing(
         assert set(found["read"].values()) == {"PermissionError"}, found["read"]
         assert set(found["list"].values()) == {"PermissionError"}, found["list"]
         assert found["env"] == dict.fromkeys(DAEMON_ENV, False)
-        assert list(found["call"].values()) == [401]  # bob's instance wants bob's secret
+        # bob's instance cannot even be reached: its socket is in the daemon's own directory.
+        assert found["call"] == {bob.host: "PermissionError"}
+    # Its own socket: it learns the name, and can neither remove, move nor replace it.
+    found = answer["predictions"][0]
+    assert found["own"] == started.host
+    assert found["replace"] == dict.fromkeys(
+        ("unlink", "rename", "symlink", "chmod"), "PermissionError"
+    )
+    assert sorted(os.listdir(Path(started.host).parent)) == sorted(
+        Path(s).name for s in (started.host, bob.host)
+    )
+    assert _post(started, "/predict", {INSTANCE_HEADER: secret})[0] == 200  # still serving
 
 
 def test_a_hostile_pickle_of_a_slack_only_user_reaches_nothing(world: World) -> None:
@@ -282,15 +286,15 @@ def test_a_hostile_pickle_of_a_slack_only_user_reaches_nothing(world: World) -> 
 
 def test_an_instance_answers_only_with_its_secret(world: World) -> None:
     started = world.runtime.start(_spec(world.bob_model, "bobsvc"))
-    _wait_ready(started.port)
-    status, answer = _post(started.port, "/predict", {})
+    wait_ready(started)
+    status, answer = _post(started, "/predict", {})
     assert status == 401, answer
     assert "gateway" in answer["error"]
     other = instance_secret(daemon_secret(world.home), "othersvc", 0)
-    assert _post(started.port, "/predict", {INSTANCE_HEADER: other})[0] == 401
-    assert _post(started.port, "/v2/models/iris/infer", {})[0] == 401
+    assert _post(started, "/predict", {INSTANCE_HEADER: other})[0] == 401
+    assert _post(started, "/v2/models/iris/infer", {})[0] == 401
     mine = instance_secret(daemon_secret(world.home), "bobsvc", 0)
-    status, answer = _post(started.port, "/predict", {INSTANCE_HEADER: mine})
+    status, answer = _post(started, "/predict", {INSTANCE_HEADER: mine})
     assert status == 200, answer
 
 
