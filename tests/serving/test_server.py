@@ -27,6 +27,7 @@ import pytest
 from aiohttp import test_utils, web
 
 import opsbot
+from opsbot.core.address import connection, unix_address
 from opsbot.core.examples import SAMPLE_ROWS, train
 from opsbot.serving.loaders import LoadedModel, load_model
 from opsbot.serving.server import LOAD_FAILED, STATE, make_app, onnx_providers
@@ -724,3 +725,80 @@ async def test_values_beyond_an_fp32_input_are_400(examples: dict[str, Path]) ->
         status, body = await post_json(client, "/predict", {"instances": [[1e300, 1, 1, 1]]})
     assert status == 400
     assert "beyond what the model's float32 input can hold" in body["error"]
+
+
+def _start_on(
+    tmp_path: Path, folder: Path, fds: list[int], started: list[subprocess.Popen[bytes]]
+) -> Server:
+    """The server on the sockets ``fds`` (passed as the process runtime passes them)."""
+    log = tmp_path / "server-fds.log"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "opsbot.serving.server", "--path", str(folder)]
+    argv += ["--format", "sklearn", "--name", "iris", "--version", "1.0.0"]
+    for fd in fds:
+        argv += ["--listen-fd", str(fd)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, pass_fds=fds, close_fds=True
+        )
+    started.append(proc)
+    return Server(log, proc, 0)
+
+
+@pytest.mark.slow
+def test_real_server_serves_on_each_socket_it_is_passed(
+    examples: dict[str, Path], tmp_path: Path
+) -> None:
+    """A unix socket and a TCP one, bound by the caller: the server answers on both, and the
+    unix socket's caller names no host (what the gateway's hop to an instance is)."""
+    folder = examples["iris-1.0.0"]
+    path = str(tmp_path / "i.sock")
+    unix = socket.socket(socket.AF_UNIX)
+    tcp = socket.socket()
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        unix.bind(path)
+        tcp.bind(("127.0.0.1", 0))
+        for sock in (unix, tcp):
+            sock.listen()
+        server = _start_on(tmp_path, folder, [unix.fileno(), tcp.fileno()], started)
+        server.port = tcp.getsockname()[1]
+        server.wait_for("/v2/health/ready")
+        unix.close()  # the server has its own: the caller's copy is not what keeps it open
+        tcp.close()
+        expected = joblib.load(folder / "model.joblib").predict(SAMPLE_ROWS).tolist()
+        assert http(server.port, "/predict", {"instances": SAMPLE_ROWS}) == (
+            200,
+            {"predictions": expected},
+        )
+        conn = connection(*unix_address(path), timeout=5)
+        conn.request("POST", "/predict", body=json.dumps({"instances": SAMPLE_ROWS}))
+        answer = conn.getresponse()
+        assert (answer.status, json.loads(answer.read())) == (200, {"predictions": expected})
+        conn.close()
+        assert "listening on http://unix:" in server.output()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=15) == 0
+    finally:
+        unix.close()
+        tcp.close()
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_real_server_refuses_a_descriptor_that_does_not_listen_exits_4(
+    examples: dict[str, Path], tmp_path: Path
+) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    with socket.socket(socket.AF_UNIX) as idle:
+        idle.bind(str(tmp_path / "idle.sock"))  # bound, never listening
+        fd = idle.fileno()
+        server = _start_on(tmp_path, examples["iris-1.0.0"], [fd], started)
+        assert server.proc.wait(timeout=60) == 4
+    out = server.output()
+    assert f"LISTEN FAILED: cannot listen on descriptor {fd}" in out, out
+    assert "does not listen" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from opsbot.core.address import unix_address
 from opsbot.serving.upstream import (
     AiohttpClient,
     BrokenReply,
@@ -41,7 +43,12 @@ class Scripted:
         self.port = 0
         self._server: asyncio.Server | None = None
 
-    async def start(self) -> None:
+    async def start(self, unix: str | None = None) -> None:
+        """Listen on a loopback port, or on the unix socket ``unix`` (a process runtime's
+        instance)."""
+        if unix is not None:
+            self._server = await asyncio.start_unix_server(self._serve, unix)
+            return
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
@@ -77,9 +84,9 @@ class Scripted:
 async def scripted() -> AsyncIterator[Callable[[list[Answer]], Awaitable[Scripted]]]:
     made: list[Scripted] = []
 
-    async def start(answers: list[Answer]) -> Scripted:
+    async def start(answers: list[Answer], unix: str | None = None) -> Scripted:
         server = Scripted(answers)
-        await server.start()
+        await server.start(unix)
         made.append(server)
         return server
 
@@ -121,6 +128,30 @@ async def _post(
         body,
         timeout,
     )
+
+
+@pytest.mark.asyncio
+async def test_an_instance_on_a_unix_socket(
+    client: UpstreamClient, scripted: Any, tmp_path: Any
+) -> None:
+    """The address of a process-runtime instance: host the socket's path, port 0. Kept alive
+    like TCP, Host: localhost (the socket has no host name); a socket gone is ConnectFailed."""
+    path = str(tmp_path / "instance.sock")
+    server = await scripted([([OK + OK_BODY], False), ([OK, OK_BODY], False)], unix=path)
+    host, port = unix_address(path)
+    for _ in range(2):
+        reply = await client.post(host, port, "/predict", b"", b'{"instances": [1]}', 5.0)
+        assert (reply.status, reply.body) == (200, OK_BODY)
+    assert server.connections == 1
+    head, body = server.requests[0]
+    assert head.startswith(b"POST /predict HTTP/1.1\r\n")
+    assert re.search(rb"(?i)\r\nHost: localhost\r\n", head), head
+    assert body == b'{"instances": [1]}'
+    client.retain(set())  # no longer routed: its connections (and aiohttp's session) go
+    await server.close()
+    os.unlink(path)
+    with pytest.raises(ConnectFailed, match=f"unix:{re.escape(path)}"):
+        await client.post(host, port, "/predict", b"", b"{}", 5.0)
 
 
 @pytest.mark.asyncio
