@@ -4,6 +4,7 @@ messages in the user's words. Pilot against the daemon's control API."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -339,6 +340,8 @@ async def test_details_name_versions_show_rules_time_left_and_the_zone(
     await until(pilot, "the instances", lambda: instances.row_count > 0, within=5)
     rows = [instances.get_row_at(i) for i in range(instances.row_count)]
     assert all(r[0] == "iris 1.0.0" for r in rows)
+    # The address as the daemon words it (host:port here; unix:PATH for a process instance).
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+", r[4]) for r in rows), rows
 
 
 async def test_the_logs_tab_follows_new_lines(pilot: Pilot[None], served: LiveApi, me: str) -> None:
