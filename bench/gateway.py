@@ -7,7 +7,11 @@ One run starts one upstream (``iris``: the real model server with a scikit-learn
 share), the gateway as its own process on a store that routes one service to that upstream (once
 per variant, ``--gateways``: ``gateway`` is the default, the raw asyncio client on uvloop with
 one worker; ``gw-asyncio`` the standard event loop; ``gw-aiohttp`` aiohttp's client; ``gw-2w``
-two worker processes), and, when installed, nginx as a reference proxy. Then, at each
+two worker processes; ``gw-tcp`` the default over TCP), and, when installed, nginx as a reference
+proxy. The upstream serves, as the process runtime has it, on a unix socket this script binds
+and passes (``--listen-fd``), which the gateways (but ``gw-tcp``), the relay and nginx
+(``server unix:PATH``) reach it on; the same process also serves a TCP port passed alike, which
+``direct`` (the load generators speak TCP) and ``gw-tcp`` use. Then, at each
 concurrency, it offers the same closed load (``wrk`` when installed, else a built-in asyncio
 client) to each target in turn and prints throughput, latency and the CPU time the target's
 processes spent per call (so calls per second per core: the gateway's own ceiling, which the
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -81,7 +87,10 @@ VARIANTS: dict[str, tuple[str, str, int, str]] = {
     "gw-asyncio": ("raw", "asyncio", 1, "fast"),
     "gw-aiohttp": ("aiohttp", "uvloop", 1, "fast"),
     "gw-2w": ("raw", "uvloop", 2, "fast"),
+    "gw-tcp": ("raw", "uvloop", 1, "fast"),
 }
+#: Variants routed to the upstream's TCP port instead of its unix socket.
+OVER_TCP = {"gw-tcp", "gw-before"}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -100,11 +109,12 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-# -- the echo upstream (run as this file with --serve-echo PORT) -------------------------------
+# -- the echo upstream (run as this file with --serve-echo FD...) -----------------------------
 
 
-def serve_echo(port: int) -> None:
-    """A /predict that reads the body and answers a fixed prediction: no work at all."""
+def serve_echo(fds: list[int]) -> None:
+    """A /predict that reads the body and answers a fixed prediction: no work at all, on each
+    listening socket passed (as the model server's --listen-fd)."""
     from aiohttp import web
 
     reply = json.dumps({"predictions": [0]}).encode()
@@ -119,17 +129,30 @@ def serve_echo(port: int) -> None:
     app = web.Application(client_max_size=64 * 2**20)  # the model server's own cap
     app.router.add_post("/predict", predict)
     app.router.add_get("/v2/health/ready", ready)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+    async def serve() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for fd in fds:
+            await web.SockSite(runner, socket.socket(fileno=fd)).start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
-# -- the floor of a Python proxy (run as this file with --serve-relay PORT UPSTREAM_PORT) ------
+# -- the floor of a Python proxy (run as this file with --serve-relay PORT UPSTREAM) ------------
 
 
-def serve_relay(port: int, upstream: int) -> None:
+def serve_relay(port: int, upstream: str) -> None:
     """The least a proxy written in Python on uvloop can do: each call's body forwarded to the
     upstream on one kept connection per caller, its answer's body sent back, from protocol
     callbacks only (no key, limit, route, metrics or error handling; Content-Length framing
-    only). What it adds to a call is what any Python proxy adds before doing its own work."""
+    only). What it adds to a call is what any Python proxy adds before doing its own work.
+    ``upstream``: a port on 127.0.0.1, or a unix socket's path."""
     import uvloop
 
     def framed(buf: bytearray) -> tuple[int, int] | None:
@@ -141,7 +164,9 @@ def serve_relay(port: int, upstream: int) -> None:
         total = end + 4 + (int(found[1]) if found else 0)
         return (end + 4, total) if len(buf) >= total else None
 
-    head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{upstream}\r\n".encode()
+    unix = upstream if upstream.startswith("/") else None
+    host = "localhost" if unix else f"127.0.0.1:{upstream}"
+    head = f"POST /predict HTTP/1.1\r\nHost: {host}\r\n".encode()
 
     class Upstream(asyncio.Protocol):
         def __init__(self, caller: Caller) -> None:
@@ -173,9 +198,12 @@ def serve_relay(port: int, upstream: int) -> None:
 
         async def _connect(self) -> None:
             loop = asyncio.get_running_loop()
-            _, self.upstream = await loop.create_connection(
-                lambda: Upstream(self), "127.0.0.1", upstream
-            )
+            if unix is not None:
+                _, self.upstream = await loop.create_unix_connection(lambda: Upstream(self), unix)
+            else:
+                _, self.upstream = await loop.create_connection(
+                    lambda: Upstream(self), "127.0.0.1", int(upstream)
+                )
             for request in self.pending:
                 self.upstream.transport.write(request)  # type: ignore[attr-defined]
 
@@ -237,13 +265,24 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: floa
 
 @contextmanager
 def running(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    cmd: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``cmd`` running until the block ends. ``cwd``: where it runs; for ``python -m`` the
-    tree whose code it runs, since Python puts the working directory ahead of PYTHONPATH."""
+    tree whose code it runs, since Python puts the working directory ahead of PYTHONPATH.
+    ``pass_fds``: descriptors it inherits (listening sockets)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            pass_fds=pass_fds,
         )
     try:
         yield proc
@@ -268,8 +307,9 @@ def train_iris(folder: Path) -> None:
     joblib.dump(LogisticRegression(max_iter=500).fit(x, y), folder / "model.joblib")
 
 
-def fill_store(home: Path, upstream_port: int) -> None:
-    """One running service, one version, one ready instance: what the controller would write."""
+def fill_store(home: Path, upstream: tuple[str, int]) -> None:
+    """One running service, one version, one ready instance at ``upstream`` (host and port, or
+    a unix socket as the process runtime writes it): what the controller would write."""
     store = Store(home / DB_NAME)
     now = time.time()
     with store.write() as db:
@@ -295,8 +335,8 @@ def fill_store(home: Path, upstream_port: int) -> None:
         )
         conn.execute(
             "INSERT INTO instances (service_id, idx, n, runtime, host, port, state, updated_at) "
-            "VALUES (?, 0, 0, 'process', '127.0.0.1', ?, 'ready', ?)",
-            (sid, upstream_port, now),
+            "VALUES (?, 0, 0, 'process', ?, ?, 'ready', ?)",
+            (sid, *upstream, now),
         )
         conn.execute(
             "INSERT INTO api_keys (service_id, key_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
@@ -305,7 +345,10 @@ def fill_store(home: Path, upstream_port: int) -> None:
     store.close()
 
 
+# Its worker runs as this script's account (as root, nginx's would otherwise be nobody's): the
+# upstream's socket is in this run's private directory, like an instance's in the daemon's.
 NGINX_CONF = """
+user {user};
 worker_processes 1;
 daemon off;
 pid {tmp}/nginx.pid;
@@ -318,7 +361,7 @@ http {{
     fastcgi_temp_path {tmp}/nginx-fastcgi;
     uwsgi_temp_path {tmp}/nginx-uwsgi;
     scgi_temp_path {tmp}/nginx-scgi;
-    upstream model {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    upstream model {{ server unix:{upstream}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port};
         client_max_body_size 12m;
@@ -444,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         default=["gateway", "gw-aiohttp-front", "gw-2w"],
         help="gateway variants to measure, each its own gateway: gateway (fast front, raw "
         "client, uvloop, 1 worker), gw-aiohttp-front (all through aiohttp's server), gw-asyncio "
-        "(the standard event loop), gw-aiohttp (aiohttp's client), gw-2w (2 workers)",
+        "(the standard event loop), gw-aiohttp (aiohttp's client), gw-2w (2 workers), gw-tcp "
+        "(the default gateway reaching the upstream over TCP instead of its unix socket)",
     )
     parser.add_argument(
         "--before",
@@ -459,14 +503,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also measure `py-relay`: the floor of a Python proxy on uvloop (see serve_relay)",
     )
-    parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-relay", type=int, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-echo", type=int, nargs="+", metavar="FD", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo is not None:
         serve_echo(args.serve_echo)
         return 0
     if args.serve_relay is not None:
-        serve_relay(*args.serve_relay)
+        serve_relay(int(args.serve_relay[0]), args.serve_relay[1])
         return 0
 
     wrk = shutil.which("wrk") if args.loadgen in ("auto", "wrk") else None
@@ -477,7 +521,16 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="opsbot-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        upstream_port = free_port()
+        # The upstream's sockets, bound here and passed as the process runtime passes them.
+        unix_path = str(tmp / "instance.sock")
+        unix = socket.socket(socket.AF_UNIX)
+        unix.bind(unix_path)
+        tcp = socket.socket()
+        tcp.bind(("127.0.0.1", 0))
+        for sock in (unix, tcp):
+            sock.listen(1024)
+        upstream_port = int(tcp.getsockname()[1])
+        fds = (unix.fileno(), tcp.fileno())
         if args.upstream == "iris":
             train_iris(tmp / "model")
             upstream_cmd = [
@@ -492,12 +545,12 @@ def main(argv: list[str] | None = None) -> int:
                 MODEL_NAME,
                 "--version",
                 "1.0.0",
-                "--port",
-                str(upstream_port),
+                *(arg for fd in fds for arg in ("--listen-fd", str(fd))),
             ]
         else:
-            upstream_cmd = [sys.executable, __file__, "--serve-echo", str(upstream_port)]
-        fill_store(tmp / "home", upstream_port)
+            upstream_cmd = [sys.executable, __file__, "--serve-echo", *map(str, fds)]
+        fill_store(tmp / "home", (unix_path, 0))
+        fill_store(tmp / "home-tcp", ("127.0.0.1", upstream_port))
         script = tmp / "post.lua"
         script.write_text(
             'wrk.method = "POST"\n'
@@ -506,7 +559,11 @@ def main(argv: list[str] | None = None) -> int:
             f'wrk.headers["X-Auth-Token"] = "{KEY}"\n'
         )
         with ExitStack() as stack:
-            upstream = stack.enter_context(running(upstream_cmd, tmp / "upstream.log", env))
+            upstream = stack.enter_context(
+                running(upstream_cmd, tmp / "upstream.log", env, pass_fds=fds)
+            )
+            unix.close()  # the upstream has its own: it alone keeps them open
+            tcp.close()
             wait_http(f"http://127.0.0.1:{upstream_port}/v2/health/ready", upstream, "upstream")
             targets = [Target("direct", upstream_port, "/predict", upstream.pid)]
             runs = [(name, VARIANTS[name], env, ROOT) for name in args.gateways]
@@ -521,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                     "-m",
                     "opsbot.serving.gateway",
                     "--home",
-                    str(tmp / "home"),
+                    str(tmp / ("home-tcp" if name in OVER_TCP else "home")),
                     "--host",
                     "127.0.0.1",
                     "--port",
@@ -549,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                     __file__,
                     "--serve-relay",
                     str(relay_port),
-                    str(upstream_port),
+                    unix_path,
                 ]
                 relay = stack.enter_context(running(cmd, tmp / "py-relay.log", env))
                 wait_port(relay_port, relay, "py-relay")
@@ -557,7 +614,10 @@ def main(argv: list[str] | None = None) -> int:
             if nginx is not None:
                 nginx_port = free_port()
                 conf = tmp / "nginx.conf"
-                conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=nginx_port))
+                user = pwd.getpwuid(os.geteuid()).pw_name
+                conf.write_text(
+                    NGINX_CONF.format(tmp=tmp, upstream=unix_path, port=nginx_port, user=user)
+                )
                 cmd = [nginx, "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(conf)]
                 proxy = stack.enter_context(running(cmd, tmp / "nginx.log"))
                 wait_port(nginx_port, proxy, "nginx")
