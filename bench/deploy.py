@@ -121,9 +121,11 @@ def deploy_seconds(client: ControlClient, name: str, instances: int) -> tuple[fl
         while not done.is_set() and not ready_at:
             if address is None:
                 with contextlib.suppress(RemoteError):
-                    found = [i for i in client.service(name).instances if i.port]
+                    # An address once the instance has one (a process instance's is a unix
+                    # socket: its port is 0).
+                    found = [i for i in client.service(name).instances if i.host]
                     if found:
-                        address = (found[0].host or "127.0.0.1", int(found[0].port or 0))
+                        address = (found[0].host or "", int(found[0].port or 0))
             elif http_ready(*address, timeout=1.0):
                 ready_at.append(time.perf_counter())
             done.wait(0.005)

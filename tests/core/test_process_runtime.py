@@ -137,6 +137,22 @@ def test_load_failure_is_read_from_the_log(runtime: ProcessRuntime, tmp_path: Pa
     assert ended.reason == "no model.joblib"
 
 
+def test_an_instance_started_again_under_its_key_leaves_no_socket_of_the_last(
+    runtime: ProcessRuntime, tmp_path: Path
+) -> None:
+    # The controller starts a crashed instance again (same key) without stopping it first.
+    first = runtime.start(_spec(tmp_path, "cpu.2u8g", FAIL="crashed"))
+    deadline = time.monotonic() + 10
+    while runtime.exited(first.handle) is None:
+        assert time.monotonic() < deadline, "the first start never ended"
+        time.sleep(0.02)
+    again = runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    assert again.host != first.host
+    assert list(runtime.socket_dir.iterdir()) == [Path(again.host)]
+    runtime.stop(again.handle, grace_s=1)
+    assert list(runtime.socket_dir.iterdir()) == []
+
+
 def test_failure_reason_without_a_load_line() -> None:
     assert failure_reason(["starting", "Traceback ...", "MemoryError", ""], 1) == (
         "exit code 1: MemoryError"

@@ -471,6 +471,11 @@ class ProcessRuntime:
         elif zygote is not None:
             self._forks[handle] = zygote
         self._keys[handle] = spec.key
+        previous = self._leaf_record(_leaf(spec.key))
+        if previous is not None and not self._alive(previous.handle):
+            # The instance this one replaces under its key ended (the controller starts a
+            # crashed one again without a stop): its record goes now, its socket with it.
+            _unlink_socket(previous)
         self._write_record(_Record(spec.key, handle, 0, marker, str(socket_path)))
         return Started(handle, *unix_address(str(socket_path)))
 
@@ -491,6 +496,11 @@ class ProcessRuntime:
             with contextlib.suppress(OSError, ValueError, TypeError):
                 out.append(_Record(**json.loads(path.read_text())))
         return out
+
+    def _leaf_record(self, leaf: str) -> _Record | None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return _Record(**json.loads((self.records_dir / f"{leaf}.json").read_text()))
+        return None
 
     def _record(self, handle: str) -> _Record | None:
         return next((r for r in self._records() if r.handle == handle), None)
