@@ -26,6 +26,7 @@ import pytest_asyncio
 from aiohttp import ClientResponse, ClientSession, web
 from prometheus_client.parser import text_string_to_metric_families
 
+from opsbot.core.address import unix_address
 from opsbot.core.keys import METRICS_TOKEN_FILE, hash_key, key_prefix
 from opsbot.core.store import DB_NAME, Store
 from opsbot.serving import MODEL_NAME_HEADER
@@ -65,7 +66,9 @@ class FakeInstance:
         self.port = 0
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
+    async def start(self, unix: str | None = None) -> None:
+        """Listen on a loopback port, or on the unix socket ``unix`` (as a process-runtime
+        instance does)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/predict", self._answer)
         app.router.add_post("/v2/models/{name}/infer", self._answer)
@@ -73,6 +76,9 @@ class FakeInstance:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
         await self._runner.setup()
+        if unix is not None:
+            await web.UnixSite(self._runner, unix).start()
+            return
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = _port(self._runner)
@@ -109,7 +115,7 @@ class Home:
 
     def add_service(
         self,
-        versions: list[tuple[str, int, list[int]]],
+        versions: list[tuple[str, int, list[int | str]]],
         *,
         name: str | None = None,
         key: str = KEY,
@@ -119,6 +125,7 @@ class Home:
         model: str = "iris",
     ) -> str:
         """A service with (version, traffic ratio, instance ports) entries; returns its uid.
+        An instance given as a str is on that unix socket (a process-runtime instance).
 
         A version may be written "model:version" to take another model than ``model``.
         """
@@ -157,10 +164,13 @@ class Home:
                     (sid, idx, mv, ratio, len(ports)),
                 )
                 for n, port in enumerate(ports):
+                    host, number = (
+                        unix_address(port) if isinstance(port, str) else ("127.0.0.1", port)
+                    )
                     conn.execute(
                         "INSERT INTO instances (service_id, idx, n, runtime, host, port, state, "
-                        "updated_at) VALUES (?, ?, ?, 'process', '127.0.0.1', ?, ?, ?)",
-                        (sid, idx, n, port, state, now),
+                        "updated_at) VALUES (?, ?, ?, 'process', ?, ?, ?, ?)",
+                        (sid, idx, n, host, number, state, now),
                     )
             conn.execute(
                 "INSERT INTO api_keys (service_id, key_hash, prefix, created_at) "
@@ -198,9 +208,9 @@ def store_home(tmp_path: Path) -> Iterator[Home]:
 async def instance() -> AsyncIterator[Callable[..., Awaitable[FakeInstance]]]:
     made: list[FakeInstance] = []
 
-    async def start(tag: str, **kwargs: Any) -> FakeInstance:
+    async def start(tag: str, unix: str | None = None, **kwargs: Any) -> FakeInstance:
         fake = FakeInstance(tag, **kwargs)
-        await fake.start()
+        await fake.start(unix)
         made.append(fake)
         return fake
 
@@ -556,6 +566,31 @@ async def test_refused_connection_is_retried_on_another_instance(
     stats = await (await client.get("/stats")).json()
     instances = stats["services"][0]["versions"][0]["instances"]
     assert {i["address"]: i["ejected"] for i in instances}[f"127.0.0.1:{dead_port}"] is True
+
+
+@pytest.mark.asyncio
+async def test_an_instance_on_a_unix_socket_is_routed_and_named_so(
+    store_home: Home, instance: Any, gateway: Any, tmp_path: Path
+) -> None:
+    """A process-runtime instance: the gateway reaches it on its socket, as both clients do,
+    says Host: localhost, and names it unix:PATH in its statistics; one whose socket went is
+    ejected and its calls go to the one still there."""
+    path, gone = str(tmp_path / "a.sock"), str(tmp_path / "gone.sock")
+    on_socket = await instance("socket", unix=path)
+    uid = store_home.add_service([("1.0.0", 100, [gone, path])])
+    client = await gateway()
+    for _ in range(4):
+        resp = await _call(client, uid)
+        assert resp.status == 200
+        assert (await resp.json())["predictions"] == ["socket"]
+    assert len(on_socket.calls) == 4
+    assert {headers["Host"] for _, _, headers in on_socket.calls} == {"localhost"}
+    stats = await (await client.get("/stats")).json()
+    instances = stats["services"][0]["versions"][0]["instances"]
+    assert {i["address"]: i["ejected"] for i in instances} == {
+        f"unix:{path}": False,
+        f"unix:{gone}": True,
+    }
 
 
 @pytest.mark.asyncio
