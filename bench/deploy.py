@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from opsbot.client import ControlClient, RemoteError  # noqa: E402
+from opsbot.core.address import unix_path  # noqa: E402
 from opsbot.core.app import DB_NAME, Core  # noqa: E402
 from opsbot.core.controller import http_ready  # noqa: E402
 from opsbot.core.identity import local_user_name  # noqa: E402
@@ -121,9 +122,14 @@ def deploy_seconds(client: ControlClient, name: str, instances: int) -> tuple[fl
         while not done.is_set() and not ready_at:
             if address is None:
                 with contextlib.suppress(RemoteError):
-                    # An address once the instance has one (a process instance's is a unix
-                    # socket: its port is 0).
-                    found = [i for i in client.service(name).instances if i.host]
+                    # An address once the instance has one: a port, or (a process
+                    # instance's) a unix socket, whose port is 0. Before, host is the table's
+                    # default and port empty.
+                    found = [
+                        i
+                        for i in client.service(name).instances
+                        if i.port or unix_path(i.host or "") is not None
+                    ]
                     if found:
                         address = (found[0].host or "", int(found[0].port or 0))
             elif http_ready(*address, timeout=1.0):
