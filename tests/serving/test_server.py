@@ -618,9 +618,18 @@ class Server:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
-    started: list[subprocess.Popen[bytes]] = []
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The server processes a test started: killed, if still running, and reaped after it."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
 
+
+@pytest.fixture
+def start_server(tmp_path: Path, started: list[subprocess.Popen[bytes]]) -> Any:
     def start(folder: Path, fmt: str, name: str, port: int | None = None) -> Server:
         port = port or free_port()
         log = tmp_path / f"server-{port}.log"
@@ -650,11 +659,7 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
         started.append(proc)
         return Server(log, proc, port)
 
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+    return start
 
 
 @pytest.mark.slow
@@ -748,7 +753,7 @@ def _start_on(
 
 @pytest.mark.slow
 def test_real_server_serves_on_each_socket_it_is_passed(
-    examples: dict[str, Path], tmp_path: Path
+    examples: dict[str, Path], tmp_path: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:
     """A unix socket and a TCP one, bound by the caller: the server answers on both, and the
     unix socket's caller names no host (what the gateway's hop to an instance is)."""
@@ -756,7 +761,6 @@ def test_real_server_serves_on_each_socket_it_is_passed(
     path = str(tmp_path / "i.sock")
     unix = socket.socket(socket.AF_UNIX)
     tcp = socket.socket()
-    started: list[subprocess.Popen[bytes]] = []
     try:
         unix.bind(path)
         tcp.bind(("127.0.0.1", 0))
@@ -783,17 +787,12 @@ def test_real_server_serves_on_each_socket_it_is_passed(
     finally:
         unix.close()
         tcp.close()
-        for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.mark.slow
 def test_real_server_refuses_a_descriptor_that_does_not_listen_exits_4(
-    examples: dict[str, Path], tmp_path: Path
+    examples: dict[str, Path], tmp_path: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:
-    started: list[subprocess.Popen[bytes]] = []
     with socket.socket(socket.AF_UNIX) as idle:
         idle.bind(str(tmp_path / "idle.sock"))  # bound, never listening
         fd = idle.fileno()
