@@ -556,9 +556,7 @@ class ProcessRuntime:
             if not any(r.key == key and r.handle != handle for r in self._records()):
                 release_corner(self.run_dir / _leaf(key))
         if record is not None:
-            _unlink_socket(record)
-            with contextlib.suppress(FileNotFoundError):
-                (self.records_dir / f"{record.leaf}.json").unlink()
+            self._drop_record(record)
 
     # -- the preloaders ------------------------------------------------------------------------
 
@@ -651,8 +649,12 @@ class ProcessRuntime:
 
     def _forget(self, record: _Record) -> None:
         self.limiter.release(record.key)
-        _unlink_socket(record)
         release_corner(self.run_dir / record.leaf)
+        self._drop_record(record)
+
+    def _drop_record(self, record: _Record) -> None:
+        """The instance is gone: its socket file and its record go too."""
+        _unlink_socket(record)
         with contextlib.suppress(FileNotFoundError):
             (self.records_dir / f"{record.leaf}.json").unlink()
 
