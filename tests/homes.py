@@ -35,20 +35,35 @@ def clone_home(template: Path, home: Path) -> Path:
     return home
 
 
+def instance_spec(path: Path, *, flavor: str = "cpu.2u8g", **fields: Any) -> InstanceSpec:
+    """One instance of the model in ``path``: by default alice's iris 1.0.0 (sklearn), slot 0 of
+    service svc0001, on the flavor of that id; ``fields`` set any other InstanceSpec field."""
+    chosen = next(f for f in load_flavors() if f.id == flavor)
+    defaults: dict[str, Any] = {
+        "service_uid": "svc0001",
+        "owner": "alice",
+        "idx": 0,
+        "n": 0,
+        "model_name": "iris",
+        "version": "1.0.0",
+        "format": "sklearn",
+        "entry": None,
+        "env": {},
+    }
+    return InstanceSpec(path=path, flavor=chosen, **{**defaults, **fields})
+
+
 def python_model_spec(path: Path, uid: str, owner: str = "alice", **env: str) -> InstanceSpec:
     """One instance of a python-format model (``model:Model`` in ``path``) on cpu.2u8g."""
-    flavor = next(f for f in load_flavors() if f.id == "cpu.2u8g")
-    return InstanceSpec(
+    return instance_spec(
+        path,
         service_uid=uid,
         owner=owner,
-        idx=0,
         n=1,
         model_name=path.name,
         version="1",
-        path=path,
         format="python",
         entry="model:Model",
-        flavor=flavor,
         env=env,
     )
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from homes import RlimitOnly
+from homes import RlimitOnly, instance_spec
 
 from opsbot.core.address import unix_address
 from opsbot.core.errors import OpsbotError
@@ -54,20 +54,8 @@ def runtime(tmp_path: Path) -> Iterator[ProcessRuntime]:
 def _spec(
     tmp_path: Path, flavor_id: str, devices: tuple[Device, ...] = (), **env: str
 ) -> InstanceSpec:
-    flavor = next(f for f in load_flavors() if f.id == flavor_id)
-    return InstanceSpec(
-        service_uid="abc123",
-        owner="alice",
-        idx=0,
-        n=1,
-        model_name="iris",
-        version="1.0.0",
-        path=tmp_path / "model",
-        format="sklearn",
-        entry=None,
-        flavor=flavor,
-        env=env,
-        devices=devices,
+    return instance_spec(
+        tmp_path / "model", flavor=flavor_id, service_uid="abc123", n=1, env=env, devices=devices
     )
 
 

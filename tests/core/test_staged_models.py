@@ -7,26 +7,15 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from opsbot.core.flavors import load_flavors
+from homes import instance_spec
+
 from opsbot.core.images import USER_ID
 from opsbot.core.runtime import InstanceSpec
 from opsbot.core.runtimes.docker import StagedModels
 
 
 def _spec(model: Path, uid: str, idx: int) -> InstanceSpec:
-    return InstanceSpec(
-        service_uid=uid,
-        owner="alice",
-        idx=idx,
-        n=0,
-        model_name="iris",
-        version="1.0.0",
-        path=model,
-        format="sklearn",
-        entry=None,
-        flavor=next(f for f in load_flavors() if f.id == "cpu.2u8g"),
-        env={},
-    )
+    return instance_spec(model, service_uid=uid, idx=idx)
 
 
 def _staged(tmp_path: Path) -> tuple[StagedModels, Path]:

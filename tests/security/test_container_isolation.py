@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from opsbot.core.flavors import load_flavors
+from homes import instance_spec
+
 from opsbot.core.images import USER, USER_ID
 from opsbot.core.instance_auth import INSTANCE_SECRET_ENV
 from opsbot.core.runtime import InstanceSpec
@@ -16,19 +17,7 @@ from opsbot.core.sandbox import release_corner
 
 
 def _spec(model: Path) -> InstanceSpec:
-    return InstanceSpec(
-        service_uid="ctr1",
-        owner="alice",
-        idx=0,
-        n=1,
-        model_name="iris",
-        version="1.0.0",
-        path=model,
-        format="sklearn",
-        entry=None,
-        flavor=next(f for f in load_flavors() if f.id == "cpu.2u8g"),
-        env={},
-    )
+    return instance_spec(model, service_uid="ctr1", n=1)
 
 
 def test_a_container_gets_its_version_s_files_as_its_user_and_nothing_more(

@@ -20,11 +20,10 @@ from typing import Any
 
 import joblib
 import pytest
-from homes import call_instance, wait_ready
+from homes import call_instance, instance_spec, wait_ready
 
 from opsbot.core.accounts import MANAGED_UID_BASE
 from opsbot.core.app import Core
-from opsbot.core.flavors import load_flavors
 from opsbot.core.identity import User
 from opsbot.core.instance_auth import INSTANCE_HEADER, daemon_secret, instance_secret
 from opsbot.core.registry import ModelVersion
@@ -134,18 +133,15 @@ def _readable_dir(path: Path) -> Path:
 
 
 def _spec(mv: ModelVersion, uid: str) -> InstanceSpec:
-    flavor = next(f for f in load_flavors() if f.id == "cpu.2u8g")
-    return InstanceSpec(
+    return instance_spec(
+        Path(mv.path),
         service_uid=uid,
         owner=mv.owner,
-        idx=0,
         n=1,
         model_name=mv.name,
         version=mv.version,
-        path=Path(mv.path),
         format=mv.format,
         entry=mv.entry,
-        flavor=flavor,
         env={"LOG_LEVEL": "info"},
     )
 
