@@ -163,6 +163,18 @@ class World:
             ready=lambda host, port: port not in self.not_ready,
         )
 
+    def restarted_controller(self) -> Controller:
+        """A second controller over the same store and runtime: what a restarted daemon makes
+        (every instance it asks is ready)."""
+        return Controller(
+            self.core.store,
+            self.runtime,
+            {f.id: f for f in self.core.flavors},
+            self.core.probe,
+            self.clock,
+            ready=lambda host, port: True,
+        )
+
     def deploy(self, **spec: object) -> str:
         data = {"name": "svc", "models": [entry()], **spec}
         self.core.create_service(self.me, data)

@@ -19,7 +19,6 @@ from opsbot.core.controller import (
     DOWN,
     FAILURE_THRESHOLD,
     FAILURE_WINDOW_S,
-    Controller,
     backoff,
     instance_rows,
 )
@@ -357,14 +356,7 @@ def test_adopt_keeps_known_instances_and_stops_strays(world: World) -> None:
     # A second controller (a restarted daemon) over the same runtime: nothing restarts.
     known = world.runtime.instances[world.handles()[0]].spec
     stray = world.runtime.start(replace(known, service_uid="gone"))
-    again = Controller(
-        world.core.store,
-        world.runtime,
-        {f.id: f for f in world.core.flavors},
-        world.core.probe,
-        world.clock,
-        ready=lambda host, port: True,
-    )
+    again = world.restarted_controller()
     adopted, removed = again.adopt()
     assert (adopted, removed) == (2, 1)
     assert stray.handle in world.runtime.stopped
@@ -685,14 +677,7 @@ def test_the_first_pass_sweeps_copies_of_versions_without_an_instance(world: Wor
     # live service with no instance.
     world.runtime.staged["gone"] = {0}
     world.runtime.staged[uid].add(7)
-    again = Controller(
-        world.core.store,
-        world.runtime,
-        {f.id: f for f in world.core.flavors},
-        world.core.probe,
-        world.clock,
-        ready=lambda host, port: True,
-    )
+    again = world.restarted_controller()
     again.adopt()
     swept: list[dict[str, set[int]]] = []
     sweep = world.runtime.sweep
