@@ -209,6 +209,31 @@ def test_a_run_directory_too_long_for_a_socket_is_refused_naming_the_setting(
     assert not deep.exists() and runtime.owned() == []  # no copy, no socket, no record
 
 
+@pytest.mark.parametrize("planted", ["symlink", "foreign"])
+def test_a_sockets_directory_not_the_daemons_own_is_refused(
+    runtime: ProcessRuntime, tmp_path: Path, planted: str
+) -> None:
+    """Another account that got a ``sockets`` in first (a link to a directory of its choice, or
+    a directory of its own) would hear every call: no instance starts, the error names run_dir."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sockets = runtime.run_dir / "sockets"
+    runtime.run_dir.mkdir(parents=True, exist_ok=True)
+    if planted == "symlink":
+        sockets.symlink_to(elsewhere)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("giving a directory to another account needs root (CI runs as root)")
+        sockets.mkdir()
+        os.chown(sockets, 65534, 65534)
+    with pytest.raises(OpsbotError) as caught:
+        runtime.start(_spec(tmp_path, "cpu.2u8g"))
+    assert caught.value.field == "run_dir" and "not a directory of this account's" in str(
+        caught.value
+    )
+    assert runtime.owned() == [] and list(elsewhere.iterdir()) == []
+
+
 def test_the_sweep_removes_instance_copies_no_record_names(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:
