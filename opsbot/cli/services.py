@@ -107,7 +107,7 @@ def show(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JS
         test = f"= {r.equals}" if r.equals is not None else f"~ {r.matches}"
         out.print(f"rule {i + 1}: {r.header} {test} -> {r.version}", markup=False)
     with_stats = any(inst.stats is not None for inst in s.instances)  # if the runtime tells
-    columns = ["version", "n", "state", "node", "address", "restarts", "reason"]
+    columns = ["version", "n", "state", "node", "restarts", "reason"]
     table = Table(*columns, *(["cpu", "memory"] if with_stats else []))
     for inst in s.instances:
         row = [
@@ -115,7 +115,6 @@ def show(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JS
             str(inst.n),
             inst.state,
             inst.node,
-            inst.address,
             str(inst.restarts),
             inst.reason,
         ]
@@ -123,6 +122,11 @@ def show(name: str = NAME_ARG, owner: str | None = OWNER_OPT, as_json: bool = JS
             row += stats_cells(inst.stats)
         table.add_row(*row)
     out.print(table)
+    # Addresses on lines of their own, whole: a unix socket's path does not fit a table column
+    # on an 80-column terminal, and cut short it could not be copied.
+    for inst in s.instances:
+        where = version_of.get(inst.version_index, str(inst.version_index))
+        out.print(f"{where} #{inst.n} at {inst.address}", markup=False, soft_wrap=True)
 
 
 def _said(service: wire.ServiceInfo, as_json: bool) -> None:

@@ -236,6 +236,10 @@ def test_deploy_running_and_predictions_equal_sklearn(daemon: Daemon) -> None:
         routed = json.loads(resp.read())["routed"]
     (inst,) = shown["instances"]
     assert inst["address"] == f"unix:{inst['host']}" and inst["address"] in routed
+    # The text form gives the address whole on a line of its own, whatever the width
+    # (in a table column it was cut to "unix:/tm…").
+    shown_text = daemon.cli("show", "iris-one").stdout
+    assert f"1.0.0 #0 at {inst['address']}\n" in shown_text
     assert gateway_stats(daemon, created["url"])["workers"] == default_workers()
 
 
