@@ -527,12 +527,19 @@ class Controller:
         ]
         results = list(self._pool.map(lambda r: self.ready(r.host, int(r.port or 0)), rows))
         changes = []
+        impostors = []
         now = self.clock.now()
         for row, ok in zip(rows, results, strict=True):
             if ok:
                 self._misses.pop(row.id, None)
                 if row.state != READY:
-                    changes.append((row, True))
+                    # Before its first call: the answer may have come from a program that
+                    # took the port the instance was given (the docker runtime's free port).
+                    foreign = self.runtime.foreign_listener(row.handle, row.host, row.port or 0)
+                    if foreign:
+                        impostors.append((row, foreign))
+                    else:
+                        changes.append((row, True))
             elif row.state == READY:
                 # A ready instance leaves the routes only after enough checks in a row failed,
                 # over long enough.
@@ -543,6 +550,11 @@ class Controller:
                     changes.append((row, False))
                 else:
                     self._misses[row.id] = (count, since)
+        for row, foreign in impostors:
+            # Never routed to: stopped, and started again on another port after the backoff.
+            log.warning("instance %s/%s: %s", row.idx, row.n, foreign)
+            self.runtime.stop(row.handle)
+            self._mark_down(service, row, foreign)
         if not changes:
             return
         with self.store.write() as db:

@@ -83,6 +83,13 @@ class Runtime(Protocol):
         """Stop the instance (SIGTERM, then SIGKILL after the grace period). Idempotent."""
         ...
 
+    def foreign_listener(self, handle: str, host: str, port: int) -> str | None:
+        """Why what answers on the instance's address is not the instance (another program
+        took the port it was given before it bound it), or None: it is, or nothing else can
+        be there (a socket the daemon bound itself), or the runtime cannot tell. The
+        controller asks before it first routes to an instance."""
+        ...
+
     def owned(self) -> Sequence[Owned]:
         """Every instance this runtime runs for this OPSBOT_HOME, found by its labels."""
         ...
@@ -164,6 +171,8 @@ class FakeRuntime:
     staged: dict[str, set[int]] = field(default_factory=dict)
     #: How many times the controller has had the logs rotated.
     log_rotations: int = 0
+    #: Handle -> what foreign_listener says of it (another program answering in its place).
+    foreign: dict[str, str] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def start(self, spec: InstanceSpec) -> Started:
@@ -181,6 +190,9 @@ class FakeRuntime:
     def stop(self, handle: str, grace_s: float = 10.0) -> None:
         if self.instances.pop(handle, None) is not None:
             self.stopped.append(handle)
+
+    def foreign_listener(self, handle: str, host: str, port: int) -> str | None:
+        return self.foreign.get(handle)
 
     def owned(self) -> Sequence[Owned]:
         return [

@@ -115,6 +115,33 @@ def test_a_crashed_instance_is_restarted_with_backoff(world: World) -> None:
     assert Kind.CONCERNING in kinds
 
 
+def test_an_instance_whose_port_another_program_answers_is_never_routed_to(
+    world: World,
+) -> None:
+    # The runtime says the socket on the first instance's port is not the instance's (another
+    # program took the port first; see tests/security/test_port_squatting.py). Readiness alone
+    # would have routed to it.
+    said = "another program holds its port 20001 (pid 7: squat; uid 0), not its container"
+    world.runtime.foreign["fake-1"] = said
+    world.deploy(models=[entry(instances=1)])
+    world.controller.reconcile_all()
+    assert world.status() == Status.DEPLOYING
+    assert world.runtime.stopped == ["fake-1"]
+    service = world.core.service(world.me, "svc")
+    (row,) = instance_rows(world.core.store, service.id)
+    assert (row.state, row.reason) == (DOWN, said)
+    (route,) = load_routes(world.core.store.db).values()
+    assert [v.upstreams for v in route.versions] == [()]
+    assert any(said in e.message for e in world.core.events(world.me, service="svc"))
+    # Started again after the backoff, on another port, and routed to once that one is its own.
+    world.clock.advance(backoff(0) + 0.5)
+    world.controller.reconcile_all()
+    assert world.runtime.started == ["fake-1", "fake-2"]
+    assert world.status() == Status.RUNNING
+    (route,) = load_routes(world.core.store.db).values()
+    assert [(u.host, u.port) for u in route.versions[0].upstreams] == [("127.0.0.1", 20002)]
+
+
 def test_missed_checks_must_come_in_a_row(world: World) -> None:
     world.deploy()
     world.controller.reconcile_all()

@@ -44,6 +44,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 from opsbot.core.errors import OpsbotError
 from opsbot.core.images import IMAGE_FORMAT, USER, USER_ID, require_image
 from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
+from opsbot.core.listeners import describe, holders, listeners, pid_namespace
 from opsbot.core.logcap import json_file_options
 from opsbot.core.runtime import (
     Exit,
@@ -443,6 +444,37 @@ class DockerRuntime:
         if state.get("Error"):
             reason = f"{reason} ({state['Error']})"
         return Exit(code, reason)
+
+    def foreign_listener(self, handle: str, host: str, port: int) -> str | None:
+        """Whether the socket listening on the container's port is the container's: held by
+        processes of its pid namespace (when this daemon may read other accounts' descriptors,
+        as root), else at least made by its user. A program that took the port between
+        :func:`free_port` and the container's bind would otherwise be routed to."""
+        found = listeners(port, host)
+        if not found:
+            return None  # nothing listens now: the next readiness probe says so
+        try:
+            info = self._inspect(handle)
+        except ENGINE_DOWN:
+            return None
+        if info is None:
+            return None  # gone: exited() says how
+        user = ((info.get("Config") or {}).get("User") or "").partition(":")[0]
+        uid = int(user) if user.isdigit() else None
+        pid = (info.get("State") or {}).get("Pid") or 0
+        namespace = pid_namespace(pid) if pid else None
+        for listener in found:
+            who = f"uid {listener.uid}"
+            holding = holders(listener.inode) if namespace is not None else None
+            if holding:
+                outside = [p for p in holding if pid_namespace(p) != namespace]
+                if not outside:
+                    continue
+                who = f"{describe(outside[0])}; uid {listener.uid}"
+            elif uid is None or listener.uid == uid:
+                continue  # as far as can be told (another account's descriptors unread)
+            return f"another program holds its port {port} ({who}), not its container"
+        return None
 
     def stop(self, handle: str, grace_s: float = 10.0) -> None:
         self._remove(handle, grace_s)

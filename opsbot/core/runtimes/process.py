@@ -531,6 +531,10 @@ class ProcessRuntime:
             return Exit(code, failure_reason(self._log_lines(handle), code))
         return Exit(None, failure_reason(self._log_lines(handle), None))
 
+    def foreign_listener(self, handle: str, host: str, port: int) -> str | None:
+        """None: an instance serves on a socket the daemon bound itself and handed over."""
+        return None
+
     def stop(self, handle: str, grace_s: float = 10.0) -> None:
         """End the instance and everything it started (its cgroup, its session, every process
         carrying its marker), then remove its files. Idempotent."""

@@ -784,6 +784,10 @@ class SwarmRuntime:
             return Exit(None, "Swarm placed the task after the start: attaching to it")
         return None
 
+    def foreign_listener(self, handle: str, host: str, port: int) -> str | None:
+        """None: a task's port is on its node, whose sockets this daemon cannot see."""
+        return None
+
     def stop(self, handle: str, grace_s: float = 10.0) -> None:
         h = Handle.parse(handle)
         if h is None:
