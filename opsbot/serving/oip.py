@@ -18,7 +18,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import numpy as np
 
@@ -92,11 +92,12 @@ class Declared:
                 continue
             datatype = entry.get("datatype")
             shape = entry.get("shape")
+            dims = shape if isinstance(shape, list) else []
             found.append(
                 cls(
                     entry["name"],
-                    datatype if datatype in DATATYPES else "",
-                    tuple(int(d) for d in shape) if isinstance(shape, list) else (),
+                    datatype if _is_datatype(datatype) else "",
+                    tuple(dims) if all(_is_int(d) for d in dims) else (),
                 )
             )
         return tuple(found)
@@ -188,6 +189,15 @@ def parse_request(
     return Request(request_id, instances, tuple(wanted), binary, binary_default)
 
 
+def _is_datatype(value: Any) -> TypeGuard[str]:
+    """Whether a JSON value names a v2 datatype (a list or an object is no name)."""
+    return isinstance(value, str) and value in DATATYPES
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
     parameters = holder.get("parameters", {})
     if not isinstance(parameters, dict):
@@ -221,17 +231,13 @@ def _input_array(
     if not isinstance(name, str):
         raise TensorError(f"{where}.name must be a string")
     shape = tensor["shape"]
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
+    if not isinstance(shape, list) or not shape or not all(_is_int(d) and d >= 0 for d in shape):
         raise TensorError(
             f"{where}.shape must be a list of non-negative integers, batch first "
             f"(for example [2, 4] for two rows of four), got {json.dumps(shape)}"
         )
     datatype = tensor["datatype"]
-    if datatype not in DATATYPES:
+    if not _is_datatype(datatype):
         raise TensorError(
             f"{where}.datatype {json.dumps(datatype)} is not a v2 datatype: use one of "
             f"{', '.join(sorted(DATATYPES))}"

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from opsbot.serving.oip import DATATYPES, fits
+from opsbot.serving.oip import DATATYPES, Declared, fits
 from opsbot.serving.server import ModelState, load_for_serving
 
 
@@ -82,6 +82,12 @@ requests = st.fixed_dictionaries(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(body=requests, tail=st.binary(max_size=64), declared=st.booleans())
+# Found by this test: a datatype that is a list (unhashable) was looked up in the set of names.
+@example(
+    body={"inputs": [{"name": "X", "shape": [1, 4], "datatype": [], "data": [1, 2, 3, 4]}]},
+    tail=b"",
+    declared=False,
+)
 def test_no_infer_body_gets_a_5xx(iris: ModelState, body: Any, tail: bytes, declared: bool) -> None:
     assert iris.model is not None
     head = json.dumps(body).encode()
@@ -122,3 +128,20 @@ def test_no_predict_body_gets_a_5xx(iris: ModelState, body: Any) -> None:
 )
 def test_which_datatypes_fit_which(given_type: str, declared: str, ok: bool) -> None:
     assert fits(given_type, declared) is ok
+
+
+def test_a_model_s_declared_tensors_of_any_shape_read_as_unknown_not_as_a_crash() -> None:
+    declared = Declared.parse(
+        [
+            {"name": "a", "datatype": ["FP32"], "shape": [-1, 4]},
+            {"name": "b", "datatype": "FP32", "shape": ["x", None]},
+            {"name": "c", "datatype": "INT64", "shape": [-1, True]},
+            {"name": "d", "datatype": "FP32", "shape": [-1, 4]},
+        ]
+    )
+    assert [(d.name, d.datatype, d.shape) for d in declared] == [
+        ("a", "", (-1, 4)),
+        ("b", "FP32", ()),
+        ("c", "INT64", ()),
+        ("d", "FP32", (-1, 4)),
+    ]
