@@ -31,6 +31,7 @@ from typing import Final, cast
 
 import httptools
 from aiohttp import web
+from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from opsbot.serving.gateway.core import Gateway, forwarded_lines
@@ -48,6 +49,8 @@ _STATUS_LINES: Final = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
 }
 _SKIPPED: Final = frozenset({"content-length", "connection", "date", "server"})
+# Headers a request may carry once (RFC 9110), as aiohttp's parser holds them.
+_SINGLETONS: Final = frozenset(name.encode() for name in SINGLETON_HEADERS)
 
 
 class _Head:
@@ -116,6 +119,8 @@ Parsed = tuple[tuple[int, str, str | None], Mapping[str, str], bool, bytes]
 def _parse(head: bytes) -> tuple[Parsed | None, int]:
     """What a whole request head says, and its body's length; None (and -1) when it is not a
     call the fast path takes: aiohttp's to answer."""
+    if _bare_lf(head):
+        return None, -1  # aiohttp refuses a line not ended by CRLF; httptools may not
     seen = _Head()
     parser = httptools.HttpRequestParser(seen)
     try:
@@ -124,21 +129,29 @@ def _parse(head: bytes) -> tuple[Parsed | None, int]:
         return None, -1  # aiohttp answers what is wrong with it, or takes the upgrade
     if not seen.complete or seen.extra or parser.get_method() != b"POST":
         return None, -1
-    path = seen.url.partition(b"?")[0]
+    try:
+        path = httptools.parse_url(seen.url).path or b""  # less its query and fragment
+    except httptools.HttpParserInvalidURLError:
+        return None, -1
     found = hot_route(path) if b"%" not in path else None
     if found is None:
         return None, -1
     length = -1
+    singles: set[bytes] = set()
     for name, value in seen.headers:
         lowered = name.lower()
+        if lowered in _SINGLETONS:
+            if lowered in singles:
+                return None, -1  # aiohttp refuses a second Content-Type, Host, ...: 400
+            singles.add(lowered)
         if lowered == b"content-length":
-            if length >= 0 or not value.isdigit():
+            if not value.isdigit():
                 return None, -1
             length = int(value)
         elif lowered in _HANDED:
             return None, -1
-    if length < 0:
-        return None, -1
+    if length < 0 or (b"host" not in singles and parser.get_http_version() != "1.0"):
+        return None, -1  # aiohttp answers an HTTP/1.1 request without Host 400
     headers = CIMultiDictProxy(
         CIMultiDict(
             (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
@@ -147,6 +160,11 @@ def _parse(head: bytes) -> tuple[Parsed | None, int]:
     )
     forwarded = forwarded_lines(headers, found[0], found[1])
     return (found, headers, parser.should_keep_alive(), forwarded), length
+
+
+def _bare_lf(data: bytes | bytearray) -> bool:
+    """Whether a line of ``data`` ends in LF alone (a request head's lines end in CRLF)."""
+    return data.count(b"\n") != data.count(b"\r\n")
 
 
 class _Call:
@@ -308,8 +326,8 @@ class FastFront(asyncio.Protocol):
             if call is None:
                 end = self._buf.find(b"\r\n\r\n")
                 if end < 0:
-                    if len(self._buf) > MAX_HEAD_BYTES:
-                        self._hand_off()
+                    if len(self._buf) > MAX_HEAD_BYTES or _bare_lf(self._buf):
+                        self._hand_off()  # aiohttp refuses it (413, 400)
                     return
                 call = self._begin(end + 4)
                 if call is None:
