@@ -48,8 +48,8 @@ def _add_user(name: str, groups: list[str]) -> Person:
     return Person(name, entry.pw_uid, entry.pw_gid)
 
 
-@pytest.fixture(scope="session")
-def people() -> Iterator[People]:
+@pytest.fixture(scope="session", name="people")
+def people_fixture() -> Iterator[People]:
     assert os.geteuid() == 0, "the security tests create accounts: run them as root (CI does)"
     tag = secrets.token_hex(3)
     group = f"obsock{tag}"

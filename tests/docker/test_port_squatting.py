@@ -14,26 +14,24 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from docker_fixtures import engine_fixture, image_fixture  # noqa: F401 - the fixtures
 from homes import instance_spec, wait_ready
+from security.conftest import (
+    People,
+    people_fixture,  # noqa: F401 - the accounts fixture
+)
 
 from opsbot.core.images import USER_ID
 from opsbot.core.listeners import holders, listeners
 from opsbot.core.runtime import Started
 from opsbot.core.runtimes import docker as docker_runtime
 from opsbot.core.runtimes.docker import DockerRuntime
-
-from .conftest import People
-
-# The engine and image fixtures live beside the docker tests (as for tests/swarm).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker"))
-from docker_fixtures import engine_fixture, image_fixture  # noqa: F401 - the fixtures
 
 # A squatter: an HTTP server on a free loopback port that says 200 to every GET, as a model
 # server's readiness route would. It prints its port once it listens.
