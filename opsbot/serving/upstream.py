@@ -17,6 +17,7 @@ broke off, or was not HTTP: the call may have run, so it is not sent again), ``T
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Collection, Iterable
 from functools import partial
 from typing import Final, Literal, Protocol, TypeVar, cast
@@ -43,6 +44,11 @@ RETURNED: Final = ("Content-Type", "Content-Encoding", HEADER_LENGTH)
 _RETURNED_NAMES: Final = {name.lower().encode(): f"{name}: ".encode() for name in RETURNED}
 
 MAX_HEAD_BYTES: Final = 64 * 1024
+# Bytes no answer head may hold (a field value may hold tabs; CR and LF only end its lines).
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HEX: Final = re.compile(rb"[0-9A-Fa-f]*")
+# A field name (RFC 9110 token), or the start of one.
+_TOKEN: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]*")
 MAX_REPLY_BYTES: Final = 256 * 1024 * 1024
 # Bodies above this are written after the head instead of copied into one buffer with it.
 _JOIN_LIMIT: Final = 64 * 1024
@@ -339,7 +345,9 @@ class _Connection(asyncio.Protocol):
             if len(buf) < self.need:
                 return False
             if len(buf) > self.need:
-                self.keep_alive = False  # more than the answer: never reuse this connection
+                # More than its length said (nothing was asked for after it): which bytes are
+                # the answer is in doubt, as aiohttp's client also holds.
+                raise BrokenReply("the instance sent more than its Content-Length")
             self.body = bytes(memoryview(buf)[self.head_end : self.need])
             return True
         if self.mode == _CHUNKED:
@@ -366,18 +374,31 @@ class _Connection(asyncio.Protocol):
                 return True
         while True:
             end = buf.find(b"\r\n\r\n")
+            head = bytes(buf[:end] if end >= 0 else buf)
+            if head.count(b"\n") != head.count(b"\r\n"):
+                # Lines split at CRLF would misread it: refused now, not waited on until the
+                # timeout for a CRLF CRLF that may never come.
+                raise BrokenReply("the instance's answer head has a line not ended by CRLF")
             if end < 0:
                 if len(buf) > MAX_HEAD_BYTES:
                     raise BrokenReply(f"the instance's answer head is over {MAX_HEAD_BYTES} bytes")
                 return False
-            lines = bytes(buf[:end]).split(b"\r\n")
+            lines = head.split(b"\r\n")
+            if _CONTROL.search(head.replace(b"\r\n", b"")):
+                raise BrokenReply("the instance's answer head has a control character")
             status_line = lines[0]
-            if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
-                raise BrokenReply(f"the instance did not answer HTTP/1.x: {status_line[:40]!r}")
-            try:
-                status = int(status_line[9:12])
-            except ValueError:
-                raise BrokenReply(f"bad status line {status_line[:40]!r}") from None
+            # "HTTP/1.x NNN" and the reason after a space, if any: three digits, no more.
+            code = status_line[9:12]
+            if (
+                not status_line.startswith(b"HTTP/1.")
+                or status_line[8:9] != b" "
+                or len(code) != 3
+                or not code.isdigit()
+                or status_line[12:13] not in (b"", b" ")
+                or code < b"100"
+            ):
+                raise BrokenReply(f"bad status line {status_line[:40]!r}")
+            status = int(code)
             if 100 <= status < 200 and status != 101:
                 del buf[: end + 4]  # an interim answer (100 Continue): the real one follows
                 continue
@@ -395,12 +416,11 @@ class _Connection(asyncio.Protocol):
             key = name.strip().lower()
             value = raw_value.strip()
             if key == b"content-length":
-                try:
-                    found = int(value)
-                except ValueError:
-                    raise BrokenReply(f"bad Content-Length {value[:40]!r}") from None
-                if found < 0 or (length is not None and found != length):
+                if not value.isdigit():  # no sign, no spaces inside, no list
                     raise BrokenReply(f"bad Content-Length {value[:40]!r}")
+                if length is not None:  # even agreeing: aiohttp's client refuses it too
+                    raise BrokenReply("the instance's answer has two Content-Length lines")
+                found = int(value)
                 length = found
                 lengths += 1
             elif key == b"transfer-encoding":
@@ -414,6 +434,9 @@ class _Connection(asyncio.Protocol):
             elif key in _RETURNED_NAMES and b"\r" not in value and b"\n" not in value:
                 # Passed back as they came; never a line the instance could end early.
                 self.fields.append(_RETURNED_NAMES[key] + value + b"\r\n")
+        if chunked and length is not None:
+            # Which one ends the answer is where a proxy and its peer can disagree: refused.
+            raise BrokenReply("the instance's answer has both Transfer-Encoding and Content-Length")
         if status in (101, 204, 304):
             self.mode, self.need = _LENGTH, self.head_end
             keep_alive = keep_alive and status != 101
@@ -439,6 +462,19 @@ class _Connection(asyncio.Protocol):
         pos = self.pos  # everything before it is parsed; it only moves past whole pieces
         while True:
             eol = buf.find(b"\r\n", pos)
+            if self.in_trailers and eol != pos:
+                # A trailer field: a name (a token), ':' and its value; checked as it comes, so
+                # what cannot become one is refused now rather than waited on.
+                line = bytes(buf[pos:eol]) if eol >= 0 else bytes(buf[pos:])
+                name, colon, _ = line.partition(b":")
+                if not _TOKEN.fullmatch(name) or (eol >= 0 and not (colon and name)):
+                    raise BrokenReply(f"bad trailer line {line[:40]!r}")
+            if not self.in_trailers:
+                # Hex digits, then maybe ";" and extensions: checked as they come (int() would
+                # also take a sign, spaces, "0x" and underscores).
+                digits = bytes(buf[pos : eol if eol >= 0 else len(buf)]).split(b";", 1)[0]
+                if not _HEX.fullmatch(digits) or (eol >= 0 and not digits):
+                    raise BrokenReply(f"bad chunk size {digits[:20]!r}")
             if eol < 0:
                 if len(buf) - pos > MAX_HEAD_BYTES:
                     raise BrokenReply("a chunk size or trailer line is too long")
@@ -447,17 +483,14 @@ class _Connection(asyncio.Protocol):
                 # Trailer lines, each ended by CRLF, then an empty line: the answer's end.
                 if eol == pos:
                     if len(buf) > eol + 2:
-                        self.keep_alive = False
+                        raise BrokenReply("the instance sent more than its chunked answer")
                     self.body = b"".join(self.chunks)
                     return True
                 pos = eol + 2
                 continue
-            try:
-                size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
-            except ValueError:
-                raise BrokenReply(f"bad chunk size {bytes(buf[pos:eol])[:20]!r}") from None
-            if size < 0:
-                raise BrokenReply("negative chunk size")
+            size = int(digits, 16)
+            if self.size + size > MAX_REPLY_BYTES:  # refused now, not waited on
+                raise BrokenReply(f"the instance's answer is over {MAX_REPLY_BYTES} bytes")
             if size == 0:
                 self.in_trailers = True
                 pos = eol + 2
