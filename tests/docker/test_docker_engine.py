@@ -378,8 +378,12 @@ def test_engine_restart_the_watcher_reconnects_and_repairs(
     with dedicated_engine() as eng:
         monkeypatch.setenv("DOCKER_HOST", eng["host"])
         client = engine_or_skip(eng["host"])
-        # the same image, moved over from the main engine (docker save | docker load)
+        # the same image, moved over from the main engine (docker save | docker load): several
+        # hundred MB into an empty data root, which can take longer than a call's 20 s on a
+        # busy machine (CI once ran out of them), so this call alone may take five minutes
+        client.api.timeout = engine.api.timeout = 300
         client.images.load(engine.images.get(image).save(named=True))
+        client.api.timeout = engine.api.timeout = 20
         assert client.images.get(image).id == engine.images.get(image).id
         home = tmp_path / "home"
         with docker_daemon(template, home, client, image) as d:
