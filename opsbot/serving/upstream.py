@@ -375,7 +375,7 @@ class _Connection(asyncio.Protocol):
         while True:
             end = buf.find(b"\r\n\r\n")
             head = bytes(buf[:end] if end >= 0 else buf)
-            if head.count(b"\n") != head.count(b"\r\n"):
+            if bare_lf(head):
                 # Lines split at CRLF would misread it: refused now, not waited on until the
                 # timeout for a CRLF CRLF that may never come.
                 raise BrokenReply("the instance's answer head has a line not ended by CRLF")
@@ -420,8 +420,7 @@ class _Connection(asyncio.Protocol):
                     raise BrokenReply(f"bad Content-Length {value[:40]!r}")
                 if length is not None:  # even agreeing: aiohttp's client refuses it too
                     raise BrokenReply("the instance's answer has two Content-Length lines")
-                found = int(value)
-                length = found
+                length = int(value)
                 lengths += 1
             elif key == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
@@ -462,17 +461,18 @@ class _Connection(asyncio.Protocol):
         pos = self.pos  # everything before it is parsed; it only moves past whole pieces
         while True:
             eol = buf.find(b"\r\n", pos)
-            if self.in_trailers and eol != pos:
-                # A trailer field: a name (a token), ':' and its value; checked as it comes, so
-                # what cannot become one is refused now rather than waited on.
-                line = bytes(buf[pos:eol]) if eol >= 0 else bytes(buf[pos:])
+            # The line so far (whole once eol is found), checked as it comes: what cannot become
+            # a valid line is refused now rather than waited on.
+            line = bytes(buf[pos:eol] if eol >= 0 else buf[pos:])
+            if self.in_trailers:
+                # A trailer field: a name (a token), ':' and its value; an empty line ends them.
                 name, colon, _ = line.partition(b":")
-                if not _TOKEN.fullmatch(name) or (eol >= 0 and not (colon and name)):
+                if not _TOKEN.fullmatch(name) or (eol >= 0 and line and not (colon and name)):
                     raise BrokenReply(f"bad trailer line {line[:40]!r}")
-            if not self.in_trailers:
-                # Hex digits, then maybe ";" and extensions: checked as they come (int() would
-                # also take a sign, spaces, "0x" and underscores).
-                digits = bytes(buf[pos : eol if eol >= 0 else len(buf)]).split(b";", 1)[0]
+            else:
+                # Hex digits, then maybe ";" and extensions (int() would also take a sign,
+                # spaces, "0x" and underscores).
+                digits = line.split(b";", 1)[0]
                 if not _HEX.fullmatch(digits) or (eol >= 0 and not digits):
                     raise BrokenReply(f"bad chunk size {digits[:20]!r}")
             if eol < 0:
@@ -502,12 +502,15 @@ class _Connection(asyncio.Protocol):
             if buf[end : end + 2] != b"\r\n":
                 raise BrokenReply("a chunk does not end with CRLF")
             self.size += size
-            if self.size > MAX_REPLY_BYTES:
-                raise BrokenReply(f"the instance's answer is over {MAX_REPLY_BYTES} bytes")
             self.chunks.append(bytes(memoryview(buf)[start:end]))
             pos = end + 2
         self.pos = pos
         return False
+
+
+def bare_lf(data: bytes | bytearray) -> bool:
+    """Whether a line of ``data`` ends in LF alone (the lines of an HTTP head end in CRLF)."""
+    return data.count(b"\n") != data.count(b"\r\n")
 
 
 def without_length(head: bytes) -> tuple[bytes, int]:

@@ -459,8 +459,6 @@ class DockerRuntime:
             return None
         if info is None:
             return None  # gone: exited() says how
-        user = ((info.get("Config") or {}).get("User") or "").partition(":")[0]
-        uid = int(user) if user.isdigit() else None
         pid = (info.get("State") or {}).get("Pid") or 0
         namespace = pid_namespace(pid) if pid else None
         for listener in found:
@@ -471,7 +469,7 @@ class DockerRuntime:
                 if not outside:
                     continue
                 who = f"{describe(outside[0])}; uid {listener.uid}"
-            elif uid is None or listener.uid == uid:
+            elif listener.uid == USER_ID:  # every container runs as it (container_args)
                 continue  # as far as can be told (another account's descriptors unread)
             return f"another program holds its port {port} ({who}), not its container"
         return None

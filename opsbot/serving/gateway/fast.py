@@ -37,7 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opsbot.serving.gateway.core import Gateway, forwarded_lines
 from opsbot.serving.gateway.options import PREDICT, V2_INFER
 from opsbot.serving.gateway.routing import Service, Version
-from opsbot.serving.upstream import Reply, header_lines, remember, without_length
+from opsbot.serving.upstream import Reply, bare_lf, header_lines, remember, without_length
 
 log = logging.getLogger("opsbot.serving.gateway")
 
@@ -119,7 +119,7 @@ Parsed = tuple[tuple[int, str, str | None], Mapping[str, str], bool, bytes]
 def _parse(head: bytes) -> tuple[Parsed | None, int]:
     """What a whole request head says, and its body's length; None (and -1) when it is not a
     call the fast path takes: aiohttp's to answer."""
-    if _bare_lf(head):
+    if bare_lf(head):
         return None, -1  # aiohttp refuses a line not ended by CRLF; httptools may not
     seen = _Head()
     parser = httptools.HttpRequestParser(seen)
@@ -160,11 +160,6 @@ def _parse(head: bytes) -> tuple[Parsed | None, int]:
     )
     forwarded = forwarded_lines(headers, found[0], found[1])
     return (found, headers, parser.should_keep_alive(), forwarded), length
-
-
-def _bare_lf(data: bytes | bytearray) -> bool:
-    """Whether a line of ``data`` ends in LF alone (a request head's lines end in CRLF)."""
-    return data.count(b"\n") != data.count(b"\r\n")
 
 
 class _Call:
@@ -326,7 +321,7 @@ class FastFront(asyncio.Protocol):
             if call is None:
                 end = self._buf.find(b"\r\n\r\n")
                 if end < 0:
-                    if len(self._buf) > MAX_HEAD_BYTES or _bare_lf(self._buf):
+                    if len(self._buf) > MAX_HEAD_BYTES or bare_lf(self._buf):
                         self._hand_off()  # aiohttp refuses it (413, 400)
                     return
                 call = self._begin(end + 4)
