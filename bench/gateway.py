@@ -7,11 +7,12 @@ One run starts one upstream (``iris``: the real model server with a scikit-learn
 share), the gateway as its own process on a store that routes one service to that upstream (once
 per variant, ``--gateways``: ``gateway`` is the default, the raw asyncio client on uvloop with
 one worker; ``gw-asyncio`` the standard event loop; ``gw-aiohttp`` aiohttp's client; ``gw-2w``
-two worker processes; ``gw-tcp`` the default over TCP), and, when installed, nginx as a reference
-proxy. The upstream serves, as the process runtime has it, on a unix socket this script binds
-and passes (``--listen-fd``), which the gateways (but ``gw-tcp``), the relay and nginx
-(``server unix:PATH``) reach it on; the same process also serves a TCP port passed alike, which
-``direct`` (the load generators speak TCP) and ``gw-tcp`` use. Then, at each
+two worker processes; ``gw-tcp`` the default over TCP), and, when installed, nginx and HAProxy as
+reference proxies (native ones: what a data plane outside Python would cost). The upstream
+serves, as the process runtime has it, on a unix socket this script binds and passes
+(``--listen-fd``), which the gateways (but ``gw-tcp``), the relay, nginx (``server unix:PATH``)
+and HAProxy (``unix@PATH``) reach it on; the same process also serves a TCP port passed alike,
+which ``direct`` (the load generators speak TCP) and ``gw-tcp`` use. Then, at each
 concurrency, it offers the same closed load (``wrk`` when installed, else a built-in asyncio
 client) to each target in turn and prints throughput, latency and the CPU time the target's
 processes spent per call (so calls per second per core: the gateway's own ceiling, which the
@@ -375,6 +376,27 @@ http {{
 """
 
 
+# HAProxy, a second native reference: one thread, keep-alive to the upstream's socket.
+HAPROXY_CONF = """
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend model
+backend model
+    http-request set-path /predict
+    server instance unix@{upstream}
+"""
+
+
 # -- load generators ----------------------------------------------------------------------------
 
 
@@ -481,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
     parser.add_argument(
+        "--no-haproxy", action="store_true", help="skip the HAProxy reference (when installed)"
+    )
+    parser.add_argument(
         "--gateways",
         nargs="+",
         choices=sorted(VARIANTS),
@@ -517,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.loadgen == "wrk" and wrk is None:
         parser.error("wrk is not installed")
     nginx = None if args.no_nginx else shutil.which("nginx")
+    haproxy = None if args.no_haproxy else shutil.which("haproxy")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
     with tempfile.TemporaryDirectory(prefix="opsbot-bench-") as tmp_name:
@@ -622,6 +648,14 @@ def main(argv: list[str] | None = None) -> int:
                 proxy = stack.enter_context(running(cmd, tmp / "nginx.log"))
                 wait_port(nginx_port, proxy, "nginx")
                 targets.append(Target("nginx", nginx_port, "/", proxy.pid))
+            if haproxy is not None:
+                haproxy_port = free_port()
+                conf = tmp / "haproxy.cfg"
+                conf.write_text(HAPROXY_CONF.format(upstream=unix_path, port=haproxy_port))
+                cmd = [haproxy, "-db", "-f", str(conf)]
+                proxy = stack.enter_context(running(cmd, tmp / "haproxy.log"))
+                wait_port(haproxy_port, proxy, "haproxy")
+                targets.append(Target("haproxy", haproxy_port, "/", proxy.pid))
             results = measure(args, targets, wrk, script)
         failed = sorted({r.target for r in results if r.errors})
         logs = {name: (tmp / f"{name}.log").read_text(errors="replace") for name in failed}
