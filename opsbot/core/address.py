@@ -4,8 +4,9 @@ One representation, kept in every place an address goes (a runtime's ``Started``
 the instances table, the gateway's routes and targets): an instance reached on the unix socket
 ``PATH`` has ``host`` = ``PATH`` (always absolute) and ``port`` = :data:`UNIX_PORT` (0). No TCP
 host starts with ``/``, so the two never mix, and nothing but this module tells them apart.
-The process runtime's instances are served so (the daemon binds the socket); the docker and
-swarm runtimes' over TCP.
+The process runtime's instances are served so (the daemon binds the socket), and the docker
+runtime's own model servers (each binds it in a directory of the daemon's mounted into its
+container); a docker image of the user's own and the swarm runtime's tasks over TCP.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import http.client
 import socket
 
+#: Connections the kernel queues on an instance's socket before its server accepts them.
+LISTEN_BACKLOG = 1024
 #: The port of an address that is a unix socket.
 UNIX_PORT = 0
 #: The Host header of a call over a unix socket (the socket has no host name).

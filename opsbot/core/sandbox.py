@@ -346,6 +346,27 @@ def run_root(home: Path, configured: str | None = None) -> Path:
     return root
 
 
+def run_subdir(home: Path, configured: str | None, name: str) -> Path:
+    """``name`` in the run directory: a directory of the daemon's alone (0700), made if need
+    be, refused when it is not this account's own (made by someone else first, a symlink)."""
+    for _ in range(5):
+        directory = run_root(home, configured) / name
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # the run directory went between the two: again
+            continue
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OpsbotError(
+                f"{directory} is not a directory of this account's: remove it", field="run_dir"
+            )
+        os.chmod(directory, 0o700)
+        return directory
+    raise OpsbotError(f"cannot make {name} in the run directory: set run_dir in config.toml")
+
+
 def corner(home: Path, configured: str | None, name: str) -> Path:
     """A new directory ``name`` in the run directory (0700 until its owner is set), whatever
     was there before removed. The run directory is made again if a release emptied and removed

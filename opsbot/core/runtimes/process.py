@@ -35,7 +35,6 @@ import re
 import resource
 import secrets
 import socket
-import stat
 import subprocess
 import sys
 import sysconfig
@@ -46,7 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from opsbot.core.accounts import Account, runtime_account
-from opsbot.core.address import unix_address
+from opsbot.core.address import LISTEN_BACKLOG, unix_address
 from opsbot.core.config import load_config
 from opsbot.core.errors import OpsbotError
 from opsbot.core.flavors import Flavor
@@ -74,8 +73,8 @@ from opsbot.core.sandbox import (
     release,
     release_corner,
     remove_tree,
-    run_root,
     run_root_path,
+    run_subdir,
     spawn,
     stage,
     tree,
@@ -88,8 +87,6 @@ log = logging.getLogger("opsbot.core.runtimes.process")
 HOST = "127.0.0.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
-#: Connections the kernel queues on an instance's socket before it accepts them.
-LISTEN_BACKLOG = 1024
 PRELOADER_LOG = "preloader.log"
 #: The directory of the run directory holding the instances' sockets.
 SOCKETS = "sockets"
@@ -340,32 +337,17 @@ class ProcessRuntime:
     def _bind(self, path: Path) -> socket.socket:
         """A new listening unix socket at ``path`` in :attr:`socket_dir` (made 0700 if need be,
         refused when it is not this account's own directory)."""
-        for _ in range(5):
-            directory = run_root(self.home, self._run_dir_setting) / SOCKETS
-            try:
-                os.mkdir(directory, 0o700)
-            except FileExistsError:
-                pass
-            except FileNotFoundError:  # the run directory went between the two: again
-                continue
-            st = os.lstat(directory)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-                raise OpsbotError(
-                    f"{directory} is not a directory of this account's: remove it",
-                    field="run_dir",
-                )
-            os.chmod(directory, 0o700)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(str(path))
-                sock.listen(LISTEN_BACKLOG)
-            except BaseException:
-                sock.close()
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                raise
-            return sock
-        raise OpsbotError(f"cannot make {SOCKETS} in the run directory: set run_dir in config.toml")
+        run_subdir(self.home, self._run_dir_setting, SOCKETS)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            sock.listen(LISTEN_BACKLOG)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        return sock
 
     def start(self, spec: InstanceSpec) -> Started:
         log_path = self.log_path(spec.key)
