@@ -1,6 +1,7 @@
 """Who holds a TCP port on this machine, read from the kernel's socket tables in ``/proc``.
 
-The docker runtime gives a container a free port that the container binds later: another program
+The docker runtime gives a container of a model of format image (a server of the user's own, on
+a TCP port) a free port that the container binds later: another program
 may take the port in between and answer the readiness check in its place, and would then be sent
 the callers' data and the version's instance secret. Before the controller routes to such an
 instance it asks the runtime whether the socket listening there is the instance's own

@@ -244,10 +244,16 @@ def thread_env(flavor: Flavor) -> dict[str, str]:
 
 
 def server_args(
-    model_path: str, spec: InstanceSpec, host: str, port: int, listen_fd: int | None = None
+    model_path: str,
+    spec: InstanceSpec,
+    host: str,
+    port: int,
+    listen_fd: int | None = None,
+    unix: str | None = None,
 ) -> list[str]:
     """The model server's arguments for one instance: every runtime runs the same ones. It
-    listens on ``host``:``port``, or, given ``listen_fd``, on the socket it inherits there."""
+    listens on ``host``:``port``; given ``listen_fd``, on the socket it inherits there; given
+    ``unix``, on a unix socket it makes at that path."""
     args = [
         "--path",
         model_path,
@@ -260,6 +266,8 @@ def server_args(
     ]
     if listen_fd is not None:
         args += ["--listen-fd", str(listen_fd)]
+    elif unix is not None:
+        args += ["--unix", unix]
     else:
         args += ["--host", host, "--port", str(port)]
     if spec.entry:
@@ -274,6 +282,12 @@ def server_argv(
     host: str,
     port: int,
     listen_fd: int | None = None,
+    unix: str | None = None,
 ) -> list[str]:
     """The model server's command line for one instance."""
-    return [python, "-m", SERVER_MODULE, *server_args(model_path, spec, host, port, listen_fd)]
+    return [
+        python,
+        "-m",
+        SERVER_MODULE,
+        *server_args(model_path, spec, host, port, listen_fd, unix),
+    ]

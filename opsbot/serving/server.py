@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -44,6 +45,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from opsbot import __version__
+from opsbot.core.address import LISTEN_BACKLOG
 from opsbot.core.instance_auth import INSTANCE_HEADER, INSTANCE_SECRET_ENV, secret_matches
 from opsbot.serving import HEADER_LENGTH, MODEL_NAME_HEADER
 from opsbot.serving.http_errors import allow_header, json_errors
@@ -599,9 +601,36 @@ def _inherited(fd: int) -> socket.socket:
     return sock
 
 
-async def serve(app: web.Application, host: str, port: int, listen_fds: Sequence[int] = ()) -> int:
-    """Listen (on each inherited socket in ``listen_fds``, else on ``host``:``port``), wait for
-    the load and then for SIGTERM/SIGINT; return the exit code."""
+def _unix_listener(path: str) -> socket.socket:
+    """A listening unix socket at ``path``, which the directory it is in makes private (the
+    docker runtime's own directory for the instance, mounted into its container): a socket left
+    there by an earlier life of the container goes first, and the new one is open to whoever
+    reaches the directory, so the daemon connects whatever its account."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    listen_fds: Sequence[int] = (),
+    unix: str | None = None,
+) -> int:
+    """Listen (on each inherited socket in ``listen_fds``, else on the unix socket ``unix``,
+    else on ``host``:``port``), wait for the load and then for SIGTERM/SIGINT; return the exit
+    code."""
     state = app[STATE]
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
@@ -614,9 +643,14 @@ async def serve(app: web.Application, host: str, port: int, listen_fds: Sequence
                 for fd in listen_fds:
                     where = f"descriptor {fd}"
                     sites.append(web.SockSite(runner, _inherited(fd)))
+            elif unix is not None:
+                where = unix
+                sites.append(web.SockSite(runner, _unix_listener(unix)))
             else:
                 where = f"{host}:{port}"
-                sites.append(web.TCPSite(runner, host, port, reuse_address=True, backlog=1024))
+                sites.append(
+                    web.TCPSite(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
+                )
             for site in sites:
                 await site.start()
         except OSError as exc:
@@ -672,6 +706,12 @@ def main(argv: list[str] | None = None) -> int:
         help="serve on this inherited listening socket, of any family (repeatable; instead of "
         "--host/--port: the process runtime binds the instance's unix socket and passes it)",
     )
+    parser.add_argument(
+        "--unix",
+        metavar="PATH",
+        help="serve on a unix socket made at PATH (instead of --host/--port: the docker runtime "
+        "gives each container a private directory for it)",
+    )
     parser.add_argument("--threads", type=int, help="prediction threads (default: the CPU cap)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -688,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         secret=os.environ.get(INSTANCE_SECRET_ENV) or None,
     )
-    code = asyncio.run(serve(app, args.host, args.port, args.listen_fd))
+    code = asyncio.run(serve(app, args.host, args.port, args.listen_fd, args.unix))
     thread = app[STATE].load_thread
     if thread is not None and thread.is_alive():
         # Stopped mid-load: a load cannot be interrupted, and finalising the interpreter

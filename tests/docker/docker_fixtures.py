@@ -8,10 +8,13 @@ turns that skip into a failure, since CI starts an engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 from opsbot.core.images import ensure_image
@@ -42,3 +45,59 @@ def image_fixture(engine: Any) -> str:
 def cleanup(home: Path, client: Any, image: str) -> int:
     """Remove every container the runtime started for ``home``; returns how many were left."""
     return remove_all(DockerRuntime(home, client=client, image=image))
+
+
+# A user's own server for a model of format image: it serves on 127.0.0.1:$OPSBOT_PORT.
+SCORER = r"""
+import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+OFFSET = float(open("/model/offset.txt").read())
+
+
+class Handler(BaseHTTPRequestHandler):
+    def send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.send(200 if self.path == "/v2/health/ready" else 404, {})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send(200, {"predictions": [sum(row) + OFFSET for row in body["instances"]]})
+
+
+HTTPServer(("127.0.0.1", int(os.environ["OPSBOT_PORT"])), Handler).serve_forever()
+"""
+
+
+@pytest.fixture(name="scorer_image")
+def scorer_image_fixture(engine: Any, image: str) -> Iterator[str]:
+    """An image of a user's own that serves a model (made here by committing a container of
+    the serving image with a stdlib HTTP server in it: no registry)."""
+    import io
+    import tarfile
+
+    tag = "opsbot-test-scorer:1"
+    container = engine.containers.create(image, ["true"])
+    try:
+        data = SCORER.encode()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("scorer.py")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        container.put_archive("/opt", buf.getvalue())
+        container.commit(
+            repository="opsbot-test-scorer", tag="1", changes=['CMD ["python3", "/opt/scorer.py"]']
+        )
+    finally:
+        container.remove(force=True)
+    yield tag
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        engine.images.remove(tag, force=True)

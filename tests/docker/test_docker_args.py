@@ -26,10 +26,13 @@ from opsbot.core.runtimes.docker import (
     LABEL_INSTANCE,
     LABEL_OWNER,
     LABEL_SERVICE,
+    LABEL_SOCKET,
     LABEL_VERSION,
     MODEL_MOUNT,
     PACKAGE_MOUNT,
     RESTART_MAX,
+    SOCKET_MOUNT,
+    SOCKET_NAME,
     DockerRuntime,
     container_args,
 )
@@ -74,7 +77,8 @@ def spec(
 def test_cpu_instance_args(tmp_path: Path) -> None:
     home = tmp_path / "home"
     s = spec(tmp_path, FLAVORS["cpu.2u8g"])
-    args = container_args(s, image="opsbot-serving:abc", port=41234, home=home)
+    sockets = tmp_path / "run" / "containers" / "svc0001-1-2.ab12"
+    args = container_args(s, image="opsbot-serving:abc", port=0, home=home, socket_dir=sockets)
     assert args["image"] == "opsbot-serving:abc"
     assert args["labels"] == {
         LABEL_SERVICE: "svc0001",
@@ -83,7 +87,8 @@ def test_cpu_instance_args(tmp_path: Path) -> None:
         LABEL_INSTANCE: "svc0001/1/2",
         LABEL_OWNER: "alice",
         LABEL_HOME: str(home.resolve()),
-        "opsbot.port": "41234",
+        "opsbot.port": "0",
+        LABEL_SOCKET: str(sockets / SOCKET_NAME),
     }
     # caps from the flavor: 2 vCPUs, 8 GiB
     assert args["nano_cpus"] == 2_000_000_000
@@ -93,11 +98,12 @@ def test_cpu_instance_args(tmp_path: Path) -> None:
     assert args["security_opt"] == ["no-new-privileges"]
     assert args["cap_drop"] == ["ALL"]
     assert args["read_only"] is True
-    assert args["network_mode"] == "host"
+    # no network: it serves on a unix socket in its own directory, mounted
+    assert args["network_mode"] == "none"
     assert args["restart_policy"] == {"Name": "on-failure", "MaximumRetryCount": RESTART_MAX}
     health = args["healthcheck"]["test"]
     assert health[:3] == ["CMD", "python3", "-c"]
-    assert "http://127.0.0.1:41234/v2/health/ready" in health[3]
+    assert f"get_status('{SOCKET_MOUNT}/{SOCKET_NAME}', 0, '/v2/health/ready', 3)" in health[3]
     assert args["healthcheck"]["interval"] > 0 and args["healthcheck"]["retries"] >= 1
     # the model read-only at /model, the daemon's own package read-only on PYTHONPATH
     mounts = {m["Target"]: m for m in args["mounts"]}
@@ -105,11 +111,13 @@ def test_cpu_instance_args(tmp_path: Path) -> None:
     assert mounts[MODEL_MOUNT]["ReadOnly"] is True
     assert mounts[f"{PACKAGE_MOUNT}/opsbot"]["Source"] == str(Path(package_root()) / "opsbot")
     assert mounts[f"{PACKAGE_MOUNT}/opsbot"]["ReadOnly"] is True
+    assert mounts[SOCKET_MOUNT]["Source"] == str(sockets)
+    assert mounts[SOCKET_MOUNT]["ReadOnly"] is False
     env = args["environment"]
     assert env["LOG_LEVEL"] == "debug"  # the service's env
     assert env["OMP_NUM_THREADS"] == "2"
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU flavor sees no GPU
-    assert env["OPSBOT_PORT"] == "41234" and env["OPSBOT_INSTANCE"] == "svc0001/1/2"
+    assert "OPSBOT_PORT" not in env and env["OPSBOT_INSTANCE"] == "svc0001/1/2"
     assert env["PYTHONPATH"] == PACKAGE_MOUNT
     # the same model server and arguments as the process runtime, with in-container paths
     assert args["command"] == [
@@ -124,12 +132,29 @@ def test_cpu_instance_args(tmp_path: Path) -> None:
         "iris",
         "--version",
         "2.0.0",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "41234",
+        "--unix",
+        f"{SOCKET_MOUNT}/{SOCKET_NAME}",
     ]
     assert "device_requests" not in args
+
+
+def test_without_a_socket_directory_it_serves_on_its_port_with_host_networking(
+    tmp_path: Path,
+) -> None:
+    """What the swarm runtime's tasks are made from: reached over the network, on a port."""
+    args = container_args(spec(tmp_path, FLAVORS["cpu.2u8g"]), image="i", port=41234, home=tmp_path)
+    assert args["network_mode"] == "host"
+    assert args["environment"]["OPSBOT_PORT"] == "41234"
+    assert args["command"][-4:] == ["--host", "127.0.0.1", "--port", "41234"]
+    assert "get_status('127.0.0.1', 41234, '/v2/health/ready', 3)" in args["healthcheck"]["test"][3]
+    assert LABEL_SOCKET not in args["labels"]
+    assert SOCKET_MOUNT not in [m["Target"] for m in args["mounts"]]
+
+
+def test_a_model_of_format_image_gets_no_socket_directory(tmp_path: Path) -> None:
+    s = spec(tmp_path, FLAVORS["cpu.2u8g"], fmt="image", entry="acme/scorer:1.2")
+    with pytest.raises(ValueError, match="serves on its port"):
+        container_args(s, image="i", port=1, home=tmp_path, socket_dir=tmp_path / "s")
 
 
 def test_the_cpu_cap_is_at_most_what_the_engine_has(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from docker_fixtures import (  # noqa: F401 - the fixtures
     engine_fixture,
     engine_or_skip,
     image_fixture,
+    scorer_image_fixture,
 )
 from e2e.test_daemon import (
     IRIS,
@@ -43,7 +44,14 @@ from homes import clone_home
 from opsbot.client.wire import ServiceDetail
 from opsbot.core.config import load_config
 from opsbot.core.images import USER
-from opsbot.core.runtimes.docker import LABEL_HOME, LABEL_INSTANCE
+from opsbot.core.runtimes.docker import (
+    LABEL_HOME,
+    LABEL_INSTANCE,
+    LABEL_SOCKET,
+    SOCKET_DIRS,
+    SOCKET_MOUNT,
+    SOCKET_NAME,
+)
 from opsbot.core.sandbox import run_root_path
 
 pytestmark = pytest.mark.slow
@@ -129,7 +137,16 @@ def test_deploy_to_running_in_containers_and_predict_through_the_gateway(
     assert info["Config"]["Labels"]["opsbot.version"] == "2.0.0"
     host = info["HostConfig"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
-    assert host["NetworkMode"] == "host"
+    # No network: it serves on a unix socket in a directory of the daemon's, mounted for it.
+    assert host["NetworkMode"] == "none"
+    socket_mount = next(m for m in info["Mounts"] if m["Destination"] == SOCKET_MOUNT)
+    sockets = Path(socket_mount["Source"])
+    assert sockets.parent == run_root_path(shared.home) / SOCKET_DIRS
+    assert (sockets.parent.stat().st_uid, sockets.parent.stat().st_mode & 0o777) == (
+        os.geteuid(),
+        0o700,
+    )
+    assert info["Config"]["Labels"][LABEL_SOCKET] == str(sockets / SOCKET_NAME)
     assert host["Memory"] == 8 * 2**30
     assert host["RestartPolicy"]["Name"] == "on-failure"
     model_mount = next(m for m in info["Mounts"] if m["Destination"] == "/model")
@@ -415,61 +432,6 @@ def test_engine_restart_the_watcher_reconnects_and_repairs(
                     break
                 time.sleep(0.1)
             assert status == 200, body
-
-
-SCORER = r"""
-import json, os
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-OFFSET = float(open("/model/offset.txt").read())
-
-
-class Handler(BaseHTTPRequestHandler):
-    def send(self, code, body):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self.send(200 if self.path == "/v2/health/ready" else 404, {})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send(200, {"predictions": [sum(row) + OFFSET for row in body["instances"]]})
-
-
-HTTPServer(("127.0.0.1", int(os.environ["OPSBOT_PORT"])), Handler).serve_forever()
-"""
-
-
-@pytest.fixture
-def scorer_image(engine: Any, image: str) -> Iterator[str]:
-    """An image of a user's own that serves a model (made here by committing a container of
-    the serving image with a stdlib HTTP server in it: no registry)."""
-    import io
-    import tarfile
-
-    tag = "opsbot-test-scorer:1"
-    container = engine.containers.create(image, ["true"])
-    try:
-        data = SCORER.encode()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = tarfile.TarInfo("scorer.py")
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-        container.put_archive("/opt", buf.getvalue())
-        container.commit(
-            repository="opsbot-test-scorer", tag="1", changes=['CMD ["python3", "/opt/scorer.py"]']
-        )
-    finally:
-        container.remove(force=True)
-    yield tag
-    with contextlib.suppress(docker.errors.ImageNotFound):
-        engine.images.remove(tag, force=True)
 
 
 def test_a_model_of_format_image_runs_its_own_image(

@@ -1,16 +1,23 @@
-"""A program that takes a container's port before the container binds it is never routed to.
+"""Nobody answers in a container's place, and a container reaches nothing on the network.
 
-The docker runtime gives each container a free port that the container binds a moment later.
-Another local account's program (or one running as the containers' own user outside any
-container) that binds it first answers the readiness check in the container's place; routed to,
-it would get the callers' data and the version's instance secret. The runtime tells the two apart
-by who holds the listening socket (``DockerRuntime.foreign_listener``), and the controller never
-routes to an instance whose port another program holds: it stops it and starts it again on
-another port (``tests/core/test_controller.py`` has that part).
+The docker runtime's own model servers have no network: each binds a unix socket in a directory
+of the daemon's own, made for it and mounted into its container. No other account can enter the
+directory, so none can take the instance's address before it binds it or connect to it, and
+model code in the container reaches no listener on the machine's loopback.
+
+A model of format image runs a server of the user's own, which serves on a TCP port with host
+networking: the runtime gives it a free port that the container binds a moment later. Another
+local account's program (or one running as the containers' own user outside any container) that
+binds it first answers the readiness check in the container's place; routed to, it would get the
+callers' data and the version's instance secret. The runtime tells the two apart by who holds the
+listening socket (``DockerRuntime.foreign_listener``), and the controller never routes to an
+instance whose port another program holds: it stops it and starts it again on another port
+(``tests/core/test_controller.py`` has that part).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -20,16 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from docker_fixtures import engine_fixture, image_fixture  # noqa: F401 - the fixtures
+from docker_fixtures import (  # noqa: F401 - the fixtures
+    engine_fixture,
+    image_fixture,
+    scorer_image_fixture,
+)
 from homes import instance_spec, wait_ready
 from security.conftest import (
     People,
     people_fixture,  # noqa: F401 - the accounts fixture
 )
 
-from opsbot.core.images import USER_ID
+from opsbot.core.address import unix_path
+from opsbot.core.images import IMAGE_FORMAT, USER_ID
 from opsbot.core.listeners import holders, listeners
-from opsbot.core.runtime import Started
+from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes import docker as docker_runtime
 from opsbot.core.runtimes.docker import DockerRuntime
 
@@ -108,15 +120,87 @@ def runtime(tmp_path: Path, engine: Any, image: str) -> Iterator[DockerRuntime]:
         made.staged.sweep({})
 
 
-def test_a_squatter_on_a_container_s_port_is_told_from_the_container(
+# Run inside an instance's container, as its user: connect to each loopback port given.
+REACH = """
+import json, socket, sys
+found = {}
+for port in sys.argv[1:]:
+    try:
+        socket.create_connection(("127.0.0.1", int(port)), timeout=3).close()
+        found[port] = "reached"
+    except OSError as exc:
+        found[port] = type(exc).__name__
+print(json.dumps(found))
+"""
+
+# Run as another account: connect to the unix socket given.
+KNOCK = """
+import socket, sys
+try:
+    socket.socket(socket.AF_UNIX).connect(sys.argv[1])
+    print("reached")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_a_container_reaches_nothing_and_only_the_daemon_reaches_it(
     runtime: DockerRuntime,
+    engine: Any,
     example_dirs: dict[tuple[str, str], Path],
+    people: People,
+) -> None:
+    started = runtime.start(instance_spec(example_dirs[("iris", "1.0.0")], service_uid="nn0"))
+    path = unix_path(started.host)
+    assert path is not None and started.port == 0, started
+    wait_ready(started)
+    # Model code in the container: a listener on the machine's loopback is out of its reach.
+    with socket.socket() as bait:
+        bait.bind(("127.0.0.1", 0))
+        bait.listen()
+        bait.setblocking(False)
+        port = bait.getsockname()[1]
+        ran = engine.api.exec_create(started.handle, ["python3", "-c", REACH, str(port)])
+        out = engine.api.exec_start(ran["Id"]).decode()
+        assert json.loads(out.strip().splitlines()[-1]) == {str(port): "ConnectionRefusedError"}
+        with pytest.raises(BlockingIOError):
+            bait.accept()  # nothing came
+    # Another account cannot even reach the socket: its directory is in the daemon's own.
+    eve = people.eve
+    knocked = subprocess.run(
+        ["/usr/bin/python3", "-c", KNOCK, path],
+        user=eve.uid,
+        group=eve.gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=30,
+    )
+    assert knocked.stdout.strip() == "PermissionError", knocked
+    assert runtime.foreign_listener(started.handle, started.host, started.port) is None
+    # Stopped, its directory goes with it.
+    runtime.stop(started.handle, grace_s=1)
+    assert not Path(path).parent.exists()
+
+
+def test_a_squatter_on_an_image_model_s_port_is_told_from_the_container(
+    runtime: DockerRuntime,
+    scorer_image: str,
+    tmp_path: Path,
     people: People,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    model = example_dirs[("iris", "1.0.0")]
+    model = tmp_path / "scorer"
+    model.mkdir()
+    (model / "offset.txt").write_text("100")
+
+    def scorer(uid: str) -> InstanceSpec:
+        return instance_spec(model, service_uid=uid, n=0, format=IMAGE_FORMAT, entry=scorer_image)
+
     # The container's own socket: held inside its pid namespace.
-    own = runtime.start(instance_spec(model, service_uid="sq0", n=0))
+    own = runtime.start(scorer("sq0"))
     wait_ready(own)
     assert runtime.foreign_listener(own.handle, own.host, own.port) is None
 
@@ -126,7 +210,7 @@ def test_a_squatter_on_a_container_s_port_is_told_from_the_container(
         # the holder's namespace tells apart.
         with squatter(uid, gid) as (port, pid):
             monkeypatch.setattr(docker_runtime, "free_port", lambda port=port: port)
-            started = runtime.start(instance_spec(model, service_uid=f"sq{uid}", n=0))
+            started = runtime.start(scorer(f"sq{uid}"))
             assert started.port == port
             wait_ready(Started(started.handle, started.host, port))  # the squatter says ready
             said = runtime.foreign_listener(started.handle, started.host, port)

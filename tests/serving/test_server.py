@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ import pytest
 from aiohttp import test_utils, web
 
 import opsbot
-from opsbot.core.address import connection, unix_address
+from opsbot.core.address import connection, get_status, unix_address
 from opsbot.core.examples import SAMPLE_ROWS, train
 from opsbot.serving.loaders import LoadedModel, load_model
 from opsbot.serving.server import LOAD_FAILED, STATE, make_app, onnx_providers
@@ -733,9 +734,14 @@ async def test_values_beyond_an_fp32_input_are_400(examples: dict[str, Path]) ->
 
 
 def _start_on(
-    tmp_path: Path, folder: Path, fds: list[int], started: list[subprocess.Popen[bytes]]
+    tmp_path: Path,
+    folder: Path,
+    fds: list[int],
+    started: list[subprocess.Popen[bytes]],
+    where: tuple[str, ...] = (),
 ) -> Server:
-    """The server on the sockets ``fds`` (passed as the process runtime passes them)."""
+    """The server on the sockets ``fds`` (passed as the process runtime passes them), or where
+    the arguments ``where`` say."""
     log = tmp_path / "server-fds.log"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -743,6 +749,7 @@ def _start_on(
     argv += ["--format", "sklearn", "--name", "iris", "--version", "1.0.0"]
     for fd in fds:
         argv += ["--listen-fd", str(fd)]
+    argv += where
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, pass_fds=fds, close_fds=True
@@ -787,6 +794,40 @@ def test_real_server_serves_on_each_socket_it_is_passed(
     finally:
         unix.close()
         tcp.close()
+
+
+@pytest.mark.slow
+def test_real_server_makes_its_unix_socket_over_a_stale_one_and_never_over_a_file(
+    examples: dict[str, Path], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """``--unix PATH``, as the docker runtime runs it: a socket an earlier life of the container
+    left at PATH is replaced, anything else there is a listen failure (exit 4)."""
+    path = tmp_path / "model.sock"
+    with socket.socket(socket.AF_UNIX) as old:
+        old.bind(str(path))  # left behind, nobody listening
+    server = _start_on(tmp_path, examples["iris-1.0.0"], [], started, ("--unix", str(path)))
+    host, port = unix_address(str(path))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if get_status(host, port, "/v2/health/ready", timeout=2) == 200:
+                break
+        except OSError:
+            pass
+        assert server.proc.poll() is None, server.output()
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.1)
+    # Any account that reaches the directory may connect: the directory is what is private.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=15) == 0
+
+    path.unlink(missing_ok=True)
+    path.write_text("not a socket")
+    refused = _start_on(tmp_path, examples["iris-1.0.0"], [], started, ("--unix", str(path)))
+    assert refused.proc.wait(timeout=60) == 4
+    assert f"LISTEN FAILED: cannot listen on {path}" in refused.output()
+    assert path.read_text() == "not a socket"
 
 
 @pytest.mark.slow

@@ -5,8 +5,9 @@ opsbot.serving.server``) from the serving image (``opsbot image build``), with:
 
 - labels ``opsbot.service`` (service uid), ``opsbot.version``, ``opsbot.instance`` (the
   instance key ``uid/idx/n``), ``opsbot.owner``, ``opsbot.home`` (the data directory, so two
-  homes on one engine never touch each other's containers) and ``opsbot.port``; a restarted
-  daemon adopts containers by these labels alone and never touches one without them;
+  homes on one engine never touch each other's containers) and ``opsbot.socket`` (or
+  ``opsbot.port``); a restarted daemon adopts containers by these labels alone and never
+  touches one without them;
 - the flavor's CPU (``nano_cpus``, at most the engine's CPUs) and memory caps, GPUs as device
   requests for the devices the controller assigned (plus ``CUDA_VISIBLE_DEVICES``), Ascend NPUs
   as device nodes;
@@ -14,12 +15,18 @@ opsbot.serving.server``) from the serving image (``opsbot image build``), with:
   ``/model`` and the daemon's own ``opsbot`` package read-only at ``/opt/opsbot/opsbot``;
 - user 10001, ``no-new-privileges``, every capability dropped, a read-only root filesystem with a
   tmpfs ``/tmp``; restart policy on-failure (3 tries), a health check on the readiness route;
-- host networking on a free port (the engine here runs without bridge or iptables).
+- no network at all (``network_mode: none``): the server listens on a unix socket in a
+  directory of the daemon's own, made for the instance in the run directory's ``containers``
+  (0700, the daemon's) and mounted at ``/run/opsbot``. So model code reaches nothing on the
+  machine's network, nobody can take the instance's address before it binds it (a TCP port
+  picked free can be taken between the pick and the bind), and only the daemon reaches it.
 
 A model of format ``image`` runs its own image instead (named by the version's entry): it gets
-the same labels, caps, user, env and ``/model`` mount, ``OPSBOT_PORT``, and must serve
-``POST /predict`` and ``GET /v2/health/ready`` on ``127.0.0.1:$OPSBOT_PORT`` (the contract is
-``opsbot.core.images.IMAGE_CONTRACT``); its own HEALTHCHECK, if any, is kept.
+the same labels, caps, user, env and ``/model`` mount, ``OPSBOT_PORT``, host networking on a free
+port, and must serve ``POST /predict`` and ``GET /v2/health/ready`` on
+``127.0.0.1:$OPSBOT_PORT`` (the contract is ``opsbot.core.images.IMAGE_CONTRACT``); its own
+HEALTHCHECK, if any, is kept. Before such an instance's first route the controller asks
+:meth:`DockerRuntime.foreign_listener` whether the port is still the container's.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import DeviceRequest, LogConfig, Mount
 
+from opsbot.core.address import unix_address, unix_path
 from opsbot.core.errors import OpsbotError
 from opsbot.core.images import IMAGE_FORMAT, USER, USER_ID, require_image
 from opsbot.core.instance_auth import INSTANCE_SECRET_ENV, daemon_secret, instance_secret
@@ -56,7 +64,8 @@ from opsbot.core.runtime import (
     server_argv,
     thread_env,
 )
-from opsbot.core.runtimes.process import free_port, package_root
+from opsbot.core.runtimes.process import MAX_SOCKET_PATH, free_port, package_root
+from opsbot.core.sandbox import run_subdir
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +76,16 @@ LABEL_INSTANCE = "opsbot.instance"
 LABEL_OWNER = "opsbot.owner"
 LABEL_HOME = "opsbot.home"
 LABEL_PORT = "opsbot.port"
+#: The host path of the unix socket a container serves on (none for a model of format image).
+LABEL_SOCKET = "opsbot.socket"
 LABEL_MODEL = "opsbot.model"
 MODEL_MOUNT = "/model"
 PACKAGE_MOUNT = "/opt/opsbot"
+#: Where a container finds its socket's directory, and the socket's name in it.
+SOCKET_MOUNT = "/run/opsbot"
+SOCKET_NAME = "model.sock"
+#: The run directory's directory of the containers' socket directories (the daemon's, 0700).
+SOCKET_DIRS = "containers"
 RESTART_MAX = 3
 HEALTH_INTERVAL_S = 5
 _NS = 1_000_000_000
@@ -111,8 +127,8 @@ def container_name(spec: InstanceSpec) -> str:
     return f"opsbot-{safe}-{spec.idx}-{spec.n}-{secrets.token_hex(3)}"
 
 
-def labels(spec: InstanceSpec, home: Path, port: int) -> dict[str, str]:
-    return {
+def labels(spec: InstanceSpec, home: Path, port: int, socket: str | None = None) -> dict[str, str]:
+    found = {
         LABEL_SERVICE: spec.service_uid,
         LABEL_VERSION: spec.version,
         LABEL_MODEL: spec.model_name,
@@ -121,23 +137,26 @@ def labels(spec: InstanceSpec, home: Path, port: int) -> dict[str, str]:
         LABEL_HOME: home_id(home),
         LABEL_PORT: str(port),
     }
+    if socket is not None:
+        found[LABEL_SOCKET] = socket
+    return found
 
 
-def health_test(port: int) -> list[str]:
-    """The container's health check: the model server's readiness route, with the image's
-    python3 (the image has no curl)."""
+def health_test(host: str, port: int) -> list[str]:
+    """The container's health check: the model server's readiness route at (``host``,
+    ``port``), an address as :mod:`opsbot.core.address` has it, asked as the daemon asks it,
+    with the image's python3 (the image has no curl) and the mounted package."""
     code = (
-        "import sys, urllib.request; "
-        f"sys.exit(0 if urllib.request.urlopen('http://{HOST}:{port}/v2/health/ready', "
-        "timeout=3).status == 200 else 1)"
+        "import sys; from opsbot.core.address import get_status; "
+        f"sys.exit(0 if get_status({host!r}, {port}, '/v2/health/ready', 3) == 200 else 1)"
     )
     return ["CMD", "python3", "-c", code]
 
 
-def server_command(spec: InstanceSpec, port: int) -> list[str]:
+def server_command(spec: InstanceSpec, port: int, unix: str | None = None) -> list[str]:
     """The model server's arguments, as the process runtime gives them, with in-container
-    paths."""
-    return server_argv("python3", MODEL_MOUNT, spec, HOST, port)
+    paths: listening on the unix socket ``unix``, else on ``port``."""
+    return server_argv("python3", MODEL_MOUNT, spec, HOST, port, unix=unix)
 
 
 def _devices(spec: InstanceSpec) -> dict[str, Any]:
@@ -269,8 +288,13 @@ def container_args(
     engine_cpus: int | None = None,
     package_dir: Path | None = None,
     secret: str | None = None,
+    socket_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of ``client.containers.create`` for one instance."""
+    """The keyword arguments of ``client.containers.create`` for one instance: served on a unix
+    socket in ``socket_dir`` (the instance's own directory, mounted), without network, when it
+    is given; else on ``port`` with host networking (a model of format image, swarm's tasks)."""
+    if socket_dir is not None and spec.format == IMAGE_FORMAT:
+        raise ValueError("a model of format image serves on its port: it has no socket_dir")
     env: dict[str, str] = dict(spec.env)
     if secret:  # what the server asks of every caller (see opsbot.core.instance_auth)
         env[INSTANCE_SECRET_ENV] = secret
@@ -280,7 +304,6 @@ def container_args(
         {
             "OPSBOT_INSTANCE": spec.key,
             "OPSBOT_HOME_ID": home_id(home),
-            "OPSBOT_PORT": str(port),
             "OPSBOT_MODEL_DIR": MODEL_MOUNT,
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
@@ -288,6 +311,12 @@ def container_args(
         }
     )
     mounts = [Mount(MODEL_MOUNT, str(spec.path), type="bind", read_only=True)]
+    inside: str | None = None  # the socket's path in the container
+    if socket_dir is None:
+        env["OPSBOT_PORT"] = str(port)
+    else:
+        inside = f"{SOCKET_MOUNT}/{SOCKET_NAME}"
+        mounts.append(Mount(SOCKET_MOUNT, str(socket_dir), type="bind", read_only=False))
     if spec.format == IMAGE_FORMAT:
         if not spec.entry:
             raise OpsbotError("a model of format image names its image in its entry", field="entry")
@@ -296,13 +325,15 @@ def container_args(
         package = package_dir or Path(package_root()) / "opsbot"
         mounts.append(Mount(f"{PACKAGE_MOUNT}/opsbot", str(package), type="bind", read_only=True))
         env["PYTHONPATH"] = PACKAGE_MOUNT
-        command = server_command(spec, port)
+        command = server_command(spec, port, inside)
     cpus = spec.flavor.cpus if engine_cpus is None else min(spec.flavor.cpus, engine_cpus)
     args: dict[str, Any] = {
         "image": image,
         "command": command,
         "name": container_name(spec),
-        "labels": labels(spec, home, port),
+        "labels": labels(
+            spec, home, port, None if socket_dir is None else str(socket_dir / SOCKET_NAME)
+        ),
         "environment": env,
         "mounts": mounts,
         "user": USER,
@@ -314,10 +345,10 @@ def container_args(
         "init": True,
         "nano_cpus": int(cpus * _NS),
         "mem_limit": spec.flavor.memory_bytes,
-        "network_mode": "host",
+        "network_mode": "host" if inside is None else "none",
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": RESTART_MAX},
         "healthcheck": {
-            "test": health_test(port),
+            "test": health_test(HOST, port) if inside is None else health_test(inside, 0),
             "interval": HEALTH_INTERVAL_S * _NS,
             "timeout": 4 * _NS,
             "retries": 3,
@@ -365,7 +396,8 @@ class DockerRuntime:
         self._warned_down = False
         from opsbot.core.config import load_config
 
-        self.staged = StagedModels(self.home, load_config(self.home).run_dir)
+        self._run_dir = load_config(self.home).run_dir
+        self.staged = StagedModels(self.home, self._run_dir)
 
     @property
     def label_filter(self) -> list[str]:
@@ -381,31 +413,75 @@ class DockerRuntime:
         return found
 
     def _remove(self, container_id: str, grace_s: float = 10.0) -> None:
+        try:
+            info = self._inspect(container_id)
+        except ENGINE_DOWN:
+            info = None
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.stop(container_id, timeout=max(0, int(grace_s)))
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_container(container_id, force=True)
+        socket = ((info or {}).get("Config") or {}).get("Labels", {}).get(LABEL_SOCKET)
+        if socket:
+            self._remove_socket_dir(Path(socket).parent)
+
+    def _socket_dir(self, spec: InstanceSpec) -> Path:
+        """A new directory for the instance's socket, in the daemon's own (0700) directory of
+        them, which the container's user may write: it binds the socket there."""
+        parent = run_subdir(self.home, self._run_dir, SOCKET_DIRS)
+        leaf = re.sub(r"[^A-Za-z0-9_.-]", "-", spec.key)[:40]
+        path = parent / f"{leaf}.{secrets.token_hex(4)}"
+        if len(os.fsencode(path / SOCKET_NAME)) > MAX_SOCKET_PATH:
+            raise OpsbotError(
+                f"the instance socket {path / SOCKET_NAME} would be longer than the "
+                f"{MAX_SOCKET_PATH} bytes a unix socket path may have: set run_dir in "
+                "config.toml to a shorter path",
+                field="run_dir",
+            )
+        os.mkdir(path, 0o700)
+        if os.geteuid() == 0:
+            os.chown(path, USER_ID, USER_ID)
+        else:  # the container's user is another account: it may add entries, not list them
+            os.chmod(path, 0o733)
+        return path
+
+    def _remove_socket_dir(self, path: Path) -> None:
+        """Remove an instance's socket directory (only ever one in the daemon's own)."""
+        from opsbot.core.sandbox import remove_tree, run_root_path
+
+        if path.parent == run_root_path(self.home, self._run_dir) / SOCKET_DIRS:
+            remove_tree(path)
 
     def start(self, spec: InstanceSpec) -> Started:
         # One container per instance: whatever an earlier life left under this key goes first.
         for old in self._containers(spec.key):
             self._remove(old["Id"], grace_s=2)
-        port = free_port()
+        own_server = spec.format != IMAGE_FORMAT
+        port = 0 if own_server else free_port()
         spec = self.staged.stage(spec)
-        args = container_args(
-            spec,
-            image=self.image,
-            port=port,
-            home=self.home,
-            engine_cpus=self.engine_cpus,
-            secret=instance_secret(daemon_secret(self.home), spec.service_uid, spec.idx),
-        )
-        container = self.client.containers.create(**args)
+        socket_dir = self._socket_dir(spec) if own_server else None
+        try:
+            args = container_args(
+                spec,
+                image=self.image,
+                port=port,
+                home=self.home,
+                engine_cpus=self.engine_cpus,
+                secret=instance_secret(daemon_secret(self.home), spec.service_uid, spec.idx),
+                socket_dir=socket_dir,
+            )
+            container = self.client.containers.create(**args)
+        except BaseException:
+            if socket_dir is not None:
+                self._remove_socket_dir(socket_dir)
+            raise
         try:
             container.start()
         except docker.errors.APIError:
             self._remove(container.id, grace_s=0)
             raise
+        if socket_dir is not None:
+            return Started(container.id, *unix_address(str(socket_dir / SOCKET_NAME)))
         return Started(container.id, HOST, port)
 
     def _inspect(self, handle: str) -> dict[str, Any] | None:
@@ -450,6 +526,8 @@ class DockerRuntime:
         processes of its pid namespace (when this daemon may read other accounts' descriptors,
         as root), else at least made by its user. A program that took the port between
         :func:`free_port` and the container's bind would otherwise be routed to."""
+        if unix_path(host) is not None:
+            return None  # its socket's directory is the daemon's: nobody else binds there
         found = listeners(port, host)
         if not found:
             return None  # nothing listens now: the next readiness probe says so
@@ -482,6 +560,19 @@ class DockerRuntime:
 
     def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
         self.staged.sweep(keep)
+        # Socket directories whose container is gone (removed while the daemon was down).
+        from opsbot.core.sandbox import run_root_path
+
+        parent = run_root_path(self.home, self._run_dir) / SOCKET_DIRS
+        used = {
+            Path(c["Labels"][LABEL_SOCKET]).parent
+            for c in self._containers()
+            if (c.get("Labels") or {}).get(LABEL_SOCKET)
+        }
+        with contextlib.suppress(FileNotFoundError), os.scandir(parent) as entries:
+            for entry in list(entries):
+                if Path(entry.path) not in used:
+                    self._remove_socket_dir(Path(entry.path))
 
     def rotate_logs(self) -> None:
         """Nothing to do: the engine's json-file driver keeps the logs within the cap."""
@@ -498,7 +589,9 @@ class DockerRuntime:
                 port = int(lab.get(LABEL_PORT, ""))
             except ValueError:
                 port = 0
-            found.append(Owned(c["Id"], lab[LABEL_INSTANCE], HOST, port))
+            socket = lab.get(LABEL_SOCKET, "")
+            host, port = unix_address(socket) if socket.startswith("/") else (HOST, port)
+            found.append(Owned(c["Id"], lab[LABEL_INSTANCE], host, port))
         return found
 
     def logs(self, handle: str, tail: int = 100) -> list[str]:
