@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,18 @@ def engine_or_skip(base_url: str | None = None) -> Any:
         if os.environ.get("OPSBOT_REQUIRE_DOCKER") == "1":
             pytest.fail(f"OPSBOT_REQUIRE_DOCKER=1 but {exc}")
         pytest.skip(f"no Docker engine reachable, so no container test can run: {exc}")
+
+
+def wait_for(what: str, check: Any, timeout: float, step: float = 0.3) -> Any:
+    """``check()`` once it is true, polled every ``step`` s for up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
 
 
 @pytest.fixture(scope="session", name="engine")

@@ -30,6 +30,7 @@ from docker_fixtures import (  # noqa: F401 - the fixtures
     engine_or_skip,
     image_fixture,
     scorer_image_fixture,
+    wait_for,
 )
 from e2e.test_daemon import (
     IRIS,
@@ -62,17 +63,6 @@ def containers(client: Any, home: Path, *, running_only: bool = False) -> list[d
         all=not running_only, filters={"label": f"{LABEL_HOME}={home.resolve()}"}
     )
     return found
-
-
-def wait_for(what: str, check: Any, timeout: float, step: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
 
 
 def wait_status(d: Daemon, name: str, status: str, timeout: float = 60) -> ServiceDetail | None:

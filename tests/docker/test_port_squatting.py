@@ -31,6 +31,7 @@ from docker_fixtures import (  # noqa: F401 - the fixtures
     engine_fixture,
     image_fixture,
     scorer_image_fixture,
+    wait_for,
 )
 from homes import instance_spec, wait_ready
 from security.conftest import (
@@ -213,8 +214,18 @@ def test_a_squatter_on_an_image_model_s_port_is_told_from_the_container(
             started = runtime.start(scorer(f"sq{uid}"))
             assert started.port == port
             wait_ready(Started(started.handle, started.host, port))  # the squatter says ready
-            said = runtime.foreign_listener(started.handle, started.host, port)
-            assert said is not None, f"the squatter as uid {uid} passed for the container"
-            assert f"another program holds its port {port} (pid {pid}: " in said, said
-            assert f"; uid {uid}), not its container" in said, said
+            # Asked while the container may still be starting, and again once it has given up
+            # on its taken port (exited for good, no process left): named both times.
+            for asked in ("starting", "exited"):
+                if asked == "exited":
+                    wait_for(
+                        "the container to give up on the taken port",
+                        lambda handle=started.handle: runtime.exited(handle) is not None,
+                        timeout=60,
+                        step=0.2,
+                    )
+                said = runtime.foreign_listener(started.handle, started.host, port)
+                assert said is not None, f"the squatter as uid {uid} passed for the container"
+                assert f"another program holds its port {port} (pid {pid}: " in said, said
+                assert f"; uid {uid}), not its container" in said, said
             runtime.stop(started.handle, grace_s=1)

@@ -538,16 +538,18 @@ class DockerRuntime:
         if info is None:
             return None  # gone: exited() says how
         pid = (info.get("State") or {}).get("Pid") or 0
+        # No process (it exited, say on finding its port taken, and waits to restart): whatever
+        # listens is another program's.
         namespace = pid_namespace(pid) if pid else None
         for listener in found:
             who = f"uid {listener.uid}"
-            holding = holders(listener.inode) if namespace is not None else None
+            holding = holders(listener.inode) if namespace is not None or not pid else None
             if holding:
-                outside = [p for p in holding if pid_namespace(p) != namespace]
+                outside = [p for p in holding if not pid or pid_namespace(p) != namespace]
                 if not outside:
                     continue
                 who = f"{describe(outside[0])}; uid {listener.uid}"
-            elif listener.uid == USER_ID:  # every container runs as it (container_args)
+            elif pid and listener.uid == USER_ID:  # every container runs as it (container_args)
                 continue  # as far as can be told (another account's descriptors unread)
             return f"another program holds its port {port} ({who}), not its container"
         return None
