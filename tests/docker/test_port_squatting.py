@@ -44,7 +44,7 @@ from opsbot.core.images import IMAGE_FORMAT, USER_ID
 from opsbot.core.listeners import holders, listeners
 from opsbot.core.runtime import InstanceSpec, Started
 from opsbot.core.runtimes import docker as docker_runtime
-from opsbot.core.runtimes.docker import DockerRuntime
+from opsbot.core.runtimes.docker import SOCKET_MOUNT, DockerRuntime
 
 # A squatter: an HTTP server on a free loopback port that says 200 to every GET, as a model
 # server's readiness route would. It prints its port once it listens.
@@ -134,6 +134,17 @@ for port in sys.argv[1:]:
 print(json.dumps(found))
 """
 
+# Run inside an instance's container: write 1 MiB beside its socket.
+FILL = f"""
+import errno
+try:
+    with open("{SOCKET_MOUNT}/fill", "wb") as out:
+        out.write(bytes(2**20))
+    print("written")
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+"""
+
 # Run as another account: connect to the unix socket given.
 KNOCK = """
 import socket, sys
@@ -181,6 +192,12 @@ def test_a_container_reaches_nothing_and_only_the_daemon_reaches_it(
     )
     assert knocked.stdout.strip() == "PermissionError", knocked
     assert runtime.foreign_listener(started.handle, started.host, started.port) is None
+    # What the container may write in that directory is capped, as its /tmp is: the directory
+    # is a filesystem of its own with room for the socket alone.
+    assert os.path.ismount(Path(path).parent)
+    ran = engine.api.exec_create(started.handle, ["python3", "-c", FILL])
+    assert engine.api.exec_start(ran["Id"]).decode().strip().splitlines()[-1] == "ENOSPC"
+    wait_ready(started)  # still serving
     # Stopped, its directory goes with it.
     runtime.stop(started.handle, grace_s=1)
     assert not Path(path).parent.exists()

@@ -17,7 +17,8 @@ opsbot.serving.server``) from the serving image (``opsbot image build``), with:
   tmpfs ``/tmp``; restart policy on-failure (3 tries), a health check on the readiness route;
 - no network at all (``network_mode: none``): the server listens on a unix socket in a
   directory of the daemon's own, made for the instance in the run directory's ``containers``
-  (0700, the daemon's) and mounted at ``/run/opsbot``. So model code reaches nothing on the
+  (0700, the daemon's; as root, a 64 KiB tmpfs of its own, so the container writes no more
+  there than its socket) and mounted at ``/run/opsbot``. So model code reaches nothing on the
   machine's network, nobody can take the instance's address before it binds it (a TCP port
   picked free can be taken between the pick and the bind), and only the daemon reaches it.
 
@@ -36,6 +37,7 @@ import logging
 import os
 import re
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -86,6 +88,8 @@ SOCKET_MOUNT = "/run/opsbot"
 SOCKET_NAME = "model.sock"
 #: The run directory's directory of the containers' socket directories (the daemon's, 0700).
 SOCKET_DIRS = "containers"
+#: The size of the filesystem on each socket directory (as root): room for the socket alone.
+SOCKET_DIR_BYTES = 64 * 1024
 RESTART_MAX = 3
 HEALTH_INTERVAL_S = 5
 _NS = 1_000_000_000
@@ -394,6 +398,7 @@ class DockerRuntime:
         self.image = image or require_image(self.client)
         self.engine_cpus = int(self.client.info().get("NCPU") or 0) or None
         self._warned_down = False
+        self._warned_tmpfs = False
         from opsbot.core.config import load_config
 
         self._run_dir = load_config(self.home).run_dir
@@ -440,17 +445,41 @@ class DockerRuntime:
             )
         os.mkdir(path, 0o700)
         if os.geteuid() == 0:
-            os.chown(path, USER_ID, USER_ID)
+            # Its own small filesystem, so what the container may write there is capped as its
+            # /tmp is (the rest of its root is read-only).
+            options = (
+                f"nosuid,nodev,noexec,size={SOCKET_DIR_BYTES},nr_inodes=16,mode=0700,"
+                f"uid={USER_ID},gid={USER_ID}"
+            )
+            mounted = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "opsbot-socket", str(path)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if mounted.returncode != 0:
+                if not self._warned_tmpfs:
+                    log.warning(
+                        "cannot give containers' socket directories a capped filesystem (%s): "
+                        "they are plain directories",
+                        mounted.stderr.strip() or f"mount exited {mounted.returncode}",
+                    )
+                    self._warned_tmpfs = True
+                os.chown(path, USER_ID, USER_ID)
         else:  # the container's user is another account: it may add entries, not list them
             os.chmod(path, 0o733)
         return path
 
     def _remove_socket_dir(self, path: Path) -> None:
-        """Remove an instance's socket directory (only ever one in the daemon's own)."""
+        """Remove an instance's socket directory (only ever one in the daemon's own), and the
+        filesystem mounted on it."""
         from opsbot.core.sandbox import remove_tree, run_root_path
 
-        if path.parent == run_root_path(self.home, self._run_dir) / SOCKET_DIRS:
-            remove_tree(path)
+        if path.parent != run_root_path(self.home, self._run_dir) / SOCKET_DIRS:
+            return
+        if os.path.ismount(path):
+            subprocess.run(["umount", "--lazy", str(path)], capture_output=True, check=False)
+        remove_tree(path)
 
     def start(self, spec: InstanceSpec) -> Started:
         # One container per instance: whatever an earlier life left under this key goes first.
