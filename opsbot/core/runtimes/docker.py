@@ -426,7 +426,7 @@ class DockerRuntime:
             self.client.api.stop(container_id, timeout=max(0, int(grace_s)))
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_container(container_id, force=True)
-        socket = ((info or {}).get("Config") or {}).get("Labels", {}).get(LABEL_SOCKET)
+        socket = (((info or {}).get("Config") or {}).get("Labels") or {}).get(LABEL_SOCKET)
         if socket:
             self._remove_socket_dir(Path(socket).parent)
 
