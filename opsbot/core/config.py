@@ -168,6 +168,13 @@ class Config(BaseModel):
         "starts as a fork of it instead of importing them again (the model libraries); "
         "[]: every instance starts its own interpreter",
     )
+    container_network: Literal["none", "host"] = Field(
+        "none",
+        description="docker runtime: the network of a container of opsbot's model server: none "
+        "(it reaches nothing) or host (the machine's, for a model that fetches what it needs as it "
+        "loads; it then reaches whatever the machine serves). Served on its unix socket either "
+        "way; a model of format image always has host",
+    )
     run_dir: str | None = Field(
         None,
         description="where each instance's own copy of its model lives, outside OPSBOT_HOME "

@@ -138,6 +138,22 @@ def test_cpu_instance_args(tmp_path: Path) -> None:
     assert "device_requests" not in args
 
 
+def test_container_network_host_gives_the_machine_s_network_and_keeps_the_socket(
+    tmp_path: Path,
+) -> None:
+    args = container_args(
+        spec(tmp_path, FLAVORS["cpu.2u8g"]),
+        image="i",
+        port=0,
+        home=tmp_path,
+        socket_dir=tmp_path / "s",
+        network="host",
+    )
+    assert args["network_mode"] == "host"
+    assert args["command"][-2:] == ["--unix", f"{SOCKET_MOUNT}/{SOCKET_NAME}"]
+    assert "OPSBOT_PORT" not in args["environment"]
+
+
 def test_without_a_socket_directory_it_serves_on_its_port_with_host_networking(
     tmp_path: Path,
 ) -> None:

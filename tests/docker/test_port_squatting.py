@@ -203,6 +203,31 @@ def test_a_container_reaches_nothing_and_only_the_daemon_reaches_it(
     assert not Path(path).parent.exists()
 
 
+def test_container_network_host_reaches_the_machine_s_loopback(
+    tmp_path: Path, engine: Any, image: str, example_dirs: dict[tuple[str, str], Path]
+) -> None:
+    """The admin's choice (config ``container_network = "host"``), for models that fetch what
+    they need as they load: the same listener is reached, and the instance keeps its socket."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('container_network = "host"\n')
+    made = DockerRuntime(home, client=engine, image=image)
+    started = made.start(instance_spec(example_dirs[("iris", "1.0.0")], service_uid="nh0"))
+    try:
+        assert unix_path(started.host) is not None
+        wait_ready(started)
+        with socket.socket() as bait:
+            bait.bind(("127.0.0.1", 0))
+            bait.listen()
+            port = bait.getsockname()[1]
+            ran = engine.api.exec_create(started.handle, ["python3", "-c", REACH, str(port)])
+            out = engine.api.exec_start(ran["Id"]).decode()
+            assert json.loads(out.strip().splitlines()[-1]) == {str(port): "reached"}
+    finally:
+        made.stop(started.handle, grace_s=1)
+        made.staged.sweep({})
+
+
 def test_a_squatter_on_an_image_model_s_port_is_told_from_the_container(
     runtime: DockerRuntime,
     scorer_image: str,

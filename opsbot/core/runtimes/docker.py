@@ -15,7 +15,8 @@ opsbot.serving.server``) from the serving image (``opsbot image build``), with:
   ``/model`` and the daemon's own ``opsbot`` package read-only at ``/opt/opsbot/opsbot``;
 - user 10001, ``no-new-privileges``, every capability dropped, a read-only root filesystem with a
   tmpfs ``/tmp``; restart policy on-failure (3 tries), a health check on the readiness route;
-- no network at all (``network_mode: none``): the server listens on a unix socket in a
+- no network at all (``network_mode: none``; config ``container_network = "host"`` gives the
+  machine's, for models that fetch at load): the server listens on a unix socket in a
   directory of the daemon's own, made for the instance in the run directory's ``containers``
   (0700, the daemon's; as root, a 64 KiB tmpfs of its own, so the container writes no more
   there than its socket) and mounted at ``/run/opsbot``. So model code reaches nothing on the
@@ -293,10 +294,12 @@ def container_args(
     package_dir: Path | None = None,
     secret: str | None = None,
     socket_dir: Path | None = None,
+    network: str = "none",
 ) -> dict[str, Any]:
     """The keyword arguments of ``client.containers.create`` for one instance: served on a unix
-    socket in ``socket_dir`` (the instance's own directory, mounted), without network, when it
-    is given; else on ``port`` with host networking (a model of format image, swarm's tasks)."""
+    socket in ``socket_dir`` (the instance's own directory, mounted), with ``network`` (config
+    ``container_network``), when it is given; else on ``port`` with host networking (a model of
+    format image, swarm's tasks)."""
     if socket_dir is not None and spec.format == IMAGE_FORMAT:
         raise ValueError("a model of format image serves on its port: it has no socket_dir")
     env: dict[str, str] = dict(spec.env)
@@ -349,7 +352,7 @@ def container_args(
         "init": True,
         "nano_cpus": int(cpus * _NS),
         "mem_limit": spec.flavor.memory_bytes,
-        "network_mode": "host" if inside is None else "none",
+        "network_mode": "host" if inside is None else network,
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": RESTART_MAX},
         "healthcheck": {
             "test": health_test(HOST, port) if inside is None else health_test(inside, 0),
@@ -401,7 +404,9 @@ class DockerRuntime:
         self._warned_tmpfs = False
         from opsbot.core.config import load_config
 
-        self._run_dir = load_config(self.home).run_dir
+        config = load_config(self.home)
+        self._run_dir = config.run_dir
+        self._network = config.container_network
         self.staged = StagedModels(self.home, self._run_dir)
 
     @property
@@ -498,6 +503,7 @@ class DockerRuntime:
                 engine_cpus=self.engine_cpus,
                 secret=instance_secret(daemon_secret(self.home), spec.service_uid, spec.idx),
                 socket_dir=socket_dir,
+                network=self._network,
             )
             container = self.client.containers.create(**args)
         except BaseException:
