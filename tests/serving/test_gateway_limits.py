@@ -8,6 +8,7 @@ whatever the answers, so the offered rate does not sag when the gateway refuses.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -78,6 +79,7 @@ async def test_ten_times_the_limit_for_ten_seconds_admits_limit_times_seconds_pl
     statuses: Counter[int] = Counter()
     retry_after: Counter[str | None] = Counter()
     sent: list[float] = []
+    answered: list[float] = []
     async with (
         gateway_process(store_home) as url,
         ClientSession(connector=TCPConnector(limit=0)) as session,
@@ -88,6 +90,7 @@ async def test_ten_times_the_limit_for_ten_seconds_admits_limit_times_seconds_pl
             sent.append(time.monotonic())
             async with session.post(target, json=BODY, headers=AUTH) as resp:
                 await resp.read()
+                answered.append(time.monotonic())
                 statuses[resp.status] += 1
                 if resp.status != 200:
                     retry_after[resp.headers.get("Retry-After")] += 1
@@ -103,6 +106,7 @@ async def test_ten_times_the_limit_for_ten_seconds_admits_limit_times_seconds_pl
         # the gateway (a loaded machine) shorter than a second then costs no call, since what
         # refills meanwhile is kept for after it. With the bucket full, it would be lost.
         sent.clear()
+        answered.clear()
         tasks: list[asyncio.Task[None]] = []
         started = time.monotonic()
         for n in range(int(OFFERED * SECONDS)):
@@ -122,7 +126,19 @@ async def test_ten_times_the_limit_for_ten_seconds_admits_limit_times_seconds_pl
     admitted = statuses[200]
     sustained = admitted - burst
     expected = LIMIT * window  # limit x seconds, after the burst (one second's worth) above
-    assert abs(sustained - expected) <= 0.05 * expected, (sustained, expected, statuses)
+    # A bucket holds one second's worth: when the gateway (or this client) stalls for longer on
+    # a loaded machine, no answer comes meanwhile, and what refilled beyond that second is lost,
+    # as a token bucket has it. Those stalls are seen here as gaps between answers; only what
+    # they lost is allowed below the limit.
+    times = sorted([started, *answered])
+    stalled = sum(max(0.0, later - earlier - 1.0) for earlier, later in itertools.pairwise(times))
+    lost = LIMIT * stalled
+    assert -0.05 * expected - lost <= sustained - expected <= 0.05 * expected, (
+        sustained,
+        expected,
+        stalled,
+        statuses,
+    )
     # Every other call was refused with 429 and a whole number of seconds to wait.
     assert set(statuses) == {200, 429}, statuses
     assert set(retry_after) == {"1"}, retry_after
