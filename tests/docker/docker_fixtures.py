@@ -11,15 +11,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker.errors
 import pytest
 
 from opsbot.core.images import ensure_image
 from opsbot.core.runtimes.docker import DockerRuntime, EngineUnavailable, connect, remove_all
+
+T = TypeVar("T")
 
 
 def engine_or_skip(base_url: str | None = None) -> Any:
@@ -31,15 +33,28 @@ def engine_or_skip(base_url: str | None = None) -> Any:
         pytest.skip(f"no Docker engine reachable, so no container test can run: {exc}")
 
 
-def wait_for(what: str, check: Any, timeout: float, step: float = 0.3) -> Any:
-    """``check()`` once it is true, polled every ``step`` s for up to ``timeout`` s."""
+def wait_for(
+    what: str,
+    check: Callable[[], T],
+    timeout: float,
+    step: float = 0.3,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` until it is truthy; on timeout fail with ``explain()``'s account of the
+    state (what Swarm and the engines say), so that a failure on CI can be read there."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            why = ""
+            if explain is not None:
+                try:
+                    why = "\n" + explain()
+                except Exception as exc:  # the account must not hide the timeout
+                    why = f"\n(no account of the state: {exc!r})"
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{why}")
         time.sleep(step)
 
 

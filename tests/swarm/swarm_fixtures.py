@@ -19,8 +19,7 @@ import os
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +31,12 @@ import pytest
 # shadow docker-py): the engine-or-skip rule and the image fixture are theirs.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker"))
 
-from docker_fixtures import engine_fixture, engine_or_skip, image_fixture
+from docker_fixtures import (  # noqa: F401 - wait_for: the swarm tests take it from here
+    engine_fixture,
+    engine_or_skip,
+    image_fixture,
+    wait_for,
+)
 
 from opsbot.core.config import Config
 from opsbot.core.runtimes.swarm import SwarmRuntime, remove_all
@@ -185,31 +189,6 @@ def swarm_runtime(
 def cleanup(home: Path, client: Any, image: str) -> int:
     """Remove every Swarm service made for ``home``; returns how many there were."""
     return remove_all(swarm_runtime(home, client, image))
-
-
-def wait_for(
-    what: str,
-    check: Callable[[], T],
-    timeout: float,
-    step: float = 0.3,
-    explain: Callable[[], str] | None = None,
-) -> T:
-    """Poll ``check`` until it is truthy; on timeout fail with ``explain()``'s account of the
-    state (what Swarm and the engines say), so that a failure on CI can be read there."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            why = ""
-            if explain is not None:
-                try:
-                    why = "\n" + explain()
-                except Exception as exc:  # the account must not hide the timeout
-                    why = f"\n(no account of the state: {exc!r})"
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{why}")
-        time.sleep(step)
 
 
 def swarm_state(manager: Any, worker: Any) -> str:
