@@ -203,6 +203,23 @@ def test_a_container_reaches_nothing_and_only_the_daemon_reaches_it(
     assert not Path(path).parent.exists()
 
 
+def test_a_socket_directory_whose_container_went_is_swept_at_start(
+    runtime: DockerRuntime, engine: Any, example_dirs: dict[tuple[str, str], Path]
+) -> None:
+    """Removed behind the daemon's back (by hand, while it was down): the next start's sweep
+    unmounts and removes the directory, and keeps the one of a container still there."""
+    model = example_dirs[("iris", "1.0.0")]
+    kept = runtime.start(instance_spec(model, service_uid="sw0"))
+    gone = runtime.start(instance_spec(model, service_uid="sw1"))
+    kept_dir, gone_dir = (Path(str(unix_path(s.host))).parent for s in (kept, gone))
+    engine.api.remove_container(gone.handle, force=True)
+    runtime.sweep({"sw0": [0]})  # what the controller keeps: the instance still there
+    assert not gone_dir.exists() and not os.path.ismount(gone_dir)
+    assert kept_dir.is_dir()
+    assert os.path.ismount(kept_dir) == (os.geteuid() == 0)
+    wait_ready(kept)
+
+
 def test_container_network_host_reaches_the_machine_s_loopback(
     tmp_path: Path, engine: Any, image: str, example_dirs: dict[tuple[str, str], Path]
 ) -> None:
