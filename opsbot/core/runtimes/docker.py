@@ -67,8 +67,13 @@ from opsbot.core.runtime import (
     server_argv,
     thread_env,
 )
-from opsbot.core.runtimes.process import MAX_SOCKET_PATH, free_port, package_root
-from opsbot.core.sandbox import run_subdir
+from opsbot.core.runtimes.process import (
+    fitting_socket_path,
+    free_port,
+    instance_leaf,
+    package_root,
+)
+from opsbot.core.sandbox import remove_tree, run_root_path, run_subdir
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +360,9 @@ def container_args(
         "network_mode": "host" if inside is None else network,
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": RESTART_MAX},
         "healthcheck": {
-            "test": health_test(HOST, port) if inside is None else health_test(inside, 0),
+            "test": health_test(HOST, port)
+            if inside is None
+            else health_test(*unix_address(inside)),
             "interval": HEALTH_INTERVAL_S * _NS,
             "timeout": 4 * _NS,
             "retries": 3,
@@ -422,16 +429,22 @@ class DockerRuntime:
         )
         return found
 
-    def _remove(self, container_id: str, grace_s: float = 10.0) -> None:
-        try:
-            info = self._inspect(container_id)
-        except ENGINE_DOWN:
-            info = None
+    def _remove(
+        self, container_id: str, grace_s: float = 10.0, labels: Mapping[str, str] | None = None
+    ) -> None:
+        """Stop and remove a container, then its socket directory (named by its ``labels``,
+        read from the engine unless the caller has them)."""
+        if labels is None:
+            try:
+                info = self._inspect(container_id)
+            except ENGINE_DOWN:
+                info = None
+            labels = ((info or {}).get("Config") or {}).get("Labels") or {}
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.stop(container_id, timeout=max(0, int(grace_s)))
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_container(container_id, force=True)
-        socket = (((info or {}).get("Config") or {}).get("Labels") or {}).get(LABEL_SOCKET)
+        socket = labels.get(LABEL_SOCKET)
         if socket:
             self._remove_socket_dir(Path(socket).parent)
 
@@ -439,15 +452,8 @@ class DockerRuntime:
         """A new directory for the instance's socket, in the daemon's own (0700) directory of
         them, which the container's user may write: it binds the socket there."""
         parent = run_subdir(self.home, self._run_dir, SOCKET_DIRS)
-        leaf = re.sub(r"[^A-Za-z0-9_.-]", "-", spec.key)[:40]
-        path = parent / f"{leaf}.{secrets.token_hex(4)}"
-        if len(os.fsencode(path / SOCKET_NAME)) > MAX_SOCKET_PATH:
-            raise OpsbotError(
-                f"the instance socket {path / SOCKET_NAME} would be longer than the "
-                f"{MAX_SOCKET_PATH} bytes a unix socket path may have: set run_dir in "
-                "config.toml to a shorter path",
-                field="run_dir",
-            )
+        path = parent / f"{instance_leaf(spec.key)}.{secrets.token_hex(4)}"
+        fitting_socket_path(path / SOCKET_NAME)
         os.mkdir(path, 0o700)
         if os.geteuid() == 0:
             # Its own small filesystem, so what the container may write there is capped as its
@@ -478,8 +484,6 @@ class DockerRuntime:
     def _remove_socket_dir(self, path: Path) -> None:
         """Remove an instance's socket directory (only ever one in the daemon's own), and the
         filesystem mounted on it."""
-        from opsbot.core.sandbox import remove_tree, run_root_path
-
         if path.parent != run_root_path(self.home, self._run_dir) / SOCKET_DIRS:
             return
         if os.path.ismount(path):
@@ -489,7 +493,7 @@ class DockerRuntime:
     def start(self, spec: InstanceSpec) -> Started:
         # One container per instance: whatever an earlier life left under this key goes first.
         for old in self._containers(spec.key):
-            self._remove(old["Id"], grace_s=2)
+            self._remove(old["Id"], grace_s=2, labels=old.get("Labels") or {})
         own_server = spec.format != IMAGE_FORMAT
         port = 0 if own_server else free_port()
         spec = self.staged.stage(spec)
@@ -513,7 +517,7 @@ class DockerRuntime:
         try:
             container.start()
         except docker.errors.APIError:
-            self._remove(container.id, grace_s=0)
+            self._remove(container.id, grace_s=0, labels=args["labels"])
             raise
         if socket_dir is not None:
             return Started(container.id, *unix_address(str(socket_dir / SOCKET_NAME)))
@@ -598,8 +602,6 @@ class DockerRuntime:
     def sweep(self, keep: Mapping[str, Collection[int]]) -> None:
         self.staged.sweep(keep)
         # Socket directories whose container is gone (removed while the daemon was down).
-        from opsbot.core.sandbox import run_root_path
-
         parent = run_root_path(self.home, self._run_dir) / SOCKET_DIRS
         used = {
             Path(c["Labels"][LABEL_SOCKET]).parent

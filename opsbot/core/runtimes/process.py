@@ -253,11 +253,24 @@ class _Record:
 
     @property
     def leaf(self) -> str:
-        return _leaf(self.key)
+        return instance_leaf(self.key)
 
 
-def _leaf(key: str) -> str:
+def instance_leaf(key: str) -> str:
+    """An instance key (``uid/idx/n``) as one file name."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+
+
+def fitting_socket_path(path: Path) -> Path:
+    """``path``, refused before anything is made when it is too long for a unix socket (the
+    run directory is)."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise OpsbotError(
+            f"the instance socket {path} would be longer than the {MAX_SOCKET_PATH} bytes a "
+            "unix socket path may have: set run_dir in config.toml to a shorter path",
+            field="run_dir",
+        )
+    return path
 
 
 class ProcessRuntime:
@@ -325,14 +338,7 @@ class ProcessRuntime:
     def _socket_path(self, leaf: str) -> Path:
         """A new socket path for the instance ``leaf``; refused, before anything is made, when
         the run directory is too long a path for a unix socket."""
-        path = self.socket_dir / f"{leaf}.{secrets.token_hex(4)}.sock"
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-            raise OpsbotError(
-                f"the instance socket {path} would be longer than the {MAX_SOCKET_PATH} bytes a "
-                "unix socket path may have: set run_dir in config.toml to a shorter path",
-                field="run_dir",
-            )
-        return path
+        return fitting_socket_path(self.socket_dir / f"{leaf}.{secrets.token_hex(4)}.sock")
 
     def _bind(self, path: Path) -> socket.socket:
         """A new listening unix socket at ``path`` in :attr:`socket_dir` (made 0700 if need be,
@@ -355,9 +361,9 @@ class ProcessRuntime:
         private_dir(self.records_dir)
         account = self.account(spec.owner)
         python = pick_python(self.python, account)
-        socket_path = self._socket_path(_leaf(spec.key))
+        socket_path = self._socket_path(instance_leaf(spec.key))
         # The instance's own corner: its version's files read-only, a scratch home, nothing else.
-        base = corner(self.home, self._run_dir_setting, _leaf(spec.key))
+        base = corner(self.home, self._run_dir_setting, instance_leaf(spec.key))
         held: Held | _Cold | None = None
         data = self.limiter.data_cap(spec.flavor)
         listening: socket.socket | None = None
@@ -453,7 +459,7 @@ class ProcessRuntime:
         elif zygote is not None:
             self._forks[handle] = zygote
         self._keys[handle] = spec.key
-        previous = self._leaf_record(_leaf(spec.key))
+        previous = self._leaf_record(instance_leaf(spec.key))
         if previous is not None and not self._alive(previous.handle):
             # The instance this one replaces under its key ended (the controller starts a
             # crashed one again without a stop): its record goes now, its socket with it.
@@ -540,7 +546,7 @@ class ProcessRuntime:
         if key:
             self.limiter.release(key)
             if not any(r.key == key and r.handle != handle for r in self._records()):
-                release_corner(self.run_dir / _leaf(key))
+                release_corner(self.run_dir / instance_leaf(key))
         if record is not None:
             self._drop_record(record)
 
