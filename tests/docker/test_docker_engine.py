@@ -296,6 +296,8 @@ def test_kill_9_mid_deploy_converges_without_duplicates_or_orphans(
             left.mkdir(parents=True)
             (left / "model.joblib").write_bytes(b"old")
             left.chmod(0o500)
+            # A socket directory whose container was never made (killed between the two).
+            (run / SOCKET_DIRS / "deleted0000000_0_0.00000000").mkdir(parents=True)
             d2 = start_daemon(home, runtime="docker")
             d.proc = d2.proc
             shown = wait_status(d2, "durable", "running", timeout=90)
@@ -307,6 +309,10 @@ def test_kill_9_mid_deploy_converges_without_duplicates_or_orphans(
             assert keys == Counter({f"{uid}/0/0": 1, f"{uid}/0/1": 1, f"{uid}/0/2": 1})
             # The restarted daemon swept the leftover copy and kept the one its instances read.
             assert sorted(p.name for p in run.glob("container-*")) == [f"container-{uid}-0"]
+            # and every socket directory but those of the containers there, each on its tmpfs
+            sockets = sorted(Path(c["Labels"][LABEL_SOCKET]).parent for c in mine)
+            assert sorted((run / SOCKET_DIRS).iterdir()) == sockets
+            assert all(os.path.ismount(s) for s in sockets) == (os.geteuid() == 0)
             assert all(c["State"] == "running" for c in mine)
             # the stray of this home was removed; the others were not touched
             with pytest.raises(docker.errors.NotFound):
