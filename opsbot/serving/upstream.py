@@ -409,6 +409,7 @@ class _Connection(asyncio.Protocol):
         length: int | None = None
         lengths = 0
         chunked = False
+        encoded = False  # a Transfer-Encoding line, whatever coding it names
         for line in lines[1:]:
             name, sep, raw_value = line.partition(b":")
             if not sep:
@@ -423,6 +424,7 @@ class _Connection(asyncio.Protocol):
                 length = int(value)
                 lengths += 1
             elif key == b"transfer-encoding":
+                encoded = True
                 chunked = b"chunked" in value.lower()
             elif key == b"connection":
                 tokens = value.lower()
@@ -433,7 +435,7 @@ class _Connection(asyncio.Protocol):
             elif key in _RETURNED_NAMES and b"\r" not in value and b"\n" not in value:
                 # Passed back as they came; never a line the instance could end early.
                 self.fields.append(_RETURNED_NAMES[key] + value + b"\r\n")
-        if chunked and length is not None:
+        if encoded and length is not None:
             # Which one ends the answer is where a proxy and its peer can disagree: refused.
             raise BrokenReply("the instance's answer has both Transfer-Encoding and Content-Length")
         if status in (101, 204, 304):

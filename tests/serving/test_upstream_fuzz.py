@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from opsbot.serving.upstream import AiohttpClient, RawClient, Reply, UpstreamClient
@@ -105,6 +105,14 @@ async def both(answer: bytes, close: bool) -> dict[str, tuple[tuple[Any, ...], t
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(answer=answers())
+# Found by CI: a Transfer-Encoding other than chunked beside a Content-Length was read by the
+# length (and waited on past the short body) where aiohttp refuses any Transfer-Encoding there.
+@example(
+    answer=(
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: x\r\nContent-Length: 19\r\n\r\n13\r\n{"predictio',
+        False,
+    )
+)
 def test_a_bad_answer_is_read_as_aiohttp_reads_it_and_never_reaches_the_next_call(
     answer: tuple[bytes, bool],
 ) -> None:
