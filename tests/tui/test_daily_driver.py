@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from textual.command import CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Footer, Input, Label, Log, Select, Static
-from tui_live import LiveApi, configure, live_api, screen_text, settle, stats_document
+from tui_live import (
+    LiveApi,
+    configure,
+    live_api,
+    screen_text,
+    settle,
+    stats_document,
+    until,
+)
 
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.connection import ConnectionBanner
@@ -26,16 +34,6 @@ from opsbot.tui.table import ServicesTable
 
 def make_app(api: LiveApi) -> OpsbotApp:
     return OpsbotApp(api.client, now=api.clock.now, live=True)
-
-
-async def until(pilot: Pilot[None], what: str, ok: Callable[[], bool], within: float) -> float:
-    """Wait until ``ok()``; fail after ``within`` seconds. Returns the seconds it took."""
-    start = time.monotonic()
-    while not ok():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"waited {within:g} s for {what}")
-        await pilot.pause(0.02)
-    return time.monotonic() - start
 
 
 def table(pilot: Pilot[None]) -> ServicesTable:
@@ -80,7 +78,7 @@ RULE = {"header": "X-Group", "equals": "beta", "version": "1.0.0"}
 @pytest.fixture
 async def pilot(served: LiveApi, me: str) -> AsyncIterator[Pilot[None]]:
     async with make_app(served).run_test(size=(120, 35)) as p:
-        await until(p, "the table", lambda: len(table(p).cells) == 3, within=10)
+        await until(p, "the table", lambda: len(table(p).cells) == 3, timeout=10)
         await until(p, "the calls", lambda: table(p).cells[f"{me}/alpha"]["calls"] == "7", 10)
         table(p).move_cursor(row=table(p).get_row_index(f"{me}/alpha"))
         await p.pause()
@@ -141,7 +139,7 @@ async def test_q_on_details_goes_back_and_quits_only_from_the_top(pilot: Pilot[N
     assert isinstance(pilot.app.screen, ServicesScreen)
     assert pilot.app.is_running
     await pilot.press("q")
-    await until(pilot, "the app to exit", lambda: not pilot.app.is_running, within=5)
+    await until(pilot, "the app to exit", lambda: not pilot.app.is_running, timeout=5)
 
 
 async def test_letters_typed_into_the_filter_are_not_keys(
@@ -181,7 +179,7 @@ async def test_banner_within_2_s_of_the_daemon_going_away_and_fresh_state_on_ret
     banner = screen.query_one(ConnectionBanner)
     assert not banner.display
     served.go_away()
-    took = await until(pilot, "the banner", lambda: banner.display, within=2)
+    took = await until(pilot, "the banner", lambda: banner.display, timeout=2)
     assert took < 2
     assert "Daemon not running" in str(banner.content)
     assert table(pilot).has_class("-stale")
@@ -194,12 +192,12 @@ async def test_banner_within_2_s_of_the_daemon_going_away_and_fresh_state_on_ret
     served.core.start_service(served.user(me), "beta")
     served.settle()
     served.serve()
-    await until(pilot, "the banner to go", lambda: not banner.display, within=5)
+    await until(pilot, "the banner to go", lambda: not banner.display, timeout=5)
     await until(
         pilot,
         "a fresh state",
         lambda: table(pilot).cells[f"{me}/beta"]["status"] == "Running",
-        within=5,
+        timeout=5,
     )
     assert not table(pilot).has_class("-stale")
 
@@ -210,7 +208,7 @@ async def test_countdowns_stop_while_the_daemon_is_away(
     assert table(pilot).cells[f"{me}/alpha"]["auto_stop"] == "1h 00m"
     served.go_away()
     banner = pilot.app.screen.query_one(ConnectionBanner)
-    await until(pilot, "the banner", lambda: banner.display, within=2)
+    await until(pilot, "the banner", lambda: banner.display, timeout=2)
     served.clock.advance(600)
     screen = pilot.app.screen
     assert isinstance(screen, ServicesScreen)
@@ -253,7 +251,7 @@ async def test_the_palettes_screenshot_lands_in_the_working_directory(
     shot.callback()
     await settle(pilot)
     saved = list(tmp_path.glob("*.svg"))
-    await until(pilot, "the file", lambda: bool(list(tmp_path.glob("*.svg"))), within=3)
+    await until(pilot, "the file", lambda: bool(list(tmp_path.glob("*.svg"))), timeout=3)
     saved = list(tmp_path.glob("*.svg"))
     assert len(saved) == 1 and "alpha" in saved[0].read_text()
     assert any(n.startswith("Screenshot saved") for n in notes(pilot))
@@ -266,7 +264,7 @@ async def test_sort_by_real_value_both_ways_with_a_header_marker(api: LiveApi, m
     api.clock.advance(120)  # 1h 58m and 58m 00s left: alphabetical order is the wrong one
     async with make_app(api).run_test(size=(120, 35)) as pilot:
         t = table(pilot)
-        await until(pilot, "the table", lambda: len(t.cells) == 3, within=10)
+        await until(pilot, "the table", lambda: len(t.cells) == 3, timeout=10)
         assert t.cells[f"{me}/long"]["auto_stop"] == "1h 58m"
         assert t.cells[f"{me}/short"]["auto_stop"] == "58m"
         t.sort_by("auto_stop")
@@ -315,7 +313,7 @@ async def test_c_copies_the_url_and_K_the_new_key(
     await pilot.press("R", "y")
     details = pilot.app.screen
     assert isinstance(details, DetailsScreen)
-    await until(pilot, "the new key", lambda: bool(details.api_key), within=5)
+    await until(pilot, "the new key", lambda: bool(details.api_key), timeout=5)
     await pilot.press("K")
     assert pilot.app.clipboard == details.api_key
 
@@ -330,14 +328,14 @@ async def test_details_name_versions_show_rules_time_left_and_the_zone(
     details = pilot.app.screen
     assert isinstance(details, DetailsScreen)
     overview = details.query_one("#overview-text", Static)
-    await until(pilot, "the overview", lambda: "X-Group" in str(overview.content), within=5)
+    await until(pilot, "the overview", lambda: "X-Group" in str(overview.content), timeout=5)
     text = str(overview.content)
     assert "1. X-Group equals 'beta' → iris 1.0.0" in text
     assert "stops in 1h 00m, at" in text
     zone = time.strftime("%Z", time.localtime(served.clock.now()))
     assert zone and zone in text
     instances = details.query_one("#instances-table", DataTable)
-    await until(pilot, "the instances", lambda: instances.row_count > 0, within=5)
+    await until(pilot, "the instances", lambda: instances.row_count > 0, timeout=5)
     rows = [instances.get_row_at(i) for i in range(instances.row_count)]
     assert all(r[0] == "iris 1.0.0" for r in rows)
     # The address as the daemon words it (host:port here; unix:PATH for a process instance).
@@ -348,13 +346,13 @@ async def test_the_logs_tab_follows_new_lines(pilot: Pilot[None], served: LiveAp
     await pilot.press("l")
     await settle(pilot)
     log = pilot.app.screen.query_one(Log)
-    await until(pilot, "the first lines", lambda: log.line_count == 2, within=3)
+    await until(pilot, "the first lines", lambda: log.line_count == 2, timeout=3)
     served.log(me, "alpha", "POST /predict 200")
     await until(
         pilot,
         "the new line",
         lambda: log.lines[-1:] == ["[0/0] POST /predict 200"],
-        within=3,
+        timeout=3,
     )
     assert log.line_count == 3  # appended, not the whole tail again
 
@@ -393,7 +391,7 @@ async def test_the_tick_touches_only_the_rows_on_screen(examples_home: Path, me:
         api.settle()
         async with make_app(api).run_test(size=(120, 35)) as pilot:
             t = table(pilot)
-            await until(pilot, "the table", lambda: len(t.cells) == 300, within=20)
+            await until(pilot, "the table", lambda: len(t.cells) == 300, timeout=20)
             visible = set(t.visible_keys())
             assert 0 < len(visible) < 40
             before = {k: dict(c) for k, c in t.cells.items()}
@@ -417,7 +415,7 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_versions_stay(
     served: LiveApi,
 ) -> None:
     async with make_app(served).run_test(size=(80, 24)) as pilot:
-        await until(pilot, "the table", lambda: len(table(pilot).cells) == 3, within=10)
+        await until(pilot, "the table", lambda: len(table(pilot).cells) == 3, timeout=10)
         t = table(pilot)
         assert "versions" in t.shown and "status" in t.shown and "auto_stop" in t.shown
         assert "owner" not in t.shown
@@ -427,14 +425,14 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_versions_stay(
             return [str(k.description) for k in footer.query("FooterKey").results()]
 
         # the footer composes its keys once the screen's bindings are known, a moment later
-        await until(pilot, "the footer's keys", lambda: bool(keys()), within=5)
+        await until(pilot, "the footer's keys", lambda: bool(keys()), timeout=5)
         assert keys()[:2] == ["Help", "Quit"]
         # On the screen itself, once drawn: the footer's last line keeps both.
         await until(
             pilot,
             "the footer drawn",
             lambda: "Help" in screen_text(pilot.app.export_screenshot()).splitlines()[-1],
-            within=5,
+            timeout=5,
         )
         assert "Quit" in screen_text(pilot.app.export_screenshot()).splitlines()[-1]
         # Every other screen: ? and q (back) first too.
@@ -451,7 +449,7 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_versions_stay(
 
 async def test_errors_sit_under_their_fields_at_full_width(served: LiveApi) -> None:
     async with make_app(served).run_test(size=(80, 24)) as pilot:
-        await until(pilot, "whoami", lambda: bool(pilot.app.user), within=10)
+        await until(pilot, "whoami", lambda: bool(pilot.app.user), timeout=10)
         await pilot.press("d")
         await settle(pilot)
         deploy = pilot.app.screen
@@ -459,7 +457,7 @@ async def test_errors_sit_under_their_fields_at_full_width(served: LiveApi) -> N
         await pilot.press("ctrl+s")
         await settle(pilot)
         label = deploy.query_one("#err-name", Label)
-        await until(pilot, "the name's error", lambda: label.display, within=3)
+        await until(pilot, "the name's error", lambda: label.display, timeout=3)
         await pilot.pause()
         name = deploy.query_one("#name", Input)
         assert label.region.y > name.region.y  # under the field

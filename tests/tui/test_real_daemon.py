@@ -17,6 +17,7 @@ import pytest
 from e2e.test_daemon import Daemon, clone_home, start_daemon, stop_everything
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Select, Static, TabbedContent
+from tui_live import until as until_within
 
 from opsbot.client import ControlClient, wire
 from opsbot.tui.app import OpsbotApp
@@ -39,11 +40,8 @@ def daemon(template: Path, tmp_path: Path) -> Iterator[Daemon]:
 
 
 async def until(pilot: Pilot[None], what: str, ok: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:g} s for {what}")
-        await pilot.pause(0.1)
+    """A real daemon answers slower than the fakes: a minute by default."""
+    await until_within(pilot, what, ok, timeout, poll=0.1)
 
 
 def table_of(app: OpsbotApp) -> ServicesTable:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Log, Static, TabbedContent, TextArea
-from tui_live import LiveApi, screen_text, settle, stats_document, until
+from tui_live import LiveApi, drawn, screen_text, settle, stats_document, until
 
 from opsbot.tui.app import OpsbotApp
 from opsbot.tui.deploy import DeployScreen
@@ -49,12 +49,12 @@ def gated() -> list[dict[str, Any]]:
 
 
 async def loaded(pilot: Pilot[None], me: str) -> None:
-    """The table holds every service and alpha's calls."""
+    """The table holds every service and alpha's calls, and the footer is drawn."""
     table = pilot.app.screen.query_one(ServicesTable)
     await until(pilot, "the table", lambda: len(table.cells) == 4)
     await until(pilot, "the calls", lambda: table.cells[f"{me}/alpha"]["calls"] == "1234")
     table.move_cursor(row=table.get_row_index(f"{me}/alpha"))
-    await pilot.pause()
+    await drawn(pilot, "Quit")
 
 
 @pytest.fixture
@@ -154,22 +154,18 @@ async def test_command_palette_opens(pilot: Pilot[None]) -> None:
     await pilot.press("escape")
 
 
-def save(app: OpsbotApp, name: str) -> str:
-    svg = app.export_screenshot(title=f"opsbot tui: {name}")
+async def shot(pilot: Pilot[None], name: str, *texts: str) -> str:
+    """Once the screen shows every one of ``texts``: its screenshot (written to SHOTS when
+    set), as text."""
+    await drawn(pilot, *texts)
+    svg = pilot.app.export_screenshot(title=f"opsbot tui: {name}")
     if SHOTS:
         Path(SHOTS, f"tui-{name}.svg").write_text(svg)
-    return svg
-
-
-def text_of(svg: str) -> str:
-    """The visible text of an exported screenshot, line by line."""
     return screen_text(svg)
 
 
 async def test_snapshot_services(pilot: Pilot[None]) -> None:
-    svg = text_of(save(pilot.app, "services"))  # type: ignore[arg-type]
-    for text in ("alpha", "canary", "Running", "1234", "1h 00m", "Deploy"):
-        assert text in svg, text
+    svg = await shot(pilot, "services", "alpha", "canary", "Running", "1234", "1h 00m", "Deploy")
     assert re.search(r"Deploying \d+%", svg)
     assert "iris 1.0.0 90%/2.0.0 10%" in svg
 
@@ -177,27 +173,23 @@ async def test_snapshot_services(pilot: Pilot[None]) -> None:
 async def test_snapshot_deploy(pilot: Pilot[None]) -> None:
     await pilot.press("d")
     await settle(pilot)
-    screen = pilot.app.screen
-    assert isinstance(screen, DeployScreen)
-    svg = text_of(save(pilot.app, "deploy"))  # type: ignore[arg-type]
-    for text in ("Basic information", "Name", "Auto Stop", "1 hour later", "Model Source"):
-        assert text in svg, text
+    assert isinstance(pilot.app.screen, DeployScreen)
+    await shot(
+        pilot, "deploy", "Basic information", "Name", "Auto Stop", "1 hour later", "Model Source"
+    )
 
 
 async def test_snapshot_details(pilot: Pilot[None]) -> None:
     await open_details(pilot)
-    svg = text_of(save(pilot.app, "details"))  # type: ignore[arg-type]
-    for text in ("Overview", "Instances", "Monitoring", "Predict", "Usage", "alpha"):
-        assert text in svg, text
+    await shot(pilot, "details", "Overview", "Instances", "Monitoring", "Predict", "Usage", "alpha")
 
 
 async def test_snapshot_models(pilot: Pilot[None]) -> None:
     await pilot.press("m")
     mine = pilot.app.screen.query_one("#mine-table", DataTable)
     await until(pilot, "my models", lambda: mine.row_count == 4)
-    svg = text_of(save(pilot.app, "models"))  # type: ignore[arg-type]
-    for text in ("My Models", "My Subscriptions", "iris-onnx", "Normal", "Create", "Subscribe"):
-        assert text in svg, text
+    texts = ("My Models", "My Subscriptions", "iris-onnx", "Normal", "Create", "Subscribe")
+    await shot(pilot, "models", *texts)
 
 
 @pytest.mark.parametrize("size", [(100, 30), (200, 50)])
@@ -206,9 +198,7 @@ async def test_nothing_cut_off_at_ssh_sizes(
 ) -> None:
     async with make_app(served).run_test(size=size) as pilot:
         await loaded(pilot, me)
-        svg = text_of(pilot.app.export_screenshot())
-        assert "canary" in svg and "Auto stop" in svg and "Quit" in svg
+        await drawn(pilot, "canary", "Auto stop", "Quit")
         await pilot.press("d")
         await settle(pilot)
-        svg = text_of(pilot.app.export_screenshot())
-        assert "Basic information" in svg
+        await drawn(pilot, "Basic information")

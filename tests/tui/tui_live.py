@@ -335,14 +335,35 @@ async def settle(pilot: Any, rounds: int = 3) -> None:
         await pilot.pause()  # the messages they posted, handled
 
 
-async def until(pilot: Any, what: str, ok: Callable[[], bool], timeout: float = 10) -> None:
-    """Let the app run until ``ok()``; fail naming ``what`` after ``timeout`` seconds."""
+async def until(
+    pilot: Any, what: str, ok: Callable[[], bool], timeout: float = 10, poll: float = 0.02
+) -> float:
+    """Let the app run until ``ok()``; fail naming ``what`` after ``timeout`` seconds.
+    Returns the seconds it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not ok():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        await pilot.pause(poll)
+    return loop.time() - start
+
+
+async def drawn(pilot: Any, *texts: str, timeout: float = 10) -> str:
+    """Let the app run until its screen shows every one of ``texts``; returns the screen's text.
+
+    A widget draws a moment after its data arrives (the footer composes its keys once the
+    screen's bindings are known), so a screenshot taken on the data alone can miss it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not ok():
+    while True:
+        shown = screen_text(pilot.app.export_screenshot())
+        missing = [t for t in texts if t not in shown]
+        if not missing:
+            return shown
         if loop.time() > deadline:
-            raise AssertionError(f"waited {timeout:g} s for {what}")
-        await pilot.pause(0.02)
+            raise AssertionError(f"waited {timeout:g} s for {missing} on the screen:\n{shown}")
+        await pilot.pause(0.05)
 
 
 _SVG_TEXT = re.compile(r'<text[^>]*clip-path="url\(#terminal-\d+-line-(\d+)\)">([^<]*)</text>')
