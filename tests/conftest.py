@@ -33,6 +33,7 @@ from opsbot.core.app import DB_NAME, Core
 from opsbot.core.examples import build_all
 from opsbot.core.identity import local_user_name
 from opsbot.core.registry import NORMAL
+from opsbot.core.sandbox import remove_tree, run_root_path
 
 #: The ExeML model of the template home: iris 1.0.0's files registered with origin "exeml".
 EXEML_MODEL = "flowers"
@@ -90,6 +91,29 @@ class GroupCheck:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("dist", "no") == "loadgroup" and not os.environ.get("PYTEST_XDIST_WORKER"):
         config.pluginmanager.register(GroupCheck(), "opsbot-group-check")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the run directories (``sandbox.run_root``) of this run's homes. They live under
+    the system's temporary directory, named by a digest of their home's path, so pytest's
+    rotation of its own folders leaves them behind. Done once, by the xdist controller (or the
+    lone process), after every worker: its base temp holds every worker's homes. Another run's
+    directories are left alone: their homes are not under this one's base temp."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or factory._basetemp is None:  # no test asked for a temporary path
+        return
+    prefix = run_root_path(Path("/")).name.rsplit("-", 1)[0] + "-"
+    parent = run_root_path(Path("/")).parent
+    ours = {p.name for p in parent.glob(prefix + "*")}
+    if not ours:
+        return
+    for top, _dirs, _files in os.walk(factory.getbasetemp()):
+        root = run_root_path(Path(top))
+        if root.name in ours:
+            ours.discard(root.name)
+            remove_tree(root)
 
 
 def _once_per_run(
