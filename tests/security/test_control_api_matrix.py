@@ -34,7 +34,7 @@ from opsbot.core.accounts import Account
 from opsbot.core.app import Core
 from opsbot.core.identity import User
 from opsbot.core.runtimes.process import ProcessRuntime, free_port, model_pythonpath
-from opsbot.core.sandbox import pick_python
+from opsbot.core.sandbox import pick_python, remove_tree, run_root_path
 
 from .conftest import People, Person
 
@@ -209,6 +209,7 @@ def running(
         runtime = ProcessRuntime(home)
         for owned in runtime.owned():
             runtime.stop(owned.handle, grace_s=2)
+        remove_tree(run_root_path(home))  # outside the run's base temp: the suite's sweep misses it
         shutil.rmtree(top, ignore_errors=True)
 
 
