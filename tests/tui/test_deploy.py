@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Label, Select, Static
-from tui_live import LiveApi, configure, live_api, screen_text, settle, until
+from tui_live import LiveApi, configure, drawn, live_api, settle, until
 
 from opsbot.core import form
 from opsbot.core.spec import parse_spec
@@ -360,9 +360,8 @@ async def test_resource_pool_is_a_select_of_usable_pools(
     assert pool.value == "public"
     labels = [str(label) for label, v in pool._options if v == "team-a"]
     assert labels == ["team-a (dedicated) · 16 vCPUs, 64.0 GiB free"]
-    shown = screen_text(pilot.app.export_screenshot())
     public = next(str(label) for label, v in pool._options if v == "public")
-    assert public in shown  # the chosen pool's label, not its id
+    await drawn(pilot, public)  # the chosen pool's label, not its id
     pool.value = "team-a"
     await settle(pilot)
     assert s.spec_body()["resource_pool"] == "team-a"
