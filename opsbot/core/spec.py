@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_serializer,
@@ -365,48 +366,10 @@ class DeploySpec(_Strict):
 
     @model_validator(mode="after")
     def _versions(self) -> DeploySpec:
-        errors: list[FieldError] = []
         if len(self.models) == 1 and self.models[0].traffic_ratio is None:
             only = self.models[0].model_copy(update={"traffic_ratio": 100})
             object.__setattr__(self, "models", [only])
-        missing = [i for i, m in enumerate(self.models) if m.traffic_ratio is None]
-        for i in missing:
-            errors.append(
-                FieldError(
-                    f"models[{i}].traffic_ratio",
-                    "set a traffic ratio for every version of a gated launch; they sum to 100",
-                )
-            )
-        if not missing:
-            total = sum(m.traffic_ratio or 0 for m in self.models)
-            if total != 100:
-                field = "models[0].traffic_ratio" if len(self.models) == 1 else "models"
-                errors.append(
-                    FieldError(
-                        field,
-                        f"the traffic ratios sum to {total}%; make them sum to 100%",
-                    )
-                )
-        seen = Counter(m.key for m in self.models)
-        for i, m in enumerate(self.models):
-            if seen[m.key] > 1:
-                errors.append(
-                    FieldError(
-                        f"models[{i}].version",
-                        f"{m.model} {m.version} is listed {seen[m.key]} times; "
-                        "each version may appear once",
-                    )
-                )
-        for i, rule in enumerate(self.rules):
-            if rule.target(self.models) is None:
-                listed = ", ".join(f"{m.model} {m.version}" for m in self.models)
-                errors.append(
-                    FieldError(
-                        f"rules[{i}].version",
-                        f"{rule.version} is not one version of this service; "
-                        f"choose one of: {listed} (add model = ... if two models share it)",
-                    )
-                )
+        errors = version_rule_errors(self.models, self.rules)
         if errors:
             raise _SpecRuleErrors(errors)
         return self
@@ -418,6 +381,52 @@ class DeploySpec(_Strict):
     @property
     def ratios(self) -> dict[tuple[str, str], int]:
         return {m.key: m.traffic_ratio or 0 for m in self.models}
+
+
+def version_rule_errors(models: list[ModelEntry], rules: list[RoutingRule]) -> list[FieldError]:
+    """The rules across a service's versions: a ratio for each of a gated launch's, the ratios
+    summing to 100, each version once, each routing rule naming one version."""
+    errors: list[FieldError] = []
+    lone = len(models) == 1 and models[0].traffic_ratio is None  # it takes all the traffic
+    missing = [] if lone else [i for i, m in enumerate(models) if m.traffic_ratio is None]
+    for i in missing:
+        errors.append(
+            FieldError(
+                f"models[{i}].traffic_ratio",
+                "set a traffic ratio for every version of a gated launch; they sum to 100",
+            )
+        )
+    if not missing:
+        total = 100 if lone else sum(m.traffic_ratio or 0 for m in models)
+        if total != 100:
+            field = "models[0].traffic_ratio" if len(models) == 1 else "models"
+            errors.append(
+                FieldError(
+                    field,
+                    f"the traffic ratios sum to {total}%; make them sum to 100%",
+                )
+            )
+    seen = Counter(m.key for m in models)
+    for i, m in enumerate(models):
+        if seen[m.key] > 1:
+            errors.append(
+                FieldError(
+                    f"models[{i}].version",
+                    f"{m.model} {m.version} is listed {seen[m.key]} times; "
+                    "each version may appear once",
+                )
+            )
+    for i, rule in enumerate(rules):
+        if rule.target(models) is None:
+            listed = ", ".join(f"{m.model} {m.version}" for m in models)
+            errors.append(
+                FieldError(
+                    f"rules[{i}].version",
+                    f"{rule.version} is not one version of this service; "
+                    f"choose one of: {listed} (add model = ... if two models share it)",
+                )
+            )
+    return errors
 
 
 class _SpecRuleErrors(ValueError):
@@ -444,7 +453,26 @@ def parse_spec(data: Any) -> DeploySpec:
     except _SpecRuleErrors as exc:  # pragma: no cover - pydantic wraps it; kept for safety
         raise SpecInvalid(exc.errors) from None
     except ValidationError as exc:
-        raise SpecInvalid(_field_errors(exc)) from None
+        errors = _field_errors(exc)
+        raise SpecInvalid(errors + _rules_across(data, errors)) from None
+
+
+_VERSIONS = TypeAdapter(list[ModelEntry])
+_RULES = TypeAdapter(list[RoutingRule])
+
+
+def _rules_across(data: dict[str, Any], errors: list[FieldError]) -> list[FieldError]:
+    """The rules across versions, for a spec refused on other fields: pydantic checks them only
+    once every field is valid, and a user fixing a bad name should not learn of a bad ratio sum
+    only on the next try. Checked when the versions and the rules are themselves valid."""
+    if any(e.field.startswith(("models", "rules")) for e in errors) or "models" not in data:
+        return []
+    try:
+        models = _VERSIONS.validate_python(data["models"])
+        rules = _RULES.validate_python(data.get("rules", []))
+    except ValidationError:  # pragma: no cover - they passed as fields of the spec just now
+        return []
+    return version_rule_errors(models, rules)
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:

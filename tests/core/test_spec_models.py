@@ -191,6 +191,36 @@ def test_gated_launch_ratios_not_100(a: int, b: int, total: int) -> None:
     message_for(error, "models", f"sum to {total}%", "100%")
 
 
+def test_rules_across_versions_are_listed_beside_other_fields_errors() -> None:
+    # pydantic checks the rules across versions only once every field is valid: a user who
+    # fixed a bad name learned of a bad ratio sum on the next try.
+    models = [entry(traffic_ratio=60), entry(traffic_ratio=30)]
+    rules = [{"header": "x-group", "matches": "beta", "version": "9.9.9"}]
+    error = refused(spec(name="bad name", traffic_limit=0, models=models, rules=rules))
+    assert fields_of(error) == [
+        "name",
+        "traffic_limit",
+        "models",
+        "models[0].version",
+        "models[1].version",
+        "rules[0].version",
+    ]
+    message_for(error, "models", "sum to 90%")
+    message_for(error, "models[1].version", "listed 2 times")
+    message_for(error, "rules[0].version", "9.9.9 is not one version")
+
+
+def test_rules_across_versions_wait_for_the_versions_themselves() -> None:
+    # A version's own error first: its ratio may be the very field that is wrong.
+    models = [entry(traffic_ratio="half"), entry(version="2.0.0", traffic_ratio=30)]
+    error = refused(spec(name="bad name", models=models))
+    assert fields_of(error) == ["name", "models[0].traffic_ratio"]
+
+
+def test_a_lone_version_beside_other_errors_needs_no_ratio() -> None:
+    assert fields_of(refused(spec(name="bad name"))) == ["name"]
+
+
 def test_gated_launch_missing_ratio() -> None:
     models = [entry(version="1.0.0", traffic_ratio=100), entry(version="2.0.0")]
     error = refused(spec(models=models))
