@@ -16,7 +16,7 @@ from typing import Any
 from opsbot.core import deadlines, events, update
 from opsbot.core import services as services_mod
 from opsbot.core.address import show
-from opsbot.core.admission import CheckedSpec, check_spec
+from opsbot.core.admission import CheckedSpec, check_data
 from opsbot.core.clock import Clock, SystemClock
 from opsbot.core.config import Config, load_config
 from opsbot.core.controller import instance_rows
@@ -32,7 +32,7 @@ from opsbot.core.pools import PUBLIC, Pools, PoolStatus
 from opsbot.core.registry import ModelVersion, Registry
 from opsbot.core.sandbox import SOCKET_NAME, reader_for, secure_home
 from opsbot.core.services import Created, Service
-from opsbot.core.spec import DeploySpec, Source, masked_spec, parse_spec
+from opsbot.core.spec import DeploySpec, Source, masked_spec
 from opsbot.core.status import CAN_START, CAN_STOP, Status
 from opsbot.core.store import DB_NAME, Store
 
@@ -180,15 +180,14 @@ class Core:
         The registry is consulted when the store exists (or when asked); otherwise model
         versions are not checked and ``registry_checked`` says so. Raises SpecInvalid.
         """
-        spec = parse_spec(data)
         consult = self.has_store() if use_registry is None else use_registry
-        checked = check_spec(spec, actor.name, self.registry if consult else None, self.pools)
-        return Validation(spec, list(checked.warnings), consult)
+        checked = check_data(data, actor.name, self.registry if consult else None, self.pools)
+        return Validation(checked.spec, list(checked.warnings), consult)
 
     def check(self, actor: User, data: Any) -> CheckedSpec:
         """Check a spec against every rule, the registry's included (SpecInvalid otherwise):
         what :meth:`create_service` takes to deploy it without checking it twice."""
-        return check_spec(parse_spec(data), actor.name, self.registry, self.pools)
+        return check_data(data, actor.name, self.registry, self.pools)
 
     # -- services --------------------------------------------------------------------------
 
@@ -356,7 +355,7 @@ class Core:
         if isinstance(data, update.Changes):
             data = update.apply_changes(service.spec, data)
         data = update.keep_masked(service.spec, data)
-        checked = check_spec(parse_spec(data), service.owner, self.registry, self.pools)
+        checked = check_data(data, service.owner, self.registry, self.pools)
         return update.update_service(
             self.store, self.clock, self.pools, service, checked, actor.name, message=message
         )
@@ -372,7 +371,7 @@ class Core:
         if isinstance(data, update.Changes):
             data = update.apply_changes(service.spec, data)
         data = update.keep_masked(service.spec, data)
-        checked = check_spec(parse_spec(data), service.owner, self.registry, self.pools)
+        checked = check_data(data, service.owner, self.registry, self.pools)
         return update.plan(service.spec, checked.spec)
 
     def modifiable(self, actor: User, name: str, owner: str | None = None) -> Service:

@@ -8,6 +8,7 @@ flavors or the store live in :mod:`opsbot.core.admission`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -15,8 +16,9 @@ import re
 import tomllib
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import re2
 from pydantic import (
@@ -457,22 +459,46 @@ def parse_spec(data: Any) -> DeploySpec:
         raise SpecInvalid(errors + _rules_across(data, errors)) from None
 
 
-_VERSIONS = TypeAdapter(list[ModelEntry])
-_RULES = TypeAdapter(list[RoutingRule])
+_VERSIONS = TypeAdapter(Annotated[list[ModelEntry], Field(min_length=1, max_length=MAX_VERSIONS)])
+_RULES = TypeAdapter(Annotated[list[RoutingRule], Field(max_length=MAX_RULES)])
+
+
+@dataclass(frozen=True)
+class SpecParts:
+    """What of a refused spec is valid on its own (None: that part is not): enough to check it
+    against the world (registry, pools, flavors) and report those problems with the rest."""
+
+    models: list[ModelEntry] | None
+    rules: list[RoutingRule] | None
+    resource_pool: str | None
+
+
+def spec_parts(data: Any) -> SpecParts | None:
+    """The parts of ``data`` that are valid each on its own; None when ``data`` is no table."""
+    if not isinstance(data, dict):
+        return None
+    models: list[ModelEntry] | None = None
+    rules: list[RoutingRule] | None = None
+    with contextlib.suppress(ValidationError):
+        models = _VERSIONS.validate_python(data.get("models"))
+    with contextlib.suppress(ValidationError):
+        rules = _RULES.validate_python(data.get("rules", []))
+    pool = data.get("resource_pool", "public")
+    valid_pool = pool if isinstance(pool, str) and POOL_PATTERN.match(pool) else None
+    return SpecParts(models, rules, valid_pool)
 
 
 def _rules_across(data: dict[str, Any], errors: list[FieldError]) -> list[FieldError]:
     """The rules across versions, for a spec refused on other fields: pydantic checks them only
     once every field is valid, and a user fixing a bad name should not learn of a bad ratio sum
-    only on the next try. Checked when the versions and the rules are themselves valid."""
-    if any(e.field.startswith(("models", "rules")) for e in errors) or "models" not in data:
+    only on the next try. Checked when the versions and the rules are themselves valid (and
+    not already, which is when their errors are among ``errors``)."""
+    if any(e.field.startswith(("models", "rules")) for e in errors):
         return []
-    try:
-        models = _VERSIONS.validate_python(data["models"])
-        rules = _RULES.validate_python(data.get("rules", []))
-    except ValidationError:  # pragma: no cover - they passed as fields of the spec just now
+    parts = spec_parts(data)
+    if parts is None or parts.models is None or parts.rules is None:
         return []
-    return version_rule_errors(models, rules)
+    return version_rule_errors(parts.models, parts.rules)
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:

@@ -206,6 +206,6 @@ def test_a_deploy_through_the_api_checks_the_form_once(
         checks.append(spec.name)
         return check_spec(spec, *rest)
 
-    monkeypatch.setattr("opsbot.core.app.check_spec", counted)
+    monkeypatch.setattr("opsbot.core.admission.check_spec", counted)
     deployed = client.deploy({**IRIS, "description": "counted"})
     assert checks == ["iris-one"] and deployed.description == "counted"

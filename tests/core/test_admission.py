@@ -118,7 +118,7 @@ def test_a_checked_spec_is_deployed_without_a_second_check(
     actor = core.user(me)
     checked = core.check(actor, spec(models=[entry(env={"DB_PASSWORD": "hunter2hunter2"})]))
     calls: list[object] = []
-    monkeypatch.setattr("opsbot.core.app.check_spec", lambda *a: calls.append(a))
+    monkeypatch.setattr("opsbot.core.admission.check_spec", lambda *a: calls.append(a))
     created = core.create_service(actor, checked)
     assert calls == [] and created.service.name == "svc"
     # The one check's warnings come back with the service (the API's deploy answer has them).
@@ -193,6 +193,42 @@ def test_every_problem_with_its_field(core: Core, me: str) -> None:
     assert fields_of(error) == ["resource_pool", "models[0].version", "models[1].flavor"]
     for e in error.errors:
         assert len(e.message.split()) >= 3
+
+
+def test_a_spec_refused_on_its_fields_has_its_versions_checked_too(core: Core, me: str) -> None:
+    # The versions were checked against the registry only once every field was valid: a user
+    # who fixed a bad name learned of a missing version on the next try.
+    data = {
+        "name": "bad name",
+        "traffic_limit": 0,
+        "resource_pool": "gpus",
+        "models": [
+            entry(version="9.9", traffic_ratio=50),
+            entry(version="2.0.0", traffic_ratio=50, flavor="exeml.cpu"),
+        ],
+    }
+    error = check_error(core, me, data)
+    assert fields_of(error) == [
+        "name",
+        "traffic_limit",
+        "resource_pool",
+        "models[0].version",
+        "models[1].flavor",
+    ]
+    message_for(error, "resource_pool", "no pool 'gpus'")
+
+
+def test_an_invalid_pool_name_is_told_once_and_the_versions_still_checked(
+    core: Core, me: str
+) -> None:
+    error = check_error(core, me, spec(resource_pool="no pool!", models=[entry(version="9.9")]))
+    assert fields_of(error) == ["resource_pool", "models[0].version"]
+    message_for(error, "resource_pool", "not a pool name")
+
+
+def test_a_version_invalid_itself_is_not_looked_up(core: Core, me: str) -> None:
+    error = check_error(core, me, spec(name="bad name", models=[entry(version="9.9", instances=0)]))
+    assert fields_of(error) == ["name", "models[0].instances"]
 
 
 def test_a_refused_spec_changes_nothing(core: Core, me: str, examples_home: Path) -> None:

@@ -647,7 +647,7 @@ def test_a_deploy_from_slack_checks_the_form_once(
         checks.append(spec.name)
         return check_spec(spec, *rest)
 
-    monkeypatch.setattr("opsbot.core.app.check_spec", counted)
+    monkeypatch.setattr("opsbot.core.admission.check_spec", counted)
     values = {"name": "once", "m0.model": "iris", "m0.version": "1.0.0"}
     view = filled(modal_for(bot), values)
     first = post(bot.url, submission(view), FORM).json()  # the summary to confirm: one check
