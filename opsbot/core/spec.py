@@ -420,7 +420,7 @@ def version_rule_errors(models: list[ModelEntry], rules: list[RoutingRule]) -> l
             )
     for i, rule in enumerate(rules):
         if rule.target(models) is None:
-            listed = ", ".join(f"{m.model} {m.version}" for m in models)
+            listed = ", ".join(dict.fromkeys(f"{m.model} {m.version}" for m in models))
             errors.append(
                 FieldError(
                     f"rules[{i}].version",

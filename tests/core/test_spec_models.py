@@ -207,7 +207,8 @@ def test_rules_across_versions_are_listed_beside_other_fields_errors() -> None:
     ]
     message_for(error, "models", "sum to 90%")
     message_for(error, "models[1].version", "listed 2 times")
-    message_for(error, "rules[0].version", "9.9.9 is not one version")
+    message = message_for(error, "rules[0].version", "9.9.9 is not one version")
+    assert "choose one of: iris 1.0.0 (" in message  # a version listed twice is offered once
 
 
 def test_rules_across_versions_wait_for_the_versions_themselves() -> None:
