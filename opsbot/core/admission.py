@@ -44,7 +44,7 @@ def check_data(data: Any, user: str, registry: Registry | None, pools: Pools) ->
     try:
         spec = parse_spec(data)
     except SpecInvalid as exc:
-        parts = spec_parts(data)
+        parts = spec_parts(data, exc.errors)
         if parts is None or parts.models is None:
             raise
         more, _ = _world_errors(parts.resource_pool, parts.models, user, registry, pools)

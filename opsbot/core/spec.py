@@ -368,9 +368,7 @@ class DeploySpec(_Strict):
 
     @model_validator(mode="after")
     def _versions(self) -> DeploySpec:
-        if len(self.models) == 1 and self.models[0].traffic_ratio is None:
-            only = self.models[0].model_copy(update={"traffic_ratio": 100})
-            object.__setattr__(self, "models", [only])
+        object.__setattr__(self, "models", _lone_takes_all(self.models))
         errors = version_rule_errors(self.models, self.rules)
         if errors:
             raise _SpecRuleErrors(errors)
@@ -385,12 +383,19 @@ class DeploySpec(_Strict):
         return {m.key: m.traffic_ratio or 0 for m in self.models}
 
 
+def _lone_takes_all(models: list[ModelEntry]) -> list[ModelEntry]:
+    """``models``, a lone version without a traffic ratio given all the traffic (100)."""
+    if len(models) == 1 and models[0].traffic_ratio is None:
+        return [models[0].model_copy(update={"traffic_ratio": 100})]
+    return models
+
+
 def version_rule_errors(models: list[ModelEntry], rules: list[RoutingRule]) -> list[FieldError]:
-    """The rules across a service's versions: a ratio for each of a gated launch's, the ratios
-    summing to 100, each version once, each routing rule naming one version."""
+    """The rules across a service's versions (a lone one's ratio defaulted already, see
+    :func:`_lone_takes_all`): a ratio for each of a gated launch's, the ratios summing to 100,
+    each version once, each routing rule naming one version."""
     errors: list[FieldError] = []
-    lone = len(models) == 1 and models[0].traffic_ratio is None  # it takes all the traffic
-    missing = [] if lone else [i for i, m in enumerate(models) if m.traffic_ratio is None]
+    missing = [i for i, m in enumerate(models) if m.traffic_ratio is None]
     for i in missing:
         errors.append(
             FieldError(
@@ -399,7 +404,7 @@ def version_rule_errors(models: list[ModelEntry], rules: list[RoutingRule]) -> l
             )
         )
     if not missing:
-        total = 100 if lone else sum(m.traffic_ratio or 0 for m in models)
+        total = sum(m.traffic_ratio or 0 for m in models)
         if total != 100:
             field = "models[0].traffic_ratio" if len(models) == 1 else "models"
             errors.append(
@@ -473,8 +478,9 @@ class SpecParts:
     resource_pool: str | None
 
 
-def spec_parts(data: Any) -> SpecParts | None:
-    """The parts of ``data`` that are valid each on its own; None when ``data`` is no table."""
+def spec_parts(data: Any, errors: list[FieldError]) -> SpecParts | None:
+    """The parts of ``data``, refused with ``errors``, that are valid each on its own; None
+    when ``data`` is no table."""
     if not isinstance(data, dict):
         return None
     models: list[ModelEntry] | None = None
@@ -483,9 +489,12 @@ def spec_parts(data: Any) -> SpecParts | None:
         models = _VERSIONS.validate_python(data.get("models"))
     with contextlib.suppress(ValidationError):
         rules = _RULES.validate_python(data.get("rules", []))
-    pool = data.get("resource_pool", "public")
-    valid_pool = pool if isinstance(pool, str) and POOL_PATTERN.match(pool) else None
-    return SpecParts(models, rules, valid_pool)
+    if models is not None:
+        models = _lone_takes_all(models)
+    pool: str | None = None  # refused: its own error says so
+    if not any(e.field == "resource_pool" for e in errors):
+        pool = data.get("resource_pool", DeploySpec.model_fields["resource_pool"].default)
+    return SpecParts(models, rules, pool)
 
 
 def _rules_across(data: dict[str, Any], errors: list[FieldError]) -> list[FieldError]:
@@ -495,7 +504,7 @@ def _rules_across(data: dict[str, Any], errors: list[FieldError]) -> list[FieldE
     not already, which is when their errors are among ``errors``)."""
     if any(e.field.startswith(("models", "rules")) for e in errors):
         return []
-    parts = spec_parts(data)
+    parts = spec_parts(data, errors)
     if parts is None or parts.models is None or parts.rules is None:
         return []
     return version_rule_errors(parts.models, parts.rules)
