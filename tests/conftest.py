@@ -104,9 +104,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is None or factory._basetemp is None:  # no test asked for a temporary path
         return
-    prefix = run_root_path(Path("/")).name.rsplit("-", 1)[0] + "-"
-    parent = run_root_path(Path("/")).parent
-    ours = {p.name for p in parent.glob(prefix + "*")}
+    sample = run_root_path(Path("/"))  # opsbot-run-UID-HASH: the HASH is the home's
+    ours = {p.name for p in sample.parent.glob(sample.name.rsplit("-", 1)[0] + "-*")}
     if not ours:
         return
     for top, _dirs, _files in os.walk(factory.getbasetemp()):

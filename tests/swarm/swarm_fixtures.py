@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import pytest
@@ -44,7 +44,6 @@ from opsbot.core.runtimes.swarm import SwarmRuntime, remove_all
 __all__ = ["engine_fixture", "engine_or_skip", "image_fixture", "swarm_fixture"]
 
 SWARM_ADDR = "127.0.0.1"
-T = TypeVar("T")
 NODE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "swarm-node.sh"
 WORKER = os.environ.get("OPSBOT_NODE_NAME", "opsbot-node2")
 WORKER_SOCKET = f"unix:///run/opsbot-node/{WORKER}/docker.sock"
