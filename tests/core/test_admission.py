@@ -231,6 +231,31 @@ def test_a_version_invalid_itself_is_not_looked_up(core: Core, me: str) -> None:
     assert fields_of(error) == ["name", "models[0].instances"]
 
 
+def test_beside_other_errors_another_users_private_model_reads_as_missing(
+    core: Core, me: str
+) -> None:
+    # The looked-up versions of a refused spec say no more than a valid spec's: whether a
+    # model the actor may not see exists is not told.
+    def said(model: str) -> str:
+        error = check_error(core, "bob", spec(name="bad name", models=[entry(model=model)]))
+        assert fields_of(error) == ["name", "models[0].model"]
+        return message_for(error, "models[0].model", "My Subscriptions")
+
+    assert said(f"{me}/iris") == said(f"{me}/ghost").replace("ghost", "iris")
+
+
+def test_an_oversized_refused_spec_looks_nothing_up(
+    core: Core, me: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[object] = []
+    monkeypatch.setattr(core.registry, "resolve", lambda *a: looked_up.append(a))
+    versions = [entry(version=str(i)) for i in range(20_000)]
+    error = check_error(core, me, spec(name="bad name", models=versions))
+    assert fields_of(error) == ["name", "models"]
+    message_for(error, "models", "at most 10")
+    assert looked_up == []
+
+
 def test_a_refused_spec_changes_nothing(core: Core, me: str, examples_home: Path) -> None:
     before = snapshot(examples_home)
     with pytest.raises(SpecInvalid):
